@@ -1,0 +1,361 @@
+"""Quantizer base class, the name registry and the QKeras string form.
+
+A quantizer is a `torch.nn.Module` that maps a float tensor to a float tensor holding
+quantized values ("fake quantization"). Subclasses keep QKeras' names, constructor
+arguments and numerics. Every constructor argument is stored as an attribute of the same
+name, which gives `get_config()`, `__str__` (the canonical QKeras string) and `__eq__`
+for free.
+
+Numeric arguments (`bits`, `integer`, `alpha`, ...) may be Python numbers or tensors that
+broadcast against the input (per channel, per population member, or trainable). Tensor
+arguments are registered as buffers (or kept as parameters when they are `nn.Parameter`),
+so they follow `.to(device)` and appear in `state_dict()`.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import math
+import re
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .fixed import FixedType
+
+_REGISTRY: dict[str, type[Quantizer]] = {}
+
+
+def register(cls: type[Quantizer]) -> type[Quantizer]:
+    """Class decorator: make `cls` reachable by its QKeras name in `get_quantizer`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def quantizer_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class Quantizer(nn.Module):
+    """Base of all hetq quantizers.
+
+    Class attributes a subclass sets:
+      name:       QKeras name (`"quantized_bits"`), used in strings and configs.
+      kind:       QTools mode: "fixed", "po2", "ternary", "binary", "binary01", "float" or
+                  "other" (cost rules and exporters dispatch on it).
+      positional: argument names written positionally in `str()`, in order.
+      min_positional: how many positional arguments `str()` always writes.
+      stochastic: True if the quantizer samples in training mode.
+    """
+
+    name: ClassVar[str] = "quantizer"
+    kind: ClassVar[str] = "other"
+    positional: ClassVar[tuple[str, ...]] = ()
+    min_positional: ClassVar[int] = 0
+    stochastic: ClassVar[bool] = False
+
+    def __init__(self):
+        super().__init__()
+        # last computed scale (alpha) for auto-scaled quantizers; None when not scaled
+        self.scale: torch.Tensor | float | None = None
+
+    # -- argument handling ---------------------------------------------------------------
+    def _set_arg(self, key: str, value: Any) -> None:
+        """Store a constructor argument; tensors become buffers so they move with the module."""
+        if isinstance(value, nn.Parameter):
+            self.register_parameter(key, value)
+        elif isinstance(value, torch.Tensor):
+            self.register_buffer(key, value.detach().clone(), persistent=True)
+        else:
+            setattr(self, key, value)
+
+    @classmethod
+    def _signature(cls) -> list[inspect.Parameter]:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments (tensors as nested lists), enough to rebuild an equal quantizer."""
+        cfg = {}
+        for p in self._signature():
+            v = getattr(self, p.name)
+            cfg[p.name] = v.detach().cpu().tolist() if isinstance(v, torch.Tensor) else v
+        return cfg
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Quantizer:
+        kw = {k: (torch.tensor(v) if isinstance(v, list) else v) for k, v in config.items()}
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialisable form `{"class_name": name, "config": {...}}` (as QKeras/Keras)."""
+        return {"class_name": self.name, "config": self.get_config()}
+
+    # -- string form ---------------------------------------------------------------------
+    def __str__(self) -> str:
+        sig = self._signature()
+        pos_names = [n for n in self.positional]
+        defaults = {p.name: p.default for p in sig}
+        values = {p.name: getattr(self, p.name) for p in sig}
+
+        def differs(n):
+            return not _same_value(values[n], defaults[n])
+
+        last_pos = self.min_positional
+        for i, n in enumerate(pos_names):
+            if differs(n):
+                last_pos = max(last_pos, i + 1)
+        parts = [_fmt(values[n]) for n in pos_names[:last_pos]]
+        for p in sig:
+            if p.name in pos_names[:last_pos]:
+                continue
+            if differs(p.name):
+                parts.append(f"{p.name}={_fmt(values[p.name])}")
+        return f"{self.name}({','.join(parts)})"
+
+    def extra_repr(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Quantizer) or type(other) is not type(self):
+            return NotImplemented
+        a, b = self.get_config(), other.get_config()
+        return all(_same_value(a[k], b[k]) for k in a)
+
+    __hash__ = nn.Module.__hash__  # modules must stay hashable (identity), see nn.Module
+
+    # -- interface -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def bits_value(self) -> float:
+        """Number of bits as a Python float (max over elements for tensor-valued bits)."""
+        b = getattr(self, "bits", None)
+        if b is None:
+            return 32.0
+        return float(b.max()) if isinstance(b, torch.Tensor) else float(b)
+
+    def fixed_type(self) -> FixedType | None:
+        """The `FixedType` of the output grid, or None if the output is not plain fixed point
+        (auto-scaled alpha, po2, ...). Tensor-valued parameters: see `fixed_types()`."""
+        return None
+
+    def max(self) -> float:
+        raise NotImplementedError
+
+    def min(self) -> float:
+        raise NotImplementedError
+
+    def values(self) -> torch.Tensor | None:
+        """All representable output values (ascending) where the set is finite and fixed."""
+        ft = self.fixed_type()
+        return None if ft is None else ft.values()
+
+    @property
+    def is_scalar(self) -> bool:
+        """True when no argument is a tensor (one type for the whole tensor)."""
+        return not any(isinstance(getattr(self, p.name), torch.Tensor) for p in self._signature())
+
+
+class Activation(nn.Module):
+    """A float (unquantized) activation given by name: relu, softmax, sigmoid, tanh, linear."""
+
+    FUNCTIONS = {
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softmax": lambda x: torch.softmax(x, dim=1),
+        "linear": lambda x: x,
+    }
+    kind = "float"
+
+    def __init__(self, name: str):
+        super().__init__()
+        if name not in self.FUNCTIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {sorted(self.FUNCTIONS)}")
+        self.name = name
+        self._fn = self.FUNCTIONS[name]
+
+    def forward(self, x):
+        return self._fn(x)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Activation) and other.name == self.name
+
+    __hash__ = nn.Module.__hash__
+
+    def fixed_type(self):
+        return None
+
+    def to_dict(self):
+        return {"class_name": "Activation", "config": {"name": self.name}}
+
+
+# -- helpers shared by quantizers -------------------------------------------------------
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        return a.shape == b.shape and bool(torch.equal(a.detach().cpu().double(),
+                                                      b.detach().cpu().double()))
+    if isinstance(a, list) or isinstance(b, list):
+        return a == b
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b and (a is None) == (b is None)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        flat = v.detach().cpu().flatten().tolist()
+        if v.dim() <= 1:
+            return "[" + " ".join(_fmt(x) for x in flat) + "]"
+        return f"<tensor {list(v.shape)}>"
+    if isinstance(v, str):
+        return repr(v)
+    if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+        return repr(v)
+    return repr(v)
+
+
+_BRACKET_LIST = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _literal(node: ast.AST, spec: str) -> Any:
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        pass
+    if isinstance(node, ast.Name):  # a bare word, e.g. alpha=auto_po2
+        return node.id
+    raise ValueError(f"cannot parse argument {ast.unparse(node)!r} in quantizer spec {spec!r}")
+
+
+def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
+    """Split a QKeras-style string into (name, positional args, keyword args).
+
+    Accepts `name`, `name()`, `name(1,2,key=value)`, string values in either quote style and
+    QKeras' space-separated number lists `[1 2 3]` (which become tensors).
+    """
+    s = spec.strip()
+    if not s:
+        raise ValueError("empty quantizer spec ''")
+    if "(" not in s:
+        if not s.isidentifier():
+            raise ValueError(f"cannot parse quantizer spec {spec!r}: not a name or name(args)")
+        return s, [], {}
+    if not s.endswith(")"):
+        raise ValueError(f"cannot parse quantizer spec {spec!r}: missing closing ')'")
+
+    def _commas(m: re.Match) -> str:
+        body = m.group(1).strip()
+        if "," in body:
+            return "[" + body + "]"
+        return "[" + ", ".join(body.split()) + "]"
+
+    s2 = _BRACKET_LIST.sub(_commas, s)
+    try:
+        tree = ast.parse(s2, mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"cannot parse quantizer spec {spec!r}: {e.msg}") from None
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise ValueError(f"cannot parse quantizer spec {spec!r}: expected name(args)")
+    args = [_literal(a, spec) for a in call.args]
+    kwargs = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ValueError(f"cannot parse quantizer spec {spec!r}: '**' is not allowed")
+        kwargs[kw.arg] = _literal(kw.value, spec)
+    args = [torch.tensor(a, dtype=torch.float32) if isinstance(a, list) else a for a in args]
+    kwargs = {
+        k: torch.tensor(v, dtype=torch.float32) if isinstance(v, list) else v
+        for k, v in kwargs.items()
+    }
+    return call.func.id, args, kwargs
+
+
+def get_quantizer(identifier: Any) -> nn.Module | None:
+    """Quantizer from a spec: None, a string, a `{"class_name", "config"}` dict or an object.
+
+    Strings follow QKeras: `"quantized_relu(3)"`, `"quantized_bits(4,0,1,alpha='auto_po2')"`,
+    `"stochastic_ternary('auto')"`, bare names (`"ternary"`), and the float activations
+    `"relu"`, `"softmax"`, `"sigmoid"`, `"tanh"`, `"linear"` (returned as `Activation`).
+    Unknown names or bad arguments raise ValueError quoting the string.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, nn.Module):
+        return identifier
+    if isinstance(identifier, dict):
+        name = identifier.get("class_name")
+        cfg = identifier.get("config", {})
+        if name == "Activation":
+            return Activation(**cfg)
+        if name not in _REGISTRY:
+            raise ValueError(
+                f"unknown quantizer class_name {name!r} in {identifier!r}; "
+                f"valid names: {', '.join(quantizer_names())}"
+            )
+        return _REGISTRY[name].from_config(cfg)
+    if not isinstance(identifier, str):
+        raise ValueError(
+            f"cannot make a quantizer from {identifier!r} ({type(identifier).__name__}); "
+            "expected None, a string, a dict or a Quantizer"
+        )
+    name, args, kwargs = parse_spec(identifier)
+    if name not in _REGISTRY:
+        if name in Activation.FUNCTIONS and not args and not kwargs:
+            return Activation(name)
+        raise ValueError(
+            f"unknown quantizer {name!r} in {identifier!r}; valid names: "
+            f"{', '.join(quantizer_names())} (float activations: "
+            f"{', '.join(sorted(Activation.FUNCTIONS))})"
+        )
+    cls = _REGISTRY[name]
+    try:
+        inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except TypeError as e:
+        params = ", ".join(p.name for p in cls._signature())
+        raise ValueError(f"bad arguments in {identifier!r}: {e}; {name} takes ({params})") from None
+    try:
+        return cls(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"bad quantizer {identifier!r}: {e}") from None
+
+
+# -- numeric helpers -------------------------------------------------------------------
+EPS = 1e-7  # K.epsilon() in the reference
+
+
+def exp2(v):
+    """2**v for a number (Python float) or a tensor (same dtype)."""
+    if isinstance(v, torch.Tensor):
+        return torch.exp2(v.to(torch.get_default_dtype()) if not v.is_floating_point() else v)
+    return math.ldexp(1.0, int(v)) if float(v).is_integer() else 2.0 ** v
+
+
+def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Straight-through: forward value `q`, gradient of `x` (x + stop_gradient(q - x))."""
+    return x + (q - x).detach()
+
+
+def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
+    """Raise ValueError unless `bits` (number or tensor) is >= minimum everywhere."""
+    lo = float(bits.min()) if isinstance(bits, torch.Tensor) else bits
+    if lo is None or lo < minimum:
+        raise ValueError(f"{name}: bits must be >= {minimum}, got {bits!r}")
