@@ -1,0 +1,64 @@
+"""`hetq` command line: one sub-command per verb.
+
+Each feature package contributes its sub-commands through a `register(subparsers)` function
+in its own `cli.py` module (e.g. `hetq.train.cli`), so this file stays a thin dispatcher and
+a feature's options live next to its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# feature modules that add sub-commands, in the order they appear in `hetq --help`
+COMMAND_MODULES = (
+    "hetq.train.cli",
+    "hetq.cost.cli",
+    "hetq.search.cli",
+    "hetq.export.cli",
+    "hetq.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hetq",
+        description="Find, train and deploy heterogeneously quantized networks for FPGAs.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # feature not built (yet); its commands are simply absent
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from hetq import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"hetq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

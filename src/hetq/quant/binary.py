@@ -1,0 +1,254 @@
+"""Binary and ternary quantizers (deterministic and stochastic).
+
+binary:   k = sign(x) (sign(0) = +1), or (k + 1) / 2 with use_01; output scale * k with
+          scale = 1 (alpha None), alpha, or the least-squares per-channel scale
+          LS(x, k) = mean(x k) / mean(k k) ('auto'; po2 of it for 'auto_po2').
+ternary:  q = sign(x) * (|x| >= t), t = threshold or 0.33 (alpha None / number); output
+          alpha * q. 'auto'/'auto_po2': per channel s = 2 max|x| / 3, then
+          `number_of_unrolls` rounds of q = sign(x) * (|round(x / s)| >= 1), s = LS(x, q).
+Gradients: with alpha None the surrogate tanh(x) (gradient 1 - tanh(x)**2), else identity.
+
+Stochastic versions sample only in training mode (`module.train()`); in eval mode they equal
+the deterministic quantizer with the same alpha. Deliberate difference: QKeras'
+`stochastic_ternary` fails in training unless alpha is a string; hetq accepts alpha None
+(scale 1, threshold 0.33) so that it works as an activation too.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import EPS, Quantizer, register, ste
+from .fixed import FixedType
+from .fixed_point import _log2_int
+from .scale import least_squares_scale, po2, reduce_axes
+
+_ALPHAS = "None, a number, a tensor, 'auto' or 'auto_po2'"
+
+
+def _check_alpha(name, alpha):
+    if isinstance(alpha, str) and alpha not in ("auto", "auto_po2"):
+        raise ValueError(f"{name}: alpha={alpha!r}; expected {_ALPHAS}")
+
+
+def _sign(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _out_with_gradient(x, xq, alpha):
+    """tanh surrogate gradient for alpha None, identity otherwise."""
+    return ste(torch.tanh(x), xq) if alpha is None else ste(x, xq)
+
+
+def _scaled_type(width, integer, signed, alpha) -> FixedType | None:
+    if isinstance(alpha, (str, torch.Tensor)):
+        return None
+    shift = 0 if alpha is None else _log2_int(alpha)
+    return None if shift is None else FixedType(width, integer + shift, signed)
+
+
+@register
+class binary(Quantizer):
+    """+-1 (or {0, 1} with use_01), times a scale. See the module docstring."""
+
+    name = "binary"
+    kind = "binary"
+    positional = ()
+
+    def __init__(self, use_01=False, alpha=None, use_stochastic_rounding=False, scale_axis=None):
+        super().__init__()
+        _check_alpha(self.name, alpha)
+        for key, value in dict(use_01=use_01, alpha=alpha,
+                               use_stochastic_rounding=use_stochastic_rounding,
+                               scale_axis=scale_axis).items():
+            self._set_arg(key, value)
+        self.bits = 1
+        self.kind = "binary01" if use_01 else "binary"
+
+    def _codes(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_stochastic_rounding and self.training:
+            f = 2.0 * torch.clamp(x.abs().max(), max=1.0).clamp_min(EPS)
+            p = 0.125
+            y = torch.floor(x / f / p + torch.rand_like(x)) * p
+            rnd = _sign(torch.rand_like(x) - 0.5)
+            k = torch.where(y == 0, rnd, _sign(y))
+        else:
+            k = _sign(x)
+        return (k + 1.0) / 2.0 if self.use_01 else k
+
+    def _scale(self, x, k):
+        if self.alpha is None:
+            return 1.0
+        if not isinstance(self.alpha, str):
+            return self.alpha
+        s = least_squares_scale(x, k, reduce_axes(x, self.scale_axis))
+        return po2(s) if self.alpha == "auto_po2" else s
+
+    def forward(self, x):
+        with torch.no_grad():
+            k = self._codes(x)
+            s = self._scale(x, k)
+            if isinstance(self.alpha, str):
+                self.scale = s.detach()
+            xq = s * k
+        return _out_with_gradient(x, xq, self.alpha)
+
+    def fixed_type(self):
+        if self.use_01:
+            return _scaled_type(1, 1, False, self.alpha)
+        return _scaled_type(2, 2, True, self.alpha)  # ap_fixed<2,2> holds -1 and +1
+
+    def values(self):
+        if isinstance(self.alpha, (str, torch.Tensor)):
+            return None
+        a = 1.0 if self.alpha is None else float(self.alpha)
+        return torch.tensor([0.0, a] if self.use_01 else [-a, a], dtype=torch.float64)
+
+    def max(self):
+        return 1.0
+
+    def min(self):
+        return 0.0 if self.use_01 else -1.0
+
+
+@register
+class stochastic_binary(binary):
+    """Training: +1 with probability sigmoid(temperature * x / std), else -1 (std per channel
+    for string alpha, else 1), times the least-squares scale; identity gradient. Eval: binary."""
+
+    name = "stochastic_binary"
+    positional = ("alpha",)
+    stochastic = True
+
+    def __init__(self, alpha=None, temperature=6.0, use_real_sigmoid=True):
+        super().__init__(False, alpha)
+        self.temperature = temperature
+        self.use_real_sigmoid = use_real_sigmoid
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        with torch.no_grad():
+            axes = reduce_axes(x, None)
+            if isinstance(self.alpha, str):
+                std = x.std(dim=axes, keepdim=True) if axes else x.std()
+                std = std.clamp_min(EPS)
+            else:
+                std = 1.0
+            z = self.temperature * x / std
+            p = torch.sigmoid(z) if self.use_real_sigmoid else torch.clamp(0.5 * z + 0.5, 0, 1)
+            q = torch.where(torch.rand_like(x) < p, 1.0, -1.0).to(x.dtype)
+            s = self._scale(x, _sign(x))
+            if isinstance(self.alpha, str):
+                self.scale = s.detach()
+            xq = s * q
+        return ste(x, xq)
+
+
+@register
+class ternary(Quantizer):
+    """{-1, 0, +1} times a scale, with a threshold. See the module docstring."""
+
+    name = "ternary"
+    kind = "ternary"
+    positional = ("alpha", "threshold")
+
+    def __init__(self, alpha=None, threshold=None, use_stochastic_rounding=False,
+                 number_of_unrolls=5):
+        super().__init__()
+        _check_alpha(self.name, alpha)
+        if isinstance(alpha, str) and threshold is not None:
+            raise ValueError(f"{self.name}: threshold must be None with alpha={alpha!r} (the "
+                             "threshold follows the fitted scale)")
+        for key, value in dict(alpha=alpha, threshold=threshold,
+                               use_stochastic_rounding=use_stochastic_rounding,
+                               number_of_unrolls=number_of_unrolls).items():
+            self._set_arg(key, value)
+        self.bits = 2
+
+    def _auto_scale(self, x, rounding=True):
+        axes = reduce_axes(x, None)
+        m = x.abs().amax(dim=axes, keepdim=True) if axes else x.abs().max()
+        s = (2.0 * m / 3.0).clamp_min(EPS)
+        if self.alpha == "auto_po2":
+            s = po2(s)
+        for _ in range(self.number_of_unrolls):
+            if rounding:
+                q = _sign(x) * (torch.round(x / s).abs() >= 1).to(x.dtype)
+            else:
+                q = _sign(x) * (x.abs() >= s / 2).to(x.dtype)
+            s = least_squares_scale(x, q, axes).clamp_min(EPS)
+            if self.alpha == "auto_po2":
+                s = po2(s)
+        return s
+
+    def forward(self, x):
+        with torch.no_grad():
+            if isinstance(self.alpha, str):
+                s = self._auto_scale(x)
+                self.scale = s.detach()
+                q = _sign(x) * (torch.round(x / s).abs() >= 1).to(x.dtype)
+                xq = s * q
+            else:
+                t = 0.33 if self.threshold is None else self.threshold
+                xs = x
+                if self.use_stochastic_rounding and self.training:
+                    xs = x + (torch.rand_like(x) - 0.5) * (2.0 * t)
+                q = torch.where(xs.abs() >= t, _sign(xs), torch.zeros_like(xs))
+                xq = q if self.alpha is None else self.alpha * q
+        return _out_with_gradient(x, xq, self.alpha)
+
+    def fixed_type(self):
+        return _scaled_type(2, 2, True, self.alpha)
+
+    def values(self):
+        if isinstance(self.alpha, (str, torch.Tensor)):
+            return None
+        a = 1.0 if self.alpha is None else float(self.alpha)
+        return torch.tensor([-a, 0.0, a], dtype=torch.float64)
+
+    def max(self):
+        return 1.0
+
+    def min(self):
+        return -1.0
+
+
+@register
+class stochastic_ternary(ternary):
+    """Training: q = (q0 + q1) / 2 with q0, q1 = +-1 sampled with p0 = sigmoid(temp (xn - T)),
+    p1 = sigmoid(temp (xn + T)), xn = x / std, T = s / (2 std); output s * q. Eval: ternary."""
+
+    name = "stochastic_ternary"
+    positional = ("alpha", "threshold")
+    stochastic = True
+
+    def __init__(self, alpha=None, threshold=None, temperature=8.0, use_real_sigmoid=True,
+                 number_of_unrolls=5):
+        super().__init__(alpha, threshold, False, number_of_unrolls)
+        self.temperature = temperature
+        self.use_real_sigmoid = use_real_sigmoid
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        with torch.no_grad():
+            axes = reduce_axes(x, None)
+            if isinstance(self.alpha, str):
+                s = self._auto_scale(x, rounding=False)
+                self.scale = s.detach()
+                std = (x.std(dim=axes, keepdim=True) if axes else x.std()).clamp_min(EPS)
+                thr = s / (2.0 * std)
+            else:
+                s = 1.0 if self.alpha is None else self.alpha
+                std = 1.0
+                thr = 0.33 if self.threshold is None else self.threshold
+            xn = x / std
+            sig = torch.sigmoid if self.use_real_sigmoid else (
+                lambda v: torch.clamp(0.5 * v + 0.5, 0, 1))
+            p0 = sig(self.temperature * (xn - thr))
+            p1 = sig(self.temperature * (xn + thr))
+            q0 = torch.where(torch.rand_like(x) < p0, 1.0, -1.0)
+            q1 = torch.where(torch.rand_like(x) < p1, 1.0, -1.0)
+            xq = s * ((q0 + q1) / 2.0).to(x.dtype)
+        return _out_with_gradient(x, xq, self.alpha)

@@ -1,0 +1,137 @@
+"""`hetq search`, `hetq worker`, `hetq report`, `hetq retrain`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from .config import SearchConfig
+
+
+def _load_yaml(path: str | None):
+    if not path:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    return yaml.safe_load(p.read_text())
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
+                       description="Search per-layer quantizers and widths; prints the "
+                                   "Pareto table. Rerun the same command to resume.")
+    s.add_argument("--model", default="jet_mlp")
+    s.add_argument("--data", default="jets-sim")
+    s.add_argument("--out", default="runs/search", help="run folder (journal, checkpoints)")
+    s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"])
+    s.add_argument("--objective", default="forgiving", choices=["forgiving", "pareto"],
+                   help="forgiving factor score (one value) or a (metric, cost) Pareto front")
+    s.add_argument("--metric", default="accuracy")
+    s.add_argument("--delta-p", type=float, default=8.0)
+    s.add_argument("--delta-n", type=float, default=8.0)
+    s.add_argument("--rate", type=float, default=2.0)
+    s.add_argument("--stress", type=float, default=1.0)
+    s.add_argument("--min-reduction", type=float, default=None,
+                   help="hard constraint: reference cost / trial cost >= X")
+    s.add_argument("--max-loss", type=float, default=None,
+                   help="hard constraint: relative metric loss <= X (0.05 = 5%%)")
+    s.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "gp", "nsga2"])
+    s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"])
+    s.add_argument("--trials", type=int, default=40)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--float-epochs", type=int, default=30)
+    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument("--lr", type=float, default=3e-3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", help="YAML file with the `limit` map (spec §5.3)")
+    s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
+    s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"])
+    s.add_argument("--tune-filters-exceptions", default=None)
+    s.add_argument("--sparsity", type=float, nargs="*", default=None,
+                   help="searchable pruning fractions, e.g. 0 0.25 0.5")
+    s.add_argument("--learning-rates", type=float, nargs="*", default=None)
+    s.add_argument("--warm-start", nargs="*", default=[], help="earlier run folders")
+    s.add_argument("--storage", default=None,
+                   help="postgresql://user@host/db for many machines (default: journal file "
+                        "in --out)")
+    s.add_argument("--study", default="hetq", help="study name")
+    s.add_argument("--workers", type=int, default=1, help="local worker processes")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=_search)
+
+    w = sub.add_parser("worker", help="join a running search from this machine")
+    w.add_argument("--study", required=True)
+    w.add_argument("--storage", default=None)
+    w.add_argument("--out", default=None, help="local folder for trial checkpoints")
+    w.add_argument("--no-progress", action="store_true")
+    w.set_defaults(func=_worker)
+
+    r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report")
+    r.add_argument("run", help="search run folder")
+    r.add_argument("--storage", default=None)
+    r.add_argument("--no-html", action="store_true")
+    r.set_defaults(func=_report)
+
+    t = sub.add_parser("retrain", help="fine-tune a chosen trial's model")
+    t.add_argument("run")
+    t.add_argument("--trial", type=int, required=True)
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--out", default=None, help="checkpoint path (default RUN/retrain_N.pt)")
+    t.add_argument("--storage", default=None)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_retrain)
+
+
+def _search(a) -> int:
+    from .driver import format_table, pareto_rows, run_search
+
+    cfg = SearchConfig(
+        model=a.model, data=a.data, study_name=a.study, objective=a.objective, goal=a.goal,
+        metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
+        min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
+        pruner=a.pruner, trials=a.trials, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
+        quantization_config=_load_yaml(a.quantization_config), tune_filters=a.tune_filters,
+        tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
+        learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
+    )
+    study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                       progress=not a.no_progress)
+    print()
+    print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
+    return 0
+
+
+def _worker(a) -> int:
+    from .driver import run_worker_process
+
+    run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
+    return 0
+
+
+def _report(a) -> int:
+    from .driver import format_table, load_run, pareto_rows
+
+    cfg, study = load_run(a.run, a.storage)
+    print(format_table(pareto_rows(a.run, a.storage), cfg, study.user_attrs.get("reference")))
+    if not a.no_html:
+        from .report import write_html_report
+
+        path = write_html_report(a.run, a.storage)
+        print(f"HTML report: {path}")
+        print(f"dashboard: optuna-dashboard {Path(a.run) / 'study.journal'}"
+              if not a.storage else f"dashboard: optuna-dashboard {a.storage}")
+    return 0
+
+
+def _retrain(a) -> int:
+    from .retrain import retrain
+
+    retrain(a.run, a.trial, epochs=a.epochs, lr=a.lr, out=a.out, storage=a.storage,
+            progress=not a.no_progress)
+    return 0

@@ -1,0 +1,85 @@
+"""`SearchConfig`: everything that defines a search, saved as `search.yaml` in the run folder
+and as a study attribute, so `hetq worker`, `hetq report` and resumed runs rebuild it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .engine import PRUNERS, SAMPLERS
+from .objectives import GOALS
+
+OBJECTIVES = ("forgiving", "pareto")
+STRATEGIES = ("optuna",)
+
+
+@dataclass
+class SearchConfig:
+    """Settings of one search (defaults: the paper's energy-goal AutoQKeras run)."""
+
+    model: str = "jet_mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "jets-sim"
+    study_name: str = "hetq"
+    objective: str = "forgiving"  # single score (forgiving factor) or a Pareto front
+    goal: str = "energy"  # cost: energy | bits | ebops | lut
+    metric: str = "accuracy"  # any key of hetq.train.evaluate's metrics
+    delta_p: float = 8.0
+    delta_n: float = 8.0
+    rate: float = 2.0
+    stress: float = 1.0
+    min_reduction: float | None = None  # hard constraint: reference cost / trial cost >= this
+    max_metric_loss: float | None = None  # hard constraint: relative metric loss <= this
+    sampler: str = "tpe"
+    pruner: str = "none"
+    trials: int = 40
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 3e-3
+    float_epochs: int = 30
+    seed: int = 0
+    limit: dict[str, Any] | None = None
+    quantization_config: dict[str, dict[str, int]] | None = None
+    tune_filters: str = "none"
+    width_multipliers: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 2.0])
+    tune_filters_exceptions: str | None = None
+    sparsity: list[float] | None = None
+    learning_rates: list[float] | None = None
+    reference: str = "int8"  # energy reference: int8 weights, int32 accumulators (the paper)
+    source_quantizer: str = "int8"
+    warm_start: list[str] = field(default_factory=list)  # earlier run folders to seed from
+    device: str = "cpu"
+
+    def __post_init__(self):
+        checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
+                  "pruner": PRUNERS}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "
+                                 f"{', '.join(allowed)}")
+        for name in ("trials", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.objective == "pareto" and self.sampler == "gp" and self.min_reduction:
+            pass  # GP supports constraints in multi-objective mode too
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown search settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SearchConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})

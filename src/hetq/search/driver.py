@@ -1,0 +1,440 @@
+"""The search driver: one Optuna study, trials that train real candidates, a Pareto table.
+
+Run folder layout (`out/`):
+    search.yaml       the SearchConfig
+    float.pt          the float reference model (trained once, warm start of every trial)
+    study.journal     the Optuna study (journal storage; absent with a database URL)
+    trials/NNNNN.pt   each finished trial's trained model (a regular hetq checkpoint)
+
+Each trial: sample a candidate, build it from the float model (float weights transferred),
+train it with QAT (reporting the validation metric per epoch so pruners can stop it),
+evaluate, compute its costs, and store metrics, costs, the candidate and the trained weights
+with the trial. The best model of a search *is* the trained trial (AutoQKeras returns an
+untrained rebuild instead).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from .build import build_candidate
+from .config import SearchConfig
+from .engine import make_pruner, make_sampler, n_counted, run_worker
+from .objectives import Constraints, ForgivingFactor
+from .space import Candidate, SearchSpace
+from .sparsity import MagnitudePruner
+from .storage import make_storage, recover_dead_trials, worker_identity
+
+COST_KEYS = {"energy": "energy_pj", "bits": "bits", "ebops": "ebops", "lut": "lut"}
+
+
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass
+class SearchContext:
+    """What every trial of one search shares (built once per worker process)."""
+
+    config: SearchConfig
+    out: Path
+    data: Any
+    float_model: torch.nn.Module
+    space: SearchSpace
+    reference: dict[str, Any]
+
+    @property
+    def goal_key(self) -> str:
+        return COST_KEYS[self.config.goal]
+
+
+# -- weights travel with the trial (no shared file system needed between machines) ---------
+def pack_state(model: torch.nn.Module) -> str:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii")
+
+
+def unpack_state(blob: str) -> dict[str, torch.Tensor]:
+    raw = zlib.decompress(base64.b64decode(blob))
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+# -- building the shared context ----------------------------------------------------------
+def _train_api():
+    from ..train import evaluate, fit
+
+    return fit, evaluate
+
+
+def measure_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
+    from ..cost import cost
+
+    rep = cost(model, input_shape=(1, data.n_features) if hasattr(data, "n_features") else None,
+               source_quantizer=config.source_quantizer)
+    return rep.summary()
+
+
+def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
+    from ..cost import cost
+
+    rep = cost(model, input_shape=(1, data.n_features) if hasattr(data, "n_features") else None,
+               source_quantizer=config.source_quantizer, reference=config.reference)
+    return rep.summary()
+
+
+def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
+    from ..data import get_dataset
+    from ..models import build as build_model
+    from ..train.checkpoint import load, save
+
+    fit, evaluate = _train_api()
+    data = get_dataset(config.data)
+    float_path = out / "float.pt"
+    if float_path.exists():
+        float_model = load(float_path)
+        ref = torch.load(float_path, map_location="cpu", weights_only=False).get("metrics", {})
+    else:
+        torch.manual_seed(config.seed)
+        float_model = build_model(config.model, **config.model_kwargs)
+        if progress:
+            print(f"training the float reference ({config.float_epochs} epochs)...", flush=True)
+        fit(float_model, data, epochs=config.float_epochs, batch_size=config.batch_size,
+            lr=config.lr, seed=config.seed, device=config.device, progress=progress)
+        ref = evaluate(float_model, data, split="val")
+        save(float_path, float_model, model_name=config.model,
+             model_kwargs=config.model_kwargs, data=data, metrics=ref)
+    float_model = float_model.cpu().eval()
+    space = SearchSpace(float_model, config.quantization_config, config.limit,
+                        config.tune_filters, config.width_multipliers,
+                        config.tune_filters_exceptions, config.sparsity, config.learning_rates)
+    reference = {"metrics": ref, "costs": reference_costs(float_model, config, data)}
+    return SearchContext(config, out, data, float_model, space, reference)
+
+
+# -- one trial --------------------------------------------------------------------------------
+def run_candidate(ctx: SearchContext, candidate: Candidate, *, epochs: int | None = None,
+                  trial: optuna.Trial | None = None, seed: int | None = None):
+    """Build, train (QAT), evaluate and cost one candidate. Returns (model, metrics, costs)."""
+    fit, evaluate = _train_api()
+    cfg = ctx.config
+    epochs = epochs or cfg.epochs
+    model = build_candidate(ctx.float_model, candidate)
+    pruner = MagnitudePruner(model, candidate.sparsity, epochs) if candidate.sparsity else None
+
+    def report(epoch: int, val_metrics: dict[str, float]):
+        if trial is None:
+            return
+        trial.report(float(val_metrics[cfg.metric]), epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    fit(model, ctx.data, epochs=epochs, batch_size=cfg.batch_size, lr=candidate.lr or cfg.lr,
+        seed=cfg.seed if seed is None else seed, device=cfg.device, progress=False,
+        report=report, pruner=pruner)
+    model = model.cpu().eval()
+    metrics = {"val": evaluate(model, ctx.data, split="val"),
+               "test": evaluate(model, ctx.data, split="test")}
+    costs = measure_costs(model, cfg, ctx.data)
+    return model, metrics, costs
+
+
+def make_objective(ctx: SearchContext):
+    cfg = ctx.config
+    ff = ForgivingFactor(cfg.goal, cfg.delta_p, cfg.delta_n, cfg.rate, cfg.stress)
+    cons = Constraints(cfg.min_reduction, cfg.max_metric_loss)
+    ref_cost = ctx.reference["costs"][ctx.goal_key]
+    ref_metric = ctx.reference["metrics"][cfg.metric]
+    trials_dir = ctx.out / "trials"
+    trials_dir.mkdir(parents=True, exist_ok=True)
+
+    def objective(trial: optuna.Trial):
+        for k, v in worker_identity().items():
+            trial.set_user_attr(k, v)
+        candidate = ctx.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        model, metrics, costs = run_candidate(ctx, candidate, trial=trial,
+                                              seed=cfg.seed + trial.number)
+        metric = float(metrics["val"][cfg.metric])
+        trial.set_user_attr("metrics", metrics)
+        trial.set_user_attr("costs", costs)
+        if cons.active:
+            c = cons.values(metric, costs[ctx.goal_key], ref_cost, ref_metric)
+            trial.set_user_attr("constraint", c)
+            trial.set_user_attr("feasible", all(v <= 0 for v in c))
+        trial.set_user_attr("weights", pack_state(model))
+        _save_trial_checkpoint(ctx, trial.number, model, candidate, metrics, costs)
+        if cfg.objective == "pareto":
+            return metric, float(costs[ctx.goal_key])
+        score = ff.score(metric, costs[ctx.goal_key], ref_cost)
+        trial.set_user_attr("score", score)
+        return score
+
+    return objective
+
+
+def _save_trial_checkpoint(ctx, number, model, candidate, metrics, costs):
+    from ..train.checkpoint import save
+
+    path = ctx.out / "trials" / f"{number:05d}.pt"
+    save(path, model, model_name=ctx.config.model, model_kwargs=ctx.config.model_kwargs,
+         quant_config=candidate.quant_config, widths=candidate.widths, data=ctx.data,
+         metrics={**metrics, "costs": costs})
+
+
+def _constraints_func(trial: optuna.trial.FrozenTrial):
+    return trial.user_attrs.get("constraint", [1.0])
+
+
+# -- studies ----------------------------------------------------------------------------------
+def open_study(config: SearchConfig, out: Path, storage: str | None, create: bool = True):
+    _quiet_optuna()
+    st = make_storage(storage, out)
+    directions = ["maximize", "minimize"] if config.objective == "pareto" else ["maximize"]
+    active = Constraints(config.min_reduction, config.max_metric_loss).active
+    sampler_name = config.sampler
+    if config.objective == "pareto" and sampler_name == "tpe":
+        sampler_name = "tpe"  # TPE handles several objectives too; nsga2 is the classic choice
+    sampler = make_sampler(sampler_name, config.seed, config.objective == "pareto",
+                           constraints_func=_constraints_func if active else None,
+                           search_space=None)
+    pruner = make_pruner(config.pruner, config.epochs)
+    if config.objective == "pareto" and config.pruner != "none":
+        raise ValueError("pruners work with single-objective searches only (Optuna); use "
+                         "--objective forgiving or --pruner none")
+    if create:
+        study = optuna.create_study(storage=st, study_name=config.study_name,
+                                    directions=directions, sampler=sampler, pruner=pruner,
+                                    load_if_exists=True)
+        if "hetq_config" not in study.user_attrs:
+            study.set_user_attr("hetq_config", config.to_dict())
+    else:
+        try:
+            study = optuna.load_study(study_name=config.study_name, storage=st, sampler=sampler,
+                                      pruner=pruner)
+        except KeyError:
+            raise ValueError(f"no study named {config.study_name!r} in {storage or out}") \
+                from None
+    return study
+
+
+def _grid_fix(study, ctx):
+    if ctx.config.sampler == "grid":
+        study.sampler = make_sampler("grid", ctx.config.seed,
+                                     search_space=ctx.space.distributions())
+
+
+class Progress:
+    """Prints `trial n/N | best so far | ETA` after every finished trial."""
+
+    def __init__(self, ctx: SearchContext, budget: int, enabled: bool = True):
+        self.ctx, self.budget, self.enabled = ctx, budget, enabled
+        self.t0 = time.monotonic()
+        self.start_done = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial):
+        if not self.enabled or trial.user_attrs.get("overflow"):
+            return
+        done = n_counted(study)
+        if self.start_done is None:
+            self.start_done = done - 1
+        ran = max(1, done - self.start_done)
+        rate = (time.monotonic() - self.t0) / ran
+        eta = max(0, self.budget - done) * rate
+        m = trial.user_attrs.get("metrics", {}).get("val", {}).get(self.ctx.config.metric)
+        c = trial.user_attrs.get("costs", {}).get(self.ctx.goal_key)
+        state = trial.state.name.lower()
+        best = _best_line(study, self.ctx)
+        line = f"trial {done}/{self.budget} #{trial.number} {state}"
+        if m is not None and c is not None:
+            line += f" {self.ctx.config.metric}={m:.4f} {self.ctx.config.goal}={_fmt_cost(c)}"
+        print(f"{line} | best: {best} | ETA {eta:.0f}s", flush=True)
+
+
+def _fmt_cost(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _best_line(study, ctx) -> str:
+    done = [t for t in study.get_trials(deepcopy=False,
+                                        states=(optuna.trial.TrialState.COMPLETE,))]
+    if not done:
+        return "-"
+    if ctx.config.objective == "pareto":
+        return f"{len(study.best_trials)} on the front"
+    t = max(done, key=lambda t: t.value)
+    return f"#{t.number} score={t.value:.4f}"
+
+
+def run_search(config: SearchConfig, out: str | Path, storage: str | None = None,
+               workers: int = 1, progress: bool = True) -> optuna.Study:
+    """Run (or resume) a search; several local worker processes with `workers` > 1."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "search.yaml"
+    if cfg_path.exists():
+        old = SearchConfig.load(cfg_path)
+        if old.to_dict() != config.to_dict():
+            changed = sorted(k for k, v in config.to_dict().items() if old.to_dict()[k] != v)
+            if set(changed) - {"trials"}:
+                raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
+                                 "); use another --out, or the same settings to resume")
+    config.save(cfg_path)
+    ctx = build_context(config, out, progress)
+    study = open_study(config, out, storage)
+    study.set_user_attr("reference", ctx.reference)
+    _grid_fix(study, ctx)
+    _seed_warm_start(study, ctx)
+    done = n_counted(study)
+    if progress and done:
+        print(f"resuming: {done}/{config.trials} trials already done", flush=True)
+    if workers <= 1:
+        run_worker(study, make_objective(ctx), config.trials,
+                   on_trial_end=Progress(ctx, config.trials, progress),
+                   recover=recover_dead_trials)
+    else:
+        _spawn_workers(config, out, storage, workers, progress)
+    return study
+
+
+def _spawn_workers(config, out, storage, workers, progress):
+    cmd = [sys.executable, "-m", "hetq.search.worker", "--out", str(out), "--study",
+           config.study_name]
+    if storage:
+        cmd += ["--storage", storage]
+    if not progress:
+        cmd.append("--quiet")
+    procs = [subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for _ in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    if any(codes):
+        raise RuntimeError(f"search workers exited with codes {codes}")
+
+
+def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
+                       progress: bool = True) -> int:
+    """Join an existing study (`hetq worker`): its settings come from the study itself."""
+    _quiet_optuna()
+    out = Path(out) if out else Path("runs") / study_name
+    st = make_storage(storage, out)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=st)
+    except KeyError:
+        raise ValueError(f"no study named {study_name!r} in {storage or out}; start it with "
+                         "`hetq search` first") from None
+    config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = build_context(config, out, progress=False)
+    study = open_study(config, out, storage, create=False)
+    _grid_fix(study, ctx)
+    return run_worker(study, make_objective(ctx), config.trials,
+                      on_trial_end=Progress(ctx, config.trials, progress),
+                      recover=recover_dead_trials)
+
+
+def _seed_warm_start(study, ctx):
+    """Enqueue the best configurations of earlier studies (run folders) once."""
+    if not ctx.config.warm_start or study.user_attrs.get("warm_started"):
+        return
+    n = 0
+    for folder in ctx.config.warm_start:
+        for row in pareto_rows(Path(folder))[:5]:
+            cand = Candidate.from_dict(row["candidate"])
+            study.enqueue_trial(ctx.space.params_of(cand), user_attrs={"warm_start": folder})
+            n += 1
+    study.set_user_attr("warm_started", n)
+
+
+# -- results ----------------------------------------------------------------------------------
+def load_run(out: str | Path, storage: str | None = None):
+    out = Path(out)
+    if not (out / "search.yaml").exists():
+        raise ValueError(f"{out} is not a search run folder (no search.yaml)")
+    config = SearchConfig.load(out / "search.yaml")
+    _quiet_optuna()
+    study = optuna.load_study(study_name=config.study_name, storage=make_storage(storage, out))
+    return config, study
+
+
+def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
+    """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
+    from .objectives import pareto_front
+
+    config, study = load_run(out, storage)
+    goal_key = COST_KEYS[config.goal]
+    trials = [t for t in study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.COMPLETE,))
+              if "costs" in t.user_attrs]
+    pts = [(t.user_attrs["metrics"]["val"][config.metric], t.user_attrs["costs"][goal_key])
+           for t in trials]
+    rows = []
+    for i in pareto_front(pts):
+        t = trials[i]
+        rows.append({"trial": t.number, "metrics": t.user_attrs["metrics"],
+                     "costs": t.user_attrs["costs"], "candidate": t.user_attrs["candidate"],
+                     "score": t.user_attrs.get("score"), "feasible": t.user_attrs.get("feasible")})
+    return rows
+
+
+def trial_model(out: str | Path, number: int, storage: str | None = None):
+    """The trained model of trial `number` (from its checkpoint, else from the study)."""
+    from ..train.checkpoint import load
+
+    path = Path(out) / "trials" / f"{number:05d}.pt"
+    if path.exists():
+        return load(path)
+    config, study = load_run(out, storage)
+    t = study.trials[number]
+    if "weights" not in t.user_attrs:
+        raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
+    from ..models import build as build_model
+
+    cand = Candidate.from_dict(t.user_attrs["candidate"])
+    model = build_candidate(build_model(config.model, **config.model_kwargs), cand)
+    model.load_state_dict(unpack_state(t.user_attrs["weights"]))
+    return model.eval()
+
+
+def format_table(rows: list[dict[str, Any]], config: SearchConfig,
+                 reference: dict | None = None) -> str:
+    """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers."""
+    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy uJ':>9}  "
+            f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
+    lines = [head, "-" * len(head)]
+
+    def fmt(label, metrics, costs, quant):
+        return (f"{label:>5}  {metrics['val'].get(config.metric, math.nan):13.4f}  "
+                f"{metrics['test'].get('accuracy', math.nan):8.4f}  "
+                f"{costs.get('energy_pj', math.nan) / 1e6:9.4f}  {costs.get('bits', 0):8.0f}  "
+                f"{costs.get('ebops', 0):8.0f}  {costs.get('lut', 0):7.0f}  "
+                f"{costs.get('dsp', 0):5.0f}  {quant}")
+
+    for r in rows:
+        qc = r["candidate"]["quant_config"]
+        quant = "; ".join(f"{layer}: " + ", ".join(f"{f}={s}" for f, s in fields_.items())
+                          for layer, fields_ in qc.items())
+        widths = {k: v for k, v in r["candidate"].get("widths", {}).items() if v != 1.0}
+        if widths:
+            quant += f" | widths {widths}"
+        lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant))
+    lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
+                 "estimate (estimates, not synthesis results)")
+    return "\n".join(lines)

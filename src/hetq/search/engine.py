@@ -1,0 +1,118 @@
+"""Optuna plumbing: samplers, pruners, studies and the worker loop with an exact trial budget.
+
+The search uses Optuna's own samplers, pruners and storages; this module only names them
+and keeps the budget exact when several workers share one study: a trial runs only if fewer
+than `budget` trials with a smaller number are complete, pruned or running. Trials beyond
+the budget are failed at once and tagged `overflow` (they never train).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
+PRUNERS = ("none", "median", "asha", "hyperband")
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def make_sampler(name: str, seed: int | None = None, multi_objective: bool = False,
+                 search_space: dict | None = None, constraints_func=None):
+    """An Optuna sampler by name: tpe (Bayesian), random, grid, gp (Gaussian-process bandit,
+    Vizier's default family), nsga2 (multi-objective evolutionary)."""
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                          constraints_func=constraints_func)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if not search_space:
+            raise ValueError("the grid sampler needs a search space")
+        grid = {k: list(d.choices) for k, d in search_space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints_func)
+    raise ValueError(f"unknown sampler {name!r}; expected one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str | None, max_epochs: int):
+    """An Optuna pruner by name: none, median, asha (successive halving), hyperband."""
+    if name in (None, "none"):
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs,
+                                              reduction_factor=3)
+    raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
+
+
+class BudgetReached(Exception):
+    """Raised inside a trial that would exceed the study's trial budget."""
+
+
+def counted_before(study: optuna.Study, number: int) -> int:
+    """Trials with a smaller number that are complete, pruned or running."""
+    states = (*COUNTED, TrialState.RUNNING)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if t.number < number)
+
+
+def n_counted(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def run_worker(study: optuna.Study, objective: Callable, budget: int,
+               on_trial_end: Callable | None = None, recover: Callable | None = None,
+               timeout: float | None = None) -> int:
+    """Run trials of `study` until it holds `budget` complete/pruned trials. Several workers
+    (processes or machines) may run this on the same study. Returns trials run here."""
+    t0 = time.monotonic()
+    ran = 0
+
+    def guarded(trial: optuna.Trial):
+        if counted_before(study, trial.number) >= budget:
+            trial.set_user_attr("overflow", True)
+            raise BudgetReached
+        return objective(trial)
+
+    callbacks = [on_trial_end] if on_trial_end else []
+    while n_counted(study) < budget:
+        if timeout is not None and time.monotonic() - t0 > timeout:
+            break
+        if recover is not None:
+            recover(study)
+        if _only_others_running(study, budget):
+            _fail_stale(study)
+            time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
+            continue
+        before = len(study.get_trials(deepcopy=False))
+        study.optimize(guarded, n_trials=1, catch=(BudgetReached,), callbacks=callbacks,
+                       gc_after_trial=False, show_progress_bar=False)
+        last = study.get_trials(deepcopy=False)[before:]
+        if any(t.user_attrs.get("overflow") for t in last):
+            continue
+        ran += 1
+    return ran
+
+
+def _fail_stale(study: optuna.Study) -> None:
+    """Let a database storage's heartbeat fail (and retry) trials of dead workers."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    storage = study._storage
+    if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
+        optuna.storages.fail_stale_trials(study)
+
+
+def _only_others_running(study: optuna.Study, budget: int) -> bool:
+    done = n_counted(study)
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    return done + running >= budget and waiting == 0

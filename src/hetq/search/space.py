@@ -1,0 +1,376 @@
+"""Search space: per-layer, per-field quantizer choices, layer widths, sparsity, learning rate.
+
+A `SearchSpace` is built from a float model and turns into Optuna distributions. A sampled
+point becomes a `Candidate`: a per-layer quantization config (exact layer names), width
+multipliers, sparsities and a learning rate, from which the trial model is built.
+
+`limit` (AutoQKeras semantics, spec §5.3, with two quirks fixed):
+    keys   exact layer names, name regexes (`re.match`), layer types ("Linear", "Dense",
+           "Conv2d", "ReLU", "Activation", ...) or "default";
+    values [kernel, bias, activation] for weight layers (a depthwise/separable layer reads
+           kernel for depthwise and pointwise), [activation] for activation layers (the last
+           entry is used); each entry is a maximum bit count (candidates with bits <= it) or
+           an explicit list of quantizer strings; short lists of type keys are padded from
+           "default" (8 when absent).
+    Layers matched by a regex share one choice per field (one Optuna parameter
+    `<regex>/<field>`); every other layer gets its own (`<layer>/<field>`). A single candidate
+    is fixed (no parameter). Layers matched by no key stay float.
+Precedence: exact name, then the first matching regex in dict order, then type, then
+"default". Fixed quirks of the reference: type keys are never also tried as regexes, and a
+layer whose name contains "kernel" or "bias" is not mis-classified.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..quant import get_quantizer
+
+# AutoQKeras' default candidates with their bit cost (spec §5.2). Fixed-point kernels carry
+# alpha=1 explicitly: hetq never turns alpha=None into 'auto_po2' behind the user's back.
+DEFAULT_QUANTIZATION_CONFIG: dict[str, dict[str, int]] = {
+    "kernel": {
+        "binary": 1,
+        "stochastic_binary": 1,
+        "ternary": 2,
+        "stochastic_ternary": 2,
+        "quantized_bits(2,1,1,alpha=1.0)": 2,
+        "quantized_bits(4,0,1,alpha=1.0)": 4,
+        "quantized_bits(8,0,1,alpha=1.0)": 8,
+        "quantized_po2(4,1)": 4,
+    },
+    "bias": {
+        "quantized_bits(4,0,1)": 4,
+        "quantized_bits(8,3,1)": 8,
+        "quantized_po2(4,8)": 4,
+    },
+    "activation": {
+        "binary": 1,
+        "binary(alpha='auto_po2')": 1,
+        "ternary": 2,
+        "quantized_relu(3,1)": 3,
+        "quantized_relu(4,2)": 4,
+        "quantized_relu(8,2)": 8,
+        "quantized_relu(8,4)": 8,
+        "quantized_relu(16,8)": 16,
+        "quantized_relu_po2(4,4)": 4,
+    },
+    "linear": {
+        "binary": 1,
+        "ternary": 2,
+        "quantized_bits(4,1)": 4,
+        "quantized_bits(8,2)": 8,
+        "quantized_bits(16,10)": 16,
+        "quantized_po2(6,4)": 6,
+    },
+}
+
+DEFAULT_WIDTH_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0)
+
+# layer kinds: which config map each field draws from
+WEIGHT_TYPES = {
+    nn.Linear: ("kernel", "bias"),
+    nn.Conv1d: ("kernel", "bias"),
+    nn.Conv2d: ("kernel", "bias"),
+}
+ACTIVATION_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Hardswish)
+LINEAR_TYPES = (nn.Identity,)
+TYPE_ALIASES = {
+    "Dense": "Linear", "QDense": "Linear", "QLinear": "Linear",
+    "Conv1D": "Conv1d", "QConv1D": "Conv1d", "QConv1d": "Conv1d",
+    "Conv2D": "Conv2d", "QConv2D": "Conv2d", "QConv2d": "Conv2d",
+    "Activation": "activation", "QActivation": "activation",
+}
+
+
+@dataclass
+class LayerSlot:
+    """One searchable layer: its name, kind ("weight"/"activation"/"linear") and fields."""
+
+    name: str
+    kind: str
+    type_name: str
+    fields: tuple[str, ...]
+    module: nn.Module = field(repr=False)
+
+
+@dataclass
+class Param:
+    """One Optuna parameter: a categorical over quantizer strings shared by `targets`."""
+
+    name: str
+    choices: tuple[str, ...]
+    targets: list[tuple[str, str]]  # (layer name, field)
+
+
+@dataclass
+class Candidate:
+    """A point of the space, ready to build a trial model from."""
+
+    quant_config: dict[str, dict[str, str]]
+    widths: dict[str, float] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant_config": self.quant_config, "widths": self.widths,
+                "sparsity": self.sparsity, "lr": self.lr}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        return cls(dict(d["quant_config"]), dict(d.get("widths", {})),
+                   dict(d.get("sparsity", {})), d.get("lr"))
+
+
+def _layer_slots(model: nn.Module) -> list[LayerSlot]:
+    slots = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        for t, fields in WEIGHT_TYPES.items():
+            if type(m) is t or (isinstance(m, t) and type(m).__name__.startswith("Q")):
+                has_bias = getattr(m, "bias", None) is not None
+                f = tuple(x for x in fields if x != "bias" or has_bias)
+                slots.append(LayerSlot(name, "weight", t.__name__, f, m))
+                break
+        else:
+            if isinstance(m, ACTIVATION_TYPES):
+                slots.append(LayerSlot(name, "activation", type(m).__name__, ("activation",), m))
+            elif isinstance(m, LINEAR_TYPES):
+                slots.append(LayerSlot(name, "linear", type(m).__name__, ("activation",), m))
+    return slots
+
+
+def _canonical(spec: str) -> str:
+    try:
+        return str(get_quantizer(spec))
+    except ValueError as e:
+        raise ValueError(f"search space: candidate quantizer does not parse: {e}") from None
+
+
+class SearchSpace:
+    """Per-layer quantizer choices (plus optional widths, sparsity, learning rate).
+
+    Args:
+        model: the float model (nn.Module); layers are found by `named_modules()`.
+        quantization_config: {"kernel"|"bias"|"activation"|"linear": {spec: bits}}; missing maps
+            come from `DEFAULT_QUANTIZATION_CONFIG`.
+        limit: see the module docstring; None searches every layer with the full maps.
+        tune_filters: "none", "layer" (one multiplier per layer) or "block" (one shared).
+        width_multipliers: the multiplier choices.
+        tune_filters_exceptions: regex of layer names whose width is never changed; the last
+            weight layer (the classifier) is always excepted.
+        sparsity: choices of the fraction of weights pruned per weight layer (None: no pruning).
+        learning_rates: choices of learning rate (None: not searched).
+    """
+
+    def __init__(self, model: nn.Module, quantization_config: Mapping | None = None,
+                 limit: Mapping | None = None, tune_filters: str = "none",
+                 width_multipliers: Sequence[float] = DEFAULT_WIDTH_MULTIPLIERS,
+                 tune_filters_exceptions: str | None = None,
+                 sparsity: Sequence[float] | None = None,
+                 learning_rates: Sequence[float] | None = None):
+        if tune_filters not in ("none", "layer", "block"):
+            raise ValueError(f"tune_filters={tune_filters!r}; expected 'none', 'layer' or 'block'")
+        qc = {k: dict(v) for k, v in DEFAULT_QUANTIZATION_CONFIG.items()}
+        for k, v in (quantization_config or {}).items():
+            if k not in qc:
+                raise ValueError(f"quantization_config key {k!r}; expected one of {sorted(qc)}")
+            qc[k] = {_canonical(s): int(b) for s, b in v.items()}
+        for k in qc:
+            qc[k] = {_canonical(s): int(b) for s, b in qc[k].items()}
+        self.quantization_config = qc
+        self.limit = dict(limit) if limit is not None else None
+        self.slots = _layer_slots(model)
+        if not self.slots:
+            raise ValueError("search space is empty: the model has no Linear/Conv/activation "
+                             "layers to quantize")
+        self.params: list[Param] = []
+        self.fixed: list[tuple[str, str, str]] = []  # (layer, field, spec) with one choice
+        self._build_quantizer_params()
+        weight_slots = [s for s in self.slots if s.kind == "weight"]
+        self.width_params: dict[str, tuple[list[str], tuple[float, ...]]] = {}
+        if tune_filters != "none":
+            exc = re.compile(tune_filters_exceptions) if tune_filters_exceptions else None
+            tunable = [s.name for s in weight_slots[:-1]
+                       if not (exc and exc.match(s.name))]
+            if tunable:
+                mults = tuple(float(m) for m in width_multipliers)
+                if tune_filters == "layer":
+                    for n in tunable:
+                        self.width_params[f"width/{n}"] = ([n], mults)
+                else:
+                    self.width_params["width/block"] = (tunable, mults)
+        self.sparsity_params = {}
+        if sparsity:
+            choices = tuple(float(s) for s in sparsity)
+            for s in weight_slots:
+                self.sparsity_params[f"sparsity/{s.name}"] = (s.name, choices)
+        self.learning_rates = tuple(learning_rates) if learning_rates else None
+        if not self.params and not self.width_params and not self.sparsity_params \
+                and not self.learning_rates:
+            raise ValueError("search space is empty: every field has a single choice (check "
+                             "`limit` and `quantization_config`)")
+
+    # -- construction --------------------------------------------------------------------
+    def _match(self, slot: LayerSlot):
+        """(key, is_group) of the limit entry that applies to `slot`, or (None, False)."""
+        if self.limit is None:
+            return None, False
+        if slot.name in self.limit:
+            return slot.name, False
+        types = {slot.type_name, "activation" if slot.kind != "weight" else slot.type_name}
+        type_keys = [k for k in self.limit if TYPE_ALIASES.get(k, k) in types]
+        for k in self.limit:
+            if k == "default" or k in type_keys or TYPE_ALIASES.get(k, k) in _ALL_TYPE_NAMES:
+                continue
+            if re.match(k, slot.name):
+                return k, True
+        if type_keys:
+            return type_keys[0], False
+        if "default" in self.limit:
+            return "default", False
+        return None, False
+
+    def _entry(self, key, slot: LayerSlot, field_index: int):
+        if key is None:
+            return None  # no limit at all: every candidate
+        value = self.limit[key]
+        if isinstance(value, (int, str)):
+            value = [value]
+        value = list(value)
+        if slot.kind != "weight":
+            return value[-1] if value else None
+        default = self.limit.get("default", 8)
+        default = list(default) if isinstance(default, (list, tuple)) else [default] * 3
+        while len(value) < 3:
+            value.append(default[len(value)] if len(value) < len(default) else default[-1])
+        return value[field_index]
+
+    def _choices(self, map_name: str, entry) -> tuple[str, ...]:
+        cands = self.quantization_config[map_name]
+        if entry is None:
+            return tuple(cands)
+        if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+            return tuple(s for s, b in cands.items() if b <= entry)
+        if isinstance(entry, str):
+            entry = [entry]
+        return tuple(_canonical(s) for s in entry)
+
+    def _build_quantizer_params(self):
+        matched_keys = set()
+        groups: dict[tuple[str, str], Param] = {}
+        for slot in self.slots:
+            key, is_group = self._match(slot)
+            if self.limit is not None and key is None:
+                continue  # unmatched layers stay float
+            matched_keys.add(key)
+            for i, fld in enumerate(slot.fields):
+                map_name = {"kernel": "kernel", "bias": "bias"}.get(fld)
+                if map_name is None:
+                    map_name = "linear" if slot.kind == "linear" else "activation"
+                entry = self._entry(key, slot, {"kernel": 0, "bias": 1}.get(fld, 2))
+                choices = self._choices(map_name, entry)
+                if not choices:
+                    raise ValueError(
+                        f"search space: no {map_name} candidate fits limit {entry!r} for layer "
+                        f"{slot.name!r} (key {key!r}); candidates: "
+                        f"{dict(self.quantization_config[map_name])}")
+                if len(choices) == 1:
+                    self.fixed.append((slot.name, fld, choices[0]))
+                    continue
+                if is_group:
+                    p = groups.get((key, fld))
+                    if p is None:
+                        p = Param(f"{key}/{fld}", choices, [])
+                        groups[(key, fld)] = p
+                        self.params.append(p)
+                    p.targets.append((slot.name, fld))
+                else:
+                    self.params.append(Param(f"{slot.name}/{fld}", choices, [(slot.name, fld)]))
+        if self.limit is not None:
+            for k in self.limit:
+                if k != "default" and k not in matched_keys:
+                    warnings.warn(f"search space: limit key {k!r} matches no layer", stacklevel=3)
+
+    # -- Optuna ----------------------------------------------------------------------------
+    def distributions(self) -> dict[str, Any]:
+        import optuna
+
+        d = {p.name: optuna.distributions.CategoricalDistribution(p.choices) for p in self.params}
+        for n, (_, mults) in self.width_params.items():
+            d[n] = optuna.distributions.CategoricalDistribution(mults)
+        for n, (_, choices) in self.sparsity_params.items():
+            d[n] = optuna.distributions.CategoricalDistribution(choices)
+        if self.learning_rates:
+            d["lr"] = optuna.distributions.CategoricalDistribution(self.learning_rates)
+        return d
+
+    def suggest(self, trial) -> Candidate:
+        """Sample a candidate through an Optuna trial."""
+        params = {n: trial.suggest_categorical(n, dist.choices)
+                  for n, dist in self.distributions().items()}
+        return self.candidate(params)
+
+    def candidate(self, params: Mapping[str, Any]) -> Candidate:
+        """The candidate for a dict of parameter values (missing ones: first choice)."""
+        qc: dict[str, dict[str, str]] = {}
+        for layer, fld, spec in self.fixed:
+            qc.setdefault(layer, {})[fld] = spec
+        for p in self.params:
+            v = params.get(p.name, p.choices[0])
+            if v not in p.choices:
+                raise ValueError(f"value {v!r} for {p.name!r} is not one of {list(p.choices)}")
+            for layer, fld in p.targets:
+                qc.setdefault(layer, {})[fld] = v
+        widths = {}
+        for n, (layers, mults) in self.width_params.items():
+            for layer in layers:
+                widths[layer] = float(params.get(n, 1.0 if 1.0 in mults else mults[0]))
+        sparsity = {layer: float(params.get(n, choices[0]))
+                    for n, (layer, choices) in self.sparsity_params.items()}
+        lr = params.get("lr") if self.learning_rates else None
+        return Candidate(qc, widths, sparsity, lr)
+
+    def params_of(self, candidate: Candidate) -> dict[str, Any]:
+        """Inverse of `candidate()`: the parameter dict that yields `candidate` (warm starts)."""
+        out = {}
+        for p in self.params:
+            layer, fld = p.targets[0]
+            spec = candidate.quant_config.get(layer, {}).get(fld)
+            if spec is not None:
+                spec = _canonical(spec)
+                if spec in p.choices:
+                    out[p.name] = spec
+        for n, (layers, _) in self.width_params.items():
+            if layers[0] in candidate.widths:
+                out[n] = candidate.widths[layers[0]]
+        for n, (layer, _) in self.sparsity_params.items():
+            if layer in candidate.sparsity:
+                out[n] = candidate.sparsity[layer]
+        if self.learning_rates and candidate.lr is not None:
+            out["lr"] = candidate.lr
+        return out
+
+    def bits_of(self, map_name: str, spec: str) -> int:
+        return self.quantization_config[map_name][_canonical(spec)]
+
+    def __repr__(self) -> str:
+        lines = [f"SearchSpace({len(self.params)} quantizer parameters, "
+                 f"{len(self.width_params)} width, {len(self.sparsity_params)} sparsity"
+                 f"{', lr' if self.learning_rates else ''})"]
+        for p in self.params:
+            lines.append(f"  {p.name}: {list(p.choices)}")
+        for layer, fld, spec in self.fixed:
+            lines.append(f"  {layer}/{fld} = {spec} (fixed)")
+        return "\n".join(lines)
+
+
+_ALL_TYPE_NAMES = {"Linear", "Conv1d", "Conv2d", "activation", "ReLU", "ReLU6", "LeakyReLU",
+                   "Tanh", "Sigmoid", "Hardswish", "Identity"}

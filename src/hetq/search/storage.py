@@ -1,0 +1,102 @@
+"""Where a study lives: a journal file in the run folder (one machine, many processes, no
+server) or a database URL (PostgreSQL for many machines).
+
+Dead workers: with a database, Optuna's heartbeat marks a trial whose worker stopped
+beating as failed and `RetryFailedTrialCallback` enqueues its parameters again. Journal files
+have no heartbeat in Optuna, so hetq records the worker's host and PID on every trial and
+`recover_dead_trials` fails and re-enqueues RUNNING trials whose process on this host is
+gone. Either way no completed trial is lost: they are in the storage the moment they end.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial (database storage)
+GRACE_PERIOD = 30  # a trial silent for this long is considered dead
+
+
+def journal_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "study.journal"
+
+
+def make_storage(storage: str | None, out_dir: str | Path | None = None):
+    """An Optuna storage from a URL, a journal path, or None (journal file in `out_dir`)."""
+    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
+        if storage is None:
+            if out_dir is None:
+                raise ValueError("no storage given and no run folder to put a journal file in")
+            path = journal_path(out_dir)
+        else:
+            path = Path(storage.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+        return optuna.storages.JournalStorage(backend)
+    if "://" not in storage:
+        raise ValueError(f"storage {storage!r}: expected a database URL like "
+                         "postgresql://user@host/db, a path ending in .journal, or nothing")
+    try:
+        return optuna.storages.RDBStorage(
+            storage,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+            engine_kwargs={"pool_pre_ping": True},
+        )
+    except Exception as e:  # sqlalchemy errors: unreachable host, bad credentials, no driver
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(
+            f"cannot open storage {_redact(storage)}: {msg}. Check that the database server is "
+            "running and reachable, the user/password and database exist, and the driver is "
+            "installed (PostgreSQL: pip install psycopg2-binary)."
+        ) from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}@{host}"
+    return url
+
+
+def worker_identity() -> dict[str, str | int]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker process (on this host) no longer exists, and enqueue
+    their parameters again. Returns the numbers of the trials recovered."""
+    host = socket.gethostname()
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != host or "pid" not in t.user_attrs:
+            continue
+        if _pid_alive(int(t.user_attrs["pid"])):
+            continue
+        try:
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except Exception:  # another worker got there first
+            continue
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+        recovered.append(t.number)
+    return recovered

@@ -1,0 +1,194 @@
+"""Search space (limit semantics, Optuna parameters) and objectives (forgiving factor, Pareto)."""
+
+import math
+import warnings
+from collections import OrderedDict
+
+import pytest
+from torch import nn
+
+from hetq.search.objectives import Constraints, ForgivingFactor, hypervolume_2d, pareto_front
+from hetq.search.space import SearchSpace
+
+
+def mlp():
+    return nn.Sequential(OrderedDict([
+        ("fc1", nn.Linear(16, 64)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(64, 32)), ("relu2", nn.ReLU()),
+        ("fc3", nn.Linear(32, 32)), ("relu3", nn.ReLU()),
+        ("output", nn.Linear(32, 5)),
+    ]))
+
+
+# -- forgiving factor ------------------------------------------------------------------------
+def test_forgiving_factor_reward_for_each_rate_step():
+    ff = ForgivingFactor("energy", delta_p=8, delta_n=8, rate=2)
+    # 4x cheaper = two halvings -> +16 %
+    assert ff.delta(25.0, 100.0) == pytest.approx(0.16)
+    assert ff.score(0.7, 25.0, 100.0) == pytest.approx(0.7 * 1.16)
+    assert ff.delta(100.0, 100.0) == 0.0
+
+
+def test_forgiving_factor_delta_n_penalises_growth():
+    ff = ForgivingFactor("bits", delta_p=8, delta_n=4, rate=2)
+    assert ff.delta(200.0, 100.0) == pytest.approx(-0.04)  # one doubling, delta_n = 4 %
+    assert ff.delta(50.0, 100.0) == pytest.approx(0.08)  # one halving, delta_p = 8 %
+
+
+def test_forgiving_factor_stress_applies_to_energy_goal_too():
+    # the reference ignores stress for the energy goal (a bug); hetq applies it
+    plain = ForgivingFactor("energy", 8, 8, 2, stress=1.0)
+    stressed = ForgivingFactor("energy", 8, 8, 2, stress=0.5)
+    assert plain.delta(25.0, 100.0) == pytest.approx(0.16)
+    assert stressed.delta(25.0, 100.0) == pytest.approx(0.08)  # log2(50/25) = 1 step
+
+
+def test_forgiving_factor_bad_values():
+    with pytest.raises(ValueError, match="goal 'speed'"):
+        ForgivingFactor("speed")
+    with pytest.raises(ValueError, match="rate must be > 1"):
+        ForgivingFactor(rate=1.0)
+    with pytest.raises(ValueError, match="costs must be > 0"):
+        ForgivingFactor().delta(0.0, 1.0)
+
+
+def test_constraints():
+    c = Constraints(min_reduction=4.0, max_metric_loss=0.05)
+    # 5x reduction, 2 % loss -> both satisfied (values <= 0)
+    v = c.values(0.686, 20.0, 100.0, 0.7)
+    assert v[0] == pytest.approx(-1.0) and v[1] == pytest.approx(0.02 - 0.05)
+    assert c.satisfied(0.686, 20.0, 100.0, 0.7)
+    assert not c.satisfied(0.6, 20.0, 100.0, 0.7)  # 14 % loss
+    assert not c.satisfied(0.7, 50.0, 100.0, 0.7)  # only 2x
+
+
+def test_pareto_front_and_hypervolume():
+    pts = [(0.70, 100.0), (0.65, 10.0), (0.60, 50.0), (0.72, 1000.0), (0.65, 10.0)]
+    assert pareto_front(pts) == [1, 0, 3]
+    # one point: rectangle [log10(10), log10(1000)] x [0.5, 0.7] = 2 * 0.2
+    assert hypervolume_2d([(0.7, 10.0)], 1000.0, 0.5) == pytest.approx(0.4)
+    # two points: [1,2] x 0.1 + [2,3] x 0.2
+    hv = hypervolume_2d([(0.6, 10.0), (0.7, 100.0)], 1000.0, 0.5)
+    assert hv == pytest.approx(0.1 + 0.2)
+    assert hypervolume_2d([(0.4, 10.0)], 1000.0, 0.5) == 0.0
+    assert math.isclose(hypervolume_2d([(0.7, 10.0)], 1000.0, 0.5, log_cost=False), 990 * 0.2)
+
+
+# -- search space ----------------------------------------------------------------------------
+def test_default_space_has_one_parameter_per_layer_field():
+    space = SearchSpace(mlp())
+    names = [p.name for p in space.params]
+    assert names == ["fc1/kernel", "fc1/bias", "relu1/activation", "fc2/kernel", "fc2/bias",
+                     "relu2/activation", "fc3/kernel", "fc3/bias", "relu3/activation",
+                     "output/kernel", "output/bias"]
+    assert len(space.params[0].choices) == 8  # the reference's default kernel map
+    dists = space.distributions()
+    assert set(dists) == set(names)
+
+
+def test_limit_max_bits_regex_groups_and_types():
+    limit = {
+        "Dense": [4, 4],                 # type key (QKeras alias of Linear), padded with 8
+        "^relu[12]$": [4],               # one shared choice for relu1 and relu2
+        "output": [["quantized_bits(8,0,1,alpha=1.0)"], 8],  # exact name, explicit list
+    }
+    space = SearchSpace(mlp(), limit=limit)
+    by_name = {p.name: p for p in space.params}
+    assert set(by_name) == {"fc1/kernel", "fc1/bias", "fc2/kernel", "fc2/bias", "fc3/kernel",
+                            "fc3/bias", "^relu[12]$/activation", "output/bias"}
+    assert by_name["^relu[12]$/activation"].targets == [("relu1", "activation"),
+                                                       ("relu2", "activation")]
+    # kernel candidates with bits <= 4
+    assert set(by_name["fc1/kernel"].choices) == {
+        "binary", "stochastic_binary", "ternary", "stochastic_ternary",
+        "quantized_bits(2,1,1,alpha=1.0)", "quantized_bits(4,0,1,alpha=1.0)",
+        "quantized_po2(4,1)"}
+    # output kernel has one choice -> fixed, not a parameter; relu3 is matched by nothing -> float
+    assert ("output", "kernel", "quantized_bits(8,0,1,alpha=1.0)") in space.fixed
+    cand = space.candidate({"^relu[12]$/activation": "quantized_relu(3,1)"})
+    assert cand.quant_config["relu1"] == {"activation": "quantized_relu(3,1)"}
+    assert cand.quant_config["relu2"] == {"activation": "quantized_relu(3,1)"}
+    assert "relu3" not in cand.quant_config
+    assert cand.quant_config["output"]["kernel"] == "quantized_bits(8,0,1,alpha=1.0)"
+    assert space.params_of(cand)["^relu[12]$/activation"] == "quantized_relu(3,1)"
+
+
+def test_limit_key_matching_nothing_warns():
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        SearchSpace(mlp(), limit={"Linear": [4], "^conv": [4]})
+    assert any("'^conv' matches no layer" in str(x.message) for x in w)
+
+
+def test_empty_space_and_bad_candidate_are_clear_errors():
+    with pytest.raises(ValueError, match="search space is empty"):
+        SearchSpace(nn.Sequential(nn.Flatten()))
+    one = {"kernel": {"quantized_bits(4,0,1,alpha=1)": 4}, "bias": {"quantized_bits(4,0,1)": 4},
+           "activation": {"quantized_relu(4,0)": 4}}
+    with pytest.raises(ValueError, match="every field has a single choice"):
+        SearchSpace(mlp(), quantization_config=one)
+    with pytest.raises(ValueError, match="does not parse.*quantized_bitz"):
+        SearchSpace(mlp(), quantization_config={"kernel": {"quantized_bitz(4)": 4}})
+    with pytest.raises(ValueError, match="no kernel candidate fits"):
+        SearchSpace(mlp(), limit={"Linear": [0]})
+
+
+def test_width_and_sparsity_parameters():
+    space = SearchSpace(mlp(), tune_filters="layer", sparsity=[0.0, 0.5],
+                        learning_rates=[1e-3, 3e-3])
+    d = space.distributions()
+    # the classifier (last weight layer) never changes width
+    assert {n for n in d if n.startswith("width/")} == {"width/fc1", "width/fc2", "width/fc3"}
+    assert {n for n in d if n.startswith("sparsity/")} == {
+        "sparsity/fc1", "sparsity/fc2", "sparsity/fc3", "sparsity/output"}
+    c = space.candidate({"width/fc2": 0.5, "sparsity/fc1": 0.5, "lr": 3e-3})
+    assert c.widths == {"fc1": 1.0, "fc2": 0.5, "fc3": 1.0}
+    assert c.sparsity["fc1"] == 0.5 and c.lr == 3e-3
+    block = SearchSpace(mlp(), tune_filters="block", tune_filters_exceptions="^fc3")
+    assert block.width_params == {"width/block": (["fc1", "fc2"], (0.5, 0.75, 1.0, 1.5, 2.0))}
+
+
+# -- sparsity and resizing -------------------------------------------------------------------
+def test_polynomial_schedule_and_magnitude_mask():
+    import torch
+
+    from hetq.search.sparsity import MagnitudePruner, magnitude_mask, polynomial_sparsity
+
+    assert polynomial_sparsity(0.5, 9, 10) == 0.5
+    assert polynomial_sparsity(0.5, 0, 10, ramp_fraction=1.0) == pytest.approx(0.5 * (1 - 0.9**3))
+    w = torch.tensor([[0.1, -0.5, 0.2], [0.05, 0.9, -0.3]])
+    m = magnitude_mask(w, 0.5)
+    assert m.tolist() == [[0.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
+    model = mlp()
+    p = MagnitudePruner(model, {"fc1": 0.75, "fc2": 0.0}, epochs=4, ramp_fraction=0.5)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    p.attach(opt)
+    for epoch in range(4):
+        loss = model(torch.randn(8, 16)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        p.on_epoch_end(epoch)
+    assert p.sparsity() == {"fc1": 0.75}
+    loss = model(torch.randn(8, 16)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()  # the step hook keeps masked weights at exactly zero
+    assert (model.fc1.weight == 0).float().mean().item() == 0.75
+    with pytest.raises(ValueError, match="not a weight layer"):
+        MagnitudePruner(model, {"relu1": 0.5}, 3)
+
+
+def test_resize_model_keeps_overlap_of_float_weights():
+    import torch
+
+    from hetq.search.build import resize_model
+
+    m = mlp()
+    r = resize_model(m, {"fc1": 0.5, "fc2": 2.0})
+    assert r.fc1.out_features == 32 and r.fc2.in_features == 32 and r.fc2.out_features == 64
+    assert r.fc3.in_features == 64 and r.output.out_features == 5
+    assert torch.equal(r.fc1.weight, m.fc1.weight[:32])
+    assert torch.equal(r.fc2.weight[:32, :32], m.fc2.weight[:, :32])
+    assert r(torch.randn(3, 16)).shape == (3, 5)
+    assert m.fc1.out_features == 64  # the original is untouched
