@@ -62,6 +62,23 @@ class Quantizer(nn.Module):
         self.scale: torch.Tensor | float | None = None
 
     # -- argument handling ---------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        # any change of an argument invalidates the precomputed constants of the fast path
+        self.__dict__["_fast"] = None
+
+    def fast_constants(self):
+        """Constants of a quantizer's fast path, computed once per argument change (None when
+        not computed yet, False when the fast path does not apply)."""
+        c = self.__dict__.get("_fast")
+        if c is None:
+            c = self._fast_constants()
+            self.__dict__["_fast"] = c
+        return c
+
+    def _fast_constants(self):
+        return False
+
     def _set_arg(self, key: str, value: Any) -> None:
         """Store a constructor argument; tensors become buffers so they move with the module."""
         if isinstance(value, nn.Parameter):
@@ -160,7 +177,8 @@ class Quantizer(nn.Module):
     @property
     def is_scalar(self) -> bool:
         """True when no argument is a tensor (one type for the whole tensor)."""
-        return not any(isinstance(getattr(self, p.name), torch.Tensor) for p in self._signature())
+        # tensor-valued arguments are exactly the registered buffers/parameters (see _set_arg)
+        return not self._buffers and not self._parameters
 
 
 class Activation(nn.Module):

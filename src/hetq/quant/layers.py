@@ -87,10 +87,6 @@ class _WeightLayer(QLayer):
             b = self.bias_quantizer(b)
         return self._act(self._op(x, w, b))
 
-    def extra_repr(self) -> str:
-        base = super().extra_repr()
-        q = self._quantizer_repr()
-        return f"{base}, {q}" if q else base
 
 
 class QDense(_WeightLayer, nn.Linear):
@@ -207,8 +203,7 @@ class QSeparableConv2d(QLayer, nn.Module):
         return self._act(y)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"{self._quantizer_repr()}")
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
 
 
 class QActivation(QLayer, nn.Module):
@@ -228,5 +223,3 @@ class QActivation(QLayer, nn.Module):
     def quantized_weights(self):
         return {}
 
-    def extra_repr(self):
-        return str(self.activation_quantizer)

@@ -48,7 +48,7 @@ class QAveragePooling2d(_QPool):
         return self._act(self._scaled_sum(s, self.area))
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, {self._quantizer_repr()}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
 class QGlobalAveragePooling2d(_QPool):
@@ -59,6 +59,3 @@ class QGlobalAveragePooling2d(_QPool):
     def forward(self, x):
         s = x.sum(dim=(2, 3))
         return self._act(self._scaled_sum(s, x.shape[2] * x.shape[3]))
-
-    def extra_repr(self):
-        return self._quantizer_repr()

@@ -1,0 +1,364 @@
+"""`quantize_model`: a quantized copy of a float `torch.nn.Module`, driven by a `QuantConfig`.
+
+A config maps keys to per-field quantizer specs:
+
+    {"Linear":  {"kernel": "quantized_bits(6,0,alpha=1)", "bias": "quantized_bits(6,0,alpha=1)"},
+     "ReLU":    {"activation": "quantized_relu(6,0)"},      # or just "quantized_relu(6,0)"
+     "fc3":     {"kernel": "ternary"},                      # an exact layer name
+     "^conv":   {"kernel": "quantized_bits(4,0,1)"}}        # a name regex (re.match)
+
+Keys are exact layer names (as in `named_modules()`), layer types (PyTorch class names such as
+"Linear", "Conv2d", "ReLU", "BatchNorm1d"; hetq names "QDense", "QActivation"; QKeras names
+"Dense", "Conv2D", "Activation", "BatchNormalization") or name regexes. Precedence: exact name,
+then type, then the first matching regex in the config's order. Fields: kernel, bias,
+activation, depthwise, pointwise, depthwise_activation, gamma, beta, mean, variance, average.
+Layers matched by no key stay float; a key matching no layer is reported with a warning.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .base import Activation
+from .layers import QActivation, QConv1d, QConv2d, QDense, QDepthwiseConv2d, QLayer
+from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
+from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
+
+FIELDS = ("kernel", "bias", "activation", "depthwise", "pointwise", "depthwise_activation",
+          "gamma", "beta", "mean", "variance", "inverse", "average")
+
+ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
+                      nn.Identity, nn.Softmax)
+
+# canonical type names for the aliases users may write
+TYPE_ALIASES = {
+    "Dense": "Linear", "QDense": "Linear", "QLinear": "Linear",
+    "Conv1D": "Conv1d", "QConv1D": "Conv1d", "QConv1d": "Conv1d",
+    "Conv2D": "Conv2d", "QConv2D": "Conv2d", "QConv2d": "Conv2d",
+    "DepthwiseConv2D": "DepthwiseConv2d", "QDepthwiseConv2D": "DepthwiseConv2d",
+    "QDepthwiseConv2d": "DepthwiseConv2d",
+    "Activation": "Activation", "QActivation": "Activation",
+    "BatchNormalization": "BatchNorm", "QBatchNormalization": "BatchNorm",
+    "QBatchNorm": "BatchNorm", "BatchNorm1d": "BatchNorm", "BatchNorm2d": "BatchNorm",
+    "AveragePooling2D": "AvgPool2d", "QAveragePooling2D": "AvgPool2d",
+    "QAveragePooling2d": "AvgPool2d",
+    "GlobalAveragePooling2D": "AdaptiveAvgPool2d", "QGlobalAveragePooling2D": "AdaptiveAvgPool2d",
+    "QGlobalAveragePooling2d": "AdaptiveAvgPool2d",
+}
+
+
+def _type_names(m: nn.Module) -> set[str]:
+    """Every type key that matches module `m`."""
+    names = {type(m).__name__}
+    if isinstance(m, QDepthwiseConv2d) or (isinstance(m, nn.Conv2d) and _is_depthwise(m)):
+        names.add("DepthwiseConv2d")
+    elif isinstance(m, nn.Linear):
+        names.add("Linear")
+    elif isinstance(m, nn.Conv1d):
+        names.add("Conv1d")
+    elif isinstance(m, nn.Conv2d):
+        names.add("Conv2d")
+    if isinstance(m, (*ACTIVATION_MODULES, QActivation)):
+        names.add("Activation")
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        names.add("BatchNorm")
+    if isinstance(m, (nn.AvgPool2d, QAveragePooling2d)):
+        names.add("AvgPool2d")
+    if isinstance(m, (nn.AdaptiveAvgPool2d, QGlobalAveragePooling2d)):
+        names.add("AdaptiveAvgPool2d")
+    return names
+
+
+def _is_depthwise(m: nn.Conv2d) -> bool:
+    return m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0
+
+
+class QuantConfig:
+    """Per-layer quantizer specs; see the module docstring. Round-trips through YAML/JSON."""
+
+    def __init__(self, entries: Mapping[str, Any] | None = None):
+        self.entries: dict[str, dict[str, Any]] = {}
+        for key, value in (entries or {}).items():
+            if value is None or isinstance(value, str):
+                value = {"activation": value}
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            else:
+                raise ValueError(f"quantization config key {key!r}: expected a quantizer string "
+                                 f"or a {{field: quantizer}} map, got {value!r}")
+            for fld in value:
+                if fld not in FIELDS:
+                    raise ValueError(f"quantization config key {key!r}: unknown field {fld!r}; "
+                                     f"expected one of {', '.join(FIELDS)}")
+            self.entries[str(key)] = value
+
+    # -- lookup ----------------------------------------------------------------------------
+    def lookup(self, name: str, module: nn.Module) -> tuple[str | None, dict[str, Any] | None]:
+        """(key, fields) of the entry that applies to layer `name`, or (None, None)."""
+        if name in self.entries:
+            return name, self.entries[name]
+        types = _type_names(module)
+        for key, value in self.entries.items():
+            if TYPE_ALIASES.get(key, key) in types:
+                return key, value
+        for key, value in self.entries.items():
+            if key in _ALL_TYPE_KEYS:
+                continue
+            try:
+                if re.match(key, name):
+                    return key, value
+            except re.error:
+                continue
+        return None, None
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: {f: (s if isinstance(s, (str, type(None))) else str(s)) for f, s in v.items()}
+                for k, v in self.entries.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
+        return cls(d)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> QuantConfig:
+        return cls(yaml.safe_load(text) or {})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantConfig:
+        return cls(json.loads(text))
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantConfig:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"quantization config file not found: {path}")
+        text = p.read_text()
+        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+
+    def __eq__(self, other):
+        return isinstance(other, QuantConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        body = ", ".join(f"{k!r}: {v!r}" for k, v in self.to_dict().items())
+        return f"QuantConfig({{{body}}})"
+
+
+_ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | {
+    c.__name__ for c in (nn.Linear, nn.Conv1d, nn.Conv2d, *ACTIVATION_MODULES, nn.BatchNorm1d,
+                         nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)}
+
+
+def as_config(config) -> QuantConfig:
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return QuantConfig.load(config)
+    if isinstance(config, Mapping):
+        return QuantConfig(config)
+    raise ValueError(f"quantization config must be a QuantConfig, a dict or a .yaml/.json path, "
+                     f"got {type(config).__name__}")
+
+
+# -- conversion ----------------------------------------------------------------------------
+def _check_fields(name: str, module: nn.Module, fields: dict, allowed: tuple[str, ...]):
+    for fld, spec in fields.items():
+        if spec is not None and fld not in allowed:
+            raise ValueError(f"layer {name!r} ({type(module).__name__}) has no {fld!r} field "
+                             f"to quantize; it has: {', '.join(allowed) or 'none'}")
+
+
+def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
+    """The quantized replacement of module `m` under fields `f` (None: leave it)."""
+    g = f.get
+    if isinstance(m, (QLayer,)):
+        return _requantize(name, m, f)
+    if isinstance(m, nn.Linear):
+        _check_fields(name, m, f, ("kernel", "bias", "activation") if m.bias is not None
+                      else ("kernel", "activation"))
+        new = QDense(m.in_features, m.out_features, m.bias is not None, g("kernel"), g("bias"),
+                     g("activation"))
+    elif isinstance(m, nn.Conv2d) and _is_depthwise(m):
+        allowed = ("depthwise", "kernel", "bias", "activation")
+        _check_fields(name, m, f, allowed if m.bias is not None else allowed[:2] + allowed[3:])
+        new = QDepthwiseConv2d(m.in_channels, m.kernel_size, m.out_channels // m.in_channels,
+                               m.stride, m.padding, m.dilation, m.bias is not None,
+                               g("depthwise") or g("kernel"), g("bias"), g("activation"))
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        _check_fields(name, m, f, ("kernel", "bias", "activation") if m.bias is not None
+                      else ("kernel", "activation"))
+        cls = QConv1d if isinstance(m, nn.Conv1d) else QConv2d
+        new = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                  m.groups, m.bias is not None, m.padding_mode, g("kernel"), g("bias"),
+                  g("activation"))
+    elif isinstance(m, ACTIVATION_MODULES):
+        _check_fields(name, m, f, ("activation",))
+        if g("activation") is None:
+            return None
+        return QActivation(g("activation"))
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        allowed = ("gamma", "beta", "mean", "variance", "inverse")
+        _check_fields(name, m, f, allowed)
+        new = QBatchNorm(m.num_features, m.eps, m.momentum if m.momentum is not None else 0.01,
+                         m.affine, g("gamma"), g("beta"), g("mean"), g("variance"), g("inverse"))
+    elif isinstance(m, nn.AvgPool2d):
+        _check_fields(name, m, f, ("average", "activation"))
+        return QAveragePooling2d(m.kernel_size, m.stride, m.padding, g("average"),
+                                 g("activation"))
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        if m.output_size not in (1, (1, 1)):
+            raise ValueError(f"layer {name!r}: only AdaptiveAvgPool2d(1) converts to "
+                             "QGlobalAveragePooling2d (it flattens to (N, C))")
+        _check_fields(name, m, f, ("average", "activation"))
+        return QGlobalAveragePooling2d(g("average"), g("activation"))
+    else:
+        raise ValueError(f"layer {name!r} ({type(m).__name__}) cannot be quantized; quantizable "
+                         "types: Linear, Conv1d, Conv2d (incl. depthwise), activations, "
+                         "BatchNorm, AvgPool2d, AdaptiveAvgPool2d(1)")
+    new.load_state_dict(m.state_dict(), strict=False)
+    new.to(next(iter(m.parameters())).device if any(True for _ in m.parameters()) else "cpu")
+    new.train(m.training)
+    return new
+
+
+def _requantize(name: str, m: QLayer, f: dict) -> nn.Module:
+    """Replace the quantizers of an already-quantized layer (fields not given are kept)."""
+    from .base import get_quantizer
+
+    _check_fields(name, m, f, m.quantizer_fields)
+    new = copy.deepcopy(m)
+    for fld, spec in f.items():
+        setattr(new, f"{fld}_quantizer", get_quantizer(spec))
+    return new
+
+
+def _quantizable(m: nn.Module) -> bool:
+    return isinstance(m, (QLayer, nn.Linear, nn.Conv1d, nn.Conv2d, *ACTIVATION_MODULES,
+                          nn.modules.batchnorm._BatchNorm, nn.AvgPool2d, nn.AdaptiveAvgPool2d))
+
+
+def _fold_pairs(model: nn.Module, config: QuantConfig) -> dict[str, tuple[str, str]]:
+    """Linear/Conv2d modules directly followed by a BatchNorm inside a Sequential."""
+    pairs = {}
+    for pname, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        items = list(parent.named_children())
+        for (n1, m1), (n2, m2) in zip(items, items[1:]):
+            if isinstance(m1, (nn.Linear, nn.Conv2d)) and not isinstance(m1, QLayer) and \
+                    isinstance(m2, (nn.BatchNorm1d, nn.BatchNorm2d)) and \
+                    not (isinstance(m1, nn.Conv2d) and m1.groups != 1):
+                full1 = f"{pname}.{n1}" if pname else n1
+                full2 = f"{pname}.{n2}" if pname else n2
+                pairs[full1] = (full2, pname)
+    return pairs
+
+
+def _fold(name: str, lin: nn.Module, bn: nn.Module, f: dict) -> nn.Module:
+    _check_fields(name, lin, f, ("kernel", "bias", "activation"))
+    g = f.get
+    if isinstance(lin, nn.Linear):
+        new = QDenseBatchnorm(lin.in_features, lin.out_features, True, g("kernel"), g("bias"),
+                              g("activation"), bn.eps, bn.momentum or 0.01)
+    else:
+        new = QConv2dBatchnorm(lin.in_channels, lin.out_channels, lin.kernel_size, lin.stride,
+                               lin.padding, lin.dilation, lin.groups, True, g("kernel"),
+                               g("bias"), g("activation"), bn.eps, bn.momentum or 0.01)
+    with torch.no_grad():
+        new.weight.copy_(lin.weight)
+        new.bias.copy_(lin.bias if lin.bias is not None else torch.zeros_like(new.bias))
+        if bn.affine:
+            new.gamma.copy_(bn.weight)
+            new.beta.copy_(bn.bias)
+        new.running_mean.copy_(bn.running_mean)
+        new.running_var.copy_(bn.running_var)
+    return new
+
+
+def _set(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent = root
+    *path, last = name.split(".")
+    for p in path:
+        parent = getattr(parent, p)
+    setattr(parent, last, new)
+
+
+def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = False,
+                   inplace: bool = False) -> nn.Module:
+    """A quantized copy of `float_model` (weights copied); see the module docstring.
+
+    Args:
+        float_model: any nn.Module tree (Sequential or custom modules).
+        config: QuantConfig, dict, or a path to a .yaml/.json file.
+        fold_batchnorm: Linear/Conv2d followed by BatchNorm in a Sequential become one
+            QDenseBatchnorm/QConv2dBatchnorm (the BatchNorm is replaced by Identity).
+        inplace: modify `float_model` itself instead of a deep copy.
+    """
+    config = as_config(config)
+    model = float_model if inplace else copy.deepcopy(float_model)
+    used: set[str] = set()
+    modules = dict(model.named_modules())
+    folds = _fold_pairs(model, config) if fold_batchnorm else {}
+    skip: set[str] = set()
+    for name, m in list(modules.items()):
+        if not name or name in skip or any(name.startswith(s + ".") for s in skip):
+            continue
+        key, fields = config.lookup(name, m)
+        if name in folds:
+            bn_name, _ = folds[name]
+            fields = fields or {}
+            if key:
+                used.add(key)
+            _set(model, name, _fold(name, m, modules[bn_name], fields))
+            _set(model, bn_name, nn.Identity())
+            skip.add(bn_name)
+            continue
+        if key is None:
+            continue
+        used.add(key)
+        if key != name and not _quantizable(m):
+            continue  # type/regex keys skip containers and layers without quantizers
+        new = _convert(name, m, fields)
+        if new is not None:
+            _set(model, name, new)
+            skip.add(name)
+    for key in config.entries:
+        if key not in used:
+            warnings.warn(f"quantization config key {key!r} matches no layer of the model",
+                          stacklevel=2)
+    return model
+
+
+def get_quantization_config(model: nn.Module) -> QuantConfig:
+    """The model's quantizers as a QuantConfig keyed by layer name (re-applying it to the
+    float model reproduces `model`'s quantizers)."""
+    entries = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QLayer) and name:
+            fields = {f: str(q) for f, q in m.quantizers.items() if q is not None
+                      and not isinstance(q, Activation)}
+            fields.update({f: str(q) for f, q in m.quantizers.items()
+                           if isinstance(q, Activation)})
+            if fields:
+                entries[name] = fields
+    return QuantConfig(entries)
