@@ -368,8 +368,13 @@ def exp2(v):
 
 
 def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Straight-through: forward value `q`, gradient of `x` (x + stop_gradient(q - x))."""
-    return x + (q - x).detach()
+    """Straight-through: forward value exactly `q`, gradient of `x`.
+
+    Written q + (x - stop_gradient(x)) rather than the usual x + stop_gradient(q - x): the
+    bracket is exactly 0, so the forward value is bit-exactly q (x + (q - x) can round when q is
+    much larger than x, e.g. a binary scale against a tiny weight), which the integer engine
+    and the exporters rely on."""
+    return q.detach() + (x - x.detach())
 
 
 def check_bits(name: str, bits: Any, minimum: int = 1) -> None:

@@ -27,13 +27,12 @@ def stochastic_or_plain_round(y: torch.Tensor, stochastic: bool, training: bool)
 
 def _round_clip_ste(x: torch.Tensor, inv: float, lo: float, hi: float,
                     step: float) -> torch.Tensor:
-    """x + stop_gradient(clip(round(x * inv), lo, hi) * step - x): forward value quantized,
-    gradient identity. Written with in-place ops on one temporary: for tiny models the cost
-    is allocations and kernel launches, not arithmetic (custom autograd Functions and
-    `clamp` measured several times slower here)."""
+    """clip(round(x * inv), lo, hi) * step + (x - stop_gradient(x)): forward value exactly the
+    quantized one, gradient identity. Written with in-place ops on one temporary: for tiny
+    models the cost is allocations and kernel launches, not arithmetic (custom autograd
+    Functions and `clamp` measured several times slower here)."""
     xd = x.detach()
-    d = (xd * inv).round_().clamp_(lo, hi).mul_(step).sub_(xd)
-    return x.add(d)
+    return (xd * inv).round_().clamp_(lo, hi).mul_(step).add_(x - xd)
 
 
 def _is_number(v: Any) -> bool:
@@ -324,7 +323,7 @@ class quantized_relu(Quantizer):
             inv, step, top = c
             xu = F.hardtanh(x, 0.0, top)
             xd = xu.detach()
-            return xu.add((xd * inv).round_().mul_(step).sub_(xd))
+            return (xd * inv).round_().mul_(step).add_(xu - xd)
         slope = self.negative_slope
         n = self.bits - (1 if slope else 0)
         m = exp2(n)
