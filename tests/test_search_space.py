@@ -100,7 +100,7 @@ def test_limit_max_bits_regex_groups_and_types():
                                                        ("relu2", "activation")]
     # kernel candidates with bits <= 4
     assert set(by_name["fc1/kernel"].choices) == {
-        "binary", "stochastic_binary", "ternary", "stochastic_ternary",
+        "binary()", "stochastic_binary()", "ternary()", "stochastic_ternary()",
         "quantized_bits(2,1,1,alpha=1.0)", "quantized_bits(4,0,1,alpha=1.0)",
         "quantized_po2(4,1)"}
     # output kernel has one choice -> fixed, not a parameter; relu3 is matched by nothing -> float

@@ -196,7 +196,8 @@ class Activation(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         if name not in self.FUNCTIONS:
-            raise ValueError(f"unknown activation {name!r}; expected one of {sorted(self.FUNCTIONS)}")
+            raise ValueError(
+                f"unknown activation {name!r}; expected one of {sorted(self.FUNCTIONS)}")
         self.name = name
         self._fn = self.FUNCTIONS[name]
 

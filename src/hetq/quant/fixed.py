@@ -175,6 +175,7 @@ def smallest_fixed_type(values: torch.Tensor, signed: bool | None = None) -> Fix
         frac -= 1
     hi = float(codes.max())
     lo = float(codes.min())
-    mag_bits = max(int(hi).bit_length() if hi > 0 else 0, int(-lo - 1).bit_length() if lo < 0 else 0)
+    mag_bits = max(int(hi).bit_length() if hi > 0 else 0,
+                   int(-lo - 1).bit_length() if lo < 0 else 0)
     width = max(1, mag_bits + (1 if signed else 0))
     return FixedType(width, width - frac, signed)

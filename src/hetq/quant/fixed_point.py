@@ -337,13 +337,16 @@ class quantized_relu(Quantizer):
                 xq = mi * torch.clamp(2.0 * torch.round(p) / m - 1.0, 0.0, 1.0 - 1.0 / m)
             else:
                 inv = m / mi
-                xq = torch.clamp(rnd(x * inv, sr, tr), 0.0, m - 1.0) * (mi / m)
+                xq = torch.clamp(rnd(x * inv, sr, tr), torch.zeros_like(x), m - 1.0) * (mi / m) \
+                    if isinstance(m, torch.Tensor) else \
+                    torch.clamp(rnd(x * inv, sr, tr), 0.0, m - 1.0) * (mi / m)
                 if slope:
                     neg = torch.clamp(rnd(slope * x * inv, sr, tr) / inv, -slope * mi, 0.0)
                     xq = xq + neg
         # surrogate whose gradient the output takes
         if self.is_quantized_clip:
-            xu = torch.clamp(x, 0.0, top) if not slope else torch.where(
+            xu = torch.minimum(torch.relu(x), top) if isinstance(top, torch.Tensor) else \
+                torch.clamp(x, 0.0, top) if not slope else torch.where(
                 x <= top, torch.where(x > 0, x, slope * x), top)
         elif self.relu_upper_bound is not None:
             xu = torch.clamp(x, max=self.relu_upper_bound)

@@ -271,7 +271,7 @@ class SearchSpace:
             if self.limit is not None and key is None:
                 continue  # unmatched layers stay float
             matched_keys.add(key)
-            for i, fld in enumerate(slot.fields):
+            for fld in slot.fields:
                 map_name = {"kernel": "kernel", "bias": "bias"}.get(fld)
                 if map_name is None:
                     map_name = "linear" if slot.kind == "linear" else "activation"

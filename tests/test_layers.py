@@ -1,0 +1,247 @@
+"""Quantized layers, model conversion, summary and the integer weight view."""
+
+import warnings
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetq.quant import get_quantizer
+from hetq.quant.convert import QuantConfig, get_quantization_config, quantize_model
+from hetq.quant.integer import integer_model_weights, integer_weights
+from hetq.quant.layers import (
+    QActivation,
+    QConv1d,
+    QConv2d,
+    QDense,
+    QDepthwiseConv2d,
+    QSeparableConv2d,
+)
+from hetq.quant.norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
+from hetq.quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
+from hetq.quant.summary import summary
+
+Q6 = {
+    "Linear": {"kernel": "quantized_bits(6,0,alpha=1)", "bias": "quantized_bits(6,0,alpha=1)"},
+    "ReLU": {"activation": "quantized_relu(6,0)"},
+}
+
+
+def jet_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+
+
+def qf(spec, t):
+    return get_quantizer(spec)(t)
+
+
+# -- layers against hand computations ---------------------------------------------------------
+def test_dense_and_convs_equal_functional_ops_on_quantized_weights():
+    torch.manual_seed(0)
+    kq, bq, aq = "quantized_bits(4,0,1)", "quantized_bits(8,3,1)", "quantized_relu(4,1)"
+    d = QDense(8, 4, kernel_quantizer=kq, bias_quantizer=bq, activation=aq)
+    x = torch.randn(3, 8)
+    ref = qf(aq, F.linear(x, qf(kq, d.weight), qf(bq, d.bias)))
+    assert torch.equal(d(x), ref)
+    c1 = QConv1d(2, 3, 3, padding=1, kernel_quantizer=kq, bias_quantizer=bq)
+    x1 = torch.randn(2, 2, 7)
+    assert torch.equal(c1(x1), F.conv1d(x1, qf(kq, c1.weight), qf(bq, c1.bias), padding=1))
+    c2 = QConv2d(4, 6, 3, stride=2, groups=2, kernel_quantizer=kq, bias_quantizer=bq)
+    x2 = torch.randn(2, 4, 9, 9)
+    assert torch.equal(c2(x2), F.conv2d(x2, qf(kq, c2.weight), qf(bq, c2.bias), 2, 0, 1, 2))
+    dw = QDepthwiseConv2d(3, 3, depth_multiplier=2, depthwise_quantizer=kq, bias_quantizer=bq)
+    x3 = torch.randn(2, 3, 6, 6)
+    assert dw.weight.shape == (6, 1, 3, 3)
+    assert torch.equal(dw(x3), F.conv2d(x3, qf(kq, dw.weight), qf(bq, dw.bias), groups=3))
+
+
+def test_separable_conv_with_depthwise_activation():
+    torch.manual_seed(1)
+    s = QSeparableConv2d(3, 5, 3, depthwise_quantizer="quantized_bits(4,0,1)",
+                         pointwise_quantizer="quantized_bits(3,0,1)",
+                         bias_quantizer="quantized_bits(3)",
+                         depthwise_activation="quantized_tanh(6)")
+    x = torch.randn(2, 3, 8, 8)
+    h = F.conv2d(x, qf("quantized_bits(4,0,1)", s.depthwise_weight), groups=3)
+    h = qf("quantized_tanh(6)", h)
+    ref = F.conv2d(h, qf("quantized_bits(3,0,1)", s.pointwise_weight), qf("quantized_bits(3)",
+                                                                          s.bias))
+    assert torch.equal(s(x), ref)
+
+
+def test_unquantized_layers_equal_torch_layers():
+    torch.manual_seed(2)
+    lin = nn.Linear(8, 4)
+    q = QDense(8, 4)
+    q.load_state_dict(lin.state_dict())
+    x = torch.randn(5, 8)
+    assert torch.equal(q(x), lin(x))
+    conv = nn.Conv2d(3, 4, 3)
+    qc = QConv2d(3, 4, 3)
+    qc.load_state_dict(conv.state_dict())
+    xc = torch.randn(2, 3, 6, 6)
+    assert torch.equal(qc(xc), conv(xc))
+
+
+def test_quantizer_on_missing_field_raises():
+    with pytest.raises(ValueError, match="no bias"):
+        QDense(4, 2, bias=False, bias_quantizer="quantized_bits(4)")
+    with pytest.raises(ValueError, match="QActivation needs an activation quantizer"):
+        QActivation(None)
+
+
+def test_batchnorm_quantizers_and_formula():
+    torch.manual_seed(3)
+    bn = QBatchNorm(4, gamma_quantizer="quantized_po2(6)", beta_quantizer="quantized_bits(8,2,1)")
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    bn.eval()
+    x = torch.randn(6, 4)
+    inv = torch.rsqrt(bn.running_var + 1e-3) * qf("quantized_po2(6)", bn.weight)
+    ref = x * inv + (qf("quantized_bits(8,2,1)", bn.bias) - bn.running_mean * inv)
+    assert torch.allclose(bn(x), ref)
+    bn.train()
+    before = bn.running_mean.clone()
+    bn(torch.randn(32, 4) + 3.0)
+    assert not torch.equal(before, bn.running_mean)  # moving stats updated in training
+
+
+@pytest.mark.parametrize("mode", ["ema_stats_folding", "batch_stats_folding"])
+def test_folded_batchnorm_matches_conv_then_bn_in_eval(mode):
+    torch.manual_seed(4)
+    conv, bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    ref_model = nn.Sequential(conv, bn).eval()
+    folded = quantize_model(ref_model, {}, fold_batchnorm=True)
+    assert isinstance(folded[0], QConv2dBatchnorm) and isinstance(folded[1], nn.Identity)
+    folded[0].folding_mode = mode
+    x = torch.randn(2, 3, 7, 7)
+    assert torch.allclose(folded.eval()(x), ref_model(x), atol=1e-5)
+    w, b = folded[0].get_folded_weights()
+    inv = bn.weight * torch.rsqrt(bn.running_var + 1e-3)
+    assert torch.allclose(w, conv.weight * inv.view(-1, 1, 1, 1))
+    assert torch.allclose(b, inv * (conv.bias - bn.running_mean) + bn.bias)
+    # training runs and updates the moving statistics
+    folded.train()
+    folded(x + 2.0).sum().backward()
+    assert folded[0].weight.grad is not None
+
+
+def test_folded_dense_batchnorm_quantizes_folded_weights():
+    torch.manual_seed(5)
+    m = QDenseBatchnorm(6, 3, kernel_quantizer="quantized_bits(6,2,alpha=1)")
+    m.eval()
+    w, _ = m.get_folded_weights()
+    assert torch.equal(m.quantized_weights()["kernel"], qf("quantized_bits(6,2,alpha=1)", w))
+
+
+def test_pooling_layers():
+    x = torch.arange(32, dtype=torch.float32).view(1, 2, 4, 4) / 8
+    p = QAveragePooling2d(2, average_quantizer="quantized_bits(8,0,1)")
+    s = F.avg_pool2d(x, 2) * 4
+    assert torch.equal(p(x), s * 0.25)  # 1/4 is exact in quantized_bits(8,0,1)
+    g = QGlobalAveragePooling2d(average_quantizer="quantized_bits(4,0,1)")
+    # 1/16 = 0.0625 -> quantized_bits(4,0,1) has step 1/8 -> rounds to 0.0 (half to even)
+    assert torch.equal(g(x), torch.zeros(1, 2))
+    assert torch.allclose(QGlobalAveragePooling2d()(x), x.mean(dim=(2, 3)))
+
+
+# -- conversion -------------------------------------------------------------------------------
+def test_quantize_model_q6_weights_on_grid_and_float_model_untouched():
+    f = jet_mlp()
+    state = {k: v.clone() for k, v in f.state_dict().items()}
+    m = quantize_model(f, Q6)
+    assert [type(x).__name__ for x in m] == ["QDense", "QActivation"] * 3 + ["QDense"]
+    for layer in m:
+        for w in getattr(layer, "quantized_weights", dict)().values():
+            codes = w * 32
+            assert torch.equal(codes, torch.round(codes))
+            assert codes.min() >= -32 and codes.max() <= 31
+    assert all(torch.equal(state[k], v) for k, v in f.state_dict().items())
+    assert torch.equal(m[0].weight, f[0].weight)  # float weights copied
+
+
+def test_yaml_round_trip_gives_identical_model(tmp_path):
+    f = jet_mlp()
+    m = quantize_model(f, Q6)
+    cfg = get_quantization_config(m)
+    path = tmp_path / "q6.yaml"
+    cfg.save(path)
+    m2 = quantize_model(f, path)
+    x = torch.randn(50, 16)
+    assert torch.equal(m(x), m2(x))
+    assert [str(q) for layer in m2 for q in getattr(layer, "quantizers", {}).values()] == \
+        [str(q) for layer in m for q in getattr(layer, "quantizers", {}).values()]
+    js = QuantConfig.from_json(cfg.to_json())
+    assert js == cfg and QuantConfig.from_yaml(QuantConfig(Q6).to_yaml()) == QuantConfig(Q6)
+
+
+def test_precedence_name_type_regex():
+    f = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 4)), ("fc2", nn.Linear(4, 4)),
+                                   ("out", nn.Linear(4, 2))]))
+    cfg = {"^fc": {"kernel": "quantized_bits(3,0,1)"},
+           "Dense": {"kernel": "quantized_bits(5,0,1)"},
+           "fc2": {"kernel": "ternary"}}
+    with pytest.warns(UserWarning, match="'\\^fc' matches no layer"):  # shadowed by the type key
+        m = quantize_model(f, cfg)
+    assert str(m.fc2.kernel_quantizer) == "ternary()"  # exact name wins
+    assert str(m.fc1.kernel_quantizer) == "quantized_bits(5,0,1)"  # type before regex
+    regex_only = quantize_model(f, {"^fc": {"kernel": "quantized_bits(3,0,1)"}})
+    assert str(regex_only.fc1.kernel_quantizer) == "quantized_bits(3,0,1)"
+    assert isinstance(regex_only.out, nn.Linear) and not isinstance(regex_only.out, QDense)
+
+
+def test_unmatched_key_warns_and_bad_field_raises():
+    f = jet_mlp()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        quantize_model(f, {"Conv2d": {"kernel": "quantized_bits(4)"}, **Q6})
+    assert any("'Conv2d' matches no layer" in str(x.message) for x in w)
+    with pytest.raises(ValueError, match=r"layer '1' \(ReLU\) has no 'kernel' field"):
+        quantize_model(f, {"1": {"kernel": "quantized_bits(4)"}})
+    with pytest.raises(ValueError, match="unknown field 'kernal'"):
+        QuantConfig({"Linear": {"kernal": "quantized_bits(4)"}})
+
+
+# -- summary and integer view -----------------------------------------------------------------
+def test_summary_counts_and_does_not_modify_the_model():
+    m = quantize_model(jet_mlp(), Q6)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    s = summary(m)
+    assert s.total_params == 4389
+    assert s.total_weight_bits == 4389 * 6
+    assert [r.params for r in s.rows if r.type == "QDense"] == [1088, 2080, 1056, 165]
+    assert s.rows[0].fixed_types["kernel"] == "ap_fixed<6,1,AP_RND_CONV,AP_SAT>"
+    assert "4389 parameters, 26334 weight bits" in str(s)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert summary(jet_mlp()).total_weight_bits == 4389 * 32
+
+
+@pytest.mark.parametrize("kq", ["quantized_bits(6,0,alpha=1)",
+                                "quantized_bits(4,0,1,alpha='auto_po2')", "ternary",
+                                "ternary(alpha='auto_po2')", "binary(alpha='auto')",
+                                "quantized_po2(4)", "quantized_relu(4,1)"])
+def test_integer_weights_reproduce_quantized_weights_exactly(kq):
+    torch.manual_seed(6)
+    layer = QDense(16, 8, kernel_quantizer=kq, bias_quantizer="quantized_bits(8,3,1)")
+    iw = integer_weights(layer)
+    qw = layer.quantized_weights()
+    for fld in ("kernel", "bias"):
+        assert iw[fld].codes.dtype == torch.int64
+        assert torch.equal(iw[fld].dequantize(), qw[fld]), fld
+    if "auto_po2" in kq:
+        assert iw["kernel"].scale.shape == (8, 1)  # one power-of-two scale per output channel
+    all_w = integer_model_weights(quantize_model(jet_mlp(), Q6))
+    assert set(all_w) == {"0", "2", "4", "6"}
+    assert all_w["0"]["kernel"].codes.abs().max() <= 32
