@@ -182,7 +182,7 @@ def test_polynomial_schedule_and_magnitude_mask():
 def test_resize_model_keeps_overlap_of_float_weights():
     import torch
 
-    from hetq.search.build import resize_model
+    from hetq.models.resize import resize_model
 
     m = mlp()
     r = resize_model(m, {"fc1": 0.5, "fc2": 2.0})

@@ -1,0 +1,45 @@
+"""Datasets: the real hls4ml jets (download/cache/checksum/parse), the simulated jets
+(embedded sample), scikit-learn's digits, and synthetic data.
+
+`get_dataset(spec)` understands the CLI's `--data` strings:
+    jets-sim                  the sample shipped with hetq (25,000 simulated jets)
+    jets-sim:/path/file.npz   a full jets_sim.npz
+    jets                      the real dataset (downloaded once from OpenML)
+    jets:/path/to/file        the real dataset from a local ARFF/CSV/parquet/HDF5 file
+    digits                    scikit-learn's 8x8 digits, (N, 1, 8, 8)
+    synthetic[:n=...,features=...,classes=...,seed=...]
+"""
+
+from __future__ import annotations
+
+from .dataset import Dataset, validate_arrays
+from .jets import load_jets, load_jets_sim
+from .other import load_digits, make_synthetic
+
+SPECS = ("jets-sim", "jets-sim:PATH", "jets", "jets:PATH", "digits",
+         "synthetic[:n=N,features=F,classes=C,seed=S]")
+
+
+def get_dataset(spec: str, **kw) -> Dataset:
+    name, _, arg = spec.partition(":")
+    if name == "jets-sim":
+        return load_jets_sim(arg or None, **kw)
+    if name == "jets":
+        return load_jets(arg or None, **kw)
+    if name == "digits" and not arg:
+        return load_digits(**kw)
+    if name == "synthetic":
+        opts = {}
+        keys = {"n": "n", "features": "n_features", "classes": "n_classes", "seed": "seed"}
+        for part in filter(None, arg.split(",")):
+            k, _, v = part.partition("=")
+            if k not in keys or not v.lstrip("-").isdigit():
+                raise ValueError(f"bad synthetic option {part!r} in {spec!r}; expected "
+                                 "n=, features=, classes=, seed= with integers")
+            opts[keys[k]] = int(v)
+        return make_synthetic(**opts, **kw)
+    raise ValueError(f"unknown dataset {spec!r}; expected one of: {', '.join(SPECS)}")
+
+
+__all__ = ["Dataset", "SPECS", "get_dataset", "load_digits", "load_jets", "load_jets_sim",
+           "make_synthetic", "validate_arrays"]

@@ -1,0 +1,117 @@
+"""`Dataset`: in-memory splits with their normalisation, and input validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "val", "test")
+
+
+def validate_arrays(X, y, n_classes: int | None = None, name: str = "data",
+                    n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check features/labels and return them as float32 / int64 arrays.
+
+    Raises ValueError naming the problem: wrong shape, NaN/inf (how many, first positions),
+    labels that are not integers in 0..n_classes-1, or X/y length mismatch.
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim < 2:
+        raise ValueError(f"{name}: features must have shape (n_samples, n_features, ...), "
+                         f"got shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name}: expected {n_features} features per sample, got shape "
+                         f"{X.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"{name}: labels must have shape (n_samples,), got shape {y.shape}")
+    if len(X) != len(y):
+        raise ValueError(f"{name}: {len(X)} samples but {len(y)} labels")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{name}: features must be numeric, got dtype {X.dtype}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        pos = np.argwhere(bad)[:5].tolist()
+        raise ValueError(f"{name}: {int(bad.sum())} NaN/inf feature values, first at "
+                         f"(row, column) {', '.join(str(tuple(p[:2])) for p in pos)}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise ValueError(f"{name}: labels must be integers, got non-integer values "
+                             f"{np.unique(y[~np.isfinite(y) | (y != np.round(y))])[:5].tolist()}")
+    elif y.dtype.kind not in "iub":
+        raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if n_classes is not None:
+        bad_y = (y < 0) | (y >= n_classes)
+        if bad_y.any():
+            raise ValueError(f"{name}: labels must be in 0..{n_classes - 1}, found "
+                             f"{sorted(set(y[bad_y].tolist()))[:10]}")
+    return X.astype(np.float32), y
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits in memory, standardised with statistics of the train split."""
+
+    name: str
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    features: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @classmethod
+    def from_splits(cls, name, splits: dict, features, classes, standardize=True) -> Dataset:
+        n_classes = len(classes) if classes else None
+        arrays = {}
+        for s in SPLITS:
+            X, y = splits[s]
+            arrays[s] = validate_arrays(X, y, n_classes, f"{name} ({s} split)")
+        mean = std = None
+        if standardize:
+            Xtr = arrays["train"][0]
+            axes = tuple(i for i in range(Xtr.ndim) if i != 1)
+            mean = Xtr.mean(axis=axes, keepdims=True)[0]
+            std = Xtr.std(axis=axes, keepdims=True)[0]
+            std = np.where(std > 0, std, 1.0).astype(np.float32)
+            arrays = {s: (((X - mean) / std).astype(np.float32), y)
+                      for s, (X, y) in arrays.items()}
+        return cls(name, *arrays["train"], *arrays["val"], *arrays["test"],
+                   list(features), list(classes), mean, std)
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        if which not in SPLITS:
+            raise ValueError(f"split {which!r}; expected one of {SPLITS}")
+        return getattr(self, f"X_{which}"), getattr(self, f"y_{which}")
+
+    def tensors(self, which: str, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        X, y = self.split(which)
+        return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.X_train.shape[1:]))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.X_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.classes else int(self.y_train.max()) + 1
+
+    def normalization(self) -> dict:
+        return {"mean": None if self.mean is None else self.mean.tolist(),
+                "std": None if self.std is None else self.std.tolist(),
+                "features": self.features, "classes": self.classes, "name": self.name}
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
+                f"test={len(self.y_test)}, input={self.input_shape}, classes={self.classes})")

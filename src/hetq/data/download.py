@@ -1,0 +1,84 @@
+"""Download with a cache, a checksum and no partial files left behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """`override`, else $HETQ_CACHE, else ~/.cache/hetq."""
+    d = Path(override or os.environ.get("HETQ_CACHE") or Path.home() / ".cache" / "hetq")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sha256sum(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0,
+          progress: bool = True, manual_hint: str = "") -> Path:
+    """Download `url` to `dest` unless it is already there (and matches `sha256`).
+
+    The body is streamed to `dest.part` and renamed when complete, so an interrupted or
+    truncated download never looks like a cached file. A checksum mismatch deletes the file
+    and raises ValueError naming both hashes.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        if sha256 is None or sha256sum(dest) == sha256:
+            return dest
+        dest.unlink()
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            total = int(r.headers.get("Content-Length") or 0)
+            bar = None
+            if progress:
+                try:
+                    from tqdm import tqdm
+
+                    bar = tqdm(total=total or None, unit="B", unit_scale=True,
+                               desc=f"downloading {dest.name}")
+                except ImportError:  # pragma: no cover
+                    bar = None
+            n = 0
+            with open(part, "wb") as f:
+                while True:
+                    chunk = r.read(1 << 16)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    n += len(chunk)
+                    if bar:
+                        bar.update(len(chunk))
+            if bar:
+                bar.close()
+        if total and n != total:
+            raise ValueError(f"download of {url} is truncated: got {n} of {total} bytes; "
+                             "nothing was cached, try again")
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(
+            f"cannot download {url} ({reason}). If this machine is offline, download the "
+            f"file elsewhere and pass its path instead{manual_hint}") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if sha256 is not None:
+        got = sha256sum(part)
+        if got != sha256:
+            part.unlink(missing_ok=True)
+            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; "
+                             "the corrupted download was deleted")
+    os.replace(part, dest)
+    return dest

@@ -1,0 +1,228 @@
+"""The hls4ml LHC jet dataset (16 high-level features, 5 classes g/q/t/w/z).
+
+* `load_jets(source=None)`: the real dataset. Without `source` it is downloaded once from
+  OpenML (dataset 42468 `hls4ml_lhc_jets_hlf`): the dataset description
+  (`{api}/data/42468`) names the ARFF file and its md5; the file is cached in
+  `~/.cache/hetq` (or $HETQ_CACHE) and verified (md5 from OpenML, or a sha256 you give).
+  `source` may be a local file in any published form: OpenML ARFF / CSV / parquet (optionally
+  .gz) or the Zenodo HDF5 `.z`/`.h5` (tree `t_allpar_new`, one-hot columns j_g..j_z).
+  Split as in the hls4ml tutorial: sklearn's `train_test_split(test_size=0.2,
+  random_state=42)` (reproduced without sklearn), then the last 25 % of the training part is
+  validation (Keras' `validation_split=0.25` in the tutorial). Features are standardised
+  with training statistics.
+* `load_jets_sim(path=None)`: the simulated stand-in (Pythia 8 + FastJet, same features and
+  classes, fixed split column). Without `path`, the 25,000-jet sample shipped with hetq.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Dataset
+from .download import cache_dir, fetch
+
+FEATURES = ["zlogz", "c1_b0_mmdt", "c1_b1_mmdt", "c1_b2_mmdt", "c2_b1_mmdt", "c2_b2_mmdt",
+            "d2_b1_mmdt", "d2_b2_mmdt", "d2_a1_b1_mmdt", "d2_a1_b2_mmdt", "m2_b1_mmdt",
+            "m2_b2_mmdt", "n2_b1_mmdt", "n2_b2_mmdt", "mass_mmdt", "multiplicity"]
+CLASSES = ["g", "q", "t", "w", "z"]
+OPENML_ID = 42468
+OPENML_API = "https://www.openml.org/api/v1/json"
+EMBEDDED = Path(__file__).with_name("jets_sim_small.npz")
+
+
+# -- splits -------------------------------------------------------------------------------------
+def tutorial_split(n: int, test_size: float = 0.2, seed: int = 42):
+    """(train, test) indices exactly as sklearn's train_test_split(test_size, random_state)."""
+    n_test = math.ceil(test_size * n)
+    perm = np.random.RandomState(seed).permutation(n)
+    return perm[n_test:], perm[:n_test]
+
+
+def _dataset_from_arrays(name, X, y, standardize) -> Dataset:
+    train, test = tutorial_split(len(y))
+    n_val = len(train) // 4  # Keras validation_split=0.25: the last quarter of the train part
+    tr, va = train[:len(train) - n_val], train[len(train) - n_val:]
+    return Dataset.from_splits(name, {"train": (X[tr], y[tr]), "val": (X[va], y[va]),
+                                      "test": (X[test], y[test])}, FEATURES, CLASSES,
+                               standardize)
+
+
+# -- parsers ----------------------------------------------------------------------------------
+def _open_text(path: Path):
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return io.StringIO(raw.decode("utf-8"))
+
+
+def _labels(values) -> np.ndarray:
+    idx = {c: i for i, c in enumerate(CLASSES)}
+    out = []
+    for v in values:
+        v = str(v).strip().strip("'\"")
+        if v not in idx:
+            raise ValueError(f"unknown jet class label {v!r}; expected one of {CLASSES}")
+        out.append(idx[v])
+    return np.asarray(out, dtype=np.int64)
+
+
+def _columns(header: list[str], path: Path) -> tuple[list[int], int]:
+    names = [h.strip().strip("'\"") for h in header]
+    missing = [f for f in FEATURES if f not in names]
+    if missing or "class" not in names:
+        raise ValueError(f"{path}: missing columns {missing + ([] if 'class' in names else ['class'])}"
+                         f"; found {names}")
+    return [names.index(f) for f in FEATURES], names.index("class")
+
+
+def parse_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric attributes + the nominal `class` attribute of an OpenML ARFF file."""
+    f = _open_text(path)
+    header, rows, in_data = [], [], False
+    for line in f:
+        s = line.strip()
+        if not s or s.startswith("%"):
+            continue
+        if in_data:
+            rows.append(s)
+        elif s.lower().startswith("@attribute"):
+            header.append(s.split(None, 2)[1])
+        elif s.lower().startswith("@data"):
+            in_data = True
+    if not in_data:
+        raise ValueError(f"{path}: not an ARFF file (no @data section)")
+    fi, ci = _columns(header, path)
+    table = list(csv.reader(rows, quotechar="'", skipinitialspace=True))
+    try:
+        X = np.asarray([[float(r[i]) for i in fi] for r in table], dtype=np.float32)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: malformed data row ({e})") from None
+    return X, _labels(r[ci] for r in table)
+
+
+def parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    reader = csv.reader(_open_text(path))
+    header = next(reader)
+    fi, ci = _columns(header, path)
+    rows = list(reader)
+    try:
+        X = np.asarray([[float(r[i]) for i in fi] for r in rows], dtype=np.float32)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: malformed data row ({e})") from None
+    return X, _labels(r[ci] for r in rows)
+
+
+def parse_parquet(path: Path):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ValueError(f"reading {path} needs pandas and pyarrow: pip install pandas "
+                         "pyarrow") from None
+    df = pd.read_parquet(path)
+    fi, ci = _columns(list(df.columns), path)
+    return df[FEATURES].to_numpy(np.float32), _labels(df["class"])
+
+
+def parse_hdf5(path: Path):
+    try:
+        import h5py
+    except ImportError:
+        raise ValueError(f"reading {path} needs h5py: pip install h5py") from None
+    with h5py.File(path, "r") as f:
+        if "t_allpar_new" not in f:
+            raise ValueError(f"{path}: no 't_allpar_new' tree; found {list(f.keys())}")
+        t = f["t_allpar_new"][()]
+    names = t.dtype.names or ()
+    missing = [f"j_{c}" for c in FEATURES + CLASSES if f"j_{c}" not in names]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    X = np.stack([t[f"j_{c}"] for c in FEATURES], axis=1).astype(np.float32)
+    onehot = np.stack([t[f"j_{c}"] for c in CLASSES], axis=1)
+    return X, onehot.argmax(axis=1).astype(np.int64)
+
+
+def parse_file(path: str | Path):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"jet dataset file not found: {path}")
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".arff"):
+        return parse_arff(path)
+    if name.endswith(".csv"):
+        return parse_csv(path)
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return parse_parquet(path)
+    if name.endswith((".z", ".h5", ".hdf5")):
+        return parse_hdf5(path)
+    raise ValueError(f"{path}: unknown format; expected .arff, .csv, .parquet (optionally .gz) "
+                     "or the HDF5 .z/.h5")
+
+
+# -- loaders ----------------------------------------------------------------------------------
+MANUAL = ("\n  manual download: https://www.openml.org/d/42468 (ARFF), or Zenodo "
+          "10.5281/zenodo.3602260 (.z); then `load_jets('/path/to/file')` or "
+          "`hetq ... --data jets:/path/to/file`")
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
+                  sha256: str | None = None, timeout: float = 30.0,
+                  progress: bool = True) -> Path:
+    """Download (once) the OpenML ARFF of the jet dataset; returns the cached path."""
+    d = cache_dir(cache)
+    desc_path = fetch(f"{api}/data/{OPENML_ID}", d / f"openml_{OPENML_ID}.json",
+                      timeout=timeout, progress=False, manual_hint=MANUAL)
+    try:
+        desc = json.loads(desc_path.read_text())["data_set_description"]
+        url, md5 = desc["url"], desc.get("md5_checksum")
+    except (KeyError, ValueError):
+        desc_path.unlink(missing_ok=True)
+        raise ValueError(f"unexpected OpenML description at {api}/data/{OPENML_ID}; "
+                         f"{MANUAL}") from None
+    dest = d / "hls4ml_lhc_jets_hlf.arff"
+    path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
+                 manual_hint=MANUAL)
+    if md5 and _md5(path) != md5:
+        got = _md5(path)
+        path.unlink()
+        raise ValueError(f"checksum mismatch for {url}: expected md5 {md5} (OpenML), got {got}; "
+                         "the corrupted download was deleted")
+    return path
+
+
+def load_jets(source: str | Path | None = None, standardize: bool = True, **download_kw):
+    """The real hls4ml jet dataset as a `Dataset` (see the module docstring)."""
+    path = Path(source) if source else download_jets(**download_kw)
+    X, y = parse_file(path)
+    return _dataset_from_arrays("jets", X, y, standardize)
+
+
+def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> Dataset:
+    """The simulated jets (embedded sample, or a full `jets_sim.npz`) with their split."""
+    p = Path(path) if path else EMBEDDED
+    if not p.exists():
+        raise FileNotFoundError(f"simulated jets file not found: {p}")
+    d = np.load(p)
+    missing = {"X", "y", "split"} - set(d.files)
+    if missing:
+        raise ValueError(f"{p}: not a jets_sim file (missing {sorted(missing)})")
+    X, y, split = d["X"], d["y"], d["split"]
+    splits = {s: (X[split == i], y[split == i]) for i, s in enumerate(("train", "val", "test"))}
+    features = [str(f) for f in d["features"]] if "features" in d.files else FEATURES
+    classes = [str(c) for c in d["classes"]] if "classes" in d.files else CLASSES
+    return Dataset.from_splits("jets-sim", splits, features, classes, standardize)

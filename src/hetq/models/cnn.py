@@ -1,0 +1,44 @@
+"""The quantized CNN of the seed slides (QKeras tutorial style), for 8x8 digits.
+
+QConv2D(18, 3x3, stochastic_ternary kernel, ternary bias) -> quantized_relu(3)
+-> QSeparableConv2D(32, 3x3, depthwise quantized_bits(4,0,1), pointwise quantized_bits(3,0,1),
+   bias quantized_bits(3), depthwise activation quantized_tanh(6)) -> quantized_relu(3)
+-> Flatten -> QDense(classes, quantized_bits(3), quantized_bits(3)) -> quantized_bits(20,5).
+The softmax of the slides is applied by the loss (cross-entropy on these logits) and by
+`predict`; it does not change the argmax.
+
+The ternary kernel is written `stochastic_ternary(alpha='auto_po2')`: in QKeras a kernel
+quantizer with alpha=None silently becomes 'auto_po2'; hetq makes that explicit (with alpha=None
+and threshold 0.33 the small initial weights would all round to 0). QKeras'
+`quantized_tanh(6,2,1)` of the slides has no integer argument any more; the 6-bit symmetric
+quantized_tanh is used.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from ..quant.layers import QActivation, QConv2d, QDense, QSeparableConv2d
+
+
+def cnn_digits(in_channels: int = 1, image_size: int = 8, n_classes: int = 10,
+               filters: int = 18, sep_filters: int = 32) -> nn.Sequential:
+    side = image_size - 4  # two valid 3x3 convolutions
+    return nn.Sequential(OrderedDict([
+        ("conv", QConv2d(in_channels, filters, 3,
+                         kernel_quantizer="stochastic_ternary(alpha='auto_po2')",
+                         bias_quantizer="ternary")),
+        ("act1", QActivation("quantized_relu(3)")),
+        ("sepconv", QSeparableConv2d(filters, sep_filters, 3,
+                                     depthwise_quantizer="quantized_bits(4,0,1)",
+                                     pointwise_quantizer="quantized_bits(3,0,1)",
+                                     bias_quantizer="quantized_bits(3)",
+                                     depthwise_activation="quantized_tanh(6,symmetric=True)")),
+        ("act2", QActivation("quantized_relu(3)")),
+        ("flatten", nn.Flatten()),
+        ("dense", QDense(sep_filters * side * side, n_classes,
+                         kernel_quantizer="quantized_bits(3)", bias_quantizer="quantized_bits(3)")),
+        ("logits", QActivation("quantized_bits(20,5)")),
+    ]))

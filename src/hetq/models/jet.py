@@ -1,0 +1,54 @@
+"""The paper's jet tagger and an anomaly-detection autoencoder for the same 16 features.
+
+Presets (quantization configs for `jet_mlp`, keys are layer types):
+  "bf": the paper's baseline, 16-bit fixed point everywhere: ap_fixed<16,6> weights, biases and
+        activations (quantized_bits(16,5,alpha=1), quantized_relu(16,6)).
+  "q6": uniform 6-bit QKeras model: quantized_bits(6,0,alpha=1) weights and biases,
+        quantized_relu(6,0) activations (hls4ml tutorial part 4).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+PRESETS = {
+    "float": {},
+    "bf": {
+        "Linear": {"kernel": "quantized_bits(16,5,alpha=1)",
+                   "bias": "quantized_bits(16,5,alpha=1)"},
+        "ReLU": {"activation": "quantized_relu(16,6)"},
+    },
+    "q6": {
+        "Linear": {"kernel": "quantized_bits(6,0,alpha=1)", "bias": "quantized_bits(6,0,alpha=1)"},
+        "ReLU": {"activation": "quantized_relu(6,0)"},
+    },
+}
+
+
+def jet_mlp(n_in: int = 16, n_out: int = 5, widths=(64, 32, 32), batchnorm: bool = False,
+            ) -> nn.Sequential:
+    """16-64-32-32-5 MLP with ReLU (Duarte et al. 2018, Coelho et al. 2021); layers are named
+    fc1.., relu1.., (bn1..), output. Outputs logits (softmax lives in the loss / predictor)."""
+    layers: list[tuple[str, nn.Module]] = []
+    prev = n_in
+    for i, w in enumerate(widths, 1):
+        layers.append((f"fc{i}", nn.Linear(prev, int(w))))
+        if batchnorm:
+            layers.append((f"bn{i}", nn.BatchNorm1d(int(w), eps=1e-3, momentum=0.01)))
+        layers.append((f"relu{i}", nn.ReLU()))
+        prev = int(w)
+    layers.append(("output", nn.Linear(prev, n_out)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def jet_autoencoder(n_in: int = 16, widths=(32, 8, 32)) -> nn.Sequential:
+    """Dense autoencoder (encoder - bottleneck - decoder) with ReLU, linear output."""
+    layers: list[tuple[str, nn.Module]] = []
+    prev = n_in
+    for i, w in enumerate(widths, 1):
+        layers += [(f"fc{i}", nn.Linear(prev, int(w))), (f"relu{i}", nn.ReLU())]
+        prev = int(w)
+    layers.append(("output", nn.Linear(prev, n_in)))
+    return nn.Sequential(OrderedDict(layers))

@@ -1,0 +1,78 @@
+"""Checkpoints: one file with everything needed to use a trained model without the code that
+trained it — architecture (registry name + arguments, width multipliers), quantization config,
+weights, data normalisation, task and metrics. `load(path)` rebuilds the model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "hetq-checkpoint-1"
+
+
+def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: dict | None = None,
+         quant_config: Any = "auto", widths: dict | None = None, data=None,
+         metrics: dict | None = None, task: str = "classify", fold_batchnorm: bool = False,
+         extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    from .. import __version__
+    from ..quant.convert import QuantConfig, get_quantization_config
+
+    if quant_config == "auto":
+        qc = get_quantization_config(model).to_dict()
+    elif quant_config is None:
+        qc = None
+    else:
+        qc = quant_config.to_dict() if isinstance(quant_config, QuantConfig) else \
+            QuantConfig(quant_config).to_dict()
+    ckpt = {
+        "format": FORMAT, "hetq_version": __version__,
+        "model": model_name, "model_kwargs": dict(model_kwargs or {}),
+        "widths": dict(widths or {}), "quant_config": qc or None,
+        "fold_batchnorm": fold_batchnorm,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "normalization": data.normalization() if data is not None else None,
+        "task": task, "metrics": metrics or {}, **(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable hetq checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a hetq checkpoint (format {FORMAT} expected)")
+    return ckpt
+
+
+def build_from(ckpt: dict) -> nn.Module:
+    from ..models import build, resize_model
+    from ..quant.convert import quantize_model
+
+    model = build(ckpt["model"], **ckpt["model_kwargs"])
+    if ckpt.get("widths"):
+        model = resize_model(model, ckpt["widths"])
+    if ckpt.get("quant_config"):
+        model = quantize_model(model, ckpt["quant_config"],
+                               fold_batchnorm=ckpt.get("fold_batchnorm", False))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()
+
+
+def load(path: str | Path) -> nn.Module:
+    """The model stored in a checkpoint, in eval mode."""
+    return build_from(read(path))

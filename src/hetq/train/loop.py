@@ -1,0 +1,197 @@
+"""The training loop, built for tiny models.
+
+Data stay as tensors on the device; each epoch draws one random permutation and slices
+batches (no DataLoader, no per-sample Python). The loss is accumulated on the device and read
+once per epoch (no `.item()` per step). Validation after every epoch drives early stopping on
+the validation loss, restores the best weights at the end, and is handed to `report(epoch,
+metrics)` — the hook through which a search prunes hopeless trials (it may raise).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .tasks import Classify
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use "
+                         "--device cpu (or auto)")
+    return d
+
+
+def _split_tensors(data, split, task, device):
+    X, y = data.split(split)
+    X, y = task.select(X, y, split, getattr(data, "classes", None))
+    return torch.from_numpy(np.ascontiguousarray(X)).to(device), \
+        torch.from_numpy(np.ascontiguousarray(y)).to(device)
+
+
+@torch.no_grad()
+def predict_scores(model, X: torch.Tensor, task, batch_size: int = 8192):
+    """(scores, mean loss) of `model` on X (eval mode), in batches."""
+    was = model.training
+    model.eval()
+    outs, loss_sum = [], 0.0
+    for i in range(0, X.shape[0], batch_size):
+        xb = X[i:i + batch_size]
+        out = model(xb)
+        outs.append(task.scores(out, xb).float().cpu())
+    model.train(was)
+    return torch.cat(outs).numpy() if outs else np.zeros((0,)), loss_sum
+
+
+@torch.no_grad()
+def _val_loss(model, X, y, task, batch_size=8192):
+    total = torch.zeros((), device=X.device)
+    for i in range(0, X.shape[0], batch_size):
+        xb, yb = X[i:i + batch_size], y[i:i + batch_size]
+        total += task.loss(model(xb), xb, yb) * xb.shape[0]
+    return float(total) / max(1, X.shape[0])
+
+
+def evaluate(model, data, split: str = "test", task=None, device="cpu",
+             batch_size: int = 8192) -> dict[str, float]:
+    """Metrics of `model` on a split: the task's metrics plus `loss`."""
+    task = task or Classify()
+    dev = resolve_device(device)
+    model = model.to(dev)
+    X, y = _split_tensors(data, split, task, dev)
+    was = model.training
+    model.eval()
+    try:
+        scores, _ = predict_scores(model, X, task, batch_size)
+        m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
+        m["loss"] = _val_loss(model, X, y, task, batch_size)
+    finally:
+        model.train(was)
+    return m
+
+
+def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 1024,
+        lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
+        schedule: str = "cosine", patience: int | None = None, seed: int = 0,
+        device="cpu", task=None, progress: bool = True, report=None, pruner=None,
+        restore_best: bool = True) -> TrainResult:
+    """Train `model` in place on `data` (a hetq Dataset); returns the history.
+
+    Args:
+        optimizer: "adam" or "adamw". schedule: "cosine" (per epoch) or "none".
+        patience: stop after this many epochs without a better validation loss (None: never).
+        seed: fixes the batch order (model initialisation is the caller's: seed before build).
+        report: called as report(epoch, val_metrics) after each epoch; may raise to stop.
+        pruner: an object with attach(optimizer) / on_epoch_end(epoch) / detach() (sparsity).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    task = task or Classify()
+    dev = resolve_device(device)
+    model.to(dev)
+    Xtr, ytr = _split_tensors(data, "train", task, dev)
+    Xva, yva = _split_tensors(data, "val", task, dev)
+    if Xtr.shape[0] == 0:
+        raise ValueError("the training split is empty")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer {optimizer!r}; expected 'adam' or 'adamw'")
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    elif schedule == "none":
+        sched = None
+    else:
+        raise ValueError(f"schedule {schedule!r}; expected 'cosine' or 'none'")
+    if pruner is not None:
+        pruner.attach(opt)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # stochastic quantizers draw from the global generator
+    res = TrainResult()
+    best_state = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+    t0 = time.perf_counter()
+    n = Xtr.shape[0]
+    try:
+        for epoch in range(epochs):
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(dev)
+            total = torch.zeros((), device=dev)
+            for i in range(0, n, batch_size):
+                idx = perm[i:i + batch_size]
+                xb, yb = Xtr[idx], ytr[idx]
+                loss = task.loss(model(xb), xb, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * xb.shape[0]
+            if sched is not None:
+                sched.step()
+            if pruner is not None:
+                pruner.on_epoch_end(epoch)
+            train_loss = float(total) / n
+            val = evaluate_tensors(model, Xva, yva, task, data)
+            row = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+            res.history.append(row)
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch} (loss "
+                                         f"{train_loss}); lower the learning rate")
+            if val["loss"] < res.best_val_loss:
+                res.best_val_loss, res.best_epoch = val["loss"], epoch
+                if restore_best:
+                    best_state = copy.deepcopy(model.state_dict())
+            if bar is not None:
+                bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{val['loss']:.4f}",
+                                **({task.primary: f"{val[task.primary]:.4f}"}
+                                   if task.primary in val else {}))
+                bar.update(1)
+            if report is not None:
+                report(epoch, val)
+            if patience is not None and epoch - res.best_epoch >= patience:
+                res.stopped_early = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        if pruner is not None:
+            pruner.detach()
+    if restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+        if pruner is not None:
+            pruner.apply()
+    res.seconds = time.perf_counter() - t0
+    model.eval()
+    return res
+
+
+def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:
+    scores, _ = predict_scores(model, X, task)
+    m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
+    m["loss"] = _val_loss(model, X, y, task)
+    return m

@@ -1,0 +1,92 @@
+"""Tasks: what a model is trained to do — its loss, its metrics and which data it sees.
+
+Losses and metrics are plain callables, so a search can optimise any metric a task reports.
+
+* `Classify`: cross-entropy on logits; metrics accuracy, per-class AUC, TPR at FPR = 1e-2.
+* `Anomaly`: an autoencoder trained on background classes only (e.g. q and g jets), anomaly
+  score = mean squared reconstruction error per sample; metrics: for every signal class
+  (e.g. t, w, z) the signal efficiency at a background efficiency of 1e-2, and AUC.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import auc, classification_metrics, tpr_at_fpr
+
+
+class Classify:
+    name = "classify"
+    primary = "accuracy"
+
+    def __init__(self, fpr: float = 1e-2):
+        self.fpr = fpr
+
+    def select(self, X, y, split, classes=None):
+        return X, y
+
+    def loss(self, out, x, y):
+        return F.cross_entropy(out, y)
+
+    def scores(self, out, x):
+        return torch.softmax(out, dim=1)
+
+    def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
+        return classification_metrics(scores, y, classes, self.fpr)
+
+
+class Anomaly:
+    name = "anomaly"
+    primary = "sig_eff_mean"
+
+    def __init__(self, background=("q", "g"), fpr: float = 1e-2):
+        self.background = tuple(background)
+        self.fpr = fpr
+
+    def _bg_ids(self, classes):
+        missing = [c for c in self.background if c not in classes]
+        if missing:
+            raise ValueError(f"anomaly task: background classes {missing} not in {classes}")
+        return [classes.index(c) for c in self.background]
+
+    def select(self, X, y, split, classes=None):
+        """Training and validation use background only; test keeps everything."""
+        if split == "test" or classes is None:
+            return X, y
+        keep = np.isin(y, self._bg_ids(classes))
+        return X[keep], y[keep]
+
+    def loss(self, out, x, y):
+        return F.mse_loss(out, x)
+
+    def scores(self, out, x):
+        return ((out - x) ** 2).flatten(1).mean(1)
+
+    def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
+        bg = np.isin(y, self._bg_ids(classes))
+        out = {"loss": float(scores[bg].mean()) if bg.any() else float("nan")}
+        effs = []
+        for k, c in enumerate(classes):
+            if c in self.background:
+                continue
+            sig = y == k
+            if not sig.any() or not bg.any():
+                continue
+            sel = sig | bg
+            e = tpr_at_fpr(scores[sel], sig[sel], self.fpr)
+            out[f"sig_eff_{c}"] = e
+            out[f"auc_{c}"] = auc(scores[sel], sig[sel])
+            effs.append(e)
+        if effs:
+            out["sig_eff_mean"] = float(np.mean(effs))
+        return out
+
+
+def get_task(name: str, **kw):
+    if name == "classify":
+        return Classify(**kw)
+    if name == "anomaly":
+        return Anomaly(**kw)
+    raise ValueError(f"unknown task {name!r}; expected 'classify' or 'anomaly'")
