@@ -78,7 +78,8 @@ def _columns(header: list[str], path: Path) -> tuple[list[int], int]:
     names = [h.strip().strip("'\"") for h in header]
     missing = [f for f in FEATURES if f not in names]
     if missing or "class" not in names:
-        raise ValueError(f"{path}: missing columns {missing + ([] if 'class' in names else ['class'])}"
+        need = missing + ([] if 'class' in names else ['class'])
+        raise ValueError(f"{path}: missing columns {need}"
                          f"; found {names}")
     return [names.index(f) for f in FEATURES], names.index("class")
 

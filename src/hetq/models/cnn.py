@@ -7,9 +7,10 @@ QConv2D(18, 3x3, stochastic_ternary kernel, ternary bias) -> quantized_relu(3)
 The softmax of the slides is applied by the loss (cross-entropy on these logits) and by
 `predict`; it does not change the argmax.
 
-The ternary kernel is written `stochastic_ternary(alpha='auto_po2')`: in QKeras a kernel
-quantizer with alpha=None silently becomes 'auto_po2'; hetq makes that explicit (with alpha=None
-and threshold 0.33 the small initial weights would all round to 0). QKeras'
+Every kernel quantizer carries alpha='auto_po2' explicitly: QKeras silently switches kernel
+quantizers with alpha=None to 'auto_po2' (so that is what the slides' model trained with);
+hetq never switches, and with plain fixed point the small initial weights (e.g. +-0.04 in the
+dense layer against a 3-bit step of 0.25) would all round to 0. QKeras'
 `quantized_tanh(6,2,1)` of the slides has no integer argument any more; the 6-bit symmetric
 quantized_tanh is used.
 """
@@ -32,13 +33,14 @@ def cnn_digits(in_channels: int = 1, image_size: int = 8, n_classes: int = 10,
                          bias_quantizer="ternary")),
         ("act1", QActivation("quantized_relu(3)")),
         ("sepconv", QSeparableConv2d(filters, sep_filters, 3,
-                                     depthwise_quantizer="quantized_bits(4,0,1)",
-                                     pointwise_quantizer="quantized_bits(3,0,1)",
+                                     depthwise_quantizer="quantized_bits(4,0,1,alpha='auto_po2')",
+                                     pointwise_quantizer="quantized_bits(3,0,1,alpha='auto_po2')",
                                      bias_quantizer="quantized_bits(3)",
                                      depthwise_activation="quantized_tanh(6,symmetric=True)")),
         ("act2", QActivation("quantized_relu(3)")),
         ("flatten", nn.Flatten()),
         ("dense", QDense(sep_filters * side * side, n_classes,
-                         kernel_quantizer="quantized_bits(3)", bias_quantizer="quantized_bits(3)")),
+                         kernel_quantizer="quantized_bits(3,0,alpha='auto_po2')",
+                         bias_quantizer="quantized_bits(3)")),
         ("logits", QActivation("quantized_bits(20,5)")),
     ]))

@@ -1,0 +1,171 @@
+"""`hetq train`, `hetq evaluate`, `hetq ptq`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _common(p):
+    p.add_argument("--data", default="jets-sim", help="jets-sim | jets | jets:PATH | digits | "
+                                                      "synthetic (see hetq.data)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="train a float or quantized model (QAT)",
+                       description="Train a model from the zoo with a quantization preset or "
+                                   "config; writes OUT/model.pt, OUT/metrics.json, OUT/roc.png.")
+    t.add_argument("--model", default="jet_mlp")
+    t.add_argument("--preset", default=None, help="float | bf | q6 (jet_mlp presets)")
+    t.add_argument("--config", default=None, help="quantization config (.yaml/.json)")
+    t.add_argument("--task", default="classify", choices=["classify", "anomaly"])
+    t.add_argument("--background", default="q,g", help="anomaly task: background classes")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=1024)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--patience", type=int, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, help="start from this checkpoint's float weights")
+    t.add_argument("--out", default="runs/train")
+    _common(t)
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    _common(e)
+    e.set_defaults(func=_evaluate)
+
+    q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model")
+    q.add_argument("checkpoint")
+    q.add_argument("--bits", type=int, default=8)
+    q.add_argument("--calibration", type=int, default=10000, help="calibration samples")
+    q.add_argument("--out", default=None)
+    _common(q)
+    q.set_defaults(func=_ptq)
+
+
+def _task(args, ckpt_task=None):
+    from .tasks import get_task
+
+    name = ckpt_task or args.task
+    if name == "anomaly":
+        return get_task("anomaly", background=tuple(getattr(args, "background", "q,g")
+                                                    .split(",")))
+    return get_task(name)
+
+
+def _model_kwargs(model: str, data) -> dict:
+    if model == "jet_mlp":
+        return {"n_in": data.n_features, "n_out": data.n_classes}
+    if model == "jet_autoencoder":
+        return {"n_in": data.n_features}
+    if model == "cnn_digits":
+        return {"in_channels": data.input_shape[0], "image_size": data.input_shape[-1],
+                "n_classes": data.n_classes}
+    return {}
+
+
+def _train(a) -> int:
+    import torch
+
+    from ..data import get_dataset
+    from ..models import build, preset
+    from ..quant.convert import QuantConfig, quantize_model
+    from .checkpoint import read, save
+    from .loop import evaluate, fit
+    from .report import metrics_table
+
+    if a.preset and a.config:
+        raise ValueError("give either --preset or --config, not both")
+    data = get_dataset(a.data)
+    task = _task(a)
+    kwargs = _model_kwargs(a.model, data)
+    torch.manual_seed(a.seed)
+    model = build(a.model, **kwargs)
+    if a.init:
+        model.load_state_dict(read(a.init)["state_dict"], strict=False)
+    qc = None
+    if a.config:
+        qc = QuantConfig.load(a.config)
+    elif a.preset:
+        qc = QuantConfig(preset(a.preset))
+    if qc is not None and qc.entries:
+        model = quantize_model(model, qc)
+    print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
+    res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+              patience=a.patience, device=a.device, task=task, progress=not a.no_progress)
+    model.cpu()
+    metrics = evaluate(model, data, "test", task)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save(out / "model.pt", model, model_name=a.model, model_kwargs=kwargs, data=data,
+         metrics={"test": metrics, "history": res.history}, task=task.name,
+         quant_config="auto" if a.model != "cnn_digits" else None)
+    (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
+                                                 indent=1))
+    print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
+          f"{res.best_epoch})")
+    print(metrics_table(metrics, data.classes, task.name))
+    if task.name == "classify":
+        _roc(model, data, task, out / "roc.png")
+    print(f"checkpoint: {out / 'model.pt'}")
+    return 0
+
+
+def _roc(model, data, task, path):
+    import torch
+
+    from .loop import predict_scores
+    from .report import plot_roc
+
+    X, y = data.tensors("test")
+    scores, _ = predict_scores(model, X, task)
+    plot_roc(scores, y.numpy(), data.classes, path)
+    del torch
+
+
+def _evaluate(a) -> int:
+    from ..data import get_dataset
+    from .checkpoint import build_from, read
+    from .loop import evaluate
+    from .report import metrics_table
+
+    ckpt = read(a.checkpoint)
+    model = build_from(ckpt)
+    data = get_dataset(a.data)
+    task = _task(a, ckpt.get("task"))
+    m = evaluate(model, data, a.split, task, a.device)
+    print(f"{a.checkpoint} on {data.name} ({a.split} split)")
+    print(metrics_table(m, data.classes, task.name))
+    return 0
+
+
+def _ptq(a) -> int:
+    from ..data import get_dataset
+    from ..quant.convert import quantize_model
+    from .checkpoint import build_from, read, save
+    from .loop import evaluate
+    from .ptq import ptq_config
+    from .report import metrics_table
+
+    ckpt = read(a.checkpoint)
+    if ckpt.get("quant_config"):
+        raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
+    model = build_from(ckpt)
+    data = get_dataset(a.data)
+    X, _ = data.tensors("train")
+    cfg = ptq_config(model, X[:a.calibration], a.bits)
+    qmodel = quantize_model(model, cfg).eval()
+    task = _task(a, ckpt.get("task"))
+    m = evaluate(qmodel, data, "test", task)
+    print(f"PTQ {a.bits} bits of {a.checkpoint}:")
+    print(metrics_table(m, data.classes, task.name))
+    out = Path(a.out) if a.out else Path(a.checkpoint).with_name(f"ptq{a.bits}.pt")
+    save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
+         quant_config=cfg, data=data, metrics={"test": m}, task=task.name)
+    print(f"checkpoint: {out}")
+    return 0

@@ -1,0 +1,62 @@
+"""Post-training quantization (the paper's baseline): fixed point of a trained float model.
+
+Per tensor, the integer bits come from the observed range (weights: the tensor itself;
+activations: the outputs seen on calibration data) with `get_integer_bits`, and the fractional
+bits are whatever is left of the total width:
+    weights/biases  quantized_bits(W, I, alpha=1)    (I excludes the sign bit)
+    ReLU outputs    quantized_relu(W, I)             (unsigned)
+No retraining happens; compare with QAT to see how much training with the quantizers buys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..quant.convert import ACTIVATION_MODULES, QuantConfig, quantize_model
+from ..quant.observers import MinMaxObserver, get_integer_bits
+
+
+@torch.no_grad()
+def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
+               quantize_activations: bool = True) -> QuantConfig:
+    """The per-layer PTQ config of `model` for a total width `bits`."""
+    if bits < 2:
+        raise ValueError(f"PTQ needs at least 2 bits, got {bits}")
+    entries: dict[str, dict[str, str]] = {}
+    observers: dict[str, MinMaxObserver] = {}
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fields = {}
+            for fld, t in (("kernel", m.weight), ("bias", m.bias)):
+                if t is None:
+                    continue
+                i = get_integer_bits(float(t.min()), float(t.max()), bits, True, True)
+                fields[fld] = f"quantized_bits({bits},{i},alpha=1)"
+            entries[name] = fields
+        elif quantize_activations and isinstance(m, (nn.ReLU, nn.ReLU6)):
+            obs = observers[name] = MinMaxObserver()
+            hooks.append(m.register_forward_hook(lambda mod, inp, out, o=obs: o(out)))
+    was = model.training
+    model.eval()
+    try:
+        model(calibration)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    for name, obs in observers.items():
+        i = get_integer_bits(0.0, max(obs.max, 0.0), bits, True, keep_negative=False)
+        entries[name] = {"activation": f"quantized_relu({bits},{i})"}
+    return QuantConfig(entries)
+
+
+def ptq(model: nn.Module, calibration: torch.Tensor, bits: int,
+        quantize_activations: bool = True) -> nn.Module:
+    """A fixed-point copy of a trained float model (see the module docstring)."""
+    cfg = ptq_config(model, calibration, bits, quantize_activations)
+    return quantize_model(model, cfg).eval()
+
+
+__all__ = ["ACTIVATION_MODULES", "ptq", "ptq_config"]

@@ -1,0 +1,58 @@
+"""Printing metrics as tables and plotting ROC curves (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify") -> str:
+    lines = []
+    if task == "classify":
+        lines.append(f"accuracy {m.get('accuracy', float('nan')):.4f}   loss "
+                     f"{m.get('loss', float('nan')):.4f}")
+        fpr_key = next((k.rsplit("_", 1)[0] for k in m if k.startswith("tpr@fpr=")), None)
+        lines.append(f"{'class':>6}  {'AUC':>7}  {fpr_key or 'tpr':>14}")
+        for c in classes:
+            if f"auc_{c}" in m:
+                lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m.get(f'{fpr_key}_{c}', 0):14.4f}")
+        if "auc_mean" in m:
+            lines.append(f"{'mean':>6}  {m['auc_mean']:7.4f}  {m.get(f'{fpr_key}_mean', 0):14.4f}")
+    else:
+        lines.append(f"background reconstruction loss {m.get('loss', float('nan')):.5f}")
+        lines.append(f"{'signal':>6}  {'AUC':>7}  {'sig eff @ bkg eff 1e-2':>24}")
+        for c in classes:
+            if f"sig_eff_{c}" in m:
+                lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m[f'sig_eff_{c}']:24.4f}")
+    return "\n".join(lines)
+
+
+def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | Path,
+             title: str = "") -> Path:
+    """One-vs-rest ROC curves (signal efficiency vs background efficiency, log x) to PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for k, c in enumerate(classes):
+        lab = y == k
+        if lab.all() or not lab.any():
+            continue
+        fpr, tpr = roc_curve(scores[:, k], lab)
+        ax.plot(np.maximum(fpr, 1e-4), tpr, label=c)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_xlabel("background efficiency (FPR)")
+    ax.set_ylabel("signal efficiency (TPR)")
+    ax.axvline(1e-2, color="grey", lw=0.5, ls="--")
+    ax.legend(title=title or None)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,182 @@
+"""Data: the real jet loader against a local HTTP server, the embedded sample, validation."""
+
+import hashlib
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from hetq.data import get_dataset, load_jets, load_jets_sim, validate_arrays
+from hetq.data.jets import CLASSES, FEATURES, download_jets, tutorial_split
+
+
+def make_arff(n=200, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    lines = ["% hls4ml jets fixture", "@relation hls4ml_lhc_jets_hlf"]
+    lines += [f"@attribute {f} numeric" for f in FEATURES]
+    lines += ["@attribute class {g,q,t,w,z}", "@data"]
+    for i in range(n):
+        vals = ",".join(f"{v:.5f}" for v in rng.normal(size=16) + i % 5)
+        lines.append(f"{vals},'{CLASSES[i % 5]}'")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class Server:
+    """Serves a dict path -> bytes on 127.0.0.1; counts requests; can truncate bodies."""
+
+    def __init__(self, files, truncate=()):
+        self.files, self.truncate, self.requests = files, set(truncate), []
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if self.path in outer.truncate else body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def openml_files(base, arff, md5=None):
+    desc = {"data_set_description": {"url": f"{base}/files/jets.arff",
+                                     "md5_checksum": md5 or hashlib.md5(arff).hexdigest()}}
+    return {"/api/data/42468": json.dumps(desc).encode(), "/files/jets.arff": arff}
+
+
+def test_download_parse_split_and_cache(tmp_path):
+    arff = make_arff()
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, arff))
+    with srv:
+        d = load_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        first = list(srv.requests)
+        d2 = load_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        assert srv.requests == first  # the second call used the cache only
+    assert first == ["/api/data/42468", "/files/jets.arff"]
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (120, 40, 40)
+    assert d.classes == CLASSES and d.features == FEATURES
+    assert np.allclose(d.X_train.mean(0), 0, atol=1e-5)  # standardised on train only
+    assert np.allclose(d.X_train.std(0), 1, atol=1e-4)
+    assert np.array_equal(d.X_test, d2.X_test)
+
+
+def test_split_is_sklearns_train_test_split():
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(1003)
+    tr, te = train_test_split(idx, test_size=0.2, random_state=42)
+    mtr, mte = tutorial_split(1003)
+    assert np.array_equal(tr, mtr) and np.array_equal(te, mte)
+
+
+def test_checksum_mismatch_deletes_file(tmp_path):
+    arff = make_arff()
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, arff, md5="0" * 32))
+    msg = r"checksum mismatch.*expected md5 0{32}.*got [0-9a-f]{32}.*deleted"
+    with srv, pytest.raises(ValueError, match=msg):
+        download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+    assert not (tmp_path / "hls4ml_lhc_jets_hlf.arff").exists()
+    srv2 = Server({})
+    srv2.files.update(openml_files(srv2.url, arff))
+    with srv2, pytest.raises(ValueError, match="expected sha256 abc"):
+        download_jets(cache=tmp_path / "b", api=f"{srv2.url}/api", sha256="abc", progress=False)
+
+
+def test_truncated_download_leaves_no_cache(tmp_path):
+    arff = make_arff()
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, arff))
+    srv.truncate.add("/files/jets.arff")
+    with srv, pytest.raises((ValueError, ConnectionError), match="truncated|cannot download"):
+        download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+    assert not any(p.name.startswith("hls4ml") for p in tmp_path.iterdir())
+
+
+def test_offline_error_names_url_and_manual_download(tmp_path):
+    msg = r"(?s)127\.0\.0\.1:9/api/data/42468.*manual download"
+    with pytest.raises(ConnectionError, match=msg):
+        download_jets(cache=tmp_path, api="http://127.0.0.1:9/api", timeout=2, progress=False)
+
+
+def test_local_files_in_published_forms(tmp_path):
+    arff = make_arff(100)
+    (tmp_path / "j.arff").write_bytes(arff)
+    import gzip
+
+    (tmp_path / "j.arff.gz").write_bytes(gzip.compress(arff))
+    a, b = load_jets(tmp_path / "j.arff"), load_jets(tmp_path / "j.arff.gz")
+    assert np.array_equal(a.X_train, b.X_train)
+    rows = [line for line in arff.decode().splitlines() if line and line[0] not in "%@"]
+    csv_text = ",".join(FEATURES + ["class"]) + "\n" + "\n".join(r.replace("'", "")
+                                                                  for r in rows)
+    (tmp_path / "j.csv").write_text(csv_text)
+    c = get_dataset(f"jets:{tmp_path / 'j.csv'}")
+    assert np.allclose(c.X_train, a.X_train) and np.array_equal(c.y_test, a.y_test)
+    (tmp_path / "j.txt").write_text("x")
+    with pytest.raises(ValueError, match="unknown format"):
+        load_jets(tmp_path / "j.txt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_jets(tmp_path / "missing.arff")
+
+
+def test_embedded_simulated_jets():
+    d = load_jets_sim()
+    assert d.n_features == 16 and d.n_classes == 5 and d.classes == ["g", "q", "t", "w", "z"]
+    assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (15028, 4973, 4999)
+    assert np.bincount(np.r_[d.y_train, d.y_val, d.y_test]).tolist() == [5000] * 5
+    assert d.features[0] == "zlogz" and d.features[-1] == "multiplicity"
+
+
+def test_validation_errors_name_the_problem():
+    X = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        validate_arrays(np.zeros(4), np.zeros(4, int))
+    bad = X.copy()
+    bad[1, 2] = np.nan
+    bad[3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 NaN/inf feature values, first at .*\(1, 2\), "
+                                         r"\(3, 0\)"):
+        validate_arrays(bad, np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"labels must be in 0\.\.4, found \[7\]"):
+        validate_arrays(X, np.array([0, 1, 7, 2]), n_classes=5)
+    with pytest.raises(ValueError, match="4 samples but 3 labels"):
+        validate_arrays(X, np.zeros(3, int))
+    with pytest.raises(ValueError, match="non-integer"):
+        validate_arrays(X, np.array([0.0, 1.5, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="unknown dataset 'jetz'"):
+        get_dataset("jetz")
+    with pytest.raises(ValueError, match="unknown jet class label 'x'"):
+        from hetq.data.jets import _labels
+
+        _labels(["g", "x"])
+
+
+def test_digits_and_synthetic():
+    d = get_dataset("digits")
+    assert d.input_shape == (1, 8, 8) and d.n_classes == 10
+    assert 0.0 <= d.X_train.min() and d.X_train.max() <= 1.0
+    s = get_dataset("synthetic:n=900,classes=3,seed=1")
+    s2 = get_dataset("synthetic:n=900,classes=3,seed=1")
+    assert s.n_classes == 3 and np.array_equal(s.X_train, s2.X_train)

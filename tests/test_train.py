@@ -1,0 +1,136 @@
+"""Training loop, metrics, checkpoints, PTQ, models and the train/evaluate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hetq
+from hetq.cli import main
+from hetq.data import get_dataset
+from hetq.models import build, preset
+from hetq.quant.convert import quantize_model
+from hetq.train import Anomaly, evaluate, fit, save
+from hetq.train.metrics import auc, roc_curve, tpr_at_fpr
+from hetq.train.ptq import ptq_config
+
+
+@pytest.fixture(scope="module")
+def jets():
+    return get_dataset("jets-sim")
+
+
+def trained(data, seed=0, epochs=2, q6=False):
+    torch.manual_seed(seed)
+    m = build("jet_mlp")
+    if q6:
+        m = quantize_model(m, preset("q6"))
+    fit(m, data, epochs=epochs, lr=3e-3, seed=seed, progress=False)
+    return m
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    s = np.round(rng.normal(size=500) + y, 1)  # ties on purpose
+    assert auc(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr = roc_curve(s, y)
+    f2, t2, _ = sk_roc(y, s, drop_intermediate=False)
+    assert np.allclose(fpr, f2) and np.allclose(tpr, t2)
+    assert tpr_at_fpr(s, y, 0.1) == pytest.approx(np.interp(0.1, f2, t2))
+
+
+def test_same_seed_gives_identical_weights(jets):
+    a, b = trained(jets, seed=3, q6=True), trained(jets, seed=3, q6=True)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values()))
+    c = trained(jets, seed=4, q6=True)
+    assert not torch.equal(a.fc1.weight, c.fc1.weight)
+
+
+def test_training_learns_and_reports_history(jets):
+    seen = []
+    torch.manual_seed(0)
+    m = build("jet_mlp")
+    res = fit(m, jets, epochs=4, lr=3e-3, progress=False, report=lambda e, v: seen.append(e))
+    assert seen == [0, 1, 2, 3] and len(res.history) == 4
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    acc = evaluate(m, jets)["accuracy"]
+    assert acc > 0.45  # 5 classes: chance is 0.2
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        fit(m, jets, epochs=0)
+
+
+def test_report_hook_can_stop_training(jets):
+    class Stop(Exception):
+        pass
+
+    def report(epoch, val):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit(build("jet_mlp"), jets, epochs=5, progress=False, report=report)
+
+
+def test_checkpoint_round_trip_reproduces_predictions(jets, tmp_path):
+    m = trained(jets, q6=True)
+    path = save(tmp_path / "q6.pt", m, model_name="jet_mlp", data=jets, metrics={"x": 1})
+    loaded = hetq.load(path)
+    X, _ = jets.tensors("test")
+    assert torch.equal(loaded(X), m.eval()(X))
+    assert type(loaded.fc1).__name__ == "QDense"
+    with pytest.raises(ValueError, match="not a hetq checkpoint"):
+        torch.save({"a": 1}, tmp_path / "bad.pt")
+        hetq.load(tmp_path / "bad.pt")
+
+
+def test_cnn_trains_above_chance_on_digits():
+    d = get_dataset("digits")
+    torch.manual_seed(0)
+    m = build("cnn_digits")
+    fit(m, d, epochs=6, batch_size=64, lr=3e-3, progress=False)
+    assert evaluate(m, d)["accuracy"] > 0.5  # chance is 0.1
+
+
+def test_anomaly_task_trains_on_background_only(jets):
+    task = Anomaly(background=("q", "g"))
+    Xtr, ytr = task.select(jets.X_train, jets.y_train, "train", jets.classes)
+    assert set(np.unique(ytr).tolist()) == {0, 1}
+    torch.manual_seed(0)
+    ae = build("jet_autoencoder")
+    fit(ae, jets, epochs=3, task=task, progress=False)
+    m = evaluate(ae, jets, task=task)
+    assert set(m) >= {"sig_eff_t", "sig_eff_w", "sig_eff_z", "auc_t", "sig_eff_mean"}
+    assert 0.0 <= m["sig_eff_t"] <= 1.0
+
+
+def test_ptq_integer_bits_from_ranges(jets):
+    m = trained(jets)
+    X, _ = jets.tensors("train")
+    cfg = ptq_config(m, X[:2000], 8).to_dict()
+    w = m.fc1.weight.detach()
+    i = int(np.ceil(np.log2(float(w.abs().max()))))
+    assert cfg["fc1"]["kernel"] in (f"quantized_bits(8,{max(i, 0)},alpha=1)",
+                                    f"quantized_bits(8,{max(i, 0) + 1},alpha=1)")
+    assert cfg["relu1"]["activation"].startswith("quantized_relu(8,")
+    with pytest.raises(ValueError, match="at least 2 bits"):
+        ptq_config(m, X[:10], 1)
+
+
+def test_train_and_evaluate_cli(tmp_path, capsys):
+    out = tmp_path / "q6"
+    assert main(["train", "--preset", "q6", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and "tpr@fpr=0.01" in printed
+    assert (out / "model.pt").exists() and (out / "roc.png").exists()
+    acc = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
+    assert main(["evaluate", str(out / "model.pt")]) == 0
+    assert f"accuracy {acc:.4f}" in capsys.readouterr().out
+    assert main(["train", "--preset", "q7", "--out", str(out)]) == 2
+    assert "unknown preset 'q7'" in capsys.readouterr().err
