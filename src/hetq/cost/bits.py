@@ -1,0 +1,65 @@
+"""Model size in bits as AutoQKeras' bits goal counts it (spec §5.4, ForgivingFactorBits).
+
+parameters: weight layers: sum over weight tensors of (elements x quantizer bits), `ref_bits`
+            for unquantized tensors (the reference model has every tensor at `ref_bits`);
+            batch norm: ref_bits x C x (1 + affine) (QBatchNorm: 6 C + 5 C as in the reference).
+activations: the model input: input_bits x size; activation layers (QActivation: its bits;
+            float activations: ref_bits; softmax/sigmoid: output_bits); a weight layer's own
+            fused activation quantizer likewise; linear outputs count 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..quant.layers import QActivation, QLayer
+from ..quant.norm import QBatchNorm
+from .graph import trace
+
+OUTPUT_ACTS = (nn.Softmax, nn.Sigmoid)
+FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Hardswish, nn.GELU, nn.SiLU)
+
+
+def _bits(q, ref_bits):
+    if q is None or getattr(q, "kind", None) == "float":
+        return ref_bits
+    return int(round(q.bits_value))
+
+
+def model_bits(model: nn.Module, input_shape, input_bits: int = 8, output_bits: int = 8,
+               ref_bits: int = 8, reference: bool = False) -> dict[str, int]:
+    """{"parameters", "activations", "total"} bits; `reference` counts every tensor at
+    ref_bits (the forgiving factor's reference size)."""
+    params = 0
+    acts = input_bits * math.prod(input_shape)
+    for node in trace(model, tuple(input_shape)):
+        m = node.module
+        size = math.prod(node.out_shape)
+        if isinstance(m, QBatchNorm) and not reference:
+            params += 6 * m.num_features + 5 * m.num_features * int(m.affine)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params += ref_bits * m.num_features * (1 + int(m.affine))
+        elif isinstance(m, QLayer) and not isinstance(m, QActivation):
+            q = m.quantizers
+            tensors = {"kernel": "weight", "depthwise": "weight", "bias": "bias",
+                       "pointwise": "pointwise_weight"}
+            if "depthwise" in q and hasattr(m, "depthwise_weight"):
+                tensors["depthwise"] = "depthwise_weight"
+            for fld, attr in tensors.items():
+                t = getattr(m, attr, None)
+                if fld in q and t is not None:
+                    params += t.numel() * (ref_bits if reference else _bits(q[fld], ref_bits))
+            act = q.get("activation")
+            if act is not None:
+                acts += size * (ref_bits if reference else _bits(act, ref_bits))
+        elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            params += ref_bits * sum(p.numel() for p in m.parameters(recurse=False))
+        elif isinstance(m, QActivation):
+            acts += size * (ref_bits if reference else _bits(m.activation_quantizer, ref_bits))
+        elif isinstance(m, OUTPUT_ACTS):
+            acts += size * output_bits
+        elif isinstance(m, FLOAT_ACTS):
+            acts += size * ref_bits
+    return {"parameters": params, "activations": acts, "total": params + acts}

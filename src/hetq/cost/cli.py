@@ -1,0 +1,54 @@
+"""`hetq cost`: the per-layer cost table of a checkpoint (or a zoo model + config)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("cost", help="energy / bits / EBOPs / FPGA estimate per layer",
+                       description="Print the per-layer cost table of a checkpoint, or of a "
+                                   "zoo model with a preset/config.")
+    c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt)")
+    c.add_argument("--model", default=None, help="zoo model instead of a checkpoint")
+    c.add_argument("--preset", default=None)
+    c.add_argument("--config", default=None, help="quantization config .yaml/.json")
+    c.add_argument("--input-shape", default=None, help="e.g. 16 or 1,8,8")
+    c.add_argument("--source", default="int8", help="input type: int8, fp32 or a quantizer")
+    c.add_argument("--reference", default=None,
+                   help="add a reference column: int8, int16, int32, fp16 or fp32")
+    c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"])
+    c.add_argument("--json", default=None, help="write the full report as JSON")
+    c.set_defaults(func=_cost)
+
+
+def _cost(a) -> int:
+    from ..models import build, preset
+    from ..quant.convert import QuantConfig, quantize_model
+    from .report import cost
+
+    if a.checkpoint:
+        from ..train.checkpoint import build_from, read
+
+        ckpt = read(a.checkpoint)
+        model = build_from(ckpt)
+        label = a.checkpoint
+    elif a.model:
+        model = build(a.model)
+        if a.preset or a.config:
+            cfg = QuantConfig.load(a.config) if a.config else QuantConfig(preset(a.preset))
+            model = quantize_model(model, cfg)
+        label = f"{a.model} {a.preset or a.config or 'float'}"
+    else:
+        raise ValueError("give a checkpoint, or --model (with --preset/--config)")
+    shape = tuple(int(v) for v in a.input_shape.split(",")) if a.input_shape else None
+    kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
+              activations_on_memory=a.memory)
+    rep = cost(model, shape, **kw)
+    ref = cost(model, shape, reference=a.reference, **kw) if a.reference else None
+    print(f"cost of {label} (input {a.source})")
+    print(rep.table(ref))
+    if a.json:
+        rep.to_json(a.json)
+        print(f"JSON: {a.json}")
+    return 0

@@ -1,0 +1,73 @@
+"""FPGA resource estimate for the hls4ml latency strategy (io_parallel, everything unrolled,
+reuse factor 1). An estimate, not a synthesis result; every table says so.
+
+Model, per dense/conv layer and per multiplication by a constant weight w (b_w weight bits,
+b_x input bits):
+  * w == 0 (pruned or quantized to zero): nothing;
+  * |w| a power of two (incl. binary/ternary/po2 weights): a shift, no multiplier;
+  * min(b_w, b_x) >= DSP_MIN_BITS: one DSP (Vivado maps wide products to DSP48 slices);
+  * otherwise a LUT multiplier of LUT_PER_BIT_PRODUCT * b_w * b_x LUTs.
+  Adder tree: per output, (number of nonzero products - 1) additions of the accumulator width,
+  LUT_PER_ADDER_BIT LUTs per bit. Flip-flops: the layer's output register plus the pipeline
+  registers of the adder tree, FF_PER_OUTPUT_BIT per output bit per pipeline stage.
+  Latency: 1 cycle for the products plus ceil(log2(fan-in) / ADDER_LEVELS_PER_CYCLE) cycles
+  for the adder tree per layer, at a 200 MHz clock (5 ns).
+The constants are fitted to the published Coelho et al. 2021 figures (anchors.md: BF and Q6
+jet taggers, VU9P, 200 MHz): see `calibrate()` and benchmarks/cost_calibration.py, which print
+the fit error. EBOPs (HGQ) are reported next to it; HGQ's rule of thumb EBOPs ~ LUT + 55 DSP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .qtypes import BINARY, BINARY01, PO2, TERNARY, QType
+
+DSP_MIN_BITS = 10
+LUT_PER_BIT_PRODUCT = 0.168
+LUT_PER_ADDER_BIT = 0.309
+FF_PER_OUTPUT_BIT = 0.85
+ADDER_LEVELS_PER_CYCLE = 4.0
+CLOCK_NS = 5.0
+
+
+def _power_of_two_mask(w: torch.Tensor) -> torch.Tensor:
+    a = w.abs()
+    m, _ = torch.frexp(a)
+    return (a > 0) & (m == 0.5)
+
+
+def layer_estimate(w: torch.Tensor, w_t: QType, x_t: QType, acc: QType, positions: int,
+                   n_add: int) -> dict[str, float]:
+    """LUT / DSP / FF / latency of one dense or conv stage (see the module docstring)."""
+    w = w.detach()
+    nz = w != 0
+    nnz = int(nz.sum())
+    if w_t.mode in (BINARY, BINARY01, TERNARY, PO2):
+        shifts, real = nnz, 0
+    else:
+        shifts = int(_power_of_two_mask(w).sum())
+        real = nnz - shifts
+    xb = 32 if x_t.mode == "float" else x_t.bits
+    wb = 32 if w_t.mode == "float" else w_t.bits
+    if min(wb, xb) >= DSP_MIN_BITS:
+        dsp, mul_units = real * positions, 0.0
+    else:
+        dsp, mul_units = 0, real * positions * wb * xb
+    n_out = w.shape[0]
+    per_out = nz.reshape(n_out, -1).sum(1).clamp_min(1) - 1
+    adds = int(per_out.sum()) * positions
+    add_units = adds * acc.bits
+    stages = 1 + math.ceil(math.log2(max(n_add, 2)) / ADDER_LEVELS_PER_CYCLE)
+    ff = n_out * positions * acc.bits * FF_PER_OUTPUT_BIT * stages
+    return {"dsp": float(dsp), "lut": LUT_PER_BIT_PRODUCT * mul_units
+            + LUT_PER_ADDER_BIT * add_units, "ff": float(ff), "cycles": float(stages),
+            "lut_mul_units": float(mul_units), "lut_add_units": float(add_units)}
+
+
+# published synthesis figures used for the fit (anchors.md §3, Coelho et al. 2021, VU9P)
+ANCHORS = {"bf": {"dsp": 3830, "lut": 48321, "ff": 11900, "cycles": 9},
+           "q6": {"dsp": 124, "lut": 39782, "ff": 8100, "cycles": 11}}
+

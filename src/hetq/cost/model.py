@@ -1,0 +1,302 @@
+"""Per-layer cost of a model: data types, operation counts, energy (QTools-equivalent),
+model size in bits, EBOPs and the FPGA estimate, in one pass over the traced layers.
+
+Layer rules (hetq's choices where QTools has none are marked *):
+  dense / conv1d* / conv2d / depthwise: multiplier(weight, input) -> accumulator
+      (+ceil(log2 fan-in)) -> + bias (adder rule) -> output (or the fused activation's type);
+      op count = MACs (conv: Ho Wo Co Kh Kw Ci / groups; depthwise: Ho Wo Co Kh Kw*);
+  separable conv*: the depthwise part, then the optional depthwise activation, then the
+      pointwise 1x1 part with the bias; energies and counts add up;
+  folded dense/conv batch norm*: the folded weights with the layer's quantizers;
+  QActivation / float activations: the quantizer's type (float activations: fp32 in a trial,
+      the reference accumulator type in reference mode), no operations;
+  batch norm (unfolded)*: one multiply (by gamma/sqrt(var), gamma's type or fp32) and one add
+      (beta's type) per element;
+  average pooling*: an accumulator over the window on the input type, then a multiplier by
+      the average quantizer's type (or fp32); global average pooling likewise over H*W;
+  Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
+  any other layer: a warning naming it, then pass-through.
+Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
+activation layers their outputs, batch norm its parameters, pooling* and max pooling their
+op_cost, pass-through layers their inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..quant.layers import QActivation, QDepthwiseConv2d, QLayer, QSeparableConv2d
+from ..quant.norm import QBatchNorm, _FoldedBatchnorm
+from ..quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
+from .energy import fp_add, fpm_add, mem_access, op_energy
+from .graph import trace
+from .qtypes import FLOAT, FP32, NAMED, QType, accumulator, adder, multiplier, qtype_of
+
+FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softmax, nn.Hardswish,
+              nn.GELU, nn.SiLU, nn.ELU)
+PASS = (nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten)
+MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class Settings:
+    source: QType = NAMED["int8"]
+    reference: QType | None = None  # weights in reference mode (int8, ...); None: trial
+    reference_accumulator: QType = NAMED["int32"]
+    weights_on_memory: str = "sram"
+    activations_on_memory: str = "sram"
+    min_sram_size: float = 0.0
+    rd_wr_on_io: bool = False
+
+
+@dataclass
+class LayerCost:
+    name: str
+    type: str
+    input: QType
+    output: QType
+    weight: QType | None = None
+    bias: QType | None = None
+    multiplier: str | None = None
+    accumulator: QType | None = None
+    op_count: int = 0
+    energy: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("inputs", "outputs", "parameters", "op_cost"), 0.0))
+    include: tuple[str, ...] = ("inputs", "parameters", "op_cost")
+    param_bits: int = 0
+    act_bits: int = 0
+    ebops: int = 0
+    ebops_bias: int = 0
+    fpga: dict[str, float] = field(default_factory=dict)
+    precision: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(self.energy[k] for k in self.include)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "layer_type": self.type, "precision": self.precision,
+            "input_quantizer": self.input.to_dict(), "output_quantizer": self.output.to_dict(),
+            "weight_quantizer": self.weight.to_dict() if self.weight else None,
+            "bias_quantizer": self.bias.to_dict() if self.bias else None,
+            "multiplier": self.multiplier,
+            "accumulator": self.accumulator.to_dict() if self.accumulator else None,
+            "operation_count": self.op_count,
+            "energy": {k: round(v, 2) for k, v in self.energy.items()},
+            "energy_total": round(self.total, 2), "included": list(self.include),
+            "param_bits": self.param_bits, "act_bits": self.act_bits, "ebops": self.ebops,
+            "ebops_bias": self.ebops_bias, "fpga": self.fpga,
+        }
+
+
+def _numel(shape) -> int:
+    return int(math.prod(shape)) if shape else 1
+
+
+def _wtype(q, s: Settings) -> QType:
+    if s.reference is not None:
+        return s.reference
+    return qtype_of(q)
+
+
+def _nnz(w: torch.Tensor) -> int:
+    return int(torch.count_nonzero(w.detach()))
+
+
+class _Ctx:
+    def __init__(self, s: Settings, first: str, last: str):
+        self.s, self.first, self.last = s, first, last
+
+    def act_mode(self, name, which):
+        edge = (which == "in" and name == self.first) or (which == "out" and name == self.last)
+        if edge:
+            return "dram" if self.s.rd_wr_on_io else "sram"
+        return self.s.activations_on_memory
+
+    def mem(self, bits, mode):
+        return mem_access(bits, mode, self.s.min_sram_size, self.s.rd_wr_on_io)
+
+
+def _io_energy(lc: LayerCost, node, ctx: _Ctx):
+    lc.energy["inputs"] = ctx.mem(_numel(node.in_shape) * lc.input.bits,
+                                  ctx.act_mode(node.name, "in"))
+    lc.energy["outputs"] = ctx.mem(_numel(node.out_shape) * lc.output.bits,
+                                   ctx.act_mode(node.name, "out"))
+    lc.act_bits = _numel(node.out_shape) * lc.output.bits
+
+
+def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
+              b: torch.Tensor | None, n_add: int, positions: int, out_q=None):
+    """One multiply-accumulate stage: sets types, counts, energies; returns the output type."""
+    s = ctx.s
+    w_t = _wtype(wq, s)
+    mult = multiplier(w_t, x_t)
+    acc = accumulator(mult.output, n_add)
+    b_t = None
+    if b is not None:
+        b_t = _wtype(bq, s)
+        acc = adder(acc, b_t)
+    if s.reference is not None:
+        acc = s.reference_accumulator
+    ops = w.numel() * positions
+    lc.op_count += ops
+    lc.energy["op_cost"] += ops * op_energy(mult, acc)
+    pbits = w.numel() * w_t.bits + (b.numel() * b_t.bits if b is not None else 0)
+    lc.param_bits += pbits
+    lc.energy["parameters"] += ctx.mem(w.numel() * w_t.bits, s.weights_on_memory)
+    if b is not None:
+        lc.energy["parameters"] += ctx.mem(b.numel() * b_t.bits, s.weights_on_memory)
+    x_bits = 32 if x_t.mode == FLOAT else x_t.bits
+    nnz = _nnz(w)
+    lc.ebops += nnz * positions * w_t.bits * x_bits
+    if b is not None:
+        lc.ebops_bias += b.numel() * positions * b_t.bits
+    lc.weight, lc.bias, lc.multiplier, lc.accumulator = w_t, b_t, mult.kind, acc
+    from .fpga import layer_estimate
+
+    est = layer_estimate(w, w_t, x_t, acc, positions, n_add)
+    for k, v in est.items():
+        lc.fpga[k] = lc.fpga.get(k, 0) + v
+    if out_q is not None:
+        return NAMED_OUT(out_q, s)
+    return acc
+
+
+def NAMED_OUT(q, s: Settings) -> QType:  # noqa: N802 - reads as a type constructor
+    """Output type of an activation quantizer (reference mode: the reference accumulator)."""
+    if s.reference is not None:
+        return s.reference_accumulator
+    if q is None or getattr(q, "kind", None) == "float":
+        return FP32
+    return qtype_of(q)
+
+
+def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
+    lc = LayerCost(node.name, type(m).__name__, x_t, x_t)
+    out_shape = node.out_shape
+    positions = _numel(out_shape[1:]) if len(out_shape) > 1 else 1
+    if isinstance(m, QSeparableConv2d):
+        ws = m.quantized_weights()
+        q = m.quantizers
+        k = m.kernel_size[0] * m.kernel_size[1]
+        t = _mac_part(lc, ctx, x_t, q["depthwise"], None, ws["depthwise"], None, k, positions,
+                      out_q=q["depthwise_activation"] if q["depthwise_activation"] else None)
+        t = _mac_part(lc, ctx, t, q["pointwise"], q["bias"], ws["pointwise"], ws.get("bias"),
+                      m.pointwise_weight.shape[1], positions)
+        lc.output = NAMED_OUT(q["activation"], ctx.s) if q["activation"] else t
+        lc.precision = _precision(m)
+    else:
+        if isinstance(m, QLayer):
+            ws = m.quantized_weights()
+            q = m.quantizers
+            wq = q.get("kernel") or q.get("depthwise")
+            w, b, bq = ws.get("kernel", ws.get("depthwise")), ws.get("bias"), q.get("bias")
+            act_q = q.get("activation")
+            lc.precision = _precision(m)
+        else:
+            w, b, wq, bq, act_q = m.weight, m.bias, None, None, None
+            lc.precision = "float"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) or (isinstance(m, _FoldedBatchnorm)
+                                                     and w.dim() > 2):
+            n_add = _numel(w.shape[1:])
+            if isinstance(m, QDepthwiseConv2d):
+                n_add = _numel(w.shape[2:])
+        else:
+            n_add = w.shape[1]
+            positions = 1
+        t = _mac_part(lc, ctx, x_t, wq, bq, w, b, n_add, positions)
+        lc.output = NAMED_OUT(act_q, ctx.s) if act_q is not None else t
+    _io_energy(lc, node, ctx)
+    return lc
+
+
+def _precision(m: QLayer) -> str:
+    return ", ".join(f"{f}={q}" for f, q in m.quantizers.items() if q is not None) or "float"
+
+
+def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
+    m = node.module
+    s = ctx.s
+    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, QSeparableConv2d)):
+        return _weight_layer(node, m, x_t, ctx)
+    if isinstance(m, QActivation) or isinstance(m, FLOAT_ACTS):
+        q = m.activation_quantizer if isinstance(m, QActivation) else None
+        lc = LayerCost(node.name, type(m).__name__, x_t, NAMED_OUT(q, s),
+                       include=("outputs",), precision=str(q) if q is not None else "float")
+        _io_energy(lc, node, ctx)
+        return lc
+    if isinstance(m, (QBatchNorm, nn.modules.batchnorm._BatchNorm)):
+        q = m.quantizers if isinstance(m, QBatchNorm) else {}
+        g_t = _wtype(q.get("gamma"), s) if s.reference or q.get("gamma") else FP32
+        be_t = _wtype(q.get("beta"), s) if s.reference or q.get("beta") else FP32
+        mult = multiplier(g_t, x_t)
+        out = adder(mult.output, be_t) if s.reference is None else s.reference_accumulator
+        lc = LayerCost(node.name, type(m).__name__, x_t, out, weight=g_t, bias=be_t,
+                       multiplier=mult.kind, include=("parameters",),
+                       precision=_precision(m) if isinstance(m, QBatchNorm) else "float")
+        n = _numel(node.in_shape)
+        lc.op_count = n
+        lc.energy["op_cost"] = n * op_energy(mult, out)
+        c = m.num_features
+        for t in (g_t, be_t, g_t, be_t):  # gamma, beta, mean, variance
+            lc.energy["parameters"] += ctx.mem(c * t.bits, s.weights_on_memory)
+        lc.param_bits = 2 * c * (g_t.bits + be_t.bits)
+        _io_energy(lc, node, ctx)
+        return lc
+    if isinstance(m, (QAveragePooling2d, QGlobalAveragePooling2d, nn.AvgPool2d,
+                      nn.AdaptiveAvgPool2d)):
+        if isinstance(m, (QGlobalAveragePooling2d, nn.AdaptiveAvgPool2d)):
+            area = _numel(node.in_shape[1:])
+        else:
+            ks = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+            area = ks[0] * ks[1]
+        acc = accumulator(x_t if x_t.mode != FLOAT else FP32, area)
+        q = m.quantizers if isinstance(m, QLayer) else {}
+        avg_t = _wtype(q.get("average"), s) if q.get("average") is not None else FP32
+        mult = multiplier(avg_t, acc)
+        out = mult.output if s.reference is None else s.reference_accumulator
+        if q.get("activation") is not None:
+            out = NAMED_OUT(q["activation"], s)
+        n_out = _numel(node.out_shape)
+        lc = LayerCost(node.name, type(m).__name__, x_t, out, accumulator=acc,
+                       multiplier=mult.kind, include=("op_cost",),
+                       precision=_precision(m) if isinstance(m, QLayer) else "float")
+        lc.op_count = n_out * area
+        # area additions into the accumulator, then one multiply by 1/area per output
+        add = fp_add(acc.bits) if acc.mode == FLOAT else fpm_add(acc.bits)
+        lc.energy["op_cost"] = n_out * (area * add + op_energy(mult, acc) - add)
+        _io_energy(lc, node, ctx)
+        return lc
+    if isinstance(m, PASS + MAXPOOL):
+        lc = LayerCost(node.name, type(m).__name__, x_t, x_t,
+                       include=("op_cost",) if isinstance(m, MAXPOOL) else ("inputs",),
+                       precision="pass-through")
+        _io_energy(lc, node, ctx)
+        return lc
+    warnings.warn(f"cost model: no rule for layer {node.name!r} ({type(m).__name__}); costed "
+                  "as a pass-through (input type, no operations)", stacklevel=3)
+    lc = LayerCost(node.name, type(m).__name__, x_t, x_t, include=(), precision="no rule")
+    _io_energy(lc, node, ctx)
+    return lc
+
+
+def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[LayerCost]:
+    nodes = trace(model, tuple(input_shape))
+    if not nodes:
+        return []
+    ctx = _Ctx(settings, nodes[0].name, nodes[-1].name)
+    x_t = settings.source
+    out = []
+    with torch.no_grad():
+        for node in nodes:
+            lc = _layer(node, x_t, ctx)
+            out.append(lc)
+            x_t = lc.output
+    return out

@@ -1,0 +1,127 @@
+"""`cost(model)`: the per-layer cost table (energy, bits, EBOPs, FPGA estimate) and totals."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .model import LayerCost, Settings, layer_costs
+from .qtypes import qtype_of
+
+ENERGY_LABEL = "energy: QTools-equivalent 45 nm Horowitz model (estimate)"
+FPGA_LABEL = ("LUT/DSP/FF/latency: hetq estimate for the hls4ml latency strategy "
+              "(not a synthesis result)")
+
+
+@dataclass
+class CostReport:
+    layers: list[LayerCost]
+    settings: Settings
+    size_bits: dict[str, int] | None = None  # AutoQKeras bits-goal count (see cost.bits)
+
+    @property
+    def energy_pj(self) -> float:
+        """Total energy with QTools' include_energy rule (pJ)."""
+        return sum(lc.total for lc in self.layers)
+
+    def summary(self) -> dict[str, float]:
+        """Totals: energy_pj (int as QTools' extract_energy_sum), bits (parameters +
+        activations), param_bits, act_bits, ebops (weights only), ebops_bias, lut, dsp, ff,
+        cycles, latency_ns."""
+        f = {k: sum(lc.fpga.get(k, 0.0) for lc in self.layers)
+             for k in ("lut", "dsp", "ff", "cycles")}
+        sb = self.size_bits or {}
+        param = sb.get("parameters", sum(lc.param_bits for lc in self.layers))
+        act = sb.get("activations", sum(lc.act_bits for lc in self.layers))
+        return {"energy_pj": float(int(self.energy_pj)), "bits": float(param + act),
+                "param_bits": float(param), "act_bits": float(act),
+                "ebops": float(sum(lc.ebops for lc in self.layers)),
+                "ebops_bias": float(sum(lc.ebops_bias for lc in self.layers)),
+                **f, "latency_ns": f["cycles"] * 5.0}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [lc.to_dict() for lc in self.layers], "totals": self.summary(),
+                "energy_model": ENERGY_LABEL, "fpga_model": FPGA_LABEL}
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path:
+            Path(path).write_text(text)
+        return text
+
+    def table(self, reference: CostReport | None = None) -> str:
+        ref = {lc.name: lc.total for lc in reference.layers} if reference else {}
+        head = f"{'layer':<10} {'type':<17} {'precision':<44} {'energy pJ':>11}"
+        if reference:
+            head += f" {'ref pJ':>11}"
+        head += f" {'bits':>8} {'EBOPs':>9} {'LUT':>8} {'DSP':>6}"
+        lines = [head, "-" * len(head)]
+        for lc in self.layers:
+            prec = lc.precision if len(lc.precision) <= 44 else lc.precision[:41] + "..."
+            row = f"{lc.name:<10} {lc.type:<17} {prec:<44} {lc.total:11.2f}"
+            if reference:
+                row += f" {ref.get(lc.name, math.nan):11.2f}"
+            row += (f" {lc.param_bits + lc.act_bits:8d} {lc.ebops:9d} "
+                    f"{lc.fpga.get('lut', 0):8.0f} {lc.fpga.get('dsp', 0):6.0f}")
+            lines.append(row)
+        t = self.summary()
+        lines.append("-" * len(head))
+        lines.append(f"total energy {t['energy_pj'] / 1e6:.6f} uJ ({t['energy_pj']:.0f} pJ)"
+                     + (f", reference {reference.summary()['energy_pj'] / 1e6:.6f} uJ, "
+                        f"reduction {reference.summary()['energy_pj'] / max(t['energy_pj'], 1):.2f}x"
+                        if reference else ""))
+        lines.append(f"total bits {t['bits']:.0f} (parameters {t['param_bits']:.0f}, "
+                     f"activations {t['act_bits']:.0f}); EBOPs {t['ebops']:.0f} "
+                     f"(+{t['ebops_bias']:.0f} bias)")
+        lines.append(f"LUT {t['lut']:.0f}, DSP {t['dsp']:.0f}, FF {t['ff']:.0f}, latency "
+                     f"{t['cycles']:.0f} cycles ({t['latency_ns']:.0f} ns at 200 MHz)")
+        lines.append(ENERGY_LABEL)
+        lines.append(FPGA_LABEL)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _input_shape(model: nn.Module):
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            raise ValueError("give input_shape=(C, H, W) for a convolutional model")
+    raise ValueError("cannot infer the input shape; pass input_shape")
+
+
+def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
+         reference_accumulator="int32", weights_on_memory="sram", activations_on_memory="sram",
+         min_sram_size=0, rd_wr_on_io=False) -> CostReport:
+    """Cost of `model` (quantized or float) per layer and in total.
+
+    Args:
+        input_shape: one sample's shape (batch excluded); inferred for dense models.
+        source_quantizer: type of the model input ("int8" = quantized_bits(8,0,1), any quantizer
+            string, or "fp32").
+        reference: None for the model as quantized, or "int8"/"int16"/"int32"/"fp16"/"fp32" to
+            cost it with every weight of that type and `reference_accumulator` accumulators and
+            activations (QTools' for_reference mode, the forgiving factor's baseline).
+        weights_on_memory / activations_on_memory: "sram", "dram" or "fixed"; defaults follow
+            the paper's setting (SRAM, min size 0, no DRAM reads/writes at the model's I/O).
+    """
+    if input_shape is None:
+        input_shape = _input_shape(model)
+    s = Settings(qtype_of(source_quantizer) if reference is None else qtype_of(reference),
+                 qtype_of(reference) if reference else None, qtype_of(reference_accumulator),
+                 weights_on_memory, activations_on_memory, float(min_sram_size), rd_wr_on_io)
+    if reference is not None:
+        s.source = qtype_of(source_quantizer)
+    from .bits import model_bits
+
+    ib = 32 if s.source.mode == "float" else s.source.bits
+    size = model_bits(model, input_shape, input_bits=ib, reference=reference is not None,
+                      ref_bits=8 if reference is None else s.reference.bits)
+    return CostReport(layer_costs(model, input_shape, s), s, size)

@@ -1,0 +1,148 @@
+"""Cost model: QTools golden example (exact), operator width rules, bits goal, EBOPs, CLI."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from hetq.cli import main
+from hetq.cost import cost
+from hetq.cost.bits import model_bits
+from hetq.cost.energy import fpm_add, fpm_mul, mem_access, sram_word
+from hetq.cost.qtypes import NAMED, QType, accumulator, adder, multiplier, qtype_of
+from hetq.models import build, preset
+from hetq.quant.convert import quantize_model
+from hetq.quant.layers import QActivation, QConv2d, QDense
+
+SRAM = dict(weights_on_memory="sram", activations_on_memory="sram",
+            min_sram_size=8 * 16 * 1024 * 1024, rd_wr_on_io=False)
+
+
+def golden_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        QDense(784, 300, kernel_quantizer="binary", bias_quantizer="binary"),
+        QActivation("quantized_relu(4,0)"),
+        QDense(300, 100, kernel_quantizer="quantized_bits(4,0,1)",
+               bias_quantizer="quantized_bits(4,0,1)"),
+        QActivation("quantized_relu(4,0)"),  # stands in for QAdaptiveActivation(4 bits)
+        QDense(100, 10, kernel_quantizer="quantized_bits(4,0,1)",
+               bias_quantizer="quantized_bits(4,0,1)"),
+        nn.Softmax(dim=1))
+
+
+def energies(rep):
+    return [[round(lc.energy[k], 2) for k in ("inputs", "outputs", "parameters", "op_cost")]
+            for lc in rep.layers]
+
+
+def test_golden_example_trial_and_reference_exact():
+    m = golden_model()
+    trial = cost(m, (784,), source_quantizer="int8", **SRAM)
+    ref = cost(m, (784,), source_quantizer="int8", reference="int8",
+               reference_accumulator="int32", **SRAM)
+    assert trial.summary()["energy_pj"] == 41070
+    assert ref.summary()["energy_pj"] == 226629
+    t, r = energies(trial), energies(ref)
+    assert t[0] == [372.77, 342.34, 13997.95, 15729.0]
+    assert t[2] == [72.27, 110.31, 7158.73, 3250.0]
+    assert t[4] == [26.63, 11.41, 243.44, 102.08]
+    assert r[0] == [372.77, 570.57, 111975.96, 70560.0]
+    assert r[2] == [570.57, 190.19, 14313.66, 26500.0]
+    assert r[4] == [190.19, 19.02, 483.08, 883.33]
+    # d0: mux 8 bits, accumulator 8 + 10 = 18, + binary bias -> 19 bits
+    assert trial.layers[0].multiplier == "mux"
+    assert trial.layers[0].accumulator.bits == 19
+
+
+def test_energy_constants():
+    assert (fpm_add(8), fpm_add(16), fpm_add(32)) == (0.025, 0.05, 0.1)
+    assert fpm_mul(8) == pytest.approx(0.2) and fpm_mul(16) == pytest.approx(0.783, abs=1e-3)
+    assert sram_word(16) == pytest.approx(0.15625, abs=1e-4)
+    assert sram_word(27) == pytest.approx(3.8038, abs=1e-4)
+    assert mem_access(64, "dram", rd_wr_on_io=False) == 20.3125 * 64
+    assert mem_access(100, "fixed") == 0.0
+
+
+def test_shifter_example_from_the_spec():
+    # input quantized_bits(6,0,1) x kernel quantized_relu_po2(4,2): shifter, 15 bits, int 2
+    mul = multiplier(qtype_of("quantized_relu_po2(4,2)"), qtype_of("quantized_bits(6,0,1)"))
+    assert mul.kind == "shifter" and mul.output.bits == 15
+    assert mul.output.to_dict()["int_bits"] == 2
+    acc = adder(accumulator(mul.output, 4), qtype_of("quantized_po2(4)"))  # 2x2x1 kernel
+    assert acc.bits == 18 and acc.to_dict()["int_bits"] == 5
+    conv = nn.Sequential(QConv2d(1, 16, 2, stride=2, kernel_quantizer="quantized_relu_po2(4,2)",
+                                 bias_quantizer="quantized_po2(4)"))
+    rep = cost(conv, (1, 23, 23), source_quantizer="quantized_bits(6,0,1)")
+    assert rep.layers[0].op_count == 7744
+    assert rep.layers[0].accumulator.bits == 18
+
+
+def test_multiplier_kinds_and_widths():
+    qb4 = qtype_of("quantized_bits(4,0,1)")
+    u4 = qtype_of("quantized_relu(4,0)")
+    # fixed x fixed: int = sum of ints, frac = sum of fracs, signed if either
+    m = multiplier(qb4, u4)
+    assert (m.kind, m.output.bits, m.output.int_bits, m.gate_bits) == ("mul", 8, 0, 4.0)
+    t = multiplier(qtype_of("ternary"), u4)
+    assert (t.kind, t.output.bits, t.gate_factor) == ("mux", 5, 0.6)  # +1: unsigned other
+    b = multiplier(qtype_of("binary"), qtype_of("binary"))
+    assert (b.kind, b.gate_factor, b.gate_bits) == ("xor", 0.3, 1)
+    a = multiplier(qtype_of("binary(use_01=True)"), qb4)
+    assert (a.kind, a.gate_factor, a.gate_bits) == ("and", 0.1, 4)
+    p = multiplier(qtype_of("quantized_po2(4)"), qtype_of("quantized_po2(3)"))
+    assert (p.kind, p.output.bits) == ("adder", 5)
+    f = multiplier(qb4, NAMED["fp32"])
+    assert f.kind == "fmul"
+    # accumulator and adder rules
+    assert accumulator(QType("fixed", 8, 0, True), 784).bits == 18
+    s = adder(QType("fixed", 17, 9, True), QType("fixed", 4, 0, True))
+    assert (s.bits, s.int_bits) == (18, 10)
+
+
+def test_bits_goal_counts():
+    q6 = quantize_model(build("jet_mlp"), preset("q6"))
+    b = model_bits(q6, (16,))
+    assert b["parameters"] == 4389 * 6
+    assert b["activations"] == 16 * 8 + (64 + 32 + 32) * 6  # input + the three ReLUs
+    ref = model_bits(build("jet_mlp"), (16,))
+    assert ref == {"parameters": 4389 * 8, "activations": 16 * 8 + 128 * 8,
+                   "total": 4389 * 8 + 144 * 8}
+
+
+def test_ebops_exclude_zero_weights():
+    q6 = quantize_model(build("jet_mlp"), preset("q6"))
+    with torch.no_grad():
+        q6.fc2.weight[:, :32] = 0.0  # prune half of fc2
+    rep = cost(q6)
+    nnz = [int((lyr.quantized_weights()["kernel"] != 0).sum())
+           for lyr in (q6.fc1, q6.fc2, q6.fc3, q6.output)]
+    expected = nnz[0] * 6 * 8 + (nnz[1] + nnz[2] + nnz[3]) * 6 * 6
+    assert rep.summary()["ebops"] == expected
+    assert rep.layers[2].ebops == nnz[1] * 36
+
+
+def test_unknown_layer_warns_and_unsupported_quantizer_errors():
+    class Weird(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    m = nn.Sequential(nn.Linear(4, 4), Weird(), nn.Linear(4, 2))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        rep = cost(m)
+    assert any("no rule for layer '1' (Weird)" in str(x.message) for x in w)
+    assert len(rep.layers) == 3
+    bad = nn.Sequential(QDense(4, 2, kernel_quantizer="quantized_ulaw(8)"))
+    with pytest.raises(ValueError, match="no rule for quantizer quantized_ulaw"):
+        cost(bad)
+
+
+def test_cost_cli(tmp_path, capsys):
+    out = tmp_path / "c.json"
+    assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--reference", "int8",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "energy: QTools-equivalent 45 nm Horowitz model (estimate)" in text
+    assert "reduction" in text and "fc1" in text and out.exists()
