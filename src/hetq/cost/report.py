@@ -71,10 +71,11 @@ class CostReport:
             lines.append(row)
         t = self.summary()
         lines.append("-" * len(head))
-        lines.append(f"total energy {t['energy_pj'] / 1e6:.6f} uJ ({t['energy_pj']:.0f} pJ)"
-                     + (f", reference {reference.summary()['energy_pj'] / 1e6:.6f} uJ, "
-                        f"reduction {reference.summary()['energy_pj'] / max(t['energy_pj'], 1):.2f}x"
-                        if reference else ""))
+        line = f"total energy {t['energy_pj'] / 1e6:.6f} uJ ({t['energy_pj']:.0f} pJ)"
+        if reference:
+            r = reference.summary()["energy_pj"]
+            line += f", reference {r / 1e6:.6f} uJ, reduction {r / max(t['energy_pj'], 1):.2f}x"
+        lines.append(line)
         lines.append(f"total bits {t['bits']:.0f} (parameters {t['param_bits']:.0f}, "
                      f"activations {t['act_bits']:.0f}); EBOPs {t['ebops']:.0f} "
                      f"(+{t['ebops_bias']:.0f} bias)")
