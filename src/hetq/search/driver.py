@@ -416,17 +416,21 @@ def trial_model(out: str | Path, number: int, storage: str | None = None):
 def format_table(rows: list[dict[str, Any]], config: SearchConfig,
                  reference: dict | None = None) -> str:
     """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers."""
-    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy uJ':>9}  "
+    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy pJ':>9}  "
             f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
     lines = [head, "-" * len(head)]
 
     def fmt(label, metrics, costs, quant):
         return (f"{label:>5}  {metrics['val'].get(config.metric, math.nan):13.4f}  "
                 f"{metrics['test'].get('accuracy', math.nan):8.4f}  "
-                f"{costs.get('energy_pj', math.nan) / 1e6:9.4f}  {costs.get('bits', 0):8.0f}  "
+                f"{costs.get('energy_pj', math.nan):9.0f}  {costs.get('bits', 0):8.0f}  "
                 f"{costs.get('ebops', 0):8.0f}  {costs.get('lut', 0):7.0f}  "
                 f"{costs.get('dsp', 0):5.0f}  {quant}")
 
+    if reference:
+        lines.append(fmt("float", {"val": reference["metrics"], "test": reference.get(
+            "test", {})}, reference["costs"], f"float model, costed as {config.reference} "
+            "reference (the forgiving factor's baseline)"))
     for r in rows:
         qc = r["candidate"]["quant_config"]
         quant = "; ".join(f"{layer}: " + ", ".join(f"{f}={s}" for f, s in fields_.items())
