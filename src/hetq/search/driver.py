@@ -121,7 +121,8 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
     space = SearchSpace(float_model, config.quantization_config, config.limit,
                         config.tune_filters, config.width_multipliers,
                         config.tune_filters_exceptions, config.sparsity, config.learning_rates)
-    reference = {"metrics": ref, "costs": reference_costs(float_model, config, data)}
+    reference = {"metrics": ref, "test": evaluate(float_model, data, split="test"),
+                 "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)
 
 
