@@ -17,8 +17,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial (database storage)
-GRACE_PERIOD = 30  # a trial silent for this long is considered dead
+# seconds between heartbeats of a running trial, and of silence after which a trial counts as
+# dead (database storage); the environment may shorten them (tests)
+HEARTBEAT_INTERVAL = int(os.environ.get("HETQ_HEARTBEAT_INTERVAL", "10"))
+GRACE_PERIOD = int(os.environ.get("HETQ_GRACE_PERIOD", "30"))
 
 
 def journal_path(out_dir: str | Path) -> Path:
@@ -42,20 +44,25 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
     if "://" not in storage:
         raise ValueError(f"storage {storage!r}: expected a database URL like "
                          "postgresql://user@host/db, a path ending in .journal, or nothing")
+    import warnings
+
     try:
-        return optuna.storages.RDBStorage(
-            storage,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
-            engine_kwargs={"pool_pre_ping": True},
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks heartbeats as experimental
+            return optuna.storages.RDBStorage(
+                storage,
+                heartbeat_interval=HEARTBEAT_INTERVAL,
+                grace_period=GRACE_PERIOD,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=3),
+                engine_kwargs={"pool_pre_ping": True},
+            )
     except Exception as e:  # sqlalchemy errors: unreachable host, bad credentials, no driver
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(
             f"cannot open storage {_redact(storage)}: {msg}. Check that the database server is "
             "running and reachable, the user/password and database exist, and the driver is "
-            "installed (PostgreSQL: pip install psycopg2-binary)."
+            "installed (PostgreSQL: pip install 'psycopg[binary]', or hetq[postgres])."
         ) from None
 
 

@@ -1,0 +1,165 @@
+"""The search driver: end to end on small data, resume, pruning, stored weights, workers
+sharing a study (journal file here; PostgreSQL when HETQ_TEST_POSTGRES is set, as in CI),
+and a worker killed mid-trial."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+
+from hetq.search.config import SearchConfig
+from hetq.search.driver import (
+    build_context,
+    load_run,
+    pareto_rows,
+    run_candidate,
+    run_search,
+    trial_model,
+)
+from hetq.search.storage import make_storage
+from hetq.train import evaluate
+
+DATA = "synthetic:n=1500,seed=3"
+POSTGRES = os.environ.get("HETQ_TEST_POSTGRES")
+
+
+def cfg(**kw):
+    base = dict(data=DATA, trials=4, epochs=2, float_epochs=3, batch_size=256, seed=0,
+                limit={"Linear": [4, 4], "ReLU": [4]})
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def completed(study):
+    return [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+
+
+def test_search_end_to_end_and_stored_weights(tmp_path):
+    study = run_search(cfg(), tmp_path / "s", progress=False)
+    done = completed(study)
+    assert len(done) == 4
+    for t in done:
+        assert {"metrics", "costs", "candidate", "weights", "score"} <= set(t.user_attrs)
+        assert t.user_attrs["costs"]["energy_pj"] > 0
+    rows = pareto_rows(tmp_path / "s")
+    assert rows and all(r["trial"] in {t.number for t in done} for r in rows)
+    # the best model IS the trained trial: its stored weights reproduce the recorded accuracy
+    best = max(done, key=lambda t: t.value)
+    model = trial_model(tmp_path / "s", best.number)
+    config, _ = load_run(tmp_path / "s")
+    ctx_data = build_context(config, tmp_path / "s", progress=False).data
+    acc = evaluate(model, ctx_data, split="val")["accuracy"]
+    assert acc == best.user_attrs["metrics"]["val"]["accuracy"]
+    # ...also without the checkpoint file, from the weights stored in the study
+    (tmp_path / "s" / "trials" / f"{best.number:05d}.pt").unlink()
+    model2 = trial_model(tmp_path / "s", best.number)
+    assert evaluate(model2, ctx_data, split="val")["accuracy"] == acc
+
+
+def test_resume_keeps_completed_trials(tmp_path):
+    out = tmp_path / "r"
+    s1 = run_search(cfg(trials=2), out, progress=False)
+    first = {t.number: t.value for t in completed(s1)}
+    s2 = run_search(cfg(trials=4), out, progress=False)  # same settings, bigger budget
+    second = {t.number: t.value for t in completed(s2)}
+    assert len(second) == 4
+    assert all(second[n] == v for n, v in first.items())
+    with pytest.raises(ValueError, match="other settings.*epochs"):
+        run_search(cfg(trials=4, epochs=3), out, progress=False)
+
+
+def test_pruning_stops_a_hopeless_trial(tmp_path):
+    ctx = build_context(cfg(epochs=5), tmp_path / "p", progress=False)
+
+    class HopelessTrial:
+        reported = []
+
+        def report(self, value, step):
+            self.reported.append(step)
+
+        def should_prune(self):
+            return True
+
+    cand = ctx.space.candidate({})
+    trial = HopelessTrial()
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 0"):
+        run_candidate(ctx, cand, trial=trial)
+    assert trial.reported == [0]  # stopped after the first epoch, not 5
+
+
+def test_unreachable_storage_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot open storage postgresql://nobody@127\.0\.0\.1"
+                                         r":9/db.*running and reachable"):
+        make_storage("postgresql://nobody:secret@127.0.0.1:9/db")
+    with pytest.raises(ValueError, match="expected a database URL"):
+        make_storage("not-a-url")
+
+
+def _storages(tmp_path):
+    out = [None]  # journal file in the run folder
+    if POSTGRES:
+        out.append(POSTGRES)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_two_workers_share_one_study(tmp_path, backend):
+    if backend == "postgresql" and not POSTGRES:
+        pytest.skip("set HETQ_TEST_POSTGRES (as .ci/run does) to test PostgreSQL")
+    storage = POSTGRES if backend == "postgresql" else None
+    name = f"w{uuid.uuid4().hex[:8]}"
+    study = run_search(cfg(trials=6, study_name=name), tmp_path / "w", storage=storage,
+                       workers=2, progress=False)
+    done = completed(study)
+    assert len(done) == 6  # the total equals the budget
+    assert len({t.number for t in done}) == 6
+    pids = {t.user_attrs["pid"] for t in done}
+    assert len(pids) == 2  # both workers completed trials
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_killed_worker_loses_no_completed_trial(tmp_path, backend):
+    if backend == "postgresql" and not POSTGRES:
+        pytest.skip("set HETQ_TEST_POSTGRES (as .ci/run does) to test PostgreSQL")
+    storage = POSTGRES if backend == "postgresql" else None
+    name = f"k{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "k"
+    config = cfg(trials=5, epochs=6, study_name=name)
+    run_search(cfg(trials=1, epochs=6, study_name=name), out, storage=storage, progress=False)
+    cmd = [sys.executable, "-m", "hetq.search.worker", "--out", str(out), "--study", name,
+           "--quiet"] + (["--storage", storage] if storage else [])
+    config.save(out / "search.yaml")
+    st = make_storage(storage, out)
+    study = optuna.load_study(study_name=name, storage=st)
+    study.set_user_attr("hetq_config", config.to_dict())
+    proc = subprocess.Popen(cmd)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for >= 2 completed and one running trial
+        trials = study.get_trials(deepcopy=False)
+        n_done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        if n_done >= 2 and running:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {t.number: t.value for t in completed(study)}
+    assert len(before) >= 2
+    killed = [t.number for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    assert killed, "the worker was not killed mid-trial"
+    resumed = run_search(config, out, storage=storage, progress=False)
+    after = {t.number: t.value for t in completed(resumed)}
+    assert all(after[n] == v for n, v in before.items())  # nothing completed was lost
+    assert len(after) == 5
+    # retried by hetq's dead-worker check or by the database heartbeat, whichever came first
+    retried = [t for t in resumed.trials if t.user_attrs.get("retry_of") in killed
+               or t.system_attrs.get("failed_trial") in killed]
+    # the retry carries the killed trial's parameters (all it had sampled before it died)
+    assert retried
+    assert resumed.trials[killed[0]].params.items() <= retried[0].params.items()
