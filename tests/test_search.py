@@ -124,7 +124,10 @@ def test_two_workers_share_one_study(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
-def test_killed_worker_loses_no_completed_trial(tmp_path, backend):
+def test_killed_worker_loses_no_completed_trial(tmp_path, backend, monkeypatch):
+    import hetq.search.storage as storage_mod
+
+    monkeypatch.setattr(storage_mod, "GRACE_PERIOD", 3)  # anonymous dead trials: 3 s
     if backend == "postgresql" and not POSTGRES:
         pytest.skip("set HETQ_TEST_POSTGRES (as .ci/run does) to test PostgreSQL")
     storage = POSTGRES if backend == "postgresql" else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -90,15 +91,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _dead(t, host: str) -> bool:
+    if "pid" not in t.user_attrs:
+        # a live worker names itself within milliseconds of starting a trial; one killed before
+        # that (and before its first heartbeat) leaves an anonymous RUNNING trial
+        start = t.datetime_start
+        return start is not None and (datetime.now() - start).total_seconds() > GRACE_PERIOD
+    return t.user_attrs.get("host") == host and not _pid_alive(int(t.user_attrs["pid"]))
+
+
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose worker process (on this host) no longer exists, and enqueue
     their parameters again. Returns the numbers of the trials recovered."""
     host = socket.gethostname()
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or "pid" not in t.user_attrs:
-            continue
-        if _pid_alive(int(t.user_attrs["pid"])):
+        if not _dead(t, host):
             continue
         try:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
