@@ -32,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name == name:  # feature not built (yet); its commands are simply absent
-                continue
+            if e.name and (name == e.name or name.startswith(e.name + ".")):
+                continue  # feature not built (yet): its commands are simply absent
             raise
         module.register(sub)
     return parser
