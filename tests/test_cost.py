@@ -146,3 +146,30 @@ def test_cost_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "energy: QTools-equivalent 45 nm Horowitz model (estimate)" in text
     assert "reduction" in text and "fc1" in text and out.exists()
+
+
+def test_layers_qtools_leaves_out_are_costed():
+    from hetq.quant.layers import QConv1d, QSeparableConv2d
+    from hetq.quant.norm import QConv2dBatchnorm, QDenseBatchnorm
+    from hetq.quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
+
+    kq, bq = "quantized_bits(4,0,1)", "quantized_bits(8,3,1)"
+    cnn = nn.Sequential(
+        QConv2dBatchnorm(1, 4, 3, kernel_quantizer=kq, bias_quantizer=bq),   # 8x8 -> 6x6
+        QActivation("quantized_relu(4,0)"),
+        QSeparableConv2d(4, 6, 3, depthwise_quantizer=kq, pointwise_quantizer=kq,
+                         bias_quantizer=bq, depthwise_activation="quantized_relu(4,0)"),
+        QAveragePooling2d(2, average_quantizer="quantized_bits(8,0,1)"),      # 4x4 -> 2x2
+        QGlobalAveragePooling2d(average_quantizer="quantized_bits(8,0,1)"),
+        QDenseBatchnorm(6, 3, kernel_quantizer=kq, bias_quantizer=bq))
+    rep = cost(cnn, (1, 8, 8))
+    ops = [lc.op_count for lc in rep.layers]
+    # folded conv: 6*6*4 outputs x 9 MACs; separable: depthwise 4*4*4*9 + pointwise 4*4*6*4;
+    # average pooling: 2*2*6 outputs x 4 additions; global: 6 outputs x 4; dense 6*3
+    assert ops == [6 * 6 * 4 * 9, 0, 4 * 4 * 4 * 9 + 4 * 4 * 6 * 4, 2 * 2 * 6 * 4, 6 * 4, 18]
+    assert all(lc.total > 0 for lc in rep.layers)
+    conv1d = nn.Sequential(QConv1d(2, 3, 3, kernel_quantizer=kq, bias_quantizer=bq))
+    r1 = cost(conv1d, (2, 10))
+    assert r1.layers[0].op_count == 8 * 3 * 3 * 2
+    assert r1.layers[0].accumulator.bits == adder(accumulator(
+        multiplier(qtype_of(kq), NAMED["int8"]).output, 6), qtype_of(bq)).bits
