@@ -20,6 +20,7 @@ from hetq.search.driver import (
     run_candidate,
     run_search,
     trial_model,
+    trial_path,
 )
 from hetq.search.storage import make_storage
 from hetq.train import evaluate
@@ -56,7 +57,7 @@ def test_search_end_to_end_and_stored_weights(tmp_path):
     acc = evaluate(model, ctx_data, split="val")["accuracy"]
     assert acc == best.user_attrs["metrics"]["val"]["accuracy"]
     # ...also without the checkpoint file, from the weights stored in the study
-    (tmp_path / "s" / "trials" / f"{best.number:05d}.pt").unlink()
+    trial_path(tmp_path / "s", config.study_name, best.number).unlink()
     model2 = trial_model(tmp_path / "s", best.number)
     assert evaluate(model2, ctx_data, split="val")["accuracy"] == acc
 
@@ -166,3 +167,25 @@ def test_killed_worker_loses_no_completed_trial(tmp_path, backend, monkeypatch):
     # the retry carries the killed trial's parameters (all it had sampled before it died)
     assert retried
     assert resumed.trials[killed[0]].params.items() <= retried[0].params.items()
+
+
+def test_block_wise_search_freezes_earlier_blocks(tmp_path):
+    config = cfg(trials=6, blocks=["^(fc1|relu1)$", "^(fc2|relu2|fc3|relu3|output)$"],
+                 schedule_block="sequential")
+    study = run_search(config, tmp_path / "b", progress=False)
+    import json
+
+    state = json.loads((tmp_path / "b" / "scheduler.json").read_text())
+    assert state["next_block"] == 2 and state["final_study"] == "hetq_block1"
+    frozen = {k: v for k, v in state["frozen"].items() if k.startswith(("fc1/", "relu1/"))}
+    assert frozen  # block 0's best choices ...
+    for t in completed(study):  # ... are pinned in every trial of block 1
+        qc = t.user_attrs["candidate"]["quant_config"]
+        for name, value in frozen.items():
+            layer, fld = name.split("/")
+            assert qc[layer][fld] == value
+    first = optuna.load_study(study_name="hetq_block0", storage=make_storage(None, tmp_path / "b"))
+    for t in completed(first):  # later blocks stay float while block 0 is searched
+        assert set(t.user_attrs["candidate"]["quant_config"]) <= {"fc1", "relu1"}
+    assert len(completed(first)) == 6 and len(completed(study)) == 6  # min(10, trials) each
+    assert pareto_rows(tmp_path / "b")

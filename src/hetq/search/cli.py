@@ -59,7 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in --out)")
     s.add_argument("--study", default="hetq", help="study name")
     s.add_argument("--workers", type=int, default=1, help="local worker processes")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--blocks", nargs="*", default=None,
+                   help="block-wise search: one layer-name regex per block")
+    s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"])
+    s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    s.add_argument("--devices", default=None,
+                   help="with --workers: comma-separated CUDA device ids, one worker per GPU "
+                        "round-robin (e.g. 0,1,2,3)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_search)
 
@@ -99,9 +105,11 @@ def _search(a) -> int:
         quantization_config=_load_yaml(a.quantization_config), tune_filters=a.tune_filters,
         tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
+        blocks=a.blocks or None, schedule_block=a.schedule_block,
     )
+    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
     study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                       progress=not a.no_progress)
+                       progress=not a.no_progress, devices=devices)
     print()
     print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
     return 0

@@ -51,6 +51,8 @@ class SearchConfig:
     reference: str = "int8"  # energy reference: int8 weights, int32 accumulators (the paper)
     source_quantizer: str = "int8"
     warm_start: list[str] = field(default_factory=list)  # earlier run folders to seed from
+    blocks: list[str] | None = None  # block-wise search: layer-name regexes, one per block
+    schedule_block: str = "sequential"  # or "cost": most expensive block first
     device: str = "cpu"
 
     def __post_init__(self):

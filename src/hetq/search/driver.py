@@ -4,7 +4,8 @@ Run folder layout (`out/`):
     search.yaml       the SearchConfig
     float.pt          the float reference model (trained once, warm start of every trial)
     study.journal     the Optuna study (journal storage; absent with a database URL)
-    trials/NNNNN.pt   each finished trial's trained model (a regular hetq checkpoint)
+    trials/STUDY/NNNNN.pt  each finished trial's trained model (a regular hetq checkpoint)
+    scheduler.json    block-wise searches: the blocks' chosen values and the next block
 
 Each trial: sample a candidate, build it from the float model (float weights transferred),
 train it with QAT (reporting the validation metric per epoch so pruners can stop it),
@@ -159,8 +160,6 @@ def make_objective(ctx: SearchContext):
     cons = Constraints(cfg.min_reduction, cfg.max_metric_loss)
     ref_cost = ctx.reference["costs"][ctx.goal_key]
     ref_metric = ctx.reference["metrics"][cfg.metric]
-    trials_dir = ctx.out / "trials"
-    trials_dir.mkdir(parents=True, exist_ok=True)
 
     def objective(trial: optuna.Trial):
         for k, v in worker_identity().items():
@@ -187,10 +186,15 @@ def make_objective(ctx: SearchContext):
     return objective
 
 
+def trial_path(out: str | Path, study_name: str, number: int) -> Path:
+    """Where a trial's trained model is saved: <run>/trials/<study>/<number>.pt."""
+    return Path(out) / "trials" / study_name / f"{number:05d}.pt"
+
+
 def _save_trial_checkpoint(ctx, number, model, candidate, metrics, costs):
     from ..train.checkpoint import save
 
-    path = ctx.out / "trials" / f"{number:05d}.pt"
+    path = trial_path(ctx.out, ctx.config.study_name, number)
     save(path, model, model_name=ctx.config.model, model_kwargs=ctx.config.model_kwargs,
          quant_config=candidate.quant_config, widths=candidate.widths, data=ctx.data,
          metrics={**metrics, "costs": costs})
@@ -281,8 +285,10 @@ def _best_line(study, ctx) -> str:
 
 
 def run_search(config: SearchConfig, out: str | Path, storage: str | None = None,
-               workers: int = 1, progress: bool = True) -> optuna.Study:
-    """Run (or resume) a search; several local worker processes with `workers` > 1."""
+               workers: int = 1, progress: bool = True,
+               devices: list[str] | None = None) -> optuna.Study:
+    """Run (or resume) a search; several local worker processes with `workers` > 1, spread
+    round-robin over the CUDA `devices` (ids) when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "search.yaml"
@@ -295,6 +301,8 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                                  "); use another --out, or the same settings to resume")
     config.save(cfg_path)
     ctx = build_context(config, out, progress)
+    if config.blocks:
+        return _run_blocks(config, ctx, out, storage, workers, progress)
     study = open_study(config, out, storage)
     study.set_user_attr("reference", ctx.reference)
     _grid_fix(study, ctx)
@@ -307,19 +315,69 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                    on_trial_end=Progress(ctx, config.trials, progress),
                    recover=recover_dead_trials)
     else:
-        _spawn_workers(config, out, storage, workers, progress)
+        _spawn_workers(config, out, storage, workers, progress, devices)
     return study
 
 
-def _spawn_workers(config, out, storage, workers, progress):
+def _run_blocks(config, ctx, out, storage, workers, progress):
+    import dataclasses
+
+    from ..cost import cost
+    from .blocks import BlockView, Scheduler, schedule
+
+    ref = cost(ctx.float_model, reference=config.reference)
+    per_layer = {lc.name: lc.total for lc in ref.layers}
+    plan = schedule(ctx.space, config.blocks, config.schedule_block, per_layer, config.trials)
+    sched = Scheduler(out)
+    study = None
+    full_space = ctx.space
+    for k, block in enumerate(plan):
+        name = f"{config.study_name}_block{block['index']}"
+        later = {n for b in plan[k + 1:] for n in b["layers"]}
+        ctx.space = BlockView(full_space, set(block["params"]), dict(sched.state["frozen"]),
+                              later)
+        bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
+        study = open_study(bcfg, out, storage)
+        study.set_user_attr("reference", ctx.reference)
+        if k < sched.state["next_block"]:
+            continue  # finished in an earlier run
+        if progress:
+            print(f"block {k + 1}/{len(plan)} {block['pattern']!r}: layers {block['layers']}, "
+                  f"{block['trials']} trials", flush=True)
+        bctx = dataclasses.replace(ctx, config=bcfg)
+        if workers <= 1:
+            run_worker(study, make_objective(bctx), bcfg.trials,
+                       on_trial_end=Progress(bctx, bcfg.trials, progress),
+                       recover=recover_dead_trials)
+        else:
+            raise ValueError("block-wise search runs with one worker per block; use --workers 1")
+        done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not done:
+            raise RuntimeError(f"block {block['pattern']!r} finished no trial")
+        best = max(done, key=lambda t: t.value) if config.objective != "pareto" else max(
+            done, key=lambda t: t.values[0])
+        sched.state["frozen"].update({n: best.params[n] for n in block["params"]
+                                      if n in best.params})
+        sched.state["next_block"] = k + 1
+        sched.state["final_study"] = name
+        sched.save()
+    ctx.space = full_space
+    return study
+
+
+def _spawn_workers(config, out, storage, workers, progress, devices=None):
     cmd = [sys.executable, "-m", "hetq.search.worker", "--out", str(out), "--study",
            config.study_name]
     if storage:
         cmd += ["--storage", storage]
     if not progress:
         cmd.append("--quiet")
-    procs = [subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
-             for _ in range(workers)]
+    procs = []
+    for i in range(workers):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if devices:
+            env["HETQ_DEVICE"] = f"cuda:{devices[i % len(devices)]}"
+        procs.append(subprocess.Popen(cmd, env=env))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:
@@ -342,6 +400,10 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
         raise ValueError(f"no study named {study_name!r} in {storage or out}; start it with "
                          "`hetq search` first") from None
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
+    if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
+        import dataclasses
+
+        config = dataclasses.replace(config, device=os.environ["HETQ_DEVICE"])
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(config, out, progress=False)
     study = open_study(config, out, storage, create=False)
@@ -371,7 +433,12 @@ def load_run(out: str | Path, storage: str | None = None):
         raise ValueError(f"{out} is not a search run folder (no search.yaml)")
     config = SearchConfig.load(out / "search.yaml")
     _quiet_optuna()
-    study = optuna.load_study(study_name=config.study_name, storage=make_storage(storage, out))
+    name = config.study_name
+    if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
+        import json
+
+        name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
+    study = optuna.load_study(study_name=name, storage=make_storage(storage, out))
     return config, study
 
 
@@ -399,10 +466,10 @@ def trial_model(out: str | Path, number: int, storage: str | None = None):
     """The trained model of trial `number` (from its checkpoint, else from the study)."""
     from ..train.checkpoint import load
 
-    path = Path(out) / "trials" / f"{number:05d}.pt"
+    config, study = load_run(out, storage)
+    path = trial_path(out, study.study_name, number)
     if path.exists():
         return load(path)
-    config, study = load_run(out, storage)
     t = study.trials[number]
     if "weights" not in t.user_attrs:
         raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
