@@ -17,7 +17,12 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def sha256sum(path: Path) -> str:
-    h = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import math
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import Dataset
-from .download import cache_dir, fetch
+from .download import cache_dir, fetch, file_digest
 
 FEATURES = ["zlogz", "c1_b0_mmdt", "c1_b1_mmdt", "c1_b2_mmdt", "c2_b1_mmdt", "c2_b2_mmdt",
             "d2_b1_mmdt", "d2_b2_mmdt", "d2_a1_b1_mmdt", "d2_a1_b2_mmdt", "m2_b1_mmdt",
@@ -173,14 +172,6 @@ MANUAL = ("\n  manual download: https://www.openml.org/d/42468 (ARFF), or Zenodo
           "`hetq ... --data jets:/path/to/file`")
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
                   sha256: str | None = None, timeout: float = 30.0,
                   progress: bool = True) -> Path:
@@ -198,8 +189,8 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     dest = d / "hls4ml_lhc_jets_hlf.arff"
     path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
                  manual_hint=MANUAL)
-    if md5 and _md5(path) != md5:
-        got = _md5(path)
+    if md5 and file_digest(path, 'md5') != md5:
+        got = file_digest(path, 'md5')
         path.unlink()
         raise ValueError(f"checksum mismatch for {url}: expected md5 {md5} (OpenML), got {got}; "
                          "the corrupted download was deleted")

@@ -35,6 +35,16 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
+def _channel_std(x: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel standard deviation (whole tensor for rank 1), floored at eps."""
+    axes = reduce_axes(x, None)
+    return (x.std(dim=axes, keepdim=True) if axes else x.std()).clamp_min(EPS)
+
+
+def _sampling_sigmoid(use_real_sigmoid: bool):
+    return torch.sigmoid if use_real_sigmoid else (lambda v: torch.clamp(0.5 * v + 0.5, 0, 1))
+
+
 def _out_with_gradient(x, xq, alpha):
     """tanh surrogate gradient for alpha None, identity otherwise."""
     return ste(torch.tanh(x), xq) if alpha is None else ste(x, xq)
@@ -129,14 +139,8 @@ class stochastic_binary(binary):
         if not self.training:
             return super().forward(x)
         with torch.no_grad():
-            axes = reduce_axes(x, None)
-            if isinstance(self.alpha, str):
-                std = x.std(dim=axes, keepdim=True) if axes else x.std()
-                std = std.clamp_min(EPS)
-            else:
-                std = 1.0
-            z = self.temperature * x / std
-            p = torch.sigmoid(z) if self.use_real_sigmoid else torch.clamp(0.5 * z + 0.5, 0, 1)
+            std = _channel_std(x) if isinstance(self.alpha, str) else 1.0
+            p = _sampling_sigmoid(self.use_real_sigmoid)(self.temperature * x / std)
             q = torch.where(torch.rand_like(x) < p, 1.0, -1.0).to(x.dtype)
             s = self._scale(x, _sign(x))
             if isinstance(self.alpha, str):
@@ -233,19 +237,17 @@ class stochastic_ternary(ternary):
         if not self.training:
             return super().forward(x)
         with torch.no_grad():
-            axes = reduce_axes(x, None)
             if isinstance(self.alpha, str):
                 s = self._auto_scale(x, rounding=False)
                 self.scale = s.detach()
-                std = (x.std(dim=axes, keepdim=True) if axes else x.std()).clamp_min(EPS)
+                std = _channel_std(x)
                 thr = s / (2.0 * std)
             else:
                 s = 1.0 if self.alpha is None else self.alpha
                 std = 1.0
                 thr = 0.33 if self.threshold is None else self.threshold
             xn = x / std
-            sig = torch.sigmoid if self.use_real_sigmoid else (
-                lambda v: torch.clamp(0.5 * v + 0.5, 0, 1))
+            sig = _sampling_sigmoid(self.use_real_sigmoid)
             p0 = sig(self.temperature * (xn - thr))
             p1 = sig(self.temperature * (xn + thr))
             q0 = torch.where(torch.rand_like(x) < p0, 1.0, -1.0)
