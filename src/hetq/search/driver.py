@@ -138,7 +138,7 @@ def run_candidate(ctx: SearchContext, candidate: Candidate, *, epochs: int | Non
     pruner = MagnitudePruner(model, candidate.sparsity, epochs) if candidate.sparsity else None
 
     def report(epoch: int, val_metrics: dict[str, float]):
-        if trial is None:
+        if trial is None or cfg.objective == "pareto":  # Optuna prunes single objectives only
             return
         trial.report(float(val_metrics[cfg.metric]), epoch)
         if trial.should_prune():
