@@ -189,3 +189,15 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
         assert set(t.user_attrs["candidate"]["quant_config"]) <= {"fc1", "relu1"}
     assert len(completed(first)) == 6 and len(completed(study)) == 6  # min(10, trials) each
     assert pareto_rows(tmp_path / "b")
+
+
+def test_multi_objective_search_returns_a_front(tmp_path):
+    study = run_search(cfg(objective="pareto", sampler="nsga2", trials=4), tmp_path / "mo",
+                       progress=False)
+    done = completed(study)
+    assert len(done) == 4 and all(len(t.values) == 2 for t in done)
+    rows = pareto_rows(tmp_path / "mo")
+    costs = [r["costs"]["energy_pj"] for r in rows]
+    accs = [r["metrics"]["val"]["accuracy"] for r in rows]
+    assert costs == sorted(costs) and accs == sorted(accs)  # cheaper points are less accurate
+    assert {r["trial"] for r in rows} <= {t.number for t in study.best_trials}
