@@ -100,7 +100,8 @@ def test_limit_max_bits_regex_groups_and_types():
                                                        ("relu2", "activation")]
     # kernel candidates with bits <= 4
     assert set(by_name["fc1/kernel"].choices) == {
-        "binary()", "stochastic_binary()", "ternary()", "stochastic_ternary()",
+        "binary(alpha='auto_po2')", "stochastic_binary('auto_po2')",
+        "ternary('auto_po2')", "stochastic_ternary('auto_po2')",
         "quantized_bits(2,1,1,alpha=1.0)", "quantized_bits(4,0,1,alpha=1.0)",
         "quantized_po2(4,1)"}
     # output kernel has one choice -> fixed, not a parameter; relu3 is matched by nothing -> float

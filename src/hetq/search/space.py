@@ -32,14 +32,16 @@ from torch import nn
 
 from ..quant import get_quantizer
 
-# AutoQKeras' default candidates with their bit cost (spec §5.2). Fixed-point kernels carry
-# alpha=1 explicitly: hetq never turns alpha=None into 'auto_po2' behind the user's back.
+# AutoQKeras' default candidates with their bit cost (spec §5.2), written with the alpha they
+# effectively train with: QKeras layers silently turn a kernel quantizer's alpha=None into
+# 'auto_po2', hetq never does, so the binary/ternary kernel candidates say 'auto_po2' and the
+# fixed-point ones alpha=1 (as the AutoQKeras notebook writes them).
 DEFAULT_QUANTIZATION_CONFIG: dict[str, dict[str, int]] = {
     "kernel": {
-        "binary": 1,
-        "stochastic_binary": 1,
-        "ternary": 2,
-        "stochastic_ternary": 2,
+        "binary(alpha='auto_po2')": 1,
+        "stochastic_binary(alpha='auto_po2')": 1,
+        "ternary(alpha='auto_po2')": 2,
+        "stochastic_ternary(alpha='auto_po2')": 2,
         "quantized_bits(2,1,1,alpha=1.0)": 2,
         "quantized_bits(4,0,1,alpha=1.0)": 4,
         "quantized_bits(8,0,1,alpha=1.0)": 8,
