@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError, ConnectionError) as e:  # user errors: no traceback
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 2
 
