@@ -34,13 +34,17 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default="runs/bench_search")
     p.add_argument("--keep", action="store_true", help="resume instead of starting afresh")
+    p.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
+                   help="also search layer widths (multipliers 0.5, 0.75, 1)")
+    p.add_argument("--no-nsga2", action="store_true", help="skip the multi-objective run")
     a = p.parse_args(argv)
     out = Path(a.out)
     if out.exists() and not a.keep:
         shutil.rmtree(out)
     data = f"jets-sim:{FULL}" if FULL.exists() else "jets-sim"
     common = dict(data=data, trials=a.trials, epochs=a.epochs, float_epochs=40, batch_size=1024,
-                  lr=1e-3, goal="energy", delta_p=8, delta_n=8, rate=2, seed=0)
+                  lr=1e-3, goal="energy", delta_p=8, delta_n=8, rate=2, seed=0,
+                  tune_filters=a.tune_filters, width_multipliers=[0.5, 0.75, 1.0])
     ff_cfg = SearchConfig(sampler="tpe", study_name="energy_tpe", **common)
     ctx = build_context(ff_cfg, out / "tpe", progress=False)
     f, d = ctx.float_model, ctx.data
@@ -76,6 +80,8 @@ def main(argv=None):
         print("no trial within 1 point of float accuracy")
     print(format_table(pareto_rows(out / "tpe"), ff_cfg, study.user_attrs.get("reference")))
 
+    if a.no_nsga2:
+        return
     mo_cfg = SearchConfig(sampler="nsga2", objective="pareto", study_name="energy_nsga2",
                           **common)
     (out / "nsga2").mkdir(parents=True, exist_ok=True)

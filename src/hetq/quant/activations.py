@@ -19,7 +19,7 @@ import torch
 
 from .base import Quantizer, check_bits, exp2, register, ste
 from .fixed import FixedType
-from .fixed_point import SIGMOIDS, stochastic_or_plain_round
+from .fixed_point import SIGMOIDS, _largest, stochastic_or_plain_round
 
 
 def _check_sigmoid(name, sigmoid):
@@ -124,17 +124,35 @@ class quantized_ulaw(Quantizer):
                                sigmoid=sigmoid).items():
             self._set_arg(key, value)
 
+    def _compand(self, r: torch.Tensor, m) -> torch.Tensor:
+        """clip(sign(r) log(1 + u|r|) / log(1 + u), -1 + symmetric/m, 1 - 1/m)."""
+        u = self.u
+        log1p_u = torch.log1p(u.to(r.dtype)) if isinstance(u, torch.Tensor) else math.log1p(u)
+        c = torch.sign(r) * torch.log1p(u * r.abs()) / log1p_u
+        lo = -1.0 + (1.0 if self.symmetric else 0.0) / m
+        hi = 1.0 - 1.0 / m
+        if isinstance(m, torch.Tensor):
+            return torch.maximum(torch.minimum(c, hi), lo)
+        return torch.clamp(c, lo, hi)
+
     def forward(self, x):
         m = exp2(self.bits - 1)
         mi = exp2(self.integer)
         p = SIGMOIDS[self.sigmoid](x / mi)
         r = 2.0 * ste(p * m, torch.round(p.detach() * m)) / m - 1.0
-        c = torch.sign(r) * torch.log1p(self.u * r.abs()) / math.log1p(self.u)
-        lo = -1.0 + (1.0 if self.symmetric else 0.0) / m
-        return mi * torch.clamp(c, lo, 1.0 - 1.0 / m)
+        return mi * self._compand(r, m)
+
+    def values(self) -> torch.Tensor | None:
+        """All outputs (ascending, float64), computed in the default dtype exactly as `forward`
+        computes them: companding of r = 2k/m - 1, k = 0..m. None for tensor parameters."""
+        if not self.is_scalar:
+            return None
+        m = exp2(self.bits - 1)
+        r = 2.0 * torch.arange(0, int(m) + 1, dtype=torch.get_default_dtype()) / m - 1.0
+        return torch.unique(exp2(self.integer) * self._compand(r, m)).to(torch.float64)
 
     def max(self):
-        return float(exp2(self.integer))
+        return _largest(exp2(self.integer))
 
     def min(self):
         return -self.max()

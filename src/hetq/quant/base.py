@@ -381,5 +381,5 @@ def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
     """Raise ValueError unless `bits` (number or tensor) is >= minimum everywhere."""
     lo = float(bits.min()) if isinstance(bits, torch.Tensor) else bits
-    if lo is None or lo < minimum:
+    if isinstance(lo, bool) or not isinstance(lo, (int, float)) or lo < minimum:
         raise ValueError(f"{name}: bits must be >= {minimum}, got {bits!r}")

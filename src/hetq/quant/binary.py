@@ -9,9 +9,18 @@ ternary:  q = sign(x) * (|x| >= t), t = threshold or 0.33 (alpha None / number);
 Gradients: with alpha None the surrogate tanh(x) (gradient 1 - tanh(x)**2), else identity.
 
 Stochastic versions sample only in training mode (`module.train()`); in eval mode they equal
-the deterministic quantizer with the same alpha. Deliberate difference: QKeras'
-`stochastic_ternary` fails in training unless alpha is a string; hetq accepts alpha None
-(scale 1, threshold 0.33) so that it works as an activation too.
+the deterministic quantizer with the same alpha.
+
+Deliberate difference: QKeras' `stochastic_ternary` fails in training unless alpha is a string
+(it relies on layers switching a kernel's alpha None to 'auto_po2', which hetq does not do).
+hetq accepts alpha None (and numbers) in training: the sampling threshold is then the fixed
+threshold (0.33 by default) in input units with std 1, and the output scale is alpha (1 when
+None), so training samples and the eval-mode `ternary` agree in expectation. (Fitting the scale
+with the 'auto' loop for alpha None would make training outputs s*q while eval outputs q.)
+
+Types: ternary with alpha None/1 is `FixedType(2, 2)` (values -1, 0, 1); binary {0, 1}
+(use_01) is `FixedType(1, 1, signed=False)`; +-1 binary has no ap_fixed grid without 0, so
+its `fixed_type()` is None and `values()` lists [-a, a].
 """
 
 from __future__ import annotations
@@ -50,6 +59,14 @@ def _out_with_gradient(x, xq, alpha):
     return ste(torch.tanh(x), xq) if alpha is None else ste(x, xq)
 
 
+def _alpha_bound(alpha) -> float:
+    """max(1, |alpha|) for a numeric alpha, 1 otherwise (the Clip constraint's bound)."""
+    if alpha is None or isinstance(alpha, str):
+        return 1.0
+    a = float(alpha.abs().max()) if isinstance(alpha, torch.Tensor) else abs(float(alpha))
+    return max(1.0, a)
+
+
 def _scaled_type(width, integer, signed, alpha) -> FixedType | None:
     if isinstance(alpha, (str, torch.Tensor)):
         return None
@@ -65,12 +82,18 @@ class binary(Quantizer):
     kind = "binary"
     positional = ()
 
-    def __init__(self, use_01=False, alpha=None, use_stochastic_rounding=False, scale_axis=None):
+    def __init__(self, use_01=False, alpha=None, use_stochastic_rounding=False, scale_axis=None,
+                 min_po2_exponent=None, max_po2_exponent=None):
         super().__init__()
         _check_alpha(self.name, alpha)
+        if not (isinstance(alpha, str) and alpha == "auto_po2") and (min_po2_exponent is not None
+                                    or max_po2_exponent is not None):
+            raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2', got "
+                             f"alpha={alpha!r}")
         for key, value in dict(use_01=use_01, alpha=alpha,
                                use_stochastic_rounding=use_stochastic_rounding,
-                               scale_axis=scale_axis).items():
+                               scale_axis=scale_axis, min_po2_exponent=min_po2_exponent,
+                               max_po2_exponent=max_po2_exponent).items():
             self._set_arg(key, value)
         self.bits = 1
         self.kind = "binary01" if use_01 else "binary"
@@ -92,7 +115,9 @@ class binary(Quantizer):
         if not isinstance(self.alpha, str):
             return self.alpha
         s = least_squares_scale(x, k, reduce_axes(x, self.scale_axis))
-        return po2(s) if self.alpha == "auto_po2" else s
+        if self.alpha == "auto_po2":
+            return po2(s, self.min_po2_exponent, self.max_po2_exponent)
+        return s
 
     def forward(self, x):
         with torch.no_grad():
@@ -104,9 +129,11 @@ class binary(Quantizer):
         return _out_with_gradient(x, xq, self.alpha)
 
     def fixed_type(self):
+        """ap_ufixed<1,1> ({0, 1}) for use_01 (shifted by a power-of-two alpha); None for +-1:
+        no ap_fixed grid holds -1 and +1 without 0 (`values()` lists them)."""
         if self.use_01:
             return _scaled_type(1, 1, False, self.alpha)
-        return _scaled_type(2, 2, True, self.alpha)  # ap_fixed<2,2> holds -1 and +1
+        return None
 
     def values(self):
         if isinstance(self.alpha, (str, torch.Tensor)):
@@ -115,10 +142,10 @@ class binary(Quantizer):
         return torch.tensor([0.0, a] if self.use_01 else [-a, a], dtype=torch.float64)
 
     def max(self):
-        return 1.0
+        return _alpha_bound(self.alpha)
 
     def min(self):
-        return 0.0 if self.use_01 else -1.0
+        return 0.0 if self.use_01 else -self.max()
 
 
 @register
@@ -212,10 +239,10 @@ class ternary(Quantizer):
         return torch.tensor([-a, 0.0, a], dtype=torch.float64)
 
     def max(self):
-        return 1.0
+        return _alpha_bound(self.alpha)
 
     def min(self):
-        return -1.0
+        return -self.max()
 
 
 @register

@@ -47,10 +47,18 @@ def _log2_int(v: float) -> int | None:
     return e - 1 if m == 0.5 else None
 
 
+def _largest(v: Any) -> float:
+    """v as a float; the largest element for a tensor."""
+    return float(v.max()) if isinstance(v, torch.Tensor) else float(v)
+
+
 def _check_integer(name: str, bits: Any, integer: Any) -> None:
-    b = bits.min() if isinstance(bits, torch.Tensor) else bits
-    i = integer.max() if isinstance(integer, torch.Tensor) else integer
-    if float(i) > float(b):
+    # element-wise: a population may pair large integer with large bits
+    if isinstance(bits, torch.Tensor) or isinstance(integer, torch.Tensor):
+        too_big = bool((torch.as_tensor(integer) > torch.as_tensor(bits)).any())
+    else:
+        too_big = float(integer) > float(bits)
+    if too_big:
         raise ValueError(
             f"{name}: integer={integer!r} > bits={bits!r}; the integer bits must fit in the width "
             "(hetq rejects this, QKeras silently accepts it)"
@@ -219,9 +227,14 @@ class quantized_bits(Quantizer):
         return FixedType(int(self.bits), int(self.integer) + shift, False, "RND_CONV", "SAT")
 
     def max(self) -> float:
-        if self.bits - self.keep_negative > 0:
-            return max(1.0, float(exp2(self.integer)))
-        return 1.0
+        """max(1, 2**integer) (1 for 1-bit signed); the largest over tensor-valued members."""
+        u = self.bits - (1 if self.keep_negative else 0)
+        top = exp2(self.integer)
+        if isinstance(u, torch.Tensor) or isinstance(top, torch.Tensor):
+            top = torch.where(torch.as_tensor(u) > 0, torch.as_tensor(top, dtype=torch.float64),
+                              1.0)
+            return max(1.0, float(top.max()))
+        return max(1.0, float(top)) if u > 0 else 1.0
 
     def min(self) -> float:
         return -self.max() if self.keep_negative else 0.0
@@ -334,7 +347,9 @@ class quantized_relu(Quantizer):
         with torch.no_grad():
             if self.use_sigmoid:
                 p = SIGMOIDS[self.sigmoid](x / mi) * m
-                xq = mi * torch.clamp(2.0 * torch.round(p) / m - 1.0, 0.0, 1.0 - 1.0 / m)
+                v = (2.0 * torch.round(p) / m - 1.0).clamp_min(0.0)
+                xq = mi * (torch.minimum(v, 1.0 - 1.0 / m) if isinstance(m, torch.Tensor)
+                           else v.clamp_max(1.0 - 1.0 / m))
             else:
                 inv = m / mi
                 xq = torch.clamp(rnd(x * inv, sr, tr), torch.zeros_like(x), m - 1.0) * (mi / m) \
@@ -345,9 +360,12 @@ class quantized_relu(Quantizer):
                     xq = xq + neg
         # surrogate whose gradient the output takes
         if self.is_quantized_clip:
-            xu = torch.minimum(torch.relu(x), top) if isinstance(top, torch.Tensor) else \
-                torch.clamp(x, 0.0, top) if not slope else torch.where(
-                x <= top, torch.where(x > 0, x, slope * x), top)
+            if isinstance(top, torch.Tensor):  # keep the slope below 0 (leaky) here too
+                xr = torch.where(x > 0, x, slope * x) if slope else torch.relu(x)
+                xu = torch.where(x <= top, xr, top)
+            else:
+                xu = torch.clamp(x, 0.0, top) if not slope else torch.where(
+                    x <= top, torch.where(x > 0, x, slope * x), top)
         elif self.relu_upper_bound is not None:
             xu = torch.clamp(x, max=self.relu_upper_bound)
             xu = torch.where(xu > 0, xu, slope * xu) if slope else torch.relu(xu)
@@ -371,7 +389,7 @@ class quantized_relu(Quantizer):
         return FixedType(b, i, False, "RND_CONV", "SAT")
 
     def max(self) -> float:
-        return max(1.0, float(exp2(self.integer)))
+        return max(1.0, _largest(exp2(self.integer)))
 
     def min(self) -> float:
-        return -self.negative_slope * float(exp2(self.integer)) if self.negative_slope else 0.0
+        return -self.negative_slope * _largest(exp2(self.integer)) if self.negative_slope else 0.0

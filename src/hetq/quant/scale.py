@@ -15,7 +15,7 @@ from .base import EPS
 
 
 def reduce_axes(x: torch.Tensor, scale_axis: int | None) -> tuple[int, ...] | None:
-    """Axes to average over for a per-channel scale, or None for rank-1 tensors.
+    """Axes (negative) to average over for a per-channel scale, or None for rank-1 tensors.
 
     hetq follows PyTorch's layout: the channel axis of a weight is axis 0 (output features /
     output channels), so the reduction runs over all other axes. `scale_axis` overrides the
@@ -24,7 +24,9 @@ def reduce_axes(x: torch.Tensor, scale_axis: int | None) -> tuple[int, ...] | No
     if x.dim() <= 1:
         return None
     axis = 0 if scale_axis is None else scale_axis % x.dim()
-    return tuple(d for d in range(x.dim()) if d != axis)
+    # negative axes, so that the reduction still means the same axes of x when a tensor-valued
+    # parameter (e.g. bits of shape [K, 1, 1]) adds leading population dimensions
+    return tuple(d - x.dim() for d in range(x.dim()) if d != axis)
 
 
 def po2(s: torch.Tensor, min_exponent=None, max_exponent=None) -> torch.Tensor:
