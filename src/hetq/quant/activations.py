@@ -131,9 +131,7 @@ class quantized_ulaw(Quantizer):
         c = torch.sign(r) * torch.log1p(u * r.abs()) / log1p_u
         lo = -1.0 + (1.0 if self.symmetric else 0.0) / m
         hi = 1.0 - 1.0 / m
-        if isinstance(m, torch.Tensor):
-            return torch.maximum(torch.minimum(c, hi), lo)
-        return torch.clamp(c, lo, hi)
+        return torch.clamp(c, lo, hi)  # bounds both numbers or both tensors
 
     def forward(self, x):
         m = exp2(self.bits - 1)

@@ -86,6 +86,9 @@ class binary(Quantizer):
                  min_po2_exponent=None, max_po2_exponent=None):
         super().__init__()
         _check_alpha(self.name, alpha)
+        if use_01 not in (False, True):  # catches binary('auto'): use_01 comes first
+            raise ValueError(f"{self.name}: use_01={use_01!r} must be True or False (pass the "
+                             "scale as alpha=...)")
         if not (isinstance(alpha, str) and alpha == "auto_po2") and (min_po2_exponent is not None
                                     or max_po2_exponent is not None):
             raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2', got "

@@ -141,7 +141,7 @@ class quantized_bits(Quantizer):
             k = torch.clamp(rnd(x * (m / mi), self.use_stochastic_rounding, self.training),
                             lo, m - 1)
             xq = k * (mi / m)
-            if kn:  # 1-bit signed members give alpha * sign(x)
+            if kn and isinstance(u, torch.Tensor):  # 1-bit signed members: alpha * sign(x)
                 xq = torch.where(u == 0, torch.where(x >= 0, 1.0, -1.0).to(x.dtype), xq)
             return xq * alpha if self.alpha is not None else xq
         if u == 0:
@@ -356,7 +356,8 @@ class quantized_relu(Quantizer):
                     if isinstance(m, torch.Tensor) else \
                     torch.clamp(rnd(x * inv, sr, tr), 0.0, m - 1.0) * (mi / m)
                 if slope:
-                    neg = torch.clamp(rnd(slope * x * inv, sr, tr) / inv, -slope * mi, 0.0)
+                    zero = torch.zeros_like(mi) if isinstance(mi, torch.Tensor) else 0.0
+                    neg = torch.clamp(rnd(slope * x * inv, sr, tr) / inv, -slope * mi, zero)
                     xq = xq + neg
         # surrogate whose gradient the output takes
         if self.is_quantized_clip:

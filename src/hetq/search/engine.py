@@ -106,9 +106,13 @@ def _fail_stale(study: optuna.Study) -> None:
     """Let a database storage's heartbeat fail (and retry) trials of dead workers."""
     from optuna.storages._heartbeat import BaseHeartbeat
 
+    import warnings
+
     storage = study._storage
     if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
 
 
 def _only_others_running(study: optuna.Study, budget: int) -> bool:
