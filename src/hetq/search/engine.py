@@ -104,9 +104,9 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
 
 def _fail_stale(study: optuna.Study) -> None:
     """Let a database storage's heartbeat fail (and retry) trials of dead workers."""
-    from optuna.storages._heartbeat import BaseHeartbeat
-
     import warnings
+
+    from optuna.storages._heartbeat import BaseHeartbeat
 
     storage = study._storage
     if isinstance(storage, BaseHeartbeat) and storage.get_heartbeat_interval():
