@@ -7,6 +7,8 @@ ternary:  q = sign(x) * (|x| >= t), t = threshold or 0.33 (alpha None / number);
           alpha * q. 'auto'/'auto_po2': per channel s = 2 max|x| / 3, then
           `number_of_unrolls` rounds of q = sign(x) * (|round(x / s)| >= 1), s = LS(x, q).
 Gradients: with alpha None the surrogate tanh(x) (gradient 1 - tanh(x)**2), else identity.
+Per-channel scales reduce over every axis but 0 (PyTorch's output channel; QKeras uses the last
+axis); binary's `scale_axis` overrides it, `min/max_po2_exponent` clip the 'auto_po2' exponent.
 
 Stochastic versions sample only in training mode (`module.train()`); in eval mode they equal
 the deterministic quantizer with the same alpha.
@@ -89,8 +91,8 @@ class binary(Quantizer):
         if use_01 not in (False, True):  # catches binary('auto'): use_01 comes first
             raise ValueError(f"{self.name}: use_01={use_01!r} must be True or False (pass the "
                              "scale as alpha=...)")
-        if not (isinstance(alpha, str) and alpha == "auto_po2") and (min_po2_exponent is not None
-                                    or max_po2_exponent is not None):
+        limits = min_po2_exponent is not None or max_po2_exponent is not None
+        if limits and not (isinstance(alpha, str) and alpha == "auto_po2"):
             raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2', got "
                              f"alpha={alpha!r}")
         for key, value in dict(use_01=use_01, alpha=alpha,

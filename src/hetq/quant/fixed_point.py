@@ -383,11 +383,28 @@ class quantized_relu(Quantizer):
         if not self.is_scalar:
             return None
         b, i = int(self.bits), int(self.integer)
-        if self.use_sigmoid:
-            return FixedType(b - 1, i, False, "RND_CONV", "SAT") if b > 1 else None
+        # use_sigmoid: the grid has step 2 mi/m, but the clip at 1 - 1/m adds mi (1 - 1/m) on
+        # top, so the type holding every value is the plain ap_ufixed<b, i>
         if self.negative_slope:
-            return FixedType(b, i + 1, True, "RND_CONV", "SAT")
+            # leaky: steps of 2**(i - n), n = b - 1, and the saturation value -slope * 2**i,
+            # which lies below that grid's step when slope < 2**-n (then one more frac bit each)
+            e = _log2_int(self.negative_slope)
+            integer = max(i, i + e) + 1
+            frac = max(b - 1 - i, -i - e)
+            return FixedType(integer + frac, integer, True, "RND_CONV", "SAT")
         return FixedType(b, i, False, "RND_CONV", "SAT")
+
+    def values(self) -> torch.Tensor | None:
+        """All outputs; for the leaky ReLU exactly the grid points it reaches (its FixedType
+        may be wider than `bits` to hold -slope * 2**integer)."""
+        if not (self.is_scalar and self.negative_slope and not self.use_sigmoid):
+            return super().values()
+        m, mi, slope = 2.0 ** (int(self.bits) - 1), 2.0 ** int(self.integer), self.negative_slope
+        step = mi / m
+        pos = torch.arange(0, int(m), dtype=torch.float64) * step
+        neg = torch.arange(math.ceil(-slope * m), 0, dtype=torch.float64) * step
+        return torch.unique(torch.cat([neg, torch.tensor([-slope * mi], dtype=torch.float64),
+                                       pos]))
 
     def max(self) -> float:
         return max(1.0, _largest(exp2(self.integer)))

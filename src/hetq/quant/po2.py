@@ -122,11 +122,18 @@ class _Po2Base(Quantizer):
 
     def _magnitudes(self) -> torch.Tensor:
         """All reachable output magnitudes (float64, ascending): the exponents min_exp ..
-        the exponent of max_value (or max_exp), even ones only with quadratic_approximation."""
-        cands = [0.0] + [math.ldexp(1.0, e) for e in range(self.min_exp, self.max_exp + 1)]
-        if self.max_value is not None:
-            cands.append(float(self.max_value))
+        the exponent of max_value (or max_exp), even ones only with quadratic_approximation.
+        Stochastic rounding may also round max_value up to the next (even) exponent."""
+        # eps: the smallest magnitude not sent to min_exp, whose exponent may lie below eps
+        cands = [0.0, EPS] + [math.ldexp(1.0, e) for e in range(self.min_exp, self.max_exp + 1)]
+        mv = self.max_value
+        if mv is not None:
+            cands.append(float(mv))
         e = self._exponent(torch.tensor(cands, dtype=torch.float64), stochastic=False)
+        if self.use_stochastic_rounding and mv is not None and mv >= EPS:
+            k = 2 if self.quadratic_approximation else 1
+            top = min(max(k * math.ceil(math.log2(mv) / k), self.min_exp), self.max_exp)
+            e = torch.cat([e, torch.tensor([float(top)], dtype=e.dtype)])
         return torch.exp2(torch.unique(e))
 
     def _signed_values(self) -> bool:  # pragma: no cover - per subclass
