@@ -201,3 +201,27 @@ def test_multi_objective_search_returns_a_front(tmp_path):
     accs = [r["metrics"]["val"]["accuracy"] for r in rows]
     assert costs == sorted(costs) and accs == sorted(accs)  # cheaper points are less accurate
     assert {r["trial"] for r in rows} <= {t.number for t in study.best_trials}
+
+
+def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
+    from hetq.search.engine import MAX_CONSECUTIVE_FAILURES, run_worker
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="f")
+    calls = []
+
+    def flaky(trial):
+        calls.append(trial.number)
+        if trial.number == 1:
+            raise FloatingPointError("training diverged")
+        return float(trial.number)
+
+    assert run_worker(study, flaky, budget=3) == 4  # trial 1 failed, one more was run
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+    def broken(trial):
+        raise ValueError("cannot build")
+
+    s2 = optuna.create_study(storage=make_storage(None, tmp_path / "b"), study_name="b")
+    with pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
+        run_worker(s2, broken, budget=3)

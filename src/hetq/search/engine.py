@@ -17,6 +17,8 @@ from optuna.trial import TrialState
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("none", "median", "asha", "hyperband")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+TRIAL_ERRORS = (FloatingPointError, ValueError, RuntimeError)  # failures of one candidate
+MAX_CONSECUTIVE_FAILURES = 5
 
 
 def make_sampler(name: str, seed: int | None = None, multi_objective: bool = False,
@@ -83,6 +85,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         return objective(trial)
 
     callbacks = [on_trial_end] if on_trial_end else []
+    failures = 0
     while n_counted(study) < budget:
         if timeout is not None and time.monotonic() - t0 > timeout:
             break
@@ -93,12 +96,22 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
             continue
         before = len(study.get_trials(deepcopy=False))
-        study.optimize(guarded, n_trials=1, catch=(BudgetReached,), callbacks=callbacks,
-                       gc_after_trial=False, show_progress_bar=False)
+        # a trial that fails (diverged training, a candidate that cannot be built) is recorded
+        # as FAIL with its error by Optuna and does not count; the search goes on, unless
+        # MAX_CONSECUTIVE_FAILURES in a row say something is wrong with every trial
+        study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
+                       callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
         last = study.get_trials(deepcopy=False)[before:]
         if any(t.user_attrs.get("overflow") for t in last):
             continue
         ran += 1
+        if last and last[-1].state == TrialState.FAIL:
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeError(f"{failures} trials in a row failed (last: trial "
+                                   f"{last[-1].number}, see the warnings above); stopping")
+        else:
+            failures = 0
     return ran
 
 
