@@ -123,7 +123,7 @@ def _roc(model, data, task, path):
     from .report import plot_roc
 
     X, y = data.tensors("test")
-    scores, _ = predict_scores(model, X, task)
+    scores = predict_scores(model, X, task)
     plot_roc(scores, y.numpy(), data.classes, path)
     del torch
 

@@ -48,16 +48,16 @@ def _split_tensors(data, split, task, device):
 
 @torch.no_grad()
 def predict_scores(model, X: torch.Tensor, task, batch_size: int = 8192):
-    """(scores, mean loss) of `model` on X (eval mode), in batches."""
+    """Scores of `model` on X (eval mode), in batches."""
     was = model.training
     model.eval()
-    outs, loss_sum = [], 0.0
+    outs = []
     for i in range(0, X.shape[0], batch_size):
         xb = X[i:i + batch_size]
         out = model(xb)
         outs.append(task.scores(out, xb).float().cpu())
     model.train(was)
-    return torch.cat(outs).numpy() if outs else np.zeros((0,)), loss_sum
+    return torch.cat(outs).numpy() if outs else np.zeros((0,))
 
 
 @torch.no_grad()
@@ -79,7 +79,7 @@ def evaluate(model, data, split: str = "test", task=None, device="cpu",
     was = model.training
     model.eval()
     try:
-        scores, _ = predict_scores(model, X, task, batch_size)
+        scores = predict_scores(model, X, task, batch_size)
         m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
         m["loss"] = _val_loss(model, X, y, task, batch_size)
     finally:
@@ -191,7 +191,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
 
 
 def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:
-    scores, _ = predict_scores(model, X, task)
+    scores = predict_scores(model, X, task)
     m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
     m["loss"] = _val_loss(model, X, y, task)
     return m
