@@ -3,7 +3,9 @@
 1. train the float jet tagger (16-64-32-32-5) on the embedded simulated jets;
 2. quantization-aware fine-tuning of the paper's uniform 6-bit model (Q6) from it;
 3. the per-layer cost tables (energy, bits, EBOPs, FPGA estimate) of both;
-4. a short per-layer quantizer search (energy goal, forgiving factor, TPE) and its Pareto table.
+4. a short per-layer quantizer search (energy goal, forgiving factor, TPE) and its Pareto table;
+5. bit-exact export of the best searched model: integer engine, QONNX, hls4ml C simulation
+   (when the `export` extra is installed), with the bit-exactness report.
 """
 
 from __future__ import annotations
@@ -29,6 +31,23 @@ def _banner(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
+def _export(out: Path, number: int, data) -> None:
+    import importlib.util
+
+    from .export.cli import DEFAULT_INPUT_TYPE, export_model
+    from .search.driver import trial_model
+
+    model = trial_model(out / "search", number)
+    x, _ = data.tensors("test")
+    kw = {}
+    if importlib.util.find_spec("qonnx") and importlib.util.find_spec("hls4ml"):
+        kw = {"qonnx": out / "export" / "model.onnx", "hls4ml": out / "export" / "hls"}
+    else:
+        print("(QONNX/hls4ml not installed: pip install 'hetq[export]'; checking the integer "
+              "engine only)")
+    export_model(model, x, DEFAULT_INPUT_TYPE, **kw)
+
+
 def run(a) -> int:
     import torch
 
@@ -39,6 +58,7 @@ def run(a) -> int:
     from .quant.summary import summary
     from .search.config import SearchConfig
     from .search.driver import format_table, pareto_rows, run_search
+    from .search.space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .train import evaluate, fit, save
     from .train.report import metrics_table
 
@@ -72,12 +92,18 @@ def run(a) -> int:
     print(cost(q6).table(cost(f, reference="int8")))
 
     _banner(f"4. search: {a.trials} trials x {a.trial_epochs} epochs, energy goal, TPE")
+    # deployable activations only, so the best model exports bit-exactly to hls4ml (step 5)
     cfg = SearchConfig(data=a.data, trials=a.trials, epochs=a.trial_epochs,
+                       quantization_config=DEPLOYABLE_QUANTIZATION_CONFIG,
                        float_epochs=a.epochs, batch_size=256, lr=2e-3,
                        model_kwargs={"n_in": data.n_features, "n_out": data.n_classes})
     study = run_search(cfg, out / "search", progress=not a.no_progress)
     print()
     print(format_table(pareto_rows(out / "search"), cfg, study.user_attrs.get("reference")))
+
+    best = study.best_trial.number
+    _banner(f"5. export the best searched model (trial {best}), bit-exact check on the test set")
+    _export(out, best, data)
     print(f"\nfloat test accuracy {fm['accuracy']:.4f}, Q6 {qm['accuracy']:.4f}; "
           f"demo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
           f"(`hetq report {out / 'search'}` writes the HTML report)")

@@ -71,7 +71,8 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
             with torch.no_grad():
                 p = next(model.parameters(), None)
                 dev = p.device if p is not None else "cpu"
-                model(torch.zeros((1, *input_shape), device=dev))
+                dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
+                model(torch.zeros((1, *input_shape), device=dev, dtype=dt))
         finally:
             model.train(was)
             for h in hooks:

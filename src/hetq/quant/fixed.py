@@ -21,10 +21,12 @@ SAT_ZERO, SAT_SYM.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import torch
 
+_TYPE_RE = re.compile(r"(ap_)?(u?)fixed<(\d+),(-?\d+)(?:,AP_([A-Z_]+))?(?:,AP_([A-Z_]+))?>")
 ROUNDING_MODES = ("TRN", "TRN_ZERO", "RND", "RND_ZERO", "RND_MIN_INF", "RND_INF", "RND_CONV")
 OVERFLOW_MODES = ("WRAP", "SAT", "SAT_ZERO", "SAT_SYM")
 
@@ -98,6 +100,16 @@ class FixedType:
         if self.rounding == "TRN" and self.overflow == "WRAP":
             return f"{base}<{self.width},{self.integer}>"
         return f"{base}<{self.width},{self.integer},AP_{self.rounding},AP_{self.overflow}>"
+
+    @classmethod
+    def parse(cls, text: str) -> FixedType:
+        """`ap_fixed<16,6>`, `ap_ufixed<6,0,AP_RND_CONV,AP_SAT>`, `fixed<8,3>`, `ufixed<4,0>`."""
+        m = _TYPE_RE.fullmatch(text.strip().replace(" ", ""))
+        if not m:
+            raise ValueError(f"cannot parse fixed-point type {text!r}; expected e.g. "
+                             "'ap_fixed<16,6>' or 'ap_ufixed<8,0,AP_RND_CONV,AP_SAT>'")
+        rounding, overflow = (m.group(5) or "TRN"), (m.group(6) or "WRAP")
+        return cls(int(m.group(3)), int(m.group(4)), m.group(2) != "u", rounding, overflow)
 
     def get_config(self) -> dict:
         return asdict(self)

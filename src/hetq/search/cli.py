@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--devices", default=None,
                    help="with --workers: comma-separated CUDA device ids, one worker per GPU "
                         "round-robin (e.g. 0,1,2,3)")
+    s.add_argument("--deployable", action="store_true",
+                   help="search only activations the hls4ml export runs bit-exactly "
+                        "(quantized_relu/quantized_bits), unless --quantization-config is given")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_search)
 
@@ -95,14 +98,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _search(a) -> int:
     from .driver import format_table, pareto_rows, run_search
+    from .space import DEPLOYABLE_QUANTIZATION_CONFIG
 
+    qc = _load_yaml(a.quantization_config)
+    if qc is None and a.deployable:
+        qc = DEPLOYABLE_QUANTIZATION_CONFIG
     cfg = SearchConfig(
         model=a.model, data=a.data, study_name=a.study, objective=a.objective, goal=a.goal,
         metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
         min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
         pruner=a.pruner, trials=a.trials, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
         float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
-        quantization_config=_load_yaml(a.quantization_config), tune_filters=a.tune_filters,
+        quantization_config=qc, tune_filters=a.tune_filters,
         tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
         blocks=a.blocks or None, schedule_block=a.schedule_block,

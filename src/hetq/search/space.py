@@ -73,6 +73,19 @@ DEFAULT_QUANTIZATION_CONFIG: dict[str, dict[str, int]] = {
     },
 }
 
+# The same maps with only the activations the hls4ml export runs bit-exactly (ap_fixed casts:
+# quantized_relu / quantized_bits). The reference's defaults also hold binary/ternary/po2
+# activations (table lookups in the integer engine, no exact hls4ml layer) and
+# binary(alpha='auto_po2'), whose scale depends on the batch and so cannot be deployed.
+DEPLOYABLE_QUANTIZATION_CONFIG: dict[str, dict[str, int]] = {
+    "kernel": dict(DEFAULT_QUANTIZATION_CONFIG["kernel"]),
+    "bias": dict(DEFAULT_QUANTIZATION_CONFIG["bias"]),
+    "activation": {k: v for k, v in DEFAULT_QUANTIZATION_CONFIG["activation"].items()
+                   if k.startswith("quantized_relu(")},
+    "linear": {k: v for k, v in DEFAULT_QUANTIZATION_CONFIG["linear"].items()
+               if k.startswith("quantized_bits(")},
+}
+
 DEFAULT_WIDTH_MULTIPLIERS = (0.5, 0.75, 1.0, 1.5, 2.0)
 
 # layer kinds: which config map each field draws from

@@ -1,0 +1,129 @@
+"""`hetq export`: integer engine check, QONNX file, hls4ml project with C-sim check, cost table.
+
+    hetq export runs/demo/q6.pt --input-type 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>' \\
+        --qonnx out/model.onnx --hls4ml out/hls
+
+The source is a checkpoint, or a search run folder with `--trial N` (`--trial best`: the
+study's best trial). Inputs for the comparison are the test split of `--data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DEFAULT_INPUT_TYPE = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="bit-exact export: integer engine, QONNX, hls4ml C-sim",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("source", help="checkpoint (.pt) or search run folder (with --trial)")
+    e.add_argument("--trial", default=None, help="trial number in a search run, or 'best'")
+    e.add_argument("--input-type", default=None,
+                   help="fixed-point type of the inputs, e.g. 'ap_fixed<16,6,AP_RND_CONV,"
+                        "AP_SAT>' (needed unless the model starts with an input QActivation)")
+    e.add_argument("--qonnx", default=None, help="write the QONNX graph here (.onnx)")
+    e.add_argument("--hls4ml", default=None, help="write the hls4ml project into this folder")
+    e.add_argument("--backend", default="Vivado", choices=["Vivado", "Vitis"])
+    e.add_argument("--no-compile", action="store_true",
+                   help="write the hls4ml project without building the C simulation")
+    e.add_argument("--data", default="jets-sim", help="data set whose test split is compared")
+    e.add_argument("--samples", type=int, default=5000,
+                   help="test samples compared (0: all)")
+    e.set_defaults(func=_export)
+
+
+def resolve_source(source: str, trial: str | None):
+    """(model, label) for a checkpoint path or a search run folder + trial."""
+    p = Path(source)
+    if p.is_dir():
+        from ..search.driver import load_run, trial_model
+        if trial is None:
+            raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
+        if trial == "best":
+            _, study = load_run(p)
+            try:
+                number = study.best_trial.number
+            except (RuntimeError, ValueError) as e:
+                raise ValueError(f"{source}: no single best trial ({e}); give --trial N") from e
+        else:
+            try:
+                number = int(trial)
+            except ValueError:
+                raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
+        return trial_model(p, number), f"{source} trial {number}"
+    if not p.exists():
+        raise FileNotFoundError(f"{source}: no such checkpoint or run folder")
+    from ..train.checkpoint import load
+    return load(p), str(source)
+
+
+def source_quantizer(ft) -> str:
+    """The quantizer string whose type is `ft` (for the cost model's input)."""
+    if ft.signed:
+        return f"quantized_bits({ft.width},{ft.integer - 1},alpha=1)"
+    return f"quantized_bits({ft.width},{ft.integer},keep_negative=False,alpha=1)"
+
+
+def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vivado",
+                 compile=True, out=print) -> dict:
+    """Run every requested export on inputs `x` and print the bit-exactness report.
+
+    Returns {"engine": IntegerModel, "reports": [BitExactReport, ...], "cost": CostReport}.
+    """
+    from ..cost import cost
+    from .engine import IntegerModel
+
+    shape = tuple(x.shape[1:])
+    t0 = time.time()
+    eng = IntegerModel(model, shape, input_type)
+    out(f"integer program ({len(eng.steps)} steps), input {eng.input_type}, output "
+        f"{eng.output_type}:")
+    out(eng.layer_table())
+    reports = [eng.compare(x)]
+    if qonnx:
+        from .qonnx import check_qonnx, to_qonnx
+        proto = to_qonnx(eng, qonnx)
+        reports.append(check_qonnx(eng, proto, x))
+        out(f"QONNX: {qonnx}")
+    if hls4ml:
+        from .hls import export_hls4ml
+        _, rep = export_hls4ml(eng, hls4ml, x if compile else None, backend=backend,
+                               compile=compile)
+        if rep is not None:
+            reports.append(rep)
+        out(f"hls4ml project ({backend}, io_parallel, latency): {hls4ml}")
+    rep_cost = cost(model, shape, source_quantizer=source_quantizer(eng.input_type))
+    out("")
+    out(f"bit-exactness vs the integer engine ({len(x)} samples on the input grid, "
+        f"{time.time() - t0:.1f} s):")
+    for r in reports:
+        out("  " + r.line())
+    out("")
+    out("cost of the exported model:")
+    out(rep_cost.table())
+    return {"engine": eng, "reports": reports, "cost": rep_cost}
+
+
+def _export(a) -> int:
+    import torch
+
+    from ..data import get_dataset
+
+    model, label = resolve_source(a.source, a.trial)
+    data = get_dataset(a.data)
+    x, _ = data.tensors("test")
+    if a.samples < 0:
+        raise ValueError(f"--samples must be >= 0, got {a.samples}")
+    if a.samples:
+        x = x[: a.samples]
+    first = next((m for m in model.modules() if hasattr(m, "in_features")), None)
+    if first is not None and x.dim() == 2 and first.in_features != x.shape[1]:
+        raise ValueError(f"{label} takes {first.in_features} inputs but {a.data} has "
+                         f"{x.shape[1]} features")
+    print(f"exporting {label}")
+    res = export_model(model.cpu().eval(), x.to(torch.float32), a.input_type, a.qonnx,
+                       a.hls4ml, a.backend, not a.no_compile)
+    return 0 if all(r.exact for r in res["reports"]) else 1

@@ -1,0 +1,555 @@
+"""Integer engine: a trained hetq model run on integer codes with ap_fixed semantics.
+
+`IntegerModel(model, input_shape, input_type=...)` compiles a model into a chain of integer
+steps. Every tensor between steps is an int64 tensor of codes plus a `FixedType` (value =
+code * 2**-frac):
+
+* the input is cast to `input_type` (or to the model's first `QActivation`);
+* dense / conv1d / conv2d / depthwise / separable / folded batch-norm layers multiply integer
+  codes by integer weight codes and add the aligned bias codes; the accumulator is an exact
+  fixed type whose frac bits are those of the product and whose width comes from interval
+  propagation over the input type and the actual weights (so it never overflows);
+* quantized_bits / quantized_relu activations are ap_fixed casts of the accumulator codes
+  (round half to even, saturate) done with integer shifts;
+* other elementwise quantizers (tanh, sigmoid, po2, relu_po2, binary, ternary, leaky relu, ...)
+  are a lookup: the quantizer evaluated at the exact value of each input code, which is what a
+  table over the input grid holds;
+* average pooling sums codes and multiplies by the quantized 1/area; max pooling, ReLU, flatten,
+  dropout and identity keep the grid.
+
+Softmax is not part of the engine: it returns the integer logits; the class probabilities are
+the float softmax of those exact logits (hls4ml's table-based softmax is an approximation the
+export does not use, so the firmware's output is the logits too).
+
+The reference the engine is compared with is the PyTorch model evaluated in float64 on inputs
+on the input grid. Float32 evaluation is exact too while every accumulator fits 24 bits (e.g.
+6-bit models); 16-bit models (the paper's BF) need float64 for the sums to be exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cost.graph import trace
+from ..quant.fixed import FixedType, smallest_fixed_type
+from ..quant.layers import (
+    QActivation,
+    QConv1d,
+    QConv2d,
+    QDense,
+    QDepthwiseConv2d,
+    QLayer,
+    QSeparableConv2d,
+)
+from ..quant.norm import QBatchNorm, _FoldedBatchnorm
+from ..quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
+
+MAX_EXACT_BITS = 53  # codes are multiplied in float64: exact while sums stay below 2**53
+GRID_KEEPING = (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d)
+
+
+class ExportError(ValueError):
+    """A model that cannot be run or exported bit-exactly; the message names layer and fix."""
+
+
+# -- integer casts ---------------------------------------------------------------------------
+def shift_codes(codes: torch.Tensor, frac_in: int, ft: FixedType) -> torch.Tensor:
+    """Codes at `frac_in` frac bits cast to `ft` (its rounding and overflow), exactly."""
+    k = frac_in - ft.frac
+    if k <= 0:
+        y = codes * (1 << -k)
+    else:
+        q = torch.div(codes, 1 << k, rounding_mode="floor")
+        r = codes - q * (1 << k)  # 0 <= r < 2**k
+        half = 1 << (k - 1)
+        neg = codes < 0
+        mode = ft.rounding
+        if mode == "TRN":
+            y = q
+        elif mode == "TRN_ZERO":
+            y = q + (neg & (r != 0))
+        elif mode == "RND":
+            y = q + (r >= half)
+        elif mode == "RND_MIN_INF":
+            y = q + (r > half)
+        elif mode == "RND_INF":
+            y = q + ((r > half) | ((r == half) & ~neg))
+        elif mode == "RND_ZERO":
+            y = q + ((r > half) | ((r == half) & neg))
+        else:  # RND_CONV
+            y = q + ((r > half) | ((r == half) & (q % 2 == 1)))
+        y = y.to(torch.int64)
+    lo, hi = ft.min_code, ft.max_code
+    if ft.overflow == "WRAP":
+        return torch.remainder(y - lo, 1 << ft.width) + lo
+    if ft.overflow == "SAT_ZERO":
+        return torch.where((y < lo) | (y > hi), torch.zeros_like(y), y)
+    return y.clamp(lo, hi)
+
+
+def codes_of(values: torch.Tensor, ft: FixedType, what: str) -> torch.Tensor:
+    """Exact int64 codes of `values` (which must lie on `ft`'s grid)."""
+    v = values.detach().to(torch.float64)
+    c = v * math.ldexp(1.0, ft.frac)
+    if not torch.equal(c, torch.round(c)) or c.numel() and (
+            float(c.min()) < ft.min_code or float(c.max()) > ft.max_code):
+        raise ExportError(f"{what}: values are not all representable in {ft}")
+    return c.to(torch.int64)
+
+
+def _type_for_range(lo: int, hi: int, frac: int) -> FixedType:
+    """Smallest signed FixedType with `frac` frac bits holding codes lo..hi (TRN/WRAP)."""
+    mag = max(hi.bit_length() if hi > 0 else 0, (-lo - 1).bit_length() if lo < 0 else 0)
+    width = max(2, mag + 1)
+    return FixedType(width, width - frac, True)
+
+
+def _code_range(ft: FixedType) -> tuple[int, int]:
+    return ft.min_code, ft.max_code
+
+
+# -- steps -----------------------------------------------------------------------------------
+@dataclass
+class Step:
+    """One operation of the integer program: name of the module, kind, output type."""
+
+    name: str
+    kind: str
+    out_type: FixedType
+    detail: dict = field(default_factory=dict)
+
+    def run(self, x: torch.Tensor, in_type: FixedType) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class CastStep(Step):
+    def run(self, x, in_type):
+        return shift_codes(x, in_type.frac, self.out_type)
+
+
+@dataclass
+class TableStep(Step):
+    """Elementwise quantizer evaluated at the exact input values (a table over the grid)."""
+
+    quantizer: nn.Module = None
+
+    def run(self, x, in_type):
+        v = x.to(torch.float64) * in_type.step
+        with torch.no_grad():
+            y = self.quantizer(v)
+        return codes_of(y, self.out_type, f"{self.name}: {self.quantizer}")
+
+
+@dataclass
+class KeepStep(Step):
+    """ReLU, flatten, max pooling, identity: grid-preserving float modules."""
+
+    module: nn.Module = None
+
+    def run(self, x, in_type):
+        if isinstance(self.module, nn.ReLU):
+            return x.clamp_min(0)
+        if isinstance(self.module, (nn.Identity, nn.Dropout)):
+            return x
+        return self.module(x.to(torch.float64)).to(torch.int64)
+
+
+@dataclass
+class WeightStep(Step):
+    """acc = op(x_codes, w_codes) << a + b_codes << c, exact (float64 on integers < 2**53)."""
+
+    op: object = None  # callable(x_f64, w_f64) -> f64
+    w_codes: torch.Tensor = None
+    w_type: FixedType = None
+    b_codes: torch.Tensor | None = None
+    b_type: FixedType | None = None
+    channel_dim: int = 1
+
+    def run(self, x, in_type):
+        acc = self.op(x.to(torch.float64), self.w_codes.to(torch.float64))
+        frac = self.out_type.frac
+        acc = acc * float(1 << (frac - in_type.frac - self.w_type.frac))
+        if self.b_codes is not None:
+            b = (self.b_codes * (1 << (frac - self.b_type.frac))).to(torch.float64)
+            acc = acc + b.view([1, -1] + [1] * (acc.dim() - 2))
+        return acc.to(torch.int64)
+
+
+@dataclass
+class ScaleShiftStep(Step):
+    """y = x * inv + shift per channel (a batch norm whose scale and shift are on grids)."""
+
+    inv_codes: torch.Tensor = None
+    inv_type: FixedType = None
+    shift_codes: torch.Tensor = None
+    shift_type: FixedType = None
+
+    def run(self, x, in_type):
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        frac = self.out_type.frac
+        y = x * self.inv_codes.view(shape) * (1 << (frac - in_type.frac - self.inv_type.frac))
+        return y + (self.shift_codes * (1 << (frac - self.shift_type.frac))).view(shape)
+
+
+@dataclass
+class PoolStep(Step):
+    """Average pooling: code sums times the code of the quantized 1/area."""
+
+    pool: object = None  # callable(x_f64) -> sums (f64)
+    avg_codes: int = 1
+    avg_type: FixedType | None = None
+
+    def run(self, x, in_type):
+        s = self.pool(x.to(torch.float64)).to(torch.int64)
+        if self.avg_type is None:
+            return s
+        return s * self.avg_codes * (1 << (self.out_type.frac - in_type.frac
+                                           - self.avg_type.frac))
+
+
+# -- compilation -----------------------------------------------------------------------------
+def quantizer_cast_type(q) -> FixedType | None:
+    """The FixedType whose ap_fixed cast IS the quantizer (None: not a plain cast)."""
+    if q is None or not getattr(q, "is_scalar", False):
+        return None
+    if getattr(q, "use_stochastic_rounding", False) or getattr(q, "qnoise_factor", 1.0) != 1.0:
+        return None
+    name = getattr(q, "name", "")
+    if name == "quantized_bits":
+        if q.alpha not in (None, 1, 1.0) or (q.keep_negative and q.bits < 2):
+            return None
+        return q.fixed_type()
+    if name == "quantized_relu":
+        if q.negative_slope or q.use_sigmoid:
+            return None
+        return q.fixed_type()
+    return None
+
+
+def _weight_type(q, values: torch.Tensor, what: str) -> FixedType:
+    if q is None:
+        raise ExportError(f"{what} is float (no quantizer): quantize it (e.g. "
+                          f"quantized_bits(8,0,alpha=1)) for a bit-exact export")
+    ft = q.fixed_type() if hasattr(q, "fixed_type") else None
+    if ft is None or not ft.contains(values):
+        ft = smallest_fixed_type(values)
+        if ft.width > 32:
+            raise ExportError(
+                f"{what}: quantizer {q} gives values that need {ft.width}-bit fixed point "
+                "(a scale that is not a power of two?); use alpha='auto_po2' or alpha=1")
+    return ft
+
+
+def _element_type(q, what: str) -> FixedType:
+    ft = q.fixed_type() if hasattr(q, "fixed_type") else None
+    if ft is None:
+        vals = q.values() if hasattr(q, "values") else None
+        if vals is None:
+            raise ExportError(f"{what}: quantizer {q} has no finite set of output values "
+                              "(e.g. alpha='auto' statistics); it cannot run as a table")
+        ft = smallest_fixed_type(vals)
+    return ft
+
+
+def _stochastic(q) -> bool:
+    return bool(getattr(q, "use_stochastic_rounding", False)) or \
+        getattr(q, "name", "").startswith("stochastic_")
+
+
+def _act_step(name: str, q, in_type: FixedType) -> Step:
+    if _stochastic(q):
+        raise ExportError(f"{name}: stochastic quantizer {q} is random at training time and "
+                          "deterministic at inference; replace it by its deterministic form")
+    ft = quantizer_cast_type(q)
+    if ft is not None:
+        return CastStep(name, "cast", ft, {"quantizer": str(q)})
+    if isinstance(getattr(q, "alpha", None), str):
+        raise ExportError(f"{name}: activation quantizer {q} uses data-dependent scales "
+                          "(alpha='auto'); use a fixed alpha for deployment")
+    return TableStep(name, "table", _element_type(q, name), {"quantizer": str(q)},
+                     quantizer=copy.deepcopy(q).double().eval())
+
+
+def _acc_type(name, w_codes, w_type, b_codes, b_type, in_type, reduce_dims) -> FixedType:
+    """Exact accumulator type by interval propagation (per output channel, worst case)."""
+    frac = in_type.frac + w_type.frac
+    if b_type is not None:
+        frac = max(frac, b_type.frac)
+    xlo, xhi = _code_range(in_type)
+    w = w_codes.to(torch.float64)
+    hi = torch.clamp(torch.maximum(w * xhi, w * xlo), min=0).sum(dim=reduce_dims)
+    lo = torch.clamp(torch.minimum(w * xhi, w * xlo), max=0).sum(dim=reduce_dims)
+    sh = float(1 << (frac - in_type.frac - w_type.frac))
+    hi, lo = hi * sh, lo * sh
+    if b_codes is not None:
+        b = (b_codes * (1 << (frac - b_type.frac))).to(torch.float64)
+        hi, lo = hi + b, lo + b
+    ft = _type_for_range(int(lo.min()), int(hi.max()), frac)
+    if ft.width > MAX_EXACT_BITS:
+        raise ExportError(f"{name}: the exact accumulator needs {ft.width} bits (> "
+                          f"{MAX_EXACT_BITS}); narrow the input or weight types")
+    return ft
+
+
+def _conv_op(m: nn.Module, dims: int, groups: int):
+    stride, padding, dilation = m.stride, m.padding, m.dilation
+    fn = F.conv1d if dims == 1 else F.conv2d
+
+    def op(x, w):
+        return fn(x, w, None, stride, padding, dilation, groups)
+    return op
+
+
+def _conv_detail(m, groups) -> dict:
+    return {"stride": list(m.stride), "padding": m.padding if isinstance(m.padding, str)
+            else list(m.padding),
+            "dilation": list(m.dilation), "groups": int(groups)}
+
+
+def _weight_step(name, m, wq, bq, kq, bq_q, op, in_type, reduce_dims, kind,
+                 detail=None) -> WeightStep:
+    wt = _weight_type(kq, wq, f"{name}.kernel")
+    wc = codes_of(wq, wt, f"{name}.kernel")
+    bc = bt = None
+    if bq is not None:
+        bt = _weight_type(bq_q, bq, f"{name}.bias")
+        bc = codes_of(bq, bt, f"{name}.bias")
+    acc = _acc_type(name, wc, wt, bc, bt, in_type, reduce_dims)
+    return WeightStep(name, kind, acc, detail or {}, op=op, w_codes=wc, w_type=wt, b_codes=bc,
+                      b_type=bt)
+
+
+def _layer_steps(node, in_type: FixedType) -> list[Step]:
+    """Integer steps for one traced leaf module, given its input type."""
+    name, m = node.name, node.module
+    steps: list[Step] = []
+
+    def chain(step):
+        steps.append(step)
+        return step.out_type
+
+    if isinstance(m, QActivation):
+        chain(_act_step(name, m.activation_quantizer, in_type))
+        return steps
+    if isinstance(m, (QDense, QConv1d, QConv2d, QDepthwiseConv2d, _FoldedBatchnorm)):
+        with torch.no_grad():
+            wq = m.quantized_weights()
+        kq = m.kernel_quantizer
+        w = wq.get("kernel", wq.get("depthwise"))
+        detail = None
+        if isinstance(m, nn.Linear):
+            op, dims, kind = (lambda x, w_: x @ w_.t()), (1,), "dense"
+        else:
+            detail = _conv_detail(m, m.groups)
+            d = 1 if isinstance(m, nn.Conv1d) else 2
+            op, dims, kind = _conv_op(m, d, m.groups), tuple(range(1, w.dim())), f"conv{d}d"
+            if getattr(m, "padding_mode", "zeros") != "zeros":
+                raise ExportError(f"{name}: padding_mode={m.padding_mode!r}; only zero "
+                                  "padding is supported by the export")
+        t = chain(_weight_step(name, m, w, wq.get("bias"), kq, m.bias_quantizer, op, in_type,
+                               dims, kind, detail))
+        if m.activation_quantizer is not None:
+            chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
+        return steps
+    if isinstance(m, QSeparableConv2d):
+        with torch.no_grad():
+            wq = m.quantized_weights()
+        dw_op = _conv_op(m, 2, m.in_channels)
+        t = chain(_weight_step(f"{name}.depthwise", m, wq["depthwise"], None,
+                               m.depthwise_quantizer, None, dw_op, in_type, (1, 2, 3), "conv2d",
+                               _conv_detail(m, m.in_channels)))
+        if m.depthwise_activation_quantizer is not None:
+            t = chain(_act_step(f"{name}.depthwise_activation",
+                                m.depthwise_activation_quantizer, t))
+
+        def pw_op(x, w):
+            return F.conv2d(x, w)
+        t = chain(_weight_step(f"{name}.pointwise", m, wq["pointwise"], wq.get("bias"),
+                               m.pointwise_quantizer, m.bias_quantizer, pw_op, t, (1, 2, 3),
+                               "conv2d", {"stride": [1, 1], "padding": [0, 0],
+                                          "dilation": [1, 1], "groups": 1}))
+        if m.activation_quantizer is not None:
+            chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
+        return steps
+    if isinstance(m, QBatchNorm):
+        with torch.no_grad():
+            inv, shift = m.folded_scale_shift(m.running_mean, m.running_var)
+        try:
+            it, st = smallest_fixed_type(inv), smallest_fixed_type(shift)
+        except ValueError:
+            it = st = None
+        if it is None or it.width > 32 or st.width > 40:
+            raise ExportError(f"{name}: batch-norm scale/shift are not on a fixed-point grid; "
+                              "give it an inverse_quantizer and beta/mean quantizers, or fold "
+                              "it into the layer before (quantize_model(fold_batchnorm=True))")
+        ic, sc = codes_of(inv, it, name), codes_of(shift, st, name)
+        frac = max(in_type.frac + it.frac, st.frac)
+        xlo, xhi = _code_range(in_type)
+        i64 = ic.to(torch.float64) * float(1 << (frac - in_type.frac - it.frac))
+        s64 = (sc * (1 << (frac - st.frac))).to(torch.float64)
+        hi = torch.maximum(i64 * xhi, i64 * xlo) + s64
+        lo = torch.minimum(i64 * xhi, i64 * xlo) + s64
+        out = _type_for_range(int(lo.min()), int(hi.max()), frac)
+        chain(ScaleShiftStep(name, "batchnorm", out, inv_codes=ic, inv_type=it,
+                             shift_codes=sc, shift_type=st))
+        return steps
+    if isinstance(m, (QAveragePooling2d, QGlobalAveragePooling2d)):
+        if isinstance(m, QAveragePooling2d):
+            ks, stv, pd = m.kernel_size, m.stride, m.padding
+
+            def pool(x):
+                return F.avg_pool2d(x, ks, stv, pd, count_include_pad=True, divisor_override=1)
+            area = m.area
+        else:
+            def pool(x):
+                return x.sum(dim=(2, 3))
+            area = node.in_shape[-1] * node.in_shape[-2]
+        q = m.average_quantizer
+        if q is None:
+            raise ExportError(f"{name}: average pooling divides by the area in float; give it "
+                              "an average_quantizer (e.g. quantized_bits(8,0,alpha=1))")
+        detail = {"area": area}
+        a = q(torch.tensor(1.0 / area, dtype=torch.float64))
+        at = _element_type(q, f"{name}.average")
+        ac = int(codes_of(a, at, f"{name}.average"))
+        lo, hi = _code_range(in_type)
+        frac = in_type.frac + at.frac
+        out = _type_for_range(min(0, lo * area * ac, hi * area * ac),
+                              max(0, lo * area * ac, hi * area * ac), frac)
+        t = chain(PoolStep(name, "avgpool", out, detail, pool=pool, avg_codes=ac, avg_type=at))
+        if m.activation_quantizer is not None:
+            chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
+        return steps
+    if isinstance(m, GRID_KEEPING):
+        out = in_type
+        if isinstance(m, nn.ReLU) and in_type.signed:
+            out = FixedType(max(1, in_type.width - 1), in_type.integer - 1, False)
+        steps.append(KeepStep(name, type(m).__name__.lower(), out, module=m))
+        return steps
+    if isinstance(m, QLayer):
+        raise ExportError(f"{name}: {type(m).__name__} is not supported by the integer engine")
+    raise ExportError(
+        f"{name}: float {type(m).__name__} on the datapath; replace it by a quantized layer "
+        "(quantize_model) or a QActivation so every tensor has a fixed-point type")
+
+
+class IntegerModel:
+    """A hetq model compiled into integer steps (see the module docstring).
+
+    input_type: the FixedType (or an `ap_fixed<...>` string) inputs are cast to; may be
+    omitted when the model starts with a `QActivation` (its quantizer is then the input cast).
+    """
+
+    def __init__(self, model: nn.Module, input_shape, input_type: FixedType | str | None = None):
+        self.input_shape = tuple(input_shape)
+        # float64 copy: the reference computation and the source of the integer weights
+        self.model = copy.deepcopy(model).double().eval()
+        nodes = trace(self.model, self.input_shape)
+        if not nodes:
+            raise ExportError("the model has no layers to export")
+        if isinstance(input_type, str):
+            input_type = FixedType.parse(input_type)
+        first = nodes[0]
+        if input_type is None:
+            q = first.module.activation_quantizer if isinstance(first.module, QActivation) \
+                else None
+            input_type = quantizer_cast_type(q) if q is not None else None
+            if input_type is None:
+                raise ExportError(
+                    f"{first.name}: the model's input is float; give an input precision "
+                    "(input_type='ap_fixed<16,6,AP_RND_CONV,AP_SAT>', CLI --input-type) or "
+                    "start the model with a QActivation(quantized_bits(...)) input quantizer")
+        self.input_type = input_type
+        self._check_weights(model)
+        self.steps: list[Step] = []
+        self.step_inputs: list[FixedType] = []
+        t = input_type
+        for node in nodes:
+            for step in _layer_steps(node, t):
+                self.steps.append(step)
+                self.step_inputs.append(t)
+                t = step.out_type
+        self.output_type = t
+
+    def _check_weights(self, model):
+        """The float32 model's quantized weights equal the float64 copy's (same export)."""
+        ref = dict(self.model.named_modules())
+        for name, m in model.named_modules():
+            if isinstance(m, QLayer) and name:
+                with torch.no_grad():
+                    a, b = m.quantized_weights(), ref[name].quantized_weights()
+                for f in a:
+                    if not torch.equal(a[f].detach().double(), b[f].detach()):
+                        raise ExportError(f"{name}.{f}: quantized weights differ between "
+                                          "float32 and float64 evaluation (a scale tie); "
+                                          "retrain briefly or use fixed scales")
+
+    # -- running ---------------------------------------------------------------------------
+    def input_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Cast float inputs to the input type (its rounding and overflow): int64 codes."""
+        return self.input_type.to_codes(x.detach().to(torch.float64).cpu()).to(torch.int64)
+
+    def on_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` cast to the input type, as float64 values."""
+        return self.input_codes(x).to(torch.float64) * self.input_type.step
+
+    def run_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Output codes (int64) for float inputs `x` (cast to the input type first)."""
+        c = self.input_codes(x)
+        for step, t in zip(self.steps, self.step_inputs):
+            c = step.run(c, t)
+        return c
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Output values (float64, exact) for inputs `x`."""
+        return self.run_codes(x).to(torch.float64) * self.output_type.step
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The PyTorch model in float64 on the same (grid) inputs."""
+        with torch.no_grad():
+            return self.model(self.on_grid(x))
+
+    def compare(self, x: torch.Tensor, other: torch.Tensor | None = None,
+                label: str = "PyTorch (float64)") -> BitExactReport:
+        """Engine outputs vs `other` (default: the PyTorch model) on inputs `x`."""
+        mine = self(x)
+        theirs = self.reference(x) if other is None else torch.as_tensor(
+            other).detach().to(torch.float64).reshape(mine.shape)
+        diff = (mine - theirs).abs().reshape(len(mine), -1)
+        bad = int((diff > 0).any(dim=1).sum())
+        return BitExactReport(label, len(mine), bad, int((diff > 0).sum()),
+                              float(diff.max()) if diff.numel() else 0.0)
+
+    def layer_table(self) -> str:
+        rows = [f"{'step':<24} {'kind':<10} {'in':<32} {'out':<32} weights"]
+        for s, t in zip(self.steps, self.step_inputs):
+            w = ""
+            if isinstance(s, WeightStep):
+                w = f"{s.w_type}" + (f", bias {s.b_type}" if s.b_type is not None else "")
+            rows.append(f"{s.name:<24} {s.kind:<10} {str(t):<32} {str(s.out_type):<32} {w}")
+        return "\n".join(rows)
+
+
+@dataclass
+class BitExactReport:
+    against: str
+    samples: int
+    mismatched_samples: int
+    mismatched_values: int
+    max_abs_diff: float
+
+    @property
+    def exact(self) -> bool:
+        return self.mismatched_samples == 0
+
+    def line(self) -> str:
+        verdict = "bit-exact" if self.exact else "NOT bit-exact"
+        return (f"{self.against:<28} samples {self.samples:>6}  mismatches "
+                f"{self.mismatched_samples:>5}  max |diff| {self.max_abs_diff:.3g}  {verdict}")

@@ -1,0 +1,133 @@
+"""hls4ml projects built directly from the integer engine's types.
+
+The hls4ml model graph is assembled from the engine's steps (no converter guessing): every
+weight, bias, accumulator, result and activation precision is the engine's `FixedType`, so the
+C simulation computes what the engine computes. `compile()` builds the C simulation with plain
+g++ and the ap_types headers that hls4ml ships (no vendor tools); the project folder is ready
+for synthesis with Vivado/Vitis HLS.
+
+Supported: MLPs — dense layers (incl. folded batch norm) with quantized_bits / quantized_relu
+activations (casts) and float ReLU. Other steps raise `ExportError` naming the layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .engine import CastStep, ExportError, IntegerModel, KeepStep, WeightStep
+
+BACKENDS = ("Vivado", "Vitis")
+DEFAULT_PART = "xcvu13p-flga2577-2-e"  # the paper's FPGA family (Virtex UltraScale+)
+
+
+def _require_hls4ml():
+    try:
+        import hls4ml  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError("hls4ml export needs the export extra: pip install 'hetq[export]'") \
+            from e
+
+
+def _values(codes: torch.Tensor, ft) -> np.ndarray:
+    return (codes.to(torch.float64) * ft.step).numpy()
+
+
+def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
+    """(hls4ml layer dicts, per-layer precision config) for the engine's steps."""
+    if len(eng.input_shape) != 1:
+        raise ExportError(f"hls4ml export supports flat (MLP) inputs; got input shape "
+                          f"{eng.input_shape}")
+    layers = [{"class_name": "InputLayer", "name": "x_in", "input_shape": list(eng.input_shape)}]
+    prec = {"x_in": {"Precision": {"result": str(eng.input_type)}}}
+    width = eng.input_shape[0]
+    used = set()
+    for step in eng.steps:
+        name = step.name.replace(".", "_")
+        if name in used:
+            raise ExportError(f"{step.name}: duplicate layer name in the hls4ml graph")
+        used.add(name)
+        if isinstance(step, WeightStep) and step.kind == "dense":
+            n_out, n_in = step.w_codes.shape
+            if n_in != width:
+                raise ExportError(f"{step.name}: expects {n_in} inputs, previous layer gives "
+                                  f"{width}")
+            layer = {"class_name": "Dense", "name": name, "n_in": n_in, "n_out": n_out,
+                     "weight_data": _values(step.w_codes, step.w_type).T.copy(),
+                     "use_bias": step.b_codes is not None}
+            p = {"weight": str(step.w_type), "accum": str(step.out_type),
+                 "result": str(step.out_type)}
+            if step.b_codes is not None:
+                layer["bias_data"] = _values(step.b_codes, step.b_type)
+                p["bias"] = str(step.b_type)
+            else:
+                layer["bias_data"] = np.zeros(n_out)
+                p["bias"] = "ap_fixed<2,1>"
+            layers.append(layer)
+            prec[name] = {"Precision": p, "ReuseFactor": 1, "Strategy": "Latency"}
+            width = n_out
+        elif isinstance(step, CastStep) or (isinstance(step, KeepStep)
+                                            and step.kind == "relu"):
+            # relu for unsigned types (negative values saturate to 0 either way) and float
+            # ReLU; a signed cast is hls4ml's linear activation with a result type
+            act = "relu" if (step.kind == "relu" or not step.out_type.signed) else "linear"
+            layers.append({"class_name": "Activation", "name": name, "activation": act,
+                           "n_in": width})
+            prec[name] = {"Precision": {"result": str(step.out_type)}}
+        elif isinstance(step, KeepStep) and step.kind in ("identity", "dropout", "flatten"):
+            used.discard(name)
+        else:
+            raise ExportError(f"{step.name}: {step.kind} steps are not supported by the hls4ml "
+                              "export (it supports MLPs: dense + quantized_bits/relu); the "
+                              "integer engine and QONNX export still run it")
+    return layers, prec
+
+
+def hls4ml_model(eng: IntegerModel, out_dir: str | Path, backend: str = "Vivado",
+                 part: str = DEFAULT_PART, clock_period: float = 5.0,
+                 project_name: str = "hetq_model"):
+    """An hls4ml `ModelGraph` (io_parallel, latency strategy) with the engine's precisions;
+    `write()` it for synthesis or `compile()` it for the C simulation."""
+    _require_hls4ml()
+    from hls4ml.model.graph import ModelGraph
+    from hls4ml.utils.config import create_config
+
+    if backend not in BACKENDS:
+        raise ExportError(f"backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    layers, prec = layer_list(eng)
+    config = create_config(output_dir=str(out_dir), project_name=project_name, backend=backend,
+                           part=part, clock_period=clock_period, io_type="io_parallel")
+    config["HLSConfig"] = {
+        "Model": {"Precision": "ap_fixed<16,6>", "ReuseFactor": 1, "Strategy": "Latency",
+                  "BramFactor": 1_000_000_000, "TraceOutput": False},
+        "LayerName": prec,
+    }
+    return ModelGraph.from_layer_list(config, layers)
+
+
+def csim_predict(hls_model, x: np.ndarray) -> np.ndarray:
+    """Run the compiled C simulation (double interface: exact for wide logits)."""
+    y = hls_model.predict(np.ascontiguousarray(x, dtype=np.float64))
+    return np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+
+
+def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None = None,
+                  backend: str = "Vivado", compile: bool = True, **kw):
+    """Write the project; with `compile`, build the C simulation and, given inputs `x`,
+    compare its outputs with the engine. Returns (hls_model, BitExactReport or None)."""
+    out_dir = Path(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
+    report = None
+    if compile:
+        hls_model.compile()
+        if x is not None:
+            xg = eng.on_grid(x).numpy()
+            report = eng.compare(x, torch.from_numpy(csim_predict(hls_model, xg)),
+                                 f"hls4ml C-sim ({backend})")
+    else:
+        hls_model.write()
+    return hls_model, report

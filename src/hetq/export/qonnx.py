@@ -1,0 +1,181 @@
+"""QONNX export: an ONNX graph with QONNX `Quant` nodes, from the integer engine's types.
+
+Every fixed-point tensor gets a `Quant` node (domain `qonnx.custom_op.general`) with a
+power-of-two scale 2**-frac, zero point 0, bit width, signed, narrow (symmetric saturation)
+and rounding mode (RND_CONV -> ROUND, TRN -> FLOOR, TRN_ZERO -> DOWN, RND_INF -> HALF_UP,
+RND_ZERO -> HALF_DOWN); weights and biases are initializers followed by their `Quant` node.
+Dense layers are `MatMul` + `Add`, convolutions `Conv` (groups for depthwise), unsigned
+activations `Relu` + `Quant(signed=0)`. Accumulators are exact: the graph is float32 when
+every accumulator fits 24 bits and float64 otherwise. Run it with `run_qonnx` (the qonnx
+package's own executor) and compare with the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..quant.fixed import FixedType
+from .engine import CastStep, ExportError, IntegerModel, KeepStep, WeightStep
+
+QONNX_DOMAIN = "qonnx.custom_op.general"
+ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
+            "RND_ZERO": "HALF_DOWN"}
+
+
+def _require():
+    try:
+        import onnx  # noqa: F401
+        import qonnx  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError("QONNX export needs the export extra: pip install 'hetq[export]'") \
+            from e
+
+
+class _Builder:
+    def __init__(self, dtype):
+        from onnx import TensorProto
+        self.np_dtype = dtype
+        self.elem = TensorProto.DOUBLE if dtype == np.float64 else TensorProto.FLOAT
+        self.nodes, self.inits, self.n = [], [], 0
+
+    def name(self, base):
+        self.n += 1
+        return f"{base}_{self.n}"
+
+    def const(self, base, value) -> str:
+        from onnx import numpy_helper
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), n))
+        return n
+
+    def node(self, op, inputs, base, domain=None, **attrs) -> str:
+        from onnx import helper
+        out = self.name(base)
+        kw = {"domain": domain} if domain else {}
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **kw, **attrs))
+        return out
+
+    def quant(self, x: str, ft: FixedType, what: str) -> str:
+        if ft.rounding not in ROUNDING:
+            raise ExportError(f"{what}: rounding {ft.rounding} has no QONNX rounding mode "
+                              f"(supported: {', '.join(ROUNDING)})")
+        if ft.overflow not in ("SAT", "SAT_SYM"):
+            raise ExportError(f"{what}: overflow {ft.overflow} ({ft}); QONNX Quant saturates, "
+                              "so the type must use AP_SAT or AP_SAT_SYM")
+        ins = [x, self.const("scale", ft.step), self.const("zeropt", 0.0),
+               self.const("bitwidth", float(ft.width))]
+        q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(ft.signed),
+                      narrow=int(ft.overflow == "SAT_SYM"),
+                      rounding_mode=ROUNDING[ft.rounding])
+        if self.np_dtype == np.float64:  # Quant outputs float32 (exact: <= 24-bit types)
+            q = self.node("Cast", [q], "cast", to=self.elem)
+        return q
+
+    def weight(self, codes: torch.Tensor, ft: FixedType, base: str) -> str:
+        # weights sit exactly on their grid; their Quant node records the precision (it
+        # saturates and rounds to nearest, which leaves grid values unchanged)
+        vals = (codes.to(torch.float64) * ft.step).numpy()
+        grid = FixedType(ft.width, ft.integer, ft.signed, "RND_CONV", "SAT")
+        return self.quant(self.const(base, vals), grid, base)
+
+
+def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
+    """The engine's program as a QONNX `onnx.ModelProto` (written to `path` if given)."""
+    _require()
+    import onnx
+    from onnx import helper
+
+    if dtype is None:
+        widest = max([eng.input_type.width] + [s.out_type.width for s in eng.steps])
+        dtype = np.float32 if widest <= 24 else np.float64
+    b = _Builder(dtype)
+    x = b.quant("global_in", eng.input_type, "input")
+    for step in eng.steps:
+        nm = step.name.replace(".", "_")
+        if isinstance(step, WeightStep):
+            w = b.weight(step.w_codes, step.w_type, f"{nm}_weight")
+            if step.kind == "dense":
+                wt = b.node("Transpose", [w], f"{nm}_wT", perm=[1, 0])
+                x = b.node("MatMul", [x, wt], f"{nm}_matmul")
+                if step.b_codes is not None:
+                    x = b.node("Add", [x, b.weight(step.b_codes, step.b_type, f"{nm}_bias")],
+                               f"{nm}_add")
+            else:
+                attrs = _conv_attrs(step)
+                ins = [x, w]
+                if step.b_codes is not None:
+                    ins.append(b.weight(step.b_codes, step.b_type, f"{nm}_bias"))
+                x = b.node("Conv", ins, f"{nm}_conv", **attrs)
+        elif isinstance(step, CastStep):
+            if not step.out_type.signed:
+                x = b.node("Relu", [x], f"{nm}_relu")
+            x = b.quant(x, step.out_type, step.name)
+        elif isinstance(step, KeepStep):
+            kind = step.kind
+            if kind == "relu":
+                x = b.node("Relu", [x], f"{nm}_relu")
+            elif kind == "flatten":
+                x = b.node("Flatten", [x], f"{nm}_flatten", axis=1)
+            elif kind in ("identity", "dropout"):
+                continue
+            else:
+                raise ExportError(f"{step.name}: {kind} is not supported by the QONNX export")
+        else:
+            raise ExportError(f"{step.name}: {step.kind} steps are not supported by the QONNX "
+                              "export (dense, conv, quantized_bits/relu, ReLU, flatten are)")
+    inp = helper.make_tensor_value_info("global_in", b.elem, ["N", *eng.input_shape])
+    out = helper.make_tensor_value_info(x, b.elem, None)
+    graph = helper.make_graph(b.nodes, "hetq_model", [inp], [out], initializer=b.inits)
+    model = helper.make_model(graph, producer_name="hetq",
+                              opset_imports=[helper.make_opsetid("", 13),
+                                             helper.make_opsetid(QONNX_DOMAIN, 1)])
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
+    model = ModelWrapper(model).transform(InferShapes()).model
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+    return model
+
+
+def _conv_attrs(step: WeightStep) -> dict:
+    d = step.detail
+    if isinstance(d["padding"], str):
+        raise ExportError(f"{step.name}: padding={d['padding']!r}; give explicit padding "
+                          "numbers for the QONNX export")
+    pads = list(d["padding"])
+    return {"kernel_shape": list(step.w_codes.shape[2:]), "strides": list(d["stride"]),
+            "dilations": list(d["dilation"]), "group": d["groups"], "pads": pads + pads}
+
+
+def run_qonnx(model_or_path, x: np.ndarray) -> np.ndarray:
+    """Execute a QONNX model with the qonnx package's executor."""
+    _require()
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    proto = onnx.load(str(model_or_path)) if isinstance(model_or_path, (str, Path)) \
+        else model_or_path
+    proto = copy.deepcopy(proto)
+    # the exported batch dimension is symbolic; the executor wants it fixed
+    del proto.graph.value_info[:]
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = len(x)
+    for o in proto.graph.output:
+        o.type.tensor_type.ClearField("shape")
+    elem = proto.graph.input[0].type.tensor_type.elem_type
+    mw = ModelWrapper(proto).transform(InferShapes())
+    dtype = np.float64 if elem == onnx.TensorProto.DOUBLE else np.float32
+    iname, oname = mw.graph.input[0].name, mw.graph.output[0].name
+    return execute_onnx(mw, {iname: np.asarray(x, dtype=dtype)})[oname]
+
+
+def check_qonnx(eng: IntegerModel, model, x: torch.Tensor):
+    """BitExactReport of the qonnx executor's outputs vs the engine on inputs `x`."""
+    y = run_qonnx(model, eng.on_grid(x).numpy())
+    return eng.compare(x, torch.from_numpy(np.asarray(y, dtype=np.float64)), "QONNX (qonnx exec)")

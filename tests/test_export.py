@@ -1,0 +1,307 @@
+"""Integer engine (exact vs PyTorch for every layer type), QONNX round trip, hls4ml C-sim."""
+
+import shutil
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from hetq.export import ExportError, IntegerModel, shift_codes
+from hetq.models import build
+from hetq.models.jet import PRESETS
+from hetq.quant.convert import quantize_model
+from hetq.quant.fixed import FixedType
+from hetq.quant.layers import (
+    QActivation,
+    QConv1d,
+    QConv2d,
+    QDense,
+    QDepthwiseConv2d,
+    QSeparableConv2d,
+)
+from hetq.quant.norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
+from hetq.quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
+
+IN16 = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
+HETERO = {  # a searched-style heterogeneous config (per-layer names)
+    "fc1": {"kernel": "quantized_bits(4,0,alpha=1)", "bias": "quantized_bits(8,3,alpha=1)"},
+    "relu1": {"activation": "quantized_relu(5,1)"},
+    "fc2": {"kernel": "ternary(alpha=1)", "bias": "quantized_bits(6,2,alpha=1)"},
+    "relu2": {"activation": "quantized_relu(3,0)"},
+    "fc3": {"kernel": "quantized_bits(2,0,alpha=1)", "bias": "quantized_bits(4,1,alpha=1)"},
+    "relu3": {"activation": "quantized_relu(7,2)"},
+    "output": {"kernel": "quantized_bits(8,1,alpha='auto_po2')",
+               "bias": "quantized_bits(8,3,alpha=1)"},
+}
+
+
+def jet(preset, seed=0):
+    torch.manual_seed(seed)
+    cfg = PRESETS[preset] if isinstance(preset, str) else preset
+    return quantize_model(build("jet_mlp"), cfg).eval()
+
+
+def jets_x(n=3000, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 16, generator=g) * 2
+
+
+# -- integer casts ---------------------------------------------------------------------------
+@pytest.mark.parametrize("rounding", ["TRN", "TRN_ZERO", "RND", "RND_ZERO", "RND_MIN_INF",
+                                      "RND_INF", "RND_CONV"])
+@pytest.mark.parametrize("overflow", ["WRAP", "SAT", "SAT_SYM", "SAT_ZERO"])
+def test_shift_codes_equals_fixedtype_cast(rounding, overflow):
+    codes = torch.arange(-700, 701, dtype=torch.int64)  # frac 5 -> cast to frac 2, 6 bits
+    ft = FixedType(6, 4, True, rounding, overflow)
+    want = ft.to_codes(codes.double() / 32).to(torch.int64)
+    assert torch.equal(shift_codes(codes, 5, ft), want)
+
+
+def test_shift_codes_half_even_vectors():
+    ft = FixedType(8, 8, True, "RND_CONV", "SAT")  # integers
+    codes = torch.tensor([1, 3, 5, 7, -1, -3, -5, 6])  # frac 1: .5, 1.5, 2.5, 3.5, ...
+    assert shift_codes(codes, 1, ft).tolist() == [0, 2, 2, 4, 0, -2, -2, 3]
+
+
+# -- engine vs PyTorch -----------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["q6", "bf", "hetero"])
+def test_jet_mlp_bit_exact(preset):
+    m = jet(HETERO if preset == "hetero" else preset)
+    eng = IntegerModel(m, (16,), IN16)
+    x = jets_x()
+    rep = eng.compare(x)
+    assert rep.samples == 3000 and rep.mismatched_samples == 0 and rep.max_abs_diff == 0.0
+    # outputs really are model outputs (not a trivial zero network)
+    assert eng(x).abs().sum() > 0
+    # float32 PyTorch too for narrow models
+    if preset != "bf":
+        y32 = m(eng.on_grid(x).float()).detach()
+        assert eng.compare(x, y32).exact
+
+
+def test_jet_accumulator_types():
+    eng = IntegerModel(jet("q6"), (16,), IN16)
+    fc2 = [s for s in eng.steps if s.name == "fc2"][0]
+    # 6-bit activations (frac 6) x 6-bit weights (frac 5) -> frac 11
+    assert fc2.out_type.frac == 11
+    assert str(eng.steps[1].out_type) == "ap_ufixed<6,0,AP_RND_CONV,AP_SAT>"
+    assert eng.output_type.frac == 11
+
+
+def _check(model, shape, input_type=IN16, n=200, scale=2.0):
+    torch.manual_seed(3)
+    model.eval()
+    x = torch.randn(n, *shape) * scale
+    eng = IntegerModel(model, shape, input_type)
+    rep = eng.compare(x)
+    assert rep.mismatched_samples == 0, rep.line()
+    assert eng(x).abs().sum() > 0
+    return eng
+
+
+def _warm_bn(model, shape):
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(64, *shape))
+    model.eval()
+
+
+def test_conv1d_and_flatten_dense():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        QConv1d(2, 4, 3, padding=1, kernel_quantizer="quantized_bits(5,1,alpha=1)",
+                bias_quantizer="quantized_bits(6,2,alpha=1)",
+                activation="quantized_relu(6,2)"),
+        nn.Flatten(),
+        QDense(4 * 10, 3, kernel_quantizer="quantized_bits(4,0,alpha='auto_po2')",
+               bias_quantizer="quantized_bits(8,3,alpha=1)"))
+    _check(m, (2, 10), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+
+
+def test_conv2d_depthwise_separable_pooling():
+    torch.manual_seed(0)
+    m = nn.Sequential(OrderedDict([
+        ("conv", QConv2d(1, 4, 3, stride=1, padding=1,
+                         kernel_quantizer="quantized_bits(4,0,1,alpha='auto_po2')",
+                         bias_quantizer="quantized_bits(6,2,alpha=1)")),
+        ("act", QActivation("quantized_relu(4,1)")),
+        ("dw", QDepthwiseConv2d(4, 3, depth_multiplier=2, padding=1,
+                                depthwise_quantizer="quantized_bits(5,1,alpha=1)",
+                                bias_quantizer="quantized_bits(5,1,alpha=1)",
+                                activation="quantized_bits(8,3)")),
+        ("sep", QSeparableConv2d(8, 6, 3, depthwise_quantizer="quantized_bits(4,0,alpha=1)",
+                                 pointwise_quantizer="quantized_bits(4,0,alpha='auto_po2')",
+                                 bias_quantizer="quantized_bits(4,1,alpha=1)",
+                                 depthwise_activation="quantized_tanh(6,symmetric=True)",
+                                 activation="quantized_relu(5,2)")),
+        ("pool", QAveragePooling2d(2, average_quantizer="quantized_bits(8,0,alpha=1)",
+                                   activation="quantized_bits(8,2)")),
+        ("relu", nn.ReLU()),
+        ("gap", QGlobalAveragePooling2d(average_quantizer="quantized_bits(8,0,alpha=1)")),
+    ]))
+    eng = _check(m, (1, 8, 8), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    kinds = [s.kind for s in eng.steps]
+    assert kinds.count("conv2d") == 4 and "table" in kinds and kinds.count("avgpool") == 2
+
+
+def test_folded_and_plain_batchnorm():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        QDenseBatchnorm(6, 8, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                        bias_quantizer="quantized_bits(8,3,alpha=1)",
+                        activation="quantized_relu(6,2)"),
+        QBatchNorm(8, inverse_quantizer="quantized_bits(6,2,alpha=1)",
+                   beta_quantizer="quantized_bits(6,2,alpha=1)",
+                   mean_quantizer="quantized_bits(6,2,alpha=1)"),
+        QActivation("quantized_bits(8,3)"))
+    _warm_bn(m, (6,))
+    _check(m, (6,))
+    c = nn.Sequential(QConv2dBatchnorm(2, 3, 3, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                                       bias_quantizer="quantized_bits(8,3,alpha=1)",
+                                       activation="quantized_relu(6,2)"))
+    _warm_bn(c, (2, 5, 5))
+    _check(c, (2, 5, 5))
+
+
+@pytest.mark.parametrize("act", [
+    "quantized_tanh(4)", "quantized_sigmoid(5)", "quantized_po2(4,2)",
+    "quantized_relu_po2(4,2)", "binary(alpha=1)", "ternary(alpha=1)",
+    "quantized_relu(6,2,negative_slope=0.25)", "quantized_bits(6,2,alpha=0.5)",
+    "quantized_relu(4,1,use_sigmoid=1)", "quantized_hswish(8,3)"])
+def test_table_activations(act):
+    torch.manual_seed(0)
+    m = nn.Sequential(QDense(4, 6, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                             bias_quantizer="quantized_bits(6,1,alpha=1)"),
+                      QActivation(act),
+                      QDense(6, 2, kernel_quantizer="quantized_bits(5,1,alpha=1)",
+                             bias_quantizer="quantized_bits(5,1,alpha=1)"))
+    _check(m, (4,), scale=3.0)
+
+
+def test_weights_binary_ternary_po2():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        QDense(5, 7, kernel_quantizer="ternary(alpha='auto_po2')", bias_quantizer="binary"),
+        QActivation("quantized_relu(4,1)"),
+        QDense(7, 7, kernel_quantizer="binary(alpha='auto_po2')",
+               bias_quantizer="quantized_po2(4,1)"),
+        QActivation("quantized_relu(4,1)"),
+        QDense(7, 3, kernel_quantizer="quantized_po2(5,1)",
+               bias_quantizer="quantized_bits(6,2,alpha=1)"))
+    _check(m, (5,))
+
+
+def test_model_with_input_quantizer_needs_no_input_type():
+    torch.manual_seed(0)
+    m = nn.Sequential(QActivation("quantized_bits(10,3)"),
+                      QDense(4, 3, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                             bias_quantizer="quantized_bits(6,1,alpha=1)"))
+    eng = IntegerModel(m, (4,))
+    assert eng.input_type == FixedType(10, 4, True, "RND_CONV", "SAT")
+    assert eng.compare(torch.randn(100, 4) * 8).exact
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_float_input_is_a_clear_error():
+    with pytest.raises(ExportError, match=r"fc1: the model's input is float.*input_type"):
+        IntegerModel(jet("q6"), (16,))
+
+
+def test_float_layer_on_datapath_is_named():
+    m = jet("q6")
+    m.relu2 = nn.Tanh()
+    with pytest.raises(ExportError, match=r"relu2: float Tanh on the datapath"):
+        IntegerModel(m, (16,), IN16)
+    m = jet("q6")
+    m.fc2.bias_quantizer = None
+    with pytest.raises(ExportError, match=r"fc2.bias is float .*quantize it"):
+        IntegerModel(m, (16,), IN16)
+    with pytest.raises(ExportError, match=r"fc1: float Linear"):
+        IntegerModel(build("jet_mlp"), (16,), IN16)
+
+
+def test_unquantized_batchnorm_is_named():
+    m = nn.Sequential(QDense(4, 4, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                             bias_quantizer="quantized_bits(6,1,alpha=1)"), QBatchNorm(4))
+    _warm_bn(m, (4,))
+    with pytest.raises(ExportError, match=r"1: batch-norm scale/shift are not on a fixed"):
+        IntegerModel(m, (4,), IN16)
+
+
+def test_bad_input_type_string():
+    with pytest.raises(ValueError, match="cannot parse fixed-point type 'fixed16'"):
+        IntegerModel(jet("q6"), (16,), "fixed16")
+
+
+# -- QONNX -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["q6", "bf", "hetero"])
+def test_qonnx_round_trip_exact(preset, tmp_path):
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, run_qonnx, to_qonnx
+    eng = IntegerModel(jet(HETERO if preset == "hetero" else preset), (16,), IN16)
+    path = tmp_path / "m.onnx"
+    proto = to_qonnx(eng, path)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Quant") == 1 + 4 * 2 + 3 and ops.count("MatMul") == 4
+    quant0 = proto.graph.node[0]
+    attrs = {a.name: a for a in quant0.attribute}
+    assert attrs["rounding_mode"].s == b"ROUND" and attrs["signed"].i == 1
+    x = jets_x(500)
+    assert check_qonnx(eng, path, x).exact
+    assert run_qonnx(path, eng.on_grid(x).numpy()).shape == (500, 5)
+
+
+def test_qonnx_conv_exact(tmp_path):
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        QConv2d(1, 3, 3, padding=1, kernel_quantizer="quantized_bits(4,0,1,alpha='auto_po2')",
+                bias_quantizer="quantized_bits(6,2,alpha=1)", activation="quantized_relu(4,1)"),
+        QDepthwiseConv2d(3, 3, stride=2, depthwise_quantizer="quantized_bits(5,1,alpha=1)",
+                         bias_quantizer="quantized_bits(5,1,alpha=1)",
+                         activation="quantized_bits(8,3)"),
+        nn.Flatten(), QDense(12, 4, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    eng = IntegerModel(m, (1, 6, 6), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng, tmp_path / "c.onnx")
+    assert [n.op_type for n in proto.graph.node].count("Conv") == 2
+    assert check_qonnx(eng, proto, torch.randn(100, 1, 6, 6) * 2).exact
+
+
+def test_qonnx_rejects_wrapping_input():
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import to_qonnx
+    eng = IntegerModel(jet("q6"), (16,), "ap_fixed<16,6>")
+    with pytest.raises(ExportError, match=r"input: overflow WRAP .*AP_SAT"):
+        to_qonnx(eng)
+
+
+# -- hls4ml ----------------------------------------------------------------------------------
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
+
+
+@needs_gxx
+@pytest.mark.parametrize("preset", ["q6", "hetero"])
+def test_hls4ml_csim_exact(preset, tmp_path):
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import export_hls4ml
+    eng = IntegerModel(jet(HETERO if preset == "hetero" else preset), (16,), IN16)
+    x = jets_x(1000)
+    hls_model, rep = export_hls4ml(eng, tmp_path / "hls", x)
+    assert rep.samples == 1000 and rep.mismatched_samples == 0, rep.line()
+    defines = (tmp_path / "hls" / "firmware" / "defines.h").read_text()
+    assert "typedef ap_fixed<16,6,AP_RND_CONV,AP_SAT,0> input_t;" in defines
+    assert str(eng.output_type) in defines  # the exact logits type, no 'auto'
+
+
+def test_hls4ml_rejects_conv_with_layer_name(tmp_path):
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import hls4ml_model
+    m = nn.Sequential(QConv1d(1, 2, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                              bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    eng = IntegerModel(m, (1, 6), IN16)
+    with pytest.raises(ExportError, match="hls4ml export supports flat"):
+        hls4ml_model(eng, tmp_path)
