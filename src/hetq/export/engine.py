@@ -135,6 +135,49 @@ class CastStep(Step):
 
 
 @dataclass
+class TensorCastStep(Step):
+    """Per-feature casts (tensor-valued quantized_bits/relu over the last dimension)."""
+
+    types: list = field(default_factory=list)
+
+    def run(self, x, in_type):
+        cols = [shift_codes(x[..., j], in_type.frac, t) * (1 << (self.out_type.frac - t.frac))
+                for j, t in enumerate(self.types)]
+        return torch.stack(cols, dim=-1)
+
+
+def tensor_cast_types(q) -> list[FixedType] | None:
+    """Per-feature FixedTypes of a quantized_bits/relu with 1-D tensor bits/integer."""
+    name = getattr(q, "name", "")
+    if name not in ("quantized_bits", "quantized_relu") or getattr(q, "is_scalar", True):
+        return None
+    if getattr(q, "use_stochastic_rounding", False) or getattr(q, "qnoise_factor", 1.0) != 1.0:
+        return None
+    if name == "quantized_bits" and (isinstance(q.alpha, str) or q.alpha not in (None, 1, 1.0)):
+        return None
+    if name == "quantized_relu" and (q.negative_slope or q.use_sigmoid):
+        return None
+    bits, integer = torch.as_tensor(q.bits), torch.as_tensor(q.integer)
+    if bits.dim() > 1 or integer.dim() > 1:
+        return None
+    n = max(bits.numel(), integer.numel())
+    bits, integer = bits.expand(n), integer.expand(n)
+    out = []
+    for b, i in zip(bits.tolist(), integer.tolist()):
+        b, i = int(b), int(i)
+        if name == "quantized_relu":
+            out.append(FixedType(b, i, False, "RND_CONV", "SAT"))
+        elif q.keep_negative:
+            if b < 2:
+                return None
+            out.append(FixedType(b, i + 1, True, "RND_CONV",
+                                 "SAT_SYM" if q.symmetric else "SAT"))
+        else:
+            out.append(FixedType(b, i, False, "RND_CONV", "SAT"))
+    return out
+
+
+@dataclass
 class TableStep(Step):
     """Elementwise quantizer evaluated at the exact input values (a table over the grid)."""
 
@@ -270,6 +313,15 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
     ft = quantizer_cast_type(q)
     if ft is not None:
         return CastStep(name, "cast", ft, {"quantizer": str(q)})
+    types = tensor_cast_types(q)
+    if types is not None:
+        frac = max(t.frac for t in types)
+        lo = min(t.min_code << (frac - t.frac) for t in types)
+        hi = max(t.max_code << (frac - t.frac) for t in types)
+        out = _type_for_range(lo, hi, frac)
+        if not any(t.signed for t in types):
+            out = FixedType(out.width - 1, out.integer - 1, False)
+        return TensorCastStep(name, "cast/feature", out, {"quantizer": str(q)}, types=types)
     if isinstance(getattr(q, "alpha", None), str):
         raise ExportError(f"{name}: activation quantizer {q} uses data-dependent scales "
                           "(alpha='auto'); use a fixed alpha for deployment")
@@ -461,6 +513,10 @@ class IntegerModel:
             q = first.module.activation_quantizer if isinstance(first.module, QActivation) \
                 else None
             input_type = quantizer_cast_type(q) if q is not None else None
+            if input_type is None and q is not None and tensor_cast_types(q):
+                # per-feature input types: the grid holding all of them
+                ut = _act_step(first.name, q, FixedType(2, 1)).out_type
+                input_type = FixedType(ut.width, ut.integer, ut.signed, "RND_CONV", "SAT")
             if input_type is None:
                 raise ExportError(
                     f"{first.name}: the model's input is float; give an input precision "

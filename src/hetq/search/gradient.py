@@ -1,0 +1,375 @@
+"""Gradient-based bit-widths (HGQ style): one training run yields a Pareto front.
+
+Every weight has its own trainable fractional bit count f (per weight), every input feature
+its own (per feature), every hidden activation layer one (per layer). Forward values use the
+rounded f; the gradient reaches f through a surrogate of the quantization error
+(d err / d f = -ln 2 * err, the error shrinking by half per extra bit). Integer bits come from
+the values (weights) or from tracked ranges (activations, inputs). The loss is
+cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
+from `beta0` to `beta1` over training; a weight whose f drops below its magnitude's exponent
+rounds to zero and stops costing anything, so pruning is learned too.
+
+After every epoch a callback measures the exact (rounded) EBOPs and the validation accuracy
+and keeps each non-dominated (accuracy, EBOPs) state. `to_hetq_model` turns a state into an
+ordinary hetq model: `QActivation(quantized_bits(bits=[...], integer=[...]))` for the inputs
+(per-feature tensors), `QDense` with per-weight tensor-valued `quantized_bits` kernels whose
+stored weights are the quantized ones, `quantized_relu(b, i)` activations. The integer engine
+and the QONNX export run it bit-exactly; hls4ml needs one input type (see `hetq.export.hls`).
+
+EBOPs here = sum over nonzero weights of (weight width) x (width of its input), biases
+excluded; a weight's width is i + f + 1 (HGQ's count plus the sign bit: i the integer bits of
+its quantized value, f its own frac bits), an input's the width of its type (sign included for
+the signed inputs). `weight_widths` gives the (never larger) minimal widths of the values.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN2 = math.log(2.0)
+
+
+def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Forward value q; gradient 1 to x and -ln2 * (q - x) to f."""
+    err = (q - x).detach()
+    return x + err + (f - f.detach()) * (-LN2 * err)
+
+
+def _round_f(f: torch.Tensor, lo: float | None = None) -> torch.Tensor:
+    r = torch.round(f.detach())
+    return r if lo is None else r.clamp_min(lo)
+
+
+def weight_widths(q: torch.Tensor) -> torch.Tensor:
+    """Width of the smallest signed fixed type holding each value (0 for zeros)."""
+    a = q.detach().abs().to(torch.float64)
+    out = torch.zeros_like(a)
+    nz = a > 0
+    if nz.any():
+        v = a[nz]
+        # frac bits needed: smallest f with v * 2**f integer; magnitude bits of that code
+        f = torch.zeros_like(v)
+        code = v.clone()
+        for _ in range(64):
+            frac_part = code - torch.floor(code)
+            need = frac_part != 0
+            if not need.any():
+                break
+            code = torch.where(need, code * 2, code)
+            f = f + need.to(f.dtype)
+        # strip trailing zero bits of integer codes (v >= 1 with even codes)
+        for _ in range(64):
+            even = (torch.remainder(code, 2) == 0) & (code > 0)
+            if not even.any():
+                break
+            code = torch.where(even, code / 2, code)
+        out[nz] = torch.floor(torch.log2(code)) + 1 + 1  # magnitude bits + sign
+    return out
+
+
+class _InputQ(nn.Module):
+    """Per-feature signed quantizer of the inputs with trainable frac bits."""
+
+    def __init__(self, n: int, f0: float, integer: torch.Tensor):
+        super().__init__()
+        self.f = nn.Parameter(torch.full((n,), float(f0)))
+        self.register_buffer("integer", integer.clone())  # magnitude integer bits (no sign)
+
+    F_MIN = -1.0  # quantized_bits needs integer <= bits, i.e. f >= -1
+
+    def forward(self, x):
+        fr = _round_f(self.f, self.F_MIN)
+        step = torch.pow(2.0, -fr)
+        top = torch.pow(2.0, self.integer)
+        q = torch.minimum(torch.maximum(torch.round(x / step) * step, -top), top - step)
+        return _surrogate(x, q, self.f)
+
+    def widths(self, soft: bool = False) -> torch.Tensor:
+        f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
+        return F.relu(self.integer + f + 1.0)  # sign included
+
+
+class _ActQ(nn.Module):
+    """ReLU then an unsigned per-layer quantizer; integer bits from the tracked maximum."""
+
+    def __init__(self, f0: float):
+        super().__init__()
+        self.f = nn.Parameter(torch.tensor(float(f0)))
+        self.register_buffer("max_seen", torch.tensor(0.0))
+
+    @property
+    def integer(self) -> torch.Tensor:
+        return torch.ceil(torch.log2(self.max_seen.clamp_min(2.0 ** -8)))
+
+    def forward(self, x):
+        y = F.relu(x)
+        if self.training:
+            with torch.no_grad():
+                self.max_seen.copy_(torch.maximum(self.max_seen, y.max()))
+        fr = _round_f(self.f, 0.0)  # quantized_relu needs integer <= bits, i.e. f >= 0
+        step = torch.pow(2.0, -fr)
+        top = torch.pow(2.0, self.integer) - step
+        q = torch.clamp(torch.round(y / step) * step, max=float(top))
+        return _surrogate(y, q, self.f)
+
+    def widths(self, soft: bool = False) -> torch.Tensor:
+        f = self.f.clamp_min(0.0) if soft else _round_f(self.f, 0.0)
+        return F.relu(self.integer + f)
+
+
+class _DenseQ(nn.Module):
+    """Dense layer with per-weight trainable frac bits; biases on a fixed frac grid."""
+
+    def __init__(self, lin: nn.Linear, f0: float, bias_frac: int):
+        super().__init__()
+        self.weight = nn.Parameter(lin.weight.detach().clone())
+        self.bias = nn.Parameter(lin.bias.detach().clone())
+        self.f = nn.Parameter(torch.full_like(self.weight, float(f0)))
+        self.bias_frac = bias_frac
+
+    def qweight(self):
+        fr = _round_f(self.f)
+        step = torch.pow(2.0, -fr)
+        q = torch.round(self.weight / step) * step
+        return _surrogate(self.weight, q, self.f)
+
+    def qbias(self):
+        s = 2.0 ** -self.bias_frac
+        q = torch.round(self.bias / s) * s
+        return self.bias + (q - self.bias).detach()
+
+    def forward(self, x):
+        return F.linear(x, self.qweight(), self.qbias())
+
+    def soft_widths(self) -> torch.Tensor:
+        """Differentiable weight widths: integer bits of the quantized value (detached) + f +
+        sign, 0 where the weight rounds to zero (HGQ's count; at integer f it is exact)."""
+        q = self.qweight().detach()
+        i = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
+        return (q != 0).to(q.dtype) * F.relu(i + self.f + 1.0)
+
+
+class GradientBitsMLP(nn.Module):
+    """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
+
+    def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
+                 bias_frac: int = 8):
+        super().__init__()
+        mods = [m for m in float_model.children()]
+        names = [n for n, _ in float_model.named_children()]
+        if not mods or not isinstance(mods[0], nn.Linear):
+            raise ValueError("the gradient strategy needs an MLP of Linear/ReLU layers starting "
+                             f"with a Linear; got {type(mods[0]).__name__ if mods else 'nothing'}")
+        top = x_train.abs().amax(dim=0).clamp_min(2.0 ** -8)
+        self.inq = _InputQ(x_train.shape[1], f0, torch.ceil(torch.log2(top)))
+        layers = OrderedDict()
+        for n, m in zip(names, mods):
+            if isinstance(m, nn.Linear):
+                layers[n] = _DenseQ(m, f0, bias_frac)
+            elif isinstance(m, nn.ReLU):
+                layers[n] = _ActQ(f0)
+            else:
+                raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
+                                 "strategy (Linear and ReLU layers only)")
+        self.body = nn.Sequential(layers)
+
+    def forward(self, x):
+        return self.body(self.inq(x))
+
+    def _inputs(self):
+        """(dense layer, widths of its inputs as a function(soft)) pairs."""
+        prev = self.inq
+        for m in self.body:
+            if isinstance(m, _DenseQ):
+                yield m, prev
+            else:
+                prev = m
+
+    def soft_ebops(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for d, src in self._inputs():
+            bx = src.widths(soft=True)
+            bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
+            total = total + (d.soft_widths() * bx.unsqueeze(0)).sum()
+        return total
+
+    @torch.no_grad()
+    def ebops(self) -> int:
+        """Exact EBOPs of the rounded model."""
+        total = 0.0
+        for d, src in self._inputs():
+            bx = src.widths()
+            bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
+            q = d.qweight()
+            i = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
+            w = (q != 0).double() * F.relu(i + _round_f(d.f) + 1.0).double()
+            total += float((w * bx.double().unsqueeze(0)).sum())
+        return int(round(total))
+
+
+# -- training --------------------------------------------------------------------------------
+@dataclass
+class FrontPoint:
+    epoch: int
+    beta: float
+    val_accuracy: float
+    ebops: int
+    state: dict = field(repr=False, default_factory=dict)
+
+
+@dataclass
+class GradientResult:
+    front: list[FrontPoint]
+    history: list[dict]
+    seconds: float
+
+
+def beta_at(step: int, total: int, beta0: float, beta1: float) -> float:
+    """Geometric ramp from beta0 (step 0) to beta1 (last step)."""
+    if total <= 1:
+        return beta1
+    t = min(max(step / (total - 1), 0.0), 1.0)
+    return beta0 * (beta1 / beta0) ** t
+
+
+class ParetoCheckpoints:
+    """Keeps every non-dominated (accuracy up, EBOPs down) snapshot seen so far."""
+
+    def __init__(self):
+        self.points: list[FrontPoint] = []
+
+    def offer(self, point: FrontPoint, model: nn.Module | None = None) -> bool:
+        for p in self.points:
+            if p.val_accuracy >= point.val_accuracy and p.ebops <= point.ebops:
+                return False  # dominated (or equal)
+        self.points = [p for p in self.points
+                       if not (point.val_accuracy >= p.val_accuracy and point.ebops <= p.ebops)]
+        if model is not None and not point.state:
+            point.state = copy.deepcopy(model.state_dict())
+        self.points.append(point)
+        self.points.sort(key=lambda p: p.ebops)
+        return True
+
+
+def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
+                   lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
+                   bits_lr: float | None = None, seed: int = 0,
+                   time_budget: float | None = None,
+                   progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
+    """Train bit-widths and weights together; returns the model and the Pareto snapshots.
+
+    bits_lr: Adam learning rate of the frac-bit parameters (default `lr`); one bit moves
+    after about 1/bits_lr steps, so short runs want a larger one.
+    """
+    from tqdm import tqdm
+
+    from ..train.loop import Classify, _split_tensors
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not (0 < beta0 <= beta1):
+        raise ValueError(f"need 0 < beta0 <= beta1, got beta0={beta0}, beta1={beta1}")
+    torch.manual_seed(seed)
+    task = Classify()
+    Xtr, ytr = _split_tensors(data, "train", task, "cpu")
+    Xva, yva = _split_tensors(data, "val", task, "cpu")
+    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0)
+    fs = [p for n, p in model.named_parameters() if n.endswith(".f") or n == "f"]
+    ws = [p for n, p in model.named_parameters() if not (n.endswith(".f") or n == "f")]
+    opt = torch.optim.Adam([{"params": ws, "lr": lr},
+                            {"params": fs, "lr": bits_lr if bits_lr is not None else lr}])
+    gen = torch.Generator().manual_seed(seed)
+    n = len(Xtr)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    keeper = ParetoCheckpoints()
+    history = []
+    t0 = time.time()
+    bar = tqdm(range(epochs), disable=not progress, desc="gradient bits", unit="epoch")
+    step = 0
+    for ep in bar:
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        beta = beta0
+        for s in range(steps_per_epoch):
+            idx = perm[s * batch_size:(s + 1) * batch_size]
+            beta = beta_at(step, total, beta0, beta1)
+            loss = F.cross_entropy(model(Xtr[idx]), ytr[idx]) + beta * model.soft_ebops()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        model.eval()
+        with torch.no_grad():
+            acc = float((model(Xva).argmax(1) == yva).float().mean())
+        eb = model.ebops()
+        history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
+        keeper.offer(FrontPoint(ep, beta, acc, eb), model)
+        bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
+        if time_budget is not None and time.time() - t0 > time_budget:
+            break
+    return model, GradientResult(keeper.points, history, time.time() - t0)
+
+
+# -- conversion to an ordinary hetq model ------------------------------------------------------
+def _int_bits_signed(v: torch.Tensor) -> torch.Tensor:
+    """Magnitude integer bits so that |v| <= 2**i - step never clips (per element)."""
+    a = v.abs().clamp_min(2.0 ** -20)
+    return torch.floor(torch.log2(a)) + 1
+
+
+def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequential:
+    """An ordinary hetq model computing exactly what `gmodel` (with `state`) computes."""
+    from ..quant.fixed_point import quantized_bits, quantized_relu
+    from ..quant.layers import QActivation, QDense
+
+    g = copy.deepcopy(gmodel)
+    if state is not None:
+        g.load_state_dict(state)
+    g.eval()
+    layers = OrderedDict()
+    inq = g.inq
+    fr = _round_f(inq.f, inq.F_MIN)
+    integer = inq.integer.clone()
+    # a feature with no bits is always 0: give it a 2-bit type and zero its fc1 weights
+    dead = (integer + fr + 1) < 2
+    bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
+    integer = torch.where(dead, torch.zeros_like(integer), integer)
+    layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
+    first = True
+    with torch.no_grad():
+        for name, m in g.body.named_children():
+            if isinstance(m, _DenseQ):
+                wq = m.qweight().detach().clone()
+                if first:
+                    wq[:, dead] = 0.0
+                    first = False
+                frw = _round_f(m.f, -1.0)  # same values on the finer grid (bits >= integer)
+                iw = torch.maximum(_int_bits_signed(wq), torch.zeros_like(wq) - frw + 1)
+                wbits = (iw + frw + 1).clamp_min(2)
+                bq = m.qbias().detach().clone()
+                ib = float(_int_bits_signed(bq).max().clamp_min(0))
+                d = QDense(wq.shape[1], wq.shape[0],
+                           kernel_quantizer=quantized_bits(bits=wbits, integer=wbits - 1 - frw,
+                                                           alpha=1),
+                           bias_quantizer=quantized_bits(int(ib) + m.bias_frac + 1, int(ib),
+                                                         alpha=1))
+                d.weight.copy_(wq)
+                d.bias.copy_(bq)
+                layers[name] = d
+            else:
+                f = int(_round_f(m.f, 0.0))
+                i = int(m.integer)
+                if i + f < 1:
+                    raise ValueError(f"{name}: activation with {i + f} bits (all zero); "
+                                     "lower beta1")
+                layers[name] = QActivation(quantized_relu(i + f, i))
+    return nn.Sequential(layers).eval()
