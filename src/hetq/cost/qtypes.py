@@ -78,6 +78,12 @@ NAMED = {
 FP32 = NAMED["fp32"]
 
 
+def _largest(v) -> float:
+    import torch
+
+    return float(torch.as_tensor(v).max()) if not isinstance(v, (int, float)) else float(v)
+
+
 class UnsupportedQuantizer(ValueError):
     pass
 
@@ -99,12 +105,16 @@ def qtype_of(q) -> QType:
     if kind == "float":
         return FP32
     bits = int(round(q.bits_value)) if hasattr(q, "bits_value") else 32
+    if name in ("quantized_bits", "quantized_relu"):
+        # tensor-valued (per-channel / per-weight) parameters: the widest member's type
+        bits = int(_largest(q.bits))
+        integer = int(_largest(q.integer))
     if name in ("quantized_bits",):
-        return QType(FIXED, bits, int(q.integer), bool(q.keep_negative))
+        return QType(FIXED, bits, integer, bool(q.keep_negative))
     if name == "quantized_relu":
-        if bits == 1 and int(q.integer) == 1:
+        if bits == 1 and integer == 1:
             return QType(BINARY01, 1, 1, False)
-        return QType(FIXED, bits, int(q.integer), bool(q.negative_slope))
+        return QType(FIXED, bits, integer, bool(q.negative_slope))
     if name == "quantized_tanh":
         return QType(FIXED, bits, 0, True)
     if name in ("quantized_po2", "quantized_relu_po2"):

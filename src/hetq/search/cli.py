@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hard constraint: relative metric loss <= X (0.05 = 5%%)")
     s.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "gp", "nsga2"])
     s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"])
-    s.add_argument("--trials", type=int, default=40)
+    s.add_argument("--trials", type=int, default=None,
+                   help="trial budget (default 40; with --strategy hessian: --prior-configs)")
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--float-epochs", type=int, default=30)
     s.add_argument("--batch-size", type=int, default=1024)
@@ -66,6 +67,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--devices", default=None,
                    help="with --workers: comma-separated CUDA device ids, one worker per GPU "
                         "round-robin (e.g. 0,1,2,3)")
+    s.add_argument("--strategy", default="optuna", choices=["optuna", "hessian", "gradient"],
+                   help="optuna: sampler over the space; hessian: Hessian-trace ILP "
+                        "configurations fine-tuned with QAT; gradient: trainable bit-widths "
+                        "(one training, a Pareto front of checkpoints)")
+    s.add_argument("--prior", default="none", choices=["none", "hessian"],
+                   help="hessian: enqueue the ILP configurations before sampling")
+    s.add_argument("--prior-configs", type=int, default=12,
+                   help="ILP budgets swept for the Hessian prior/strategy")
+    s.add_argument("--beta0", type=float, default=1e-6,
+                   help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
+    s.add_argument("--beta1", type=float, default=1e-3)
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
@@ -107,13 +119,21 @@ def _search(a) -> int:
         model=a.model, data=a.data, study_name=a.study, objective=a.objective, goal=a.goal,
         metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
         min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
-        pruner=a.pruner, trials=a.trials, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        pruner=a.pruner,
+        trials=a.trials or (a.prior_configs if a.strategy == "hessian" else 40),
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
         float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
         quantization_config=qc, tune_filters=a.tune_filters,
         tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
-        blocks=a.blocks or None, schedule_block=a.schedule_block,
+        blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
+        prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
     )
+    if a.strategy == "gradient":
+        from .gradient import run_gradient_strategy
+
+        run_gradient_strategy(cfg, a.out, progress=not a.no_progress)
+        return 0
     devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
     study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
                        progress=not a.no_progress, devices=devices)

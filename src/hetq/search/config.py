@@ -13,7 +13,8 @@ from .engine import PRUNERS, SAMPLERS
 from .objectives import GOALS
 
 OBJECTIVES = ("forgiving", "pareto")
-STRATEGIES = ("optuna",)
+STRATEGIES = ("optuna", "hessian", "gradient")
+PRIORS = ("none", "hessian")
 
 
 @dataclass
@@ -54,10 +55,16 @@ class SearchConfig:
     blocks: list[str] | None = None  # block-wise search: layer-name regexes, one per block
     schedule_block: str = "sequential"  # or "cost": most expensive block first
     device: str = "cpu"
+    strategy: str = "optuna"  # optuna | hessian (ILP configs, fine-tuned) | gradient (HGQ)
+    prior: str = "none"  # hessian: enqueue the ILP configurations first
+    prior_configs: int = 12  # number of ILP budgets swept
+    beta0: float = 1e-6  # gradient strategy: EBOPs penalty ramp
+    beta1: float = 1e-3
+    bits_lr: float | None = None
 
     def __post_init__(self):
         checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
-                  "pruner": PRUNERS}
+                  "pruner": PRUNERS, "strategy": STRATEGIES, "prior": PRIORS}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "

@@ -307,6 +307,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     study.set_user_attr("reference", ctx.reference)
     _grid_fix(study, ctx)
     _seed_warm_start(study, ctx)
+    _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
     if progress and done:
         print(f"resuming: {done}/{config.trials} trials already done", flush=True)
@@ -424,6 +425,28 @@ def _seed_warm_start(study, ctx):
             study.enqueue_trial(ctx.space.params_of(cand), user_attrs={"warm_start": folder})
             n += 1
     study.set_user_attr("warm_started", n)
+
+
+def _seed_hessian_prior(study, ctx, progress):
+    """Enqueue the Hessian ILP configurations once (prior 'hessian' or strategy 'hessian')."""
+    cfg = ctx.config
+    if not (cfg.prior == "hessian" or cfg.strategy == "hessian") or \
+            study.user_attrs.get("hessian_prior") is not None:
+        return
+    from .hawq import hessian_prior
+
+    goal = cfg.goal if cfg.goal in ("energy", "bits", "ebops", "lut") else "energy"
+    pr = hessian_prior(ctx.space, ctx.float_model, ctx.data, goal=goal, n=cfg.prior_configs,
+                       seed=cfg.seed)
+    for a in pr.allocations:
+        study.enqueue_trial(dict(a.params), user_attrs={"hessian_budget": a.budget,
+                                                        "hessian_omega": a.omega})
+    study.set_user_attr("hessian_prior", {"configs": len(pr.allocations),
+                                          "seconds": pr.seconds})
+    if progress:
+        t = ", ".join(f"{k} {v:.1f} s" for k, v in pr.seconds.items())
+        print(f"Hessian prior: {len(pr.allocations)} ILP configurations enqueued ({t})",
+              flush=True)
 
 
 # -- results ----------------------------------------------------------------------------------

@@ -98,12 +98,22 @@ class _InputQ(nn.Module):
 
 
 class _ActQ(nn.Module):
-    """ReLU then an unsigned per-layer quantizer; integer bits from the tracked maximum."""
+    """ReLU then an unsigned quantizer with trainable frac bits per neuron (or one per layer);
+    integer bits from the tracked maximum of each neuron."""
 
-    def __init__(self, f0: float):
+    def __init__(self, n: int, f0: float, per_neuron: bool = True):
         super().__init__()
-        self.f = nn.Parameter(torch.tensor(float(f0)))
-        self.register_buffer("max_seen", torch.tensor(0.0))
+        shape = (n,) if per_neuron else ()
+        self.f = nn.Parameter(torch.full(shape, float(f0)))
+        self.register_buffer("max_seen", torch.zeros(shape))  # range used (last epoch's)
+        self.register_buffer("epoch_max", torch.zeros(shape))  # range of the running epoch
+
+    def reset_range(self):
+        """End of epoch (HGQ's ResetMinMax): the range becomes this epoch's maximum, so
+        integer bits also shrink when activations do."""
+        if float(self.epoch_max.max()) > 0:
+            self.max_seen.copy_(self.epoch_max)
+        self.epoch_max.zero_()
 
     @property
     def integer(self) -> torch.Tensor:
@@ -113,11 +123,13 @@ class _ActQ(nn.Module):
         y = F.relu(x)
         if self.training:
             with torch.no_grad():
-                self.max_seen.copy_(torch.maximum(self.max_seen, y.max()))
+                m = y.amax(dim=0) if self.max_seen.dim() else y.max()
+                self.max_seen.copy_(torch.maximum(self.max_seen, m))
+                self.epoch_max.copy_(torch.maximum(self.epoch_max, m))
         fr = _round_f(self.f, 0.0)  # quantized_relu needs integer <= bits, i.e. f >= 0
         step = torch.pow(2.0, -fr)
-        top = torch.pow(2.0, self.integer) - step
-        q = torch.clamp(torch.round(y / step) * step, max=float(top))
+        top = (torch.pow(2.0, self.integer) - step).clamp_min(0.0)
+        q = torch.minimum(torch.round(y / step) * step, top)
         return _surrogate(y, q, self.f)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
@@ -161,21 +173,24 @@ class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
 
     def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
-                 bias_frac: int = 8):
+                 bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999):
         super().__init__()
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
         if not mods or not isinstance(mods[0], nn.Linear):
             raise ValueError("the gradient strategy needs an MLP of Linear/ReLU layers starting "
                              f"with a Linear; got {type(mods[0]).__name__ if mods else 'nothing'}")
-        top = x_train.abs().amax(dim=0).clamp_min(2.0 ** -8)
+        # input ranges from a high quantile: rare outliers saturate instead of costing a bit
+        top = torch.quantile(x_train.abs().float(), input_quantile, dim=0).clamp_min(2.0 ** -8)
         self.inq = _InputQ(x_train.shape[1], f0, torch.ceil(torch.log2(top)))
         layers = OrderedDict()
+        width = x_train.shape[1]
         for n, m in zip(names, mods):
             if isinstance(m, nn.Linear):
                 layers[n] = _DenseQ(m, f0, bias_frac)
+                width = m.out_features
             elif isinstance(m, nn.ReLU):
-                layers[n] = _ActQ(f0)
+                layers[n] = _ActQ(width, f0, per_neuron)
             else:
                 raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
                                  "strategy (Linear and ReLU layers only)")
@@ -261,13 +276,15 @@ class ParetoCheckpoints:
 
 def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
                    lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
-                   bits_lr: float | None = None, seed: int = 0,
+                   bits_lr: float | None = None, per_neuron: bool = True, seed: int = 0,
                    time_budget: float | None = None,
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
 
     bits_lr: Adam learning rate of the frac-bit parameters (default `lr`); one bit moves
     after about 1/bits_lr steps, so short runs want a larger one.
+    time_budget: seconds; training stops when it is spent (or after `epochs`), and beta is
+    then ramped over the budget's wall time instead of over the steps.
     """
     from tqdm import tqdm
 
@@ -281,7 +298,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     task = Classify()
     Xtr, ytr = _split_tensors(data, "train", task, "cpu")
     Xva, yva = _split_tensors(data, "val", task, "cpu")
-    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0)
+    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron)
     fs = [p for n, p in model.named_parameters() if n.endswith(".f") or n == "f"]
     ws = [p for n, p in model.named_parameters() if not (n.endswith(".f") or n == "f")]
     opt = torch.optim.Adam([{"params": ws, "lr": lr},
@@ -301,12 +318,19 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         beta = beta0
         for s in range(steps_per_epoch):
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            beta = beta_at(step, total, beta0, beta1)
+            if time_budget is not None:  # the ramp follows the clock: it ends with the budget
+                frac = min((time.time() - t0) / time_budget, 1.0)
+                beta = beta0 * (beta1 / beta0) ** frac
+            else:
+                beta = beta_at(step, total, beta0, beta1)
             loss = F.cross_entropy(model(Xtr[idx]), ytr[idx]) + beta * model.soft_ebops()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
+        for m in model.modules():
+            if isinstance(m, _ActQ):
+                m.reset_range()
         model.eval()
         with torch.no_grad():
             acc = float((model(Xva).argmax(1) == yva).float().mean())
@@ -344,7 +368,7 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
     integer = torch.where(dead, torch.zeros_like(integer), integer)
     layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
-    first = True
+    first, dead_next = True, None
     with torch.no_grad():
         for name, m in g.body.named_children():
             if isinstance(m, _DenseQ):
@@ -352,6 +376,9 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 if first:
                     wq[:, dead] = 0.0
                     first = False
+                elif dead_next is not None:
+                    wq[:, dead_next] = 0.0
+                dead_next = None
                 frw = _round_f(m.f, -1.0)  # same values on the finer grid (bits >= integer)
                 iw = torch.maximum(_int_bits_signed(wq), torch.zeros_like(wq) - frw + 1)
                 wbits = (iw + frw + 1).clamp_min(2)
@@ -366,10 +393,81 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 d.bias.copy_(bq)
                 layers[name] = d
             else:
-                f = int(_round_f(m.f, 0.0))
-                i = int(m.integer)
-                if i + f < 1:
-                    raise ValueError(f"{name}: activation with {i + f} bits (all zero); "
-                                     "lower beta1")
-                layers[name] = QActivation(quantized_relu(i + f, i))
+                f = _round_f(m.f, 0.0)
+                i = m.integer.clone()
+                if f.dim() == 0:
+                    if int(i + f) < 1:
+                        raise ValueError(f"{name}: activation with {int(i + f)} bits (all "
+                                         "zero); lower beta1")
+                    layers[name] = QActivation(quantized_relu(int(i + f), int(i)))
+                else:
+                    # a neuron with no bits always outputs 0: 1-bit type, zero its weights
+                    dead = (i + f) < 1
+                    i = torch.where(dead, torch.zeros_like(i), i)
+                    b = torch.where(dead, torch.ones_like(i), i + f)
+                    layers[name] = QActivation(quantized_relu(bits=b, integer=i))
+                    dead_next = dead
     return nn.Sequential(layers).eval()
+
+
+# -- `hetq search --strategy gradient` ---------------------------------------------------------
+@dataclass
+class GradientRow:
+    point: FrontPoint
+    test_accuracy: float
+    ebops: int
+    energy_pj: float
+    lut: float
+    path: str
+
+
+def run_gradient_strategy(config, out, progress: bool = True,
+                          time_budget: float | None = None) -> list[GradientRow]:
+    """Float model (trained or reused from the run folder), one HGQ-style training, then each
+    Pareto point as an ordinary hetq model: test accuracy, cost, checkpoint under
+    <out>/gradient/. Prints the front table."""
+    from pathlib import Path
+
+    from ..cost import cost
+    from ..train import evaluate
+    from ..train.checkpoint import save_module
+    from .driver import build_context
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save(out / "search.yaml")
+    ctx = build_context(config, out, progress)
+    t0 = time.time()
+    g, res = train_gradient(ctx.float_model, ctx.data, epochs=config.epochs,
+                            batch_size=config.batch_size, lr=config.lr, beta0=config.beta0,
+                            beta1=config.beta1, bits_lr=config.bits_lr, seed=config.seed,
+                            time_budget=time_budget, progress=progress)
+    rows = []
+    shape = ctx.data.input_shape
+    for k, p in enumerate(res.front):
+        m = to_hetq_model(g, p.state)
+        acc = evaluate(m, ctx.data)["accuracy"]
+        s = cost(m, shape, source_quantizer="quantized_bits(16,5,alpha=1)").summary()
+        path = out / "gradient" / f"point_{k:03d}.pt"
+        save_module(path, m, data=ctx.data, metrics={
+            "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
+            "epoch": p.epoch, "beta": p.beta, "costs": s})
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(path)))
+    if progress:
+        ref = ctx.reference.get("test", {}).get("accuracy")
+        print(f"\ngradient strategy: {len(res.history)} epochs in {res.seconds:.1f} s, "
+              f"front of {len(rows)} points (total {time.time() - t0:.1f} s); float test "
+              f"accuracy {ref if ref is None else round(ref, 4)}")
+        print(format_gradient_table(rows))
+    return rows
+
+
+def format_gradient_table(rows: list[GradientRow]) -> str:
+    lines = [f"{'point':>5} {'epoch':>5} {'val acc':>8} {'test acc':>8} {'EBOPs':>8} "
+             f"{'energy pJ':>9} {'LUT':>7}  checkpoint",
+             "-" * 78]
+    for k, r in enumerate(rows):
+        lines.append(f"{k:>5} {r.point.epoch:>5} {r.point.val_accuracy:>8.4f} "
+                     f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.1f} "
+                     f"{r.lut:>7.0f}  {r.path}")
+    return "\n".join(lines)

@@ -46,6 +46,23 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
     return path
 
 
+def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict | None = None,
+                task: str = "classify", extra: dict | None = None) -> Path:
+    """Checkpoint of a model that no registry name rebuilds (e.g. per-weight bit-widths from
+    the gradient strategy): the module itself is stored (pickled; load only trusted files)."""
+    from .. import __version__
+
+    ckpt = {"format": FORMAT, "hetq_version": __version__, "model": None, "module": model,
+            "normalization": data.normalization() if data is not None else None,
+            "task": task, "metrics": metrics or {}, **(extra or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def read(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -63,6 +80,8 @@ def build_from(ckpt: dict) -> nn.Module:
     from ..models import build, resize_model
     from ..quant.convert import quantize_model
 
+    if ckpt.get("module") is not None:
+        return ckpt["module"].eval()
     model = build(ckpt["model"], **ckpt["model_kwargs"])
     if ckpt.get("widths"):
         model = resize_model(model, ckpt["widths"])

@@ -1,0 +1,148 @@
+"""Three allocation strategies with the same wall-clock budget on the simulated jets.
+
+    python benchmarks/strategies_jets.py [--budget 245]
+
+1. Optuna TPE (multi-objective accuracy / EBOPs), trials until the budget is spent;
+2. Hessian traces + ILP sweep, each configuration fine-tuned with QAT;
+3. gradient bit-widths (HGQ style), one training with a beta ramp over the budget.
+
+Each strategy's budget includes training the float model. Prints each front as (test
+accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
+(EBOPs 1,089,536 = the float model at 16x16 bits, accuracy 0.5; log10 EBOPs axis), the wall
+time of each phase, and the targets of the gradient strategy: test accuracy >= float - 1 point
+at <= 1,000 EBOPs, hypervolume >= 0.56.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from common import FULL, jets
+from hetq.cost import cost
+from hetq.models import build
+from hetq.search.config import SearchConfig
+from hetq.search.driver import load_run, run_search
+from hetq.search.gradient import to_hetq_model, train_gradient
+from hetq.search.objectives import hypervolume_2d, pareto_front
+from hetq.train import evaluate, fit
+
+REF_EBOPS = 1_089_536
+REF_ACC = 0.5
+SOURCE = "quantized_bits(16,5,alpha=1)"  # inputs as ap_fixed<16,6> for the non-gradient runs
+
+
+def train_float(data, epochs):
+    t = time.time()
+    torch.manual_seed(0)
+    f = build("jet_mlp")
+    fit(f, data, epochs=epochs, lr=3e-3, progress=False)
+    return f, evaluate(f, data)["accuracy"], time.time() - t
+
+
+def study_front(out: Path):
+    _, study = load_run(out)
+    pts = []
+    for t in study.trials:
+        if t.state.name != "COMPLETE":
+            continue
+        acc = t.user_attrs.get("metrics", {}).get("test", {}).get("accuracy")
+        costs = t.user_attrs.get("costs", {})
+        if acc is None or "ebops" not in costs:
+            continue
+        pts.append((acc, costs["ebops"], costs["energy_pj"]))
+    return pts, len(study.trials)
+
+
+def report(name, pts, phases):
+    idx = pareto_front([(a, e) for a, e, _ in pts])
+    front = [pts[i] for i in idx]
+    hv = hypervolume_2d([(a, e) for a, e, _ in front], REF_EBOPS, REF_ACC)
+    print(f"\n== {name}: {len(pts)} models, front of {len(front)}, hypervolume {hv:.4f}")
+    print("   phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
+    print(f"   {'test acc':>8} {'EBOPs':>9} {'energy pJ':>9}")
+    for a, e, en in front:
+        print(f"   {a:8.4f} {e:9.0f} {en:9.1f}")
+    return front, hv
+
+
+def run_optuna_until(cfg, out, budget, t_start, step):
+    n = step
+    while True:
+        cfg.trials = n
+        run_search(cfg, out, progress=False)
+        if time.time() - t_start >= budget:
+            return
+        n += step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=245.0)
+    ap.add_argument("--float-epochs", type=int, default=30)
+    ap.add_argument("--beta0", type=float, default=1e-5)
+    ap.add_argument("--beta1", type=float, default=1e-3)
+    ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
+    a = ap.parse_args()
+    data = jets()
+    spec = f"jets-sim:{FULL}" if FULL.exists() else "jets-sim"
+    tmp = Path(tempfile.mkdtemp(prefix="hetq_strategies_"))
+    print(f"data {data!r}; budget {a.budget:.0f} s per strategy (float training included)")
+    results = {}
+    base = dict(data=spec, objective="pareto", goal="ebops", float_epochs=a.float_epochs,
+                source_quantizer=SOURCE, lr=3e-3)
+
+    if a.only in (None, "optuna"):
+        t0 = time.time()
+        cfg = SearchConfig(**base, sampler="tpe", epochs=5, trials=4)
+        run_optuna_until(cfg, tmp / "optuna", a.budget, t0, 4)
+        pts, n = study_front(tmp / "optuna")
+        results["optuna TPE"] = report("Optuna TPE", pts, {"total": time.time() - t0,
+                                                           "trials": n})
+
+    if a.only in (None, "hessian"):
+        t0 = time.time()
+        cfg = SearchConfig(**base, strategy="hessian", prior="hessian", prior_configs=16,
+                           trials=16, epochs=8)
+        run_search(cfg, tmp / "hessian", progress=False)
+        _, study = load_run(tmp / "hessian")
+        pts, n = study_front(tmp / "hessian")
+        ph = dict(study.user_attrs.get("hessian_prior", {}).get("seconds", {}))
+        ph["total (incl. float, QAT)"] = time.time() - t0
+        results["hessian ILP"] = report("Hessian ILP + QAT fine-tune", pts, ph)
+
+    if a.only in (None, "gradient"):
+        t0 = time.time()
+        f, facc, tf = train_float(data, a.float_epochs)
+        left = a.budget - (time.time() - t0) - 10.0  # keep time to evaluate the front
+        g, res = train_gradient(f, data, epochs=1_000_000, beta0=a.beta0, beta1=a.beta1,
+                                time_budget=left, progress=False)
+        t1 = time.time()
+        pts = []
+        for p in res.front:
+            m = to_hetq_model(g, p.state)
+            acc = evaluate(m, data)["accuracy"]
+            en = cost(m, (16,), source_quantizer=SOURCE).summary()["energy_pj"]
+            pts.append((acc, p.ebops, en))
+        total = time.time() - t0
+        results["gradient"] = report("gradient bit-widths (HGQ style)", pts, {
+            "float": tf, "training": res.seconds, "front evaluation": time.time() - t1,
+            "total": total, "epochs": len(res.history)})
+        front, hv = results["gradient"]
+        ok = [p for p in front if p[1] <= 1000]
+        best = max(ok) if ok else None
+        print(f"\nfloat test accuracy {facc:.4f}; target: >= {facc - 0.01:.4f} at <= 1,000 "
+              f"EBOPs within {a.budget:.0f} s, hypervolume >= 0.56")
+        print(f"gradient: best at <= 1,000 EBOPs: "
+              f"{'none' if best is None else f'{best[0]:.4f} at {best[1]:.0f} EBOPs'}; "
+              f"hypervolume {hv:.4f}; wall {total:.0f} s")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
