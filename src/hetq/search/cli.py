@@ -78,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beta0", type=float, default=1e-6,
                    help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
     s.add_argument("--beta1", type=float, default=1e-3)
+    s.add_argument("--population", type=int, default=1,
+                   help="train trials in batches of K as one batched population (faster for "
+                        "tiny models; single local worker)")
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
@@ -128,6 +131,7 @@ def _search(a) -> int:
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
         blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
         prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
+        population=a.population,
     )
     if a.strategy == "gradient":
         from .gradient import run_gradient_strategy

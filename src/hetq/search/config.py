@@ -61,6 +61,7 @@ class SearchConfig:
     beta0: float = 1e-6  # gradient strategy: EBOPs penalty ramp
     beta1: float = 1e-3
     bits_lr: float | None = None
+    population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
         checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
@@ -69,7 +70,7 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "
                                  f"{', '.join(allowed)}")
-        for name in ("trials", "epochs", "batch_size"):
+        for name in ("trials", "epochs", "batch_size", "population"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
         if self.objective == "pareto" and self.sampler == "gp" and self.min_reduction:

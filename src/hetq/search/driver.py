@@ -161,13 +161,8 @@ def make_objective(ctx: SearchContext):
     ref_cost = ctx.reference["costs"][ctx.goal_key]
     ref_metric = ctx.reference["metrics"][cfg.metric]
 
-    def objective(trial: optuna.Trial):
-        for k, v in worker_identity().items():
-            trial.set_user_attr(k, v)
-        candidate = ctx.space.suggest(trial)
-        trial.set_user_attr("candidate", candidate.to_dict())
-        model, metrics, costs = run_candidate(ctx, candidate, trial=trial,
-                                              seed=cfg.seed + trial.number)
+    def finish(trial, candidate, model, metrics, costs):
+        """Record a trained candidate on its trial; returns the objective value(s)."""
         metric = float(metrics["val"][cfg.metric])
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("costs", costs)
@@ -183,7 +178,64 @@ def make_objective(ctx: SearchContext):
         trial.set_user_attr("score", score)
         return score
 
+    def objective(trial: optuna.Trial):
+        for k, v in worker_identity().items():
+            trial.set_user_attr(k, v)
+        candidate = ctx.space.suggest(trial)
+        trial.set_user_attr("candidate", candidate.to_dict())
+        model, metrics, costs = run_candidate(ctx, candidate, trial=trial,
+                                              seed=cfg.seed + trial.number)
+        return finish(trial, candidate, model, metrics, costs)
+
+    objective.finish = finish
     return objective
+
+
+def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) -> int:
+    """Trials in batches of `k`: ask k trials, train their candidates together as one
+    population (`hetq.train.population`), tell k results. Members share one batch order
+    (seed `config.seed`); a pruned member (per-epoch report to the study's pruner) leaves the
+    population at once. Returns the number of trials run."""
+    from ..train import evaluate
+    from ..train.population import fit_population
+
+    cfg = ctx.config
+    if cfg.sparsity:
+        raise ValueError("--population does not support sparsity search yet; drop --sparsity "
+                         "or use --population 1")
+    finish = make_objective(ctx).finish
+    ran = 0
+    while n_counted(study) < budget:
+        n = min(k, budget - n_counted(study))
+        trials = [study.ask() for _ in range(n)]
+        cands, models = [], []
+        for t in trials:
+            for key, v in worker_identity().items():
+                t.set_user_attr(key, v)
+            c = ctx.space.suggest(t)
+            t.set_user_attr("candidate", c.to_dict())
+            cands.append(c)
+            models.append(build_candidate(ctx.float_model, c))
+
+        def report(j, epoch, val):
+            if cfg.objective == "pareto":
+                return False  # Optuna prunes single objectives only
+            trials[j].report(float(val[cfg.metric]), epoch)
+            return trials[j].should_prune()
+
+        res = fit_population(models, ctx.data, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             lr=[c.lr or cfg.lr for c in cands], seed=cfg.seed, report=report)
+        for t, c, m, r in zip(trials, cands, models, res):
+            if r.stopped_by_report:
+                study.tell(t, state=optuna.trial.TrialState.PRUNED)
+            else:
+                metrics = {"val": evaluate(m, ctx.data, split="val"),
+                           "test": evaluate(m, ctx.data, split="test")}
+                study.tell(t, finish(t, c, m, metrics, measure_costs(m, cfg, ctx.data)))
+            ran += 1
+            if on_trial_end is not None:
+                on_trial_end(study, study.trials[t.number])
+    return ran
 
 
 def trial_path(out: str | Path, study_name: str, number: int) -> Path:
@@ -311,7 +363,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     done = n_counted(study)
     if progress and done:
         print(f"resuming: {done}/{config.trials} trials already done", flush=True)
-    if workers <= 1:
+    if workers <= 1 and config.population > 1:
+        run_population_worker(study, ctx, config.trials, config.population,
+                              on_trial_end=Progress(ctx, config.trials, progress))
+    elif workers <= 1:
         run_worker(study, make_objective(ctx), config.trials,
                    on_trial_end=Progress(ctx, config.trials, progress),
                    recover=recover_dead_trials)
