@@ -217,7 +217,7 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             cands.append(c)
             models.append(build_candidate(ctx.float_model, c))
 
-        def report(j, epoch, val):
+        def report(j, epoch, val, trials=trials):
             if cfg.objective == "pareto":
                 return False  # Optuna prunes single objectives only
             trials[j].report(float(val[cfg.metric]), epoch)
