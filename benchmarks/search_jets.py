@@ -37,6 +37,12 @@ def main(argv=None):
     p.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
                    help="also search layer widths (multipliers 0.5, 0.75, 1)")
     p.add_argument("--no-nsga2", action="store_true", help="skip the multi-objective run")
+    p.add_argument("--population", type=int, default=1,
+                   help="train trials in batches of K (hetq.train.population)")
+    p.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"],
+                   help="early stopping of hopeless trials (successive halving: asha)")
+    p.add_argument("--prior", default="none", choices=["none", "hessian"],
+                   help="enqueue the Hessian ILP configurations first")
     a = p.parse_args(argv)
     out = Path(a.out)
     if out.exists() and not a.keep:
@@ -44,7 +50,8 @@ def main(argv=None):
     data = f"jets-sim:{FULL}" if FULL.exists() else "jets-sim"
     common = dict(data=data, trials=a.trials, epochs=a.epochs, float_epochs=40, batch_size=1024,
                   lr=1e-3, goal="energy", delta_p=8, delta_n=8, rate=2, seed=0,
-                  tune_filters=a.tune_filters, width_multipliers=[0.5, 0.75, 1.0])
+                  tune_filters=a.tune_filters, width_multipliers=[0.5, 0.75, 1.0],
+                  population=a.population, pruner=a.pruner, prior=a.prior)
     ff_cfg = SearchConfig(sampler="tpe", study_name="energy_tpe", **common)
     ctx = build_context(ff_cfg, out / "tpe", progress=False)
     f, d = ctx.float_model, ctx.data
@@ -63,10 +70,12 @@ def main(argv=None):
     study = run_search(ff_cfg, out / "tpe", progress=True)
     t_ff = time.time() - t0
     done = [t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))]
+    n_pruned = len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,)))
     best = max(done, key=lambda t: t.value)
     bt, be = best.user_attrs["metrics"]["test"]["accuracy"], best.user_attrs["costs"]["energy_pj"]
-    print(f"\nforgiving-factor search: {len(done)} trials in {t_ff:.0f} s "
-          f"({3600 * len(done) / t_ff:.0f} trials/hour)")
+    print(f"\nforgiving-factor search (population {a.population}, pruner {a.pruner}, prior "
+          f"{a.prior}): {len(done)} complete + {n_pruned} pruned trials in {t_ff:.0f} s "
+          f"({3600 * (len(done) + n_pruned) / t_ff:.0f} trials/hour)")
     print(f"best score: trial {best.number}: test accuracy {bt:.4f} ({100 * (bt - facc):+.2f} "
           f"points vs float), energy {be:.0f} pJ = 1/{q6e / be:.2f} of Q6")
     ok = [t for t in done if t.user_attrs["metrics"]["test"]["accuracy"] >= facc - 0.01]

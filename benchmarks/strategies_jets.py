@@ -64,7 +64,8 @@ def report(name, pts, phases):
     front = [pts[i] for i in idx]
     hv = hypervolume_2d([(a, e) for a, e, _ in front], REF_EBOPS, REF_ACC)
     print(f"\n== {name}: {len(pts)} models, front of {len(front)}, hypervolume {hv:.4f}")
-    print("   phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items()))
+    print("   phases: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
+                                  for k, v in phases.items()))
     print(f"   {'test acc':>8} {'EBOPs':>9} {'energy pJ':>9}")
     for a, e, en in front:
         print(f"   {a:8.4f} {e:9.0f} {en:9.1f}")

@@ -488,14 +488,15 @@ def _seed_hessian_prior(study, ctx, progress):
     if not (cfg.prior == "hessian" or cfg.strategy == "hessian") or \
             study.user_attrs.get("hessian_prior") is not None:
         return
-    from .hawq import hessian_prior
+    from .hessian import hessian_prior
 
     goal = cfg.goal if cfg.goal in ("energy", "bits", "ebops", "lut") else "energy"
     pr = hessian_prior(ctx.space, ctx.float_model, ctx.data, goal=goal, n=cfg.prior_configs,
-                       seed=cfg.seed)
-    for a in pr.allocations:
-        study.enqueue_trial(dict(a.params), user_attrs={"hessian_budget": a.budget,
-                                                        "hessian_omega": a.omega})
+                       seed=cfg.seed, source_quantizer=cfg.source_quantizer)
+    for params, a in zip(pr.params, pr.allocations):
+        budget = float(a.budget) if math.isfinite(a.budget) else None
+        study.enqueue_trial(dict(params), user_attrs={"hessian_budget": budget,
+                                                      "hessian_omega": float(a.omega)})
     study.set_user_attr("hessian_prior", {"configs": len(pr.allocations),
                                           "seconds": pr.seconds})
     if progress:

@@ -1,0 +1,223 @@
+"""Hessian-aware allocation: Hutchinson traces vs the exact Hessian, sensitivities, the exact
+cost table, the ILP against brute force, the budget sweep and the Optuna prior."""
+
+import itertools
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hetq.cost import cost
+from hetq.models import build
+from hetq.quant import get_quantizer
+from hetq.quant.convert import quantize_model
+from hetq.search.build import build_candidate
+from hetq.search.hessian import (
+    CostTable,
+    allocate,
+    cost_table,
+    hessian_prior,
+    hessian_traces,
+    sensitivities,
+    sweep,
+    top_eigenvalue,
+)
+from hetq.search.space import SearchSpace
+
+
+def _tiny():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(64, 4)
+    y = torch.randint(0, 3, (64,))
+    return m, x, y
+
+
+def _exact_param_trace(m, x, y, name):
+    p = dict(m.named_parameters())[name]
+
+    def f(w):
+        return F.cross_entropy(torch.func.functional_call(m, {name: w}, (x,)), y)
+    h = torch.autograd.functional.hessian(f, p.detach())
+    return float(h.reshape(p.numel(), p.numel()).diagonal().sum()) / p.numel()
+
+
+def _exact_activation_trace(m, x, y):
+    """Per sample and element: tr(H w.r.t. the ReLU output of the batch-mean loss) / numel x N."""
+    a = torch.relu(m[0](x)).detach()
+    h = torch.autograd.functional.hessian(lambda a: F.cross_entropy(m[2](a), y), a)
+    return float(h.reshape(a.numel(), a.numel()).diagonal().sum()) / a.numel() * len(x)
+
+
+def test_hutchinson_matches_exact_trace_within_5_percent():
+    m, x, y = _tiny()
+    tr = hessian_traces(m, F.cross_entropy, (x, y), tol=1e-6, max_iter=1500, seed=0)
+    assert tr.iterations == 1500 and not tr.converged
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert tr.params[name] == pytest.approx(_exact_param_trace(m, x, y, name), rel=0.05)
+    assert tr.activations["1"] == pytest.approx(_exact_activation_trace(m, x, y), rel=0.05)
+    # two half batches estimate the same traces (losses averaged by batch size)
+    halves = [(x[:32], y[:32]), (x[32:], y[32:])]
+    tr2 = hessian_traces(m, F.cross_entropy, halves, tol=1e-6, max_iter=1000, seed=1,
+                         activations=False)
+    for name in tr.params:
+        assert tr2.params[name] == pytest.approx(_exact_param_trace(m, x, y, name), rel=0.05)
+    assert m.training  # mode restored
+
+
+def test_traces_stop_at_tolerance_and_reject_quantized_models():
+    m, x, y = _tiny()
+    m[0].bias.requires_grad_(False)  # frozen tensors are traced too, and left frozen
+    tr = hessian_traces(m, F.cross_entropy, (x, y), tol=0.05, min_iter=5, max_iter=500)
+    assert tr.converged and 5 <= tr.iterations < 500
+    assert tr.params["0.bias"] > 0 and not m[0].bias.requires_grad and m[0].weight.requires_grad
+    with pytest.raises(ValueError, match="no modules named"):
+        hessian_traces(m, F.cross_entropy, (x, y), activations=["relu9"])
+    q = quantize_model(m, {"0": {"kernel": "quantized_bits(4,0,1)"}})
+    with pytest.raises(ValueError, match="float model; layer '0' is quantized"):
+        hessian_traces(q, F.cross_entropy, (x, y))
+
+
+def test_top_eigenvalue_matches_exact():
+    m, x, y = _tiny()
+    p = dict(m.named_parameters())["2.weight"]
+
+    def f(w):
+        return F.cross_entropy(torch.func.functional_call(m, {"2.weight": w}, (x,)), y)
+    h = torch.autograd.functional.hessian(f, p.detach()).reshape(p.numel(), p.numel())
+    ev = torch.linalg.eigvalsh(h)
+    exact = float(ev[ev.abs().argmax()])
+    lam = top_eigenvalue(m, F.cross_entropy, (x, y), ["2.weight"], max_iter=500, tol=1e-8)
+    assert lam["2.weight"] == pytest.approx(exact, rel=1e-3)
+
+
+def test_sensitivity_is_trace_times_quantization_error():
+    m, x, y = _tiny()
+    space = SearchSpace(m, limit={"0": [["quantized_bits(2,0,1)", "quantized_bits(6,0,1)"],
+                                        ["quantized_bits(8,3,1)"]],
+                                  "1": [["quantized_relu(3,1)", "quantized_relu(8,2)"]]})
+    tr = hessian_traces(m, F.cross_entropy, (x, y), max_iter=50)
+    om = sensitivities(space, m, tr, (x, y))
+    assert set(om) == {"0/kernel", "1/activation"}
+    w = m[0].weight.detach()
+    for spec in ("quantized_bits(2,0,1)", "quantized_bits(6,0,1)"):
+        err = float(((get_quantizer(spec)(w) - w) ** 2).sum())
+        assert om["0/kernel"][spec] == pytest.approx(tr.params["0.weight"] * err, rel=1e-6)
+    z = m[0](x).detach()
+    for spec in ("quantized_relu(3,1)", "quantized_relu(8,2)"):
+        err = float(((get_quantizer(spec)(z) - torch.relu(z)) ** 2).sum()) / len(x)
+        assert om["1/activation"][spec] == pytest.approx(tr.activations["1"] * err, rel=1e-6)
+    # fewer bits, larger sensitivity
+    assert om["0/kernel"]["quantized_bits(2,0,1)"] > 10 * om["0/kernel"]["quantized_bits(6,0,1)"]
+
+
+# hand-checkable instance: 3 groups, costs in bits
+OMEGAS = {"a": {"a4": 1.0, "a8": 0.1}, "b": {"b2": 5.0, "b4": 2.0, "b8": 0.5},
+          "c": {"c1": 3.0, "c8": 0.0}}
+COSTS = {"a": {"a4": 4, "a8": 8}, "b": {"b2": 2, "b4": 4, "b8": 8}, "c": {"c1": 1, "c8": 8}}
+
+
+def _brute(omegas, cost_of, budget):
+    best = None
+    for combo in itertools.product(*[list(omegas[g]) for g in omegas]):
+        cfg = dict(zip(omegas, combo))
+        om = sum(omegas[g][c] for g, c in cfg.items())
+        if cost_of(cfg) <= budget and (best is None or om < best[0] - 1e-12):
+            best = (om, cfg)
+    return best[1]
+
+
+def test_ilp_hand_checkable_instance():
+    # budget 13: a4 + b8 + c1 (cost 4 + 8 + 1, Omega 1 + 0.5 + 3 = 4.5) beats a8 + b4 + c1
+    # (13, Omega 5.1) and a4 + b4 + c1 (9, Omega 6.0); c8 costs 7 more than c1 and needs 20
+    assert allocate(OMEGAS, COSTS, 13) == {"a": "a4", "b": "b8", "c": "c1"}
+    assert allocate(OMEGAS, COSTS, 7) == {"a": "a4", "b": "b2", "c": "c1"}
+    assert allocate(OMEGAS, COSTS, 24) == {"a": "a8", "b": "b8", "c": "c8"}
+    additive = CostTable(COSTS)
+    for budget in range(7, 26):
+        assert allocate(OMEGAS, COSTS, budget) == _brute(OMEGAS, additive, budget), budget
+
+
+def test_ilp_with_joint_cost_table_matches_brute_force():
+    # a product term (multiplier width = a bits x b bits) as the cost model has for a layer
+    bits = {"a4": 4, "a8": 8, "b2": 2, "b4": 4, "b8": 8}
+    table = CostTable({"a": {"a4": 0.0, "a8": 0.0}, "b": {"b2": 0.0, "b4": 0.0, "b8": 0.0},
+                      "c": {"c1": 1.0, "c8": 8.0}},
+                      [(("a", "b"), {(ca, cb): float(bits[ca] * bits[cb])
+                                     for ca in ("a4", "a8") for cb in ("b2", "b4", "b8")})])
+    assert table({"a": "a8", "b": "b4", "c": "c1"}) == 33.0
+    for budget in (9, 17, 20, 33, 40, 41, 48, 65, 72):
+        assert allocate(OMEGAS, table, budget) == _brute(OMEGAS, table, budget), budget
+
+
+def test_infeasible_budget_names_the_minimum_cost():
+    with pytest.raises(ValueError, match="minimum achievable cost is 7"):
+        allocate(OMEGAS, COSTS, 6.5)
+    with pytest.raises(ValueError, match="choices"):
+        allocate(OMEGAS, {"a": COSTS["a"], "b": COSTS["b"]}, 10)
+
+
+def test_sweep_is_a_front():
+    rng = np.random.default_rng(0)
+    omegas = {f"g{i}": {f"c{j}": float(rng.random()) for j in range(4)} for i in range(6)}
+    costs = {g: {c: float(rng.integers(1, 20)) for c in ch} for g, ch in omegas.items()}
+    front = sweep(omegas, costs, n=15)
+    assert len(front) >= 3
+    c = [a.cost for a in front]
+    o = [a.omega for a in front]
+    assert c == sorted(c) and all(o1 > o2 for o1, o2 in zip(o, o[1:]))
+    assert c[0] == sum(min(v.values()) for v in costs.values())  # the cheapest configuration
+    assert o[-1] == pytest.approx(sum(min(v.values()) for v in omegas.values()))
+    for a in front:
+        assert a.cost <= a.budget + 1e-9
+        assert a.omega == pytest.approx(sum(omegas[g][ch] for g, ch in a.params.items()))
+
+
+def test_cost_table_is_exact_on_the_jet_mlp():
+    f = build("jet_mlp")
+    space = SearchSpace(f)
+    rng = np.random.default_rng(1)
+    configs = [{p.name: p.choices[rng.integers(len(p.choices))] for p in space.params}
+               for _ in range(4)]
+    for goal, key in (("ebops", "ebops"), ("bits", "bits"), ("energy", "energy_pj")):
+        table = cost_table(space, f, goal, (16,), check=0)
+        for cfg in configs:
+            # eval mode: stochastic quantizers are deterministic (nonzero weight counts)
+            model = build_candidate(f, space.candidate(cfg)).eval()
+            true = cost(model, (16,)).summary()[key]
+            # energy_pj is truncated to whole pJ by the report
+            assert table(cfg) == pytest.approx(true, abs=1.0 if goal == "energy" else 1e-6)
+    # EBOPs of a weight layer depend on its kernel and its input's activation jointly
+    assert ("relu1/activation", "fc2/kernel") in [k for k, _ in table.joint] or \
+        ("relu1/activation", "fc2/kernel", "fc2/bias") in [k for k, _ in table.joint]
+
+
+def test_hessian_prior_gives_params_the_space_and_optuna_accept():
+    from hetq.data import get_dataset
+
+    data = get_dataset("jets-sim")
+    torch.manual_seed(0)
+    f = build("jet_mlp")
+    space = SearchSpace(f)
+    pr = hessian_prior(space, f, data, goal="ebops", n=6, samples=256, max_iter=30)
+    assert set(pr.seconds) == {"traces", "sensitivities", "costs", "ilp"}
+    assert pr.costs.max_error == 0.0
+    assert len(pr.allocations) >= 2
+    costs = [a.cost for a in pr.allocations]
+    omegas = [a.omega for a in pr.allocations]
+    assert costs == sorted(costs) and omegas == sorted(omegas, reverse=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for params in pr.params:
+        assert set(params) == {p.name for p in space.params}
+        study.enqueue_trial(params)
+    for params, model, a in zip(pr.params, pr.models(f), pr.allocations):
+        trial = study.ask(space.distributions())
+        assert trial.params == params
+        cand = space.suggest(trial)
+        assert cand.quant_config["fc2"]["kernel"] == params["fc2/kernel"]
+        # the models are ordinary hetq models costing what the ILP said
+        assert cost(model.eval(), (16,)).summary()["ebops"] == a.cost
