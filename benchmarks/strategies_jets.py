@@ -108,8 +108,9 @@ def main() -> None:
 
     if a.only in (None, "hessian"):
         t0 = time.time()
-        cfg = SearchConfig(**base, strategy="hessian", prior="hessian", prior_configs=16,
-                           trials=16, epochs=8)
+        # 24 ILP budgets, each configuration fine-tuned 30 epochs: about the budget
+        cfg = SearchConfig(**base, strategy="hessian", prior="hessian", prior_configs=24,
+                           trials=24, epochs=30)
         run_search(cfg, tmp / "hessian", progress=False)
         _, study = load_run(tmp / "hessian")
         pts, n = study_front(tmp / "hessian")

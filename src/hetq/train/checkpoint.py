@@ -38,6 +38,11 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
         "normalization": data.normalization() if data is not None else None,
         "task": task, "metrics": metrics or {}, **(extra or {}),
     }
+    return _write(path, ckpt)
+
+
+def _write(path: str | Path, ckpt: dict) -> Path:
+    """Atomic write: a temporary file next to `path`, then a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -55,12 +60,7 @@ def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict 
     ckpt = {"format": FORMAT, "hetq_version": __version__, "model": None, "module": model,
             "normalization": data.normalization() if data is not None else None,
             "task": task, "metrics": metrics or {}, **(extra or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return _write(path, ckpt)
 
 
 def read(path: str | Path) -> dict:
