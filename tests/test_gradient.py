@@ -102,3 +102,18 @@ def test_rejects_non_mlp():
     X, _ = data.tensors("train")
     with pytest.raises(ValueError, match="Linear/ReLU"):
         GradientBitsMLP(torch.nn.Sequential(torch.nn.Tanh()), X)
+
+
+def test_strategy_writes_loadable_front_checkpoints(tmp_path):
+    from hetq import load
+    from hetq.search.config import SearchConfig
+    from hetq.search.gradient import run_gradient_strategy
+
+    cfg = SearchConfig(data="synthetic", strategy="gradient", epochs=3, float_epochs=1,
+                       batch_size=256, beta0=1e-5, beta1=1e-3,
+                       model_kwargs={"n_in": 16, "n_out": 5})
+    rows = run_gradient_strategy(cfg, tmp_path, progress=False)
+    assert rows and all(r.ebops > 0 for r in rows)
+    data = get_dataset("synthetic")
+    m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
+    assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)
