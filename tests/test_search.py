@@ -225,3 +225,25 @@ def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
     s2 = optuna.create_study(storage=make_storage(None, tmp_path / "b"), study_name="b")
     with pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
         run_worker(s2, broken, budget=3)
+
+
+def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
+    # K=2 members per batch, a sampled sparsity per layer and a metric that only the full
+    # validation metrics carry: every trial completes with its own zeros and its stored weights
+    study = run_search(cfg(population=2, sparsity=[0.5, 0.75], metric="auc_mean",
+                           pruner="median"), tmp_path / "p", progress=False)
+    done = completed(study)
+    assert len(done) == 4
+    config, _ = load_run(tmp_path / "p")
+    data = build_context(config, tmp_path / "p", progress=False).data
+    for t in done:
+        assert 0.5 <= t.user_attrs["metrics"]["val"]["auc_mean"] <= 1.0
+        model = trial_model(tmp_path / "p", t.number)
+        wanted = t.user_attrs["candidate"]["sparsity"]
+        assert wanted and set(wanted.values()) <= {0.5, 0.75}
+        layers = dict(model.named_modules())
+        for name, s in wanted.items():
+            w = layers[name].weight
+            assert float((w == 0).float().mean()) == pytest.approx(s, abs=0.02)
+        assert evaluate(model, data, split="val")["auc_mean"] == pytest.approx(
+            t.user_attrs["metrics"]["val"]["auc_mean"], abs=1e-12)

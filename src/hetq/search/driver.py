@@ -195,14 +195,12 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
     """Trials in batches of `k`: ask k trials, train their candidates together as one
     population (`hetq.train.population`), tell k results. Members share one batch order
     (seed `config.seed`); a pruned member (per-epoch report to the study's pruner) leaves the
-    population at once. Returns the number of trials run."""
+    population at once; each member prunes to its own sampled sparsity with the schedule of
+    the sequential path. Returns the number of trials run."""
     from ..train import evaluate
     from ..train.population import fit_population
 
     cfg = ctx.config
-    if cfg.sparsity:
-        raise ValueError("--population does not support sparsity search yet; drop --sparsity "
-                         "or use --population 1")
     finish = make_objective(ctx).finish
     ran = 0
     while n_counted(study) < budget:
@@ -224,7 +222,8 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             return trials[j].should_prune()
 
         res = fit_population(models, ctx.data, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                             lr=[c.lr or cfg.lr for c in cands], seed=cfg.seed, report=report)
+                             lr=[c.lr or cfg.lr for c in cands], seed=cfg.seed, report=report,
+                             sparsity=[c.sparsity or None for c in cands], device=cfg.device)
         for t, c, m, r in zip(trials, cands, models, res):
             if r.stopped_by_report:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
