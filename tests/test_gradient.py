@@ -9,13 +9,16 @@ from hetq.data import get_dataset
 from hetq.export import IntegerModel
 from hetq.models import build
 from hetq.search.gradient import (
+    BetaController,
     FrontPoint,
     GradientBitsMLP,
     ParetoCheckpoints,
     _surrogate,
     beta_at,
+    ebops_target_at,
     to_hetq_model,
     train_gradient,
+    train_gradient_runs,
     weight_widths,
 )
 from hetq.train import evaluate
@@ -27,6 +30,24 @@ def test_beta_ramp_is_geometric():
     assert beta_at(100, 101, 1e-6, 1e-4) == pytest.approx(1e-4)
     assert beta_at(500, 101, 1e-6, 1e-4) == pytest.approx(1e-4)  # clamped
     assert beta_at(0, 1, 1e-6, 1e-4) == 1e-4
+
+
+def test_ebops_target_is_log_linear_in_two_legs():
+    t = [ebops_target_at(x, 1e5, 1e3, 1e2, 0.5) for x in (0, 0.25, 0.5, 0.75, 1.0, 1.5, -1)]
+    assert t == pytest.approx([1e5, 1e4, 1e3, 10 ** 2.5, 1e2, 1e2, 1e5])
+    assert ebops_target_at(0.3, 1e5, 1e3, 1e2, 0.0) == pytest.approx(10 ** (3 - 0.3))
+
+
+def test_beta_controller_integrates_log_error():
+    c = BetaController(1e-4, gain=0.1, hi=1e-3)
+    assert c.update(2000, 1000) == pytest.approx(1e-4 * 2 ** 0.1)  # above target: up
+    c2 = BetaController(1e-4, gain=0.1)
+    assert c2.update(250, 1000) == pytest.approx(1e-4 * 0.25 ** 0.1)  # below: down
+    for _ in range(1000):
+        c.update(1e6, 1)
+    assert c.beta == pytest.approx(1e-3)  # clamped at hi
+    with pytest.raises(ValueError, match="beta0=1.0"):
+        BetaController(1.0, hi=0.1)
 
 
 def test_pareto_checkpoints_keep_only_non_dominated():
@@ -97,6 +118,44 @@ def test_training_front_and_exact_export():
     assert 0 <= evaluate(m, data)["accuracy"] <= 1
 
 
+def test_controller_steers_ebops_to_the_target():
+    data, f = _small_setup()
+    _, res = train_gradient(f, data, epochs=30, batch_size=256, beta0=1e-5, lr=1e-2,
+                            bits_lr=0.05, target=(1500, 600), knee_time=0.3, gain=0.05,
+                            progress=False)
+    eb = [h["ebops"] for h in res.history]
+    assert eb[0] > 5000  # starts far above the knee (about 9,400 at f0 = 6)
+    last = sum(eb[-3:]) / 3
+    assert 600 / 1.6 < last < 600 * 1.6  # ends near the end target
+    assert any(p.ebops < 1000 for p in res.front)
+    with pytest.raises(ValueError, match="end <= knee"):
+        train_gradient(f, data, epochs=1, target=(100, 600), progress=False)
+
+
+def test_parallel_runs_merge_their_fronts():
+    data, f = _small_setup()
+    kw = dict(epochs=4, batch_size=256, beta0=1e-4, beta1=1e-2, bits_lr=0.05)
+    g, res = train_gradient_runs(f, data, runs=2, workers=2, progress=False, **kw)
+    assert {h["run"] for h in res.history} == {0, 1}
+    assert len(res.history) == 8
+    # run 0 is the same training as train_gradient with seed 0 (same batches, same steps)
+    _, alone = train_gradient(f, data, seed=0, progress=False, **kw)
+    assert [h["val_accuracy"] for h in res.history if h["run"] == 0] == pytest.approx(
+        [h["val_accuracy"] for h in alone.history], abs=0.02)
+    # the merged front is non-dominated, sorted, and its points convert exactly
+    eb = [p.ebops for p in res.front]
+    acc = [p.val_accuracy for p in res.front]
+    assert eb == sorted(eb) and all(a < b for a, b in zip(acc, acc[1:]))
+    X, _ = data.tensors("val")
+    for p in res.front:
+        g.load_state_dict(p.state)
+        assert g.ebops() == p.ebops
+        m = to_hetq_model(g, p.state)
+        assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(p.val_accuracy)
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        train_gradient_runs(f, data, runs=0)
+
+
 def test_rejects_non_mlp():
     data, _ = _small_setup()
     X, _ = data.tensors("train")
@@ -109,11 +168,18 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     from hetq.search.config import SearchConfig
     from hetq.search.gradient import run_gradient_strategy
 
+    # two runs in two processes, beta steered by the controller
     cfg = SearchConfig(data="synthetic", strategy="gradient", epochs=3, float_epochs=1,
-                       batch_size=256, beta0=1e-5, beta1=1e-3,
-                       model_kwargs={"n_in": 16, "n_out": 5})
+                       batch_size=256, beta0=1e-5, ebops_target=[20000, 5000],
+                       gradient_runs=2, model_kwargs={"n_in": 16, "n_out": 5})
     rows = run_gradient_strategy(cfg, tmp_path, progress=False)
     assert rows and all(r.ebops > 0 for r in rows)
+    assert {r.point.run for r in rows} <= {0, 1}
+    assert SearchConfig.load(tmp_path / "search.yaml").ebops_target == [20000, 5000]
+    with pytest.raises(ValueError, match="ebops_target"):
+        SearchConfig(ebops_target=[500, 2000])
+    with pytest.raises(ValueError, match="gradient_runs must be >= 1"):
+        SearchConfig(gradient_runs=0)
     data = get_dataset("synthetic")
     m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)

@@ -78,6 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beta0", type=float, default=1e-6,
                    help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
     s.add_argument("--beta1", type=float, default=1e-3)
+    s.add_argument("--ebops-target", type=float, nargs=2, metavar=("KNEE", "END"),
+                   help="gradient strategy: a controller steers beta so that EBOPs fall "
+                        "log-linearly to KNEE in the first 30%% of training, then to END "
+                        "(instead of the --beta0..--beta1 ramp)")
+    s.add_argument("--runs", type=int, default=1,
+                   help="gradient strategy: independent runs (seeds seed, seed+1, ...) in "
+                        "parallel processes, their fronts merged")
+    s.add_argument("--time-budget", type=float, default=None,
+                   help="gradient strategy: seconds of training per run (with --epochs as a cap)")
     s.add_argument("--population", type=int, default=1,
                    help="train trials in batches of K as one batched population (faster for "
                         "tiny models; single local worker)")
@@ -131,7 +140,8 @@ def _search(a) -> int:
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
         blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
         prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
-        population=a.population,
+        population=a.population, ebops_target=a.ebops_target, gradient_runs=a.runs,
+        time_budget=a.time_budget,
     )
     if a.strategy == "gradient":
         from .gradient import run_gradient_strategy

@@ -61,6 +61,9 @@ class SearchConfig:
     beta0: float = 1e-6  # gradient strategy: EBOPs penalty ramp
     beta1: float = 1e-3
     bits_lr: float | None = None
+    ebops_target: list[float] | None = None  # gradient: (knee, end) for the beta controller
+    gradient_runs: int = 1  # gradient: independent runs in parallel processes, fronts merged
+    time_budget: float | None = None  # gradient: seconds per run (None: --epochs decides)
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
@@ -70,7 +73,14 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "
                                  f"{', '.join(allowed)}")
-        for name in ("trials", "epochs", "batch_size", "population"):
+        if self.ebops_target is not None:
+            t = list(self.ebops_target)
+            if len(t) != 2 or not (0 < float(t[1]) <= float(t[0])):
+                raise ValueError(f"search ebops_target={self.ebops_target!r}; expected "
+                                 "[knee, end] with 0 < end <= knee")
+        if self.time_budget is not None and not float(self.time_budget) > 0:
+            raise ValueError(f"search time_budget must be > 0 seconds, got {self.time_budget!r}")
+        for name in ("trials", "epochs", "batch_size", "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
         if self.objective == "pareto" and self.sampler == "gp" and self.min_reduction:

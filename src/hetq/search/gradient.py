@@ -238,6 +238,7 @@ class FrontPoint:
     val_accuracy: float
     ebops: int
     state: dict = field(repr=False, default_factory=dict)
+    run: int = 0  # which training run (train_gradient_runs) produced it
 
 
 @dataclass
@@ -245,6 +246,7 @@ class GradientResult:
     front: list[FrontPoint]
     history: list[dict]
     seconds: float
+    interrupted: bool = False  # stopped by Ctrl-C: the front holds what was reached
 
 
 def beta_at(step: int, total: int, beta0: float, beta1: float) -> float:
@@ -274,10 +276,50 @@ class ParetoCheckpoints:
         return True
 
 
+def ebops_target_at(frac: float, start: float, knee: float, end: float,
+                    knee_time: float) -> float:
+    """The EBOPs target of the controller at `frac` (0..1) of training: log-linear from
+    `start` to `knee` over the first `knee_time` of training, then from `knee` to `end`."""
+    frac = min(max(frac, 0.0), 1.0)
+    if knee_time > 0 and frac < knee_time:
+        a, b, t = start, knee, frac / knee_time
+    else:
+        a, b = knee, end
+        t = 1.0 if knee_time >= 1 else (frac - knee_time) / (1.0 - knee_time)
+    return math.exp(math.log(a) + (math.log(b) - math.log(a)) * t)
+
+
+class BetaController:
+    """Drives beta so that the model's EBOPs follow a target (HGQ2's BetaPID does this with a
+    PID; this is an integral controller in log space): after each step
+    log(beta) += gain * (log(EBOPs) - log(target)), so beta grows while the model is above
+    its target and shrinks below it. Training then spends its time where the target says,
+    instead of where a fixed ramp happens to put the model."""
+
+    def __init__(self, beta0: float, gain: float = 0.005, lo: float = 1e-9, hi: float = 1.0):
+        if not (lo <= beta0 <= hi):
+            raise ValueError(f"beta0={beta0} is outside the controller's range [{lo}, {hi}]")
+        if gain <= 0:
+            raise ValueError(f"gain must be > 0, got {gain}")
+        self.log_beta, self.gain = math.log(beta0), gain
+        self.lo, self.hi = math.log(lo), math.log(hi)
+
+    @property
+    def beta(self) -> float:
+        return math.exp(self.log_beta)
+
+    def update(self, ebops: float, target: float) -> float:
+        err = math.log(max(ebops, 1.0)) - math.log(max(target, 1.0))
+        self.log_beta = min(max(self.log_beta + self.gain * err, self.lo), self.hi)
+        return self.beta
+
+
 def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
                    lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
                    bits_lr: float | None = None, per_neuron: bool = True, seed: int = 0,
                    time_budget: float | None = None,
+                   target: tuple[float, float] | None = None, knee_time: float = 0.3,
+                   gain: float = 0.005,
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
 
@@ -285,6 +327,11 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     after about 1/bits_lr steps, so short runs want a larger one.
     time_budget: seconds; training stops when it is spent (or after `epochs`), and beta is
     then ramped over the budget's wall time instead of over the steps.
+    target: None ramps beta geometrically from beta0 to beta1. (knee, end) instead lets a
+    `BetaController` (starting at beta0, with `gain`) steer the EBOPs along
+    `ebops_target_at`: from the initial model's EBOPs down to `knee` in the first
+    `knee_time` of training, then down to `end` in the rest, so the front between knee and
+    end gets most of the training.
     """
     from tqdm import tqdm
 
@@ -294,6 +341,12 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not (0 < beta0 <= beta1):
         raise ValueError(f"need 0 < beta0 <= beta1, got beta0={beta0}, beta1={beta1}")
+    if target is not None:
+        knee, end = (float(v) for v in target)
+        if not (0 < end <= knee):
+            raise ValueError(f"target=(knee, end) needs 0 < end <= knee, got {target}")
+        if not (0.0 <= knee_time < 1.0):
+            raise ValueError(f"knee_time must be in [0, 1), got {knee_time}")
     torch.manual_seed(seed)
     task = Classify()
     Xtr, ytr = _split_tensors(data, "train", task, "cpu")
@@ -301,8 +354,12 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron)
     fs = [p for n, p in model.named_parameters() if n.endswith(".f") or n == "f"]
     ws = [p for n, p in model.named_parameters() if not (n.endswith(".f") or n == "f")]
-    opt = torch.optim.Adam([{"params": ws, "lr": lr},
-                            {"params": fs, "lr": bits_lr if bits_lr is not None else lr}])
+    groups = [{"params": ws, "lr": lr},
+              {"params": fs, "lr": bits_lr if bits_lr is not None else lr}]
+    try:  # the fused CPU kernel (torch >= 2.4) makes a step of this small model ~15% faster
+        opt = torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(seed)
     n = len(Xtr)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -312,35 +369,122 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     t0 = time.time()
     bar = tqdm(range(epochs), disable=not progress, desc="gradient bits", unit="epoch")
     step = 0
-    for ep in bar:
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        beta = beta0
-        for s in range(steps_per_epoch):
-            idx = perm[s * batch_size:(s + 1) * batch_size]
-            if time_budget is not None:  # the ramp follows the clock: it ends with the budget
-                frac = min((time.time() - t0) / time_budget, 1.0)
-                beta = beta0 * (beta1 / beta0) ** frac
-            else:
-                beta = beta_at(step, total, beta0, beta1)
-            loss = F.cross_entropy(model(Xtr[idx]), ytr[idx]) + beta * model.soft_ebops()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        for m in model.modules():
-            if isinstance(m, _ActQ):
-                m.reset_range()
+    ctl = BetaController(beta0, gain) if target is not None else None
+    start = float(model.ebops()) if target is not None else 0.0
+    interrupted = False
+    try:
+        for ep in bar:
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            beta = beta0
+            for s in range(steps_per_epoch):
+                idx = perm[s * batch_size:(s + 1) * batch_size]
+                # progress through training: by the clock (the ramp ends with the budget) or steps
+                frac = (min((time.time() - t0) / time_budget, 1.0) if time_budget is not None
+                        else step / max(total - 1, 1))
+                if ctl is not None:
+                    beta = ctl.beta
+                elif time_budget is not None:
+                    beta = beta0 * (beta1 / beta0) ** frac
+                else:
+                    beta = beta_at(step, total, beta0, beta1)
+                soft = model.soft_ebops()
+                loss = F.cross_entropy(model(Xtr[idx]), ytr[idx]) + beta * soft
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ctl is not None:
+                    goal = ebops_target_at(frac, start, knee, end, knee_time)
+                    ctl.update(float(soft.detach()), goal)
+                step += 1
+            for m in model.modules():
+                if isinstance(m, _ActQ):
+                    m.reset_range()
+            model.eval()
+            with torch.no_grad():
+                acc = float((model(Xva).argmax(1) == yva).float().mean())
+            eb = model.ebops()
+            history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
+            keeper.offer(FrontPoint(ep, beta, acc, eb), model)
+            bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
+            if time_budget is not None and time.time() - t0 > time_budget:
+                break
+    except KeyboardInterrupt:  # keep what was reached: the front so far is returned
+        interrupted = True
         model.eval()
-        with torch.no_grad():
-            acc = float((model(Xva).argmax(1) == yva).float().mean())
-        eb = model.ebops()
-        history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
-        keeper.offer(FrontPoint(ep, beta, acc, eb), model)
-        bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
-        if time_budget is not None and time.time() - t0 > time_budget:
-            break
-    return model, GradientResult(keeper.points, history, time.time() - t0)
+    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
+
+
+def _one_run(float_model, data, threads: int, kwargs: dict):
+    """A worker process's training (top level: spawned processes import it)."""
+    torch.set_num_threads(threads)
+    _, res = train_gradient(float_model, data, progress=False, **kwargs)
+    return res
+
+
+def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
+                        workers: int | None = None, seed: int = 0, progress: bool = True,
+                        **kwargs) -> tuple[GradientBitsMLP, GradientResult]:
+    """`runs` independent `train_gradient` runs (seeds seed, seed + 1, ...) in `workers`
+    processes at once, one torch thread each (default: one process per run, at most one per
+    CPU core), their fronts merged into one. For this model size one thread per process runs
+    about as many epochs as two threads in one, so two cores give two runs in the time of
+    one, and runs differ enough (a run can lose a region of the front) that the merged front
+    is better than either. kwargs: as `train_gradient` (time_budget applies to each run).
+    Returns a model to use with `to_hetq_model` and the merged result (each point's `run`
+    says where it came from; the history entries carry "run" too).
+    Ctrl-C stops every run; the fronts reached so far are merged and returned."""
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    workers = workers or min(runs, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if runs == 1 and workers == 1:
+        return train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    float_model = copy.deepcopy(float_model).cpu()
+    t0 = time.time()
+    results: dict[int, GradientResult] = {}
+    budget = kwargs.get("time_budget")
+    bar = tqdm(total=runs, disable=not progress, unit="run",
+               desc=f"gradient bits: {runs} runs in {workers} processes"
+                    + (f", {budget:.0f} s each" if budget else ""))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futs = {pool.submit(_one_run, float_model, data, threads,
+                            {**kwargs, "seed": seed + r}): r for r in range(runs)}
+        pending = set(futs)
+        interrupted = False
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:  # the workers got it too: they return their fronts
+                interrupted = True
+                continue
+            for fut in done:
+                results[futs[fut]] = fut.result()
+                bar.update(1)
+            bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
+    bar.close()
+    keeper = ParetoCheckpoints()
+    history = []
+    for r in sorted(results):
+        for p in results[r].front:
+            p.run = r
+            keeper.offer(p)
+        history += [{**h, "run": r} for h in results[r].history]
+    Xtr, _ = data.tensors("train")
+    model = GradientBitsMLP(float_model, torch.as_tensor(Xtr), f0=kwargs.get("f0", 6.0),
+                            per_neuron=kwargs.get("per_neuron", True))
+    if keeper.points:
+        model.load_state_dict(keeper.points[-1].state)
+    interrupted = interrupted or any(res.interrupted for res in results.values())
+    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
 
 
 # -- conversion to an ordinary hetq model ------------------------------------------------------
@@ -438,10 +582,15 @@ def run_gradient_strategy(config, out, progress: bool = True,
     config.save(out / "search.yaml")
     ctx = build_context(config, out, progress)
     t0 = time.time()
-    g, res = train_gradient(ctx.float_model, ctx.data, epochs=config.epochs,
-                            batch_size=config.batch_size, lr=config.lr, beta0=config.beta0,
-                            beta1=config.beta1, bits_lr=config.bits_lr, seed=config.seed,
-                            time_budget=time_budget, progress=progress)
+    budget = time_budget if time_budget is not None else config.time_budget
+    target = tuple(config.ebops_target) if config.ebops_target else None
+    g, res = train_gradient_runs(
+        ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
+        batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
+        bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
+        progress=progress)
+    if res.interrupted:
+        print("gradient strategy: interrupted; saving the front reached so far")
     rows = []
     shape = ctx.data.input_shape
     for k, p in enumerate(res.front):
