@@ -186,10 +186,63 @@ def test_resize_model_keeps_overlap_of_float_weights():
     from hetq.models.resize import resize_model
 
     m = mlp()
-    r = resize_model(m, {"fc1": 0.5, "fc2": 2.0})
+    r = resize_model(m, {"fc1": 0.5, "fc2": 2.0}, keep="first")
     assert r.fc1.out_features == 32 and r.fc2.in_features == 32 and r.fc2.out_features == 64
     assert r.fc3.in_features == 64 and r.output.out_features == 5
     assert torch.equal(r.fc1.weight, m.fc1.weight[:32])
     assert torch.equal(r.fc2.weight[:32, :32], m.fc2.weight[:, :32])
     assert r(torch.randn(3, 16)).shape == (3, 5)
     assert m.fc1.out_features == 64  # the original is untouched
+
+
+def test_resize_model_keeps_the_most_important_units():
+    import torch
+
+    from hetq.models.resize import resize_model
+
+    torch.manual_seed(0)
+    m = mlp()
+    dead = torch.arange(0, 64, 2)  # every other fc1 unit: no input, no bias -> always 0
+    with torch.no_grad():
+        m.fc1.weight[dead] = 0
+        m.fc1.bias[dead] = 0
+    r = resize_model(m, {"fc1": 0.5})
+    live = torch.arange(1, 64, 2)
+    assert torch.equal(r.fc1.weight, m.fc1.weight[live])
+    assert torch.equal(r.fc2.weight, m.fc2.weight[:, live])
+    x = torch.randn(50, 16)
+    assert torch.allclose(r(x), m(x), atol=1e-6)  # only dead units were dropped
+    # a next layer that ignores some units makes them unimportant too
+    m2 = mlp()
+    with torch.no_grad():
+        m2.fc3.weight[:, :16] = 0  # fc2 units 0..15 feed nothing
+    r2 = resize_model(m2, {"fc2": 0.5})
+    assert torch.equal(r2.fc2.weight, m2.fc2.weight[16:])
+    assert torch.allclose(r2(x), m2(x), atol=1e-6)
+    with pytest.raises(ValueError, match="keep="):
+        resize_model(m, {"fc1": 0.5}, keep="random")
+
+
+def test_resize_conv_to_dense_selects_channel_columns():
+    import torch
+    from torch import nn
+
+    from hetq.models.resize import resize_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential()
+    m.add_module("conv", nn.Conv2d(2, 4, 3, padding=1))
+    m.add_module("bn", nn.BatchNorm2d(4))
+    m.add_module("relu", nn.ReLU())
+    m.add_module("flat", nn.Flatten())
+    m.add_module("fc", nn.Linear(4 * 3 * 3, 5))
+    m.eval()
+    with torch.no_grad():
+        m.conv.weight[[0, 2]] = 0
+        m.conv.bias[[0, 2]] = 0
+        m.bn.running_mean[[0, 2]] = 0
+        m.bn.bias[[0, 2]] = 0
+    r = resize_model(m, {"conv": 0.5}).eval()
+    assert r.conv.out_channels == 2 and r.bn.num_features == 2 and r.fc.in_features == 18
+    x = torch.randn(4, 2, 3, 3)
+    assert torch.allclose(r(x), m(x), atol=1e-5)
