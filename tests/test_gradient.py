@@ -91,6 +91,13 @@ def test_ebops_soft_matches_exact_at_integer_f():
     g = GradientBitsMLP(f, X, f0=4.0)
     assert g.ebops() == int(round(float(g.soft_ebops().detach())))
     assert g.ebops() > 0
+    # without the weights' sign bit: one bit less per nonzero weight, times its input width
+    lower = 0
+    for d, src in g._inputs():
+        bx = src.widths()
+        bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
+        lower += float(((d.qweight() != 0).float() * bx.unsqueeze(0)).sum())
+    assert g.ebops(weight_sign=False) == g.ebops() - int(round(lower))
 
 
 def test_training_front_and_exact_export():

@@ -217,15 +217,18 @@ class GradientBitsMLP(nn.Module):
         return total
 
     @torch.no_grad()
-    def ebops(self) -> int:
-        """Exact EBOPs of the rounded model."""
+    def ebops(self, weight_sign: bool = True) -> int:
+        """Exact EBOPs of the rounded model. weight_sign=False leaves out the weights' sign
+        bit, as HGQ1 counts (`kernel_bw`: "negative sign not considered for kernel"), for
+        comparing with figures measured that way; hetq's own count includes it."""
         total = 0.0
+        sign = 1.0 if weight_sign else 0.0
         for d, src in self._inputs():
             bx = src.widths()
             bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
             q = d.qweight()
             i = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
-            w = (q != 0).double() * F.relu(i + _round_f(d.f) + 1.0).double()
+            w = (q != 0).double() * F.relu(i + _round_f(d.f) + sign).double()
             total += float((w * bx.double().unsqueeze(0)).sum())
         return int(round(total))
 
