@@ -49,8 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", help="YAML file with the `limit` map (spec §5.3)")
     s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
-    s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"])
-    s.add_argument("--tune-filters-exceptions", default=None)
+    s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
+                   help="also search widths: one multiplier per layer, or one per block")
+    s.add_argument("--width-multipliers", type=float, nargs="+", default=None,
+                   help="width choices (default 0.5 0.75 1 1.5 2)")
+    s.add_argument("--tune-filters-exceptions", default=None,
+                   help="regex of layers whose width stays (the output layer always does)")
     s.add_argument("--sparsity", type=float, nargs="*", default=None,
                    help="searchable pruning fractions, e.g. 0 0.25 0.5")
     s.add_argument("--learning-rates", type=float, nargs="*", default=None)
@@ -136,6 +140,7 @@ def _search(a) -> int:
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
         float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
         quantization_config=qc, tune_filters=a.tune_filters,
+        **({"width_multipliers": a.width_multipliers} if a.width_multipliers else {}),
         tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
         blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
