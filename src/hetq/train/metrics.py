@@ -38,20 +38,31 @@ def tpr_at_fpr(scores, labels, fpr_target: float = 1e-2) -> float:
     return float(np.interp(fpr_target, fpr, tpr))
 
 
-def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str],
-                           fpr: float = 1e-2) -> dict[str, float]:
-    """accuracy, per-class one-vs-rest AUC and TPR at `fpr`, and their means."""
-    out = {"accuracy": float((probs.argmax(1) == y).mean())}
+def per_class_metrics(column, y: np.ndarray, classes: list[str],
+                      fpr: float = 1e-2) -> dict[str, float]:
+    """Per-class one-vs-rest AUC and TPR at `fpr`, and their means. column(k, labels) gives
+    class k's scores and its 0/1 labels, in any (the same) order; classes absent from y or
+    covering all of it are left out."""
+    out = {}
     aucs, tprs = [], []
     for k, c in enumerate(classes):
         lab = y == k
         if lab.all() or not lab.any():
             continue
-        a, t = auc(probs[:, k], lab), tpr_at_fpr(probs[:, k], lab, fpr)
+        s, ls = column(k, lab)
+        a, t = auc(s, ls), tpr_at_fpr(s, ls, fpr)
         out[f"auc_{c}"], out[f"tpr@fpr={fpr:g}_{c}"] = a, t
         aucs.append(a)
         tprs.append(t)
     if aucs:
         out["auc_mean"] = float(np.mean(aucs))
         out[f"tpr@fpr={fpr:g}_mean"] = float(np.mean(tprs))
+    return out
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str],
+                           fpr: float = 1e-2) -> dict[str, float]:
+    """accuracy, per-class one-vs-rest AUC and TPR at `fpr`, and their means."""
+    out = {"accuracy": float((probs.argmax(1) == y).mean())}
+    out.update(per_class_metrics(lambda k, lab: (probs[:, k], lab), y, classes, fpr))
     return out

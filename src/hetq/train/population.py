@@ -59,7 +59,7 @@ from torch import nn
 from ..quant.base import Activation, Quantizer
 from ..quant.layers import QActivation, QDense
 from .loop import TrainResult, _split_tensors, resolve_device
-from .metrics import auc, classification_metrics, tpr_at_fpr
+from .metrics import classification_metrics, per_class_metrics
 from .tasks import Classify
 
 __all__ = ["MemberResult", "Population", "extract", "fit_population"]
@@ -875,18 +875,7 @@ def _classification_metrics(probs: torch.Tensor, y: np.ndarray, classes: list[st
     out = []
     for r in range(probs.shape[0]):
         m = {"accuracy": float((pred[r] == y).mean())}
-        aucs, tprs = [], []
-        for k, c in enumerate(classes):
-            lab = y == k
-            if lab.all() or not lab.any():
-                continue
-            s, ls = values[r, k], lab[order[r, k]]
-            a, t = auc(s, ls), tpr_at_fpr(s, ls, fpr)
-            m[f"auc_{c}"], m[f"tpr@fpr={fpr:g}_{c}"] = a, t
-            aucs.append(a)
-            tprs.append(t)
-        if aucs:
-            m["auc_mean"] = float(np.mean(aucs))
-            m[f"tpr@fpr={fpr:g}_mean"] = float(np.mean(tprs))
+        m.update(per_class_metrics(lambda k, lab, r=r: (values[r, k], lab[order[r, k]]),
+                                   y, classes, fpr))
         out.append(m)
     return out
