@@ -5,8 +5,8 @@
 1. Optuna TPE (multi-objective accuracy / EBOPs), trials until the budget is spent;
 2. Hessian traces + ILP sweep, each configuration fine-tuned with QAT;
 3. gradient bit-widths (HGQ style): two trainings in two processes (one per core), beta
-   steered by a controller so that EBOPs fall to 3,000 in the first 30% of the budget and
-   then to 500 (`--ramp`: a fixed geometric beta ramp instead), fronts merged.
+   ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
+   (`--ebops-target KNEE END`: the beta controller instead).
 
 Each strategy's budget includes training the float model. Prints each front as (test
 accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
@@ -90,13 +90,12 @@ def main() -> None:
     ap.add_argument("--float-epochs", type=int, default=30)
     ap.add_argument("--beta0", type=float, default=1e-5)
     ap.add_argument("--beta1", type=float, default=1e-3)
-    ap.add_argument("--lr", type=float, default=2e-2,
+    ap.add_argument("--lr", type=float, default=1e-2,
                     help="gradient strategy: learning rate of weights and bit-widths")
-    ap.add_argument("--ebops-target", type=float, nargs=2, default=[3000, 500],
+    ap.add_argument("--ebops-target", type=float, nargs=2, default=None,
                     metavar=("KNEE", "END"),
-                    help="gradient strategy: the beta controller's EBOPs target")
-    ap.add_argument("--ramp", action="store_true",
-                    help="gradient strategy: ramp beta from --beta0 to --beta1 instead")
+                    help="gradient strategy: steer beta with the controller towards this EBOPs "
+                         "target (e.g. 3000 500, with --lr 2e-2) instead of the ramp")
     ap.add_argument("--runs", type=int, default=2,
                     help="gradient strategy: runs in parallel processes (one per core)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
@@ -138,7 +137,7 @@ def main() -> None:
         g, res = train_gradient_runs(
             f, data, runs=a.runs, epochs=1_000_000, beta0=a.beta0, beta1=a.beta1, lr=a.lr,
             bits_lr=a.lr, time_budget=left, progress=False,
-            target=None if a.ramp else tuple(a.ebops_target))
+            target=tuple(a.ebops_target) if a.ebops_target else None)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:
