@@ -8,8 +8,9 @@
    units); prints the best model and the Pareto table;
 3. NSGA-II (accuracy, energy) search and its front;
 4. trials per hour of each run (AutoQKeras measured 454 trials/hour here for orientation).
-5. the best-score trial fine-tuned --retrain-epochs more epochs (`hetq retrain`), as the
-   paper trains the model it picks.
+5. the best-score trial fine-tuned --retrain-epochs more epochs (`hetq retrain`); with
+   AutoQKeras the chosen model must be trained after the search anyway (it returns an
+   untrained rebuild).
 Target: a model with <= 1/4 of Q6's energy within 1 point of float accuracy.
 
     python benchmarks/search_jets.py [--trials 40] [--epochs 10] [--out runs/bench_search]
@@ -46,8 +47,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3,
                    help="learning rate of the float reference, Q6 and the trials")
     p.add_argument("--retrain-epochs", type=int, default=30,
-                   help="fine-tune the best-score trial this many epochs after the search, as "
-                        "the paper trains its chosen model (0: skip)")
+                   help="fine-tune the best-score trial this many epochs after the search "
+                        "(AutoQKeras users must train the model it returns anyway; 0: skip)")
     p.add_argument("--population", type=int, default=1,
                    help="train trials in batches of K (hetq.train.population)")
     p.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"],
