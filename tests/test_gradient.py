@@ -163,6 +163,26 @@ def test_parallel_runs_merge_their_fronts():
         train_gradient_runs(f, data, runs=0)
 
 
+def test_ctrl_c_returns_the_front_reached(monkeypatch):
+    data, f = _small_setup()
+    calls = {"n": 0}
+    real = GradientBitsMLP.ebops
+
+    def ebops(self, *a, **k):  # the user presses Ctrl-C during the 4th epoch's measurement
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(GradientBitsMLP, "ebops", ebops)
+    g, res = train_gradient(f, data, epochs=50, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            progress=False)
+    assert res.interrupted
+    assert len(res.history) == 3  # three finished epochs, their front kept
+    assert res.front and all(p.state for p in res.front)
+    assert {p.epoch for p in res.front} <= {0, 1, 2}
+
+
 def test_rejects_non_mlp():
     data, _ = _small_setup()
     X, _ = data.tensors("train")
