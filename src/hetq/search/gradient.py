@@ -338,7 +338,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     """
     from tqdm import tqdm
 
-    from ..train.loop import Classify, _split_tensors
+    from ..train.loop import Classify, _train_val_tensors
 
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -352,8 +352,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             raise ValueError(f"knee_time must be in [0, 1), got {knee_time}")
     torch.manual_seed(seed)
     task = Classify()
-    Xtr, ytr = _split_tensors(data, "train", task, "cpu")
-    Xva, yva = _split_tensors(data, "val", task, "cpu")
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, "cpu")
     model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron)
     fs = [p for n, p in model.named_parameters() if n.endswith(".f") or n == "f"]
     ws = [p for n, p in model.named_parameters() if not (n.endswith(".f") or n == "f")]
@@ -421,8 +420,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
 def _one_run(float_model, data, threads: int, kwargs: dict):
     """A worker process's training (top level: spawned processes import it)."""
     torch.set_num_threads(threads)
-    _, res = train_gradient(float_model, data, progress=False, **kwargs)
-    return res
+    return train_gradient(float_model, data, progress=False, **kwargs)
 
 
 def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
@@ -453,7 +451,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     threads = max(1, (os.cpu_count() or 1) // workers)
     float_model = copy.deepcopy(float_model).cpu()
     t0 = time.time()
-    results: dict[int, GradientResult] = {}
+    results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
     budget = kwargs.get("time_budget")
     bar = tqdm(total=runs, disable=not progress, unit="run",
                desc=f"gradient bits: {runs} runs in {workers} processes"
@@ -477,16 +475,14 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     keeper = ParetoCheckpoints()
     history = []
     for r in sorted(results):
-        for p in results[r].front:
+        for p in results[r][1].front:
             p.run = r
             keeper.offer(p)
-        history += [{**h, "run": r} for h in results[r].history]
-    Xtr, _ = data.tensors("train")
-    model = GradientBitsMLP(float_model, torch.as_tensor(Xtr), f0=kwargs.get("f0", 6.0),
-                            per_neuron=kwargs.get("per_neuron", True))
+        history += [{**h, "run": r} for h in results[r][1].history]
+    model = results[min(results)][0]  # every run builds the same structure
     if keeper.points:
         model.load_state_dict(keeper.points[-1].state)
-    interrupted = interrupted or any(res.interrupted for res in results.values())
+    interrupted = interrupted or any(res.interrupted for _, res in results.values())
     return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
 
 

@@ -46,6 +46,15 @@ def _split_tensors(data, split, task, device):
         torch.from_numpy(np.ascontiguousarray(y)).to(device)
 
 
+def _train_val_tensors(data, task, device):
+    """(Xtr, ytr, Xva, yva) on `device`; an empty training split is an error."""
+    Xtr, ytr = _split_tensors(data, "train", task, device)
+    Xva, yva = _split_tensors(data, "val", task, device)
+    if Xtr.shape[0] == 0:
+        raise ValueError("the training split is empty")
+    return Xtr, ytr, Xva, yva
+
+
 @torch.no_grad()
 def predict_scores(model, X: torch.Tensor, task, batch_size: int = 8192):
     """Scores of `model` on X (eval mode), in batches."""
@@ -108,10 +117,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)
-    Xtr, ytr = _split_tensors(data, "train", task, dev)
-    Xva, yva = _split_tensors(data, "val", task, dev)
-    if Xtr.shape[0] == 0:
-        raise ValueError("the training split is empty")
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)

@@ -58,7 +58,7 @@ from torch import nn
 
 from ..quant.base import Activation, Quantizer
 from ..quant.layers import QActivation, QDense
-from .loop import TrainResult, _split_tensors, resolve_device
+from .loop import TrainResult, _train_val_tensors, resolve_device
 from .metrics import classification_metrics, per_class_metrics
 from .tasks import Classify
 
@@ -677,10 +677,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     task = task or Classify()
     dev = resolve_device(device)
     pop.to(dev)
-    Xtr, ytr = _split_tensors(data, "train", task, dev)
-    Xva, yva = _split_tensors(data, "val", task, dev)
-    if Xtr.shape[0] == 0:
-        raise ValueError("the training split is empty")
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
     classes = list(getattr(data, "classes", []))
     yva_np = yva.cpu().numpy()
     lr_tables = [_lr_table(v, epochs, schedule) for v in lrs]
