@@ -1,5 +1,6 @@
 """Gradient-based bit-widths: beta ramp, Pareto checkpoints, surrogate gradient, export."""
 
+import copy
 import math
 
 import pytest
@@ -16,6 +17,8 @@ from hetq.search.gradient import (
     _surrogate,
     beta_at,
     ebops_target_at,
+    polish,
+    polish_front,
     to_hetq_model,
     train_gradient,
     train_gradient_runs,
@@ -125,6 +128,45 @@ def test_training_front_and_exact_export():
     assert 0 <= evaluate(m, data)["accuracy"] <= 1
 
 
+def test_negative_activation_frac_bits_export_exactly():
+    """Neurons with grid steps of 2, 4, 8 (f < 0) are rescaled by powers of two on export:
+    integer == bits in the exported activation, weights scaled both sides, same outputs."""
+    data, f = _small_setup()
+    X, _ = data.tensors("train")
+    with torch.no_grad():  # large first-layer ranges: room for coarse steps
+        f[0].weight.mul_(32.0)
+        f[0].bias.mul_(32.0)
+    g = GradientBitsMLP(f, X, f0=4.0)
+    acts = [m for m in g.body if type(m).__name__ == "_ActQ"]
+    with torch.no_grad():
+        g.train()
+        g(X)  # track the activation ranges
+        acts[0].f.copy_(torch.tensor([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, -1.0, -2.0] * 2))
+        acts[1].f.copy_(torch.tensor([-2.0, 0.0, -1.0, 3.0, -1.0, -2.0, 0.0, 1.0]))
+        # the first layer's ranges are large enough that the rescaled neurons stay on
+        assert bool(((acts[0].integer + acts[0].f) >= 1).all())
+        assert int(((acts[1].integer + acts[1].f) >= 1).sum()) >= 4
+    g.eval()
+    eb = g.ebops()
+    m = to_hetq_model(g)
+    Xt, _ = data.tensors("test")
+    with torch.no_grad():
+        assert torch.equal(m(Xt), g(Xt))
+        # the hidden values are the same up to each neuron's power of two
+        h_g = g.body[1](g.body[0](g.inq(Xt)))
+        h_m = m[2](m[1](m[0](Xt)))
+        s = (-acts[0].f).clamp_min(0)
+        live = acts[0].integer + acts[0].f >= 1
+        assert torch.equal(h_m[:, live] * 2.0 ** s[live], h_g[:, live])
+    q = m[2].activation_quantizer
+    b, i = torch.as_tensor(q.bits), torch.as_tensor(q.integer)
+    assert bool((i[s > 0] == b[s > 0]).all())  # rescaled neurons: step 1
+    # negative f saves bits: width integer + f
+    assert torch.equal(acts[0].widths()[live], (acts[0].integer + acts[0].f)[live])
+    assert g.ebops() == eb == int(round(float(g.soft_ebops().detach())))
+    assert IntegerModel(m, (data.n_features,)).compare(Xt).exact
+
+
 def test_controller_steers_ebops_to_the_target():
     data, f = _small_setup()
     _, res = train_gradient(f, data, epochs=30, batch_size=256, beta0=1e-5, lr=1e-2,
@@ -144,6 +186,7 @@ def test_parallel_runs_merge_their_fronts():
     kw = dict(epochs=4, batch_size=256, beta0=1e-4, beta1=1e-2, bits_lr=0.05)
     g, res = train_gradient_runs(f, data, runs=2, workers=2, progress=False, **kw)
     assert {h["run"] for h in res.history} == {0, 1}
+    assert not any(p.polished for p in res.front)
     assert len(res.history) == 8
     # run 0 is the same training as train_gradient with seed 0 (same batches, same steps)
     _, alone = train_gradient(f, data, seed=0, progress=False, **kw)
@@ -161,6 +204,48 @@ def test_parallel_runs_merge_their_fronts():
         assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(p.val_accuracy)
     with pytest.raises(ValueError, match="runs must be >= 1"):
         train_gradient_runs(f, data, runs=0)
+
+
+def test_polish_keeps_the_bits_and_never_raises_ebops():
+    data, f = _small_setup()
+    g, res = train_gradient(f, data, epochs=6, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            bits_lr=0.05, progress=False)
+    X, _ = data.tensors("val")
+    gained = 0
+    for p in res.front:
+        q = polish(g, p, data, epochs=3, lr=3e-3)
+        if q is p:  # no epoch beat the point: it comes back unchanged
+            continue
+        gained += 1
+        assert q.polished and q.val_accuracy > p.val_accuracy and q.ebops <= p.ebops
+        a, b = copy.deepcopy(g), copy.deepcopy(g)
+        a.load_state_dict(p.state)
+        b.load_state_dict(q.state)
+        for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+            if n.endswith(".f") or n == "f":
+                assert torch.equal(x, y)  # frac bits frozen
+        for da, db in zip(a._inputs(), b._inputs()):
+            wa, wb = da[0].qweight().detach(), db[0].qweight().detach()
+            assert not bool(((wa == 0) & (wb != 0)).any())  # pruned weights stay pruned
+            ia = torch.floor(torch.log2(wa.abs().clamp_min(1e-30)))
+            ib = torch.floor(torch.log2(wb.abs().clamp_min(1e-30)))
+            assert bool((ib[wb != 0] <= ia[wb != 0]).all())  # no integer bit added
+            assert torch.equal(da[1].widths(), db[1].widths())  # activation/input widths
+        b.eval()
+        assert b.ebops() == q.ebops
+        m = to_hetq_model(g, q.state)
+        assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(q.val_accuracy)
+    assert gained >= 1
+    # polish_front: the original and polished points' Pareto front, cheapest polished first
+    front = polish_front(g, res.front, data, epochs=2, lr=3e-3, progress=False)
+    for k, p in enumerate(front):
+        assert not any(o.val_accuracy >= p.val_accuracy and o.ebops <= p.ebops
+                       for j, o in enumerate(front) if j != k)
+    assert any(p.polished for p in front)
+    assert polish_front(g, res.front, data, epochs=2, seconds=0.0, progress=False) == \
+        sorted(res.front, key=lambda p: p.ebops)  # no time: nothing polished
+    with pytest.raises(ValueError, match="polish epochs must be >= 1"):
+        polish(g, res.front[0], data, epochs=0)
 
 
 def test_ctrl_c_returns_the_front_reached(monkeypatch):
@@ -198,15 +283,19 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     # two runs in two processes, beta steered by the controller
     cfg = SearchConfig(data="synthetic", strategy="gradient", epochs=3, float_epochs=1,
                        batch_size=256, beta0=1e-5, ebops_target=[20000, 5000],
-                       gradient_runs=2, model_kwargs={"n_in": 16, "n_out": 5})
+                       gradient_runs=2, polish_epochs=2,
+                       model_kwargs={"n_in": 16, "n_out": 5})
     rows = run_gradient_strategy(cfg, tmp_path, progress=False)
     assert rows and all(r.ebops > 0 for r in rows)
+    assert any(r.point.polished for r in rows)  # polished in the runs' processes
     assert {r.point.run for r in rows} <= {0, 1}
     assert SearchConfig.load(tmp_path / "search.yaml").ebops_target == [20000, 5000]
     with pytest.raises(ValueError, match="ebops_target"):
         SearchConfig(ebops_target=[500, 2000])
     with pytest.raises(ValueError, match="gradient_runs must be >= 1"):
         SearchConfig(gradient_runs=0)
+    with pytest.raises(ValueError, match="polish_epochs must be >= 0"):
+        SearchConfig(polish_epochs=-1)
     data = get_dataset("synthetic")
     m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)

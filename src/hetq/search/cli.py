@@ -91,6 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "parallel processes, their fronts merged")
     s.add_argument("--time-budget", type=float, default=None,
                    help="gradient strategy: seconds of training per run (with --epochs as a cap)")
+    s.add_argument("--polish-epochs", type=int, default=10,
+                   help="gradient strategy: after training, fine-tune each front point's "
+                        "weights at its frozen bits for this many epochs (0: off)")
     s.add_argument("--population", type=int, default=1,
                    help="train trials in batches of K as one batched population (faster for "
                         "tiny models; single local worker)")
@@ -146,7 +149,7 @@ def _search(a) -> int:
         blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
         prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
         population=a.population, ebops_target=a.ebops_target, gradient_runs=a.runs,
-        time_budget=a.time_budget,
+        time_budget=a.time_budget, polish_epochs=a.polish_epochs,
     )
     if a.strategy == "gradient":
         from .gradient import run_gradient_strategy

@@ -64,6 +64,7 @@ class SearchConfig:
     ebops_target: list[float] | None = None  # gradient: (knee, end) for the beta controller
     gradient_runs: int = 1  # gradient: independent runs in parallel processes, fronts merged
     time_budget: float | None = None  # gradient: seconds per run (None: --epochs decides)
+    polish_epochs: int = 10  # gradient: fine-tune each front point at frozen bits (0: off)
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
@@ -83,6 +84,9 @@ class SearchConfig:
         for name in ("trials", "epochs", "batch_size", "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.polish_epochs) < 0:
+            raise ValueError(f"search polish_epochs must be >= 0 (0: off), got "
+                             f"{self.polish_epochs!r}")
         if self.objective == "pareto" and self.sampler == "gp" and self.min_reduction:
             pass  # GP supports constraints in multi-objective mode too
 

@@ -1,8 +1,9 @@
 """Gradient-based bit-widths (HGQ style): one training run yields a Pareto front.
 
 Every weight has its own trainable fractional bit count f (per weight), every input feature
-its own (per feature), every hidden activation layer one (per layer). Forward values use the
-rounded f; the gradient reaches f through a surrogate of the quantization error
+its own (per feature), every hidden neuron its own (per_neuron=False: one per layer), where
+f < 0 is allowed (grid steps of 2, 4, ... for neurons with a large range). Forward values use
+the rounded f; the gradient reaches f through a surrogate of the quantization error
 (d err / d f = -ln 2 * err, the error shrinking by half per extra bit). Integer bits come from
 the values (weights) or from tracked ranges (activations, inputs). The loss is
 cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
@@ -10,10 +11,12 @@ from `beta0` to `beta1` over training; a weight whose f drops below its magnitud
 rounds to zero and stops costing anything, so pruning is learned too.
 
 After every epoch a callback measures the exact (rounded) EBOPs and the validation accuracy
-and keeps each non-dominated (accuracy, EBOPs) state. `to_hetq_model` turns a state into an
+and keeps each non-dominated (accuracy, EBOPs) state. `polish` then fine-tunes a front point's
+weights at its frozen bits (its EBOPs can only fall). `to_hetq_model` turns a state into an
 ordinary hetq model: `QActivation(quantized_bits(bits=[...], integer=[...]))` for the inputs
 (per-feature tensors), `QDense` with per-weight tensor-valued `quantized_bits` kernels whose
-stored weights are the quantized ones, `quantized_relu(b, i)` activations. The integer engine
+stored weights are the quantized ones, `quantized_relu(b, i)` activations (neurons with f < 0
+rescaled by powers of two, so that integer <= bits). The integer engine
 and the QONNX export run it bit-exactly; hls4ml needs one input type (see `hetq.export.hls`).
 
 EBOPs here = sum over nonzero weights of (weight width) x (width of its input), biases
@@ -101,12 +104,15 @@ class _ActQ(nn.Module):
     """ReLU then an unsigned quantizer with trainable frac bits per neuron (or one per layer);
     integer bits from the tracked maximum of each neuron."""
 
+    F_MIN = -24.0  # only a bound against overflow: a neuron with integer + f <= 0 is off
+
     def __init__(self, n: int, f0: float, per_neuron: bool = True):
         super().__init__()
         shape = (n,) if per_neuron else ()
         self.f = nn.Parameter(torch.full(shape, float(f0)))
         self.register_buffer("max_seen", torch.zeros(shape))  # range used (last epoch's)
         self.register_buffer("epoch_max", torch.zeros(shape))  # range of the running epoch
+        self.frozen = False  # polishing: the range (so the integer bits) stays as it is
 
     def reset_range(self):
         """End of epoch (HGQ's ResetMinMax): the range becomes this epoch's maximum, so
@@ -121,19 +127,22 @@ class _ActQ(nn.Module):
 
     def forward(self, x):
         y = F.relu(x)
-        if self.training:
+        if self.training and not self.frozen:
             with torch.no_grad():
                 m = y.amax(dim=0) if self.max_seen.dim() else y.max()
                 self.max_seen.copy_(torch.maximum(self.max_seen, m))
                 self.epoch_max.copy_(torch.maximum(self.epoch_max, m))
-        fr = _round_f(self.f, 0.0)  # quantized_relu needs integer <= bits, i.e. f >= 0
+        # f may go below 0 (grid steps of 2, 4, ...: a neuron with a large range and little
+        # precision costs few bits); `to_hetq_model` rescales such neurons by powers of two
+        # so that the exported quantized_relu has integer <= bits
+        fr = _round_f(self.f, self.F_MIN)
         step = torch.pow(2.0, -fr)
         top = (torch.pow(2.0, self.integer) - step).clamp_min(0.0)
         q = torch.minimum(torch.round(y / step) * step, top)
         return _surrogate(y, q, self.f)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
-        f = self.f.clamp_min(0.0) if soft else _round_f(self.f, 0.0)
+        f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
         return F.relu(self.integer + f)
 
 
@@ -242,6 +251,7 @@ class FrontPoint:
     ebops: int
     state: dict = field(repr=False, default_factory=dict)
     run: int = 0  # which training run (train_gradient_runs) produced it
+    polished: bool = False  # weights fine-tuned at these bits after training (`polish`)
 
 
 @dataclass
@@ -417,6 +427,120 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
 
 
+def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
+           lr: float = 1e-3, batch_size: int = 1024, seed: int = 0,
+           deadline: float | None = None) -> FrontPoint:
+    """Fine-tune the weights of a front point with its bits frozen (frac bits, activation
+    ranges, which weights are zero, and no weight's integer bits may grow), so its EBOPs
+    can only fall; returns the epoch with the best validation accuracy as a new point
+    (`polished` True), or `point` itself when no epoch beat it. The beta ramp leaves the
+    weights of the cheap points tuned for the wider bits they had a moment earlier; a few
+    epochs at the final bits win back part of that. deadline: a `time.time()` after which
+    no new epoch starts. Ctrl-C returns the best reached so far."""
+    from ..train.loop import Classify, _train_val_tensors
+
+    if epochs < 1:
+        raise ValueError(f"polish epochs must be >= 1, got {epochs}")
+    torch.manual_seed(seed)
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, Classify(), "cpu")
+    g = copy.deepcopy(gmodel)
+    g.load_state_dict(point.state)
+    dense = [m for m in g.modules() if isinstance(m, _DenseQ)]
+    for prm in g.parameters():
+        prm.requires_grad_(False)
+    for m in g.modules():
+        if isinstance(m, _ActQ):
+            m.frozen = True
+    keep, lim = [], []
+    with torch.no_grad():
+        for d in dense:
+            d.weight.requires_grad_(True)
+            d.bias.requires_grad_(True)
+            q = d.qweight()
+            nz = q != 0
+            i0 = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
+            # |w| <= 2**i0 - 2**-f rounds to at most 2**i0 - 2**-f: integer bits stay <= i0
+            lim.append(torch.where(nz, torch.pow(2.0, i0) - torch.pow(2.0, -_round_f(d.f)),
+                                   torch.zeros_like(q)))
+            keep.append(nz)
+            d.weight.mul_(nz)
+    params = [t for d in dense for t in (d.weight, d.bias)]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(Xtr)
+    best, best_state = point.val_accuracy, None
+    try:
+        for _ in range(epochs):
+            if deadline is not None and time.time() >= deadline:
+                break
+            g.train()
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, batch_size):
+                idx = perm[s:s + batch_size]
+                loss = F.cross_entropy(g(Xtr[idx]), ytr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for d, nz, li in zip(dense, keep, lim):
+                        d.weight.mul_(nz)
+                        d.weight.copy_(torch.maximum(torch.minimum(d.weight, li), -li))
+            g.eval()
+            with torch.no_grad():
+                acc = float((g(Xva).argmax(1) == yva).float().mean())
+            if acc > best:
+                best, best_state = acc, copy.deepcopy(g.state_dict())
+    except KeyboardInterrupt:
+        pass
+    if best_state is None:
+        return point
+    g.load_state_dict(best_state)
+    return FrontPoint(point.epoch, point.beta, best, g.ebops(), best_state, point.run,
+                      polished=True)
+
+
+def _polish_one(gmodel, point, data, kwargs: dict):
+    """A worker process's polish (top level: spawned processes import it)."""
+    torch.set_num_threads(1)
+    return polish(gmodel, point, data, **kwargs)
+
+
+def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
+                 epochs: int = 10, lr: float = 1e-3, seconds: float | None = None,
+                 pool=None, progress: bool = True) -> list[FrontPoint]:
+    """`polish` each front point, cheapest first (in `pool`'s processes when given), until
+    `seconds` are spent; returns the Pareto front of the original and polished points."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from tqdm import tqdm
+
+    todo = sorted(points, key=lambda p: p.ebops)
+    deadline = None if seconds is None else time.time() + seconds
+    kw = dict(epochs=epochs, lr=lr, deadline=deadline)
+    keeper = ParetoCheckpoints()
+    for p in todo:
+        keeper.offer(p)
+    bar = tqdm(total=len(todo), disable=not progress, desc="polishing the front", unit="point")
+    try:
+        if pool is None:
+            for p in todo:
+                if deadline is not None and time.time() >= deadline:
+                    break
+                keeper.offer(polish(gmodel, p, data, **kw))
+                bar.update(1)
+        else:
+            pending = {pool.submit(_polish_one, gmodel, p, data, kw) for p in todo}
+            while pending:
+                done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    keeper.offer(fut.result())
+                    bar.update(1)
+    except KeyboardInterrupt:  # keep the points polished so far
+        pass
+    bar.close()
+    return keeper.points
+
+
 def _one_run(float_model, data, threads: int, kwargs: dict):
     """A worker process's training (top level: spawned processes import it)."""
     torch.set_num_threads(threads)
@@ -425,6 +549,8 @@ def _one_run(float_model, data, threads: int, kwargs: dict):
 
 def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                         workers: int | None = None, seed: int = 0, progress: bool = True,
+                        polish_epochs: int = 0, polish_lr: float = 1e-3,
+                        polish_time: float | None = None,
                         **kwargs) -> tuple[GradientBitsMLP, GradientResult]:
     """`runs` independent `train_gradient` runs (seeds seed, seed + 1, ...) in `workers`
     processes at once, one torch thread each (default: one process per run, at most one per
@@ -434,6 +560,9 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     is better than either. kwargs: as `train_gradient` (time_budget applies to each run).
     Returns a model to use with `to_hetq_model` and the merged result (each point's `run`
     says where it came from; the history entries carry "run" too).
+    polish_epochs > 0: afterwards `polish_front` fine-tunes the merged front's points at
+    their bits (Adam, `polish_lr`), cheapest first, in the same processes, for at most
+    `polish_time` seconds (None: every point).
     Ctrl-C stops every run; the fronts reached so far are merged and returned."""
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -441,16 +570,24 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
 
     from tqdm import tqdm
 
+    t0 = time.time()
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     workers = workers or min(runs, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if polish_epochs < 0:
+        raise ValueError(f"polish_epochs must be >= 0, got {polish_epochs}")
+    polish_kw = dict(epochs=polish_epochs, lr=polish_lr, seconds=polish_time,
+                     progress=progress)
     if runs == 1 and workers == 1:
-        return train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
+        model, res = train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
+        if polish_epochs and res.front and not res.interrupted:
+            res.front = polish_front(model, res.front, data, **polish_kw)
+            res.seconds = time.time() - t0
+        return model, res
     threads = max(1, (os.cpu_count() or 1) // workers)
     float_model = copy.deepcopy(float_model).cpu()
-    t0 = time.time()
     results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
     budget = kwargs.get("time_budget")
     bar = tqdm(total=runs, disable=not progress, unit="run",
@@ -471,19 +608,22 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 results[futs[fut]] = fut.result()
                 bar.update(1)
             bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
-    bar.close()
-    keeper = ParetoCheckpoints()
-    history = []
-    for r in sorted(results):
-        for p in results[r][1].front:
-            p.run = r
-            keeper.offer(p)
-        history += [{**h, "run": r} for h in results[r][1].history]
-    model = results[min(results)][0]  # every run builds the same structure
-    if keeper.points:
-        model.load_state_dict(keeper.points[-1].state)
-    interrupted = interrupted or any(res.interrupted for _, res in results.values())
-    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
+        bar.close()
+        keeper = ParetoCheckpoints()
+        history = []
+        for r in sorted(results):
+            for p in results[r][1].front:
+                p.run = r
+                keeper.offer(p)
+            history += [{**h, "run": r} for h in results[r][1].history]
+        model = results[min(results)][0]  # every run builds the same structure
+        interrupted = interrupted or any(res.interrupted for _, res in results.values())
+        front = keeper.points
+        if polish_epochs and front and not interrupted:
+            front = polish_front(model, front, data, pool=pool, **polish_kw)
+    if front:
+        model.load_state_dict(front[-1].state)
+    return model, GradientResult(front, history, time.time() - t0, interrupted)
 
 
 # -- conversion to an ordinary hetq model ------------------------------------------------------
@@ -494,7 +634,12 @@ def _int_bits_signed(v: torch.Tensor) -> torch.Tensor:
 
 
 def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequential:
-    """An ordinary hetq model computing exactly what `gmodel` (with `state`) computes."""
+    """An ordinary hetq model computing exactly what `gmodel` (with `state`) computes.
+
+    A hidden neuron whose frac bits went below 0 (grid step 2**s) is rescaled by powers of
+    two: its incoming weights and bias by 2**-s, its outgoing weights by 2**s, its
+    activation then has step 1 and integer == bits. Power-of-two scaling is exact, keeps
+    every weight's width, and the model's outputs are bit-identical."""
     from ..quant.fixed_point import quantized_bits, quantized_relu
     from ..quant.layers import QActivation, QDense
 
@@ -511,45 +656,68 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
     integer = torch.where(dead, torch.zeros_like(integer), integer)
     layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
-    first, dead_next = True, None
+    # pass 1: quantized values; dense entries [name, weights, frac bits, bias, bias frac]
+    # and activation entries [name, integer, frac bits, dead], a scalar pair per layer or
+    # one per neuron
+    items = []
     with torch.no_grad():
         for name, m in g.body.named_children():
             if isinstance(m, _DenseQ):
                 wq = m.qweight().detach().clone()
-                if first:
-                    wq[:, dead] = 0.0
-                    first = False
-                elif dead_next is not None:
-                    wq[:, dead_next] = 0.0
-                dead_next = None
-                frw = _round_f(m.f, -1.0)  # same values on the finer grid (bits >= integer)
+                items.append(["dense", name, wq, _round_f(m.f).clone(),
+                              m.qbias().detach().clone(), torch.zeros(wq.shape[0])])
+            else:
+                f = _round_f(m.f, m.F_MIN)
+                i = m.integer.clone()
+                if f.dim() == 0 and int(i + f) < 1:
+                    raise ValueError(f"{name}: activation with {int(i + f)} bits (all zero); "
+                                     "lower beta1")
+                items.append(["act", name, i, f, (i + f) < 1])
+    # pass 2: zero the weights fed by dead inputs, rescale neurons with negative frac bits
+    items[0][2][:, dead] = 0.0
+    for k, it in enumerate(items):
+        if it[0] != "act":
+            continue
+        _, _, i, f, off = it
+        prev, nxt = items[k - 1], items[k + 1] if k + 1 < len(items) else None
+        s = torch.where(off, torch.zeros_like(f), (-f).clamp_min(0.0))
+        if nxt is not None:
+            nxt[2][:, off.expand(nxt[2].shape[1]) if off.dim() == 0 else off] = 0.0
+            col = s.expand(nxt[2].shape[1]) if s.dim() == 0 else s
+            nxt[2] *= torch.pow(2.0, col).unsqueeze(0)
+            nxt[3] -= col.unsqueeze(0)
+        row = s.expand(prev[2].shape[0]) if s.dim() == 0 else s
+        prev[2] *= torch.pow(2.0, -row).unsqueeze(1)
+        prev[3] += row.unsqueeze(1)
+        prev[4] *= torch.pow(2.0, -row)
+        prev[5] += row
+        it[2], it[3] = i - s, f + s
+    # pass 3: the hetq layers
+    with torch.no_grad():
+        for it in items:
+            if it[0] == "dense":
+                _, name, wq, fw, bq, bshift = it
+                frw = fw.clamp_min(-1.0)  # same values on the finer grid (bits >= integer)
                 iw = torch.maximum(_int_bits_signed(wq), torch.zeros_like(wq) - frw + 1)
                 wbits = (iw + frw + 1).clamp_min(2)
-                bq = m.qbias().detach().clone()
+                bfrac = g.body._modules[name].bias_frac + int(bshift.max())
                 ib = float(_int_bits_signed(bq).max().clamp_min(0))
                 d = QDense(wq.shape[1], wq.shape[0],
                            kernel_quantizer=quantized_bits(bits=wbits, integer=wbits - 1 - frw,
                                                            alpha=1),
-                           bias_quantizer=quantized_bits(int(ib) + m.bias_frac + 1, int(ib),
-                                                         alpha=1))
+                           bias_quantizer=quantized_bits(int(ib) + bfrac + 1, int(ib), alpha=1))
                 d.weight.copy_(wq)
                 d.bias.copy_(bq)
                 layers[name] = d
             else:
-                f = _round_f(m.f, 0.0)
-                i = m.integer.clone()
+                _, name, i, f, off = it
                 if f.dim() == 0:
-                    if int(i + f) < 1:
-                        raise ValueError(f"{name}: activation with {int(i + f)} bits (all "
-                                         "zero); lower beta1")
                     layers[name] = QActivation(quantized_relu(int(i + f), int(i)))
                 else:
-                    # a neuron with no bits always outputs 0: 1-bit type, zero its weights
-                    dead = (i + f) < 1
-                    i = torch.where(dead, torch.zeros_like(i), i)
-                    b = torch.where(dead, torch.ones_like(i), i + f)
+                    # a neuron with no bits always outputs 0: 1-bit type (its weights are 0)
+                    i = torch.where(off, torch.zeros_like(i), i)
+                    b = torch.where(off, torch.ones_like(i), i + f)
                     layers[name] = QActivation(quantized_relu(bits=b, integer=i))
-                    dead_next = dead
     return nn.Sequential(layers).eval()
 
 
@@ -587,7 +755,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
         ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
         batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
         bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
-        progress=progress)
+        polish_epochs=config.polish_epochs, progress=progress)
     if res.interrupted:
         print("gradient strategy: interrupted; saving the front reached so far")
     rows = []
@@ -599,9 +767,11 @@ def run_gradient_strategy(config, out, progress: bool = True,
         path = out / "gradient" / f"point_{k:03d}.pt"
         save_module(path, m, data=ctx.data, metrics={
             "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
-            "epoch": p.epoch, "beta": p.beta, "costs": s})
+            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
         rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(path)))
     if progress:
+        print("(epoch: where the point was saved during training; p: its weights then "
+              "polished at frozen bits)")
         ref = ctx.reference.get("test", {}).get("accuracy")
         print(f"\ngradient strategy: {len(res.history)} epochs in {res.seconds:.1f} s, "
               f"front of {len(rows)} points (total {time.time() - t0:.1f} s); float test "
@@ -611,11 +781,12 @@ def run_gradient_strategy(config, out, progress: bool = True,
 
 
 def format_gradient_table(rows: list[GradientRow]) -> str:
-    lines = [f"{'point':>5} {'epoch':>5} {'val acc':>8} {'test acc':>8} {'EBOPs':>8} "
+    lines = [f"{'point':>5} {'epoch':>6} {'val acc':>8} {'test acc':>8} {'EBOPs':>8} "
              f"{'energy pJ':>9} {'LUT':>7}  checkpoint",
-             "-" * 78]
+             "-" * 79]
     for k, r in enumerate(rows):
-        lines.append(f"{k:>5} {r.point.epoch:>5} {r.point.val_accuracy:>8.4f} "
+        ep = f"{r.point.epoch}{'p' if r.point.polished else ''}"
+        lines.append(f"{k:>5} {ep:>6} {r.point.val_accuracy:>8.4f} "
                      f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.1f} "
                      f"{r.lut:>7.0f}  {r.path}")
     return "\n".join(lines)
