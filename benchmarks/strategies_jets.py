@@ -6,7 +6,9 @@
 2. Hessian traces + ILP sweep, each configuration fine-tuned with QAT;
 3. gradient bit-widths (HGQ style): two trainings in two processes (one per core), beta
    ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
-   (`--ebops-target KNEE END`: the beta controller instead).
+   (`--ebops-target KNEE END`: the beta controller instead); then the merged front's
+   points, cheapest first, fine-tuned at frozen bits for --polish-epochs each until
+   --polish-time is spent.
 
 Each strategy's budget includes training the float model. Prints each front as (test
 accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
@@ -98,6 +100,11 @@ def main() -> None:
                          "target (e.g. 3000 500, with --lr 2e-2) instead of the ramp")
     ap.add_argument("--runs", type=int, default=2,
                     help="gradient strategy: runs in parallel processes (one per core)")
+    ap.add_argument("--polish-epochs", type=int, default=10,
+                    help="gradient strategy: epochs of fine-tuning per front point at frozen "
+                         "bits after training (0: none)")
+    ap.add_argument("--polish-time", type=float, default=40.0,
+                    help="gradient strategy: seconds of the budget kept for the polish")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
     a = ap.parse_args()
     data = jets()
@@ -133,11 +140,13 @@ def main() -> None:
         f, facc, tf = train_float(data, a.float_epochs)
         # keep time to start the worker processes and evaluate the front (about 5 s on an
         # idle machine, 40 s under load)
-        left = a.budget - (time.time() - t0) - 20.0
+        polish_time = a.polish_time if a.polish_epochs else 0.0
+        left = a.budget - (time.time() - t0) - 20.0 - polish_time
         g, res = train_gradient_runs(
             f, data, runs=a.runs, epochs=1_000_000, beta0=a.beta0, beta1=a.beta1, lr=a.lr,
             bits_lr=a.lr, time_budget=left, progress=False,
-            target=tuple(a.ebops_target) if a.ebops_target else None)
+            target=tuple(a.ebops_target) if a.ebops_target else None,
+            polish_epochs=a.polish_epochs, polish_time=polish_time)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:
@@ -149,8 +158,11 @@ def main() -> None:
             hgq1.append((acc, g.ebops(weight_sign=False)))
         total = time.time() - t0
         results["gradient"] = report("gradient bit-widths (HGQ style)", pts, {
-            "float": tf, "training": res.seconds, "front evaluation": time.time() - t1,
-            "total": total, "epochs": len(res.history)})
+            "float": tf, "training + polish": res.seconds,
+            "front evaluation": time.time() - t1, "total": total,
+            "epochs": len(res.history),
+            "points": f"{len(res.front)} on the validation front, "
+                      f"{sum(p.polished for p in res.front)} of them polished"})
         front, hv = results["gradient"]
         ok = [p for p in front if p[1] <= 1000]
         best = max(ok) if ok else None
