@@ -248,6 +248,34 @@ def test_polish_keeps_the_bits_and_never_raises_ebops():
         polish(g, res.front[0], data, epochs=0)
 
 
+def test_compiled_training_matches_eager():
+    """torch.compile'd steps give the same training as eager ones (full batches in both)."""
+    data, f = _small_setup()
+    n = len(data.tensors("train")[0])
+    # one full batch per epoch: the same steps with and without compiling
+    kw = dict(epochs=4, batch_size=n, beta0=1e-4, beta1=1e-3, bits_lr=0.05, progress=False)
+    _, eager = train_gradient(f, data, **kw)
+    _, comp = train_gradient(f, data, compile=True, **kw)
+    assert [h["ebops"] for h in comp.history] == pytest.approx(
+        [h["ebops"] for h in eager.history], rel=0.02)
+    assert [h["val_accuracy"] for h in comp.history] == pytest.approx(
+        [h["val_accuracy"] for h in eager.history], abs=0.02)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    def broken(fn, *a, **k):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    data, f = _small_setup()
+    kw = dict(epochs=2, batch_size=256, beta0=1e-4, beta1=1e-3, progress=False)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        _, res = train_gradient(f, data, compile=True, **kw)
+    assert len(res.history) == 2 and res.front
+
+
 def test_ctrl_c_returns_the_front_reached(monkeypatch):
     data, f = _small_setup()
     calls = {"n": 0}

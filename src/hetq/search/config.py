@@ -65,6 +65,7 @@ class SearchConfig:
     gradient_runs: int = 1  # gradient: independent runs in parallel processes, fronts merged
     time_budget: float | None = None  # gradient: seconds per run (None: --epochs decides)
     polish_epochs: int = 10  # gradient: fine-tune each front point at frozen bits (0: off)
+    gradient_compile: bool = False  # gradient: torch.compile the training step
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
