@@ -8,7 +8,7 @@
    --runs than cores share the time), training steps compiled with torch.compile
    (--no-compile: eager), beta ramped geometrically from --beta0 to --beta1 over the
    budget, fronts merged (`--ebops-target KNEE END`: the beta controller instead); then
-   the merged front's points, cheapest first, fine-tuned at frozen bits for
+   the merged front's points, most accurate first, fine-tuned at frozen bits for
    --polish-epochs each until --polish-time is spent.
 
 Each strategy's budget includes training the float model. Prints each front as (test

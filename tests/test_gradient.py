@@ -236,7 +236,7 @@ def test_polish_keeps_the_bits_and_never_raises_ebops():
         m = to_hetq_model(g, q.state)
         assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(q.val_accuracy)
     assert gained >= 1
-    # polish_front: the original and polished points' Pareto front, cheapest polished first
+    # polish_front: the Pareto front of the original and polished points
     front = polish_front(g, res.front, data, epochs=2, lr=3e-3, progress=False)
     for k, p in enumerate(front):
         assert not any(o.val_accuracy >= p.val_accuracy and o.ebops <= p.ebops
@@ -246,6 +246,18 @@ def test_polish_keeps_the_bits_and_never_raises_ebops():
         sorted(res.front, key=lambda p: p.ebops)  # no time: nothing polished
     with pytest.raises(ValueError, match="polish epochs must be >= 1"):
         polish(g, res.front[0], data, epochs=0)
+
+
+def test_polish_front_starts_with_the_most_accurate(monkeypatch):
+    import hetq.search.gradient as gm
+
+    seen = []
+    monkeypatch.setattr(gm, "polish", lambda g, p, data, **kw: seen.append(p.ebops) or p)
+    pts = [FrontPoint(k, 0.0, acc, eb) for k, (acc, eb) in
+           enumerate([(0.3, 10), (0.6, 200), (0.5, 50), (0.7, 900)])]
+    front = gm.polish_front(None, pts, None, progress=False)
+    assert seen == [900, 200, 50, 10]  # with a time limit the near-chance end waits
+    assert [p.ebops for p in front] == [10, 50, 200, 900]
 
 
 def test_compiled_training_matches_eager():

@@ -537,13 +537,15 @@ def _polish_one(gmodel, point, data, kwargs: dict):
 def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
                  epochs: int = 10, lr: float = 1e-3, seconds: float | None = None,
                  pool=None, progress: bool = True) -> list[FrontPoint]:
-    """`polish` each front point, cheapest first (in `pool`'s processes when given), until
-    `seconds` are spent; returns the Pareto front of the original and polished points."""
+    """`polish` each front point, most accurate first (in `pool`'s processes when given),
+    until `seconds` are spent; returns the Pareto front of the original and polished points.
+    Most accurate first: with a time limit, the near-chance points at the cheap end of a
+    front (many, and of no use) are the ones left out."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from tqdm import tqdm
 
-    todo = sorted(points, key=lambda p: p.ebops)
+    todo = sorted(points, key=lambda p: (-p.val_accuracy, p.ebops))
     deadline = None if seconds is None else time.time() + seconds
     kw = dict(epochs=epochs, lr=lr, deadline=deadline)
     keeper = ParetoCheckpoints()
@@ -590,7 +592,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     Returns a model to use with `to_hetq_model` and the merged result (each point's `run`
     says where it came from; the history entries carry "run" too).
     polish_epochs > 0: afterwards `polish_front` fine-tunes the merged front's points at
-    their bits (Adam, `polish_lr`), cheapest first, in the same processes, for at most
+    their bits (Adam, `polish_lr`), most accurate first, in the same processes, for at most
     `polish_time` seconds (None: every point).
     Ctrl-C stops every run; the fronts reached so far are merged and returned."""
     import os
