@@ -259,6 +259,24 @@ def test_polish_front_starts_with_the_most_accurate(monkeypatch):
     assert seen == [900, 200, 50, 10]  # with a time limit the near-chance end waits
     assert [p.ebops for p in front] == [10, 50, 200, 900]
 
+    # Ctrl-C while the pool polishes: the queued points are cancelled, the front kept
+    import concurrent.futures as cf
+
+    class Pool:
+        futs = []
+
+        def submit(self, *a):
+            self.futs.append(cf.Future())
+            return self.futs[-1]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cf, "wait", interrupted)
+    front = gm.polish_front(None, pts, None, pool=Pool(), progress=False)
+    assert len(Pool.futs) == 4 and all(f.cancelled() for f in Pool.futs)
+    assert [p.ebops for p in front] == [10, 50, 200, 900]
+
 
 def test_compiled_training_matches_eager():
     """torch.compile'd steps give the same training as eager ones (full batches in both)."""

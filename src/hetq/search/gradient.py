@@ -552,6 +552,7 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     for p in todo:
         keeper.offer(p)
     bar = tqdm(total=len(todo), disable=not progress, desc="polishing the front", unit="point")
+    pending = set()
     try:
         if pool is None:
             for p in todo:
@@ -566,8 +567,9 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
                 for fut in done:
                     keeper.offer(fut.result())
                     bar.update(1)
-    except KeyboardInterrupt:  # keep the points polished so far
-        pass
+    except KeyboardInterrupt:  # keep the points polished so far; drop the queued ones
+        for fut in pending:
+            fut.cancel()
     bar.close()
     return keeper.points
 
