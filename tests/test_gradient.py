@@ -278,6 +278,29 @@ def test_polish_front_starts_with_the_most_accurate(monkeypatch):
     assert [p.ebops for p in front] == [10, 50, 200, 900]
 
 
+def test_stop_below_ends_training_and_gives_the_time_to_the_polish(monkeypatch):
+    import hetq.search.gradient as gm
+
+    data, f = _small_setup()
+    kw = dict(batch_size=256, beta0=1e-4, beta1=1e-3, progress=False)
+    _, res = train_gradient(f, data, epochs=40, stop_below=1.01, **kw)  # never reached
+    # stops in the second half of training, after 5 epochs below: epoch 20 ends past half
+    assert res.stopped_early and len(res.history) == 21
+    _, res = train_gradient(f, data, epochs=40, stop_below=0.0, **kw)
+    assert not res.stopped_early and len(res.history) == 40
+    # with a time budget, the time a stopped run leaves goes to the polish
+    seen = {}
+
+    def fake_polish_front(g, points, data, seconds=None, **k):
+        seen["seconds"] = seconds
+        return points
+
+    monkeypatch.setattr(gm, "polish_front", fake_polish_front)
+    _, res = train_gradient_runs(f, data, epochs=100_000, time_budget=6.0, stop_below=1.01,
+                                 polish_epochs=1, polish_time=5.0, **kw)
+    assert res.stopped_early and seen["seconds"] > 5.0
+
+
 def test_compiled_training_matches_eager():
     """torch.compile'd steps give the same training as eager ones (full batches in both)."""
     data, f = _small_setup()
@@ -354,6 +377,8 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
         SearchConfig(gradient_runs=0)
     with pytest.raises(ValueError, match="polish_epochs must be >= 0"):
         SearchConfig(polish_epochs=-1)
+    with pytest.raises(ValueError, match="stop_below=1.5; expected an accuracy"):
+        SearchConfig(stop_below=1.5)
     data = get_dataset("synthetic")
     m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)

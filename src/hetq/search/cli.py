@@ -95,6 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: torch.compile the training step (about 2x the "
                         "steps per second after ~30 s of compiling; worth it from a few "
                         "hundred epochs; needs a C++ compiler, falls back with a warning)")
+    s.add_argument("--stop-below", type=float, default=None, metavar="ACC",
+                   help="gradient strategy: a run stops once its validation accuracy "
+                        "has stayed below ACC for 5 epochs in the second half "
+                        "of training; with --time-budget the time left goes to the polish")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -154,7 +158,7 @@ def _search(a) -> int:
         prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
         population=a.population, ebops_target=a.ebops_target, gradient_runs=a.runs,
         time_budget=a.time_budget, polish_epochs=a.polish_epochs,
-        gradient_compile=a.compile,
+        gradient_compile=a.compile, stop_below=a.stop_below,
     )
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy

@@ -66,6 +66,7 @@ class SearchConfig:
     time_budget: float | None = None  # gradient: seconds per run (None: --epochs decides)
     polish_epochs: int = 10  # gradient: fine-tune each front point at frozen bits (0: off)
     gradient_compile: bool = False  # gradient: torch.compile the training step
+    stop_below: float | None = None  # gradient: end a run once val accuracy stays below this
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
@@ -85,6 +86,9 @@ class SearchConfig:
         for name in ("trials", "epochs", "batch_size", "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
+        if self.stop_below is not None and not (0.0 <= float(self.stop_below) <= 1.0):
+            raise ValueError(f"search stop_below={self.stop_below!r}; expected an accuracy "
+                             "between 0 and 1")
         if int(self.polish_epochs) < 0:
             raise ValueError(f"search polish_epochs must be >= 0 (0: off), got "
                              f"{self.polish_epochs!r}")

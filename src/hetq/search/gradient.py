@@ -260,6 +260,7 @@ class GradientResult:
     history: list[dict]
     seconds: float
     interrupted: bool = False  # stopped by Ctrl-C: the front holds what was reached
+    stopped_early: bool = False  # stop_below ended training (in any run)
 
 
 def beta_at(step: int, total: int, beta0: float, beta1: float) -> float:
@@ -333,6 +334,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                    time_budget: float | None = None,
                    target: tuple[float, float] | None = None, knee_time: float = 0.3,
                    gain: float = 0.005, compile: bool = False,
+                   stop_below: float | None = None,
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
 
@@ -349,6 +351,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     steps per second on one CPU thread for the jet MLP, after a compilation of about 30 s
     that counts against time_budget; the clock ramp starts after it). Only full batches are
     used then (one shape). If compiling fails, training goes on eagerly with a warning.
+    stop_below: stop once the validation accuracy has stayed below this for 5 epochs in the
+    second half of training (beta only grows: the model is past the part of the front that
+    is wanted); `GradientResult.stopped_early` says so.
     """
     import warnings
 
@@ -400,7 +405,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     step = 0
     ctl = BetaController(beta0, gain) if target is not None else None
     start = float(model.ebops()) if target is not None else 0.0
-    interrupted = False
+    interrupted = stopped_early = False
     try:
         for ep in bar:
             model.train()
@@ -450,10 +455,15 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
             if time_budget is not None and time.time() - t0 > time_budget:
                 break
+            if (stop_below is not None and frac >= 0.5 and len(history) >= 5
+                    and all(h["val_accuracy"] < stop_below for h in history[-5:])):
+                stopped_early = True
+                break
     except KeyboardInterrupt:  # keep what was reached: the front so far is returned
         interrupted = True
         model.eval()
-    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted)
+    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted,
+                                 stopped_early)
 
 
 def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
@@ -595,7 +605,8 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     says where it came from; the history entries carry "run" too).
     polish_epochs > 0: afterwards `polish_front` fine-tunes the merged front's points at
     their bits (Adam, `polish_lr`), most accurate first, in the same processes, for at most
-    `polish_time` seconds (None: every point).
+    `polish_time` seconds (None: every point), plus whatever of time_budget the runs left
+    when `stop_below` ended them early.
     Ctrl-C stops every run; the fronts reached so far are merged and returned."""
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -611,18 +622,27 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         raise ValueError(f"workers must be >= 1, got {workers}")
     if polish_epochs < 0:
         raise ValueError(f"polish_epochs must be >= 0, got {polish_epochs}")
-    polish_kw = dict(epochs=polish_epochs, lr=polish_lr, seconds=polish_time,
-                     progress=progress)
+    polish_kw = dict(epochs=polish_epochs, lr=polish_lr, progress=progress)
+    budget = kwargs.get("time_budget")
+    waves = -(-runs // workers)  # runs one after another in each process
+
+    def polish_seconds():
+        """polish_time, plus the training time that runs stopped early (stop_below) left."""
+        if polish_time is None:
+            return None
+        spare = max(0.0, t0 + waves * budget - time.time()) if budget else 0.0
+        return polish_time + spare
+
     if runs == 1 and workers == 1:
         model, res = train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
         if polish_epochs and res.front and not res.interrupted:
-            res.front = polish_front(model, res.front, data, **polish_kw)
+            res.front = polish_front(model, res.front, data, seconds=polish_seconds(),
+                                     **polish_kw)
             res.seconds = time.time() - t0
         return model, res
     threads = max(1, (os.cpu_count() or 1) // workers)
     float_model = copy.deepcopy(float_model).cpu()
     results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
-    budget = kwargs.get("time_budget")
     bar = tqdm(total=runs, disable=not progress, unit="run",
                desc=f"gradient bits: {runs} runs in {workers} processes"
                     + (f", {budget:.0f} s each" if budget else ""))
@@ -653,10 +673,12 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         interrupted = interrupted or any(res.interrupted for _, res in results.values())
         front = keeper.points
         if polish_epochs and front and not interrupted:
-            front = polish_front(model, front, data, pool=pool, **polish_kw)
+            front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
+                                 **polish_kw)
     if front:
         model.load_state_dict(front[-1].state)
-    return model, GradientResult(front, history, time.time() - t0, interrupted)
+    early = any(res.stopped_early for _, res in results.values())
+    return model, GradientResult(front, history, time.time() - t0, interrupted, early)
 
 
 # -- conversion to an ordinary hetq model ------------------------------------------------------
@@ -789,7 +811,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
         batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
         bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
         polish_epochs=config.polish_epochs, compile=config.gradient_compile,
-        progress=progress)
+        stop_below=config.stop_below, progress=progress)
     if res.interrupted:
         print("gradient strategy: interrupted; saving the front reached so far")
     rows = []
