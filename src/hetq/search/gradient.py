@@ -46,6 +46,19 @@ def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tenso
     return x + err + (f - f.detach()) * (-LN2 * err)
 
 
+def _int_bits(v: torch.Tensor, tiny: float = 1e-30) -> torch.Tensor:
+    """Magnitude integer bits of each value, floor(log2 |v|) + 1, so that |v| <= 2**i - step
+    never clips; |v| below `tiny` counts as `tiny` (zeros are masked by the callers)."""
+    return torch.floor(torch.log2(v.abs().clamp_min(tiny))) + 1
+
+
+def _val_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Classification accuracy of `model` (in eval mode) on (X, y)."""
+    model.eval()
+    with torch.no_grad():
+        return float((model(X).argmax(1) == y).float().mean())
+
+
 def _round_f(f: torch.Tensor, lo: float | None = None) -> torch.Tensor:
     r = torch.round(f.detach())
     return r if lo is None else r.clamp_min(lo)
@@ -174,8 +187,7 @@ class _DenseQ(nn.Module):
         """Differentiable weight widths: integer bits of the quantized value (detached) + f +
         sign, 0 where the weight rounds to zero (HGQ's count; at integer f it is exact)."""
         q = self.qweight().detach()
-        i = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
-        return (q != 0).to(q.dtype) * F.relu(i + self.f + 1.0)
+        return (q != 0).to(q.dtype) * F.relu(_int_bits(q) + self.f + 1.0)
 
 
 class GradientBitsMLP(nn.Module):
@@ -236,8 +248,7 @@ class GradientBitsMLP(nn.Module):
             bx = src.widths()
             bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
             q = d.qweight()
-            i = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
-            w = (q != 0).double() * F.relu(i + _round_f(d.f) + sign).double()
+            w = (q != 0).double() * F.relu(_int_bits(q) + _round_f(d.f) + sign).double()
             total += float((w * bx.double().unsqueeze(0)).sum())
         return int(round(total))
 
@@ -446,9 +457,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             for m in model.modules():
                 if isinstance(m, _ActQ):
                     m.reset_range()
-            model.eval()
-            with torch.no_grad():
-                acc = float((model(Xva).argmax(1) == yva).float().mean())
+            acc = _val_accuracy(model, Xva, yva)
             eb = model.ebops()
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
             keeper.offer(FrontPoint(ep, beta, acc, eb), model)
@@ -497,7 +506,7 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
             d.bias.requires_grad_(True)
             q = d.qweight()
             nz = q != 0
-            i0 = torch.floor(torch.log2(q.abs().clamp_min(1e-30))) + 1
+            i0 = _int_bits(q)
             # |w| <= 2**i0 - 2**-f rounds to at most 2**i0 - 2**-f: integer bits stay <= i0
             lim.append(torch.where(nz, torch.pow(2.0, i0) - torch.pow(2.0, -_round_f(d.f)),
                                    torch.zeros_like(q)))
@@ -524,9 +533,7 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
                     for d, nz, li in zip(dense, keep, lim):
                         d.weight.mul_(nz)
                         d.weight.copy_(torch.maximum(torch.minimum(d.weight, li), -li))
-            g.eval()
-            with torch.no_grad():
-                acc = float((g(Xva).argmax(1) == yva).float().mean())
+            acc = _val_accuracy(g, Xva, yva)
             if acc > best:
                 best, best_state = acc, copy.deepcopy(g.state_dict())
     except KeyboardInterrupt:
@@ -682,11 +689,6 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
 
 
 # -- conversion to an ordinary hetq model ------------------------------------------------------
-def _int_bits_signed(v: torch.Tensor) -> torch.Tensor:
-    """Magnitude integer bits so that |v| <= 2**i - step never clips (per element)."""
-    a = v.abs().clamp_min(2.0 ** -20)
-    return torch.floor(torch.log2(a)) + 1
-
 
 def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequential:
     """An ordinary hetq model computing exactly what `gmodel` (with `state`) computes.
@@ -711,52 +713,54 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
     integer = torch.where(dead, torch.zeros_like(integer), integer)
     layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
-    # pass 1: quantized values; dense entries [name, weights, frac bits, bias, bias frac]
-    # and activation entries [name, integer, frac bits, dead], a scalar pair per layer or
-    # one per neuron
+    # pass 1: the quantized values. Dense layers: weights w, their frac bits f, bias b and
+    # the bias's extra frac bits from rescaling (bshift, per row); activations: integer i
+    # and frac bits f (scalars per layer or one per neuron), off = neurons with no bits
     items = []
     with torch.no_grad():
         for name, m in g.body.named_children():
             if isinstance(m, _DenseQ):
                 wq = m.qweight().detach().clone()
-                items.append(["dense", name, wq, _round_f(m.f).clone(),
-                              m.qbias().detach().clone(), torch.zeros(wq.shape[0])])
+                items.append(dict(dense=True, name=name, w=wq, f=_round_f(m.f).clone(),
+                                  b=m.qbias().detach().clone(),
+                                  bshift=torch.zeros(wq.shape[0])))
             else:
                 f = _round_f(m.f, m.F_MIN)
                 i = m.integer.clone()
                 if f.dim() == 0 and int(i + f) < 1:
                     raise ValueError(f"{name}: activation with {int(i + f)} bits (all zero); "
                                      "lower beta1")
-                items.append(["act", name, i, f, (i + f) < 1])
+                items.append(dict(dense=False, name=name, i=i, f=f, off=(i + f) < 1))
     # pass 2: zero the weights fed by dead inputs, rescale neurons with negative frac bits
-    items[0][2][:, dead] = 0.0
-    for k, it in enumerate(items):
-        if it[0] != "act":
+    items[0]["w"][:, dead] = 0.0
+    for k, act in enumerate(items):
+        if act["dense"]:
             continue
-        _, _, i, f, off = it
         prev, nxt = items[k - 1], items[k + 1] if k + 1 < len(items) else None
-        s = torch.where(off, torch.zeros_like(f), (-f).clamp_min(0.0))
+        off = act["off"]
+        s = torch.where(off, torch.zeros_like(act["f"]), (-act["f"]).clamp_min(0.0))
         if nxt is not None:
-            nxt[2][:, off.expand(nxt[2].shape[1]) if off.dim() == 0 else off] = 0.0
-            col = s.expand(nxt[2].shape[1]) if s.dim() == 0 else s
-            nxt[2] *= torch.pow(2.0, col).unsqueeze(0)
-            nxt[3] -= col.unsqueeze(0)
-        row = s.expand(prev[2].shape[0]) if s.dim() == 0 else s
-        prev[2] *= torch.pow(2.0, -row).unsqueeze(1)
-        prev[3] += row.unsqueeze(1)
-        prev[4] *= torch.pow(2.0, -row)
-        prev[5] += row
-        it[2], it[3] = i - s, f + s
+            nxt["w"][:, off.expand(nxt["w"].shape[1]) if off.dim() == 0 else off] = 0.0
+            col = s.expand(nxt["w"].shape[1]) if s.dim() == 0 else s
+            nxt["w"] *= torch.pow(2.0, col).unsqueeze(0)
+            nxt["f"] -= col.unsqueeze(0)
+        row = s.expand(prev["w"].shape[0]) if s.dim() == 0 else s
+        prev["w"] *= torch.pow(2.0, -row).unsqueeze(1)
+        prev["f"] += row.unsqueeze(1)
+        prev["b"] *= torch.pow(2.0, -row)
+        prev["bshift"] += row
+        act["i"], act["f"] = act["i"] - s, act["f"] + s
     # pass 3: the hetq layers
     with torch.no_grad():
         for it in items:
-            if it[0] == "dense":
-                _, name, wq, fw, bq, bshift = it
-                frw = fw.clamp_min(-1.0)  # same values on the finer grid (bits >= integer)
-                iw = torch.maximum(_int_bits_signed(wq), torch.zeros_like(wq) - frw + 1)
+            name = it["name"]
+            if it["dense"]:
+                wq, bq = it["w"], it["b"]
+                frw = it["f"].clamp_min(-1.0)  # same values on the finer grid (bits >= integer)
+                iw = torch.maximum(_int_bits(wq, 2.0 ** -20), torch.zeros_like(wq) - frw + 1)
                 wbits = (iw + frw + 1).clamp_min(2)
-                bfrac = g.body._modules[name].bias_frac + int(bshift.max())
-                ib = float(_int_bits_signed(bq).max().clamp_min(0))
+                bfrac = g.body._modules[name].bias_frac + int(it["bshift"].max())
+                ib = float(_int_bits(bq, 2.0 ** -20).max().clamp_min(0))
                 d = QDense(wq.shape[1], wq.shape[0],
                            kernel_quantizer=quantized_bits(bits=wbits, integer=wbits - 1 - frw,
                                                            alpha=1),
@@ -765,7 +769,7 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 d.bias.copy_(bq)
                 layers[name] = d
             else:
-                _, name, i, f, off = it
+                i, f, off = it["i"], it["f"], it["off"]
                 if f.dim() == 0:
                     layers[name] = QActivation(quantized_relu(int(i + f), int(i)))
                 else:
