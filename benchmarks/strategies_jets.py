@@ -6,10 +6,10 @@
 2. Hessian traces + ILP sweep, each configuration fine-tuned with QAT;
 3. gradient bit-widths (HGQ style): two trainings in two processes (one per core; more
    --runs than cores share the time), training steps compiled with torch.compile
-   (--no-compile: eager), beta ramped geometrically from --beta0 to --beta1 over the
-   budget, fronts merged (`--ebops-target KNEE END`: the beta controller instead); then
+   (--no-compile: eager), weights at --lr 3e-3 and bit-widths at --bits-lr 1e-2, beta
+   ramped geometrically from --beta0 to --beta1 over the budget, fronts merged (`--ebops-target KNEE END`: the beta controller instead); then
    the merged front's points, most accurate first, fine-tuned at frozen bits for
-   --polish-epochs each until --polish-time is spent.
+   --polish-epochs each until --polish-time is spent (rows marked p).
 
 Each strategy's budget includes training the float model. Prints each front as (test
 accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
@@ -66,15 +66,16 @@ def study_front(out: Path):
 
 
 def report(name, pts, phases):
-    idx = pareto_front([(a, e) for a, e, _ in pts])
+    """pts: (test accuracy, EBOPs, energy pJ[, mark]) per model; prints and returns the front."""
+    idx = pareto_front([(p[0], p[1]) for p in pts])
     front = [pts[i] for i in idx]
-    hv = hypervolume_2d([(a, e) for a, e, _ in front], REF_EBOPS, REF_ACC)
+    hv = hypervolume_2d([(p[0], p[1]) for p in front], REF_EBOPS, REF_ACC)
     print(f"\n== {name}: {len(pts)} models, front of {len(front)}, hypervolume {hv:.4f}")
     print("   phases: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in phases.items()))
     print(f"   {'test acc':>8} {'EBOPs':>9} {'energy pJ':>9}")
-    for a, e, en in front:
-        print(f"   {a:8.4f} {e:9.0f} {en:9.1f}")
+    for a, e, en, *mark in front:
+        print(f"   {a:8.4f} {e:9.0f} {en:9.1f} {''.join(mark)}".rstrip())
     return front, hv
 
 
@@ -94,8 +95,10 @@ def main() -> None:
     ap.add_argument("--float-epochs", type=int, default=30)
     ap.add_argument("--beta0", type=float, default=1e-5)
     ap.add_argument("--beta1", type=float, default=1e-3)
-    ap.add_argument("--lr", type=float, default=1e-2,
-                    help="gradient strategy: learning rate of weights and bit-widths")
+    ap.add_argument("--lr", type=float, default=3e-3,
+                    help="gradient strategy: Adam learning rate of the weights")
+    ap.add_argument("--bits-lr", type=float, default=1e-2,
+                    help="gradient strategy: Adam learning rate of the bit-widths")
     ap.add_argument("--ebops-target", type=float, nargs=2, default=None,
                     metavar=("KNEE", "END"),
                     help="gradient strategy: steer beta with the controller towards this EBOPs "
@@ -155,7 +158,7 @@ def main() -> None:
         waves = -(-a.runs // min(a.runs, os.cpu_count() or 1))  # runs queued per process
         g, res = train_gradient_runs(
             f, data, runs=a.runs, epochs=1_000_000, beta0=a.beta0, beta1=a.beta1, lr=a.lr,
-            bits_lr=a.lr, time_budget=left / waves, progress=False,
+            bits_lr=a.bits_lr, time_budget=left / waves, progress=False,
             target=tuple(a.ebops_target) if a.ebops_target else None,
             polish_epochs=a.polish_epochs, polish_time=polish_time, compile=a.compile,
             stop_below=a.stop_below)
@@ -165,7 +168,7 @@ def main() -> None:
             m = to_hetq_model(g, p.state)
             acc = evaluate(m, data)["accuracy"]
             en = cost(m, (16,), source_quantizer=SOURCE).summary()["energy_pj"]
-            pts.append((acc, p.ebops, en))
+            pts.append((acc, p.ebops, en, "p" if p.polished else ""))
             g.load_state_dict(p.state)
             hgq1.append((acc, g.ebops(weight_sign=False)))
         total = time.time() - t0

@@ -382,3 +382,31 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     data = get_dataset("synthetic")
     m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)
+
+
+def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, monkeypatch):
+    import hetq.search.gradient as G
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+
+    seen = {}
+    real = G.train_gradient_runs
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(G, "train_gradient_runs", spy)
+    out = tmp_path / "g"
+    assert main(["search", "--strategy", "gradient", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
+                 "1", "--batch-size", "256", "--lr", "0.003", "--bits-lr", "0.02",
+                 "--polish-epochs", "0", "--out", str(out), "--no-progress"]) == 0
+    assert seen["lr"] == 0.003 and seen["bits_lr"] == 0.02
+    assert SearchConfig.load(out / "search.yaml").bits_lr == 0.02
+    table = capsys.readouterr().out
+    assert "EBOPs" in table and str(out / "gradient" / "point_000.pt") in table
+    with pytest.raises(ValueError, match="bits_lr must be > 0, got -0.01"):
+        SearchConfig(bits_lr=-0.01)
+    with pytest.raises(ValueError, match="lr must be > 0, got 0"):
+        SearchConfig(lr=0)

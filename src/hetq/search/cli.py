@@ -82,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--beta0", type=float, default=1e-6,
                    help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
     s.add_argument("--beta1", type=float, default=1e-3)
+    s.add_argument("--bits-lr", type=float, default=None,
+                   help="gradient strategy: Adam learning rate of the bit-widths (default: "
+                        "--lr); with --time-budget, --lr 3e-3 --bits-lr 1e-2 lets the bits "
+                        "move fast while the weights stay calm")
     s.add_argument("--ebops-target", type=float, nargs=2, metavar=("KNEE", "END"),
                    help="gradient strategy: a controller steers beta so that EBOPs fall "
                         "log-linearly to KNEE in the first 30%% of training, then to END "
@@ -156,8 +160,8 @@ def _search(a) -> int:
         learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
         blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
         prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
-        population=a.population, ebops_target=a.ebops_target, gradient_runs=a.runs,
-        time_budget=a.time_budget, polish_epochs=a.polish_epochs,
+        bits_lr=a.bits_lr, population=a.population, ebops_target=a.ebops_target,
+        gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
         gradient_compile=a.compile, stop_below=a.stop_below,
     )
     if a.strategy == "gradient":

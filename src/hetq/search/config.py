@@ -86,6 +86,10 @@ class SearchConfig:
         for name in ("trials", "epochs", "batch_size", "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("lr", "bits_lr"):
+            v = getattr(self, name)
+            if v is not None and not float(v) > 0:
+                raise ValueError(f"search {name} must be > 0, got {v!r}")
         if self.stop_below is not None and not (0.0 <= float(self.stop_below) <= 1.0):
             raise ValueError(f"search stop_below={self.stop_below!r}; expected an accuracy "
                              "between 0 and 1")
