@@ -7,9 +7,10 @@
 3. gradient bit-widths (HGQ style): two trainings in two processes (one per core; more
    --runs than cores share the time), training steps compiled with torch.compile
    (--no-compile: eager), weights at --lr 3e-3 and bit-widths at --bits-lr 1e-2, beta
-   ramped geometrically from --beta0 to --beta1 over the budget, fronts merged (`--ebops-target KNEE END`: the beta controller instead); then
-   the merged front's points, most accurate first, fine-tuned at frozen bits for
-   --polish-epochs each until --polish-time is spent (rows marked p).
+   ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
+   (`--ebops-target KNEE END`: the beta controller instead); then the merged front's
+   points, most accurate first, fine-tuned at frozen bits for --polish-epochs each until
+   --polish-time is spent (rows marked p).
 
 Each strategy's budget includes training the float model. Prints each front as (test
 accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
