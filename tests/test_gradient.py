@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hetq.data import get_dataset
 from hetq.export import IntegerModel
@@ -14,6 +15,8 @@ from hetq.search.gradient import (
     FrontPoint,
     GradientBitsMLP,
     ParetoCheckpoints,
+    _int_bits,
+    _round_f,
     _surrogate,
     beta_at,
     ebops_target_at,
@@ -165,6 +168,45 @@ def test_negative_activation_frac_bits_export_exactly():
     assert torch.equal(acts[0].widths()[live], (acts[0].integer + acts[0].f)[live])
     assert g.ebops() == eb == int(round(float(g.soft_ebops().detach())))
     assert IntegerModel(m, (data.n_features,)).compare(Xt).exact
+
+
+def test_inputs_below_the_floor_keep_f_minus_1_then_get_pruned():
+    """Input f below -1 is not exportable (integer <= bits): such a feature keeps its f = -1
+    grid until its width would fall below 2 bits, then it is pruned: always 0, 0 bits, its
+    first-layer weights zero on export, outputs unchanged."""
+    data, f = _small_setup()
+    X, _ = data.tensors("train")
+    g = GradientBitsMLP(f, X, f0=4.0)
+    n = data.n_features
+    with torch.no_grad():
+        g.inq.integer.copy_(torch.tensor([3.0, 2.0, 1.0] + [2.0] * (n - 3)))
+        fs = torch.full((n,), 3.0)
+        fs[:6] = torch.tensor([-2.0, -2.0, -1.0, -1.0, -3.0, 0.0])
+        g.inq.f.copy_(fs)
+    # widths: [3 at the floor, pruned, pruned (1 bit), 2, pruned, 3, 6, ...]
+    w = g.inq.widths()
+    assert w[:7].tolist() == [3.0, 0.0, 0.0, 2.0, 0.0, 3.0, 6.0]
+    fr, pruned = g.inq.grid()
+    assert pruned.tolist()[:7] == [False, True, True, False, True, False, False]
+    assert fr[0] == -1.0  # f = -2 rounds to -2, used as -1
+    xin = torch.tensor([[5.3, 1.7, 0.9, -3.1, 2.2, 0.3] + [0.0] * (n - 6)])
+    q = g.inq(xin)[0, :6]
+    assert q.tolist() == [6.0, 0.0, 0.0, -4.0, 0.0, 0.0]  # step 2 (f=-1), pruned: 0; f=0: 0
+    # the soft width keeps falling below the floor, so the EBOPs pressure goes on
+    assert float(g.inq.widths(soft=True)[0]) == 2.0 and float(g.inq.widths(soft=True)[1]) == 1.0
+    g.eval()
+    m = to_hetq_model(g)
+    Xt, _ = data.tensors("test")
+    with torch.no_grad():
+        assert torch.equal(m(Xt), g(Xt))
+    assert bool((m.fc1.weight[:, pruned] == 0).all())
+    assert IntegerModel(m, (data.n_features,)).compare(Xt).exact
+    # pruned features cost nothing: exact EBOPs from the widths above
+    fc1 = g.body[0]
+    qw = fc1.qweight().detach()
+    wb = (qw != 0).double() * F.relu(_int_bits(qw) + _round_f(fc1.f) + 1).double()
+    assert float((wb[:, pruned] * w[pruned].double()).sum()) == 0.0
+    assert float((wb[:, ~pruned]).sum()) > 0
 
 
 def test_controller_steers_ebops_to_the_target():

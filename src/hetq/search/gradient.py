@@ -8,7 +8,8 @@ the rounded f; the gradient reaches f through a surrogate of the quantization er
 the values (weights) or from tracked ranges (activations, inputs). The loss is
 cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
 from `beta0` to `beta1` over training; a weight whose f drops below its magnitude's exponent
-rounds to zero and stops costing anything, so pruning is learned too.
+rounds to zero and stops costing anything, so pruning is learned too; so does an input
+feature whose width would fall below 2 bits (it is then always 0).
 
 After every epoch a callback measures the exact (rounded) EBOPs and the validation accuracy
 and keeps each non-dominated (accuracy, EBOPs) state. `polish` then fine-tunes a front point's
@@ -92,25 +93,37 @@ def weight_widths(q: torch.Tensor) -> torch.Tensor:
 
 
 class _InputQ(nn.Module):
-    """Per-feature signed quantizer of the inputs with trainable frac bits."""
+    """Per-feature signed quantizer of the inputs with trainable frac bits. A feature whose
+    width would fall below 2 bits is pruned (always 0, costs nothing): a 1-bit signed type is
+    not a plain grid, and widths below the integer bits (f < -1) are not exportable, so
+    between the f = -1 floor and pruning the feature keeps its f = -1 grid while the soft
+    width (and with it the EBOPs pressure) goes on falling."""
 
     def __init__(self, n: int, f0: float, integer: torch.Tensor):
         super().__init__()
         self.f = nn.Parameter(torch.full((n,), float(f0)))
         self.register_buffer("integer", integer.clone())  # magnitude integer bits (no sign)
 
-    F_MIN = -1.0  # quantized_bits needs integer <= bits, i.e. f >= -1
+    F_MIN = -24.0  # only a bound; quantized_bits needs integer <= bits, so f >= -1 is used
+
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frac bits used, pruned) per feature, from the rounded f."""
+        fr = _round_f(self.f, self.F_MIN)
+        return fr.clamp_min(-1.0), (self.integer + fr + 1.0) < 2.0
 
     def forward(self, x):
-        fr = _round_f(self.f, self.F_MIN)
+        fr, pruned = self.grid()
         step = torch.pow(2.0, -fr)
         top = torch.pow(2.0, self.integer)
         q = torch.minimum(torch.maximum(torch.round(x / step) * step, -top), top - step)
+        q = torch.where(pruned, torch.zeros_like(q), q)
         return _surrogate(x, q, self.f)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
-        f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
-        return F.relu(self.integer + f + 1.0)  # sign included
+        if soft:
+            return F.relu(self.integer + self.f.clamp_min(self.F_MIN) + 1.0)  # sign included
+        fr, pruned = self.grid()
+        return torch.where(pruned, torch.zeros_like(fr), self.integer + fr + 1.0)
 
 
 class _ActQ(nn.Module):
@@ -706,10 +719,9 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     g.eval()
     layers = OrderedDict()
     inq = g.inq
-    fr = _round_f(inq.f, inq.F_MIN)
+    fr, dead = inq.grid()
     integer = inq.integer.clone()
-    # a feature with no bits is always 0: give it a 2-bit type and zero its fc1 weights
-    dead = (integer + fr + 1) < 2
+    # a pruned feature is always 0: give it a 2-bit type and zero its fc1 weights
     bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
     integer = torch.where(dead, torch.zeros_like(integer), integer)
     layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
