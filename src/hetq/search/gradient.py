@@ -512,19 +512,18 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
     for m in g.modules():
         if isinstance(m, _ActQ):
             m.frozen = True
-    keep, lim = [], []
+    # after each step every weight is clamped to +-lim: 2**i0 - 2**-f, so it rounds to at
+    # most that and its integer bits stay <= i0; 0 where it rounds to zero, so it stays pruned
+    lim = []
     with torch.no_grad():
         for d in dense:
             d.weight.requires_grad_(True)
             d.bias.requires_grad_(True)
             q = d.qweight()
-            nz = q != 0
-            i0 = _int_bits(q)
-            # |w| <= 2**i0 - 2**-f rounds to at most 2**i0 - 2**-f: integer bits stay <= i0
-            lim.append(torch.where(nz, torch.pow(2.0, i0) - torch.pow(2.0, -_round_f(d.f)),
+            lim.append(torch.where(q != 0,
+                                   torch.pow(2.0, _int_bits(q)) - torch.pow(2.0, -_round_f(d.f)),
                                    torch.zeros_like(q)))
-            keep.append(nz)
-            d.weight.mul_(nz)
+            d.weight.mul_(q != 0)
     params = [t for d in dense for t in (d.weight, d.bias)]
     opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -543,9 +542,8 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    for d, nz, li in zip(dense, keep, lim):
-                        d.weight.mul_(nz)
-                        d.weight.copy_(torch.maximum(torch.minimum(d.weight, li), -li))
+                    for d, li in zip(dense, lim):
+                        d.weight.clamp_(-li, li)
             acc = _val_accuracy(g, Xva, yva)
             if acc > best:
                 best, best_state = acc, copy.deepcopy(g.state_dict())
@@ -719,11 +717,10 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     g.eval()
     layers = OrderedDict()
     inq = g.inq
-    fr, dead = inq.grid()
-    integer = inq.integer.clone()
+    _, dead = inq.grid()
     # a pruned feature is always 0: give it a 2-bit type and zero its fc1 weights
-    bits = torch.where(dead, torch.full_like(fr, 2.0), integer + fr + 1)
-    integer = torch.where(dead, torch.zeros_like(integer), integer)
+    bits = torch.where(dead, torch.full_like(inq.integer, 2.0), inq.widths())
+    integer = torch.where(dead, torch.zeros_like(inq.integer), inq.integer)
     layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
     # pass 1: the quantized values. Dense layers: weights w, their frac bits f, bias b and
     # the bias's extra frac bits from rescaling (bshift, per row); activations: integer i
