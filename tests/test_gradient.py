@@ -452,3 +452,32 @@ def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, monkeypatch):
         SearchConfig(bits_lr=-0.01)
     with pytest.raises(ValueError, match="lr must be > 0, got 0"):
         SearchConfig(lr=0)
+
+
+def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(tmp_path, capsys):
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+    from hetq.train.checkpoint import load
+
+    out = tmp_path / "g"
+    assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
+                 "1", "--batch-size", "256", "--polish-epochs", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert SearchConfig.load(out / "search.yaml").model_kwargs == {"widths": [8, 4]}
+    shapes = [tuple(m.weight.shape) for m in load(out / "float.pt").modules()
+              if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(8, 16), (4, 8), (5, 4)]
+    point = load(out / "gradient" / "point_000.pt")
+    assert [tuple(m.weight.shape) for m in point.modules() if hasattr(m, "weight")
+            and m.weight is not None and m.weight.dim() == 2] == shapes
+    capsys.readouterr()
+    # the saved float model is reused by a rerun in that folder: another architecture is refused
+    assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--out", str(out),
+                 "--no-progress"]) == 2
+    assert ("holds a float model for other settings (model_kwargs: {'widths': [8, 4]}, now "
+            "{'widths': [8, 8]})") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["search", "--strategy", "gradient", "--model-widths", "8", "0"])
+    assert "expected a positive integer width, got '0'" in capsys.readouterr().err

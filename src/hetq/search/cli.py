@@ -19,11 +19,24 @@ def _load_yaml(path: str | None):
     return yaml.safe_load(p.read_text())
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer width, got {text!r}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
                        description="Search per-layer quantizers and widths; prints the "
                                    "Pareto table. Rerun the same command to resume.")
     s.add_argument("--model", default="jet_mlp")
+    s.add_argument("--model-widths", type=_positive_int, nargs="+", default=None, metavar="N",
+                   help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "
+                        "32 16 for a smaller start of --strategy gradient")
     s.add_argument("--data", default="jets-sim")
     s.add_argument("--out", default="runs/search", help="run folder (journal, checkpoints)")
     s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"])
@@ -147,7 +160,9 @@ def _search(a) -> int:
     if qc is None and a.deployable:
         qc = DEPLOYABLE_QUANTIZATION_CONFIG
     cfg = SearchConfig(
-        model=a.model, data=a.data, study_name=a.study, objective=a.objective, goal=a.goal,
+        model=a.model, data=a.data,
+        model_kwargs={"widths": a.model_widths} if a.model_widths else {},
+        study_name=a.study, objective=a.objective, goal=a.goal,
         metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
         min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
         pruner=a.pruner,
