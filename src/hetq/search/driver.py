@@ -335,6 +335,16 @@ def _best_line(study, ctx) -> str:
     return f"#{t.number} score={t.value:.4f}"
 
 
+def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
+    """The settings in which `config` differs from the run folder's search.yaml, each with
+    its old value, sorted by name ({} when there is none yet)."""
+    path = out / "search.yaml"
+    if not path.exists():
+        return {}
+    old, new = SearchConfig.load(path).to_dict(), config.to_dict()
+    return {k: old[k] for k in sorted(new) if old[k] != new[k]}
+
+
 def run_search(config: SearchConfig, out: str | Path, storage: str | None = None,
                workers: int = 1, progress: bool = True,
                devices: list[str] | None = None) -> optuna.Study:
@@ -342,15 +352,11 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     round-robin over the CUDA `devices` (ids) when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "search.yaml"
-    if cfg_path.exists():
-        old = SearchConfig.load(cfg_path)
-        if old.to_dict() != config.to_dict():
-            changed = sorted(k for k, v in config.to_dict().items() if old.to_dict()[k] != v)
-            if set(changed) - {"trials"}:
-                raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
-                                 "); use another --out, or the same settings to resume")
-    config.save(cfg_path)
+    changed = changed_settings(config, out)
+    if set(changed) - {"trials"}:
+        raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
+                         "); use another --out, or the same settings to resume")
+    config.save(out / "search.yaml")
     ctx = build_context(config, out, progress)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)

@@ -810,21 +810,18 @@ def run_gradient_strategy(config, out, progress: bool = True,
     from ..cost import cost
     from ..train import evaluate
     from ..train.checkpoint import save_module
-    from .config import SearchConfig
-    from .driver import build_context
+    from .driver import build_context, changed_settings
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / "search.yaml").exists() and (out / "float.pt").exists():
-        # the float model saved there is reused: it must be the same model on the same data
-        old = SearchConfig.load(out / "search.yaml")
-        changed = [k for k in ("model", "model_kwargs", "data")
-                   if getattr(old, k) != getattr(config, k)]
-        if changed:
-            raise ValueError(f"{out} holds a float model for other settings ("
-                             + ", ".join(f"{k}: {getattr(old, k)!r}, now "
-                                         f"{getattr(config, k)!r}" for k in changed)
-                             + "); use another --out")
+    # the float model saved there is reused: it must be the same model on the same data
+    changed = {k: v for k, v in changed_settings(config, out).items()
+               if k in ("model", "model_kwargs", "data")}
+    if changed and (out / "float.pt").exists():
+        raise ValueError(f"{out} holds a float model for other settings ("
+                         + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
+                                     for k, v in changed.items())
+                         + "); use another --out")
     config.save(out / "search.yaml")
     ctx = build_context(config, out, progress)
     t0 = time.time()
