@@ -481,3 +481,97 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     with pytest.raises(SystemExit):
         main(["search", "--strategy", "gradient", "--model-widths", "8", "0"])
     assert "expected a positive integer width, got '0'" in capsys.readouterr().err
+
+
+def _ramp_model():
+    """1 input -> 2 ReLU neurons (x, 2x) -> 2 outputs; inputs 0.00 .. 9.94 plus 5 outliers at 50."""
+    f = torch.nn.Sequential(torch.nn.Linear(1, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        f[0].weight.copy_(torch.tensor([[1.0], [2.0]]))
+        f[0].bias.zero_()
+        f[2].weight.copy_(torch.tensor([[1.0, -0.5], [-1.0, 0.25]]))
+        f[2].bias.zero_()
+    x = torch.cat([torch.arange(995) / 100.0, torch.full((5,), 50.0)]).unsqueeze(1)
+    return f, x
+
+
+def test_activation_ranges_from_a_quantile_saturate_the_outliers():
+    f, x = _ramp_model()
+    # maxima (HGQ1): the 5 outliers cost each neuron 3 integer bits more
+    gm = GradientBitsMLP(f, x, f0=2.0, input_quantile=1.0)
+    gm.train()
+    gm(x)
+    assert gm.inq.integer.tolist() == [6.0]  # |x| <= 50 < 2**6
+    assert gm.body[1].integer.tolist() == [6.0, 7.0]
+    # act_quantile 0.99 on 1,000 rows: the 10th largest (the 5 outliers, then 9.94 .. 9.90,
+    # which the input grid of step 2**-2 rounds to 10)
+    g = GradientBitsMLP(f, x, f0=2.0, input_quantile=1.0, act_quantile=0.99)
+    act = g.body[1]
+    assert act.max_seen.tolist() == [10.0, 20.0]
+    assert act.integer.tolist() == [4.0, 5.0]
+    assert act.widths().tolist() == [6.0, 7.0]  # 2 bits fewer each than with maxima
+    # 2 bits less on the inputs of the output weights (1, -1 | -0.5, 0.25: 4, 4 | 3, 2 bits)
+    assert gm.ebops() - g.ebops() == 2 * (4 + 4 + 3 + 2)
+    # training steps leave the ranges alone; `calibrate` (after each epoch) sets them
+    g.train()
+    g(x / 2)
+    assert act.max_seen.tolist() == [10.0, 20.0]
+    g.calibrate(x / 2)
+    assert act.max_seen.tolist() == [5.0, 10.0] and act.integer.tolist() == [3.0, 4.0]
+    g.calibrate(x)
+    g.eval()
+    with torch.no_grad():
+        h = act(g.body[0](g.inq(x)))
+        # the outliers (50, 100) saturate at the top of each grid: 2**4 - 2**-2, 2**5 - 2**-2
+        assert h[-1].tolist() == [15.75, 31.75]
+        assert h[:995].max(0).values.tolist() == [10.0, 20.0]
+        m = to_hetq_model(g)
+        assert torch.equal(m(x), g(x))
+    assert IntegerModel(m, (1,)).compare(x).exact
+    # inputs: the 0.99 quantile of |x| (9.89) needs 4 integer bits, the outliers 6
+    assert GradientBitsMLP(f, x, input_quantile=0.99).inq.integer.tolist() == [4.0]
+
+
+def test_training_with_quantile_ranges_exports_exactly():
+    data, f = _small_setup()
+    g, res = train_gradient(f, data, epochs=4, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            bits_lr=0.05, act_quantile=0.99, input_quantile=0.99,
+                            progress=False)
+    assert len(res.history) == 4 and res.front
+    X, _ = data.tensors("test")
+    for p in res.front:
+        m = to_hetq_model(g, p.state)
+        g.load_state_dict(p.state)
+        g.eval()
+        with torch.no_grad():
+            assert torch.equal(m(X), g(X))
+        assert IntegerModel(m, (data.n_features,)).compare(X).exact
+        assert g.ebops() == p.ebops
+
+
+def test_quantiles_are_checked(tmp_path, capsys):
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+
+    f, x = _ramp_model()
+    with pytest.raises(ValueError, match=r"act_quantile=1.5; expected a fraction in \(0, 1\]"):
+        GradientBitsMLP(f, x, act_quantile=1.5)
+    with pytest.raises(ValueError, match=r"input_quantile=0; expected a fraction in \(0, 1\]"):
+        GradientBitsMLP(f, x, input_quantile=0)
+    with pytest.raises(ValueError, match="calibrate needs act_quantile"):
+        GradientBitsMLP(f, x).calibrate(x)
+    with pytest.raises(ValueError, match=r"search act_quantile=0.0; expected a fraction"):
+        SearchConfig(act_quantile=0.0)
+    with pytest.raises(ValueError, match=r"search input_quantile=None; expected a fraction"):
+        SearchConfig(input_quantile=None)
+    with pytest.raises(SystemExit):
+        main(["search", "--strategy", "gradient", "--act-quantile", "2"])
+    assert "expected a fraction in (0, 1] or 'max', got '2'" in capsys.readouterr().err
+    # 'max' is the HGQ1 way (None); the settings reach search.yaml
+    out = tmp_path / "g"
+    assert main(["search", "--strategy", "gradient", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
+                 "1", "--batch-size", "256", "--polish-epochs", "0", "--act-quantile", "max",
+                 "--input-quantile", "0.95", "--out", str(out), "--no-progress"]) == 0
+    cfg = SearchConfig.load(out / "search.yaml")
+    assert cfg.act_quantile is None and cfg.input_quantile == 0.95

@@ -29,6 +29,19 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _quantile(text: str) -> float | None:
+    """A fraction in (0, 1], or 'max' (None: the largest value seen)."""
+    if text.strip().lower() == "max":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] or 'max', got {text!r}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
                        description="Search per-layer quantizers and widths; prints the "
@@ -116,6 +129,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: a run stops once its validation accuracy "
                         "has stayed below ACC for 5 epochs in the second half "
                         "of training; with --time-budget the time left goes to the polish")
+    s.add_argument("--input-quantile", type=_quantile, default=SearchConfig.input_quantile,
+                   metavar="Q", help="gradient strategy: each input feature's integer bits "
+                   "cover this quantile of |x| on the training data, larger values saturate "
+                   "(default %(default)s; 'max': the largest)")
+    s.add_argument("--act-quantile", type=_quantile, default=SearchConfig.act_quantile,
+                   metavar="Q", help="gradient strategy: each hidden neuron's integer bits "
+                   "cover this quantile of its outputs, recomputed every epoch, larger "
+                   "values saturate (default %(default)s; 'max': the last epoch's largest, "
+                   "as HGQ1)")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -178,6 +200,8 @@ def _search(a) -> int:
         bits_lr=a.bits_lr, population=a.population, ebops_target=a.ebops_target,
         gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
         gradient_compile=a.compile, stop_below=a.stop_below,
+        input_quantile=1.0 if a.input_quantile is None else a.input_quantile,
+        act_quantile=a.act_quantile,
     )
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy

@@ -67,6 +67,8 @@ class SearchConfig:
     polish_epochs: int = 10  # gradient: fine-tune each front point at frozen bits (0: off)
     gradient_compile: bool = False  # gradient: torch.compile the training step
     stop_below: float | None = None  # gradient: end a run once val accuracy stays below this
+    input_quantile: float = 0.99  # gradient: inputs' integer bits cover this quantile of |x|
+    act_quantile: float | None = 0.99  # gradient: same for neurons, per epoch (None: maxima)
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
@@ -93,6 +95,13 @@ class SearchConfig:
         if self.stop_below is not None and not (0.0 <= float(self.stop_below) <= 1.0):
             raise ValueError(f"search stop_below={self.stop_below!r}; expected an accuracy "
                              "between 0 and 1")
+        for name in ("input_quantile", "act_quantile"):
+            v = getattr(self, name)
+            if (v is not None or name == "input_quantile") and not (
+                    isinstance(v, (int, float)) and 0.0 < float(v) <= 1.0):
+                raise ValueError(f"search {name}={v!r}; expected a fraction in (0, 1]"
+                                 + (" or null (the largest value seen)"
+                                    if name == "act_quantile" else ""))
         if int(self.polish_epochs) < 0:
             raise ValueError(f"search polish_epochs must be >= 0 (0: off), got "
                              f"{self.polish_epochs!r}")

@@ -5,7 +5,9 @@ its own (per feature), every hidden neuron its own (per_neuron=False: one per la
 f < 0 is allowed (grid steps of 2, 4, ... for neurons with a large range). Forward values use
 the rounded f; the gradient reaches f through a surrogate of the quantization error
 (d err / d f = -ln 2 * err, the error shrinking by half per extra bit). Integer bits come from
-the values (weights) or from tracked ranges (activations, inputs). The loss is
+the values (weights) or from ranges: inputs from a quantile of the training data, activations
+from a quantile recomputed after every epoch (or HGQ1's tracked maxima), values above the
+range saturating. The loss is
 cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
 from `beta0` to `beta1` over training; a weight whose f drops below its magnitude's exponent
 rounds to zero and stops costing anything, so pruning is learned too; so does an input
@@ -207,13 +209,18 @@ class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
 
     def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
-                 bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999):
+                 bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999,
+                 act_quantile: float | None = None):
         super().__init__()
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
         if not mods or not isinstance(mods[0], nn.Linear):
             raise ValueError("the gradient strategy needs an MLP of Linear/ReLU layers starting "
                              f"with a Linear; got {type(mods[0]).__name__ if mods else 'nothing'}")
+        for name, q in (("input_quantile", input_quantile), ("act_quantile", act_quantile)):
+            if q is not None and not (0.0 < float(q) <= 1.0):
+                raise ValueError(f"{name}={q!r}; expected a fraction in (0, 1], e.g. 0.99 "
+                                 "(1: the largest value seen)")
         # input ranges from a high quantile: rare outliers saturate instead of costing a bit
         top = torch.quantile(x_train.abs().float(), input_quantile, dim=0).clamp_min(2.0 ** -8)
         self.inq = _InputQ(x_train.shape[1], f0, torch.ceil(torch.log2(top)))
@@ -229,9 +236,39 @@ class GradientBitsMLP(nn.Module):
                 raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
                                  "strategy (Linear and ReLU layers only)")
         self.body = nn.Sequential(layers)
+        # None: each neuron's range is the largest value of the last epoch (HGQ1's
+        # ResetMinMax); a fraction: that quantile on a calibration sample, set by `calibrate`
+        # (after each epoch), values above it saturating: a few outliers no longer cost a
+        # neuron an integer bit
+        self.act_quantile = act_quantile
+        if act_quantile is not None:
+            for m in self.body:
+                if isinstance(m, _ActQ):
+                    m.frozen = True  # ranges come from `calibrate`, not the forward passes
+            self.calibrate(x_train)
 
     def forward(self, x):
         return self.body(self.inq(x))
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor):
+        """Activation ranges from the `act_quantile` of each neuron's ReLU output on `x`
+        (values above it saturate), layer by layer through the quantized model: the k-th
+        largest value, k = ceil((1 - act_quantile) * len(x))."""
+        if self.act_quantile is None:
+            raise ValueError("calibrate needs act_quantile (this model tracks maxima instead)")
+        was = self.training
+        self.eval()
+        x = self.inq(x)
+        for m in self.body:
+            if isinstance(m, _ActQ):
+                y = F.relu(x)
+                y = y if m.max_seen.dim() else y.reshape(-1, 1)
+                # topk: ~30x faster than torch.quantile here, once per epoch
+                k = max(1, math.ceil((1.0 - self.act_quantile) * len(y)))
+                m.max_seen.copy_(torch.topk(y, k, dim=0).values[-1].reshape(m.max_seen.shape))
+            x = m(x)
+        self.train(was)
 
     def _inputs(self):
         """(dense layer, widths of its inputs as a function(soft)) pairs."""
@@ -358,7 +395,8 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                    time_budget: float | None = None,
                    target: tuple[float, float] | None = None, knee_time: float = 0.3,
                    gain: float = 0.005, compile: bool = False,
-                   stop_below: float | None = None,
+                   stop_below: float | None = None, input_quantile: float = 0.99,
+                   act_quantile: float | None = 0.99,
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
 
@@ -378,6 +416,13 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     stop_below: stop once the validation accuracy has stayed below this for 5 epochs in the
     second half of training (beta only grows: the model is past the part of the front that
     is wanted); `GradientResult.stopped_early` says so.
+    input_quantile: each input feature's integer bits cover this quantile of |x| on the
+    training set; larger values saturate.
+    act_quantile: each hidden neuron's integer bits cover this quantile of its output on 8,192
+    training rows, recomputed after every epoch (larger values saturate); None: the largest
+    output of the last epoch (HGQ1's way). On the simulated jets (16-32-16-5, 245 s) both at
+    0.99 gave hypervolume 0.589-0.599 and 0.652-0.659 test accuracy at <= 1,000 EBOPs (3 runs)
+    against 0.573-0.595 and 0.650-0.658 (7 runs) with maxima and inputs at 0.999.
     """
     import warnings
 
@@ -398,7 +443,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     torch.manual_seed(seed)
     task = Classify()
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, "cpu")
-    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron)
+    calib = Xtr[torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:8192]]
+    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron,
+                            input_quantile=input_quantile, act_quantile=act_quantile)
     fs = [p for n, p in model.named_parameters() if n.endswith(".f") or n == "f"]
     ws = [p for n, p in model.named_parameters() if not (n.endswith(".f") or n == "f")]
     groups = [{"params": ws, "lr": lr},
@@ -467,9 +514,12 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                     goal = ebops_target_at(frac, start, knee, end, knee_time)
                     ctl.update(float(soft), goal)
                 step += 1
-            for m in model.modules():
-                if isinstance(m, _ActQ):
-                    m.reset_range()
+            if act_quantile is not None:
+                model.calibrate(calib)
+            else:
+                for m in model.modules():
+                    if isinstance(m, _ActQ):
+                        m.reset_range()
             acc = _val_accuracy(model, Xva, yva)
             eb = model.ebops()
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
@@ -832,7 +882,8 @@ def run_gradient_strategy(config, out, progress: bool = True,
         batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
         bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
         polish_epochs=config.polish_epochs, compile=config.gradient_compile,
-        stop_below=config.stop_below, progress=progress)
+        stop_below=config.stop_below, input_quantile=config.input_quantile,
+        act_quantile=config.act_quantile, progress=progress)
     if res.interrupted:
         print("gradient strategy: interrupted; saving the front reached so far")
     rows = []
