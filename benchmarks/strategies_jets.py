@@ -130,7 +130,12 @@ def main() -> None:
                          "('max': the largest)")
     ap.add_argument("--act-quantile", type=_quantile, default=SearchConfig.act_quantile,
                     help="gradient strategy: each neuron's integer bits cover this quantile "
-                         "of its outputs, per epoch ('max': the last epoch's largest)")
+                         "of its outputs: the start with --learn-integer, else per epoch "
+                         "('max': the largest)")
+    ap.add_argument("--learn-integer", action=argparse.BooleanOptionalAction,
+                    default=SearchConfig.learn_integer,
+                    help="gradient strategy: train the neurons' integer bits too (from the "
+                         "--act-quantile range)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
     a = ap.parse_args()
     data = jets()
@@ -178,7 +183,7 @@ def main() -> None:
             polish_epochs=a.polish_epochs, polish_time=polish_time, compile=a.compile,
             stop_below=a.stop_below,
             input_quantile=1.0 if a.input_quantile is None else a.input_quantile,
-            act_quantile=a.act_quantile)
+            act_quantile=a.act_quantile, learn_integer=a.learn_integer)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:

@@ -406,8 +406,10 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     # two runs in two processes, beta steered by the controller
     cfg = SearchConfig(data="synthetic", strategy="gradient", epochs=3, float_epochs=1,
                        batch_size=256, beta0=1e-5, ebops_target=[20000, 5000],
-                       gradient_runs=2, polish_epochs=2,
+                       gradient_runs=2, polish_epochs=2, learn_integer=False,
                        model_kwargs={"n_in": 16, "n_out": 5})
+    # (learn_integer off: with it this tiny run's front is one point at 0.999 validation
+    # accuracy, which a polish cannot beat, so no point would be marked polished)
     rows = run_gradient_strategy(cfg, tmp_path, progress=False)
     assert rows and all(r.ebops > 0 for r in rows)
     assert any(r.point.polished for r in rows)  # polished in the runs' processes
@@ -536,7 +538,7 @@ def test_training_with_quantile_ranges_exports_exactly():
     data, f = _small_setup()
     g, res = train_gradient(f, data, epochs=4, batch_size=256, beta0=1e-4, beta1=1e-2,
                             bits_lr=0.05, act_quantile=0.99, input_quantile=0.99,
-                            progress=False)
+                            learn_integer=False, progress=False)
     assert len(res.history) == 4 and res.front
     X, _ = data.tensors("test")
     for p in res.front:
@@ -572,6 +574,58 @@ def test_quantiles_are_checked(tmp_path, capsys):
     assert main(["search", "--strategy", "gradient", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
                  "1", "--batch-size", "256", "--polish-epochs", "0", "--act-quantile", "max",
-                 "--input-quantile", "0.95", "--out", str(out), "--no-progress"]) == 0
+                 "--input-quantile", "0.95", "--no-learn-integer", "--out", str(out),
+                 "--no-progress"]) == 0
     cfg = SearchConfig.load(out / "search.yaml")
-    assert cfg.act_quantile is None and cfg.input_quantile == 0.95
+    assert cfg.act_quantile is None and cfg.input_quantile == 0.95 and not cfg.learn_integer
+    assert SearchConfig().learn_integer  # the default
+
+
+def test_learned_integer_bits_get_gradient_from_clipped_values():
+    """learn_integer: the neurons' integer bits become a parameter; a value clipped at the
+    top of the range (2**i - step) passes d/di = ln2 * 2**i to it and nothing to the input,
+    a value inside passes 1 to the input and nothing to i; soft and exact EBOPs agree."""
+    f, x = _ramp_model()
+    g = GradientBitsMLP(f, x, f0=2.0, input_quantile=1.0, act_quantile=0.99)
+    act = g.body[1]
+    act.learn_integer()
+    assert act.i.tolist() == [4.0, 5.0] and act.integer.tolist() == [4.0, 5.0]
+    y = torch.tensor([[3.0, 3.0], [20.0, 40.0]], requires_grad=True)
+    out = act(y)
+    assert out.tolist() == [[3.0, 3.0], [15.75, 31.75]]
+    out.sum().backward()
+    assert y.grad.tolist() == [[1.0, 1.0], [0.0, 0.0]]
+    assert act.i.grad.tolist() == pytest.approx([math.log(2) * 16, math.log(2) * 32])
+    # widths follow the rounded integer bits; at integer values soft EBOPs are exact
+    with torch.no_grad():
+        act.i.copy_(torch.tensor([2.6, 5.2]))
+    assert act.integer.tolist() == [3.0, 5.0] and act.widths().tolist() == [5.0, 7.0]
+    with torch.no_grad():
+        act.i.copy_(torch.tensor([3.0, 5.0]))
+    assert g.ebops() == int(round(float(g.soft_ebops().detach())))
+
+
+def test_training_with_learned_integer_bits_exports_exactly_and_polish_keeps_them():
+    data, f = _small_setup()
+    g, res = train_gradient(f, data, epochs=5, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            bits_lr=0.05, learn_integer=True, progress=False)
+    assert res.front
+    X, _ = data.tensors("test")
+    ints = set()
+    for p in res.front:
+        m = to_hetq_model(g, p.state)
+        g.load_state_dict(p.state)
+        g.eval()
+        with torch.no_grad():
+            assert torch.equal(m(X), g(X))
+        assert IntegerModel(m, (data.n_features,)).compare(X).exact
+        assert g.ebops() == p.ebops
+        ints.add(tuple(tuple(torch.round(v).tolist()) for k, v in p.state.items()
+                       if k.endswith(".i")))
+    assert len(ints) > 1  # the integer bits did train: they differ along the front
+    best = res.front[-1]
+    pol = polish(g, best, data, epochs=2)
+    for k in best.state:
+        if k.endswith(".i") or k.endswith(".f"):
+            assert torch.equal(pol.state[k], best.state[k])
+    assert pol.ebops <= best.ebops

@@ -135,9 +135,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default %(default)s; 'max': the largest)")
     s.add_argument("--act-quantile", type=_quantile, default=SearchConfig.act_quantile,
                    metavar="Q", help="gradient strategy: each hidden neuron's integer bits "
-                   "cover this quantile of its outputs, recomputed every epoch, larger "
-                   "values saturate (default %(default)s; 'max': the last epoch's largest, "
-                   "as HGQ1)")
+                   "cover this quantile of its outputs, larger values saturate: the start "
+                   "with --learn-integer, else recomputed every epoch (default %(default)s; "
+                   "'max': the largest, as HGQ1)")
+    s.add_argument("--learn-integer", action=argparse.BooleanOptionalAction,
+                   default=SearchConfig.learn_integer,
+                   help="gradient strategy: train each hidden neuron's integer bits too, "
+                        "starting from the --act-quantile range: values above it saturate "
+                        "and pull it up, the EBOPs term pulls it down")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -201,7 +206,7 @@ def _search(a) -> int:
         gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
         gradient_compile=a.compile, stop_below=a.stop_below,
         input_quantile=1.0 if a.input_quantile is None else a.input_quantile,
-        act_quantile=a.act_quantile,
+        act_quantile=a.act_quantile, learn_integer=a.learn_integer,
     )
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy

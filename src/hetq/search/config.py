@@ -69,6 +69,7 @@ class SearchConfig:
     stop_below: float | None = None  # gradient: end a run once val accuracy stays below this
     input_quantile: float = 0.99  # gradient: inputs' integer bits cover this quantile of |x|
     act_quantile: float | None = 0.99  # gradient: same for neurons, per epoch (None: maxima)
+    learn_integer: bool = True  # gradient: neurons' integer bits trained (from act_quantile)
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
