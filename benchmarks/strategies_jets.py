@@ -8,8 +8,10 @@
    16-64-32-32-5 jet MLP of the other strategies loses 2 points at <= 1,000 EBOPs: it has
    to keep 3 hidden layers alive): two trainings in two processes (one per core; more
    --runs than cores share the time), training steps compiled with torch.compile
-   (--no-compile: eager), weights at --lr 3e-3 and bit-widths at --bits-lr 1e-2, beta
-   ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
+   (--no-compile: eager), weights at --lr 3e-3 and bit-widths at --bits-lr 1e-2, integer
+   bits of inputs and neurons from the 0.99 quantile of their values (--input-quantile,
+   --act-quantile), the neurons' then trained (--no-learn-integer: quantiles recomputed
+   every epoch), beta ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
    (`--ebops-target KNEE END`: the beta controller instead); then the merged front's
    points, most accurate first, fine-tuned at frozen bits for --polish-epochs each until
    --polish-time is spent (rows marked p).
