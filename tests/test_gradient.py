@@ -117,18 +117,23 @@ def test_training_front_and_exact_export():
     assert eb == sorted(eb) and all(a < b for a, b in zip(acc, acc[1:]))
     # pressure on EBOPs: the last epoch is cheaper than the first
     assert res.history[-1]["ebops"] < res.history[0]["ebops"]
+    m = _assert_front_exports_exactly(g, res.front, data)
+    assert 0 <= evaluate(m, data)["accuracy"] <= 1
+
+
+def _assert_front_exports_exactly(g, front, data):
+    """Each front point as an ordinary hetq model computes what `g` computes, the integer
+    engine bit-exactly, and `g`'s exact EBOPs are the recorded ones; returns the last model."""
     X, _ = data.tensors("test")
-    for p in res.front:
+    for p in front:
         m = to_hetq_model(g, p.state)
         g.load_state_dict(p.state)
         g.eval()
         with torch.no_grad():
-            assert torch.equal(m(X), g(X))  # the ordinary hetq model computes the same
-        eng = IntegerModel(m, (data.n_features,))
-        assert eng.compare(X).exact
-        # exact EBOPs of the rounded model equal the recorded ones
+            assert torch.equal(m(X), g(X))
+        assert IntegerModel(m, (data.n_features,)).compare(X).exact
         assert g.ebops() == p.ebops
-    assert 0 <= evaluate(m, data)["accuracy"] <= 1
+    return m
 
 
 def test_negative_activation_frac_bits_export_exactly():
@@ -540,15 +545,7 @@ def test_training_with_quantile_ranges_exports_exactly():
                             bits_lr=0.05, act_quantile=0.99, input_quantile=0.99,
                             learn_integer=False, progress=False)
     assert len(res.history) == 4 and res.front
-    X, _ = data.tensors("test")
-    for p in res.front:
-        m = to_hetq_model(g, p.state)
-        g.load_state_dict(p.state)
-        g.eval()
-        with torch.no_grad():
-            assert torch.equal(m(X), g(X))
-        assert IntegerModel(m, (data.n_features,)).compare(X).exact
-        assert g.ebops() == p.ebops
+    _assert_front_exports_exactly(g, res.front, data)
 
 
 def test_quantiles_are_checked(tmp_path, capsys):
@@ -610,18 +607,9 @@ def test_training_with_learned_integer_bits_exports_exactly_and_polish_keeps_the
     g, res = train_gradient(f, data, epochs=5, batch_size=256, beta0=1e-4, beta1=1e-2,
                             bits_lr=0.05, learn_integer=True, progress=False)
     assert res.front
-    X, _ = data.tensors("test")
-    ints = set()
-    for p in res.front:
-        m = to_hetq_model(g, p.state)
-        g.load_state_dict(p.state)
-        g.eval()
-        with torch.no_grad():
-            assert torch.equal(m(X), g(X))
-        assert IntegerModel(m, (data.n_features,)).compare(X).exact
-        assert g.ebops() == p.ebops
-        ints.add(tuple(tuple(torch.round(v).tolist()) for k, v in p.state.items()
-                       if k.endswith(".i")))
+    _assert_front_exports_exactly(g, res.front, data)
+    ints = {tuple(tuple(torch.round(v).tolist()) for k, v in p.state.items() if k.endswith(".i"))
+            for p in res.front}
     assert len(ints) > 1  # the integer bits did train: they differ along the front
     best = res.front[-1]
     pol = polish(g, best, data, epochs=2)
