@@ -438,14 +438,15 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     is wanted); `GradientResult.stopped_early` says so.
     learn_integer: the hidden neurons' integer bits are trained too (`_ActQ.learn_integer`),
     starting from the act_quantile range. On the simulated jets (16-32-16-5, 245 s) it raised
-    the hypervolume from 0.582-0.599 to 0.625-0.630, mostly below 600 EBOPs (0.60 test
-    accuracy at 176 EBOPs where the ranges from quantiles needed 335).
+    the hypervolume from 0.582-0.599 to 0.613-0.634 (5 runs each), mostly below 600 EBOPs
+    (0.60 test accuracy at 159-176 EBOPs where the quantile ranges needed 335-363); at
+    1,000 EBOPs it gave no gain (0.649-0.656 against 0.652-0.659).
     input_quantile: each input feature's integer bits cover this quantile of |x| on the
     training set; larger values saturate.
     act_quantile: each hidden neuron's integer bits cover this quantile of its output on 8,192
     training rows, recomputed after every epoch (larger values saturate); None: the largest
     output of the last epoch (HGQ1's way). On the simulated jets (16-32-16-5, 245 s) both at
-    0.99 gave hypervolume 0.589-0.599 and 0.652-0.659 test accuracy at <= 1,000 EBOPs (3 runs)
+    0.99 gave hypervolume 0.582-0.599 and 0.652-0.659 test accuracy at <= 1,000 EBOPs (5 runs)
     against 0.573-0.595 and 0.650-0.658 (7 runs) with maxima and inputs at 0.999.
     """
     import warnings
