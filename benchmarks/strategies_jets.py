@@ -37,7 +37,7 @@ import torch
 from common import FULL, jets
 from hetq.cost import cost
 from hetq.models import build
-from hetq.search.cli import _quantile
+from hetq.search.cli import _input_quantile, _quantile
 from hetq.search.config import SearchConfig
 from hetq.search.driver import load_run, run_search
 from hetq.search.gradient import to_hetq_model, train_gradient_runs
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[32, 16],
                     help="gradient strategy: hidden widths of the float MLP it starts from "
                          "(the targets' float reference is the 64 32 32 jet MLP either way)")
-    ap.add_argument("--input-quantile", type=_quantile, default=SearchConfig.input_quantile,
+    ap.add_argument("--input-quantile", type=_input_quantile, default=SearchConfig.input_quantile,
                     help="gradient strategy: inputs' integer bits cover this quantile of |x| "
                          "('max': the largest)")
     ap.add_argument("--act-quantile", type=_quantile, default=SearchConfig.act_quantile,
@@ -184,8 +184,8 @@ def main() -> None:
             target=tuple(a.ebops_target) if a.ebops_target else None,
             polish_epochs=a.polish_epochs, polish_time=polish_time, compile=a.compile,
             stop_below=a.stop_below,
-            input_quantile=1.0 if a.input_quantile is None else a.input_quantile,
-            act_quantile=a.act_quantile, learn_integer=a.learn_integer)
+            input_quantile=a.input_quantile, act_quantile=a.act_quantile,
+            learn_integer=a.learn_integer)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:

@@ -42,6 +42,12 @@ def _quantile(text: str) -> float | None:
     return v
 
 
+def _input_quantile(text: str) -> float:
+    """As `_quantile`, 'max' being the quantile 1.0 (input ranges are always quantiles)."""
+    v = _quantile(text)
+    return 1.0 if v is None else v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
                        description="Search per-layer quantizers and widths; prints the "
@@ -129,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: a run stops once its validation accuracy "
                         "has stayed below ACC for 5 epochs in the second half "
                         "of training; with --time-budget the time left goes to the polish")
-    s.add_argument("--input-quantile", type=_quantile, default=SearchConfig.input_quantile,
+    s.add_argument("--input-quantile", type=_input_quantile, default=SearchConfig.input_quantile,
                    metavar="Q", help="gradient strategy: each input feature's integer bits "
                    "cover this quantile of |x| on the training data, larger values saturate "
                    "(default %(default)s; 'max': the largest)")
@@ -205,8 +211,8 @@ def _search(a) -> int:
         bits_lr=a.bits_lr, population=a.population, ebops_target=a.ebops_target,
         gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
         gradient_compile=a.compile, stop_below=a.stop_below,
-        input_quantile=1.0 if a.input_quantile is None else a.input_quantile,
-        act_quantile=a.act_quantile, learn_integer=a.learn_integer,
+        input_quantile=a.input_quantile, act_quantile=a.act_quantile,
+        learn_integer=a.learn_integer,
     )
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy

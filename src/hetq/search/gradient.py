@@ -166,15 +166,8 @@ class _ActQ(nn.Module):
 
     def forward(self, x):
         y = F.relu(x)
-        if hasattr(self, "i"):
-            fr = _round_f(self.f, self.F_MIN)
-            step = torch.pow(2.0, -fr)
-            ii = self.i + (torch.round(self.i) - self.i).detach()
-            top = (torch.pow(2.0, ii) - step).clamp_min(0.0)
-            qn = torch.round(y / step) * step
-            clip = qn > top.detach()
-            return torch.where(clip, top.expand_as(y), _surrogate(y, qn, self.f))
-        if self.training and not self.frozen:
+        learned = hasattr(self, "i")
+        if self.training and not self.frozen and not learned:
             with torch.no_grad():
                 m = y.amax(dim=0) if self.max_seen.dim() else y.max()
                 self.max_seen.copy_(torch.maximum(self.max_seen, m))
@@ -184,9 +177,13 @@ class _ActQ(nn.Module):
         # so that the exported quantized_relu has integer <= bits
         fr = _round_f(self.f, self.F_MIN)
         step = torch.pow(2.0, -fr)
+        qn = torch.round(y / step) * step
+        if learned:  # round(i) straight through; clipped values give gradient to i only
+            ii = self.i + (torch.round(self.i) - self.i).detach()
+            top = (torch.pow(2.0, ii) - step).clamp_min(0.0)
+            return torch.where(qn > top.detach(), top.expand_as(y), _surrogate(y, qn, self.f))
         top = (torch.pow(2.0, self.integer) - step).clamp_min(0.0)
-        q = torch.minimum(torch.round(y / step) * step, top)
-        return _surrogate(y, q, self.f)
+        return _surrogate(y, torch.minimum(qn, top), self.f)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
         f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
@@ -468,7 +465,10 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     torch.manual_seed(seed)
     task = Classify()
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, "cpu")
-    calib = Xtr[torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:8192]]
+    calib = None  # rows for the per-epoch quantile ranges (only without learned integers)
+    if act_quantile is not None and not learn_integer:
+        pick = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:8192]
+        calib = Xtr[pick]
     # learned integer bits start from the act_quantile range (from the largest value if None)
     start_q = 1.0 if (learn_integer and act_quantile is None) else act_quantile
     model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron,
@@ -547,11 +547,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                     goal = ebops_target_at(frac, start, knee, end, knee_time)
                     ctl.update(float(soft), goal)
                 step += 1
-            if learn_integer:
-                pass  # the ranges are parameters
-            elif act_quantile is not None:
+            if calib is not None:
                 model.calibrate(calib)
-            else:
+            elif not learn_integer:  # (learned: the ranges are parameters)
                 for m in model.modules():
                     if isinstance(m, _ActQ):
                         m.reset_range()
