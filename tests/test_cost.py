@@ -111,6 +111,31 @@ def test_bits_goal_counts():
                    "total": 4389 * 8 + 144 * 8}
 
 
+def test_ebops_per_weight_and_per_feature_types():
+    """Tensor-valued quantizers (as the gradient strategy exports) count element by element:
+    each nonzero weight's width times its input feature's width; the types, energy and
+    FPGA estimate still use the widest member."""
+    from hetq.quant.fixed_point import quantized_bits
+
+    inp = QActivation(quantized_bits(bits=torch.tensor([3.0, 6.0]),
+                                     integer=torch.tensor([1.0, 1.0]), alpha=1))
+    fc = QDense(2, 2, kernel_quantizer=quantized_bits(
+        bits=torch.tensor([[2.0, 4.0], [3.0, 5.0]]), integer=torch.tensor([[1.0, 1.0],
+                                                                          [1.0, 1.0]]),
+        alpha=1), bias_quantizer="quantized_bits(8,3,alpha=1)")
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[1.0, 0.25], [0.0, -0.5]]))
+    rep = cost(nn.Sequential(inp, fc), (2,))
+    assert rep.summary()["ebops"] == 2 * 3 + 4 * 6 + 5 * 6  # the zero weight is free
+    assert rep.layers[1].weight.bits == 5 and rep.layers[1].input.bits == 6
+    # one scalar type everywhere: the same count as before (nnz x bits x bits)
+    uni = QDense(2, 2, kernel_quantizer="quantized_bits(4,1,alpha=1)")
+    with torch.no_grad():
+        uni.weight.copy_(fc.weight)
+    assert cost(nn.Sequential(QActivation("quantized_bits(6,1,alpha=1)"), uni),
+                (2,)).summary()["ebops"] == 3 * 4 * 6
+
+
 def test_ebops_exclude_zero_weights():
     q6 = quantize_model(build("jet_mlp"), preset("q6"))
     with torch.no_grad():

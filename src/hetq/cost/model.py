@@ -16,6 +16,9 @@ Layer rules (hetq's choices where QTools has none are marked *):
       the average quantizer's type (or fp32); global average pooling likewise over H*W;
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
   any other layer: a warning naming it, then pass-through.
+EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
+input bits, element by element where the weight quantizer is per channel or per weight and
+where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type).
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
 op_cost, pass-through layers their inputs.
@@ -113,6 +116,7 @@ def _nnz(w: torch.Tensor) -> int:
 class _Ctx:
     def __init__(self, s: Settings, first: str, last: str):
         self.s, self.first, self.last = s, first, last
+        self.x_bits: torch.Tensor | None = None  # per-feature input widths, when known
 
     def act_mode(self, name, which):
         edge = (which == "in" and name == self.first) or (which == "out" and name == self.last)
@@ -153,9 +157,7 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     lc.energy["parameters"] += ctx.mem(w.numel() * w_t.bits, s.weights_on_memory)
     if b is not None:
         lc.energy["parameters"] += ctx.mem(b.numel() * b_t.bits, s.weights_on_memory)
-    x_bits = 32 if x_t.mode == FLOAT else x_t.bits
-    nnz = _nnz(w)
-    lc.ebops += nnz * positions * w_t.bits * x_bits
+    lc.ebops += positions * _ebops(w, wq, w_t, x_t, ctx)
     if b is not None:
         lc.ebops_bias += b.numel() * positions * b_t.bits
     lc.weight, lc.bias, lc.multiplier, lc.accumulator = w_t, b_t, mult.kind, acc
@@ -167,6 +169,35 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     if out_q is not None:
         return NAMED_OUT(out_q, s)
     return acc
+
+
+def _elementwise(v, shape) -> torch.Tensor | None:
+    """A quantizer's tensor-valued parameter broadcast to `shape`, or None (a scalar, or a
+    shape that does not broadcast)."""
+    if v is None or isinstance(v, (int, float)):
+        return None
+    t = torch.as_tensor(v, dtype=torch.float64)
+    if t.dim() == 0:
+        return None
+    try:
+        return torch.broadcast_to(t, shape)
+    except RuntimeError:
+        return None
+
+
+def _ebops(w: torch.Tensor, wq, w_t: QType, x_t: QType, ctx: _Ctx) -> int:
+    """Sum over the nonzero weights of weight bits x input bits (one position)."""
+    nz = (w.detach() != 0).to(torch.float64)
+    wb = None
+    if ctx.s.reference is None and w_t.mode != FLOAT:
+        wb = _elementwise(getattr(wq, "bits", None), w.shape)
+    wb = wb if wb is not None else torch.tensor(float(w_t.bits), dtype=torch.float64)
+    xb = None
+    if w.dim() == 2 and ctx.x_bits is not None and ctx.x_bits.numel() == w.shape[1]:
+        xb = ctx.x_bits.reshape(1, -1)
+    if xb is None:
+        xb = torch.tensor(32.0 if x_t.mode == FLOAT else float(x_t.bits), dtype=torch.float64)
+    return int(round(float((nz * wb * xb).sum())))
 
 
 def NAMED_OUT(q, s: Settings) -> QType:  # noqa: N802 - reads as a type constructor
@@ -299,4 +330,17 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
             lc = _layer(node, x_t, ctx)
             out.append(lc)
             x_t = lc.output
+            ctx.x_bits = _feature_bits(node.module, lc.output, settings)
     return out
+
+
+def _feature_bits(m, out_t: QType, s: Settings) -> torch.Tensor | None:
+    """Per-feature widths of a QActivation with a tensor-valued bits parameter (what the
+    next dense layer multiplies by, feature by feature), else None."""
+    if s.reference is not None or not isinstance(m, QActivation) or out_t.mode == FLOAT:
+        return None
+    v = getattr(m.activation_quantizer, "bits", None)
+    if v is None or isinstance(v, (int, float)):
+        return None
+    t = torch.as_tensor(v, dtype=torch.float64).flatten()
+    return t if t.numel() > 1 else None
