@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hetq.cost import cost
 from hetq.data import get_dataset
 from hetq.export import IntegerModel
 from hetq.models import build
@@ -95,6 +96,10 @@ def test_ebops_soft_matches_exact_at_integer_f():
     data, f = _small_setup()
     X, _ = data.tensors("train")
     g = GradientBitsMLP(f, X, f0=4.0)
+    assert g.ebops() == 0  # no activation ranges yet: every neuron is off, the model constant
+    g.train()
+    with torch.no_grad():
+        g(X)  # track the ranges
     assert g.ebops() == int(round(float(g.soft_ebops().detach())))
     assert g.ebops() > 0
     # without the weights' sign bit: one bit less per nonzero weight, times its input width
@@ -133,6 +138,8 @@ def _assert_front_exports_exactly(g, front, data):
             assert torch.equal(m(X), g(X))
         assert IntegerModel(m, (data.n_features,)).compare(X).exact
         assert g.ebops() == p.ebops
+        # the exported model's declared types cost the same EBOPs in hetq's cost model
+        assert cost(m, (data.n_features,)).summary()["ebops"] == p.ebops
     return m
 
 
@@ -537,6 +544,41 @@ def test_activation_ranges_from_a_quantile_saturate_the_outliers():
     assert IntegerModel(m, (1,)).compare(x).exact
     # inputs: the 0.99 quantile of |x| (9.89) needs 4 integer bits, the outliers 6
     assert GradientBitsMLP(f, x, input_quantile=0.99).inq.integer.tolist() == [4.0]
+
+
+def test_ebops_count_what_the_export_declares():
+    """Weights into a neuron that cannot change the output cost nothing (the export zeroes
+    them), and a weight whose frac bits the export's rescaling pushes below -1 pays for the
+    wider type the export declares; the hetq cost of the exported model is the same number."""
+    f = torch.nn.Sequential(torch.nn.Linear(1, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        f[0].weight.copy_(torch.tensor([[1.0], [2.0], [1.0]]))
+        f[0].bias.copy_(torch.tensor([0.0, 0.0, 0.5]))
+        f[2].weight.copy_(torch.tensor([[1.0, -0.5, 0.0], [-1.0, 0.25, 0.0]]))  # 3rd: no use
+        f[2].bias.zero_()
+    x = (torch.arange(995) / 100.0).unsqueeze(1)
+    g = GradientBitsMLP(f, x, f0=2.0, input_quantile=1.0)  # inputs: 4 + 2 + sign = 7 bits
+    act, fc2 = g.body[1], g.body[2]
+    g.train()
+    with torch.no_grad():
+        g(x)  # ranges 10, 20, 10.5: 4, 5, 4 integer bits
+        act.f.copy_(torch.tensor([-2.0, 2.0, 2.0]))  # neuron 0: step 4, exported x 2**-2
+        fc2.f[:, 0] = 0.0  # its outgoing 1, -1: 2 bits, but f 0 - 2 < -1 once rescaled
+    assert g.inq.widths().tolist() == [7.0] and act.widths().tolist() == [2.0, 7.0, 6.0]
+    # fc1: 7 x (4 + 5), the third neuron's row left out; fc2: 2 x (3 + 3) + 7 x (3 + 2)
+    assert g.ebops() == 7 * (4 + 5) + 2 * (3 + 3) + 7 * (3 + 2) == 110
+    assert g.ebops(weight_sign=False) == 7 * (3 + 4) + 2 * (2 + 2) + 7 * (2 + 1)
+    # the training pressure still counts the useless row (7 x 4), so it goes on removing it
+    assert float(g.soft_ebops().detach()) == 110 + 7 * 4
+    g.eval()
+    m = to_hetq_model(g)
+    with torch.no_grad():
+        assert torch.equal(m(x), g(x))
+    assert m[1].weight[2].item() == 0.0 and m[1].bias[2].item() == 0.0
+    assert m[3].weight[:, 0].tolist() == [4.0, -4.0]  # scaled by 2**2: f -2 -> type f -1
+    assert torch.as_tensor(m[3].quantizers["kernel"].bits)[:, 0].tolist() == [3.0, 3.0]
+    assert cost(m, (1,)).summary()["ebops"] == 110
+    assert IntegerModel(m, (1,)).compare(x).exact
 
 
 def test_training_with_quantile_ranges_exports_exactly():

@@ -215,12 +215,6 @@ class _DenseQ(nn.Module):
     def forward(self, x):
         return F.linear(x, self.qweight(), self.qbias())
 
-    def soft_widths(self) -> torch.Tensor:
-        """Differentiable weight widths: integer bits of the quantized value (detached) + f +
-        sign, 0 where the weight rounds to zero (HGQ's count; at integer f it is exact)."""
-        q = self.qweight().detach()
-        return (q != 0).to(q.dtype) * F.relu(_int_bits(q) + self.f + 1.0)
-
 
 class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
@@ -296,27 +290,90 @@ class GradientBitsMLP(nn.Module):
             else:
                 prev = m
 
+    def _shifts(self) -> dict[int, torch.Tensor]:
+        """Body index of each activation -> the power of two `to_hetq_model` rescales its
+        neurons by: -f for a neuron with frac bits f < 0 that is on, else 0."""
+        out = {}
+        for k, m in enumerate(self.body):
+            if isinstance(m, _ActQ):
+                f = _round_f(m.f, m.F_MIN)
+                out[k] = torch.where((m.integer + f) >= 1, (-f).clamp_min(0.0),
+                                     torch.zeros_like(f))
+        return out
+
+    def _floors(self) -> list[torch.Tensor]:
+        """Per dense layer (out x in), the lowest frac bits its weights' exported types can
+        have. The export rescales a neuron with frac bits s < 0 (incoming rows by 2**s,
+        outgoing columns by 2**-s), and a weight type has at least f = -1 (quantized_bits
+        needs integer <= bits), so a weight costs int_bits + max(f, floor) + 1 bits with
+        floor = -1 - (its row's shift) + (its column's shift)."""
+        shift = self._shifts()
+        zero = torch.zeros(())
+        out = []
+        for k, d in enumerate(self.body):
+            if isinstance(d, _DenseQ):
+                n_out, n_in = d.weight.shape
+                row = shift.get(k + 1, zero).expand(n_out).unsqueeze(1)
+                col = shift.get(k - 1, zero).expand(n_in).unsqueeze(0)
+                out.append(-1.0 - row + col)
+        return out
+
+    @torch.no_grad()
+    def _useful(self) -> list[torch.Tensor]:
+        """Per dense layer, whether each output neuron can change the model's output: every
+        output does; a hidden neuron needs bits and a nonzero weight into a useful neuron of
+        the next layer. `to_hetq_model` zeroes the weights into the others, and `ebops`
+        leaves them out."""
+        items = list(self.body)
+        out, need = [], None
+        for k in range(len(items) - 1, -1, -1):
+            d = items[k]
+            if not isinstance(d, _DenseQ):
+                continue
+            n_out = d.weight.shape[0]
+            useful = torch.ones(n_out, dtype=torch.bool) if need is None else need
+            nxt = items[k + 1] if k + 1 < len(items) else None
+            if isinstance(nxt, _ActQ):  # a neuron with no bits is off
+                useful = useful & (nxt.integer + _round_f(nxt.f, nxt.F_MIN) >= 1).expand(n_out)
+            out.append(useful)
+            need = (d.qweight()[useful] != 0).any(0)
+        return out[::-1]
+
+    def _widths(self, d: _DenseQ, floor: torch.Tensor, soft: bool) -> torch.Tensor:
+        """Weight widths as exported: integer bits of the quantized value (detached) +
+        max(f, floor) + sign, 0 where the weight rounds to zero (HGQ's count with the sign
+        bit and the export's floor); soft: differentiable in f, exact at integer f."""
+        q = d.qweight().detach()
+        f = d.f.clamp_min(-24.0) if soft else _round_f(d.f)
+        return (q != 0).to(q.dtype) * F.relu(_int_bits(q) + torch.maximum(f, floor) + 1.0)
+
     def soft_ebops(self) -> torch.Tensor:
+        """Differentiable EBOPs (the training pressure). Equal to `ebops` at integer frac
+        bits, except that weights into neurons that cannot change the output are still
+        counted here, so the pressure goes on removing them."""
         total = torch.zeros(())
-        for d, src in self._inputs():
+        for (d, src), floor in zip(self._inputs(), self._floors()):
             bx = src.widths(soft=True)
             bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
-            total = total + (d.soft_widths() * bx.unsqueeze(0)).sum()
+            total = total + (self._widths(d, floor, soft=True) * bx.unsqueeze(0)).sum()
         return total
 
     @torch.no_grad()
     def ebops(self, weight_sign: bool = True) -> int:
-        """Exact EBOPs of the rounded model. weight_sign=False leaves out the weights' sign
-        bit, as HGQ1 counts (`kernel_bw`: "negative sign not considered for kernel"), for
-        comparing with figures measured that way; hetq's own count includes it."""
+        """Exact EBOPs of the rounded model as `to_hetq_model` exports it: the sum over the
+        nonzero weights into useful neurons of their exported width times their input's
+        width, so the hetq cost of the exported model is the same number.
+        weight_sign=False leaves out the weights' sign bit, as HGQ1 counts (`kernel_bw`:
+        "negative sign not considered for kernel"), for comparing with figures measured
+        that way; hetq's own count includes it."""
         total = 0.0
-        sign = 1.0 if weight_sign else 0.0
-        for d, src in self._inputs():
+        for (d, src), floor, useful in zip(self._inputs(), self._floors(), self._useful()):
             bx = src.widths()
             bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
-            q = d.qweight()
-            w = (q != 0).double() * F.relu(_int_bits(q) + _round_f(d.f) + sign).double()
-            total += float((w * bx.double().unsqueeze(0)).sum())
+            w = self._widths(d, floor, soft=False).double()
+            if not weight_sign:
+                w = (w - 1.0).clamp_min(0.0)
+            total += float((w * bx.double().unsqueeze(0))[useful].sum())
         return int(round(total))
 
 
@@ -823,8 +880,12 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                     raise ValueError(f"{name}: activation with {int(i + f)} bits (all zero); "
                                      "lower beta1")
                 items.append(dict(dense=False, name=name, i=i, f=f, off=(i + f) < 1))
-    # pass 2: zero the weights fed by dead inputs, rescale neurons with negative frac bits
+    # pass 2: zero the weights fed by dead inputs and those into neurons that cannot change
+    # the output, rescale neurons with negative frac bits
     items[0]["w"][:, dead] = 0.0
+    for it, useful in zip([it for it in items if it["dense"]], g._useful()):
+        it["w"][~useful] = 0.0
+        it["b"][~useful] = 0.0
     for k, act in enumerate(items):
         if act["dense"]:
             continue
