@@ -18,7 +18,8 @@ Layer rules (hetq's choices where QTools has none are marked *):
   any other layer: a warning naming it, then pass-through.
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
 input bits, element by element where the weight quantizer is per channel or per weight and
-where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type).
+where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type);
+the layer's types, energy and FPGA estimate use the widest member of such quantizers.
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
 op_cost, pass-through layers their inputs.
