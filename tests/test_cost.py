@@ -1,5 +1,6 @@
 """Cost model: QTools golden example (exact), operator width rules, bits goal, EBOPs, CLI."""
 
+import math
 import warnings
 
 import pytest
@@ -127,7 +128,14 @@ def test_ebops_per_weight_and_per_feature_types():
         fc.weight.copy_(torch.tensor([[1.0, 0.25], [0.0, -0.5]]))
     rep = cost(nn.Sequential(inp, fc), (2,))
     assert rep.summary()["ebops"] == 2 * 3 + 4 * 6 + 5 * 6  # the zero weight is free
-    assert rep.layers[1].weight.bits == 5 and rep.layers[1].input.bits == 6
+    lc = rep.layers[1]
+    assert lc.weight.bits == 5 and lc.input.bits == 6
+    # each multiplier at its own widths (gate bits sqrt(w x)), zero weights too (as QTools
+    # counts every MAC); the additions into the layer's one accumulator type
+    gates = [math.sqrt(b) for b in (2 * 3, 4 * 6, 3 * 3, 5 * 6)]
+    assert lc.energy["op_cost"] == pytest.approx(
+        sum(fpm_mul(g) for g in gates) + 4 * fpm_add(lc.accumulator.bits))
+    assert lc.param_bits == (2 + 4 + 3 + 5) + 2 * 8
     # one scalar type everywhere: the same count as before (nnz x bits x bits)
     uni = QDense(2, 2, kernel_quantizer="quantized_bits(4,1,alpha=1)")
     with torch.no_grad():

@@ -61,5 +61,9 @@ def op_energy(mult: Multiplier, acc: QType) -> float:
         m = fpm_mul(mult.gate_bits)
     else:  # shifter, mux, xor, and, adder
         m = fpm_add(mult.gate_bits)
-    a = fp_add(acc.bits) if acc.mode == FLOAT else fpm_add(acc.bits)
-    return mult.gate_factor * m + a
+    return mult.gate_factor * m + acc_energy(acc)
+
+
+def acc_energy(acc: QType) -> float:
+    """Energy of one addition into an accumulator of type `acc`."""
+    return fp_add(acc.bits) if acc.mode == FLOAT else fpm_add(acc.bits)

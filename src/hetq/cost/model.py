@@ -18,8 +18,10 @@ Layer rules (hetq's choices where QTools has none are marked *):
   any other layer: a warning naming it, then pass-through.
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
 input bits, element by element where the weight quantizer is per channel or per weight and
-where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type);
-the layer's types, energy and FPGA estimate use the widest member of such quantizers.
+where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type).
+The multipliers' energy and the parameter bits are counted the same way (each weight's
+multiplier at its own operands' widths); the layer's types, its accumulator and the FPGA
+estimate use the widest member of such quantizers.
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
 op_cost, pass-through layers their inputs.
@@ -38,7 +40,7 @@ from torch import nn
 from ..quant.layers import QActivation, QDepthwiseConv2d, QLayer, QSeparableConv2d
 from ..quant.norm import QBatchNorm, _FoldedBatchnorm
 from ..quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
-from .energy import fp_add, fpm_add, mem_access, op_energy
+from .energy import acc_energy, fp_add, fpm_add, fpm_mul, mem_access, op_energy
 from .graph import trace
 from .qtypes import FLOAT, FP32, NAMED, QType, accumulator, adder, multiplier, qtype_of
 
@@ -152,13 +154,24 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
         acc = s.reference_accumulator
     ops = w.numel() * positions
     lc.op_count += ops
-    lc.energy["op_cost"] += ops * op_energy(mult, acc)
-    pbits = w.numel() * w_t.bits + (b.numel() * b_t.bits if b is not None else 0)
-    lc.param_bits += pbits
-    lc.energy["parameters"] += ctx.mem(w.numel() * w_t.bits, s.weights_on_memory)
+    wb, xb = _element_bits(w, wq, w_t, x_t, ctx)
+    if mult.kind == "mul" and (wb.dim() or xb.dim()):
+        # per-weight / per-feature widths: each multiplier at its own operands' widths (the
+        # fixed x fixed rule, gate bits sqrt(w bits * x bits)), the accumulator as one type
+        gate = torch.sqrt(torch.broadcast_to(wb * xb, w.shape))
+        vals, counts = torch.unique(gate, return_counts=True)
+        mul = sum(c * fpm_mul(v) for v, c in zip(vals.tolist(), counts.tolist()))
+        lc.energy["op_cost"] += positions * (mult.gate_factor * mul
+                                             + w.numel() * acc_energy(acc))
+    else:
+        lc.energy["op_cost"] += ops * op_energy(mult, acc)
+    wbits = int(round(float(torch.broadcast_to(wb, w.shape).sum())))
+    lc.param_bits += wbits + (b.numel() * b_t.bits if b is not None else 0)
+    lc.energy["parameters"] += ctx.mem(wbits, s.weights_on_memory)
     if b is not None:
         lc.energy["parameters"] += ctx.mem(b.numel() * b_t.bits, s.weights_on_memory)
-    lc.ebops += positions * _ebops(w, wq, w_t, x_t, ctx)
+    nz = (w.detach() != 0).to(torch.float64)
+    lc.ebops += positions * int(round(float((nz * wb * xb).sum())))
     if b is not None:
         lc.ebops_bias += b.numel() * positions * b_t.bits
     lc.weight, lc.bias, lc.multiplier, lc.accumulator = w_t, b_t, mult.kind, acc
@@ -186,19 +199,23 @@ def _elementwise(v, shape) -> torch.Tensor | None:
         return None
 
 
-def _ebops(w: torch.Tensor, wq, w_t: QType, x_t: QType, ctx: _Ctx) -> int:
-    """Sum over the nonzero weights of weight bits x input bits (one position)."""
-    nz = (w.detach() != 0).to(torch.float64)
+def _element_bits(w: torch.Tensor, wq, w_t: QType, x_t: QType,
+                  ctx: _Ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight bits, input bits) as float64 tensors that broadcast against `w`: each weight's
+    own width where its quantizer is tensor-valued, each input feature's (along the second
+    axis of a dense weight) after a per-feature QActivation; 0-dim tensors of the layer's
+    types otherwise."""
     wb = None
     if ctx.s.reference is None and w_t.mode != FLOAT:
         wb = _elementwise(getattr(wq, "bits", None), w.shape)
-    wb = wb if wb is not None else torch.tensor(float(w_t.bits), dtype=torch.float64)
+    if wb is None:
+        wb = torch.tensor(float(w_t.bits), dtype=torch.float64)
     xb = None
     if w.dim() == 2 and ctx.x_bits is not None and ctx.x_bits.numel() == w.shape[1]:
         xb = ctx.x_bits.reshape(1, -1)
     if xb is None:
         xb = torch.tensor(32.0 if x_t.mode == FLOAT else float(x_t.bits), dtype=torch.float64)
-    return int(round(float((nz * wb * xb).sum())))
+    return wb, xb
 
 
 def NAMED_OUT(q, s: Settings) -> QType:  # noqa: N802 - reads as a type constructor
