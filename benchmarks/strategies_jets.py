@@ -26,7 +26,6 @@ at <= 1,000 EBOPs, hypervolume >= 0.56.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -40,7 +39,7 @@ from hetq.models import build
 from hetq.search.cli import _input_quantile, _quantile
 from hetq.search.config import SearchConfig
 from hetq.search.driver import load_run, run_search
-from hetq.search.gradient import to_hetq_model, train_gradient_runs
+from hetq.search.gradient import default_workers, to_hetq_model, train_gradient_runs
 from hetq.search.objectives import hypervolume_2d, pareto_front
 from hetq.train import evaluate, fit
 
@@ -177,7 +176,7 @@ def main() -> None:
         # idle machine, 40 s under load)
         polish_time = a.polish_time if a.polish_epochs else 0.0
         left = a.budget - (time.time() - t0) - 20.0 - polish_time
-        waves = -(-a.runs // min(a.runs, os.cpu_count() or 1))  # runs queued per process
+        waves = -(-a.runs // default_workers(a.runs))  # runs queued per process
         g, res = train_gradient_runs(
             f, data, runs=a.runs, epochs=1_000_000, beta0=a.beta0, beta1=a.beta1, lr=a.lr,
             bits_lr=a.bits_lr, time_budget=left / waves, progress=False,

@@ -748,6 +748,13 @@ def _one_run(float_model, data, threads: int, kwargs: dict):
     return train_gradient(float_model, data, progress=False, **kwargs)
 
 
+def default_workers(runs: int) -> int:
+    """Processes `train_gradient_runs` uses by default: one per run, at most one per core."""
+    import os
+
+    return min(runs, os.cpu_count() or 1)
+
+
 def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                         workers: int | None = None, seed: int = 0, progress: bool = True,
                         polish_epochs: int = 0, polish_lr: float = 1e-3,
@@ -775,7 +782,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     t0 = time.time()
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
-    workers = workers or min(runs, os.cpu_count() or 1)
+    workers = workers or default_workers(runs)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if polish_epochs < 0:
