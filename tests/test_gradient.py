@@ -2,6 +2,7 @@
 
 import copy
 import math
+import time
 
 import pytest
 import torch
@@ -258,6 +259,25 @@ def test_parallel_runs_merge_their_fronts():
         assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(p.val_accuracy)
     with pytest.raises(ValueError, match="runs must be >= 1"):
         train_gradient_runs(f, data, runs=0)
+
+
+def test_process_start_comes_out_of_the_time_budget(monkeypatch):
+    """A run that starts at once trains for its budget minus the time since submission (the
+    worker process's start), so the wall time stays within the budget; a queued run keeps
+    its whole budget."""
+    import hetq.search.gradient as gm
+
+    seen = []
+    monkeypatch.setattr(gm, "train_gradient", lambda f, d, **kw: seen.append(kw["time_budget"]))
+    threads = torch.get_num_threads()
+    t = time.time()
+    try:
+        gm._one_run(None, None, 1, {"time_budget": 100.0}, submitted=t - 30.0)
+        gm._one_run(None, None, 1, {"time_budget": 100.0}, submitted=None)
+        gm._one_run(None, None, 1, {"time_budget": 100.0}, submitted=t - 500.0)
+    finally:
+        torch.set_num_threads(threads)  # _one_run sets the worker's threads
+    assert 69.0 < seen[0] <= 70.0 and seen[1] == 100.0 and seen[2] == 1.0
 
 
 def test_polish_keeps_the_bits_and_never_raises_ebops():

@@ -742,9 +742,15 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     return keeper.points
 
 
-def _one_run(float_model, data, threads: int, kwargs: dict):
-    """A worker process's training (top level: spawned processes import it)."""
+def _one_run(float_model, data, threads: int, kwargs: dict, submitted: float | None = None):
+    """A worker process's training (top level: spawned processes import it). submitted: the
+    `time.time()` of submission for a run that starts at once; starting the process
+    (seconds: it imports torch) then comes out of its time_budget instead of adding to the
+    wall time."""
     torch.set_num_threads(threads)
+    if submitted is not None and kwargs.get("time_budget") is not None:
+        kwargs = {**kwargs, "time_budget": max(kwargs["time_budget"] - (time.time() - submitted),
+                                               1.0)}
     return train_gradient(float_model, data, progress=False, **kwargs)
 
 
@@ -765,7 +771,9 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     CPU core), their fronts merged into one. For this model size one thread per process runs
     about as many epochs as two threads in one, so two cores give two runs in the time of
     one, and runs differ enough (a run can lose a region of the front) that the merged front
-    is better than either. kwargs: as `train_gradient` (time_budget applies to each run).
+    is better than either. kwargs: as `train_gradient` (time_budget applies to each run; for
+    the runs that start at once it counts from the call, so starting the processes comes
+    out of it).
     Returns a model to use with `to_hetq_model` and the merged result (each point's `run`
     says where it came from; the history entries carry "run" too).
     polish_epochs > 0: afterwards `polish_front` fine-tunes the merged front's points at
@@ -812,8 +820,9 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                desc=f"gradient bits: {runs} runs in {workers} processes"
                     + (f", {budget:.0f} s each" if budget else ""))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futs = {pool.submit(_one_run, float_model, data, threads,
-                            {**kwargs, "seed": seed + r}): r for r in range(runs)}
+        now = time.time()
+        futs = {pool.submit(_one_run, float_model, data, threads, {**kwargs, "seed": seed + r},
+                            now if r < workers else None): r for r in range(runs)}
         pending = set(futs)
         interrupted = False
         while pending:
