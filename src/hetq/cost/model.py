@@ -112,10 +112,6 @@ def _wtype(q, s: Settings) -> QType:
     return qtype_of(q)
 
 
-def _nnz(w: torch.Tensor) -> int:
-    return int(torch.count_nonzero(w.detach()))
-
-
 class _Ctx:
     def __init__(self, s: Settings, first: str, last: str):
         self.s, self.first, self.last = s, first, last

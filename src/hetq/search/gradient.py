@@ -297,8 +297,7 @@ class GradientBitsMLP(nn.Module):
         for k, m in enumerate(self.body):
             if isinstance(m, _ActQ):
                 f = _round_f(m.f, m.F_MIN)
-                out[k] = torch.where((m.integer + f) >= 1, (-f).clamp_min(0.0),
-                                     torch.zeros_like(f))
+                out[k] = torch.where(m.widths() >= 1, (-f).clamp_min(0.0), torch.zeros_like(f))
         return out
 
     def _floors(self) -> list[torch.Tensor]:
@@ -334,7 +333,7 @@ class GradientBitsMLP(nn.Module):
             useful = torch.ones(n_out, dtype=torch.bool) if need is None else need
             nxt = items[k + 1] if k + 1 < len(items) else None
             if isinstance(nxt, _ActQ):  # a neuron with no bits is off
-                useful = useful & (nxt.integer + _round_f(nxt.f, nxt.F_MIN) >= 1).expand(n_out)
+                useful = useful & (nxt.widths() >= 1).expand(n_out)
             out.append(useful)
             need = (d.qweight()[useful] != 0).any(0)
         return out[::-1]
@@ -895,19 +894,20 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 if f.dim() == 0 and int(i + f) < 1:
                     raise ValueError(f"{name}: activation with {int(i + f)} bits (all zero); "
                                      "lower beta1")
-                items.append(dict(dense=False, name=name, i=i, f=f, off=(i + f) < 1))
+                items.append(dict(dense=False, name=name, i=i, f=f, off=m.widths() < 1))
     # pass 2: zero the weights fed by dead inputs and those into neurons that cannot change
     # the output, rescale neurons with negative frac bits
     items[0]["w"][:, dead] = 0.0
     for it, useful in zip([it for it in items if it["dense"]], g._useful()):
         it["w"][~useful] = 0.0
         it["b"][~useful] = 0.0
+    shifts = g._shifts()  # the powers of two that `ebops` counts the weights' types with
     for k, act in enumerate(items):
         if act["dense"]:
             continue
         prev, nxt = items[k - 1], items[k + 1] if k + 1 < len(items) else None
         off = act["off"]
-        s = torch.where(off, torch.zeros_like(act["f"]), (-act["f"]).clamp_min(0.0))
+        s = shifts[k]
         if nxt is not None:
             nxt["w"][:, off.expand(nxt["w"].shape[1]) if off.dim() == 0 else off] = 0.0
             col = s.expand(nxt["w"].shape[1]) if s.dim() == 0 else s
