@@ -149,8 +149,8 @@ def main() -> None:
     print(f"data {data!r}; budget {a.budget:.0f} s per strategy (float training included)")
     results = {}
     base = dict(data=spec, objective="pareto", goal="ebops", float_epochs=a.float_epochs,
-                source_quantizer=SOURCE, lr=3e-3)
-    base["model_kwargs"] = {"widths": list(a.widths)}  # every strategy starts from it
+                source_quantizer=SOURCE, lr=3e-3,
+                model_kwargs={"widths": list(a.widths)})  # every strategy starts from it
 
     if a.only in (None, "optuna"):
         t0 = time.time()

@@ -114,8 +114,8 @@ def test_bits_goal_counts():
 
 def test_ebops_per_weight_and_per_feature_types():
     """Tensor-valued quantizers (as the gradient strategy exports) count element by element:
-    each nonzero weight's width times its input feature's width; the types, energy and
-    FPGA estimate still use the widest member."""
+    each nonzero weight's width times its input feature's width, and each multiplier's
+    energy at its own widths; the layer's types and FPGA estimate use the widest member."""
     from hetq.quant.fixed_point import quantized_bits
 
     inp = QActivation(quantized_bits(bits=torch.tensor([3.0, 6.0]),
