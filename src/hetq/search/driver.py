@@ -97,28 +97,40 @@ def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[
     return rep.summary()
 
 
-def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
-    from ..data import get_dataset
+def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict, what: str,
+                      progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """`config.model` with `model_kwargs`, trained in float (config.float_epochs, batch_size,
+    lr, seed, device), saved to `path`; returns it (on the CPU, in eval mode) and its
+    validation metrics. `what` names it in the progress line."""
     from ..models import build as build_model
-    from ..train.checkpoint import load, save
+    from ..train.checkpoint import save
 
     fit, evaluate = _train_api()
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, **model_kwargs)
+    if progress:
+        print(f"training {what} ({config.float_epochs} epochs)...", flush=True)
+    fit(model, data, epochs=config.float_epochs, batch_size=config.batch_size, lr=config.lr,
+        seed=config.seed, device=config.device, progress=progress)
+    metrics = evaluate(model, data, split="val")
+    save(path, model, model_name=config.model, model_kwargs=model_kwargs, data=data,
+         metrics=metrics)
+    return model.cpu().eval(), metrics
+
+
+def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
+    from ..data import get_dataset
+    from ..train.checkpoint import load
+
+    _, evaluate = _train_api()
     data = get_dataset(config.data)
     float_path = out / "float.pt"
     if float_path.exists():
         float_model = load(float_path)
         ref = torch.load(float_path, map_location="cpu", weights_only=False).get("metrics", {})
     else:
-        torch.manual_seed(config.seed)
-        float_model = build_model(config.model, **config.model_kwargs)
-        if progress:
-            print(f"training the float reference ({config.float_epochs} epochs)...", flush=True)
-        fit(float_model, data, epochs=config.float_epochs, batch_size=config.batch_size,
-            lr=config.lr, seed=config.seed, device=config.device, progress=progress)
-        ref = evaluate(float_model, data, split="val")
-        save(float_path, float_model, model_name=config.model,
-             model_kwargs=config.model_kwargs, data=data, metrics=ref)
-    float_model = float_model.cpu().eval()
+        float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
+                                             "the float reference", progress)
     space = SearchSpace(float_model, config.quantization_config, config.limit,
                         config.tune_filters, config.width_multipliers,
                         config.tune_filters_exceptions, config.sparsity, config.learning_rates)
