@@ -679,3 +679,128 @@ def test_training_with_learned_integer_bits_exports_exactly_and_polish_keeps_the
         if k.endswith(".i") or k.endswith(".f"):
             assert torch.equal(pol.state[k], best.state[k])
     assert pol.ebops <= best.ebops
+
+
+class _ConstTeacher(torch.nn.Module):
+    """A 'teacher' that gives every row the same logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_distillation_targets_mix_teacher_probabilities_and_labels():
+    from hetq.search.gradient import _targets
+
+    teacher = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        teacher.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+        teacher.bias.zero_()
+    teacher.train()
+    X = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([2, 0, 1])
+    t = _targets(X, y, teacher, 0.25)
+    e = math.e
+    p1 = torch.tensor([e, 1.0, e]) / (2 * e + 1)  # logits (1, 0, 1)
+    p2 = torch.tensor([1.0, e**2, e**2]) / (1 + 2 * e**2)  # logits (0, 2, 2)
+    want = torch.stack([0.75 * torch.tensor([0.0, 0.0, 1.0]) + 0.25 / 3,
+                        0.75 * torch.tensor([1.0, 0.0, 0.0]) + 0.25 * p1,
+                        0.75 * torch.tensor([0.0, 1.0, 0.0]) + 0.25 * p2])
+    assert torch.allclose(t, want, atol=1e-6)
+    assert torch.allclose(t.sum(1), torch.ones(3))
+    assert teacher.training  # its mode is given back
+    assert _targets(X, y, None, 0.25) is y  # no teacher: the labels themselves
+    with pytest.raises(ValueError, match=r"distill must be in \(0, 1\], got 0"):
+        _targets(X, y, teacher, 0)
+    with pytest.raises(ValueError, match=r"outputs of shape \(3, 2\) for 3 rows; expected "
+                                         r"\(3, classes >= 3\)"):
+        _targets(X, y, _ConstTeacher([0.0, 1.0]), 1.0)
+
+
+def test_training_and_polish_follow_the_teacher():
+    """A teacher that always says class 2 (distill 1): the model learns to say class 2 too,
+    whatever the labels; the labels alone teach it otherwise."""
+    data, f = _small_setup()
+    X, y = data.tensors("val")
+    kw = dict(epochs=4, batch_size=256, beta0=1e-9, beta1=1e-9, progress=False)
+    teacher = _ConstTeacher([0.0, 0.0, 6.0, 0.0, 0.0])
+    g, res = train_gradient(f, data, teacher=teacher, **kw)
+    g.eval()
+    with torch.no_grad():
+        said = g(X).argmax(1)
+    assert float((said == 2).float().mean()) > 0.99
+    g2, _ = train_gradient(f, data, **kw)
+    g2.eval()
+    with torch.no_grad():
+        said2 = g2(X).argmax(1)
+    assert float((said2 == 2).float().mean()) < 0.5
+    # polish: trained on the labels, a point polished towards the teacher only loses
+    # validation accuracy, so it comes back unchanged; towards the labels it gains
+    p = max(train_gradient(f, data, **kw)[1].front, key=lambda q: q.val_accuracy)
+    assert polish(g2, p, data, epochs=2, lr=1e-2, teacher=teacher) is p
+    assert polish(g2, p, data, epochs=2, lr=1e-2).val_accuracy > p.val_accuracy
+
+
+def test_teacher_reaches_the_polish(monkeypatch):
+    import hetq.search.gradient as gm
+
+    seen = {}
+    monkeypatch.setattr(gm, "polish", lambda g, p, data, **kw: seen.update(kw) or p)
+    teacher = _ConstTeacher([0.0, 1.0])
+    gm.polish_front(None, [FrontPoint(0, 0.0, 0.5, 10)], None, teacher=teacher, distill=0.5,
+                    progress=False)
+    assert seen["teacher"] is teacher and seen["distill"] == 0.5
+    # train_gradient_runs hands its teacher to the training and to the polish
+    got = {}
+    monkeypatch.setattr(gm, "train_gradient", lambda f, d, **kw: got.update(kw) or (
+        None, gm.GradientResult([FrontPoint(0, 0.0, 0.5, 10)], [], 0.0)))
+    monkeypatch.setattr(gm, "polish_front", lambda g, pts, d, **kw: got.update(
+        polish=kw) or pts)
+    gm.train_gradient_runs(None, None, polish_epochs=1, teacher=teacher, distill=0.25,
+                           progress=False)
+    assert got["teacher"] is teacher and got["distill"] == 0.25
+    assert got["polish"]["teacher"] is teacher and got["polish"]["distill"] == 0.25
+
+
+def test_search_cli_distils_from_a_wider_teacher(tmp_path, capsys, monkeypatch):
+    import hetq.search.gradient as G
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+    from hetq.train.checkpoint import load
+
+    seen = {}
+    real = G.train_gradient_runs
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(G, "train_gradient_runs", spy)
+    out = tmp_path / "g"
+    args = ["search", "--strategy", "gradient", "--model-widths", "8", "--data",
+            "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs", "1",
+            "--batch-size", "256", "--polish-epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(args + ["--teacher-widths", "12", "6", "--distill", "0.5"]) == 0
+    shapes = [tuple(m.weight.shape) for m in seen["teacher"].modules()
+              if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(12, 16), (6, 12), (5, 6)] and seen["distill"] == 0.5
+    saved = load(out / "teacher.pt")
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(),
+                                                 seen["teacher"].state_dict().values()))
+    cfg = SearchConfig.load(out / "search.yaml")
+    assert cfg.teacher_widths == [12, 6] and cfg.distill == 0.5
+    capsys.readouterr()
+    # a rerun in that folder reuses the teacher; another one is refused
+    assert main(args + ["--teacher-widths", "12"]) == 2
+    assert "teacher.pt is a teacher 'jet_mlp' with {'widths': [12, 6]}, now 'jet_mlp' with " \
+           "{'widths': [12]}" in capsys.readouterr().err
+    # without --teacher-widths, the labels
+    assert main(args) == 0 and seen["teacher"] is None
+    with pytest.raises(ValueError, match=r"teacher_widths=\[8, 0\]; expected a list of "
+                                         "positive hidden-layer widths"):
+        SearchConfig(teacher_widths=[8, 0])
+    with pytest.raises(ValueError, match=r"distill=1.5; expected a weight in \(0, 1\]"):
+        SearchConfig(distill=1.5)

@@ -149,6 +149,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: train each hidden neuron's integer bits too, "
                         "starting from the --act-quantile range: values above it saturate "
                         "and pull it up, the EBOPs term pulls it down")
+    s.add_argument("--teacher-widths", type=_positive_int, nargs="+", default=None,
+                   metavar="N",
+                   help="gradient strategy: train a float --model with these hidden widths "
+                        "too (saved as teacher.pt in --out) and train the bit-widths on its "
+                        "predicted probabilities (knowledge distillation), e.g. 64 32 32 "
+                        "with --model-widths 32 16")
+    s.add_argument("--distill", type=float, default=SearchConfig.distill, metavar="W",
+                   help="gradient strategy, with --teacher-widths: the targets are "
+                        "W x the teacher's probabilities + (1 - W) x the labels "
+                        "(default %(default)s)")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -212,7 +222,7 @@ def _search(a) -> int:
         gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
         gradient_compile=a.compile, stop_below=a.stop_below,
         input_quantile=a.input_quantile, act_quantile=a.act_quantile,
-        learn_integer=a.learn_integer,
+        learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
     )
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy

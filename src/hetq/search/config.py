@@ -70,6 +70,8 @@ class SearchConfig:
     input_quantile: float = 0.99  # gradient: inputs' integer bits cover this quantile of |x|
     act_quantile: float | None = 0.99  # gradient: same for neurons, per epoch (None: maxima)
     learn_integer: bool = True  # gradient: neurons' integer bits trained (from act_quantile)
+    teacher_widths: list[int] | None = None  # gradient: distil from a float model this wide
+    distill: float = 1.0  # gradient: weight of the teacher's probabilities in the targets
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
@@ -103,6 +105,13 @@ class SearchConfig:
                 raise ValueError(f"search {name}={v!r}; expected a fraction in (0, 1]"
                                  + (" or null (the largest value seen)"
                                     if name == "act_quantile" else ""))
+        if self.teacher_widths is not None and (
+                not isinstance(self.teacher_widths, (list, tuple)) or not self.teacher_widths
+                or not all(isinstance(w, int) and w >= 1 for w in self.teacher_widths)):
+            raise ValueError(f"search teacher_widths={self.teacher_widths!r}; expected a list "
+                             "of positive hidden-layer widths, e.g. [64, 32, 32]")
+        if not (isinstance(self.distill, (int, float)) and 0.0 < float(self.distill) <= 1.0):
+            raise ValueError(f"search distill={self.distill!r}; expected a weight in (0, 1]")
         if int(self.polish_epochs) < 0:
             raise ValueError(f"search polish_epochs must be >= 0 (0: off), got "
                              f"{self.polish_epochs!r}")
