@@ -15,7 +15,9 @@ and 0.390):
    bits of inputs and neurons from the 0.99 quantile of their values (--input-quantile,
    --act-quantile), the neurons' then trained (--no-learn-integer: quantiles recomputed
    every epoch), beta ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
-   (`--ebops-target KNEE END`: the beta controller instead); then the merged front's
+   (`--ebops-target KNEE END`: the beta controller instead), the targets being the
+   probabilities of the 64-32-32 float reference (--teacher; knowledge distillation) rather
+   than the labels; then the merged front's
    points, most accurate first, fine-tuned at frozen bits for --polish-epochs each until
    --polish-time is spent (rows marked p).
 
@@ -141,6 +143,13 @@ def main() -> None:
                     default=SearchConfig.learn_integer,
                     help="gradient strategy: train the neurons' integer bits too (from the "
                          "--act-quantile range)")
+    ap.add_argument("--teacher", default="reference", choices=["none", "reference", "start"],
+                    help="gradient strategy: distil from this float model (reference: the "
+                         "64-32-32 jet MLP trained for the targets, inside the budget; start: "
+                         "the MLP it starts from; none: train on the labels)")
+    ap.add_argument("--distill", type=float, default=1.0,
+                    help="gradient strategy: weight of the teacher's probabilities in the "
+                         "targets (1: the teacher's alone)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
     a = ap.parse_args()
     data = jets()
@@ -174,7 +183,7 @@ def main() -> None:
 
     if a.only in (None, "gradient"):
         t0 = time.time()
-        _, facc, tf = train_float(data, a.float_epochs)  # the reference for the targets
+        ref, facc, tf = train_float(data, a.float_epochs)  # the reference for the targets
         f, sacc, tf2 = train_float(data, a.float_epochs, tuple(a.widths))
         tf += tf2
         # keep time to start the worker processes and evaluate the front (about 5 s on an
@@ -189,7 +198,8 @@ def main() -> None:
             polish_epochs=a.polish_epochs, polish_time=polish_time, compile=a.compile,
             stop_below=a.stop_below,
             input_quantile=a.input_quantile, act_quantile=a.act_quantile,
-            learn_integer=a.learn_integer)
+            learn_integer=a.learn_integer,
+            teacher={"none": None, "reference": ref, "start": f}[a.teacher], distill=a.distill)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:
