@@ -527,8 +527,8 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     targets, `distill` x the teacher's probabilities + (1 - distill) x the one-hot labels
     (knowledge distillation at temperature 1; the validation accuracy that picks the front
     points still uses the labels). `polish` takes the same. On the simulated jets a 64-32-32
-    teacher (0.679 test accuracy) for the 16-32-16-5 start (245 s) gave 0.6552-0.6563 test
-    accuracy at <= 1,000 EBOPs (3 runs) against 0.6505 in the same session and 0.650-0.655
+    teacher (0.679 test accuracy) for the 16-32-16-5 start (245 s) gave 0.6541-0.6563 test
+    accuracy at <= 1,000 EBOPs (4 runs) against 0.6505 in the same session and 0.650-0.655
     in six earlier runs; the hypervolume stayed 0.617-0.632. The start model as its own
     teacher gave no gain (0.6521, one run).
     """
