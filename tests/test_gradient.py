@@ -460,10 +460,10 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)
 
 
-def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def runs_kwargs(monkeypatch):
+    """The keyword arguments of the last `train_gradient_runs` call (which still runs)."""
     import hetq.search.gradient as G
-    from hetq.cli import main
-    from hetq.search.config import SearchConfig
 
     seen = {}
     real = G.train_gradient_runs
@@ -473,6 +473,14 @@ def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(G, "train_gradient_runs", spy)
+    return seen
+
+
+def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, runs_kwargs):
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+
+    seen = runs_kwargs
     out = tmp_path / "g"
     assert main(["search", "--strategy", "gradient", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
@@ -765,20 +773,12 @@ def test_teacher_reaches_the_polish(monkeypatch):
     assert got["polish"]["teacher"] is teacher and got["polish"]["distill"] == 0.25
 
 
-def test_search_cli_distils_from_a_wider_teacher(tmp_path, capsys, monkeypatch):
-    import hetq.search.gradient as G
+def test_search_cli_distils_from_a_wider_teacher(tmp_path, capsys, runs_kwargs):
     from hetq.cli import main
     from hetq.search.config import SearchConfig
     from hetq.train.checkpoint import load
 
-    seen = {}
-    real = G.train_gradient_runs
-
-    def spy(*a, **kw):
-        seen.update(kw)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(G, "train_gradient_runs", spy)
+    seen = runs_kwargs
     out = tmp_path / "g"
     args = ["search", "--strategy", "gradient", "--model-widths", "8", "--data",
             "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs", "1",
