@@ -147,7 +147,7 @@ def main() -> None:
                     help="gradient strategy: distil from this float model (reference: the "
                          "64-32-32 jet MLP trained for the targets, inside the budget; start: "
                          "the MLP it starts from; none: train on the labels)")
-    ap.add_argument("--distill", type=float, default=1.0,
+    ap.add_argument("--distill", type=float, default=SearchConfig.distill,
                     help="gradient strategy: weight of the teacher's probabilities in the "
                          "targets (1: the teacher's alone)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])

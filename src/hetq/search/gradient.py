@@ -829,7 +829,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     if polish_epochs < 0:
         raise ValueError(f"polish_epochs must be >= 0, got {polish_epochs}")
     polish_kw = dict(epochs=polish_epochs, lr=polish_lr, progress=progress,
-                     teacher=kwargs.get("teacher"), distill=kwargs.get("distill", 1.0))
+                     **{k: kwargs[k] for k in ("teacher", "distill") if k in kwargs})
     budget = kwargs.get("time_budget")
     waves = -(-runs // workers)  # runs one after another in each process
 
