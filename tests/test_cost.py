@@ -115,7 +115,7 @@ def test_bits_goal_counts():
 def test_ebops_per_weight_and_per_feature_types():
     """Tensor-valued quantizers (as the gradient strategy exports) count element by element:
     each nonzero weight's width times its input feature's width, and each multiplier's
-    energy at its own widths; the layer's types and FPGA estimate use the widest member."""
+    energy at its own widths; the layer's types use the widest member."""
     from hetq.quant.fixed_point import quantized_bits
 
     inp = QActivation(quantized_bits(bits=torch.tensor([3.0, 6.0]),
@@ -142,6 +142,34 @@ def test_ebops_per_weight_and_per_feature_types():
         uni.weight.copy_(fc.weight)
     assert cost(nn.Sequential(QActivation("quantized_bits(6,1,alpha=1)"), uni),
                 (2,)).summary()["ebops"] == 3 * 4 * 6
+
+
+def test_fpga_estimate_sizes_each_product_by_its_own_widths():
+    """Per-weight kernels and per-feature inputs: each multiplier is a LUT multiplier of its own
+    weight x input bits, or a DSP where both are wide; a power-of-two weight is a shift."""
+    from hetq.cost.fpga import DSP_MIN_BITS, LUT_PER_ADDER_BIT, LUT_PER_BIT_PRODUCT
+    from hetq.quant.fixed_point import quantized_bits
+
+    inp = QActivation(quantized_bits(bits=torch.tensor([3.0, 12.0]),
+                                     integer=torch.tensor([1.0, 1.0]), alpha=1))
+    fc = QDense(2, 2, kernel_quantizer=quantized_bits(
+        bits=torch.tensor([[3.0, 4.0], [3.0, 12.0]]), integer=torch.ones(2, 2), alpha=1),
+        bias_quantizer="quantized_bits(8,3,alpha=1)")
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[1.5, 0.75], [0.0, 0.375]]))
+    assert fc.quantized_weights()["kernel"].tolist() == [[1.5, 0.75], [0.0, 0.375]]
+    lc = cost(nn.Sequential(inp, fc), (2,)).layers[1]
+    assert DSP_MIN_BITS == 10
+    # 1.5: 3 x 3 bits on LUTs; 0.75: 4 x 12 bits on LUTs (min 4 < 10); 0.375: 12 x 12 on a DSP
+    assert lc.fpga["lut_mul_units"] == 3 * 3 + 4 * 12
+    assert lc.fpga["dsp"] == 1
+    adds = 1 * lc.accumulator.bits  # row 0 adds two products, row 1 has one
+    assert lc.fpga["lut"] == pytest.approx(LUT_PER_BIT_PRODUCT * 57 + LUT_PER_ADDER_BIT * adds)
+    # a power-of-two weight is a shift: no multiplier at all
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[1.0, 0.5], [0.0, 0.25]]))
+    lc = cost(nn.Sequential(inp, fc), (2,)).layers[1]
+    assert (lc.fpga["lut_mul_units"], lc.fpga["dsp"]) == (0.0, 0.0)
 
 
 def test_ebops_exclude_zero_weights():

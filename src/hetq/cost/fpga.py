@@ -7,6 +7,8 @@ b_x input bits):
   * |w| a power of two (incl. binary/ternary/po2 weights): a shift, no multiplier;
   * min(b_w, b_x) >= DSP_MIN_BITS: one DSP (Vivado maps wide products to DSP48 slices);
   * otherwise a LUT multiplier of LUT_PER_BIT_PRODUCT * b_w * b_x LUTs.
+  b_w and b_x are each product's own widths where the quantizers are tensor-valued (per-weight
+  kernels, per-feature inputs, as the gradient strategy exports), else the layer's types.
   Adder tree: per output, (number of nonzero products - 1) additions of the accumulator width,
   LUT_PER_ADDER_BIT LUTs per bit. Flip-flops: the layer's output register plus the pipeline
   registers of the adder tree, FF_PER_OUTPUT_BIT per output bit per pipeline stage.
@@ -40,22 +42,28 @@ def _power_of_two_mask(w: torch.Tensor) -> torch.Tensor:
 
 
 def layer_estimate(w: torch.Tensor, w_t: QType, x_t: QType, acc: QType, positions: int,
-                   n_add: int) -> dict[str, float]:
-    """LUT / DSP / FF / latency of one dense or conv stage (see the module docstring)."""
+                   n_add: int, w_bits: torch.Tensor | None = None,
+                   x_bits: torch.Tensor | None = None) -> dict[str, float]:
+    """LUT / DSP / FF / latency of one dense or conv stage (see the module docstring).
+    `w_bits` / `x_bits`: each weight's / input feature's own width (tensors broadcasting
+    against `w`, as tensor-valued quantizers give), so that each product is sized by its own
+    operands; by default the layer's types."""
     w = w.detach()
     nz = w != 0
-    nnz = int(nz.sum())
     if w_t.mode in (BINARY, BINARY01, TERNARY, PO2):
-        shifts, real = nnz, 0
+        real = torch.zeros_like(nz)
     else:
-        shifts = int(_power_of_two_mask(w).sum())
-        real = nnz - shifts
-    xb = 32 if x_t.mode == "float" else x_t.bits
-    wb = 32 if w_t.mode == "float" else w_t.bits
-    if min(wb, xb) >= DSP_MIN_BITS:
-        dsp, mul_units = real * positions, 0.0
-    else:
-        dsp, mul_units = 0, real * positions * wb * xb
+        real = nz & ~_power_of_two_mask(w)
+    wb = w_bits if w_bits is not None else torch.tensor(32.0 if w_t.mode == "float"
+                                                        else float(w_t.bits))
+    xb = x_bits if x_bits is not None else torch.tensor(32.0 if x_t.mode == "float"
+                                                        else float(x_t.bits))
+    wb = torch.broadcast_to(wb.to(torch.float64), w.shape)
+    xb = torch.broadcast_to(xb.to(torch.float64), w.shape)
+    on_dsp = real & (torch.minimum(wb, xb) >= DSP_MIN_BITS)
+    on_lut = real & ~on_dsp
+    dsp = int(on_dsp.sum()) * positions
+    mul_units = positions * float((wb * xb)[on_lut].sum())
     n_out = w.shape[0]
     per_out = nz.reshape(n_out, -1).sum(1).clamp_min(1) - 1
     adds = int(per_out.sum()) * positions

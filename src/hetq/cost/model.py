@@ -19,9 +19,10 @@ Layer rules (hetq's choices where QTools has none are marked *):
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
 input bits, element by element where the weight quantizer is per channel or per weight and
 where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type).
-The multipliers' energy and the parameter bits are counted the same way (each weight's
-multiplier at its own operands' widths); the layer's types, its accumulator and the FPGA
-estimate use the widest member of such quantizers.
+The multipliers' energy, the parameter bits and the FPGA estimate's multipliers are counted
+the same way (each weight's multiplier at its own operands' widths); the layer's types and its
+accumulator (so the FPGA estimate's adders and registers) use the widest member of such
+quantizers.
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
 op_cost, pass-through layers their inputs.
@@ -173,7 +174,7 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     lc.weight, lc.bias, lc.multiplier, lc.accumulator = w_t, b_t, mult.kind, acc
     from .fpga import layer_estimate
 
-    est = layer_estimate(w, w_t, x_t, acc, positions, n_add)
+    est = layer_estimate(w, w_t, x_t, acc, positions, n_add, w_bits=wb, x_bits=xb)
     for k, v in est.items():
         lc.fpga[k] = lc.fpga.get(k, 0) + v
     if out_q is not None:
