@@ -90,11 +90,16 @@ def report(name, pts, phases):
 
 
 def run_optuna_until(cfg, out, budget, t_start, step):
-    n = step
+    """`step` more trials at a time (resuming the study) while the slowest batch so far (after
+    the first, which also trains the float model) still fits in what is left of `budget`."""
+    n, slowest = step, 0.0
     while True:
+        t = time.time()
         cfg.trials = n
         run_search(cfg, out, progress=False)
-        if time.time() - t_start >= budget:
+        took = time.time() - t
+        slowest = max(slowest, took) if n > step else 0.0
+        if time.time() - t_start + (slowest or took) > budget:
             return
         n += step
 
