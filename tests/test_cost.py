@@ -15,6 +15,7 @@ from hetq.cost.qtypes import NAMED, QType, accumulator, adder, multiplier, qtype
 from hetq.models import build, preset
 from hetq.quant.convert import quantize_model
 from hetq.quant.layers import QActivation, QConv2d, QDense
+from hetq.quant.summary import summary
 
 SRAM = dict(weights_on_memory="sram", activations_on_memory="sram",
             min_sram_size=8 * 16 * 1024 * 1024, rd_wr_on_io=False)
@@ -136,6 +137,10 @@ def test_ebops_per_weight_and_per_feature_types():
     assert lc.energy["op_cost"] == pytest.approx(
         sum(fpm_mul(g) for g in gates) + 4 * fpm_add(lc.accumulator.bits))
     assert lc.param_bits == (2 + 4 + 3 + 5) + 2 * 8
+    # the AutoQKeras bits goal and the summary's weight bits count element by element too
+    # (input 2 x 8 bits of the int8 source, then the 3 + 6 bits of the per-feature QActivation)
+    assert rep.size_bits == {"parameters": 30, "activations": 2 * 8 + 3 + 6, "total": 55}
+    assert summary(nn.Sequential(inp, fc)).total_weight_bits == 30
     # one scalar type everywhere: the same count as before (nnz x bits x bits)
     uni = QDense(2, 2, kernel_quantizer="quantized_bits(4,1,alpha=1)")
     with torch.no_grad():

@@ -5,13 +5,15 @@ parameters: weight layers: sum over weight tensors of (elements x quantizer bits
             batch norm: ref_bits x C x (1 + affine) (QBatchNorm: 6 C + 5 C as in the reference).
 activations: the model input: input_bits x size; activation layers (QActivation: its bits;
             float activations: ref_bits; softmax/sigmoid: output_bits); a weight layer's own
-            fused activation quantizer likewise; linear outputs count 0.
+            fused activation quantizer likewise (per-feature bits: feature by feature);
+            linear outputs count 0.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..quant.layers import QActivation, QLayer
@@ -22,10 +24,16 @@ OUTPUT_ACTS = (nn.Softmax, nn.Sigmoid)
 FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Hardswish, nn.GELU, nn.SiLU)
 
 
-def _bits(q, ref_bits):
-    if q is None or getattr(q, "kind", None) == "float":
-        return ref_bits
-    return int(round(q.bits_value))
+def _bits(q, shape, ref_bits: int, reference: bool) -> int:
+    """Bits of a tensor of `shape` quantized by `q`: `ref_bits` per element for the reference
+    or an unquantized tensor, else the quantizer's bits (tensor-valued: element by element)."""
+    n = math.prod(shape)
+    if reference or q is None or getattr(q, "kind", None) == "float":
+        return n * ref_bits
+    b = getattr(q, "bits", None)
+    if isinstance(b, torch.Tensor) and b.dim() > 0:
+        return int(round(q.bits_total(shape)))
+    return n * int(round(q.bits_value))
 
 
 def model_bits(model: nn.Module, input_shape, input_bits: int = 8, output_bits: int = 8,
@@ -50,14 +58,14 @@ def model_bits(model: nn.Module, input_shape, input_bits: int = 8, output_bits: 
             for fld, attr in tensors.items():
                 t = getattr(m, attr, None)
                 if fld in q and t is not None:
-                    params += t.numel() * (ref_bits if reference else _bits(q[fld], ref_bits))
+                    params += _bits(q[fld], t.shape, ref_bits, reference)
             act = q.get("activation")
             if act is not None:
-                acts += size * (ref_bits if reference else _bits(act, ref_bits))
+                acts += _bits(act, node.out_shape, ref_bits, reference)
         elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             params += ref_bits * sum(p.numel() for p in m.parameters(recurse=False))
         elif isinstance(m, QActivation):
-            acts += size * (ref_bits if reference else _bits(m.activation_quantizer, ref_bits))
+            acts += _bits(m.activation_quantizer, node.out_shape, ref_bits, reference)
         elif isinstance(m, OUTPUT_ACTS):
             acts += size * output_bits
         elif isinstance(m, FLOAT_ACTS):

@@ -158,6 +158,18 @@ class Quantizer(nn.Module):
             return 32.0
         return float(b.max()) if isinstance(b, torch.Tensor) else float(b)
 
+    def bits_total(self, shape) -> float:
+        """Bits of a whole tensor of `shape` under this quantizer: each element at its own
+        width where `bits` is tensor-valued (per channel, per weight, per feature) and
+        broadcasts to `shape`, else every element at `bits_value`."""
+        b = getattr(self, "bits", None)
+        if isinstance(b, torch.Tensor) and b.dim() > 0:
+            try:
+                return float(torch.broadcast_to(b.detach().double(), tuple(shape)).sum())
+            except RuntimeError:
+                pass
+        return math.prod(shape) * self.bits_value
+
     def fixed_type(self) -> FixedType | None:
         """The `FixedType` of the output grid, or None if the output is not plain fixed point
         (auto-scaled alpha, po2, ...). Tensor-valued parameters: see `fixed_types()`."""

@@ -101,7 +101,8 @@ def summary(model: nn.Module) -> ModelSummary:
                     row.fixed_types[fld] = fts[fld].to_hls()
                 t = _tensor_for(m, fld)
                 if t is not None and t.requires_grad:
-                    row.weight_bits += int(t.numel() * getattr(q, "bits_value", FLOAT_BITS))
+                    row.weight_bits += int(q.bits_total(t.shape) if hasattr(q, "bits_total")
+                                           else t.numel() * FLOAT_BITS)
                     counted.add(id(t))
         row.weight_bits += sum(p.numel() * FLOAT_BITS for p in own if id(p) not in counted)
         rows.append(row)
