@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from ..quant.layers import QActivation, QLayer
@@ -30,10 +29,8 @@ def _bits(q, shape, ref_bits: int, reference: bool) -> int:
     n = math.prod(shape)
     if reference or q is None or getattr(q, "kind", None) == "float":
         return n * ref_bits
-    b = getattr(q, "bits", None)
-    if isinstance(b, torch.Tensor) and b.dim() > 0:
-        return int(round(q.bits_total(shape)))
-    return n * int(round(q.bits_value))
+    e = q.bits_elements(shape)
+    return int(round(float(e.sum()))) if e is not None else n * int(round(q.bits_value))
 
 
 def model_bits(model: nn.Module, input_shape, input_bits: int = 8, output_bits: int = 8,

@@ -41,25 +41,21 @@ def _power_of_two_mask(w: torch.Tensor) -> torch.Tensor:
     return (a > 0) & (m == 0.5)
 
 
-def layer_estimate(w: torch.Tensor, w_t: QType, x_t: QType, acc: QType, positions: int,
-                   n_add: int, w_bits: torch.Tensor | None = None,
-                   x_bits: torch.Tensor | None = None) -> dict[str, float]:
+def layer_estimate(w: torch.Tensor, w_t: QType, acc: QType, positions: int, n_add: int,
+                   w_bits: torch.Tensor, x_bits: torch.Tensor) -> dict[str, float]:
     """LUT / DSP / FF / latency of one dense or conv stage (see the module docstring).
-    `w_bits` / `x_bits`: each weight's / input feature's own width (tensors broadcasting
-    against `w`, as tensor-valued quantizers give), so that each product is sized by its own
-    operands; by default the layer's types."""
+    `w_bits` / `x_bits`: the weights' / inputs' widths as tensors broadcasting against `w`
+    (0-dim for one type; per weight / per feature for tensor-valued quantizers, as
+    `cost.model._element_bits` gives them), so that each product is sized by its own
+    operands."""
     w = w.detach()
     nz = w != 0
     if w_t.mode in (BINARY, BINARY01, TERNARY, PO2):
         real = torch.zeros_like(nz)
     else:
         real = nz & ~_power_of_two_mask(w)
-    wb = w_bits if w_bits is not None else torch.tensor(32.0 if w_t.mode == "float"
-                                                        else float(w_t.bits))
-    xb = x_bits if x_bits is not None else torch.tensor(32.0 if x_t.mode == "float"
-                                                        else float(x_t.bits))
-    wb = torch.broadcast_to(wb.to(torch.float64), w.shape)
-    xb = torch.broadcast_to(xb.to(torch.float64), w.shape)
+    wb = torch.broadcast_to(w_bits.to(torch.float64), w.shape)
+    xb = torch.broadcast_to(x_bits.to(torch.float64), w.shape)
     on_dsp = real & (torch.minimum(wb, xb) >= DSP_MIN_BITS)
     on_lut = real & ~on_dsp
     dsp = int(on_dsp.sum()) * positions

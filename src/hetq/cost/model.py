@@ -174,26 +174,12 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     lc.weight, lc.bias, lc.multiplier, lc.accumulator = w_t, b_t, mult.kind, acc
     from .fpga import layer_estimate
 
-    est = layer_estimate(w, w_t, x_t, acc, positions, n_add, w_bits=wb, x_bits=xb)
+    est = layer_estimate(w, w_t, acc, positions, n_add, wb, xb)
     for k, v in est.items():
         lc.fpga[k] = lc.fpga.get(k, 0) + v
     if out_q is not None:
         return NAMED_OUT(out_q, s)
     return acc
-
-
-def _elementwise(v, shape) -> torch.Tensor | None:
-    """A quantizer's tensor-valued parameter broadcast to `shape`, or None (a scalar, or a
-    shape that does not broadcast)."""
-    if v is None or isinstance(v, (int, float)):
-        return None
-    t = torch.as_tensor(v, dtype=torch.float64)
-    if t.dim() == 0:
-        return None
-    try:
-        return torch.broadcast_to(t, shape)
-    except RuntimeError:
-        return None
 
 
 def _element_bits(w: torch.Tensor, wq, w_t: QType, x_t: QType,
@@ -204,7 +190,7 @@ def _element_bits(w: torch.Tensor, wq, w_t: QType, x_t: QType,
     types otherwise."""
     wb = None
     if ctx.s.reference is None and w_t.mode != FLOAT:
-        wb = _elementwise(getattr(wq, "bits", None), w.shape)
+        wb = wq.bits_elements(w.shape) if hasattr(wq, "bits_elements") else None
     if wb is None:
         wb = torch.tensor(float(w_t.bits), dtype=torch.float64)
     xb = None

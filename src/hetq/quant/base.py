@@ -158,17 +158,23 @@ class Quantizer(nn.Module):
             return 32.0
         return float(b.max()) if isinstance(b, torch.Tensor) else float(b)
 
+    def bits_elements(self, shape) -> torch.Tensor | None:
+        """Each element's own bits, as float64 broadcast to `shape`, where `bits` is
+        tensor-valued (per channel, per weight, per feature) and broadcasts to `shape`;
+        None for scalar bits (or a shape it does not broadcast to)."""
+        b = getattr(self, "bits", None)
+        if not isinstance(b, torch.Tensor) or b.dim() == 0:
+            return None
+        try:
+            return torch.broadcast_to(b.detach().double(), tuple(shape))
+        except RuntimeError:
+            return None
+
     def bits_total(self, shape) -> float:
         """Bits of a whole tensor of `shape` under this quantizer: each element at its own
-        width where `bits` is tensor-valued (per channel, per weight, per feature) and
-        broadcasts to `shape`, else every element at `bits_value`."""
-        b = getattr(self, "bits", None)
-        if isinstance(b, torch.Tensor) and b.dim() > 0:
-            try:
-                return float(torch.broadcast_to(b.detach().double(), tuple(shape)).sum())
-            except RuntimeError:
-                pass
-        return math.prod(shape) * self.bits_value
+        width (`bits_elements`), else every element at `bits_value`."""
+        e = self.bits_elements(shape)
+        return float(e.sum()) if e is not None else math.prod(shape) * self.bits_value
 
     def fixed_type(self) -> FixedType | None:
         """The `FixedType` of the output grid, or None if the output is not plain fixed point
