@@ -134,3 +134,24 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     assert f"accuracy {acc:.4f}" in capsys.readouterr().out
     assert main(["train", "--preset", "q7", "--out", str(out)]) == 2
     assert "unknown preset 'q7'" in capsys.readouterr().err
+
+
+def test_every_cli_option_has_help():
+    """Every option and argument of every sub-command (and of the worker module) says what it
+    does, and every help page renders (a stray % in a help text breaks it)."""
+    import argparse
+
+    from hetq.cli import build_parser
+    from hetq.search import worker
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = dict(sub.choices)
+    parsers["python -m hetq.search.worker"] = worker.build_parser()
+    assert {"train", "evaluate", "ptq", "cost", "search", "worker", "report", "retrain",
+            "export", "demo"} <= set(parsers)
+    missing = [f"{name} {a.option_strings[-1] if a.option_strings else a.dest}"
+               for name, p in parsers.items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert missing == []
+    for p in parsers.values():
+        assert "usage:" in p.format_help()

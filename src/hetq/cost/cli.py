@@ -11,13 +11,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "zoo model with a preset/config.")
     c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt)")
     c.add_argument("--model", default=None, help="zoo model instead of a checkpoint")
-    c.add_argument("--preset", default=None)
+    c.add_argument("--preset", default=None, help="with --model: float | bf | q6")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")
     c.add_argument("--input-shape", default=None, help="e.g. 16 or 1,8,8")
     c.add_argument("--source", default="int8", help="input type: int8, fp32 or a quantizer")
     c.add_argument("--reference", default=None,
                    help="add a reference column: int8, int16, int32, fp16 or fp32")
-    c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"])
+    c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"],
+                   help="where weights and activations are read from, for the energy "
+                        "(QTools' modes; fixed: no memory cost; default %(default)s)")
     c.add_argument("--json", default=None, help="write the full report as JSON")
     c.set_defaults(func=_cost)
 

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "AP_SAT>' (needed unless the model starts with an input QActivation)")
     e.add_argument("--qonnx", default=None, help="write the QONNX graph here (.onnx)")
     e.add_argument("--hls4ml", default=None, help="write the hls4ml project into this folder")
-    e.add_argument("--backend", default="Vivado", choices=["Vivado", "Vitis"])
+    e.add_argument("--backend", default="Vivado", choices=["Vivado", "Vitis"],
+                   help="hls4ml backend of the project (default %(default)s)")
     e.add_argument("--no-compile", action="store_true",
                    help="write the hls4ml project without building the C simulation")
     e.add_argument("--data", default="jets-sim", help="data set whose test split is compared")

@@ -48,37 +48,65 @@ def _input_quantile(text: str) -> float:
     return 1.0 if v is None else v
 
 
+STORAGE_HELP = "the search's database URL, if it used --storage (default: its journal file)"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
                        description="Search per-layer quantizers and widths; prints the "
                                    "Pareto table. Rerun the same command to resume.")
-    s.add_argument("--model", default="jet_mlp")
+    s.add_argument("--model", default="jet_mlp",
+                   help="zoo model to quantize, trained in float first (default %(default)s)")
     s.add_argument("--model-widths", type=_positive_int, nargs="+", default=None, metavar="N",
                    help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "
                         "32 16 for a smaller start of --strategy gradient")
-    s.add_argument("--data", default="jets-sim")
+    s.add_argument("--data", default="jets-sim",
+                   help="jets-sim | jets | jets:PATH | digits | synthetic (default "
+                        "%(default)s: the built-in simulated jets sample)")
     s.add_argument("--out", default="runs/search", help="run folder (journal, checkpoints)")
-    s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"])
+    s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"],
+                   help="the cost searched against: QTools energy (pJ), model size in "
+                        "bits, EBOPs, or the FPGA LUT estimate (default %(default)s)")
     s.add_argument("--objective", default="forgiving", choices=["forgiving", "pareto"],
                    help="forgiving factor score (one value) or a (metric, cost) Pareto front")
-    s.add_argument("--metric", default="accuracy")
-    s.add_argument("--delta-p", type=float, default=8.0)
-    s.add_argument("--delta-n", type=float, default=8.0)
-    s.add_argument("--rate", type=float, default=2.0)
-    s.add_argument("--stress", type=float, default=1.0)
+    s.add_argument("--metric", default="accuracy",
+                   help="validation metric to keep high: accuracy, auc_CLASS, "
+                        "tpr@fpr=0.01_CLASS, ... (any key `hetq evaluate` prints; "
+                        "default %(default)s)")
+    s.add_argument("--delta-p", type=float, default=8.0,
+                   help="forgiving factor: %% of the metric traded for every --rate-fold "
+                        "cost saving (default %(default)s)")
+    s.add_argument("--delta-n", type=float, default=8.0,
+                   help="forgiving factor: %% of the metric charged for every --rate-fold "
+                        "cost growth over the reference (default %(default)s)")
+    s.add_argument("--rate", type=float, default=2.0,
+                   help="forgiving factor: the cost ratio per step, > 1 (default %(default)s)")
+    s.add_argument("--stress", type=float, default=1.0,
+                   help="forgiving factor: the reference cost is scaled by this; < 1 "
+                        "pushes towards smaller models (default %(default)s)")
     s.add_argument("--min-reduction", type=float, default=None,
                    help="hard constraint: reference cost / trial cost >= X")
     s.add_argument("--max-loss", type=float, default=None,
                    help="hard constraint: relative metric loss <= X (0.05 = 5%%)")
-    s.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "gp", "nsga2"])
-    s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"])
+    s.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "gp", "nsga2"],
+                   help="Optuna sampler (default %(default)s)")
+    s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"],
+                   help="stop unpromising trials early, on their per-epoch validation "
+                        "metric (default %(default)s)")
     s.add_argument("--trials", type=int, default=None,
                    help="trial budget (default 40; with --strategy hessian: --prior-configs)")
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--float-epochs", type=int, default=30)
-    s.add_argument("--batch-size", type=int, default=1024)
-    s.add_argument("--lr", type=float, default=3e-3)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=int, default=10,
+                   help="QAT epochs per trial; gradient strategy: the cap on training "
+                        "epochs per run (default %(default)s)")
+    s.add_argument("--float-epochs", type=int, default=30,
+                   help="epochs of the float model every trial starts from (default "
+                        "%(default)s)")
+    s.add_argument("--batch-size", type=int, default=1024, help="default %(default)s")
+    s.add_argument("--lr", type=float, default=3e-3,
+                   help="Adam learning rate of the float model and the trials (default "
+                        "%(default)s)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="seed of the sampler and the training (default %(default)s)")
     s.add_argument("--limit", help="YAML file with the `limit` map (spec §5.3)")
     s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
     s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
@@ -89,7 +117,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="regex of layers whose width stays (the output layer always does)")
     s.add_argument("--sparsity", type=float, nargs="*", default=None,
                    help="searchable pruning fractions, e.g. 0 0.25 0.5")
-    s.add_argument("--learning-rates", type=float, nargs="*", default=None)
+    s.add_argument("--learning-rates", type=float, nargs="*", default=None,
+                   help="searchable learning rates of the trials, e.g. 1e-3 3e-3 "
+                        "(default: --lr only)")
     s.add_argument("--warm-start", nargs="*", default=[], help="earlier run folders")
     s.add_argument("--storage", default=None,
                    help="postgresql://user@host/db for many machines (default: journal file "
@@ -98,7 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1, help="local worker processes")
     s.add_argument("--blocks", nargs="*", default=None,
                    help="block-wise search: one layer-name regex per block")
-    s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"])
+    s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"],
+                   help="with --blocks: search the blocks in the given order, or the most "
+                        "expensive first (default %(default)s)")
     s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     s.add_argument("--devices", default=None,
                    help="with --workers: comma-separated CUDA device ids, one worker per GPU "
@@ -113,7 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ILP budgets swept for the Hessian prior/strategy")
     s.add_argument("--beta0", type=float, default=1e-6,
                    help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
-    s.add_argument("--beta1", type=float, default=1e-3)
+    s.add_argument("--beta1", type=float, default=1e-3,
+                   help="gradient strategy: EBOPs penalty at the end of the ramp "
+                        "(default %(default)s)")
     s.add_argument("--bits-lr", type=float, default=None,
                    help="gradient strategy: Adam learning rate of the bit-widths (default: "
                         "--lr); with --time-budget, --lr 3e-3 --bits-lr 1e-2 lets the bits "
@@ -168,30 +202,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=_search)
 
     w = sub.add_parser("worker", help="join a running search from this machine")
-    w.add_argument("--study", required=True)
-    w.add_argument("--storage", default=None)
+    w.add_argument("--study", required=True, help="name of the study to join (hetq search "
+                                                   "--study)")
+    w.add_argument("--storage", default=None, help=STORAGE_HELP)
     w.add_argument("--out", default=None, help="local folder for trial checkpoints")
-    w.add_argument("--no-progress", action="store_true")
+    w.add_argument("--no-progress", action="store_true", help="no progress bars")
     w.set_defaults(func=_worker)
 
     r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report")
     r.add_argument("run", help="search run folder")
-    r.add_argument("--storage", default=None)
-    r.add_argument("--no-html", action="store_true")
+    r.add_argument("--storage", default=None, help=STORAGE_HELP)
+    r.add_argument("--no-html", action="store_true",
+                   help="print the table only, without writing RUN/report.html")
     r.set_defaults(func=_report)
 
     t = sub.add_parser("retrain", help="fine-tune a chosen trial's model")
-    t.add_argument("run")
-    t.add_argument("--trial", type=int, required=True)
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("run", help="search run folder")
+    t.add_argument("--trial", type=int, required=True, help="trial number (as in the table)")
+    t.add_argument("--epochs", type=int, default=100,
+                   help="fine-tuning epochs; the epoch with the best validation loss is "
+                        "kept (default %(default)s)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: the search's --lr / 3)")
     t.add_argument("--out", default=None, help="checkpoint path (default RUN/retrain_N.pt)")
-    t.add_argument("--storage", default=None)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--storage", default=None, help=STORAGE_HELP)
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_retrain)
 
 

@@ -11,39 +11,51 @@ def _common(p):
     p.add_argument("--data", default="jets-sim", help="jets-sim | jets | jets:PATH | digits | "
                                                       "synthetic (see hetq.data)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a float or quantized model (QAT)",
                        description="Train a model from the zoo with a quantization preset or "
                                    "config; writes OUT/model.pt, OUT/metrics.json, OUT/roc.png.")
-    t.add_argument("--model", default="jet_mlp")
+    t.add_argument("--model", default="jet_mlp",
+                   help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (default %(default)s)")
     t.add_argument("--preset", default=None, help="float | bf | q6 (jet_mlp presets)")
     t.add_argument("--config", default=None, help="quantization config (.yaml/.json)")
-    t.add_argument("--task", default="classify", choices=["classify", "anomaly"])
+    t.add_argument("--task", default="classify", choices=["classify", "anomaly"],
+                   help="classify: cross-entropy on the labels; anomaly: an autoencoder "
+                        "trained on the --background classes (default %(default)s)")
     t.add_argument("--background", default="q,g", help="anomaly task: background classes")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=1024)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--patience", type=int, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=30, help="training epochs (default %(default)s)")
+    t.add_argument("--batch-size", type=int, default=1024, help="default %(default)s")
+    t.add_argument("--lr", type=float, default=3e-3,
+                   help="Adam learning rate, cosine schedule (default %(default)s)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="stop after this many epochs without a better validation loss "
+                        "(default: never; the best epoch's weights are kept either way)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights and the batch order (default %(default)s)")
     t.add_argument("--init", default=None, help="start from this checkpoint's float weights")
-    t.add_argument("--out", default="runs/train")
+    t.add_argument("--out", default="runs/train",
+                   help="folder for model.pt, metrics.json and roc.png (default %(default)s)")
     _common(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    e.add_argument("checkpoint")
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("checkpoint", help="a hetq checkpoint (model.pt)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="default %(default)s")
     _common(e)
     e.set_defaults(func=_evaluate)
 
     q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model")
-    q.add_argument("checkpoint")
-    q.add_argument("--bits", type=int, default=8)
+    q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt)")
+    q.add_argument("--bits", type=int, default=8,
+                   help="total width of every weight, bias and activation type, integer "
+                        "bits from the calibration ranges (default %(default)s)")
     q.add_argument("--calibration", type=int, default=10000, help="calibration samples")
-    q.add_argument("--out", default=None)
+    q.add_argument("--out", default=None,
+                   help="checkpoint to write (default: ptqBITS.pt next to the input)")
     _common(q)
     q.set_defaults(func=_ptq)
 
