@@ -239,3 +239,22 @@ def test_layers_qtools_leaves_out_are_costed():
     assert r1.layers[0].op_count == 8 * 3 * 3 * 2
     assert r1.layers[0].accumulator.bits == adder(accumulator(
         multiplier(qtype_of(kq), NAMED["int8"]).output, 6), qtype_of(bq)).bits
+
+
+def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
+    m = build("jet_mlp")
+    with pytest.raises(ValueError, match=r"the model does not run on inputs of shape \(8,\) "
+                                         r"\(batch dimension excluded\): mat1 and mat2"):
+        cost(m, (8,))
+    with pytest.raises(ValueError, match=r"input shape \(0,\): expected positive integer sizes"):
+        cost(m, (0,))
+    with pytest.raises(ValueError, match="unknown quantizer 'int9'.*or a named type: int8, "
+                                         "int16, int32, fp16, fp32"):
+        qtype_of("int9")
+    with pytest.raises(SystemExit):
+        main(["cost", "--model", "jet_mlp", "--input-shape", "1,a"])
+    assert ("argument --input-shape: expected comma-separated positive sizes, e.g. 16 or "
+            "1,8,8; got '1,a'") in capsys.readouterr().err
+    assert main(["cost", "--model", "jet_mlp", "--input-shape", "8"]) == 2
+    assert "does not run on inputs of shape (8,)" in capsys.readouterr().err
+    assert cost(m, (16,)).summary()["energy_pj"] > 0  # the right shape still works

@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive sizes, e.g. 16 or "
+                                         f"1,8,8; got {text!r}")
+    return shape
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cost", help="energy / bits / EBOPs / FPGA estimate per layer",
                        description="Print the per-layer cost table of a checkpoint, or of a "
@@ -13,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", default=None, help="zoo model instead of a checkpoint")
     c.add_argument("--preset", default=None, help="with --model: float | bf | q6")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")
-    c.add_argument("--input-shape", default=None, help="e.g. 16 or 1,8,8")
+    c.add_argument("--input-shape", type=_shape, default=None,
+                   help="input size without the batch dimension, e.g. 16 or 1,8,8 (default: "
+                        "from the first layer of a dense model)")
     c.add_argument("--source", default="int8", help="input type: int8, fp32 or a quantizer")
     c.add_argument("--reference", default=None,
                    help="add a reference column: int8, int16, int32, fp16 or fp32")
@@ -43,7 +56,7 @@ def _cost(a) -> int:
         label = f"{a.model} {a.preset or a.config or 'float'}"
     else:
         raise ValueError("give a checkpoint, or --model (with --preset/--config)")
-    shape = tuple(int(v) for v in a.input_shape.split(",")) if a.input_shape else None
+    shape = a.input_shape
     kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
               activations_on_memory=a.memory)
     rep = cost(model, shape, **kw)

@@ -50,6 +50,9 @@ def _signature(model: nn.Module, input_shape) -> tuple:
 
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
     """Leaf modules of `model` in execution order, with shapes (batch dimension dropped)."""
+    if not len(input_shape) or any(int(d) < 1 for d in input_shape):
+        raise ValueError(f"input shape {tuple(input_shape)!r}: expected positive integer sizes "
+                         "without the batch dimension, e.g. (16,) or (1, 8, 8)")
     key = _signature(model, input_shape)
     modules = dict(model.named_modules())
     if key not in _CACHE:
@@ -72,7 +75,12 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
                 p = next(model.parameters(), None)
                 dev = p.device if p is not None else "cpu"
                 dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-                model(torch.zeros((1, *input_shape), device=dev, dtype=dt))
+                try:
+                    model(torch.zeros((1, *input_shape), device=dev, dtype=dt))
+                except RuntimeError as e:  # e.g. a Linear layer of another width
+                    raise ValueError(f"the model does not run on inputs of shape "
+                                     f"{tuple(input_shape)} (batch dimension excluded): "
+                                     f"{str(e).splitlines()[0]}") from None
         finally:
             model.train(was)
             for h in hooks:

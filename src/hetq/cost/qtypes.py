@@ -99,7 +99,10 @@ def qtype_of(q) -> QType:
             return NAMED[q]
         from ..quant import get_quantizer
 
-        q = get_quantizer(q)
+        try:
+            q = get_quantizer(q)
+        except ValueError as e:
+            raise ValueError(f"{e}; or a named type: {', '.join(NAMED)}") from None
     name = getattr(q, "name", type(q).__name__)
     kind = getattr(q, "kind", None)
     if kind == "float":
