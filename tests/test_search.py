@@ -93,6 +93,44 @@ def test_pruning_stops_a_hopeless_trial(tmp_path):
     assert trial.reported == [0]  # stopped after the first epoch, not 5
 
 
+def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
+    for kw, msg in [({"sparsity": [0.5, 1.5]}, r"sparsity=\[0.5, 1.5\]: each must be a pruned "
+                                               r"fraction in \[0, 1\); got 1.5"),
+                    ({"learning_rates": [1e-3, 0]}, "each must be a learning rate > 0; got 0"),
+                    ({"width_multipliers": []}, "each must be a width multiplier > 0"),
+                    ({"float_epochs": 0}, "float_epochs must be >= 1, got 0"),
+                    ({"prior_configs": 0}, "prior_configs must be >= 1, got 0"),
+                    ({"rate": 0.5}, "rate=0.5; expected a cost ratio > 1"),
+                    ({"stress": 0}, "stress=0; expected a factor > 0")]:
+        with pytest.raises(ValueError, match=msg):
+            SearchConfig(**kw)
+    from hetq.cli import main
+
+    out = tmp_path / "d"
+    assert main(["search", "--devices", "0,x", "--workers", "2", "--out", str(out)]) == 2
+    assert "--devices '0,x': expected comma-separated CUDA device ids" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["search", "--devices", "0", "--workers", "2", "--out", str(out)]) == 2
+        assert "CUDA is not available on this machine" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_worker_on_a_missing_device_fails_once_not_per_trial(tmp_path, monkeypatch):
+    import torch
+
+    from hetq.search.driver import run_worker_process
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    name = f"d{uuid.uuid4().hex[:8]}"
+    run_search(cfg(trials=1, study_name=name), tmp_path / "d", progress=False)
+    monkeypatch.setenv("HETQ_DEVICE", "cuda:0")  # what `--devices 0` gives each worker
+    with pytest.raises(ValueError, match="'cuda:0' requested but CUDA is not available"):
+        run_worker_process(tmp_path / "d", name, None, progress=False)
+    _, study = load_run(tmp_path / "d")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]  # no trial failed for it
+
+
 def test_unreachable_storage_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"cannot open storage postgresql://nobody@127\.0\.0\.1"
                                          r":9/db.*running and reachable"):
@@ -204,7 +242,7 @@ def test_multi_objective_search_returns_a_front(tmp_path):
 
 
 def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
-    from hetq.search.engine import MAX_CONSECUTIVE_FAILURES, run_worker
+    from hetq.search.engine import MAX_CONSECUTIVE_FAILURES, SearchFailed, run_worker
 
     study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="f")
     calls = []
@@ -223,7 +261,7 @@ def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
         raise ValueError("cannot build")
 
     s2 = optuna.create_study(storage=make_storage(None, tmp_path / "b"), study_name="b")
-    with pytest.raises(RuntimeError, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
+    with pytest.raises(SearchFailed, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
         run_worker(s2, broken, budget=3)
 
 

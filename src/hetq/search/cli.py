@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import yaml
@@ -49,6 +50,23 @@ def _input_quantile(text: str) -> float:
 
 
 STORAGE_HELP = "the search's database URL, if it used --storage (default: its journal file)"
+
+
+def _devices(text: str) -> list[str]:
+    """`--devices` ids, each a CUDA device this machine has."""
+    import torch
+
+    ids = [d.strip() for d in text.split(",")]
+    if not all(d.isdigit() for d in ids):
+        raise ValueError(f"--devices {text!r}: expected comma-separated CUDA device ids, "
+                         "e.g. 0,1,2,3")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    missing = [d for d in ids if int(d) >= n]
+    if missing:
+        raise ValueError(f"--devices {text!r}: this machine has {n} CUDA device(s) (ids 0 to "
+                         f"{n - 1}); no device {', '.join(missing)}" if n else
+                         f"--devices {text!r}: CUDA is not available on this machine")
+    return ids
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -236,6 +254,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _search(a) -> int:
     from .driver import format_table, pareto_rows, run_search
+    from .engine import SearchFailed
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
 
     qc = _load_yaml(a.quantization_config)
@@ -270,9 +289,13 @@ def _search(a) -> int:
         if a.no_progress:  # with progress on, the strategy prints the table itself
             print(format_gradient_table(rows))
         return 0
-    devices = [d.strip() for d in a.devices.split(",")] if a.devices else None
-    study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                       progress=not a.no_progress, devices=devices)
+    devices = _devices(a.devices) if a.devices else None
+    try:
+        study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                           progress=not a.no_progress, devices=devices)
+    except SearchFailed as e:
+        print(f"hetq search: error: {e}", file=sys.stderr)
+        return 1
     print()
     print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
     return 0
@@ -280,8 +303,13 @@ def _search(a) -> int:
 
 def _worker(a) -> int:
     from .driver import run_worker_process
+    from .engine import SearchFailed
 
-    run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
+    try:
+        run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
+    except SearchFailed as e:
+        print(f"hetq worker: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -88,7 +88,8 @@ class SearchConfig:
                                  "[knee, end] with 0 < end <= knee")
         if self.time_budget is not None and not float(self.time_budget) > 0:
             raise ValueError(f"search time_budget must be > 0 seconds, got {self.time_budget!r}")
-        for name in ("trials", "epochs", "batch_size", "population", "gradient_runs"):
+        for name in ("trials", "epochs", "batch_size", "float_epochs", "prior_configs",
+                     "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("lr", "bits_lr"):
@@ -115,8 +116,22 @@ class SearchConfig:
         if int(self.polish_epochs) < 0:
             raise ValueError(f"search polish_epochs must be >= 0 (0: off), got "
                              f"{self.polish_epochs!r}")
-        if self.objective == "pareto" and self.sampler == "gp" and self.min_reduction:
-            pass  # GP supports constraints in multi-objective mode too
+        if not float(self.rate) > 1.0:
+            raise ValueError(f"search rate={self.rate!r}; expected a cost ratio > 1 (the "
+                             "forgiving factor's step, e.g. 2)")
+        if not float(self.stress) > 0.0:
+            raise ValueError(f"search stress={self.stress!r}; expected a factor > 0")
+        lists = {"sparsity": ("a pruned fraction in [0, 1)", lambda v: 0.0 <= v < 1.0),
+                 "learning_rates": ("a learning rate > 0", lambda v: v > 0.0),
+                 "width_multipliers": ("a width multiplier > 0", lambda v: v > 0.0)}
+        for name, (what, ok) in lists.items():
+            vals = getattr(self, name)
+            if vals is None:
+                continue
+            bad = [v for v in vals if not (isinstance(v, (int, float)) and ok(float(v)))]
+            if bad or (name == "width_multipliers" and not vals):
+                raise ValueError(f"search {name}={vals!r}: each must be {what}"
+                                 + (f"; got {bad[0]!r}" if bad else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

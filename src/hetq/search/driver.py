@@ -33,7 +33,7 @@ import torch
 
 from .build import build_candidate
 from .config import SearchConfig
-from .engine import make_pruner, make_sampler, n_counted, run_worker
+from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_worker
 from .objectives import Constraints, ForgivingFactor
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
@@ -458,7 +458,8 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
             p.terminate()
         raise
     if any(codes):
-        raise RuntimeError(f"search workers exited with codes {codes}")
+        raise SearchFailed(f"search workers exited with codes {codes} (their messages are "
+                           "above)")
 
 
 def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
@@ -477,6 +478,9 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
         import dataclasses
 
         config = dataclasses.replace(config, device=os.environ["HETQ_DEVICE"])
+    from ..train.loop import resolve_device
+
+    resolve_device(config.device)  # a device this machine lacks: one error, not failed trials
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(config, out, progress=False)
     study = open_study(config, out, storage, create=False)

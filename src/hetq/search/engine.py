@@ -56,6 +56,11 @@ def make_pruner(name: str | None, max_epochs: int):
     raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
 
 
+class SearchFailed(RuntimeError):
+    """The search cannot go on (every trial fails, or its worker processes did); the message
+    says why in one line, and the trials' own errors were reported before it."""
+
+
 class BudgetReached(Exception):
     """Raised inside a trial that would exceed the study's trial budget."""
 
@@ -108,7 +113,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         if last and last[-1].state == TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise RuntimeError(f"{failures} trials in a row failed (last: trial "
+                raise SearchFailed(f"{failures} trials in a row failed (last: trial "
                                    f"{last[-1].number}, see the warnings above); stopping")
         else:
             failures = 0

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from .driver import run_worker_process
+from .engine import SearchFailed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
         run_worker_process(a.out, a.study, a.storage, progress=not a.quiet)
-    except ValueError as e:
+    except (ValueError, SearchFailed) as e:
         print(f"hetq worker: error: {e}", file=sys.stderr)
         return 2
     return 0
