@@ -285,3 +285,19 @@ def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
             assert float((w == 0).float().mean()) == pytest.approx(s, abs=0.02)
         assert evaluate(model, data, split="val")["auc_mean"] == pytest.approx(
             t.user_attrs["metrics"]["val"]["auc_mean"], abs=1e-12)
+
+
+def test_search_costs_image_models_at_their_input_shape(tmp_path):
+    # the digits CNN takes (1, 8, 8) images: the float reference and every trial are costed at
+    # that shape (the search used to trace it with (1, 64) and stopped before any trial)
+    from hetq.cost import cost
+    from hetq.models import build
+
+    study = run_search(cfg(model="cnn_digits", data="digits", trials=1, epochs=1, float_epochs=1,
+                           limit=None), tmp_path / "c", progress=False)
+    done = completed(study)
+    assert len(done) == 1 and done[0].user_attrs["costs"]["ebops"] > 0
+    ref = study.user_attrs["reference"]["costs"]
+    expect = cost(build("cnn_digits"), (1, 8, 8), source_quantizer="int8",
+                  reference="int8").summary()
+    assert ref["energy_pj"] == expect["energy_pj"] and ref["bits"] == expect["bits"]

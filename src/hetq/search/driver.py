@@ -81,19 +81,24 @@ def _train_api():
     return fit, evaluate
 
 
+def _sample_shape(data) -> tuple[int, ...] | None:
+    """One sample's shape (e.g. (16,) for the jets, (1, 8, 8) for the digits images)."""
+    shape = getattr(data, "input_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
 def measure_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
     from ..cost import cost
 
-    rep = cost(model, input_shape=(1, data.n_features) if hasattr(data, "n_features") else None,
-               source_quantizer=config.source_quantizer)
+    rep = cost(model, input_shape=_sample_shape(data), source_quantizer=config.source_quantizer)
     return rep.summary()
 
 
 def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
     from ..cost import cost
 
-    rep = cost(model, input_shape=(1, data.n_features) if hasattr(data, "n_features") else None,
-               source_quantizer=config.source_quantizer, reference=config.reference)
+    rep = cost(model, input_shape=_sample_shape(data), source_quantizer=config.source_quantizer,
+               reference=config.reference)
     return rep.summary()
 
 
