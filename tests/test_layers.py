@@ -187,6 +187,22 @@ def test_yaml_round_trip_gives_identical_model(tmp_path):
     assert js == cfg and QuantConfig.from_yaml(QuantConfig(Q6).to_yaml()) == QuantConfig(Q6)
 
 
+def test_malformed_config_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('Linear: {kernel: "quantized_bits(4,0,1)"\n')
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML: line 2, column 1: expected "
+                                         r"',' or '}', but got '<stream end>'$"):
+        QuantConfig.load(bad)
+    bad.write_text("- quantized_bits(4,0,1)\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: a quantization config maps layer names or "
+                                         r"types to quantizers .*; got a list$"):
+        QuantConfig.load(bad)
+    js = tmp_path / "bad.json"
+    js.write_text('{"Linear": ')
+    with pytest.raises(ValueError, match=r"bad.json: not valid JSON: Expecting value: line 1"):
+        QuantConfig.load(js)
+
+
 def test_precedence_name_type_regex():
     f = nn.Sequential(OrderedDict([("fc1", nn.Linear(4, 4)), ("fc2", nn.Linear(4, 4)),
                                    ("out", nn.Linear(4, 2))]))

@@ -88,6 +88,10 @@ class QuantConfig:
 
     def __init__(self, entries: Mapping[str, Any] | None = None):
         self.entries: dict[str, dict[str, Any]] = {}
+        if entries is not None and not isinstance(entries, Mapping):
+            raise ValueError("a quantization config maps layer names or types to quantizers "
+                             f"(e.g. {{Linear: {{kernel: 'quantized_bits(6,0,1)'}}}}); got a "
+                             f"{type(entries).__name__}")
         for key, value in (entries or {}).items():
             if value is None or isinstance(value, str):
                 value = {"activation": value}
@@ -135,14 +139,18 @@ class QuantConfig:
 
     @classmethod
     def from_yaml(cls, text: str) -> QuantConfig:
-        return cls(yaml.safe_load(text) or {})
+        return cls(parse_yaml(text) or {})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
-        return cls(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON: {e}") from None
+        return cls(data)
 
     def save(self, path: str | Path) -> None:
         p = Path(path)
@@ -154,7 +162,10 @@ class QuantConfig:
         if not p.exists():
             raise FileNotFoundError(f"quantization config file not found: {path}")
         text = p.read_text()
-        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+        try:
+            return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def __eq__(self, other):
         return isinstance(other, QuantConfig) and self.to_dict() == other.to_dict()
@@ -162,6 +173,16 @@ class QuantConfig:
     def __repr__(self):
         body = ", ".join(f"{k!r}: {v!r}" for k, v in self.to_dict().items())
         return f"QuantConfig({{{body}}})"
+
+
+def parse_yaml(text: str):
+    """yaml.safe_load, its errors as one line: "not valid YAML: line L, column C: problem"."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ValueError(f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
 
 
 _ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | {
