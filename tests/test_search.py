@@ -101,7 +101,12 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                     ({"float_epochs": 0}, "float_epochs must be >= 1, got 0"),
                     ({"prior_configs": 0}, "prior_configs must be >= 1, got 0"),
                     ({"rate": 0.5}, "rate=0.5; expected a cost ratio > 1"),
-                    ({"stress": 0}, "stress=0; expected a factor > 0")]:
+                    ({"stress": 0}, "stress=0; expected a factor > 0"),
+                    ({"blocks": ["^fc", "("]}, r"search blocks: '\(' is not a layer-name "
+                                              "regular expression"),
+                    ({"tune_filters_exceptions": "[a"}, "tune_filters_exceptions: '\\[a' is not"),
+                    ({"limit": [4, 4]}, "search limit: expected a mapping such as "
+                                        r"\{Linear: \[4, 4\], ReLU: \[4\]\}; got a list")]:
         with pytest.raises(ValueError, match=msg):
             SearchConfig(**kw)
     from hetq.cli import main
@@ -113,6 +118,16 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
         assert main(["search", "--devices", "0", "--workers", "2", "--out", str(out)]) == 2
         assert "CUDA is not available on this machine" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_unknown_metric_is_refused_and_the_corrected_rerun_runs(tmp_path):
+    out = tmp_path / "m"
+    with pytest.raises(ValueError, match=r"metric 'acc' is not measured on synthetic; expected "
+                                         r"one of accuracy, auc_0, "):
+        run_search(cfg(metric="acc", trials=1), out, progress=False)
+    assert not (out / "search.yaml").exists() and not (out / "float.pt").exists()
+    study = run_search(cfg(trials=1), out, progress=False)  # not "other settings"
+    assert len(completed(study)) == 1
 
 
 def test_worker_on_a_missing_device_fails_once_not_per_trial(tmp_path, monkeypatch):

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from .config import SearchConfig
 
 
@@ -17,7 +15,12 @@ def _load_yaml(path: str | None):
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file: {path}")
-    return yaml.safe_load(p.read_text())
+    from ..quant.convert import parse_yaml
+
+    try:
+        return parse_yaml(p.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def _positive_int(text: str) -> int:

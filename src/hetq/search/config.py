@@ -3,6 +3,7 @@ and as a study attribute, so `hetq worker`, `hetq report` and resumed runs rebui
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,21 @@ class SearchConfig:
                              "forgiving factor's step, e.g. 2)")
         if not float(self.stress) > 0.0:
             raise ValueError(f"search stress={self.stress!r}; expected a factor > 0")
+        for name, example in (("limit", "{Linear: [4, 4], ReLU: [4]}"),
+                              ("quantization_config", "{kernel: {'quantized_bits(4,0,1)': 4}}")):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, dict):
+                raise ValueError(f"search {name}: expected a mapping such as {example}; got a "
+                                 f"{type(v).__name__}")
+        regexes = [("blocks", b) for b in self.blocks or []]
+        if self.tune_filters_exceptions is not None:
+            regexes.append(("tune_filters_exceptions", self.tune_filters_exceptions))
+        for name, pattern in regexes:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                raise ValueError(f"search {name}: {pattern!r} is not a layer-name regular "
+                                 f"expression ({e})") from None
         lists = {"sparsity": ("a pruned fraction in [0, 1)", lambda v: 0.0 <= v < 1.0),
                  "learning_rates": ("a learning rate > 0", lambda v: v > 0.0),
                  "width_multipliers": ("a width multiplier > 0", lambda v: v > 0.0)}

@@ -123,12 +123,28 @@ def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict
     return model.cpu().eval(), metrics
 
 
+def _check_metric(metric: str, data) -> None:
+    """`metric` must be one the search can keep high on `data` (before any training)."""
+    import numpy as np
+
+    from ..train.tasks import Classify
+
+    _, y = data.split("val")
+    classes = list(getattr(data, "classes", []))
+    n = max(len(classes), int(y.max()) + 1 if len(y) else 1)
+    names = Classify().metrics(np.full((len(y), n), 1.0 / n), np.asarray(y), classes)
+    if metric not in names:
+        raise ValueError(f"metric {metric!r} is not measured on {data.name}; expected "
+                         f"one of {', '.join(sorted(names))}")
+
+
 def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
     from ..data import get_dataset
     from ..train.checkpoint import load
 
     _, evaluate = _train_api()
     data = get_dataset(config.data)
+    _check_metric(config.metric, data)
     float_path = out / "float.pt"
     if float_path.exists():
         float_model = load(float_path)
@@ -362,6 +378,21 @@ def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
     return {k: old[k] for k in sorted(new) if old[k] != new[k]}
 
 
+def start_run(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
+    """Record `config` as the run folder's search.yaml and build the context (the float
+    model). If that fails in a folder that held no run before (a bad metric, data that
+    cannot be read, Ctrl-C during the float training), what it wrote is removed again, so
+    that the corrected command is not refused as "other settings"."""
+    fresh = not (out / "search.yaml").exists()
+    config.save(out / "search.yaml")
+    try:
+        return build_context(config, out, progress)
+    except BaseException:
+        if fresh and not (out / "float.pt").exists():
+            (out / "search.yaml").unlink(missing_ok=True)
+        raise
+
+
 def run_search(config: SearchConfig, out: str | Path, storage: str | None = None,
                workers: int = 1, progress: bool = True,
                devices: list[str] | None = None) -> optuna.Study:
@@ -373,8 +404,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     if set(changed) - {"trials"}:
         raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
                          "); use another --out, or the same settings to resume")
-    config.save(out / "search.yaml")
-    ctx = build_context(config, out, progress)
+    ctx = start_run(config, out, progress)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)
     study = open_study(config, out, storage)

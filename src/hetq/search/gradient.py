@@ -1029,7 +1029,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
     from ..cost import cost
     from ..train import evaluate
     from ..train.checkpoint import save_module
-    from .driver import build_context, changed_settings
+    from .driver import changed_settings, start_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1041,8 +1041,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
                          + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
                                      for k, v in changed.items())
                          + "); use another --out")
-    config.save(out / "search.yaml")
-    ctx = build_context(config, out, progress)
+    ctx = start_run(config, out, progress)
     teacher = _teacher(config, out, ctx.data, progress) if config.teacher_widths else None
     t0 = time.time()
     budget = time_budget if time_budget is not None else config.time_budget
