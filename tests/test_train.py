@@ -136,6 +136,21 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     assert "unknown preset 'q7'" in capsys.readouterr().err
 
 
+def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, capsys):
+    digits = get_dataset("digits")
+    with pytest.raises(ValueError, match=r"the model does not take the samples of digits \(shape "
+                                         r"\(1, 8, 8\)\): mat1 and mat2 shapes"):
+        evaluate(build("jet_mlp"), digits)
+    with pytest.raises(ValueError, match=r"classify task: the model gives outputs of shape \(3,\)"
+                                         r" per sample; the data has 5 classes"):
+        fit(build("jet_mlp", n_out=3), jets, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"anomaly task: the model must reconstruct its input .* "
+                                         r"maps samples of shape \(16,\) to \(5,\)"):
+        fit(build("jet_mlp"), jets, epochs=1, task=Anomaly(), progress=False)
+    assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress"]) == 2
+    assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
+
+
 def test_every_cli_option_has_help():
     """Every option and argument of every sub-command (and of the worker module) says what it
     does, and every help page renders (a stray % in a help text breaks it)."""

@@ -33,6 +33,13 @@ class Classify:
     def scores(self, out, x):
         return torch.softmax(out, dim=1)
 
+    def check_output(self, out, x, n_classes: int) -> None:
+        """The model's output on x must hold one logit per class."""
+        if out.dim() != 2 or out.shape[1] < n_classes:
+            raise ValueError(f"classify task: the model gives outputs of shape "
+                             f"{tuple(out.shape[1:])} per sample; the data has {n_classes} "
+                             f"classes, so ({n_classes},) logits were expected")
+
     def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
         return classification_metrics(scores, y, classes, self.fpr)
 
@@ -63,6 +70,13 @@ class Anomaly:
 
     def scores(self, out, x):
         return ((out - x) ** 2).flatten(1).mean(1)
+
+    def check_output(self, out, x, n_classes: int) -> None:
+        """The model must reconstruct its input (an autoencoder)."""
+        if out.shape != x.shape:
+            raise ValueError(f"anomaly task: the model must reconstruct its input (an "
+                             f"autoencoder such as jet_autoencoder); it maps samples of shape "
+                             f"{tuple(x.shape[1:])} to {tuple(out.shape[1:])}")
 
     def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
         bg = np.isin(y, self._bg_ids(classes))
