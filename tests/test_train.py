@@ -11,7 +11,7 @@ from hetq.cli import main
 from hetq.data import get_dataset
 from hetq.models import build, preset
 from hetq.quant.convert import quantize_model
-from hetq.train import Anomaly, evaluate, fit, save
+from hetq.train import Anomaly, Classify, evaluate, fit, save
 from hetq.train.metrics import auc, roc_curve, tpr_at_fpr
 from hetq.train.ptq import ptq_config
 
@@ -149,6 +149,40 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, caps
         fit(build("jet_mlp"), jets, epochs=1, task=Anomaly(), progress=False)
     assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress"]) == 2
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, monkeypatch,
+                                                            capsys):
+    import hetq.train.loop as loop
+
+    def ctrl_c_at(stop):
+        def report(epoch, val):
+            if epoch == stop:
+                raise KeyboardInterrupt
+        return report
+
+    torch.manual_seed(0)
+    m = build("jet_mlp")
+    with pytest.raises(KeyboardInterrupt):  # by default fit stops (a search trial must)
+        fit(m, jets, epochs=5, report=ctrl_c_at(1), progress=False)
+    res = fit(m, jets, epochs=5, report=ctrl_c_at(2), progress=False, interruptible=True)
+    assert res.interrupted and len(res.history) == 3
+    best = min(res.history, key=lambda r: r["val_loss"])
+    assert evaluate(m, jets, "val")["loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+    class CtrlCInFirstStep(Classify):
+        def loss(self, out, x, y):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # no epoch finished: nothing to keep
+        fit(m, jets, epochs=5, task=CtrlCInFirstStep(), progress=False, interruptible=True)
+
+    orig = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: orig(*a, report=ctrl_c_at(1), **k))
+    out = tmp_path / "t"
+    assert main(["train", "--epochs", "10", "--out", str(out), "--no-progress"]) == 0
+    assert "interrupted after 2 epochs: saving the best of them" in capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert len(saved["history"]) == 2 and (out / "model.pt").exists()
 
 
 def test_every_cli_option_has_help():

@@ -22,8 +22,10 @@ def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=No
     model = trial_model(run, number, storage)
     data = get_dataset(config.data)
     before = evaluate(model, data)
-    fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
-        seed=config.seed, device=config.device, progress=progress)
+    res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
+              seed=config.seed, device=config.device, progress=progress, interruptible=True)
+    if res.interrupted:
+        print(res.interruption_note())
     after = evaluate(model, data)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
     path = Path(out) if out else Path(run) / f"retrain_{number:05d}.pt"

@@ -109,7 +109,10 @@ def _train(a) -> int:
         model = quantize_model(model, qc)
     print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
     res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-              patience=a.patience, device=a.device, task=task, progress=not a.no_progress)
+              patience=a.patience, device=a.device, task=task, progress=not a.no_progress,
+              interruptible=True)
+    if res.interrupted:
+        print(res.interruption_note())
     model.cpu()
     metrics = evaluate(model, data, "test", task)
     out = Path(a.out)

@@ -26,7 +26,15 @@ class TrainResult:
     best_epoch: int = -1
     best_val_loss: float = math.inf
     stopped_early: bool = False
+    interrupted: bool = False  # Ctrl-C ended training (fit(interruptible=True))
     seconds: float = 0.0
+
+    def interruption_note(self) -> str:
+        """What a command prints when Ctrl-C ended training ("" otherwise)."""
+        if not self.interrupted:
+            return ""
+        return (f"interrupted after {len(self.history)} epochs: saving the best of them (epoch "
+                f"{self.best_epoch})")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -120,7 +128,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
         schedule: str = "cosine", patience: int | None = None, seed: int = 0,
         device="cpu", task=None, progress: bool = True, report=None, pruner=None,
-        restore_best: bool = True) -> TrainResult:
+        restore_best: bool = True, interruptible: bool = False) -> TrainResult:
     """Train `model` in place on `data` (a hetq Dataset); returns the history.
 
     Args:
@@ -129,6 +137,10 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         seed: fixes the batch order (model initialisation is the caller's: seed before build).
         report: called as report(epoch, val_metrics) after each epoch; may raise to stop.
         pruner: an object with attach(optimizer) / on_epoch_end(epoch) / detach() (sparsity).
+        interruptible: Ctrl-C after the first finished epoch ends training like early stopping
+            (the best epoch's weights restored, `interrupted` set) instead of raising, so a
+            command can still save what was trained. Off for callers that must stop (a search
+            trial must not complete half-trained).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -203,6 +215,10 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             if patience is not None and epoch - res.best_epoch >= patience:
                 res.stopped_early = True
                 break
+    except KeyboardInterrupt:
+        if not interruptible or not res.history:
+            raise
+        res.interrupted = True
     finally:
         if bar is not None:
             bar.close()
