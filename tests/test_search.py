@@ -316,3 +316,22 @@ def test_search_costs_image_models_at_their_input_shape(tmp_path):
     expect = cost(build("cnn_digits"), (1, 8, 8), source_quantizer="int8",
                   reference="int8").summary()
     assert ref["energy_pj"] == expect["energy_pj"] and ref["bits"] == expect["bits"]
+
+
+def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
+    from hetq.cli import build_parser, main
+    from hetq.search.cli import ignored_options
+
+    parse = build_parser().parse_args
+    assert ignored_options(parse(["search", "--strategy", "gradient", "--runs", "2",
+                                  "--act-quantile", "max"])) == []
+    assert ignored_options(parse(["search", "--strategy", "gradient", "--workers", "2",
+                                  "--sampler", "nsga2"])) == ["--sampler", "--workers"]
+    assert ignored_options(parse(["search", "--beta1", "1e-4", "--teacher-widths", "8"])) == [
+        "--beta1", "--teacher-widths"]
+    # printed before any work (here the run then stops at its unknown data set)
+    assert main(["search", "--strategy", "gradient", "--workers", "2", "--metric", "acc",
+                 "--data", "nosuch", "--out", str(tmp_path / "g"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert ("note: --strategy gradient does not use --metric, --workers (--runs gives parallel "
+            "runs)") in err and "unknown dataset 'nosuch'" in err

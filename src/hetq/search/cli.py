@@ -55,6 +55,28 @@ def _input_quantile(text: str) -> float:
 STORAGE_HELP = "the search's database URL, if it used --storage (default: its journal file)"
 
 
+# options that only one kind of strategy reads (argparse dests): given with the other kind,
+# they are reported as ignored rather than silently dropped
+STRATEGY_ONLY = {
+    "gradient": ("beta0", "beta1", "bits_lr", "ebops_target", "runs", "time_budget",
+                 "compile", "stop_below", "input_quantile", "act_quantile", "learn_integer",
+                 "teacher_widths", "distill", "polish_epochs"),
+    "optuna/hessian": ("goal", "objective", "metric", "delta_p", "delta_n", "rate", "stress",
+                       "min_reduction", "max_loss", "sampler", "pruner", "trials", "limit",
+                       "quantization_config", "tune_filters", "width_multipliers",
+                       "tune_filters_exceptions", "sparsity", "learning_rates", "warm_start",
+                       "storage", "workers", "blocks", "schedule_block", "device", "devices",
+                       "prior", "prior_configs", "population", "deployable"),
+}
+
+
+def ignored_options(a: argparse.Namespace) -> list[str]:
+    """The options given (not at their defaults) that `a.strategy` does not read."""
+    other = "optuna/hessian" if a.strategy == "gradient" else "gradient"
+    return ["--" + k.replace("_", "-") for k in STRATEGY_ONLY[other]
+            if getattr(a, k) != a.strategy_defaults[k]]
+
+
 def _devices(text: str) -> list[str]:
     """`--devices` ids, each a CUDA device this machine has."""
     import torch
@@ -224,7 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
-    s.set_defaults(func=_search)
+    s.set_defaults(func=_search, strategy_defaults={
+        k: s.get_default(k) for names in STRATEGY_ONLY.values() for k in names})
 
     w = sub.add_parser("worker", help="join a running search from this machine")
     w.add_argument("--study", required=True, help="name of the study to join (hetq search "
@@ -285,6 +308,11 @@ def _search(a) -> int:
         input_quantile=a.input_quantile, act_quantile=a.act_quantile,
         learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
     )
+    ignored = ignored_options(a)
+    if ignored:
+        print(f"note: --strategy {a.strategy} does not use {', '.join(ignored)}"
+              + (" (--runs gives parallel runs)" if "--workers" in ignored else ""),
+              file=sys.stderr)
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy
 
