@@ -204,3 +204,22 @@ def test_every_cli_option_has_help():
     assert missing == []
     for p in parsers.values():
         assert "usage:" in p.format_help()
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
+    """The README's Python blocks, run in order in one namespace (as a reader would paste
+    them), so the documented API cannot drift from the code."""
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code.replace("epochs=20", "epochs=2"), f"README.md python block {i}",
+                     "exec"), ns)
+    out = capsys.readouterr().out
+    assert "total: 4389 parameters, 26334 weight bits" in out  # the Q6 jet tagger's summary
+    assert "'accuracy': " in out and "total bits 27230 (parameters 26334, activations 896)" in out
