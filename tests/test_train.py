@@ -223,3 +223,23 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "total: 4389 parameters, 26334 weight bits" in out  # the Q6 jet tagger's summary
     assert "'accuracy': " in out and "total bits 27230 (parameters 26334, activations 896)" in out
+
+
+def test_readme_command_lines_parse():
+    """Every `hetq ...` line in the README's shell blocks uses options that exist."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from hetq.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    parser = build_parser()
+    lines = [line.strip() for block in re.findall(r"```sh\n(.*?)```", readme, re.S)
+             for line in block.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(line, comments=True)[1:] for line in lines
+                if line.startswith("hetq ")]
+    assert len(commands) >= 10
+    for argv in commands:
+        args = parser.parse_args(argv)  # an unknown option exits (SystemExit) and fails
+        assert args.command == argv[0]
