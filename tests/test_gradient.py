@@ -513,7 +513,15 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     point = load(out / "gradient" / "point_000.pt")
     assert [tuple(m.weight.shape) for m in point.modules() if hasattr(m, "weight")
             and m.weight is not None and m.weight.dim() == 2] == shapes
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    # `hetq report` of the run re-prints its front table from the saved points
+    assert main(["report", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.strip() and table.strip() in printed
+    # trials-based commands explain where a gradient run's models are
+    assert main(["retrain", str(out), "--trial", "0"]) == 2
+    assert (f"{out} is a gradient-strategy run: it has no trials, but front points "
+            f"{out / 'gradient' / 'point_NNN.pt'}") in capsys.readouterr().err
     # the saved float model is reused by a rerun in that folder: another architecture is refused
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--out", str(out),

@@ -335,3 +335,10 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert ("note: --strategy gradient does not use --metric, --workers (--runs gives parallel "
             "runs)") in err and "unknown dataset 'nosuch'" in err
+
+
+def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):
+    cfg(study_name="s1").save(tmp_path / "search.yaml")  # the settings, but no journal
+    with pytest.raises(ValueError, match=r"no study 's1' in .*study.journal; if the search ran "
+                                         r"with --storage, give the same --storage"):
+        load_run(tmp_path)

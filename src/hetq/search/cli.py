@@ -345,8 +345,15 @@ def _worker(a) -> int:
 
 
 def _report(a) -> int:
+    from .config import SearchConfig
     from .driver import format_table, load_run, pareto_rows
 
+    yaml_path = Path(a.run) / "search.yaml"
+    if yaml_path.exists() and SearchConfig.load(yaml_path).strategy == "gradient":
+        from .gradient import format_gradient_table, saved_gradient_rows
+
+        print(format_gradient_table(saved_gradient_rows(a.run)))
+        return 0
     cfg, study = load_run(a.run, a.storage)
     print(format_table(pareto_rows(a.run, a.storage), cfg, study.user_attrs.get("reference")))
     if not a.no_html:

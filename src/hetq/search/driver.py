@@ -568,13 +568,22 @@ def load_run(out: str | Path, storage: str | None = None):
     if not (out / "search.yaml").exists():
         raise ValueError(f"{out} is not a search run folder (no search.yaml)")
     config = SearchConfig.load(out / "search.yaml")
+    if config.strategy == "gradient":
+        raise ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
+                         f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists "
+                         f"them; `hetq export` takes one of those files)")
     _quiet_optuna()
     name = config.study_name
     if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
         import json
 
         name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
-    study = optuna.load_study(study_name=name, storage=make_storage(storage, out))
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(storage, out))
+    except KeyError:
+        raise ValueError(f"no study {name!r} in {storage or out / 'study.journal'}"
+                         + ("" if storage else "; if the search ran with --storage, give the "
+                            "same --storage")) from None
     return config, study
 
 

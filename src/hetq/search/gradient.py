@@ -995,6 +995,26 @@ class GradientRow:
     path: str
 
 
+def saved_gradient_rows(out) -> list[GradientRow]:
+    """The front of a finished gradient-strategy run, read back from its point files
+    (`<out>/gradient/point_NNN.pt`), cheapest first."""
+    from pathlib import Path
+
+    from ..train.checkpoint import read
+
+    rows = []
+    for path in sorted((Path(out) / "gradient").glob("point_*.pt")):
+        m = read(path)["metrics"]
+        p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
+                       polished=m["polished"])
+        rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
+                                m["costs"]["lut"], str(path)))
+    if not rows:
+        raise ValueError(f"{out} is a gradient-strategy run without front points yet (no "
+                         f"{Path(out) / 'gradient' / 'point_NNN.pt'}); run it to the end first")
+    return rows
+
+
 def _teacher(config, out, data, progress: bool) -> nn.Module:
     """The float teacher of a distilled gradient search: `config.model` with hidden widths
     `config.teacher_widths`, trained like the float reference and saved as
