@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import json
+import re
 import threading
 
 import numpy as np
@@ -147,6 +148,18 @@ def test_embedded_simulated_jets():
     assert (len(d.y_train), len(d.y_val), len(d.y_test)) == (15028, 4973, 4999)
     assert np.bincount(np.r_[d.y_train, d.y_val, d.y_test]).tolist() == [5000] * 5
     assert d.features[0] == "zlogz" and d.features[-1] == "multiplicity"
+
+
+def test_a_file_that_is_not_jets_sim_is_a_clear_error(tmp_path):
+    for name, write in (("a.csv", lambda f: f.write_text("a,b\n1,2\n")),
+                        ("b.npy", lambda f: np.save(f, np.zeros(3))),
+                        ("c.npz", lambda f: np.savez(f, X=np.zeros((3, 16)), y=np.zeros(3)))):
+        f = tmp_path / name
+        write(f)
+        msg = ("not a jets_sim file (missing ['split'])" if name == "c.npz" else
+               "not a jets_sim file (expected an .npz archive with the arrays X, y and split)")
+        with pytest.raises(ValueError, match=re.escape(f"{f}: {msg}")):
+            get_dataset(f"jets-sim:{f}")
 
 
 def test_validation_errors_name_the_problem():

@@ -209,8 +209,13 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
     p = Path(path) if path else EMBEDDED
     if not p.exists():
         raise FileNotFoundError(f"simulated jets file not found: {p}")
-    d = np.load(p)
-    missing = {"X", "y", "split"} - set(d.files)
+    try:
+        d = np.load(p, allow_pickle=False)
+        files = set(d.files)
+    except (ValueError, OSError, AttributeError):  # not an .npz archive (or not numpy at all)
+        raise ValueError(f"{p}: not a jets_sim file (expected an .npz archive with the arrays X, "
+                         "y and split)") from None
+    missing = {"X", "y", "split"} - files
     if missing:
         raise ValueError(f"{p}: not a jets_sim file (missing {sorted(missing)})")
     X, y, split = d["X"], d["y"], d["split"]
