@@ -235,6 +235,25 @@ def test_bad_input_type_string():
         IntegerModel(jet("q6"), (16,), "fixed16")
 
 
+def test_export_source_errors(tmp_path):
+    from hetq.export.cli import resolve_source
+    from hetq.train import save
+
+    ckpt = tmp_path / "m.pt"
+    save(ckpt, build("jet_mlp"), model_name="jet_mlp")
+    model, label = resolve_source(str(ckpt), None)
+    assert label == str(ckpt) and isinstance(model, nn.Module)
+    with pytest.raises(ValueError, match=r"--trial picks a trial of a search run folder; .*m\.pt "
+                                         r"is a checkpoint file"):
+        resolve_source(str(ckpt), "3")
+    with pytest.raises(ValueError, match="is a search run folder; give --trial N"):
+        resolve_source(str(tmp_path), None)
+    # a folder without a search is refused without writing anything into it
+    with pytest.raises(ValueError, match="is not a search run folder"):
+        resolve_source(str(tmp_path), "best")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
 # -- QONNX -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["q6", "bf", "hetero"])
 def test_qonnx_round_trip_exact(preset, tmp_path):

@@ -342,3 +342,8 @@ def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"no study 's1' in .*study.journal; if the search ran "
                                          r"with --storage, give the same --storage"):
         load_run(tmp_path)
+    from hetq.search.driver import run_worker_process
+
+    with pytest.raises(ValueError, match="no study named 's1' in .*; start it with `hetq search`"):
+        run_worker_process(tmp_path, "s1", None, progress=False)
+    assert not (tmp_path / "study.journal").exists()  # looking did not create one

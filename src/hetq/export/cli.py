@@ -57,6 +57,9 @@ def resolve_source(source: str, trial: str | None):
         return trial_model(p, number), f"{source} trial {number}"
     if not p.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint or run folder")
+    if trial is not None:
+        raise ValueError(f"--trial picks a trial of a search run folder; {source} is a "
+                         "checkpoint file (leave --trial out)")
     from ..train.checkpoint import load
     return load(p), str(source)
 

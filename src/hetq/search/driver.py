@@ -37,7 +37,7 @@ from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_work
 from .objectives import Constraints, ForgivingFactor
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
-from .storage import make_storage, recover_dead_trials, worker_identity
+from .storage import journal_path, make_storage, recover_dead_trials, worker_identity
 
 COST_KEYS = {"energy": "energy_pj", "bits": "bits", "ebops": "ebops", "lut": "lut"}
 
@@ -503,9 +503,10 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
     _quiet_optuna()
     out = Path(out) if out else Path("runs") / study_name
-    st = make_storage(storage, out)
     try:
-        study = optuna.load_study(study_name=study_name, storage=st)
+        if storage is None and not journal_path(out).exists():  # (opening would create it)
+            raise KeyError(study_name)
+        study = optuna.load_study(study_name=study_name, storage=make_storage(storage, out))
     except KeyError:
         raise ValueError(f"no study named {study_name!r} in {storage or out}; start it with "
                          "`hetq search` first") from None
@@ -579,6 +580,8 @@ def load_run(out: str | Path, storage: str | None = None):
 
         name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
     try:
+        if storage is None and not journal_path(out).exists():  # (opening would create it)
+            raise KeyError(name)
         study = optuna.load_study(study_name=name, storage=make_storage(storage, out))
     except KeyError:
         raise ValueError(f"no study {name!r} in {storage or out / 'study.journal'}"
