@@ -134,6 +134,18 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     assert f"accuracy {acc:.4f}" in capsys.readouterr().out
     assert main(["train", "--preset", "q7", "--out", str(out)]) == 2
     assert "unknown preset 'q7'" in capsys.readouterr().err
+    # --init: a quantized checkpoint's weights start a float run; other architectures refused
+    init = tmp_path / "init"
+    assert main(["train", "--init", str(out / "model.pt"), "--epochs", "1", "--out", str(init),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--init", str(out / "model.pt"), "--model", "cnn_digits", "--data",
+                 "digits", "--out", str(init)]) == 2
+    assert f"--init {out / 'model.pt'}: the checkpoint lacks" in capsys.readouterr().err
+    assert main(["train", "--init", str(out / "model.pt"), "--data",
+                 "synthetic:features=8,classes=5", "--out", str(init)]) == 2
+    assert "its weights do not fit this model (size mismatch for fc1.weight" in \
+        capsys.readouterr().err
 
 
 def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, capsys):

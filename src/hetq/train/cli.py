@@ -87,7 +87,7 @@ def _train(a) -> int:
     from ..data import get_dataset
     from ..models import build, preset
     from ..quant.convert import QuantConfig, quantize_model
-    from .checkpoint import read, save
+    from .checkpoint import save
     from .loop import evaluate, fit
     from .report import metrics_table
 
@@ -99,7 +99,7 @@ def _train(a) -> int:
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
     if a.init:
-        model.load_state_dict(read(a.init)["state_dict"], strict=False)
+        _init_weights(model, a.init)
     qc = None
     if a.config:
         qc = QuantConfig.load(a.config)
@@ -129,6 +129,27 @@ def _train(a) -> int:
         _roc(model, data, task, out / "roc.png")
     print(f"checkpoint: {out / 'model.pt'}")
     return 0
+
+
+def _init_weights(model, path) -> None:
+    """`--init`: the weights of checkpoint `path` (float or quantized; its quantizer state is
+    not used) into the float `model`; a checkpoint of another architecture is an error."""
+    from .checkpoint import build_from, read
+
+    ckpt = read(path)
+    state = ckpt.get("state_dict")
+    if state is None:  # a stored module (e.g. a gradient-strategy point)
+        state = build_from(ckpt).state_dict()
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise ValueError(f"--init {path}: its weights do not fit this model "
+                         f"({lines[1] if len(lines) > 1 else lines[0]})") from None
+    if res.missing_keys:
+        raise ValueError(f"--init {path}: the checkpoint lacks {len(res.missing_keys)} of the "
+                         f"model's tensors (e.g. {', '.join(res.missing_keys[:3])}); it holds "
+                         "another architecture")
 
 
 def _roc(model, data, task, path):
