@@ -530,7 +530,7 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
             "{'widths': [8, 8]})") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["search", "--strategy", "gradient", "--model-widths", "8", "0"])
-    assert "expected a positive integer width, got '0'" in capsys.readouterr().err
+    assert "expected an integer >= 1, got '0'" in capsys.readouterr().err
 
 
 def _ramp_model():

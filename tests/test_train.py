@@ -197,6 +197,19 @@ def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, mo
     assert len(saved["history"]) == 2 and (out / "model.pt").exists()
 
 
+def test_counts_below_one_are_refused_before_any_work(jets, capsys):
+    for argv in (["demo", "--trials", "0"], ["search", "--workers", "0"],
+                 ["train", "--patience", "0"], ["ptq", "x.pt", "--calibration", "0"],
+                 ["retrain", "run", "--trial", "1", "--epochs", "-2"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        flag = argv[-2]
+        assert f"argument {flag}: expected an integer >= 1, got '{argv[-1]}'" in \
+            capsys.readouterr().err
+    with pytest.raises(ValueError, match="patience must be >= 0 epochs"):
+        fit(build("jet_mlp"), jets, epochs=1, patience=-1, progress=False)
+
+
 def test_every_cli_option_has_help():
     """Every option and argument of every sub-command (and of the worker module) says what it
     does, and every help page renders (a stray % in a help text breaks it)."""

@@ -14,6 +14,8 @@ import argparse
 import time
 from pathlib import Path
 
+from .cli import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="train float and Q6 jet taggers, cost them, run a short "
@@ -23,12 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     d.add_argument("--data", default="jets-sim",
                    help="data set (default: the built-in simulated jets sample)")
-    d.add_argument("--epochs", type=int, default=20,
+    d.add_argument("--epochs", type=positive_int, default=20,
                    help="float training epochs; the Q6 fine-tune gets half (default "
                         "%(default)s)")
-    d.add_argument("--trials", type=int, default=16,
+    d.add_argument("--trials", type=positive_int, default=16,
                    help="search trials (default %(default)s)")
-    d.add_argument("--trial-epochs", type=int, default=5,
+    d.add_argument("--trial-epochs", type=positive_int, default=5,
                    help="QAT epochs per search trial (default %(default)s)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=run)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli import positive_int
 from .config import SearchConfig
 
 
@@ -21,16 +22,6 @@ def _load_yaml(path: str | None):
         return parse_yaml(p.read_text())
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer width, got {text!r}")
-    return v
 
 
 def _quantile(text: str) -> float | None:
@@ -100,7 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "Pareto table. Rerun the same command to resume.")
     s.add_argument("--model", default="jet_mlp",
                    help="zoo model to quantize, trained in float first (default %(default)s)")
-    s.add_argument("--model-widths", type=_positive_int, nargs="+", default=None, metavar="N",
+    s.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
                    help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "
                         "32 16 for a smaller start of --strategy gradient")
     s.add_argument("--data", default="jets-sim",
@@ -136,15 +127,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"],
                    help="stop unpromising trials early, on their per-epoch validation "
                         "metric (default %(default)s)")
-    s.add_argument("--trials", type=int, default=None,
+    s.add_argument("--trials", type=positive_int, default=None,
                    help="trial budget (default 40; with --strategy hessian: --prior-configs)")
-    s.add_argument("--epochs", type=int, default=10,
+    s.add_argument("--epochs", type=positive_int, default=10,
                    help="QAT epochs per trial; gradient strategy: the cap on training "
                         "epochs per run (default %(default)s)")
-    s.add_argument("--float-epochs", type=int, default=30,
+    s.add_argument("--float-epochs", type=positive_int, default=30,
                    help="epochs of the float model every trial starts from (default "
                         "%(default)s)")
-    s.add_argument("--batch-size", type=int, default=1024, help="default %(default)s")
+    s.add_argument("--batch-size", type=positive_int, default=1024, help="default %(default)s")
     s.add_argument("--lr", type=float, default=3e-3,
                    help="Adam learning rate of the float model and the trials (default "
                         "%(default)s)")
@@ -168,7 +159,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="postgresql://user@host/db for many machines (default: journal file "
                         "in --out)")
     s.add_argument("--study", default="hetq", help="study name")
-    s.add_argument("--workers", type=int, default=1, help="local worker processes")
+    s.add_argument("--workers", type=positive_int, default=1, help="local worker processes")
     s.add_argument("--blocks", nargs="*", default=None,
                    help="block-wise search: one layer-name regex per block")
     s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"],
@@ -184,7 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(one training, a Pareto front of checkpoints)")
     s.add_argument("--prior", default="none", choices=["none", "hessian"],
                    help="hessian: enqueue the ILP configurations before sampling")
-    s.add_argument("--prior-configs", type=int, default=12,
+    s.add_argument("--prior-configs", type=positive_int, default=12,
                    help="ILP budgets swept for the Hessian prior/strategy")
     s.add_argument("--beta0", type=float, default=1e-6,
                    help="gradient strategy: EBOPs penalty at the start (ramped to --beta1)")
@@ -199,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: a controller steers beta so that EBOPs fall "
                         "log-linearly to KNEE in the first 30%% of training, then to END "
                         "(instead of the --beta0..--beta1 ramp)")
-    s.add_argument("--runs", type=int, default=1,
+    s.add_argument("--runs", type=positive_int, default=1,
                    help="gradient strategy: independent runs (seeds seed, seed+1, ...) in "
                         "parallel processes, their fronts merged")
     s.add_argument("--time-budget", type=float, default=None,
@@ -226,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: train each hidden neuron's integer bits too, "
                         "starting from the --act-quantile range: values above it saturate "
                         "and pull it up, the EBOPs term pulls it down")
-    s.add_argument("--teacher-widths", type=_positive_int, nargs="+", default=None,
+    s.add_argument("--teacher-widths", type=positive_int, nargs="+", default=None,
                    metavar="N",
                    help="gradient strategy: train a float --model with these hidden widths "
                         "too (saved as teacher.pt in --out) and train the bit-widths on its "
@@ -239,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
-    s.add_argument("--population", type=int, default=1,
+    s.add_argument("--population", type=positive_int, default=1,
                    help="train trials in batches of K as one batched population (faster for "
                         "tiny models; single local worker)")
     s.add_argument("--deployable", action="store_true",
@@ -267,7 +258,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("retrain", help="fine-tune a chosen trial's model")
     t.add_argument("run", help="search run folder")
     t.add_argument("--trial", type=int, required=True, help="trial number (as in the table)")
-    t.add_argument("--epochs", type=int, default=100,
+    t.add_argument("--epochs", type=positive_int, default=100,
                    help="fine-tuning epochs; the epoch with the best validation loss is "
                         "kept (default %(default)s)")
     t.add_argument("--lr", type=float, default=None,

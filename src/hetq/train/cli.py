@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli import positive_int
+
 
 def _common(p):
     p.add_argument("--data", default="jets-sim", help="jets-sim | jets | jets:PATH | digits | "
@@ -26,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="classify: cross-entropy on the labels; anomaly: an autoencoder "
                         "trained on the --background classes (default %(default)s)")
     t.add_argument("--background", default="q,g", help="anomaly task: background classes")
-    t.add_argument("--epochs", type=int, default=30, help="training epochs (default %(default)s)")
-    t.add_argument("--batch-size", type=int, default=1024, help="default %(default)s")
+    t.add_argument("--epochs", type=positive_int, default=30,
+                   help="training epochs (default %(default)s)")
+    t.add_argument("--batch-size", type=positive_int, default=1024, help="default %(default)s")
     t.add_argument("--lr", type=float, default=3e-3,
                    help="Adam learning rate, cosine schedule (default %(default)s)")
-    t.add_argument("--patience", type=int, default=None,
+    t.add_argument("--patience", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation loss "
                         "(default: never; the best epoch's weights are kept either way)")
     t.add_argument("--seed", type=int, default=0,
@@ -53,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--bits", type=int, default=8,
                    help="total width of every weight, bias and activation type, integer "
                         "bits from the calibration ranges (default %(default)s)")
-    q.add_argument("--calibration", type=int, default=10000, help="calibration samples")
+    q.add_argument("--calibration", type=positive_int, default=10000, help="calibration samples")
     q.add_argument("--out", default=None,
                    help="checkpoint to write (default: ptqBITS.pt next to the input)")
     _common(q)

@@ -146,6 +146,9 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if patience is not None and patience < 0:
+        raise ValueError(f"patience must be >= 0 epochs (or None: never stop early), got "
+                         f"{patience}")
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)
