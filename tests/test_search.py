@@ -344,6 +344,6 @@ def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):
         load_run(tmp_path)
     from hetq.search.driver import run_worker_process
 
-    with pytest.raises(ValueError, match="no study named 's1' in .*; start it with `hetq search`"):
+    with pytest.raises(ValueError, match="no study 's1' in .*; start it with `hetq search`"):
         run_worker_process(tmp_path, "s1", None, progress=False)
     assert not (tmp_path / "study.journal").exists()  # looking did not create one

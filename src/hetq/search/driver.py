@@ -498,18 +498,23 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
                            "above)")
 
 
+def _existing_study(name: str, storage: str | None, out: Path, hint: str) -> optuna.Study:
+    """The study `name` in `storage` (None: the run folder's journal file), without creating
+    anything; a missing one is a ValueError that ends with `hint`."""
+    try:
+        if storage is None and not journal_path(out).exists():  # (opening would create it)
+            raise KeyError(name)
+        return optuna.load_study(study_name=name, storage=make_storage(storage, out))
+    except KeyError:
+        raise ValueError(f"no study {name!r} in {storage or journal_path(out)}; {hint}") from None
+
+
 def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
                        progress: bool = True) -> int:
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
     _quiet_optuna()
     out = Path(out) if out else Path("runs") / study_name
-    try:
-        if storage is None and not journal_path(out).exists():  # (opening would create it)
-            raise KeyError(study_name)
-        study = optuna.load_study(study_name=study_name, storage=make_storage(storage, out))
-    except KeyError:
-        raise ValueError(f"no study named {study_name!r} in {storage or out}; start it with "
-                         "`hetq search` first") from None
+    study = _existing_study(study_name, storage, out, "start it with `hetq search` first")
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
         import dataclasses
@@ -579,14 +584,8 @@ def load_run(out: str | Path, storage: str | None = None):
         import json
 
         name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
-    try:
-        if storage is None and not journal_path(out).exists():  # (opening would create it)
-            raise KeyError(name)
-        study = optuna.load_study(study_name=name, storage=make_storage(storage, out))
-    except KeyError:
-        raise ValueError(f"no study {name!r} in {storage or out / 'study.journal'}"
-                         + ("" if storage else "; if the search ran with --storage, give the "
-                            "same --storage")) from None
+    study = _existing_study(name, storage, out, "if the search ran with --storage, give the "
+                            "same --storage" if storage is None else "check --storage")
     return config, study
 
 
