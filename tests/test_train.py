@@ -210,6 +210,16 @@ def test_counts_below_one_are_refused_before_any_work(jets, capsys):
         fit(build("jet_mlp"), jets, epochs=1, patience=-1, progress=False)
 
 
+def test_wrong_argument_types_to_the_api_are_clear_errors():
+    with pytest.raises(ValueError, match=r"data must be a hetq Dataset .*; got tuple"):
+        fit(build("jet_mlp"), (torch.randn(10, 16), torch.zeros(10)), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="a data set is named by a string such as 'jets-sim'; "
+                                         "got NoneType"):
+        get_dataset(None)
+    with pytest.raises(ValueError, match="quantize_model needs a torch.nn.Module, got str"):
+        quantize_model("jet_mlp", preset("q6"))
+
+
 def test_every_cli_option_has_help():
     """Every option and argument of every sub-command (and of the worker module) says what it
     does, and every help page renders (a stray % in a help text breaks it)."""

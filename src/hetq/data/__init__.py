@@ -21,6 +21,9 @@ SPECS = ("jets-sim", "jets-sim:PATH", "jets", "jets:PATH", "digits",
 
 
 def get_dataset(spec: str, **kw) -> Dataset:
+    if not isinstance(spec, str):
+        raise ValueError(f"a data set is named by a string such as {SPECS[0]!r}; got "
+                         f"{type(spec).__name__}")
     name, _, arg = spec.partition(":")
     if name == "jets-sim":
         return load_jets_sim(arg or None, **kw)

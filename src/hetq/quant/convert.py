@@ -335,6 +335,9 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             QDenseBatchnorm/QConv2dBatchnorm (the BatchNorm is replaced by Identity).
         inplace: modify `float_model` itself instead of a deep copy.
     """
+    if not isinstance(float_model, nn.Module):
+        raise ValueError(f"quantize_model needs a torch.nn.Module, got "
+                         f"{type(float_model).__name__}")
     config = as_config(config)
     model = float_model if inplace else copy.deepcopy(float_model)
     used: set[str] = set()

@@ -48,6 +48,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def _split_tensors(data, split, task, device):
+    if not callable(getattr(data, "split", None)):
+        raise ValueError("data must be a hetq Dataset with train/val/test splits, e.g. "
+                         "hetq.data.get_dataset('jets-sim') or Dataset.from_splits(name, "
+                         f"{{'train': (X, y), 'val': ..., 'test': ...}}, features, classes); "
+                         f"got {type(data).__name__}")
     X, y = data.split(split)
     X, y = task.select(X, y, split, getattr(data, "classes", None))
     return torch.from_numpy(np.ascontiguousarray(X)).to(device), \
