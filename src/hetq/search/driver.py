@@ -81,23 +81,17 @@ def _train_api():
     return fit, evaluate
 
 
-def _sample_shape(data) -> tuple[int, ...] | None:
-    """One sample's shape (e.g. (16,) for the jets, (1, 8, 8) for the digits images)."""
-    shape = getattr(data, "input_shape", None)
-    return tuple(shape) if shape is not None else None
-
-
 def measure_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
     from ..cost import cost
 
-    rep = cost(model, input_shape=_sample_shape(data), source_quantizer=config.source_quantizer)
+    rep = cost(model, input_shape=data.input_shape, source_quantizer=config.source_quantizer)
     return rep.summary()
 
 
 def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
     from ..cost import cost
 
-    rep = cost(model, input_shape=_sample_shape(data), source_quantizer=config.source_quantizer,
+    rep = cost(model, input_shape=data.input_shape, source_quantizer=config.source_quantizer,
                reference=config.reference)
     return rep.summary()
 
@@ -130,9 +124,8 @@ def _check_metric(metric: str, data) -> None:
     from ..train.tasks import Classify
 
     _, y = data.split("val")
-    classes = list(getattr(data, "classes", []))
-    n = max(len(classes), int(y.max()) + 1 if len(y) else 1)
-    names = Classify().metrics(np.full((len(y), n), 1.0 / n), np.asarray(y), classes)
+    n = data.n_classes
+    names = Classify().metrics(np.full((len(y), n), 1.0 / n), np.asarray(y), list(data.classes))
     if metric not in names:
         raise ValueError(f"metric {metric!r} is not measured on {data.name}; expected "
                          f"one of {', '.join(sorted(names))}")

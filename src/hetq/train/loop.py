@@ -59,23 +59,21 @@ def _split_tensors(data, split, task, device):
         torch.from_numpy(np.ascontiguousarray(y)).to(device)
 
 
-def check_model_fits(model, X: torch.Tensor, y: torch.Tensor, task, data) -> None:
+def check_model_fits(model, X: torch.Tensor, task, data) -> None:
     """Run two samples through `model`: a model that cannot take `data`'s samples, or whose
     output does not suit `task`, is a ValueError naming both (instead of a shape error from
     inside torch in the first training step)."""
-    name = getattr(data, "name", "the data")
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(X[:2])
     except RuntimeError as e:
-        raise ValueError(f"the model does not take the samples of {name} (shape "
+        raise ValueError(f"the model does not take the samples of {data.name} (shape "
                          f"{tuple(X.shape[1:])}): {str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    n_classes = max(len(getattr(data, "classes", None) or []), int(y.max()) + 1 if len(y) else 0)
-    task.check_output(out, X[:2], n_classes)
+    task.check_output(out, X[:2], data.n_classes)
 
 
 def _train_val_tensors(data, task, device):
@@ -117,7 +115,7 @@ def evaluate(model, data, split: str = "test", task=None, device="cpu",
     dev = resolve_device(device)
     model = model.to(dev)
     X, y = _split_tensors(data, split, task, dev)
-    check_model_fits(model, X, y, task, data)
+    check_model_fits(model, X, task, data)
     was = model.training
     model.eval()
     try:
@@ -158,7 +156,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     dev = resolve_device(device)
     model.to(dev)
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
-    check_model_fits(model, Xtr, ytr, task, data)
+    check_model_fits(model, Xtr, task, data)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
