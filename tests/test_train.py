@@ -241,14 +241,19 @@ def test_every_cli_option_has_help():
         assert "usage:" in p.format_help()
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
-    """The README's Python blocks, run in order in one namespace (as a reader would paste
-    them), so the documented API cannot drift from the code."""
+def _readme_blocks(lang: str) -> list[str]:
+    """The README's fenced code blocks of one language, in order."""
     import re
     from pathlib import Path
 
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
+    """The README's Python blocks, run in order in one namespace (as a reader would paste
+    them), so the documented API cannot drift from the code."""
+    blocks = _readme_blocks("python")
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
@@ -262,15 +267,12 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
 
 def test_readme_command_lines_parse():
     """Every `hetq ...` line in the README's shell blocks uses options that exist."""
-    import re
     import shlex
-    from pathlib import Path
 
     from hetq.cli import build_parser
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     parser = build_parser()
-    lines = [line.strip() for block in re.findall(r"```sh\n(.*?)```", readme, re.S)
+    lines = [line.strip() for block in _readme_blocks("sh")
              for line in block.replace("\\\n", " ").splitlines()]
     commands = [shlex.split(line, comments=True)[1:] for line in lines
                 if line.startswith("hetq ")]
