@@ -347,3 +347,21 @@ def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no study 's1' in .*; start it with `hetq search`"):
         run_worker_process(tmp_path, "s1", None, progress=False)
     assert not (tmp_path / "study.journal").exists()  # looking did not create one
+
+
+def test_the_worker_module_is_hetq_worker(tmp_path, capsys):
+    """`python -m hetq.search.worker` (what the search spawns) is the `hetq worker` command:
+    the same options, with --quiet an alias of --no-progress, messages and exit codes."""
+    from hetq.cli import main as hetq_main
+    from hetq.search import worker
+
+    for flag in ("--quiet", "--no-progress"):
+        args = ["--study", "s1", "--out", str(tmp_path), flag]
+        assert worker.main(args) == 2
+        module_err = capsys.readouterr().err
+        assert hetq_main(["worker", *args]) == 2
+        assert capsys.readouterr().err == module_err
+        assert module_err.startswith("hetq worker: error: no study 's1' in ")
+    with pytest.raises(SystemExit):
+        worker.main(["--help"])
+    assert "--no-progress, --quiet" in capsys.readouterr().out

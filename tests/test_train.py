@@ -221,16 +221,14 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
 
 
 def test_every_cli_option_has_help():
-    """Every option and argument of every sub-command (and of the worker module) says what it
-    does, and every help page renders (a stray % in a help text breaks it)."""
+    """Every option and argument of every sub-command says what it does, and every help page
+    renders (a stray % in a help text breaks it)."""
     import argparse
 
     from hetq.cli import build_parser
-    from hetq.search import worker
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     parsers = dict(sub.choices)
-    parsers["python -m hetq.search.worker"] = worker.build_parser()
     assert {"train", "evaluate", "ptq", "cost", "search", "worker", "report", "retrain",
             "export", "demo"} <= set(parsers)
     missing = [f"{name} {a.option_strings[-1] if a.option_strings else a.dest}"

@@ -244,8 +244,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--study", required=True, help="name of the study to join (hetq search "
                                                    "--study)")
     w.add_argument("--storage", default=None, help=STORAGE_HELP)
-    w.add_argument("--out", default=None, help="local folder for trial checkpoints")
-    w.add_argument("--no-progress", action="store_true", help="no progress bars")
+    w.add_argument("--out", default=None,
+                   help="run folder: the journal (without --storage) and this machine's trial "
+                        "checkpoints (default runs/STUDY)")
+    w.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
+                   help="no progress bars")
     w.set_defaults(func=_worker)
 
     r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report")

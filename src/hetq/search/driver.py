@@ -473,7 +473,7 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
     if storage:
         cmd += ["--storage", storage]
     if not progress:
-        cmd.append("--quiet")
+        cmd.append("--no-progress")
     procs = []
     for i in range(workers):
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
