@@ -102,6 +102,12 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                     ({"prior_configs": 0}, "prior_configs must be >= 1, got 0"),
                     ({"rate": 0.5}, "rate=0.5; expected a cost ratio > 1"),
                     ({"stress": 0}, "stress=0; expected a factor > 0"),
+                    ({"delta_p": float("nan")}, "delta_p=nan; expected a percentage >= 0"),
+                    ({"delta_n": -1}, "delta_n=-1; expected a percentage >= 0"),
+                    ({"min_reduction": -4}, "min_reduction=-4; expected a cost reduction "
+                                            "factor > 0"),
+                    ({"max_metric_loss": 5}, r"max_metric_loss=5; expected a fraction of the "
+                                             r"reference's metric in \[0, 1\]"),
                     ({"blocks": ["^fc", "("]}, r"search blocks: '\(' is not a layer-name "
                                               "regular expression"),
                     ({"tune_filters_exceptions": "[a"}, "tune_filters_exceptions: '\\[a' is not"),

@@ -197,7 +197,7 @@ def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, mo
     assert len(saved["history"]) == 2 and (out / "model.pt").exists()
 
 
-def test_counts_below_one_are_refused_before_any_work(jets, capsys):
+def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jets, capsys):
     for argv in (["demo", "--trials", "0"], ["search", "--workers", "0"],
                  ["train", "--patience", "0"], ["ptq", "x.pt", "--calibration", "0"],
                  ["retrain", "run", "--trial", "1", "--epochs", "-2"]):
@@ -208,6 +208,17 @@ def test_counts_below_one_are_refused_before_any_work(jets, capsys):
             capsys.readouterr().err
     with pytest.raises(ValueError, match="patience must be >= 0 epochs"):
         fit(build("jet_mlp"), jets, epochs=1, patience=-1, progress=False)
+    for argv in (["train", "--lr", "0"], ["train", "--lr", "nan"],
+                 ["retrain", "run", "--trial", "1", "--lr", "-0.001"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert f"argument --lr: expected a number > 0, got '{argv[-1]}'" in \
+            capsys.readouterr().err
+    for kw, msg in (({"lr": 0.0}, "lr must be a learning rate > 0, got 0.0"),
+                    ({"lr": float("nan")}, "lr must be a learning rate > 0, got nan"),
+                    ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1")):
+        with pytest.raises(ValueError, match=msg):
+            fit(build("jet_mlp"), jets, epochs=1, progress=False, **kw)
 
 
 def test_wrong_argument_types_to_the_api_are_clear_errors():

@@ -32,6 +32,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (learning rates, ...)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0.0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetq",

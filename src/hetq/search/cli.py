@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import positive_int
+from ..cli import positive_float, positive_int
 from .config import SearchConfig
 
 
@@ -264,7 +264,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=positive_int, default=100,
                    help="fine-tuning epochs; the epoch with the best validation loss is "
                         "kept (default %(default)s)")
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (default: the search's --lr / 3)")
     t.add_argument("--out", default=None, help="checkpoint path (default RUN/retrain_N.pt)")
     t.add_argument("--storage", default=None, help=STORAGE_HELP)

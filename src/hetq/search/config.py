@@ -3,6 +3,7 @@ and as a study attribute, so `hetq worker`, `hetq report` and resumed runs rebui
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -122,6 +123,16 @@ class SearchConfig:
                              "forgiving factor's step, e.g. 2)")
         if not float(self.stress) > 0.0:
             raise ValueError(f"search stress={self.stress!r}; expected a factor > 0")
+        for name in ("delta_p", "delta_n"):  # percentages of metric per `rate`-fold cost
+            if not 0.0 <= float(getattr(self, name)) < math.inf:
+                raise ValueError(f"search {name}={getattr(self, name)!r}; expected a "
+                                 "percentage >= 0 (e.g. 8)")
+        if self.min_reduction is not None and not 0.0 < float(self.min_reduction) < math.inf:
+            raise ValueError(f"search min_reduction={self.min_reduction!r}; expected a cost "
+                             "reduction factor > 0 (e.g. 4 for 4x cheaper than the reference)")
+        if self.max_metric_loss is not None and not 0.0 <= float(self.max_metric_loss) <= 1.0:
+            raise ValueError(f"search max_metric_loss={self.max_metric_loss!r}; expected a "
+                             "fraction of the reference's metric in [0, 1] (e.g. 0.05 = 5 %)")
         for name, example in (("limit", "{Linear: [4, 4], ReLU: [4]}"),
                               ("quantization_config", "{kernel: {'quantized_bits(4,0,1)': 4}}")):
             v = getattr(self, name)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import positive_int
+from ..cli import positive_float, positive_int
 
 
 def _common(p):
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=positive_int, default=30,
                    help="training epochs (default %(default)s)")
     t.add_argument("--batch-size", type=positive_int, default=1024, help="default %(default)s")
-    t.add_argument("--lr", type=float, default=3e-3,
+    t.add_argument("--lr", type=positive_float, default=3e-3,
                    help="Adam learning rate, cosine schedule (default %(default)s)")
     t.add_argument("--patience", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation loss "

@@ -149,6 +149,10 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0.0 < lr < math.inf:
+        raise ValueError(f"lr must be a learning rate > 0, got {lr!r}")
+    if not 0.0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     if patience is not None and patience < 0:
         raise ValueError(f"patience must be >= 0 epochs (or None: never stop early), got "
                          f"{patience}")
