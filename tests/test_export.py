@@ -237,6 +237,7 @@ def test_bad_input_type_string():
 
 def test_export_source_errors(tmp_path):
     from hetq.export.cli import resolve_source
+    from hetq.search.config import SearchConfig
     from hetq.train import save
 
     ckpt = tmp_path / "m.pt"
@@ -246,12 +247,21 @@ def test_export_source_errors(tmp_path):
     with pytest.raises(ValueError, match=r"--trial picks a trial of a search run folder; .*m\.pt "
                                          r"is a checkpoint file"):
         resolve_source(str(ckpt), "3")
-    with pytest.raises(ValueError, match="is a search run folder; give --trial N"):
+    with pytest.raises(ValueError, match="is a folder with neither a model.pt .* nor a search "
+                                         r"run \(search.yaml\)"):
         resolve_source(str(tmp_path), None)
+    run = tmp_path / "run"
+    run.mkdir()
+    SearchConfig().save(run / "search.yaml")
+    with pytest.raises(ValueError, match="is a search run folder; give --trial N"):
+        resolve_source(str(run), None)
+    trained = tmp_path / "train"  # the folder `hetq train` writes: its model.pt
+    save(trained / "model.pt", build("jet_mlp"), model_name="jet_mlp")
+    assert resolve_source(str(trained), None)[1] == str(trained / "model.pt")
     # a folder without a search is refused without writing anything into it
     with pytest.raises(ValueError, match="is not a search run folder"):
         resolve_source(str(tmp_path), "best")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "run", "train"]
 
 
 # -- QONNX -----------------------------------------------------------------------------------

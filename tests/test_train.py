@@ -87,6 +87,11 @@ def test_checkpoint_round_trip_reproduces_predictions(jets, tmp_path):
     with pytest.raises(ValueError, match="not a hetq checkpoint"):
         torch.save({"a": 1}, tmp_path / "bad.pt")
         hetq.load(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"is a folder without a model.pt; expected a "
+                                         r"checkpoint file, e.g. one of bad.pt, q6.pt"):
+        hetq.load(tmp_path)  # a folder: its model.pt (what `hetq train` writes) is read
+    save(tmp_path / "model.pt", m, model_name="jet_mlp", data=jets)
+    assert torch.equal(hetq.load(tmp_path)(X), m.eval()(X))
 
 
 def test_cnn_trains_above_chance_on_digits():

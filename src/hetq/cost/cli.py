@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cost", help="energy / bits / EBOPs / FPGA estimate per layer",
                        description="Print the per-layer cost table of a checkpoint, or of a "
                                    "zoo model with a preset/config.")
-    c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt)")
+    c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt, or its folder)")
     c.add_argument("--model", default=None, help="zoo model instead of a checkpoint")
     c.add_argument("--preset", default=None, help="with --model: float | bf | q6")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")

@@ -19,7 +19,8 @@ DEFAULT_INPUT_TYPE = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="bit-exact export: integer engine, QONNX, hls4ml C-sim",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("source", help="checkpoint (.pt) or search run folder (with --trial)")
+    e.add_argument("source", help="checkpoint (.pt, or the folder `hetq train` wrote), or a "
+                                  "search run folder (with --trial)")
     e.add_argument("--trial", default=None, help="trial number in a search run, or 'best'")
     e.add_argument("--input-type", default=None,
                    help="fixed-point type of the inputs, e.g. 'ap_fixed<16,6,AP_RND_CONV,"
@@ -39,8 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def resolve_source(source: str, trial: str | None):
     """(model, label) for a checkpoint path or a search run folder + trial."""
     p = Path(source)
+    if p.is_dir() and trial is None and (p / "model.pt").is_file():  # a `hetq train` folder
+        from ..train.checkpoint import load
+        return load(p / "model.pt"), str(p / "model.pt")
     if p.is_dir():
         from ..search.driver import load_run, trial_model
+        if trial is None and not (p / "search.yaml").exists():
+            raise ValueError(f"{source} is a folder with neither a model.pt (what `hetq train` "
+                             "writes) nor a search run (search.yaml)")
         if trial is None:
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
         if trial == "best":

@@ -64,9 +64,19 @@ def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict 
 
 
 def read(path: str | Path) -> dict:
+    """A checkpoint's contents; `path` may also be the folder `hetq train` wrote
+    (FOLDER/model.pt is read)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        if (path / "model.pt").is_file():
+            path = path / "model.pt"
+        else:
+            found = sorted(p.name for p in path.glob("*.pt"))
+            raise ValueError(f"{path} is a folder without a model.pt; expected a checkpoint "
+                             "file" + (f", e.g. one of {', '.join(found[:5])}"
+                                       + (", ..." if len(found) > 5 else "") if found else ""))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:

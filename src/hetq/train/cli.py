@@ -45,14 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    e.add_argument("checkpoint", help="a hetq checkpoint (model.pt)")
+    e.add_argument("checkpoint", help="a hetq checkpoint (model.pt, or its folder)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="default %(default)s")
     _common(e)
     e.set_defaults(func=_evaluate)
 
     q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model")
-    q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt)")
+    q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt, or its folder)")
     q.add_argument("--bits", type=int, default=8,
                    help="total width of every weight, bias and activation type, integer "
                         "bits from the calibration ranges (default %(default)s)")
