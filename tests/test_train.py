@@ -127,6 +127,27 @@ def test_ptq_integer_bits_from_ranges(jets):
         ptq_config(m, X[:10], 1)
 
 
+def test_ptq_cli(jets, tmp_path, capsys):
+    """`hetq ptq` writes ptqBITS.pt next to the checkpoint (inside it when given the folder
+    `hetq train` wrote), with the config ptq_config gives and the test metrics it printed."""
+    m = trained(jets)
+    save(tmp_path / "f" / "model.pt", m, model_name="jet_mlp", data=jets)
+    X, _ = jets.tensors("train")
+    want = ptq_config(m, X[:500], 6).to_dict()
+    for source, out in ((tmp_path / "f", tmp_path / "f" / "ptq6.pt"),
+                        (tmp_path / "f" / "model.pt", tmp_path / "f" / "ptq6.pt")):
+        out.unlink(missing_ok=True)
+        assert main(["ptq", str(source), "--bits", "6", "--calibration", "500",
+                     "--no-progress"]) == 0
+        printed = capsys.readouterr().out
+        ckpt = torch.load(out, weights_only=False)
+        assert ckpt["quant_config"] == want
+        acc = evaluate(hetq.load(out), jets)["accuracy"]
+        assert acc == ckpt["metrics"]["test"]["accuracy"] and f"accuracy {acc:.4f}" in printed
+    assert main(["ptq", str(out)]) == 2  # already quantized
+    assert "is already quantized; PTQ starts from a float model" in capsys.readouterr().err
+
+
 def test_train_and_evaluate_cli(tmp_path, capsys):
     out = tmp_path / "q6"
     assert main(["train", "--preset", "q6", "--epochs", "2", "--out", str(out),

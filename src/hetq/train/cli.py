@@ -203,7 +203,8 @@ def _ptq(a) -> int:
     m = evaluate(qmodel, data, "test", task)
     print(f"PTQ {a.bits} bits of {a.checkpoint}:")
     print(metrics_table(m, data.classes, task.name))
-    out = Path(a.out) if a.out else Path(a.checkpoint).with_name(f"ptq{a.bits}.pt")
+    src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
+    out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
          quant_config=cfg, data=data, metrics={"test": m}, task=task.name)
     print(f"checkpoint: {out}")
