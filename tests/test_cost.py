@@ -206,7 +206,7 @@ def test_unknown_layer_warns_and_unsupported_quantizer_errors():
 
 
 def test_cost_cli(tmp_path, capsys):
-    out = tmp_path / "c.json"
+    out = tmp_path / "new" / "c.json"  # its folder is made
     assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--reference", "int8",
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
@@ -257,4 +257,22 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
             "1,8,8; got '1,a'") in capsys.readouterr().err
     assert main(["cost", "--model", "jet_mlp", "--input-shape", "8"]) == 2
     assert "does not run on inputs of shape (8,)" in capsys.readouterr().err
+    for argv, msg in ((["x.pt", "--model", "jet_mlp"], "give a checkpoint or --model (with "
+                                                       "--preset/--config), not both: x.pt and "
+                                                       "--model"),
+                      (["--preset", "q6"], "--preset/--config quantize a zoo model: give --model"),
+                      (["--model", "jet_mlp", "--preset", "q6", "--config", "c.yaml"],
+                       "give --preset or --config, not both")):
+        assert main(["cost", *argv]) == 2
+        assert msg in capsys.readouterr().err
+    # an image model's square input is found (the flatten into the dense layer fixes it)
+    cnn = build("cnn_digits")  # in training mode, with a stochastic_ternary kernel
+    assert cost(cnn).summary() == cost(cnn, (1, 8, 8)).summary()
+    assert cnn.training  # costed as deployed (deterministic rounding), the mode restored
+    assert cost(cnn.eval(), (1, 8, 8)).summary() == cost(cnn.train(), (1, 8, 8)).summary()
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"input_shape=\(3, H, W\) \(CLI: --input-shape 3,H,W\); "
+                                         "square images of 3 to 64 pixels fit it"):
+        cost(pooled)
     assert cost(m, (16,)).summary()["energy_pj"] > 0  # the right shape still works

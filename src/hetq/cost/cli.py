@@ -42,6 +42,14 @@ def _cost(a) -> int:
     from ..quant.convert import QuantConfig, quantize_model
     from .report import cost
 
+    if a.checkpoint and (a.model or a.preset or a.config):
+        given = next(f"--{k}" for k in ("model", "preset", "config") if getattr(a, k))
+        raise ValueError(f"give a checkpoint or --model (with --preset/--config), not both: "
+                         f"{a.checkpoint} and {given}")
+    if a.preset and a.config:
+        raise ValueError("give --preset or --config, not both")
+    if (a.preset or a.config) and not a.model:
+        raise ValueError("--preset/--config quantize a zoo model: give --model too")
     if a.checkpoint:
         from ..train.checkpoint import build_from, read
 

@@ -326,12 +326,17 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
     ctx = _Ctx(settings, nodes[0].name, nodes[-1].name)
     x_t = settings.source
     out = []
-    with torch.no_grad():
-        for node in nodes:
-            lc = _layer(node, x_t, ctx)
-            out.append(lc)
-            x_t = lc.output
-            ctx.x_bits = _feature_bits(node.module, lc.output, settings)
+    was = model.training
+    model.eval()  # the deployed weights: stochastic quantizers round deterministically
+    try:
+        with torch.no_grad():
+            for node in nodes:
+                lc = _layer(node, x_t, ctx)
+                out.append(lc)
+                x_t = lc.output
+                ctx.x_bits = _feature_bits(node.module, lc.output, settings)
+    finally:
+        model.train(was)
     return out
 
 

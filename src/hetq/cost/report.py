@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .model import LayerCost, Settings, layer_costs
@@ -51,6 +53,7 @@ class CostReport:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=1)
         if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
         return text
 
@@ -90,12 +93,39 @@ class CostReport:
 
 
 def _input_shape(model: nn.Module):
+    """A dense model's input size; for an image model the one square (C, S, S) with S <= 64
+    that the model accepts (a flatten into a dense layer fixes it)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             return (m.in_features,)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-            raise ValueError("give input_shape=(C, H, W) for a convolutional model")
-    raise ValueError("cannot infer the input shape; pass input_shape")
+        if isinstance(m, nn.Conv2d):
+            fits = [s for s in range(1, 65) if _accepts(model, (m.in_channels, s, s))]
+            if len(fits) == 1:
+                return (m.in_channels, fits[0], fits[0])
+            raise ValueError("give the input shape of this convolutional model, input_shape="
+                             f"({m.in_channels}, H, W) (CLI: --input-shape {m.in_channels},H,W)"
+                             + (f"; square images of {fits[0]} to {fits[-1]} pixels fit it"
+                                if fits else ""))
+        if isinstance(m, nn.Conv1d):
+            raise ValueError(f"give the input shape of this convolutional model, input_shape="
+                             f"({m.in_channels}, L) (CLI: --input-shape {m.in_channels},L)")
+    raise ValueError("cannot infer the input shape; pass input_shape (CLI: --input-shape)")
+
+
+def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
+    p = next(model.parameters(), None)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model(torch.zeros((1, *shape), device=p.device if p is not None else "cpu",
+                              dtype=p.dtype if p is not None else torch.float32))
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        model.train(was)
 
 
 def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
