@@ -276,3 +276,20 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
                                          "square images of 3 to 64 pixels fit it"):
         cost(pooled)
     assert cost(m, (16,)).summary()["energy_pj"] > 0  # the right shape still works
+
+
+def test_cli_warnings_are_one_line(capsys):
+    """A warning under the CLI reads like its errors: one line naming the command, without
+    the file and source line Python's default format adds."""
+    import sys
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(m, c, f, n, line))
+        assert main(["cost", "--model", "cnn_digits", "--preset", "q6"]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == ("hetq cost: warning: quantization config key 'ReLU' matches "
+                                   "no layer of the model")
+    assert "UserWarning" not in err and ".py:" not in err

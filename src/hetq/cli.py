@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # feature modules that add sub-commands, in the order they appear in `hetq --help`
 COMMAND_MODULES = (
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    shown = warnings.formatwarning  # warnings as one line each, like the errors
+    warnings.formatwarning = lambda message, category, *_a, **_k: (
+        f"hetq {args.command}: warning: {message}\n")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ConnectionError) as e:  # user errors: no traceback
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover
