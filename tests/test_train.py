@@ -258,8 +258,8 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
 
 
 def test_every_cli_option_has_help():
-    """Every option and argument of every sub-command says what it does, and every help page
-    renders (a stray % in a help text breaks it)."""
+    """Every sub-command, option and argument says what it does, and every help page renders
+    (a stray % in a help text breaks it)."""
     import argparse
 
     from hetq.cli import build_parser
@@ -274,6 +274,16 @@ def test_every_cli_option_has_help():
     assert missing == []
     for p in parsers.values():
         assert "usage:" in p.format_help()
+    # every command says what it does, and the example on its help page parses
+    import shlex
+
+    assert [n for n, p in parsers.items() if not (p.description or "").strip()] == []
+    examples = {n: p.description.split("example:\n", 1)[1].split("\n")[0].strip()
+                for n, p in parsers.items() if "example:\n" in p.description}
+    assert set(examples) >= {"evaluate", "ptq", "worker", "report", "retrain", "demo"}
+    for name, line in examples.items():
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.command == name and line.startswith("hetq ")
 
 
 def _readme_blocks(lang: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 import warnings
 
 # feature modules that add sub-commands, in the order they appear in `hetq --help`
@@ -42,6 +43,14 @@ def positive_float(text: str) -> float:
     if not 0.0 < v < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return v
+
+
+def describe(text: str, example: str) -> dict:
+    """add_parser keywords for a sub-command's help page: `text` wrapped, then an example
+    command line kept as written."""
+    body = textwrap.fill(" ".join(text.split()), 79)
+    return {"description": f"{body}\n\nexample:\n  {example}",
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,10 @@ from .cli import positive_int
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="train float and Q6 jet taggers, cost them, run a short "
-                                    "search (built-in data)")
+                                    "search (built-in data)",
+                       description=__doc__.split("\n", 1)[1].strip()
+                       + "\n\nexample:\n  hetq demo --out runs/demo",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     d.add_argument("--out", default="runs/demo",
                    help="folder for the checkpoints, search run and export (default "
                         "%(default)s)")

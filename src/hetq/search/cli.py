@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import positive_float, positive_int
+from ..cli import describe, positive_float, positive_int
 from .config import SearchConfig
 
 
@@ -240,7 +240,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_search, strategy_defaults={
         k: s.get_default(k) for names in STRATEGY_ONLY.values() for k in names})
 
-    w = sub.add_parser("worker", help="join a running search from this machine")
+    w = sub.add_parser("worker", help="join a running search from this machine",
+                       **describe("Run trials of a search started elsewhere with `hetq search "
+                                  "--storage URL --study NAME`; the settings come from the study."
+                                  " Completed trials stay in the study when a worker stops or "
+                                  "dies.",
+                                  "hetq worker --storage postgresql://user@db-host/hetq "
+                                  "--study jets1"))
     w.add_argument("--study", required=True, help="name of the study to join (hetq search "
                                                    "--study)")
     w.add_argument("--storage", default=None, help=STORAGE_HELP)
@@ -251,14 +257,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="no progress bars")
     w.set_defaults(func=_worker)
 
-    r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report")
+    r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report",
+                       **describe("Re-print the Pareto table of a search run folder and write "
+                                  "RUN/report.html.",
+                                  "hetq report runs/search"))
     r.add_argument("run", help="search run folder")
     r.add_argument("--storage", default=None, help=STORAGE_HELP)
     r.add_argument("--no-html", action="store_true",
                    help="print the table only, without writing RUN/report.html")
     r.set_defaults(func=_report)
 
-    t = sub.add_parser("retrain", help="fine-tune a chosen trial's model")
+    t = sub.add_parser("retrain", help="fine-tune a chosen trial's model",
+                       **describe("Fine-tune one trial of a search for longer, from its trained "
+                                  "weights with its quantizers and widths, and save the "
+                                  "checkpoint.",
+                                  "hetq retrain runs/search --trial 12 --epochs 100"))
     t.add_argument("run", help="search run folder")
     t.add_argument("--trial", type=int, required=True, help="trial number (as in the table)")
     t.add_argument("--epochs", type=positive_int, default=100,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import positive_float, positive_int
+from ..cli import describe, positive_float, positive_int
 
 
 def _common(p):
@@ -44,14 +44,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(t)
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    e = sub.add_parser("evaluate", help="metrics of a checkpoint on a dataset split",
+                       **describe("Print a checkpoint's metrics (accuracy, AUC and TPR at fixed "
+                                  "FPR per class) on one split of a data set.",
+                                  "hetq evaluate runs/train --split val"))
     e.add_argument("checkpoint", help="a hetq checkpoint (model.pt, or its folder)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="default %(default)s")
     _common(e)
     e.set_defaults(func=_evaluate)
 
-    q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model")
+    q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model",
+                       **describe("Quantize a float checkpoint without training: every type "
+                                  "--bits wide, integer bits from the ranges seen on "
+                                  "--calibration training samples. Prints the test metrics and "
+                                  "writes the quantized checkpoint.",
+                                  "hetq ptq runs/float --bits 8"))
     q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt, or its folder)")
     q.add_argument("--bits", type=int, default=8,
                    help="total width of every weight, bias and activation type, integer "
