@@ -17,9 +17,6 @@ from hetq.search.gradient import (
     FrontPoint,
     GradientBitsMLP,
     ParetoCheckpoints,
-    _int_bits,
-    _round_f,
-    _surrogate,
     beta_at,
     ebops_target_at,
     polish,
@@ -29,6 +26,7 @@ from hetq.search.gradient import (
     train_gradient_runs,
     weight_widths,
 )
+from hetq.search.gradient.model import _int_bits, _round_f, _surrogate
 from hetq.train import evaluate
 
 
@@ -265,7 +263,7 @@ def test_process_start_comes_out_of_the_time_budget(monkeypatch):
     """A run that starts at once trains for its budget minus the time since submission (the
     worker process's start), so the wall time stays within the budget; a queued run keeps
     its whole budget."""
-    import hetq.search.gradient as gm
+    import hetq.search.gradient.runs as gm
 
     seen = []
     monkeypatch.setattr(gm, "train_gradient", lambda f, d, **kw: seen.append(kw["time_budget"]))
@@ -323,7 +321,7 @@ def test_polish_keeps_the_bits_and_never_raises_ebops():
 
 
 def test_polish_front_starts_with_the_most_accurate(monkeypatch):
-    import hetq.search.gradient as gm
+    import hetq.search.gradient.training as gm
 
     seen = []
     monkeypatch.setattr(gm, "polish", lambda g, p, data, **kw: seen.append(p.ebops) or p)
@@ -353,7 +351,7 @@ def test_polish_front_starts_with_the_most_accurate(monkeypatch):
 
 
 def test_stop_below_ends_training_and_gives_the_time_to_the_polish(monkeypatch):
-    import hetq.search.gradient as gm
+    import hetq.search.gradient.runs as gm
 
     data, f = _small_setup()
     kw = dict(batch_size=256, beta0=1e-4, beta1=1e-3, progress=False)
@@ -463,7 +461,7 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
 @pytest.fixture
 def runs_kwargs(monkeypatch):
     """The keyword arguments of the last `train_gradient_runs` call (which still runs)."""
-    import hetq.search.gradient as G
+    import hetq.search.gradient.strategy as G
 
     seen = {}
     real = G.train_gradient_runs
@@ -709,7 +707,7 @@ class _ConstTeacher(torch.nn.Module):
 
 
 def test_distillation_targets_mix_teacher_probabilities_and_labels():
-    from hetq.search.gradient import _targets
+    from hetq.search.gradient.training import _targets
 
     teacher = torch.nn.Linear(2, 3)
     with torch.no_grad():
@@ -761,12 +759,13 @@ def test_training_and_polish_follow_the_teacher():
 
 
 def test_teacher_reaches_the_polish(monkeypatch):
-    import hetq.search.gradient as gm
+    import hetq.search.gradient.runs as gm
+    import hetq.search.gradient.training as gt
 
     seen = {}
-    monkeypatch.setattr(gm, "polish", lambda g, p, data, **kw: seen.update(kw) or p)
+    monkeypatch.setattr(gt, "polish", lambda g, p, data, **kw: seen.update(kw) or p)
     teacher = _ConstTeacher([0.0, 1.0])
-    gm.polish_front(None, [FrontPoint(0, 0.0, 0.5, 10)], None, teacher=teacher, distill=0.5,
+    gt.polish_front(None, [FrontPoint(0, 0.0, 0.5, 10)], None, teacher=teacher, distill=0.5,
                     progress=False)
     assert seen["teacher"] is teacher and seen["distill"] == 0.5
     # train_gradient_runs hands its teacher to the training and to the polish

@@ -1,0 +1,341 @@
+"""The trainable-bit-width MLP of the gradient strategy: per-feature input quantizers,
+per-neuron activation quantizers and per-weight dense layers, each with trainable
+fractional bits, and its differentiable EBOPs (see `hetq.search.gradient`)."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN2 = math.log(2.0)
+
+
+def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Forward value q; gradient 1 to x and -ln2 * (q - x) to f."""
+    err = (q - x).detach()
+    return x + err + (f - f.detach()) * (-LN2 * err)
+
+
+def _int_bits(v: torch.Tensor, tiny: float = 1e-30) -> torch.Tensor:
+    """Magnitude integer bits of each value, floor(log2 |v|) + 1, so that |v| <= 2**i - step
+    never clips; |v| below `tiny` counts as `tiny` (zeros are masked by the callers)."""
+    return torch.floor(torch.log2(v.abs().clamp_min(tiny))) + 1
+
+
+
+def _round_f(f: torch.Tensor, lo: float | None = None) -> torch.Tensor:
+    r = torch.round(f.detach())
+    return r if lo is None else r.clamp_min(lo)
+
+
+def weight_widths(q: torch.Tensor) -> torch.Tensor:
+    """Width of the smallest signed fixed type holding each value (0 for zeros)."""
+    a = q.detach().abs().to(torch.float64)
+    out = torch.zeros_like(a)
+    nz = a > 0
+    if nz.any():
+        v = a[nz]
+        # frac bits needed: smallest f with v * 2**f integer; magnitude bits of that code
+        f = torch.zeros_like(v)
+        code = v.clone()
+        for _ in range(64):
+            frac_part = code - torch.floor(code)
+            need = frac_part != 0
+            if not need.any():
+                break
+            code = torch.where(need, code * 2, code)
+            f = f + need.to(f.dtype)
+        # strip trailing zero bits of integer codes (v >= 1 with even codes)
+        for _ in range(64):
+            even = (torch.remainder(code, 2) == 0) & (code > 0)
+            if not even.any():
+                break
+            code = torch.where(even, code / 2, code)
+        out[nz] = torch.floor(torch.log2(code)) + 1 + 1  # magnitude bits + sign
+    return out
+
+
+class _InputQ(nn.Module):
+    """Per-feature signed quantizer of the inputs with trainable frac bits. A feature whose
+    width would fall below 2 bits is pruned (always 0, costs nothing): a 1-bit signed type is
+    not a plain grid, and widths below the integer bits (f < -1) are not exportable, so
+    between the f = -1 floor and pruning the feature keeps its f = -1 grid while the soft
+    width (and with it the EBOPs pressure) goes on falling."""
+
+    def __init__(self, n: int, f0: float, integer: torch.Tensor):
+        super().__init__()
+        self.f = nn.Parameter(torch.full((n,), float(f0)))
+        self.register_buffer("integer", integer.clone())  # magnitude integer bits (no sign)
+
+    F_MIN = -24.0  # only a bound; quantized_bits needs integer <= bits, so f >= -1 is used
+
+    def grid(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frac bits used, pruned) per feature, from the rounded f."""
+        fr = _round_f(self.f, self.F_MIN)
+        return fr.clamp_min(-1.0), (self.integer + fr + 1.0) < 2.0
+
+    def forward(self, x):
+        fr, pruned = self.grid()
+        step = torch.pow(2.0, -fr)
+        top = torch.pow(2.0, self.integer)
+        q = torch.minimum(torch.maximum(torch.round(x / step) * step, -top), top - step)
+        q = torch.where(pruned, torch.zeros_like(q), q)
+        return _surrogate(x, q, self.f)
+
+    def widths(self, soft: bool = False) -> torch.Tensor:
+        if soft:
+            return F.relu(self.integer + self.f.clamp_min(self.F_MIN) + 1.0)  # sign included
+        fr, pruned = self.grid()
+        return torch.where(pruned, torch.zeros_like(fr), self.integer + fr + 1.0)
+
+
+class _ActQ(nn.Module):
+    """ReLU then an unsigned quantizer with trainable frac bits per neuron (or one per layer);
+    integer bits from the tracked maximum of each neuron, from a quantile (`frozen`, ranges
+    set by `GradientBitsMLP.calibrate`), or trainable (`learn_integer`)."""
+
+    F_MIN = -24.0  # only a bound against overflow: a neuron with integer + f <= 0 is off
+
+    def __init__(self, n: int, f0: float, per_neuron: bool = True):
+        super().__init__()
+        shape = (n,) if per_neuron else ()
+        self.f = nn.Parameter(torch.full(shape, float(f0)))
+        self.register_buffer("max_seen", torch.zeros(shape))  # range used (last epoch's)
+        self.register_buffer("epoch_max", torch.zeros(shape))  # range of the running epoch
+        self.frozen = False  # polishing: the range (so the integer bits) stays as it is
+
+    def reset_range(self):
+        """End of epoch (HGQ's ResetMinMax): the range becomes this epoch's maximum, so
+        integer bits also shrink when activations do."""
+        if float(self.epoch_max.max()) > 0:
+            self.max_seen.copy_(self.epoch_max)
+        self.epoch_max.zero_()
+
+    def learn_integer(self):
+        """From now on the integer bits are a trainable parameter `i` (HGQ2's trainable
+        integer bits), starting at the present range's; forward uses round(i) (straight
+        through), a value clipped at the top 2**i - step passes d/di = ln2 * 2**i to it (and
+        nothing to its input), while the EBOPs term pulls i down: each neuron learns how
+        much saturation it can afford."""
+        self.i = nn.Parameter(self.integer.clone())
+
+    @property
+    def integer(self) -> torch.Tensor:
+        if hasattr(self, "i"):
+            return torch.round(self.i.detach())
+        return torch.ceil(torch.log2(self.max_seen.clamp_min(2.0 ** -8)))
+
+    def forward(self, x):
+        y = F.relu(x)
+        learned = hasattr(self, "i")
+        if self.training and not self.frozen and not learned:
+            with torch.no_grad():
+                m = y.amax(dim=0) if self.max_seen.dim() else y.max()
+                self.max_seen.copy_(torch.maximum(self.max_seen, m))
+                self.epoch_max.copy_(torch.maximum(self.epoch_max, m))
+        # f may go below 0 (grid steps of 2, 4, ...: a neuron with a large range and little
+        # precision costs few bits); `to_hetq_model` rescales such neurons by powers of two
+        # so that the exported quantized_relu has integer <= bits
+        fr = _round_f(self.f, self.F_MIN)
+        step = torch.pow(2.0, -fr)
+        qn = torch.round(y / step) * step
+        if learned:  # round(i) straight through; clipped values give gradient to i only
+            ii = self.i + (torch.round(self.i) - self.i).detach()
+            top = (torch.pow(2.0, ii) - step).clamp_min(0.0)
+            return torch.where(qn > top.detach(), top.expand_as(y), _surrogate(y, qn, self.f))
+        top = (torch.pow(2.0, self.integer) - step).clamp_min(0.0)
+        return _surrogate(y, torch.minimum(qn, top), self.f)
+
+    def widths(self, soft: bool = False) -> torch.Tensor:
+        f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
+        i = self.i if (soft and hasattr(self, "i")) else self.integer
+        return F.relu(i + f)
+
+
+class _DenseQ(nn.Module):
+    """Dense layer with per-weight trainable frac bits; biases on a fixed frac grid."""
+
+    def __init__(self, lin: nn.Linear, f0: float, bias_frac: int):
+        super().__init__()
+        self.weight = nn.Parameter(lin.weight.detach().clone())
+        self.bias = nn.Parameter(lin.bias.detach().clone())
+        self.f = nn.Parameter(torch.full_like(self.weight, float(f0)))
+        self.bias_frac = bias_frac
+
+    def qweight(self):
+        fr = _round_f(self.f)
+        step = torch.pow(2.0, -fr)
+        q = torch.round(self.weight / step) * step
+        return _surrogate(self.weight, q, self.f)
+
+    def qbias(self):
+        s = 2.0 ** -self.bias_frac
+        q = torch.round(self.bias / s) * s
+        return self.bias + (q - self.bias).detach()
+
+    def forward(self, x):
+        return F.linear(x, self.qweight(), self.qbias())
+
+
+class GradientBitsMLP(nn.Module):
+    """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
+
+    def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
+                 bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999,
+                 act_quantile: float | None = None):
+        super().__init__()
+        mods = [m for m in float_model.children()]
+        names = [n for n, _ in float_model.named_children()]
+        if not mods or not isinstance(mods[0], nn.Linear):
+            raise ValueError("the gradient strategy needs an MLP of Linear/ReLU layers starting "
+                             f"with a Linear; got {type(mods[0]).__name__ if mods else 'nothing'}")
+        for name, q in (("input_quantile", input_quantile), ("act_quantile", act_quantile)):
+            if q is not None and not (0.0 < float(q) <= 1.0):
+                raise ValueError(f"{name}={q!r}; expected a fraction in (0, 1], e.g. 0.99 "
+                                 "(1: the largest value seen)")
+        # input ranges from a high quantile: rare outliers saturate instead of costing a bit
+        top = torch.quantile(x_train.abs().float(), input_quantile, dim=0).clamp_min(2.0 ** -8)
+        self.inq = _InputQ(x_train.shape[1], f0, torch.ceil(torch.log2(top)))
+        layers = OrderedDict()
+        width = x_train.shape[1]
+        for n, m in zip(names, mods):
+            if isinstance(m, nn.Linear):
+                layers[n] = _DenseQ(m, f0, bias_frac)
+                width = m.out_features
+            elif isinstance(m, nn.ReLU):
+                layers[n] = _ActQ(width, f0, per_neuron)
+            else:
+                raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
+                                 "strategy (Linear and ReLU layers only)")
+        self.body = nn.Sequential(layers)
+        # None: each neuron's range is the largest value of the last epoch (HGQ1's
+        # ResetMinMax); a fraction: that quantile on a calibration sample, set by `calibrate`
+        # (after each epoch), values above it saturating: a few outliers no longer cost a
+        # neuron an integer bit
+        self.act_quantile = act_quantile
+        if act_quantile is not None:
+            for m in self.body:
+                if isinstance(m, _ActQ):
+                    m.frozen = True  # ranges come from `calibrate`, not the forward passes
+            self.calibrate(x_train)
+
+    def forward(self, x):
+        return self.body(self.inq(x))
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor):
+        """Activation ranges from the `act_quantile` of each neuron's ReLU output on `x`
+        (values above it saturate), layer by layer through the quantized model: the k-th
+        largest value, k = ceil((1 - act_quantile) * len(x))."""
+        if self.act_quantile is None:
+            raise ValueError("calibrate needs act_quantile (this model tracks maxima instead)")
+        was = self.training
+        self.eval()
+        x = self.inq(x)
+        for m in self.body:
+            if isinstance(m, _ActQ):
+                y = F.relu(x)
+                y = y if m.max_seen.dim() else y.reshape(-1, 1)
+                # topk: ~30x faster than torch.quantile here, once per epoch
+                k = max(1, math.ceil((1.0 - self.act_quantile) * len(y)))
+                m.max_seen.copy_(torch.topk(y, k, dim=0).values[-1].reshape(m.max_seen.shape))
+            x = m(x)
+        self.train(was)
+
+    def _inputs(self):
+        """(dense layer, widths of its inputs as a function(soft)) pairs."""
+        prev = self.inq
+        for m in self.body:
+            if isinstance(m, _DenseQ):
+                yield m, prev
+            else:
+                prev = m
+
+    def _shifts(self) -> dict[int, torch.Tensor]:
+        """Body index of each activation -> the power of two `to_hetq_model` rescales its
+        neurons by: -f for a neuron with frac bits f < 0 that is on, else 0."""
+        out = {}
+        for k, m in enumerate(self.body):
+            if isinstance(m, _ActQ):
+                f = _round_f(m.f, m.F_MIN)
+                out[k] = torch.where(m.widths() >= 1, (-f).clamp_min(0.0), torch.zeros_like(f))
+        return out
+
+    def _floors(self) -> list[torch.Tensor]:
+        """Per dense layer (out x in), the lowest frac bits its weights' exported types can
+        have. The export rescales a neuron with frac bits s < 0 (incoming rows by 2**s,
+        outgoing columns by 2**-s), and a weight type has at least f = -1 (quantized_bits
+        needs integer <= bits), so a weight costs int_bits + max(f, floor) + 1 bits with
+        floor = -1 - (its row's shift) + (its column's shift)."""
+        shift = self._shifts()
+        zero = torch.zeros(())
+        out = []
+        for k, d in enumerate(self.body):
+            if isinstance(d, _DenseQ):
+                n_out, n_in = d.weight.shape
+                row = shift.get(k + 1, zero).expand(n_out).unsqueeze(1)
+                col = shift.get(k - 1, zero).expand(n_in).unsqueeze(0)
+                out.append(-1.0 - row + col)
+        return out
+
+    @torch.no_grad()
+    def _useful(self) -> list[torch.Tensor]:
+        """Per dense layer, whether each output neuron can change the model's output: every
+        output does; a hidden neuron needs bits and a nonzero weight into a useful neuron of
+        the next layer. `to_hetq_model` zeroes the weights into the others, and `ebops`
+        leaves them out."""
+        items = list(self.body)
+        out, need = [], None
+        for k in range(len(items) - 1, -1, -1):
+            d = items[k]
+            if not isinstance(d, _DenseQ):
+                continue
+            n_out = d.weight.shape[0]
+            useful = torch.ones(n_out, dtype=torch.bool) if need is None else need
+            nxt = items[k + 1] if k + 1 < len(items) else None
+            if isinstance(nxt, _ActQ):  # a neuron with no bits is off
+                useful = useful & (nxt.widths() >= 1).expand(n_out)
+            out.append(useful)
+            need = (d.qweight()[useful] != 0).any(0)
+        return out[::-1]
+
+    def _widths(self, d: _DenseQ, floor: torch.Tensor, soft: bool) -> torch.Tensor:
+        """Weight widths as exported: integer bits of the quantized value (detached) +
+        max(f, floor) + sign, 0 where the weight rounds to zero (HGQ's count with the sign
+        bit and the export's floor); soft: differentiable in f, exact at integer f."""
+        q = d.qweight().detach()
+        f = d.f.clamp_min(-24.0) if soft else _round_f(d.f)
+        return (q != 0).to(q.dtype) * F.relu(_int_bits(q) + torch.maximum(f, floor) + 1.0)
+
+    def soft_ebops(self) -> torch.Tensor:
+        """Differentiable EBOPs (the training pressure). Equal to `ebops` at integer frac
+        bits, except that weights into neurons that cannot change the output are still
+        counted here, so the pressure goes on removing them."""
+        total = torch.zeros(())
+        for (d, src), floor in zip(self._inputs(), self._floors()):
+            bx = src.widths(soft=True)
+            bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
+            total = total + (self._widths(d, floor, soft=True) * bx.unsqueeze(0)).sum()
+        return total
+
+    @torch.no_grad()
+    def ebops(self, weight_sign: bool = True) -> int:
+        """Exact EBOPs of the rounded model as `to_hetq_model` exports it: the sum over the
+        nonzero weights into useful neurons of their exported width times their input's
+        width, so the hetq cost of the exported model is the same number.
+        weight_sign=False leaves out the weights' sign bit, as HGQ1 counts (`kernel_bw`:
+        "negative sign not considered for kernel"), for comparing with figures measured
+        that way; hetq's own count includes it."""
+        total = 0.0
+        for (d, src), floor, useful in zip(self._inputs(), self._floors(), self._useful()):
+            bx = src.widths()
+            bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
+            w = self._widths(d, floor, soft=False).double()
+            if not weight_sign:
+                w = (w - 1.0).clamp_min(0.0)
+            total += float((w * bx.double().unsqueeze(0))[useful].sum())
+        return int(round(total))

@@ -1,0 +1,126 @@
+"""Several gradient-strategy trainings in parallel processes, their fronts merged."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from .model import GradientBitsMLP
+from .training import GradientResult, ParetoCheckpoints, polish_front, train_gradient
+
+
+def _one_run(float_model, data, threads: int, kwargs: dict, submitted: float | None = None):
+    """A worker process's training (top level: spawned processes import it). submitted: the
+    `time.time()` of submission for a run that starts at once; starting the process
+    (seconds: it imports torch) then comes out of its time_budget instead of adding to the
+    wall time."""
+    torch.set_num_threads(threads)
+    if submitted is not None and kwargs.get("time_budget") is not None:
+        kwargs = {**kwargs, "time_budget": max(kwargs["time_budget"] - (time.time() - submitted),
+                                               1.0)}
+    return train_gradient(float_model, data, progress=False, **kwargs)
+
+
+def default_workers(runs: int) -> int:
+    """Processes `train_gradient_runs` uses by default: one per run, at most one per core."""
+    import os
+
+    return min(runs, os.cpu_count() or 1)
+
+
+def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
+                        workers: int | None = None, seed: int = 0, progress: bool = True,
+                        polish_epochs: int = 0, polish_lr: float = 1e-3,
+                        polish_time: float | None = None,
+                        **kwargs) -> tuple[GradientBitsMLP, GradientResult]:
+    """`runs` independent `train_gradient` runs (seeds seed, seed + 1, ...) in `workers`
+    processes at once, one torch thread each (default: one process per run, at most one per
+    CPU core), their fronts merged into one. For this model size one thread per process runs
+    about as many epochs as two threads in one, so two cores give two runs in the time of
+    one, and runs differ enough (a run can lose a region of the front) that the merged front
+    is better than either. kwargs: as `train_gradient` (time_budget applies to each run; for
+    the runs that start at once it counts from the call, so starting the processes comes
+    out of it).
+    Returns a model to use with `to_hetq_model` and the merged result (each point's `run`
+    says where it came from; the history entries carry "run" too).
+    polish_epochs > 0: afterwards `polish_front` fine-tunes the merged front's points at
+    their bits (Adam, `polish_lr`), most accurate first, in the same processes, for at most
+    `polish_time` seconds (None: every point), plus whatever of time_budget the runs left
+    when `stop_below` ended them early.
+    Ctrl-C stops every run; the fronts reached so far are merged and returned."""
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
+    t0 = time.time()
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    workers = workers or default_workers(runs)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if polish_epochs < 0:
+        raise ValueError(f"polish_epochs must be >= 0, got {polish_epochs}")
+    polish_kw = dict(epochs=polish_epochs, lr=polish_lr, progress=progress,
+                     **{k: kwargs[k] for k in ("teacher", "distill") if k in kwargs})
+    budget = kwargs.get("time_budget")
+    waves = -(-runs // workers)  # runs one after another in each process
+
+    def polish_seconds():
+        """polish_time, plus the training time that runs stopped early (stop_below) left."""
+        if polish_time is None:
+            return None
+        spare = max(0.0, t0 + waves * budget - time.time()) if budget else 0.0
+        return polish_time + spare
+
+    if runs == 1 and workers == 1:
+        model, res = train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
+        if polish_epochs and res.front and not res.interrupted:
+            res.front = polish_front(model, res.front, data, seconds=polish_seconds(),
+                                     **polish_kw)
+            res.seconds = time.time() - t0
+        return model, res
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    float_model = copy.deepcopy(float_model).cpu()
+    results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
+    bar = tqdm(total=runs, disable=not progress, unit="run",
+               desc=f"gradient bits: {runs} runs in {workers} processes"
+                    + (f", {budget:.0f} s each" if budget else ""))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        now = time.time()
+        futs = {pool.submit(_one_run, float_model, data, threads, {**kwargs, "seed": seed + r},
+                            now if r < workers else None): r for r in range(runs)}
+        pending = set(futs)
+        interrupted = False
+        while pending:
+            try:
+                done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:  # the workers got it too: they return their fronts
+                interrupted = True
+                continue
+            for fut in done:
+                results[futs[fut]] = fut.result()
+                bar.update(1)
+            bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
+        bar.close()
+        keeper = ParetoCheckpoints()
+        history = []
+        for r in sorted(results):
+            for p in results[r][1].front:
+                p.run = r
+                keeper.offer(p)
+            history += [{**h, "run": r} for h in results[r][1].history]
+        model = results[min(results)][0]  # every run builds the same structure
+        interrupted = interrupted or any(res.interrupted for _, res in results.values())
+        front = keeper.points
+        if polish_epochs and front and not interrupted:
+            front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
+                                 **polish_kw)
+    if front:
+        model.load_state_dict(front[-1].state)
+    early = any(res.stopped_early for _, res in results.values())
+    return model, GradientResult(front, history, time.time() - t0, interrupted, early)

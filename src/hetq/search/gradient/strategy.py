@@ -1,0 +1,138 @@
+"""`hetq search --strategy gradient`: float model, training runs, the front as hetq
+checkpoints under <out>/gradient/, and its table."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from torch import nn
+
+from .convert import to_hetq_model
+from .runs import train_gradient_runs
+from .training import FrontPoint
+
+
+@dataclass
+class GradientRow:
+    point: FrontPoint
+    test_accuracy: float
+    ebops: int
+    energy_pj: float
+    lut: float
+    path: str
+
+
+def saved_gradient_rows(out) -> list[GradientRow]:
+    """The front of a finished gradient-strategy run, read back from its point files
+    (`<out>/gradient/point_NNN.pt`), cheapest first."""
+    from pathlib import Path
+
+    from ...train.checkpoint import read
+
+    rows = []
+    for path in sorted((Path(out) / "gradient").glob("point_*.pt")):
+        m = read(path)["metrics"]
+        p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
+                       polished=m["polished"])
+        rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
+                                m["costs"]["lut"], str(path)))
+    if not rows:
+        raise ValueError(f"{out} is a gradient-strategy run without front points yet (no "
+                         f"{Path(out) / 'gradient' / 'point_NNN.pt'}); run it to the end first")
+    return rows
+
+
+def _teacher(config, out, data, progress: bool) -> nn.Module:
+    """The float teacher of a distilled gradient search: `config.model` with hidden widths
+    `config.teacher_widths`, trained like the float reference and saved as
+    <out>/teacher.pt, which a rerun in that folder reuses."""
+    from ...train.checkpoint import load, read
+    from ..driver import train_float_model
+
+    path = out / "teacher.pt"
+    kwargs = {**config.model_kwargs, "widths": list(config.teacher_widths)}
+    if path.exists():
+        ckpt = read(path)
+        if (ckpt.get("model"), ckpt.get("model_kwargs")) != (config.model, kwargs):
+            raise ValueError(f"{path} is a teacher {ckpt.get('model')!r} with "
+                             f"{ckpt.get('model_kwargs')!r}, now {config.model!r} with "
+                             f"{kwargs!r}; use another --out")
+        return load(path)
+    teacher, metrics = train_float_model(config, data, path, kwargs, "the float teacher",
+                                         progress)
+    if progress:
+        print(f"teacher {'-'.join(map(str, config.teacher_widths))}: validation accuracy "
+              f"{metrics.get('accuracy', float('nan')):.4f}")
+    return teacher
+
+
+def run_gradient_strategy(config, out, progress: bool = True,
+                          time_budget: float | None = None) -> list[GradientRow]:
+    """Float model (trained or reused from the run folder), one HGQ-style training, then each
+    Pareto point as an ordinary hetq model: test accuracy, cost, checkpoint under
+    <out>/gradient/. Prints the front table."""
+    from pathlib import Path
+
+    from ...cost import cost
+    from ...train import evaluate
+    from ...train.checkpoint import save_module
+    from ..driver import changed_settings, start_run
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the float model saved there is reused: it must be the same model on the same data
+    changed = {k: v for k, v in changed_settings(config, out).items()
+               if k in ("model", "model_kwargs", "data")}
+    if changed and (out / "float.pt").exists():
+        raise ValueError(f"{out} holds a float model for other settings ("
+                         + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
+                                     for k, v in changed.items())
+                         + "); use another --out")
+    ctx = start_run(config, out, progress)
+    teacher = _teacher(config, out, ctx.data, progress) if config.teacher_widths else None
+    t0 = time.time()
+    budget = time_budget if time_budget is not None else config.time_budget
+    target = tuple(config.ebops_target) if config.ebops_target else None
+    g, res = train_gradient_runs(
+        ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
+        batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
+        bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
+        polish_epochs=config.polish_epochs, compile=config.gradient_compile,
+        stop_below=config.stop_below, input_quantile=config.input_quantile,
+        act_quantile=config.act_quantile, learn_integer=config.learn_integer,
+        teacher=teacher, distill=config.distill, progress=progress)
+    if res.interrupted:
+        print("gradient strategy: interrupted; saving the front reached so far")
+    rows = []
+    shape = ctx.data.input_shape
+    for k, p in enumerate(res.front):
+        m = to_hetq_model(g, p.state)
+        acc = evaluate(m, ctx.data)["accuracy"]
+        s = cost(m, shape, source_quantizer="quantized_bits(16,5,alpha=1)").summary()
+        path = out / "gradient" / f"point_{k:03d}.pt"
+        save_module(path, m, data=ctx.data, metrics={
+            "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
+            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(path)))
+    if progress:
+        print("(epoch: where the point was saved during training; p: its weights then "
+              "polished at frozen bits)")
+        ref = ctx.reference.get("test", {}).get("accuracy")
+        print(f"\ngradient strategy: {len(res.history)} epochs in {res.seconds:.1f} s, "
+              f"front of {len(rows)} points (total {time.time() - t0:.1f} s); float test "
+              f"accuracy {ref if ref is None else round(ref, 4)}")
+        print(format_gradient_table(rows))
+    return rows
+
+
+def format_gradient_table(rows: list[GradientRow]) -> str:
+    lines = [f"{'point':>5} {'epoch':>6} {'val acc':>8} {'test acc':>8} {'EBOPs':>8} "
+             f"{'energy pJ':>9} {'LUT':>7}  checkpoint",
+             "-" * 79]
+    for k, r in enumerate(rows):
+        ep = f"{r.point.epoch}{'p' if r.point.polished else ''}"
+        lines.append(f"{k:>5} {ep:>6} {r.point.val_accuracy:>8.4f} "
+                     f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.1f} "
+                     f"{r.lut:>7.0f}  {r.path}")
+    return "\n".join(lines)

@@ -1,0 +1,420 @@
+"""Training the bit-widths with the weights (beta ramp or controller, Pareto snapshots)
+and polishing front points at frozen bits."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import GradientBitsMLP, _ActQ, _DenseQ, _int_bits, _round_f
+
+
+def _val_accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Classification accuracy of `model` (in eval mode) on (X, y)."""
+    model.eval()
+    with torch.no_grad():
+        return float((model(X).argmax(1) == y).float().mean())
+
+
+def _targets(X: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None,
+             distill: float) -> torch.Tensor:
+    """The training targets: the labels y, or with a `teacher` the rows of
+    (1 - distill) * one_hot(y) + distill * softmax(teacher(X)), for `F.cross_entropy` with
+    class probabilities (knowledge distillation at temperature 1, computed once)."""
+    if teacher is None:
+        return y
+    if not (0.0 < distill <= 1.0):
+        raise ValueError(f"distill must be in (0, 1], got {distill}")
+    was = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        logits = torch.cat([teacher(X[i:i + 8192]) for i in range(0, len(X), 8192)]).float()
+    teacher.train(was)
+    if logits.dim() != 2 or logits.shape[0] != len(X) or int(y.max()) >= logits.shape[1]:
+        raise ValueError(f"the teacher gives outputs of shape {tuple(logits.shape)} for "
+                         f"{len(X)} rows; expected ({len(X)}, classes >= {int(y.max()) + 1})")
+    hard = F.one_hot(y.long(), logits.shape[1]).float()
+    return (1.0 - distill) * hard + distill * torch.softmax(logits, 1)
+
+
+@dataclass
+class FrontPoint:
+    epoch: int
+    beta: float
+    val_accuracy: float
+    ebops: int
+    state: dict = field(repr=False, default_factory=dict)
+    run: int = 0  # which training run (train_gradient_runs) produced it
+    polished: bool = False  # weights fine-tuned at these bits after training (`polish`)
+
+
+@dataclass
+class GradientResult:
+    front: list[FrontPoint]
+    history: list[dict]
+    seconds: float
+    interrupted: bool = False  # stopped by Ctrl-C: the front holds what was reached
+    stopped_early: bool = False  # stop_below ended training (in any run)
+
+
+def beta_at(step: int, total: int, beta0: float, beta1: float) -> float:
+    """Geometric ramp from beta0 (step 0) to beta1 (last step)."""
+    if total <= 1:
+        return beta1
+    t = min(max(step / (total - 1), 0.0), 1.0)
+    return beta0 * (beta1 / beta0) ** t
+
+
+class ParetoCheckpoints:
+    """Keeps every non-dominated (accuracy up, EBOPs down) snapshot seen so far."""
+
+    def __init__(self):
+        self.points: list[FrontPoint] = []
+
+    def offer(self, point: FrontPoint, model: nn.Module | None = None) -> bool:
+        for p in self.points:
+            if p.val_accuracy >= point.val_accuracy and p.ebops <= point.ebops:
+                return False  # dominated (or equal)
+        self.points = [p for p in self.points
+                       if not (point.val_accuracy >= p.val_accuracy and point.ebops <= p.ebops)]
+        if model is not None and not point.state:
+            point.state = copy.deepcopy(model.state_dict())
+        self.points.append(point)
+        self.points.sort(key=lambda p: p.ebops)
+        return True
+
+
+def ebops_target_at(frac: float, start: float, knee: float, end: float,
+                    knee_time: float) -> float:
+    """The EBOPs target of the controller at `frac` (0..1) of training: log-linear from
+    `start` to `knee` over the first `knee_time` of training, then from `knee` to `end`."""
+    frac = min(max(frac, 0.0), 1.0)
+    if knee_time > 0 and frac < knee_time:
+        a, b, t = start, knee, frac / knee_time
+    else:
+        a, b = knee, end
+        t = 1.0 if knee_time >= 1 else (frac - knee_time) / (1.0 - knee_time)
+    return math.exp(math.log(a) + (math.log(b) - math.log(a)) * t)
+
+
+class BetaController:
+    """Drives beta so that the model's EBOPs follow a target (HGQ2's BetaPID does this with a
+    PID; this is an integral controller in log space): after each step
+    log(beta) += gain * (log(EBOPs) - log(target)), so beta grows while the model is above
+    its target and shrinks below it. Training then spends its time where the target says,
+    instead of where a fixed ramp happens to put the model."""
+
+    def __init__(self, beta0: float, gain: float = 0.005, lo: float = 1e-9, hi: float = 1.0):
+        if not (lo <= beta0 <= hi):
+            raise ValueError(f"beta0={beta0} is outside the controller's range [{lo}, {hi}]")
+        if gain <= 0:
+            raise ValueError(f"gain must be > 0, got {gain}")
+        self.log_beta, self.gain = math.log(beta0), gain
+        self.lo, self.hi = math.log(lo), math.log(hi)
+
+    @property
+    def beta(self) -> float:
+        return math.exp(self.log_beta)
+
+    def update(self, ebops: float, target: float) -> float:
+        err = math.log(max(ebops, 1.0)) - math.log(max(target, 1.0))
+        self.log_beta = min(max(self.log_beta + self.gain * err, self.lo), self.hi)
+        return self.beta
+
+
+def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
+                   lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
+                   bits_lr: float | None = None, per_neuron: bool = True, seed: int = 0,
+                   time_budget: float | None = None,
+                   target: tuple[float, float] | None = None, knee_time: float = 0.3,
+                   gain: float = 0.005, compile: bool = False,
+                   stop_below: float | None = None, input_quantile: float = 0.99,
+                   act_quantile: float | None = 0.99, learn_integer: bool = True,
+                   teacher: nn.Module | None = None, distill: float = 1.0,
+                   progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
+    """Train bit-widths and weights together; returns the model and the Pareto snapshots.
+
+    bits_lr: Adam learning rate of the frac-bit parameters (default `lr`); one bit moves
+    after about 1/bits_lr steps, so short runs want a larger one.
+    time_budget: seconds; training stops when it is spent (or after `epochs`), and beta is
+    then ramped over the budget's wall time instead of over the steps.
+    target: None ramps beta geometrically from beta0 to beta1. (knee, end) instead lets a
+    `BetaController` (starting at beta0, with `gain`) steer the EBOPs along
+    `ebops_target_at`: from the initial model's EBOPs down to `knee` in the first
+    `knee_time` of training, then down to `end` in the rest, so the front between knee and
+    end gets most of the training.
+    compile: run the forward and backward pass through `torch.compile` (about twice the
+    steps per second on one CPU thread for the jet MLP, after a compilation of about 30 s
+    that counts against time_budget; the clock ramp starts after it). Only full batches are
+    used then (one shape). If compiling fails, training goes on eagerly with a warning.
+    stop_below: stop once the validation accuracy has stayed below this for 5 epochs in the
+    second half of training (beta only grows: the model is past the part of the front that
+    is wanted); `GradientResult.stopped_early` says so.
+    learn_integer: the hidden neurons' integer bits are trained too (`_ActQ.learn_integer`),
+    starting from the act_quantile range. On the simulated jets (16-32-16-5, 245 s) it raised
+    the hypervolume from 0.582-0.599 to 0.613-0.634 (5 runs each), mostly below 600 EBOPs
+    (0.60 test accuracy at 159-176 EBOPs where the quantile ranges needed 335-363); at
+    1,000 EBOPs it gave no gain (0.649-0.656 against 0.652-0.659).
+    input_quantile: each input feature's integer bits cover this quantile of |x| on the
+    training set; larger values saturate.
+    act_quantile: each hidden neuron's integer bits cover this quantile of its output on 8,192
+    training rows, recomputed after every epoch (larger values saturate); None: the largest
+    output of the last epoch (HGQ1's way). On the simulated jets (16-32-16-5, 245 s) both at
+    0.99 gave hypervolume 0.582-0.599 and 0.652-0.659 test accuracy at <= 1,000 EBOPs (5 runs)
+    against 0.573-0.595 and 0.650-0.658 (7 runs) with maxima and inputs at 0.999.
+    teacher: a float model; its softmax on the training rows (computed once) becomes the
+    targets, `distill` x the teacher's probabilities + (1 - distill) x the one-hot labels
+    (knowledge distillation at temperature 1; the validation accuracy that picks the front
+    points still uses the labels). `polish` takes the same. On the simulated jets a 64-32-32
+    teacher (0.679 test accuracy) for the 16-32-16-5 start (245 s) gave 0.6541-0.6563 test
+    accuracy at <= 1,000 EBOPs (4 runs) against 0.6505 in the same session and 0.650-0.655
+    in six earlier runs; the hypervolume stayed 0.617-0.632. The start model as its own
+    teacher gave no gain (0.6521, one run).
+    """
+    import warnings
+
+    from tqdm import tqdm
+
+    from ...train.loop import Classify, _train_val_tensors
+
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if not (0 < beta0 <= beta1):
+        raise ValueError(f"need 0 < beta0 <= beta1, got beta0={beta0}, beta1={beta1}")
+    if target is not None:
+        knee, end = (float(v) for v in target)
+        if not (0 < end <= knee):
+            raise ValueError(f"target=(knee, end) needs 0 < end <= knee, got {target}")
+        if not (0.0 <= knee_time < 1.0):
+            raise ValueError(f"knee_time must be in [0, 1), got {knee_time}")
+    torch.manual_seed(seed)
+    task = Classify()
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, "cpu")
+    Ttr = _targets(Xtr, ytr, teacher, distill)
+    calib = None  # rows for the per-epoch quantile ranges (only without learned integers)
+    if act_quantile is not None and not learn_integer:
+        pick = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:8192]
+        calib = Xtr[pick]
+    # learned integer bits start from the act_quantile range (from the largest value if None)
+    start_q = 1.0 if (learn_integer and act_quantile is None) else act_quantile
+    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron,
+                            input_quantile=input_quantile, act_quantile=start_q)
+    if learn_integer:
+        for m in model.modules():
+            if isinstance(m, _ActQ):
+                m.learn_integer()
+    bits = {n for n, _ in model.named_parameters()
+            if n == "f" or n.endswith(".f") or n.endswith(".i")}
+    fs = [p for n, p in model.named_parameters() if n in bits]
+    ws = [p for n, p in model.named_parameters() if n not in bits]
+    groups = [{"params": ws, "lr": lr},
+              {"params": fs, "lr": bits_lr if bits_lr is not None else lr}]
+    try:  # the fused CPU kernel (torch >= 2.4) makes a step of this small model ~15% faster
+        opt = torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(groups)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(Xtr)
+    steps_per_epoch = (n + batch_size - 1) // batch_size
+    if compile and n >= batch_size:
+        steps_per_epoch = n // batch_size  # full batches only: one compiled shape
+    total = epochs * steps_per_epoch
+    keeper = ParetoCheckpoints()
+    history = []
+
+    def fwd_bwd(xb, yb, beta_t):
+        soft = model.soft_ebops()
+        loss = F.cross_entropy(model(xb), yb) + beta_t * soft
+        loss.backward()
+        return soft.detach()
+
+    step_fn = torch.compile(fwd_bwd) if compile else fwd_bwd
+    t0 = time.time()
+    ramp_t0, ramp_len = t0, time_budget  # the clock ramp starts after compiling
+    bar = tqdm(range(epochs), disable=not progress, desc="gradient bits", unit="epoch")
+    step = 0
+    ctl = BetaController(beta0, gain) if target is not None else None
+    start = float(model.ebops()) if target is not None else 0.0
+    interrupted = stopped_early = False
+    try:
+        for ep in bar:
+            model.train()
+            perm = torch.randperm(n, generator=gen)
+            beta = beta0
+            for s in range(steps_per_epoch):
+                idx = perm[s * batch_size:(s + 1) * batch_size]
+                # progress through training: by the clock (the ramp ends with the budget) or steps
+                frac = (min(max(time.time() - ramp_t0, 0.0) / ramp_len, 1.0)
+                        if time_budget is not None else step / max(total - 1, 1))
+                if ctl is not None:
+                    beta = ctl.beta
+                elif time_budget is not None:
+                    beta = beta0 * (beta1 / beta0) ** frac
+                else:
+                    beta = beta_at(step, total, beta0, beta1)
+                opt.zero_grad(set_to_none=True)
+                bt = torch.tensor(beta)  # a tensor: a new beta does not recompile
+                if step == 0 and step_fn is not fwd_bwd:
+                    try:
+                        soft = step_fn(Xtr[idx], Ttr[idx], bt)
+                    except Exception as e:  # no compiler, unsupported platform, ...
+                        warnings.warn(f"torch.compile failed ({type(e).__name__}: "
+                                      f"{str(e)[:200]}); training without it", stacklevel=2)
+                        step_fn = fwd_bwd
+                        opt.zero_grad(set_to_none=True)
+                        soft = fwd_bwd(Xtr[idx], Ttr[idx], bt)
+                    if time_budget is not None:
+                        ramp_t0 = time.time()
+                        ramp_len = max(time_budget - (ramp_t0 - t0), 1e-3)
+                else:
+                    soft = step_fn(Xtr[idx], Ttr[idx], bt)
+                opt.step()
+                if ctl is not None:
+                    goal = ebops_target_at(frac, start, knee, end, knee_time)
+                    ctl.update(float(soft), goal)
+                step += 1
+            if calib is not None:
+                model.calibrate(calib)
+            elif not learn_integer:  # (learned: the ranges are parameters)
+                for m in model.modules():
+                    if isinstance(m, _ActQ):
+                        m.reset_range()
+            acc = _val_accuracy(model, Xva, yva)
+            eb = model.ebops()
+            history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
+            keeper.offer(FrontPoint(ep, beta, acc, eb), model)
+            bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
+            if time_budget is not None and time.time() - t0 > time_budget:
+                break
+            if (stop_below is not None and frac >= 0.5 and len(history) >= 5
+                    and all(h["val_accuracy"] < stop_below for h in history[-5:])):
+                stopped_early = True
+                break
+    except KeyboardInterrupt:  # keep what was reached: the front so far is returned
+        interrupted = True
+        model.eval()
+    return model, GradientResult(keeper.points, history, time.time() - t0, interrupted,
+                                 stopped_early)
+
+
+def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
+           lr: float = 1e-3, batch_size: int = 1024, seed: int = 0,
+           deadline: float | None = None, teacher: nn.Module | None = None,
+           distill: float = 1.0) -> FrontPoint:
+    """Fine-tune the weights of a front point with its bits frozen (frac bits, activation
+    ranges, which weights are zero, and no weight's integer bits may grow), so its EBOPs
+    can only fall; returns the epoch with the best validation accuracy as a new point
+    (`polished` True), or `point` itself when no epoch beat it. The beta ramp leaves the
+    weights of the cheap points tuned for the wider bits they had a moment earlier; a few
+    epochs at the final bits win back part of that. deadline: a `time.time()` after which
+    no new epoch starts. Ctrl-C returns the best reached so far."""
+    from ...train.loop import Classify, _train_val_tensors
+
+    if epochs < 1:
+        raise ValueError(f"polish epochs must be >= 1, got {epochs}")
+    torch.manual_seed(seed)
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, Classify(), "cpu")
+    Ttr = _targets(Xtr, ytr, teacher, distill)
+    g = copy.deepcopy(gmodel)
+    g.load_state_dict(point.state)
+    dense = [m for m in g.modules() if isinstance(m, _DenseQ)]
+    for prm in g.parameters():
+        prm.requires_grad_(False)
+    for m in g.modules():
+        if isinstance(m, _ActQ):
+            m.frozen = True
+    # after each step every weight is clamped to +-lim: 2**i0 - 2**-f, so it rounds to at
+    # most that and its integer bits stay <= i0; 0 where it rounds to zero, so it stays pruned
+    lim = []
+    with torch.no_grad():
+        for d in dense:
+            d.weight.requires_grad_(True)
+            d.bias.requires_grad_(True)
+            q = d.qweight()
+            lim.append(torch.where(q != 0,
+                                   torch.pow(2.0, _int_bits(q)) - torch.pow(2.0, -_round_f(d.f)),
+                                   torch.zeros_like(q)))
+            d.weight.mul_(q != 0)
+    params = [t for d in dense for t in (d.weight, d.bias)]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    n = len(Xtr)
+    best, best_state = point.val_accuracy, None
+    try:
+        for _ in range(epochs):
+            if deadline is not None and time.time() >= deadline:
+                break
+            g.train()
+            perm = torch.randperm(n, generator=gen)
+            for s in range(0, n, batch_size):
+                idx = perm[s:s + batch_size]
+                loss = F.cross_entropy(g(Xtr[idx]), Ttr[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    for d, li in zip(dense, lim):
+                        d.weight.clamp_(-li, li)
+            acc = _val_accuracy(g, Xva, yva)
+            if acc > best:
+                best, best_state = acc, copy.deepcopy(g.state_dict())
+    except KeyboardInterrupt:
+        pass
+    if best_state is None:
+        return point
+    g.load_state_dict(best_state)
+    return FrontPoint(point.epoch, point.beta, best, g.ebops(), best_state, point.run,
+                      polished=True)
+
+
+def _polish_one(gmodel, point, data, kwargs: dict):
+    """A worker process's polish (top level: spawned processes import it)."""
+    torch.set_num_threads(1)
+    return polish(gmodel, point, data, **kwargs)
+
+
+def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
+                 epochs: int = 10, lr: float = 1e-3, seconds: float | None = None,
+                 pool=None, progress: bool = True, teacher: nn.Module | None = None,
+                 distill: float = 1.0) -> list[FrontPoint]:
+    """`polish` each front point, most accurate first (in `pool`'s processes when given),
+    until `seconds` are spent; returns the Pareto front of the original and polished points.
+    Most accurate first: with a time limit, the near-chance points at the cheap end of a
+    front (many, and of no use) are the ones left out."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from tqdm import tqdm
+
+    todo = sorted(points, key=lambda p: (-p.val_accuracy, p.ebops))
+    deadline = None if seconds is None else time.time() + seconds
+    kw = dict(epochs=epochs, lr=lr, deadline=deadline, teacher=teacher, distill=distill)
+    keeper = ParetoCheckpoints()
+    for p in todo:
+        keeper.offer(p)
+    bar = tqdm(total=len(todo), disable=not progress, desc="polishing the front", unit="point")
+    pending = set()
+    try:
+        if pool is None:
+            for p in todo:
+                if deadline is not None and time.time() >= deadline:
+                    break
+                keeper.offer(polish(gmodel, p, data, **kw))
+                bar.update(1)
+        else:
+            pending = {pool.submit(_polish_one, gmodel, p, data, kw) for p in todo}
+            while pending:
+                done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    keeper.offer(fut.result())
+                    bar.update(1)
+    except KeyboardInterrupt:  # keep the points polished so far; drop the queued ones
+        for fut in pending:
+            fut.cancel()
+    bar.close()
+    return keeper.points
