@@ -1,0 +1,152 @@
+"""The allocation ILP and the budget sweep (step 4 of `hetq.search.hessian`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from .costs import CostTable
+
+
+class _Problem:
+    """Variables: x[g, c] (binary, one-hot per group), then z[k, a] per joint table entry."""
+
+    def __init__(self, omegas: Mapping[str, Mapping[str, float]], costs):
+        from scipy.sparse import coo_array
+
+        table = costs if isinstance(costs, CostTable) else CostTable(
+            {g: dict(v) for g, v in costs.items()})
+        self.groups = list(omegas)
+        if not self.groups:
+            raise ValueError("allocate: no groups to choose for")
+        for g in self.groups:
+            if g not in table.unary or set(table.unary[g]) != set(omegas[g]):
+                raise ValueError(f"allocate: group {g!r} has choices {sorted(omegas[g])} in "
+                                 f"omegas but {sorted(table.unary.get(g, {}))} in costs")
+        stray = {g for key, _ in table.joint for g in key} - set(self.groups)
+        if stray:
+            raise ValueError(f"allocate: cost table groups {sorted(stray)} have no omegas")
+        self.table = table
+        self.x = [(g, c) for g in self.groups for c in omegas[g]]
+        pos = {gc: j for j, gc in enumerate(self.x)}
+        om, co = [omegas[g][c] for g, c in self.x], [table.unary[g][c] for g, c in self.x]
+        rows, cols, vals, r = [], [], [], 0
+        for g in self.groups:
+            for c in omegas[g]:
+                rows.append(r)
+                cols.append(pos[(g, c)])
+                vals.append(1.0)
+            r += 1
+        n = len(self.x)
+        for key, entries in table.joint:
+            marg = {}
+            for g in key:
+                for c in omegas[g]:
+                    marg[(g, c)] = r
+                    rows.append(r)
+                    cols.append(pos[(g, c)])
+                    vals.append(-1.0)
+                    r += 1
+            for a, v in entries.items():
+                for g, c in zip(key, a):
+                    rows.append(marg[(g, c)])
+                    cols.append(n)
+                    vals.append(1.0)
+                om.append(0.0)
+                co.append(v)
+                n += 1
+        self.n_one_hot = len(self.groups)
+        self.A = coo_array((vals, (rows, cols)), shape=(r, n)).tocsr()
+        self.omega, self.cost = np.array(om, float), np.array(co, float)
+        self.integrality = np.r_[np.ones(len(self.x)), np.zeros(n - len(self.x))]
+
+    def solve(self, objective: np.ndarray, bounds: list[tuple[np.ndarray, float]] = ()):
+        """argmin objective . v subject to the structure and each (coef . v <= ub); None if
+        infeasible."""
+        from scipy.optimize import Bounds, LinearConstraint, milp
+
+        eq = np.r_[np.ones(self.n_one_hot), np.zeros(self.A.shape[0] - self.n_one_hot)]
+        cons = [LinearConstraint(self.A, eq, eq)]
+        for coef, ub in bounds:
+            s = max(np.abs(coef).max(), 1e-300)
+            cons.append(LinearConstraint(coef[None, :] / s, -np.inf, ub / s))
+        s = max(np.abs(objective).max(), 1e-300)
+        res = milp(objective / s, constraints=cons, integrality=self.integrality,
+                   bounds=Bounds(0, 1), options={"mip_rel_gap": 1e-9})
+        if res.x is None:
+            return None
+        chosen = np.round(res.x[:len(self.x)]).astype(bool)
+        return {g: c for (g, c), on in zip(self.x, chosen) if on}
+
+    def omega_of(self, choice) -> float:
+        return float(sum(self.omega[self.x.index((g, c))] for g, c in choice.items()))
+
+    def best(self, budget: float = math.inf) -> dict[str, str] | None:
+        """Least Omega within budget; among equal Omega, the cheapest (a second solve)."""
+        slack = 1e-9 * max(1.0, abs(budget)) if math.isfinite(budget) else 0.0
+        cb = [(self.cost, budget - self.table.const + slack)] if math.isfinite(budget) else []
+        first = self.solve(self.omega, cb)
+        if first is None:
+            return None
+        om = self.omega_of(first)
+        tie = self.solve(self.cost, cb + [(self.omega, om + 1e-9 * max(abs(om), 1e-300))])
+        return tie or first
+
+    def min_cost(self) -> float:
+        return self.table(self.solve(self.cost))
+
+
+def allocate(omegas: Mapping[str, Mapping[str, float]], costs, budget: float) -> dict[str, str]:
+    """The choice per group minimising sum Omega subject to cost <= budget (an exact ILP).
+
+    Args:
+        omegas: {group: {choice: Omega}}.
+        costs: {group: {choice: cost}} (additive) or a `CostTable` (from `cost_table`).
+        budget: the cost limit (same units as costs).
+    Raises ValueError naming the minimum achievable cost when no configuration fits.
+    """
+    prob = _Problem(omegas, costs)
+    choice = prob.best(float(budget))
+    if choice is None:
+        raise ValueError(f"budget {budget:.6g} is infeasible: the minimum achievable cost is "
+                         f"{prob.min_cost():.6g}")
+    return choice
+
+
+@dataclass
+class Allocation:
+    """One ILP configuration: {group: choice}, its total Omega and cost, the budget asked."""
+
+    params: dict[str, str]
+    omega: float
+    cost: float
+    budget: float
+
+
+def sweep(omegas: Mapping[str, Mapping[str, float]], costs, n: int = 12,
+          budgets: Iterable[float] | None = None) -> list[Allocation]:
+    """Distinct ILP configurations over `n` budgets, log-spaced from the cheapest
+    configuration's cost to the cost of the unconstrained optimum (or the given `budgets`;
+    ones below the cheapest configuration are skipped); returned by increasing cost with
+    strictly decreasing Omega (dominated ones dropped)."""
+    prob = _Problem(omegas, costs)
+    if budgets is None:
+        lo = prob.min_cost()
+        hi = prob.table(prob.best())
+        budgets = np.geomspace(lo, hi, n) if lo > 0 and hi > lo else np.linspace(lo, hi, n)
+    found = {}
+    for b in budgets:
+        choice = prob.best(float(b))
+        if choice is None:
+            continue
+        key = tuple(sorted(choice.items()))
+        if key not in found:
+            found[key] = Allocation(choice, prob.omega_of(choice), prob.table(choice), float(b))
+    front: list[Allocation] = []
+    for a in sorted(found.values(), key=lambda a: (a.cost, a.omega)):
+        if not front or a.omega < front[-1].omega:
+            front.append(a)
+    return front
