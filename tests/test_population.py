@@ -17,13 +17,9 @@ from hetq.quant.layers import QActivation, QDense
 from hetq.search.sparsity import MagnitudePruner
 from hetq.train import fit
 from hetq.train.metrics import classification_metrics
-from hetq.train.population import (
-    Population,
-    _classification_metrics,
-    _Plain,
-    extract,
-    fit_population,
-)
+from hetq.train.population import Population, extract, fit_population
+from hetq.train.population.fit import _classification_metrics
+from hetq.train.population.quantizers import _Plain
 
 HETERO = {  # a ternary layer, an auto_po2-scaled layer and different bit widths in one model
     "fc1": {"kernel": "ternary(alpha=1)", "bias": "quantized_bits(8,3,alpha=1)"},
@@ -157,7 +153,7 @@ def test_early_stopped_pruned_and_sparse_members(trained):
 
 
 def test_a_stopped_member_leaves_the_stack(data, monkeypatch):
-    from hetq.train import population
+    from hetq.train.population import layers as population
 
     sizes = []
     forward = population._Dense.forward
