@@ -15,11 +15,11 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from common import jets
 from hetq.models import build
 from hetq.search.gradient import GradientBitsMLP
+from hetq.search.gradient.training import bits_optimizer, loss_step
 
 
 def main() -> None:
@@ -32,15 +32,8 @@ def main() -> None:
     X, y = jets().tensors("train")
     torch.manual_seed(0)
     g = GradientBitsMLP(build("jet_mlp"), X)
-    try:  # as train_gradient: the fused CPU Adam where available
-        opt = torch.optim.Adam(g.parameters(), lr=1e-2, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.Adam(g.parameters(), lr=1e-2)
-
-    def fwd_bwd(xb, yb, beta):
-        loss = F.cross_entropy(g(xb), yb) + beta * g.soft_ebops()
-        loss.backward()
-
+    opt = bits_optimizer(g, 1e-2)  # train_gradient's optimizer and step
+    fwd_bwd = loss_step(g)
     compiled = torch.compile(fwd_bwd)
     gen = torch.Generator().manual_seed(0)
 

@@ -128,6 +128,35 @@ class BetaController:
         return self.beta
 
 
+def bits_optimizer(model: GradientBitsMLP, lr: float,
+                   bits_lr: float | None = None) -> torch.optim.Adam:
+    """Adam over the weights and biases at `lr` and the bit-width parameters (frac bits f,
+    learned integer bits i) at `bits_lr` (default `lr`)."""
+    bits = {n for n, _ in model.named_parameters()
+            if n == "f" or n.endswith(".f") or n.endswith(".i")}
+    fs = [p for n, p in model.named_parameters() if n in bits]
+    ws = [p for n, p in model.named_parameters() if n not in bits]
+    groups = [{"params": ws, "lr": lr},
+              {"params": fs, "lr": bits_lr if bits_lr is not None else lr}]
+    try:  # the fused CPU kernel (torch >= 2.4) makes a step of this small model ~15% faster
+        return torch.optim.Adam(groups, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(groups)
+
+
+def loss_step(model: GradientBitsMLP):
+    """The training step's forward and backward pass, fwd_bwd(xb, targets, beta) ->
+    soft EBOPs (detached): loss = cross_entropy(model(xb), targets) + beta * soft EBOPs
+    (beta a 0-dim tensor, so that a new value does not recompile a `torch.compile`d step)."""
+    def fwd_bwd(xb, yb, beta_t):
+        soft = model.soft_ebops()
+        loss = F.cross_entropy(model(xb), yb) + beta_t * soft
+        loss.backward()
+        return soft.detach()
+
+    return fwd_bwd
+
+
 def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
                    lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
                    bits_lr: float | None = None, per_neuron: bool = True, seed: int = 0,
@@ -209,16 +238,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         for m in model.modules():
             if isinstance(m, _ActQ):
                 m.learn_integer()
-    bits = {n for n, _ in model.named_parameters()
-            if n == "f" or n.endswith(".f") or n.endswith(".i")}
-    fs = [p for n, p in model.named_parameters() if n in bits]
-    ws = [p for n, p in model.named_parameters() if n not in bits]
-    groups = [{"params": ws, "lr": lr},
-              {"params": fs, "lr": bits_lr if bits_lr is not None else lr}]
-    try:  # the fused CPU kernel (torch >= 2.4) makes a step of this small model ~15% faster
-        opt = torch.optim.Adam(groups, fused=True)
-    except (RuntimeError, TypeError):
-        opt = torch.optim.Adam(groups)
+    opt = bits_optimizer(model, lr, bits_lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(Xtr)
     steps_per_epoch = (n + batch_size - 1) // batch_size
@@ -228,12 +248,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     keeper = ParetoCheckpoints()
     history = []
 
-    def fwd_bwd(xb, yb, beta_t):
-        soft = model.soft_ebops()
-        loss = F.cross_entropy(model(xb), yb) + beta_t * soft
-        loss.backward()
-        return soft.detach()
-
+    fwd_bwd = loss_step(model)
     step_fn = torch.compile(fwd_bwd) if compile else fwd_bwd
     t0 = time.time()
     ramp_t0, ramp_len = t0, time_budget  # the clock ramp starts after compiling
