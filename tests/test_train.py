@@ -303,11 +303,37 @@ def test_readme_python_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
     for i, code in enumerate(blocks):
-        exec(compile(code.replace("epochs=20", "epochs=2"), f"README.md python block {i}",
-                     "exec"), ns)
+        code = code.replace("epochs=20", "epochs=2").replace("trials=8, epochs=5",
+                                                            "trials=3, epochs=1")
+        exec(compile(code, f"README.md python block {i}", "exec"), ns)
     out = capsys.readouterr().out
     assert "total: 4389 parameters, 26334 weight bits" in out  # the Q6 jet tagger's summary
     assert "'accuracy': " in out and "total bits 27230 (parameters 26334, activations 896)" in out
+    # the search block: its front was printed, and the last row's model is the trial's
+    rows = hetq.pareto_rows(tmp_path / "runs" / "py_search")
+    assert [f"{r['trial']} {round(r['metrics']['test']['accuracy'], 4)} {r['costs']['ebops']}"
+            for r in rows] == [line for line in out.splitlines() if line[:1].isdigit()][-len(rows):]
+    assert evaluate(ns["best"], get_dataset("jets-sim"))["accuracy"] == pytest.approx(
+        rows[-1]["metrics"]["test"]["accuracy"])
+
+
+def test_top_level_api_is_lazy_and_resolves():
+    """`import hetq` loads no torch; each top-level name is the object of its home module."""
+    import importlib
+    import subprocess
+    import sys
+
+    probe = "import sys, hetq; print('torch' in sys.modules, 'optuna' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "False"]
+    for name, module in hetq._API.items():
+        assert getattr(hetq, name) is getattr(importlib.import_module(module), name), name
+    assert set(hetq.__all__) <= set(dir(hetq))
+    assert hetq.search.run_search is hetq.run_search and hetq.export.IntegerModel
+    with pytest.raises(AttributeError, match="module 'hetq' has no attribute 'nosuch'"):
+        _ = hetq.nosuch
+    from hetq.search import SearchConfig, pareto_rows  # the search package's names too
+    assert SearchConfig is hetq.SearchConfig and pareto_rows is hetq.pareto_rows
 
 
 def test_readme_command_lines_parse():

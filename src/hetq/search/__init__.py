@@ -1,0 +1,36 @@
+"""Per-layer quantizer and width search on Optuna, the Hessian-aware and gradient-based
+strategies, and the search's results.
+
+    from hetq.search import SearchConfig, run_search, pareto_rows
+    run_search(SearchConfig(goal="ebops", objective="pareto", trials=40), "runs/s1")
+    for row in pareto_rows("runs/s1"):
+        print(row["trial"], row["metrics"]["test"]["accuracy"], row["costs"])
+
+The names are imported on first use (Optuna is not loaded by `import hetq.search`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "SearchConfig": "hetq.search.config",
+    "run_search": "hetq.search.driver",
+    "run_worker_process": "hetq.search.driver",
+    "load_run": "hetq.search.driver",
+    "pareto_rows": "hetq.search.driver",
+    "trial_model": "hetq.search.driver",
+    "format_table": "hetq.search.driver",
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'hetq.search' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
