@@ -5,6 +5,7 @@ import http.server
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,8 +28,9 @@ def make_arff(n=200, seed=0) -> bytes:
 class Server:
     """Serves a dict path -> bytes on 127.0.0.1; counts requests; can truncate bodies."""
 
-    def __init__(self, files, truncate=()):
+    def __init__(self, files, truncate=(), chunk_delay=0.0):
         self.files, self.truncate, self.requests = files, set(truncate), []
+        self.chunk_delay = chunk_delay
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -41,12 +43,16 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if self.path in outer.truncate else body)
+                body = body[: len(body) // 2] if self.path in outer.truncate else body
+                step = len(body) // 8 + 1 if outer.chunk_delay else len(body) or 1
+                for i in range(0, len(body), step):  # slowly with chunk_delay
+                    self.wfile.write(body[i:i + step])
+                    time.sleep(outer.chunk_delay)
 
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -113,6 +119,32 @@ def test_truncated_download_leaves_no_cache(tmp_path):
     with srv, pytest.raises((ValueError, ConnectionError), match="truncated|cannot download"):
         download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
     assert not any(p.name.startswith("hls4ml") for p in tmp_path.iterdir())
+
+
+def test_concurrent_downloads_of_one_file_do_not_collide(tmp_path):
+    """Two downloads of the same file at once (e.g. two workers sharing a cache): each writes
+    its own part file, both succeed, the cache holds the file and no part file is left."""
+    from hetq.data.download import fetch
+
+    body = bytes(range(256)) * 4096  # 1 MiB, sent slowly so that the two overlap
+    srv = Server({"/f.bin": body}, chunk_delay=0.05)
+    dest, errors = tmp_path / "f.bin", []
+
+    def get():
+        try:
+            fetch(f"{srv.url}/f.bin", dest, sha256=hashlib.sha256(body).hexdigest(),
+                  progress=False)
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    with srv:
+        threads = [threading.Thread(target=get) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and len(srv.requests) == 2
+    assert dest.read_bytes() == body and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
 
 
 def test_offline_error_names_url_and_manual_download(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,16 +34,19 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
           progress: bool = True, manual_hint: str = "") -> Path:
     """Download `url` to `dest` unless it is already there (and matches `sha256`).
 
-    The body is streamed to `dest.part` and renamed when complete, so an interrupted or
-    truncated download never looks like a cached file. A checksum mismatch deletes the file
-    and raises ValueError naming both hashes.
+    The body is streamed to a part file of this call's own (`dest.PID-THREAD.part`) and renamed
+    when complete, so an interrupted or truncated download never looks like a cached file,
+    and concurrent downloads of one file do not write into each other's. A checksum mismatch
+    deletes the file and raises ValueError naming both hashes.
     """
     dest = Path(dest)
     if dest.exists():
         if sha256 is None or sha256sum(dest) == sha256:
             return dest
         dest.unlink()
-    part = dest.with_name(dest.name + ".part")
+    # a part file of its own: two processes (or threads) fetching the same file at once
+    # each write theirs, and the last rename wins with the same bytes
+    part = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             total = int(r.headers.get("Content-Length") or 0)
