@@ -145,6 +145,18 @@ def test_concurrent_downloads_of_one_file_do_not_collide(tmp_path):
             t.join()
     assert errors == [] and len(srv.requests) == 2
     assert dest.read_bytes() == body and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    # a part file left by a killed download is removed once it is a day old; a younger one
+    # (perhaps a download in progress) is kept
+    import os
+
+    old, young = tmp_path / "g.bin.1-2.part", tmp_path / "g.bin.3-4.part"
+    for p in (old, young):
+        p.write_bytes(b"partial")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    srv = Server({"/g.bin": body[:1000]})
+    with srv:
+        fetch(f"{srv.url}/g.bin", tmp_path / "g.bin", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin", "g.bin", young.name]
 
 
 def test_offline_error_names_url_and_manual_download(tmp_path):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +32,21 @@ def file_digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+STALE_PART_SECONDS = 24 * 3600
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Delete the part files of `dest` that nobody has written to for a day (left by a
+    process that was killed outright); younger ones may belong to a download in progress."""
+    now = time.time()
+    for p in dest.parent.glob(f"{glob.escape(dest.name)}.*.part"):
+        try:
+            if now - p.stat().st_mtime > STALE_PART_SECONDS:
+                p.unlink()
+        except OSError:  # gone meanwhile, or not ours to delete
+            pass
+
+
 def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0,
           progress: bool = True, manual_hint: str = "") -> Path:
     """Download `url` to `dest` unless it is already there (and matches `sha256`).
@@ -44,6 +61,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
         if sha256 is None or sha256sum(dest) == sha256:
             return dest
         dest.unlink()
+    _remove_stale_parts(dest)
     # a part file of its own: two processes (or threads) fetching the same file at once
     # each write theirs, and the last rename wins with the same bytes
     part = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
