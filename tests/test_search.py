@@ -371,3 +371,24 @@ def test_the_worker_module_is_hetq_worker(tmp_path, capsys):
     with pytest.raises(SystemExit):
         worker.main(["--help"])
     assert "--no-progress, --quiet" in capsys.readouterr().out
+
+
+def test_warm_start_enqueues_the_earlier_front_first(tmp_path):
+    """--warm-start: the first trials of the new search are the earlier run's Pareto
+    configurations (up to 5), marked as such; a folder that is not a search run is refused
+    before the float model is trained (so the corrected command is not 'other settings')."""
+    from hetq.search.space import Candidate
+
+    run_search(cfg(objective="pareto", trials=4), tmp_path / "a", progress=False)
+    front = [Candidate.from_dict(r["candidate"]) for r in pareto_rows(tmp_path / "a")][:5]
+    study = run_search(cfg(trials=len(front) + 1, warm_start=[str(tmp_path / "a")]),
+                       tmp_path / "b", progress=False)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    seeded = trials[:len(front)]
+    assert [t.user_attrs.get("warm_start") for t in seeded] == [str(tmp_path / "a")] * len(front)
+    assert [Candidate.from_dict(t.user_attrs["candidate"]) for t in seeded] == front
+    assert "warm_start" not in trials[-1].user_attrs  # then the sampler's own
+    out = tmp_path / "c"
+    with pytest.raises(ValueError, match=r"--warm-start .*nosuch: .*not a search run folder"):
+        run_search(cfg(warm_start=[str(tmp_path / "nosuch")]), out, progress=False)
+    assert not (out / "search.yaml").exists() and not (out / "float.pt").exists()

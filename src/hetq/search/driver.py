@@ -398,6 +398,11 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     if set(changed) - {"trials"}:
         raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
                          "); use another --out, or the same settings to resume")
+    for folder in config.warm_start:  # before the float model is trained and recorded
+        try:
+            load_run(folder)
+        except ValueError as e:
+            raise ValueError(f"--warm-start {folder}: {e}") from None
     ctx = start_run(config, out, progress)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)
