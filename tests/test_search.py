@@ -392,3 +392,17 @@ def test_warm_start_enqueues_the_earlier_front_first(tmp_path):
     with pytest.raises(ValueError, match=r"--warm-start .*nosuch: .*not a search run folder"):
         run_search(cfg(warm_start=[str(tmp_path / "nosuch")]), out, progress=False)
     assert not (out / "search.yaml").exists() and not (out / "float.pt").exists()
+
+
+def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
+    """An unknown quantizer in quantization_config, or a block regex that matches no layer,
+    stops the search before the float model is trained, and the folder is left empty."""
+    out = tmp_path / "s"
+    for kw, msg in (({"quantization_config": {"kernel": {"quantized_bitz(4,0,1)": 4}}},
+                     "unknown quantizer 'quantized_bitz'"),
+                    ({"blocks": ["^fc", "^nomatch"]}, "block regex '\\^nomatch' matches no "
+                                                      "layer")):
+        with pytest.raises(ValueError, match=msg):
+            run_search(cfg(**kw), out, progress=False)
+        assert list(out.iterdir()) == []  # no float.pt, no search.yaml
+    assert len(completed(run_search(cfg(trials=1), out, progress=False))) == 1

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,18 @@ def _check_metric(metric: str, data) -> None:
                          f"one of {', '.join(sorted(names))}")
 
 
+def _space(config: SearchConfig, model: torch.nn.Module) -> SearchSpace:
+    """The search space of `model` under `config`, its blocks (if any) checked."""
+    from .blocks import assign_blocks
+
+    space = SearchSpace(model, config.quantization_config, config.limit, config.tune_filters,
+                        config.width_multipliers, config.tune_filters_exceptions,
+                        config.sparsity, config.learning_rates)
+    if config.blocks:
+        assign_blocks(space, config.blocks)
+    return space
+
+
 def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
     from ..data import get_dataset
     from ..train.checkpoint import load
@@ -144,11 +157,14 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
         float_model = load(float_path)
         ref = torch.load(float_path, map_location="cpu", weights_only=False).get("metrics", {})
     else:
+        from ..models import build as build_model
+
+        with warnings.catch_warnings():  # a bad space is an error before any training
+            warnings.simplefilter("ignore")  # (its warnings come again with the real space)
+            _space(config, build_model(config.model, **config.model_kwargs))
         float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
                                              "the float reference", progress)
-    space = SearchSpace(float_model, config.quantization_config, config.limit,
-                        config.tune_filters, config.width_multipliers,
-                        config.tune_filters_exceptions, config.sparsity, config.learning_rates)
+    space = _space(config, float_model)
     reference = {"metrics": ref, "test": evaluate(float_model, data, split="test"),
                  "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)
