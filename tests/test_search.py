@@ -103,6 +103,9 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                     ({"rate": 0.5}, "rate=0.5; expected a cost ratio > 1"),
                     ({"stress": 0}, "stress=0; expected a factor > 0"),
                     ({"delta_p": float("nan")}, "delta_p=nan; expected a percentage >= 0"),
+                    ({"source_quantizer": "int9"}, "source_quantizer='int9': unknown quantizer "
+                                                   "'int9'.*or a named type: int8"),
+                    ({"reference": "fp8"}, "reference='fp8': unknown quantizer"),
                     ({"delta_n": -1}, "delta_n=-1; expected a percentage >= 0"),
                     ({"min_reduction": -4}, "min_reduction=-4; expected a cost reduction "
                                             "factor > 0"),

@@ -123,6 +123,13 @@ class SearchConfig:
                              "forgiving factor's step, e.g. 2)")
         if not float(self.stress) > 0.0:
             raise ValueError(f"search stress={self.stress!r}; expected a factor > 0")
+        from ..cost.qtypes import qtype_of
+
+        for name in ("source_quantizer", "reference"):  # costed after the float training
+            try:
+                qtype_of(getattr(self, name))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"search {name}={getattr(self, name)!r}: {e}") from None
         for name in ("delta_p", "delta_n"):  # percentages of metric per `rate`-fold cost
             if not 0.0 <= float(getattr(self, name)) < math.inf:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected a "
