@@ -255,6 +255,16 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
         get_dataset(None)
     with pytest.raises(ValueError, match="quantize_model needs a torch.nn.Module, got str"):
         quantize_model("jet_mlp", preset("q6"))
+    with pytest.raises(FileNotFoundError, match=r"quantization config file not found: q6; for "
+                                                r"the jet_mlp preset give its config, "
+                                                r"hetq.preset\('q6'\)"):
+        quantize_model(build("jet_mlp"), "q6")  # a preset's name, not a file
+    for widths in ([64, 0], [8.5], 7, "64"):
+        with pytest.raises(ValueError, match=r"jet_mlp: widths=.*(integer >= 1|expected a list)"):
+            build("jet_mlp", widths=widths)
+    with pytest.raises(ValueError, match="jet_autoencoder: widths=.*integer >= 1"):
+        build("jet_autoencoder", widths=[32, 0, 32])
+    assert build("jet_mlp", widths=[np.int64(8), 4.0]).fc2.out_features == 4
 
 
 def test_every_cli_option_has_help():

@@ -27,10 +27,26 @@ PRESETS = {
 }
 
 
+def _check_widths(name: str, n_in: int, widths) -> None:
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        raise ValueError(f"{name}: widths={widths!r}; expected a list of hidden-layer widths, "
+                         "e.g. [64, 32, 32]")
+    def whole(v) -> bool:
+        try:
+            return not isinstance(v, bool) and float(v) == int(v) and int(v) >= 1
+        except (TypeError, ValueError, OverflowError):
+            return False
+
+    if not all(whole(w) for w in widths) or not whole(n_in):
+        raise ValueError(f"{name}: widths={list(widths)!r}, n_in={n_in!r}; every width must be "
+                         "an integer >= 1")
+
+
 def jet_mlp(n_in: int = 16, n_out: int = 5, widths=(64, 32, 32), batchnorm: bool = False,
             ) -> nn.Sequential:
     """16-64-32-32-5 MLP with ReLU (Duarte et al. 2018, Coelho et al. 2021); layers are named
     fc1.., relu1.., (bn1..), output. Outputs logits (softmax lives in the loss / predictor)."""
+    _check_widths("jet_mlp", n_in, widths)
     layers: list[tuple[str, nn.Module]] = []
     prev = n_in
     for i, w in enumerate(widths, 1):
@@ -45,6 +61,7 @@ def jet_mlp(n_in: int = 16, n_out: int = 5, widths=(64, 32, 32), batchnorm: bool
 
 def jet_autoencoder(n_in: int = 16, widths=(32, 8, 32)) -> nn.Sequential:
     """Dense autoencoder (encoder - bottleneck - decoder) with ReLU, linear output."""
+    _check_widths("jet_autoencoder", n_in, widths)
     layers: list[tuple[str, nn.Module]] = []
     prev = n_in
     for i, w in enumerate(widths, 1):

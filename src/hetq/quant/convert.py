@@ -160,7 +160,14 @@ class QuantConfig:
     def load(cls, path: str | Path) -> QuantConfig:
         p = Path(path)
         if not p.exists():
-            raise FileNotFoundError(f"quantization config file not found: {path}")
+            hint = ""
+            if p.suffix == "" and len(p.parts) == 1:  # a bare name: maybe a zoo preset
+                from ..models import PRESETS
+
+                if str(path).lower() in PRESETS:
+                    hint = (f"; for the jet_mlp preset give its config, "
+                            f"hetq.preset({str(path).lower()!r}) (CLI: --preset)")
+            raise FileNotFoundError(f"quantization config file not found: {path}{hint}")
         text = p.read_text()
         try:
             return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
