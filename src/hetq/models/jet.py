@@ -31,6 +31,7 @@ def _check_widths(name: str, n_in: int, widths) -> None:
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
         raise ValueError(f"{name}: widths={widths!r}; expected a list of hidden-layer widths, "
                          "e.g. [64, 32, 32]")
+
     def whole(v) -> bool:
         try:
             return not isinstance(v, bool) and float(v) == int(v) and int(v) >= 1
