@@ -263,6 +263,14 @@ def test_multi_objective_search_returns_a_front(tmp_path):
     accs = [r["metrics"]["val"]["accuracy"] for r in rows]
     assert costs == sorted(costs) and accs == sorted(accs)  # cheaper points are less accurate
     assert {r["trial"] for r in rows} <= {t.number for t in study.best_trials}
+    # `hetq export RUN --trial best` has no single best here: it names the front's trials
+    from hetq.export.cli import resolve_source
+
+    front = sorted(t.number for t in study.best_trials)
+    with pytest.raises(ValueError, match=rf"is a Pareto search: no single best trial; give "
+                                         rf"--trial N, one of its front's trials "
+                                         rf"\[{', '.join(map(str, front))}\]"):
+        resolve_source(str(tmp_path / "mo"), "best")
 
 
 def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):

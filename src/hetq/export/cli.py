@@ -52,6 +52,11 @@ def resolve_source(source: str, trial: str | None):
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
         if trial == "best":
             _, study = load_run(p)
+            if len(study.directions) > 1:  # a Pareto search: a front, not one best
+                front = sorted(t.number for t in study.best_trials)
+                raise ValueError(f"{source} is a Pareto search: no single best trial; give "
+                                 f"--trial N, one of its front's trials {front} (`hetq report "
+                                 f"{source}` shows their accuracy and costs)")
             try:
                 number = study.best_trial.number
             except (RuntimeError, ValueError) as e:
