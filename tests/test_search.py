@@ -417,3 +417,16 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
             run_search(cfg(**kw), out, progress=False)
         assert list(out.iterdir()) == []  # no float.pt, no search.yaml
     assert len(completed(run_search(cfg(trials=1), out, progress=False))) == 1
+
+
+def test_table_names_the_forgiving_baseline_only_for_that_objective():
+    from hetq.search.driver import format_table
+
+    ref = {"metrics": {"accuracy": 0.6}, "test": {"accuracy": 0.61},
+           "costs": {"energy_pj": 3283.0, "bits": 36264, "ebops": 892928}}
+    lines = {obj: format_table([], cfg(objective=obj), ref).splitlines()[2]
+             for obj in ("forgiving", "pareto")}
+    assert lines["forgiving"].endswith("float model, costed as int8 reference (the forgiving "
+                                       "factor's baseline)")
+    assert lines["pareto"].endswith("float model, costed as int8 reference")
+    assert "0.6000    0.6100       3283" in lines["pareto"]

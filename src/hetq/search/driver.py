@@ -659,7 +659,8 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
     if reference:
         lines.append(fmt("float", {"val": reference["metrics"], "test": reference.get(
             "test", {})}, reference["costs"], f"float model, costed as {config.reference} "
-            "reference (the forgiving factor's baseline)"))
+            "reference" + (" (the forgiving factor's baseline)"
+                           if config.objective == "forgiving" else "")))
     for r in rows:
         qc = r["candidate"]["quant_config"]
         quant = "; ".join(f"{layer}: " + ", ".join(f"{f}={s}" for f, s in fields_.items())
