@@ -24,6 +24,7 @@ from hetq.search.driver import (
 )
 from hetq.search.storage import make_storage
 from hetq.train import evaluate
+from hetq.train import load as hetq_load
 
 DATA = "synthetic:n=1500,seed=3"
 POSTGRES = os.environ.get("HETQ_TEST_POSTGRES")
@@ -430,3 +431,32 @@ def test_table_names_the_forgiving_baseline_only_for_that_objective():
                                        "factor's baseline)")
     assert lines["pareto"].endswith("float model, costed as int8 reference")
     assert "0.6000    0.6100       3283" in lines["pareto"]
+
+
+def test_search_cli_source_and_reference_types(tmp_path, capsys):
+    """`hetq search --source/--reference` set the inputs' type and the reference in the
+    costs (recorded in search.yaml); a bad type is refused before any training."""
+    from hetq.cli import main
+    from hetq.cost import cost
+
+    out = tmp_path / "s"
+    src = "quantized_bits(16,5,alpha=1)"
+    assert main(["search", "--data", DATA, "--trials", "1", "--epochs", "1", "--float-epochs",
+                 "1", "--source", src, "--reference", "int16", "--out", str(out),
+                 "--no-progress"]) == 0
+    config, study = load_run(out)
+    assert (config.source_quantizer, config.reference) == (src, "int16")
+    t = completed(study)[0]
+    model = trial_model(out, t.number)
+    assert t.user_attrs["costs"]["energy_pj"] == pytest.approx(
+        cost(model, (model[0].in_features,), source_quantizer=src).summary()["energy_pj"])
+    ref = study.user_attrs["reference"]["costs"]["energy_pj"]
+    float_model = hetq_load(out / "float.pt")
+    assert ref == pytest.approx(cost(float_model, (float_model[0].in_features,),
+                                     source_quantizer=src,
+                                     reference="int16").summary()["energy_pj"])
+    capsys.readouterr()
+    assert main(["search", "--data", DATA, "--source", "int9", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 2
+    assert "search source_quantizer='int9': unknown quantizer 'int9'" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []

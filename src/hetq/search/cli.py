@@ -57,7 +57,8 @@ STRATEGY_ONLY = {
                        "quantization_config", "tune_filters", "width_multipliers",
                        "tune_filters_exceptions", "sparsity", "learning_rates", "warm_start",
                        "storage", "workers", "blocks", "schedule_block", "device", "devices",
-                       "prior", "prior_configs", "population", "deployable"),
+                       "prior", "prior_configs", "population", "deployable", "source",
+                       "reference"),
 }
 
 
@@ -233,6 +234,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--population", type=positive_int, default=1,
                    help="train trials in batches of K as one batched population (faster for "
                         "tiny models; single local worker)")
+    s.add_argument("--source", default=SearchConfig.source_quantizer, metavar="TYPE",
+                   help="type of the model's inputs in the costs: int8, fp32 or a quantizer, "
+                        "e.g. 'quantized_bits(16,5,alpha=1)' for ap_fixed<16,6> inputs "
+                        "(default %(default)s, as `hetq cost --source`)")
+    s.add_argument("--reference", default=SearchConfig.reference, metavar="TYPE",
+                   help="the float model's reference cost (the forgiving factor's baseline): "
+                        "every weight of this type, e.g. int8 or int16 (default %(default)s)")
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
@@ -314,6 +322,7 @@ def _search(a) -> int:
         gradient_compile=a.compile, stop_below=a.stop_below,
         input_quantile=a.input_quantile, act_quantile=a.act_quantile,
         learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
+        source_quantizer=a.source, reference=a.reference,
     )
     ignored = ignored_options(a)
     if ignored:
