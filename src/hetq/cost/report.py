@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from .graph import trace
 from .model import LayerCost, Settings, layer_costs
 from .qtypes import qtype_of
 
@@ -113,19 +113,15 @@ def _input_shape(model: nn.Module):
 
 
 def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
-    p = next(model.parameters(), None)
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model(torch.zeros((1, *shape), device=p.device if p is not None else "cpu",
-                              dtype=p.dtype if p is not None else torch.float32))
-        return True
-    except RuntimeError:
-        return False
-    finally:
-        model.train(was)
+    """Whether `model` runs on a sample of `shape`: `graph.trace` (which caches the trace of
+    the shape that fits, for the costing that follows)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            trace(model, shape)
+        except ValueError:
+            return False
+    return True
 
 
 def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
