@@ -460,3 +460,22 @@ def test_search_cli_source_and_reference_types(tmp_path, capsys):
                  "--no-progress"]) == 2
     assert "search source_quantizer='int9': unknown quantizer 'int9'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+
+
+def test_a_failed_search_or_worker_is_one_line_and_exit_status_1(tmp_path, monkeypatch, capsys):
+    """SearchFailed (trials failing in a row, worker processes that died) reaches the user as
+    one line with exit status 1, through hetq.cli.main, for `hetq search` and `hetq worker`."""
+    import hetq.search.driver as driver
+    from hetq.cli import main
+    from hetq.search.engine import SearchFailed
+
+    def fail(*a, **k):
+        raise SearchFailed("5 trials in a row failed (last: trial 4); stopping")
+
+    monkeypatch.setattr(driver, "run_search", fail)
+    monkeypatch.setattr(driver, "run_worker_process", fail)
+    for argv in (["search", "--out", str(tmp_path / "s"), "--no-progress"],
+                 ["worker", "--study", "s", "--out", str(tmp_path / "s")]):
+        assert main(argv) == 1
+        assert capsys.readouterr().err == (f"hetq {argv[0]}: error: 5 trials in a row failed "
+                                           "(last: trial 4); stopping\n")

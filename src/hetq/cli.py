@@ -23,6 +23,11 @@ COMMAND_MODULES = (
 )
 
 
+class CommandFailed(RuntimeError):
+    """The work itself failed (not the user's input): `main` prints the message as one line
+    and exits with status 1 (e.g. `hetq.search.engine.SearchFailed`)."""
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (epochs, trials, workers, widths, ...)."""
     try:
@@ -93,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ConnectionError) as e:  # user errors: no traceback
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except CommandFailed as e:
+        print(f"hetq {args.command}: error: {e}", file=sys.stderr)
+        return 1
     finally:
         warnings.formatwarning = shown
 

@@ -295,7 +295,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _search(a) -> int:
     from .driver import format_table, pareto_rows, run_search
-    from .engine import SearchFailed
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
 
     qc = _load_yaml(a.quantization_config)
@@ -337,12 +336,8 @@ def _search(a) -> int:
             print(format_gradient_table(rows))
         return 0
     devices = _devices(a.devices) if a.devices else None
-    try:
-        study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                           progress=not a.no_progress, devices=devices)
-    except SearchFailed as e:
-        print(f"hetq search: error: {e}", file=sys.stderr)
-        return 1
+    study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                       progress=not a.no_progress, devices=devices)
     print()
     print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
     return 0
@@ -350,13 +345,8 @@ def _search(a) -> int:
 
 def _worker(a) -> int:
     from .driver import run_worker_process
-    from .engine import SearchFailed
 
-    try:
-        run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
-    except SearchFailed as e:
-        print(f"hetq worker: error: {e}", file=sys.stderr)
-        return 1
+    run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
     return 0
 
 

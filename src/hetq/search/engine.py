@@ -14,6 +14,8 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
+from ..cli import CommandFailed
+
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
 PRUNERS = ("none", "median", "asha", "hyperband")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -56,7 +58,7 @@ def make_pruner(name: str | None, max_epochs: int):
     raise ValueError(f"unknown pruner {name!r}; expected one of {', '.join(PRUNERS)}")
 
 
-class SearchFailed(RuntimeError):
+class SearchFailed(CommandFailed):
     """The search cannot go on (every trial fails, or its worker processes did); the message
     says why in one line, and the trials' own errors were reported before it."""
 
