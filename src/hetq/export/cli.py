@@ -41,8 +41,7 @@ def resolve_source(source: str, trial: str | None):
     """(model, label) for a checkpoint path or a search run folder + trial."""
     p = Path(source)
     if p.is_dir() and trial is None and (p / "model.pt").is_file():  # a `hetq train` folder
-        from ..train.checkpoint import load
-        return load(p / "model.pt"), str(p / "model.pt")
+        p = source = p / "model.pt"
     if p.is_dir():
         from ..search.driver import load_run, trial_model
         if trial is None and not (p / "search.yaml").exists():
