@@ -47,13 +47,21 @@ def load(path):
     return _load(path)
 
 
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    if name in _PACKAGES:
-        return importlib.import_module(f"hetq.{name}")
-    raise AttributeError(f"module 'hetq' has no attribute {name!r}")
+def _lazy_names(package: str, namespace: dict, api: dict[str, str],
+               subpackages: tuple[str, ...] = ()):
+    """A package's module-level `__getattr__` and `__dir__` (PEP 562) that import each name
+    of `api` (name -> the module holding it) and each of `subpackages` on first use."""
+    def getattr_(name: str):
+        if name in api:
+            return getattr(importlib.import_module(api[name]), name)
+        if name in subpackages:
+            return importlib.import_module(f"{package}.{name}")
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def dir_() -> list[str]:
+        return sorted([*namespace, *api, *subpackages])
+
+    return getattr_, dir_
 
 
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_API, *_PACKAGES])
+__getattr__, __dir__ = _lazy_names("hetq", globals(), _API, _PACKAGES)

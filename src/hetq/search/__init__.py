@@ -11,7 +11,7 @@ The names are imported on first use (Optuna is not loaded by `import hetq.search
 
 from __future__ import annotations
 
-import importlib
+from hetq import _lazy_names
 
 _API = {
     "SearchConfig": "hetq.search.config",
@@ -26,11 +26,4 @@ _API = {
 __all__ = list(_API)
 
 
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'hetq.search' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+__getattr__, __dir__ = _lazy_names("hetq.search", globals(), _API)
