@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import json
+import os
 import re
 import threading
 import time
@@ -147,8 +148,6 @@ def test_concurrent_downloads_of_one_file_do_not_collide(tmp_path):
     assert dest.read_bytes() == body and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
     # a part file left by a killed download is removed once it is a day old; a younger one
     # (perhaps a download in progress) is kept
-    import os
-
     old, young = tmp_path / "g.bin.1-2.part", tmp_path / "g.bin.3-4.part"
     for p in (old, young):
         p.write_bytes(b"partial")
