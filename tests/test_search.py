@@ -11,6 +11,7 @@ import uuid
 
 import optuna
 import pytest
+import torch
 
 from hetq.search.config import SearchConfig
 from hetq.search.driver import (
@@ -479,3 +480,40 @@ def test_a_failed_search_or_worker_is_one_line_and_exit_status_1(tmp_path, monke
         assert main(argv) == 1
         assert capsys.readouterr().err == (f"hetq {argv[0]}: error: 5 trials in a row failed "
                                            "(last: trial 4); stopping\n")
+
+
+def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_path, capsys):
+    """`hetq retrain`: the checkpoint's 'before' metrics are the trial's model, its test
+    metrics are what the saved model gives; a second run into the same path is refused
+    before training (--overwrite replaces it), and so is a trial that does not exist."""
+    from hetq.cli import main
+
+    out = tmp_path / "s"
+    study = run_search(cfg(trials=2), out, progress=False)
+    best = max(completed(study), key=lambda t: t.value)
+    config, _ = load_run(out)
+    data = build_context(config, out, progress=False).data
+    before = evaluate(trial_model(out, best.number), data)["accuracy"]
+    args = ["retrain", str(out), "--trial", str(best.number), "--epochs", "2", "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    path = out / f"retrain_{best.number:05d}.pt"
+    ckpt = torch.load(path, weights_only=False)
+    after = evaluate(hetq_load(path), data)["accuracy"]
+    assert ckpt["metrics"]["before"]["accuracy"] == before
+    assert ckpt["metrics"]["test"]["accuracy"] == after
+    assert f"test accuracy {before:.4f} -> {after:.4f}" in printed
+    first = path.read_bytes()
+    assert main(args) == 2
+    assert (f"{path} already exists (from an earlier run); give another --out, or --overwrite "
+            "to replace it") in capsys.readouterr().err
+    assert path.read_bytes() == first
+    path.write_bytes(b"stale")
+    assert main([*args, "--overwrite"]) == 0
+    assert path.read_bytes() == first  # replaced (the same seed gives the same checkpoint)
+    for bad in ("7", "-1"):
+        assert main(["retrain", str(out), "--trial", bad]) == 2
+        assert (f"trial {bad} does not exist (the study has trials 0 to 1)"
+                in capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"trial -1 does not exist"):
+        trial_model(out, -1)  # (not the last trial, as Python's indexing would have it)

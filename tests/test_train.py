@@ -158,8 +158,20 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
     acc = json.loads((out / "metrics.json").read_text())["test"]["accuracy"]
     assert main(["evaluate", str(out / "model.pt")]) == 0
     assert f"accuracy {acc:.4f}" in capsys.readouterr().out
-    assert main(["train", "--preset", "q7", "--out", str(out)]) == 2
+    assert main(["train", "--preset", "q7", "--out", str(tmp_path / "q7")]) == 2
     assert "unknown preset 'q7'" in capsys.readouterr().err
+    # a folder holding a model is not replaced (refused before training) unless --overwrite
+    first = (out / "model.pt").read_bytes()
+    again = ["train", "--preset", "q6", "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(again) == 2
+    assert (f"{out / 'model.pt'} already exists (from an earlier run); give another --out, or "
+            "--overwrite to replace it") in capsys.readouterr().err
+    assert (out / "model.pt").read_bytes() == first
+    assert main([*again, "--overwrite"]) == 0
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+    assert (out / "model.pt").read_bytes() != first
+    assert main(["train", "--out", str(out / "model.pt")]) == 2
+    assert f"--out {out / 'model.pt'} is a file; expected a folder" in capsys.readouterr().err
     # --init: a quantized checkpoint's weights start a float run; other architectures refused
     init = tmp_path / "init"
     assert main(["train", "--init", str(out / "model.pt"), "--epochs", "1", "--out", str(init),
@@ -174,7 +186,7 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, capsys):
+def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_path, capsys):
     digits = get_dataset("digits")
     with pytest.raises(ValueError, match=r"the model does not take the samples of digits \(shape "
                                          r"\(1, 8, 8\)\): mat1 and mat2 shapes"):
@@ -185,7 +197,10 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, caps
     with pytest.raises(ValueError, match=r"anomaly task: the model must reconstruct its input .* "
                                          r"maps samples of shape \(16,\) to \(5,\)"):
         fit(build("jet_mlp"), jets, epochs=1, task=Anomaly(), progress=False)
-    assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress"]) == 2
+    (tmp_path / "cnn").mkdir()
+    (tmp_path / "cnn" / "model.pt").write_bytes(b"earlier")  # named only once the model fits
+    assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress", "--out",
+                 str(tmp_path / "cnn")]) == 2
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
 
 

@@ -287,7 +287,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "kept (default %(default)s)")
     t.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (default: the search's --lr / 3)")
-    t.add_argument("--out", default=None, help="checkpoint path (default RUN/retrain_N.pt)")
+    t.add_argument("--out", default=None,
+                   help="checkpoint path (default RUN/retrain_NNNNN.pt); an existing one is "
+                        "refused before training")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     t.add_argument("--storage", default=None, help=STORAGE_HELP)
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=_retrain)
@@ -376,5 +379,5 @@ def _retrain(a) -> int:
     from .retrain import retrain
 
     retrain(a.run, a.trial, epochs=a.epochs, lr=a.lr, out=a.out, storage=a.storage,
-            progress=not a.no_progress)
+            progress=not a.no_progress, overwrite=a.overwrite)
     return 0

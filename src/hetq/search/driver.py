@@ -628,6 +628,10 @@ def trial_model(out: str | Path, number: int, storage: str | None = None):
     from ..train.checkpoint import load
 
     config, study = load_run(out, storage)
+    if not 0 <= number < len(study.trials):
+        raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
+                         f"{len(study.trials) - 1})" if study.trials else
+                         f"trial {number} does not exist (the study has no trials yet)")
     path = trial_path(out, study.study_name, number)
     if path.exists():
         return load(path)

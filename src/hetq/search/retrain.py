@@ -8,18 +8,21 @@ from .driver import load_run, trial_model
 
 
 def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=None,
-            storage=None, progress: bool = True) -> Path:
+            storage=None, progress: bool = True, overwrite: bool = False) -> Path:
+    """Fine-tune trial `number` of search run `run` for `epochs` (the best validation epoch
+    is kept) and save it to `out` (default RUN/retrain_NNNNN.pt); an existing checkpoint
+    there is refused before any training unless `overwrite`. Returns the path written."""
     from ..data import get_dataset
     from ..train import evaluate, fit
-    from ..train.checkpoint import save
+    from ..train.checkpoint import check_new, save
     from ..train.report import metrics_table
     from .space import Candidate
 
     config, study = load_run(run, storage)
-    if number < 0 or number >= len(study.trials):
-        raise ValueError(f"trial {number} does not exist (the study has {len(study.trials)})")
+    model = trial_model(run, number, storage)  # (a trial that does not exist is refused)
+    path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
+                     overwrite=overwrite)
     t = study.trials[number]
-    model = trial_model(run, number, storage)
     data = get_dataset(config.data)
     before = evaluate(model, data)
     res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
@@ -28,7 +31,6 @@ def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=No
         print(res.interruption_note())
     after = evaluate(model, data)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
-    path = Path(out) if out else Path(run) / f"retrain_{number:05d}.pt"
     save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
          quant_config=cand.quant_config, widths=cand.widths, data=data,
          metrics={"test": after, "before": before})

@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed of the initial weights and the batch order (default %(default)s)")
     t.add_argument("--init", default=None, help="start from this checkpoint's float weights")
     t.add_argument("--out", default="runs/train",
-                   help="folder for model.pt, metrics.json and roc.png (default %(default)s)")
+                   help="folder for model.pt, metrics.json and roc.png (default %(default)s); "
+                        "one that already holds a model.pt is refused before training")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the model.pt (and metrics, ROC plot) already in --out")
     _common(t)
     t.set_defaults(func=_train)
 
@@ -98,8 +101,8 @@ def _train(a) -> int:
     from ..data import get_dataset
     from ..models import build, preset
     from ..quant.convert import QuantConfig, quantize_model
-    from .checkpoint import save
-    from .loop import evaluate, fit
+    from .checkpoint import check_new, save
+    from .loop import check_model_fits, evaluate, fit
     from .report import metrics_table
 
     if a.preset and a.config:
@@ -118,6 +121,12 @@ def _train(a) -> int:
         qc = QuantConfig(preset(a.preset))
     if qc is not None and qc.entries:
         model = quantize_model(model, qc)
+    # the model and its data are checked first: those messages name the mistake to mend
+    check_model_fits(model, data.tensors("train")[0][:2], task, data)
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder")
+    check_new(out / "model.pt", overwrite=a.overwrite)
     print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
     res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
               patience=a.patience, device=a.device, task=task, progress=not a.no_progress,
@@ -126,7 +135,6 @@ def _train(a) -> int:
         print(res.interruption_note())
     model.cpu()
     metrics = evaluate(model, data, "test", task)
-    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save(out / "model.pt", model, model_name=a.model, model_kwargs=kwargs, data=data,
          metrics={"test": metrics, "history": res.history}, task=task.name,
