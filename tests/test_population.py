@@ -54,22 +54,26 @@ def data():
 
 
 def members():
-    """Six jet MLPs: fixed point at two widths of bits, the heterogeneous model (ternary,
-    auto_po2), float, a narrower model, and one that a search pruner stops after epoch 0."""
+    """Seven jet MLPs: fixed point at two widths of bits, the heterogeneous model (ternary,
+    auto_po2), float, a narrower model, one that a search pruner stops after epoch 0, and a
+    float one that early stopping ends."""
     torch.manual_seed(0)
     f = build("jet_mlp")
     return [quantize_model(f, PRESETS["q6"]), quantize_model(f, PRESETS["bf"]),
             quantize_model(f, HETERO), copy.deepcopy(f),
             quantize_model(resize_model(f, {"fc1": 0.5, "fc2": 0.75}), PRESETS["q6"]),
-            quantize_model(f, PRESETS["q6"])]
+            quantize_model(f, PRESETS["q6"]), copy.deepcopy(f)]
 
 
 # per member: lr, seed (batch order), sparsity, weight decay, patience
-LR = [1e-3, 2e-3, 1e-3, 3e-3, 1e-3, 2e-3]
-SEED = [0, 0, 0, 0, 1, 0]
-SPARSITY = [None, {"fc1": 0.5, "fc2": 0.25}, None, None, {"fc2": 0.3}, None]
-WD = [0.0, 0.0, 1e-3, 0.0, 0.0, 0.0]
-PATIENCE = [None, None, None, 0, None, None]  # member 3 stops early after its first epoch
+# member 6 (EARLY): a learning rate too small to change any float32 weight, so its validation
+# loss stays the same and patience 1 stops it after its second epoch
+LR = [1e-3, 2e-3, 1e-3, 3e-3, 1e-3, 2e-3, 1e-30]
+SEED = [0, 0, 0, 0, 1, 0, 0]
+SPARSITY = [None, {"fc1": 0.5, "fc2": 0.25}, None, None, {"fc2": 0.3}, None, None]
+WD = [0.0, 0.0, 1e-3, 0.0, 0.0, 0.0, 0.0]
+PATIENCE = [None, None, None, None, None, None, 1]
+EARLY = 6
 PRUNED = 5  # the report stops this member after epoch 0
 
 
@@ -115,7 +119,8 @@ def test_population_weights_equal_separate_trainings(trained):
     start = members()
     for k, (a, b) in enumerate(zip(pop_models, seq_models)):
         assert _max_diff(a, b) < 1e-5, k
-        assert _max_diff(a, start[k]) > 1e-3, k  # the weights really moved
+        if k != EARLY:
+            assert _max_diff(a, start[k]) > 1e-3, k  # the weights really moved
 
 
 def test_population_outputs_and_metrics_equal_separate_trainings(trained, data):
@@ -138,11 +143,13 @@ def test_population_outputs_and_metrics_equal_separate_trainings(trained, data):
 
 def test_early_stopped_pruned_and_sparse_members(trained):
     pop_models, seq_models, res, seq, calls = trained
-    assert res[3].stopped_early and len(res[3].history) == 1
+    assert res[EARLY].stopped_early and len(res[EARLY].history) == 2
+    assert res[EARLY].best_epoch == 0 and seq[EARLY].stopped_early
     assert res[PRUNED].stopped_by_report and len(res[PRUNED].history) == 1
     assert not res[0].stopped_by_report and len(res[0].history) == EPOCHS
     # a finished member costs nothing more: no further epochs, no further reports
-    assert (PRUNED, 1) not in calls and (3, 1) not in calls and (0, EPOCHS - 1) in calls
+    assert (PRUNED, 1) not in calls and (EARLY, 1) in calls and (EARLY, 2) not in calls
+    assert (0, EPOCHS - 1) in calls
     # the sparsity masks: exactly the final sparsity, the same zeros as MagnitudePruner's
     assert res[1].sparsity == pytest.approx({"fc1": 0.5, "fc2": 0.25}, abs=1e-3)
     for k, name in ((1, "fc1"), (1, "fc2"), (4, "fc2")):
@@ -267,11 +274,20 @@ def test_unsupported_layers_and_mismatches_are_named():
         assert torch.equal(pop(x)[1], d(x)) and torch.equal(pop(x)[0], c(x))
     with pytest.raises(ValueError, match="sparsity given for 'fc9'"):
         fit_population(members()[:2], None, sparsity=[{"fc9": 0.5}, None])
+    # fit's checks of the training settings, naming the member when given per member
+    with pytest.raises(ValueError, match=r"lr must be a learning rate > 0, got nan \(member 1\)"):
+        fit_population(members()[:2], None, lr=[1e-3, float("nan")])
+    with pytest.raises(ValueError, match=r"patience must be >= 1 epoch \(or None: never stop "
+                                         r"early\), got 0$"):
+        fit_population(members()[:2], None, patience=0)
+    with pytest.raises(ValueError, match=r"weight_decay must be >= 0, got -1.0 \(member 0\)"):
+        fit_population(members()[:2], None, weight_decay=[-1.0, 0.0])
 
 
 def test_search_with_population_counts_exactly(tmp_path):
     from hetq.search.config import SearchConfig
-    from hetq.search.driver import load_run, run_search, trial_model
+    from hetq.search.driver import run_search
+    from hetq.search.results import load_run, trial_model
     from hetq.train import evaluate
 
     cfg = SearchConfig(data="synthetic", trials=6, epochs=1, float_epochs=1, population=4,

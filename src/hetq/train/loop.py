@@ -59,6 +59,21 @@ def _split_tensors(data, split, task, device):
         torch.from_numpy(np.ascontiguousarray(y)).to(device)
 
 
+def check_hyperparameters(lr: float, weight_decay: float, patience: int | None,
+                          member: int | None = None) -> None:
+    """ValueError for a learning rate that is not > 0 (nan included), a negative weight decay,
+    or a patience below 1 epoch (0 stopped after the first epoch, however it went);
+    `member`: the population member the values belong to, named in the message."""
+    of = "" if member is None else f" (member {member})"
+    if not 0.0 < lr < math.inf:
+        raise ValueError(f"lr must be a learning rate > 0, got {lr!r}{of}")
+    if not 0.0 <= weight_decay < math.inf:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}{of}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 epoch (or None: never stop early), got "
+                         f"{patience!r}{of}")
+
+
 def check_model_fits(model, X: torch.Tensor, task, data) -> None:
     """Run two samples through `model`: a model that cannot take `data`'s samples, or whose
     output does not suit `task`, is a ValueError naming both (instead of a shape error from
@@ -149,13 +164,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not 0.0 < lr < math.inf:
-        raise ValueError(f"lr must be a learning rate > 0, got {lr!r}")
-    if not 0.0 <= weight_decay < math.inf:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if patience is not None and patience < 0:
-        raise ValueError(f"patience must be >= 0 epochs (or None: never stop early), got "
-                         f"{patience}")
+    check_hyperparameters(lr, weight_decay, patience)
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..loop import TrainResult, _train_val_tensors, resolve_device
+from ..loop import TrainResult, _train_val_tensors, check_hyperparameters, resolve_device
 from ..metrics import classification_metrics, per_class_metrics
 from ..tasks import Classify
 from .layers import Population
@@ -215,6 +215,9 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     wds = _per_member("weight_decay", weight_decay, K)
     pats = _per_member("patience", patience, K, int)
     seeds = _per_member("seed", seed, K, int)
+    listed = any(isinstance(v, (list, tuple)) for v in (lr, weight_decay, patience))
+    for k in range(K):  # (a member is named when the values were given per member)
+        check_hyperparameters(lrs[k], wds[k], pats[k], k if listed else None)
     sparse = _Sparsity(pop, sparsity if sparsity is not None else [None] * K, epochs,
                        ramp_fraction)
     task = task or Classify()
