@@ -23,7 +23,8 @@ from hetq.export.qonnx import check_qonnx, to_qonnx
 from hetq.models import build, preset
 from hetq.quant.convert import quantize_model
 from hetq.search.config import SearchConfig
-from hetq.search.driver import run_search, trial_model
+from hetq.search.driver import run_search
+from hetq.search.results import trial_model
 from hetq.search.space import DEPLOYABLE_QUANTIZATION_CONFIG
 from hetq.train import evaluate, fit
 

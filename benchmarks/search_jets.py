@@ -30,7 +30,8 @@ from hetq.cost import cost
 from hetq.models import preset
 from hetq.quant.convert import quantize_model
 from hetq.search.config import SearchConfig
-from hetq.search.driver import build_context, format_table, pareto_rows, run_search
+from hetq.search.driver import build_context, run_search
+from hetq.search.results import format_table, pareto_rows
 from hetq.search.retrain import retrain
 from hetq.train import evaluate, fit
 

@@ -43,9 +43,10 @@ from hetq.cost import cost
 from hetq.models import build
 from hetq.search.cli import _input_quantile, _quantile
 from hetq.search.config import SearchConfig
-from hetq.search.driver import load_run, run_search
+from hetq.search.driver import run_search
 from hetq.search.gradient import default_workers, to_hetq_model, train_gradient_runs
 from hetq.search.objectives import hypervolume_2d, pareto_front
+from hetq.search.results import load_run
 from hetq.train import evaluate, fit
 
 REF_EBOPS = 1_089_536

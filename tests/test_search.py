@@ -14,16 +14,9 @@ import pytest
 import torch
 
 from hetq.search.config import SearchConfig
-from hetq.search.driver import (
-    build_context,
-    load_run,
-    pareto_rows,
-    run_candidate,
-    run_search,
-    trial_model,
-    trial_path,
-)
-from hetq.search.storage import make_storage
+from hetq.search.driver import build_context, run_candidate, run_search
+from hetq.search.results import load_run, pareto_rows, trial_model
+from hetq.search.storage import make_storage, trial_path
 from hetq.train import evaluate
 from hetq.train import load as hetq_load
 
@@ -422,7 +415,7 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
 
 
 def test_table_names_the_forgiving_baseline_only_for_that_objective():
-    from hetq.search.driver import format_table
+    from hetq.search.results import format_table
 
     ref = {"metrics": {"accuracy": 0.6}, "test": {"accuracy": 0.61},
            "costs": {"energy_pj": 3283.0, "bits": 36264, "ebops": 892928}}

@@ -30,9 +30,9 @@ _API = {
     "save": "hetq.train",
     "SearchConfig": "hetq.search.config",
     "run_search": "hetq.search.driver",
-    "load_run": "hetq.search.driver",
-    "pareto_rows": "hetq.search.driver",
-    "trial_model": "hetq.search.driver",
+    "load_run": "hetq.search.results",
+    "pareto_rows": "hetq.search.results",
+    "trial_model": "hetq.search.results",
     "IntegerModel": "hetq.export",
 }
 _PACKAGES = ("quant", "cost", "train", "search", "export", "data", "models")

@@ -47,7 +47,7 @@ def _export(out: Path, number: int, data) -> None:
     import importlib.util
 
     from .export.cli import DEFAULT_INPUT_TYPE, export_model
-    from .search.driver import trial_model
+    from .search.results import trial_model
 
     model = trial_model(out / "search", number)
     x, _ = data.tensors("test")
@@ -69,7 +69,8 @@ def run(a) -> int:
     from .quant.convert import quantize_model
     from .quant.summary import summary
     from .search.config import SearchConfig
-    from .search.driver import format_table, pareto_rows, run_search
+    from .search.driver import run_search
+    from .search.results import format_table, pareto_rows
     from .search.space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .train import evaluate, fit, save
     from .train.report import metrics_table

@@ -43,7 +43,7 @@ def resolve_source(source: str, trial: str | None):
     if p.is_dir() and trial is None and (p / "model.pt").is_file():  # a `hetq train` folder
         p = source = p / "model.pt"
     if p.is_dir():
-        from ..search.driver import load_run, trial_model
+        from ..search.results import load_run, trial_model
         if trial is None and not (p / "search.yaml").exists():
             raise ValueError(f"{source} is a folder with neither a model.pt (what `hetq train` "
                              "writes) nor a search run (search.yaml)")

@@ -17,10 +17,10 @@ _API = {
     "SearchConfig": "hetq.search.config",
     "run_search": "hetq.search.driver",
     "run_worker_process": "hetq.search.driver",
-    "load_run": "hetq.search.driver",
-    "pareto_rows": "hetq.search.driver",
-    "trial_model": "hetq.search.driver",
-    "format_table": "hetq.search.driver",
+    "load_run": "hetq.search.results",
+    "pareto_rows": "hetq.search.results",
+    "trial_model": "hetq.search.results",
+    "format_table": "hetq.search.results",
 }
 
 __all__ = list(_API)

@@ -297,7 +297,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _search(a) -> int:
-    from .driver import format_table, pareto_rows, run_search
+    from .driver import run_search
+    from .results import format_table, pareto_rows
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
 
     qc = _load_yaml(a.quantization_config)
@@ -355,7 +356,7 @@ def _worker(a) -> int:
 
 def _report(a) -> int:
     from .config import SearchConfig
-    from .driver import format_table, load_run, pareto_rows
+    from .results import format_table, load_run, pareto_rows
 
     yaml_path = Path(a.run) / "search.yaml"
     if yaml_path.exists() and SearchConfig.load(yaml_path).strategy == "gradient":

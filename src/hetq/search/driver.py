@@ -1,4 +1,5 @@
-"""The search driver: one Optuna study, trials that train real candidates, a Pareto table.
+"""The search driver: one Optuna study, trials that train real candidates (the results, its
+Pareto rows and table, are read back by `hetq.search.results`).
 
 Run folder layout (`out/`):
     search.yaml       the SearchConfig
@@ -16,15 +17,12 @@ untrained rebuild instead).
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import os
 import subprocess
 import sys
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,16 +33,19 @@ import torch
 from .build import build_candidate
 from .config import SearchConfig
 from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_worker
-from .objectives import Constraints, ForgivingFactor
+from .objectives import COST_KEYS, Constraints, ForgivingFactor
+from .results import load_run, pareto_rows
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
-from .storage import journal_path, make_storage, recover_dead_trials, worker_identity
-
-COST_KEYS = {"energy": "energy_pj", "bits": "bits", "ebops": "ebops", "lut": "lut"}
-
-
-def _quiet_optuna():
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+from .storage import (
+    existing_study,
+    make_storage,
+    pack_state,
+    quiet_optuna,
+    recover_dead_trials,
+    trial_path,
+    worker_identity,
+)
 
 
 @dataclass
@@ -61,18 +62,6 @@ class SearchContext:
     @property
     def goal_key(self) -> str:
         return COST_KEYS[self.config.goal]
-
-
-# -- weights travel with the trial (no shared file system needed between machines) ---------
-def pack_state(model: torch.nn.Module) -> str:
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii")
-
-
-def unpack_state(blob: str) -> dict[str, torch.Tensor]:
-    raw = zlib.decompress(base64.b64decode(blob))
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
 
 
 # -- building the shared context ----------------------------------------------------------
@@ -280,11 +269,6 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
     return ran
 
 
-def trial_path(out: str | Path, study_name: str, number: int) -> Path:
-    """Where a trial's trained model is saved: <run>/trials/<study>/<number>.pt."""
-    return Path(out) / "trials" / study_name / f"{number:05d}.pt"
-
-
 def _save_trial_checkpoint(ctx, number, model, candidate, metrics, costs):
     from ..train.checkpoint import save
 
@@ -300,7 +284,7 @@ def _constraints_func(trial: optuna.trial.FrozenTrial):
 
 # -- studies ----------------------------------------------------------------------------------
 def open_study(config: SearchConfig, out: Path, storage: str | None, create: bool = True):
-    _quiet_optuna()
+    quiet_optuna()
     st = make_storage(storage, out)
     directions = ["maximize", "minimize"] if config.objective == "pareto" else ["maximize"]
     active = Constraints(config.min_reduction, config.max_metric_loss).active
@@ -512,23 +496,12 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
                            "above)")
 
 
-def _existing_study(name: str, storage: str | None, out: Path, hint: str) -> optuna.Study:
-    """The study `name` in `storage` (None: the run folder's journal file), without creating
-    anything; a missing one is a ValueError that ends with `hint`."""
-    try:
-        if storage is None and not journal_path(out).exists():  # (opening would create it)
-            raise KeyError(name)
-        return optuna.load_study(study_name=name, storage=make_storage(storage, out))
-    except KeyError:
-        raise ValueError(f"no study {name!r} in {storage or journal_path(out)}; {hint}") from None
-
-
 def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
                        progress: bool = True) -> int:
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
-    _quiet_optuna()
+    quiet_optuna()
     out = Path(out) if out else Path("runs") / study_name
-    study = _existing_study(study_name, storage, out, "start it with `hetq search` first")
+    study = existing_study(study_name, storage, out, "start it with `hetq search` first")
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
         import dataclasses
@@ -580,99 +553,3 @@ def _seed_hessian_prior(study, ctx, progress):
         t = ", ".join(f"{k} {v:.1f} s" for k, v in pr.seconds.items())
         print(f"Hessian prior: {len(pr.allocations)} ILP configurations enqueued ({t})",
               flush=True)
-
-
-# -- results ----------------------------------------------------------------------------------
-def load_run(out: str | Path, storage: str | None = None):
-    out = Path(out)
-    if not (out / "search.yaml").exists():
-        raise ValueError(f"{out} is not a search run folder (no search.yaml)")
-    config = SearchConfig.load(out / "search.yaml")
-    if config.strategy == "gradient":
-        raise ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
-                         f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists "
-                         f"them; `hetq export` takes one of those files)")
-    _quiet_optuna()
-    name = config.study_name
-    if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
-        import json
-
-        name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
-    study = _existing_study(name, storage, out, "if the search ran with --storage, give the "
-                            "same --storage" if storage is None else "check --storage")
-    return config, study
-
-
-def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
-    """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
-    from .objectives import pareto_front
-
-    config, study = load_run(out, storage)
-    goal_key = COST_KEYS[config.goal]
-    trials = [t for t in study.get_trials(deepcopy=False,
-                                          states=(optuna.trial.TrialState.COMPLETE,))
-              if "costs" in t.user_attrs]
-    pts = [(t.user_attrs["metrics"]["val"][config.metric], t.user_attrs["costs"][goal_key])
-           for t in trials]
-    rows = []
-    for i in pareto_front(pts):
-        t = trials[i]
-        rows.append({"trial": t.number, "metrics": t.user_attrs["metrics"],
-                     "costs": t.user_attrs["costs"], "candidate": t.user_attrs["candidate"],
-                     "score": t.user_attrs.get("score"), "feasible": t.user_attrs.get("feasible")})
-    return rows
-
-
-def trial_model(out: str | Path, number: int, storage: str | None = None):
-    """The trained model of trial `number` (from its checkpoint, else from the study)."""
-    from ..train.checkpoint import load
-
-    config, study = load_run(out, storage)
-    if not 0 <= number < len(study.trials):
-        raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
-                         f"{len(study.trials) - 1})" if study.trials else
-                         f"trial {number} does not exist (the study has no trials yet)")
-    path = trial_path(out, study.study_name, number)
-    if path.exists():
-        return load(path)
-    t = study.trials[number]
-    if "weights" not in t.user_attrs:
-        raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
-    from ..models import build as build_model
-
-    cand = Candidate.from_dict(t.user_attrs["candidate"])
-    model = build_candidate(build_model(config.model, **config.model_kwargs), cand)
-    model.load_state_dict(unpack_state(t.user_attrs["weights"]))
-    return model.eval()
-
-
-def format_table(rows: list[dict[str, Any]], config: SearchConfig,
-                 reference: dict | None = None) -> str:
-    """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers."""
-    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy pJ':>9}  "
-            f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
-    lines = [head, "-" * len(head)]
-
-    def fmt(label, metrics, costs, quant):
-        return (f"{label:>5}  {metrics['val'].get(config.metric, math.nan):13.4f}  "
-                f"{metrics['test'].get('accuracy', math.nan):8.4f}  "
-                f"{costs.get('energy_pj', math.nan):9.0f}  {costs.get('bits', 0):8.0f}  "
-                f"{costs.get('ebops', 0):8.0f}  {costs.get('lut', 0):7.0f}  "
-                f"{costs.get('dsp', 0):5.0f}  {quant}")
-
-    if reference:
-        lines.append(fmt("float", {"val": reference["metrics"], "test": reference.get(
-            "test", {})}, reference["costs"], f"float model, costed as {config.reference} "
-            "reference" + (" (the forgiving factor's baseline)"
-                           if config.objective == "forgiving" else "")))
-    for r in rows:
-        qc = r["candidate"]["quant_config"]
-        quant = "; ".join(f"{layer}: " + ", ".join(f"{f}={s}" for f, s in fields_.items())
-                          for layer, fields_ in qc.items())
-        widths = {k: v for k, v in r["candidate"].get("widths", {}).items() if v != 1.0}
-        if widths:
-            quant += f" | widths {widths}"
-        lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant))
-    lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
-                 "estimate (estimates, not synthesis results)")
-    return "\n".join(lines)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 GOALS = ("energy", "bits", "ebops", "lut")
+COST_KEYS = {"energy": "energy_pj", "bits": "bits", "ebops": "ebops", "lut": "lut"}  # in costs
 
 
 @dataclass(frozen=True)

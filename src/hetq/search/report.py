@@ -19,7 +19,8 @@ def _plt():
 
 
 def write_html_report(run: str | Path, storage: str | None = None) -> Path:
-    from .driver import COST_KEYS, format_table, load_run, pareto_rows
+    from .objectives import COST_KEYS
+    from .results import format_table, load_run, pareto_rows
 
     run = Path(run)
     config, study = load_run(run, storage)

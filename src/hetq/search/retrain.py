@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .driver import load_run, trial_model
+from .results import load_run, trial_model
 
 
 def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=None,

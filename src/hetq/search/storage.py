@@ -1,5 +1,6 @@
 """Where a study lives: a journal file in the run folder (one machine, many processes, no
-server) or a database URL (PostgreSQL for many machines).
+server) or a database URL (PostgreSQL for many machines); where a trial's trained model is
+saved, and its weights packed into the trial itself.
 
 Dead workers: with a database, Optuna's heartbeat marks a trial whose worker stopped
 beating as failed and `RetryFailedTrialCallback` enqueues its parameters again. Journal files
@@ -10,12 +11,16 @@ gone. Either way no completed trial is lost: they are in the storage the moment 
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import socket
+import zlib
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 # seconds between heartbeats of a running trial, and of silence after which a trial counts as
@@ -115,3 +120,36 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         recovered.append(t.number)
     return recovered
+
+
+def quiet_optuna():
+    """Optuna's own log at warnings only (hetq prints its progress itself)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def existing_study(name: str, storage: str | None, out: Path, hint: str) -> optuna.Study:
+    """The study `name` in `storage` (None: the run folder's journal file), without creating
+    anything; a missing one is a ValueError that ends with `hint`."""
+    try:
+        if storage is None and not journal_path(out).exists():  # (opening would create it)
+            raise KeyError(name)
+        return optuna.load_study(study_name=name, storage=make_storage(storage, out))
+    except KeyError:
+        raise ValueError(f"no study {name!r} in {storage or journal_path(out)}; {hint}") from None
+
+
+def trial_path(out: str | Path, study_name: str, number: int) -> Path:
+    """Where a trial's trained model is saved: <run>/trials/<study>/<number>.pt."""
+    return Path(out) / "trials" / study_name / f"{number:05d}.pt"
+
+
+# -- weights travel with the trial (no shared file system needed between machines) ---------
+def pack_state(model: torch.nn.Module) -> str:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
+    return base64.b64encode(zlib.compress(buf.getvalue(), 6)).decode("ascii")
+
+
+def unpack_state(blob: str) -> dict[str, torch.Tensor]:
+    raw = zlib.decompress(base64.b64decode(blob))
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)

@@ -1,0 +1,113 @@
+"""The results of a search run folder: its settings and study, the Pareto rows, a trial's
+trained model, and the table `hetq search` and `hetq report` print."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .build import build_candidate
+from .config import SearchConfig
+from .objectives import COST_KEYS
+from .space import Candidate
+from .storage import existing_study, quiet_optuna, trial_path, unpack_state
+
+
+def load_run(out: str | Path, storage: str | None = None):
+    """(SearchConfig, optuna.Study) of the run folder `out` (the study in `storage` when the
+    search ran with one; the last block's study for a block-wise search)."""
+    out = Path(out)
+    if not (out / "search.yaml").exists():
+        raise ValueError(f"{out} is not a search run folder (no search.yaml)")
+    config = SearchConfig.load(out / "search.yaml")
+    if config.strategy == "gradient":
+        raise ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
+                         f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists "
+                         f"them; `hetq export` takes one of those files)")
+    quiet_optuna()
+    name = config.study_name
+    if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
+        import json
+
+        name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
+    study = existing_study(name, storage, out, "if the search ran with --storage, give the "
+                            "same --storage" if storage is None else "check --storage")
+    return config, study
+
+
+def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
+    """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
+    from .objectives import pareto_front
+
+    config, study = load_run(out, storage)
+    goal_key = COST_KEYS[config.goal]
+    trials = [t for t in study.get_trials(deepcopy=False,
+                                          states=(optuna.trial.TrialState.COMPLETE,))
+              if "costs" in t.user_attrs]
+    pts = [(t.user_attrs["metrics"]["val"][config.metric], t.user_attrs["costs"][goal_key])
+           for t in trials]
+    rows = []
+    for i in pareto_front(pts):
+        t = trials[i]
+        rows.append({"trial": t.number, "metrics": t.user_attrs["metrics"],
+                     "costs": t.user_attrs["costs"], "candidate": t.user_attrs["candidate"],
+                     "score": t.user_attrs.get("score"), "feasible": t.user_attrs.get("feasible")})
+    return rows
+
+
+def trial_model(out: str | Path, number: int, storage: str | None = None):
+    """The trained model of trial `number` (from its checkpoint, else from the study)."""
+    from ..train.checkpoint import load
+
+    config, study = load_run(out, storage)
+    if not 0 <= number < len(study.trials):
+        raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
+                         f"{len(study.trials) - 1})" if study.trials else
+                         f"trial {number} does not exist (the study has no trials yet)")
+    path = trial_path(out, study.study_name, number)
+    if path.exists():
+        return load(path)
+    t = study.trials[number]
+    if "weights" not in t.user_attrs:
+        raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
+    from ..models import build as build_model
+
+    cand = Candidate.from_dict(t.user_attrs["candidate"])
+    model = build_candidate(build_model(config.model, **config.model_kwargs), cand)
+    model.load_state_dict(unpack_state(t.user_attrs["weights"]))
+    return model.eval()
+
+
+def format_table(rows: list[dict[str, Any]], config: SearchConfig,
+                 reference: dict | None = None) -> str:
+    """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers."""
+    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy pJ':>9}  "
+            f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
+    lines = [head, "-" * len(head)]
+
+    def fmt(label, metrics, costs, quant):
+        return (f"{label:>5}  {metrics['val'].get(config.metric, math.nan):13.4f}  "
+                f"{metrics['test'].get('accuracy', math.nan):8.4f}  "
+                f"{costs.get('energy_pj', math.nan):9.0f}  {costs.get('bits', 0):8.0f}  "
+                f"{costs.get('ebops', 0):8.0f}  {costs.get('lut', 0):7.0f}  "
+                f"{costs.get('dsp', 0):5.0f}  {quant}")
+
+    if reference:
+        lines.append(fmt("float", {"val": reference["metrics"], "test": reference.get(
+            "test", {})}, reference["costs"], f"float model, costed as {config.reference} "
+            "reference" + (" (the forgiving factor's baseline)"
+                           if config.objective == "forgiving" else "")))
+    for r in rows:
+        qc = r["candidate"]["quant_config"]
+        quant = "; ".join(f"{layer}: " + ", ".join(f"{f}={s}" for f, s in fields_.items())
+                          for layer, fields_ in qc.items())
+        widths = {k: v for k, v in r["candidate"].get("widths", {}).items() if v != 1.0}
+        if widths:
+            quant += f" | widths {widths}"
+        lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant))
+    lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
+                 "estimate (estimates, not synthesis results)")
+    return "\n".join(lines)
