@@ -7,6 +7,7 @@
 `hetq.export.qonnx` and `hetq.export.hls` need the `export` extra (onnx, qonnx, hls4ml).
 """
 
-from .engine import BitExactReport, ExportError, IntegerModel, shift_codes
+from .engine import BitExactReport, IntegerModel
+from .steps import ExportError, shift_codes
 
 __all__ = ["BitExactReport", "ExportError", "IntegerModel", "shift_codes"]

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import CastStep, ExportError, IntegerModel, KeepStep, WeightStep
+from .engine import IntegerModel
+from .steps import CastStep, ExportError, KeepStep, WeightStep
 
 BACKENDS = ("Vivado", "Vitis")
 DEFAULT_PART = "xcvu13p-flga2577-2-e"  # the paper's FPGA family (Virtex UltraScale+)

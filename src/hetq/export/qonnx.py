@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..quant.fixed import FixedType
-from .engine import CastStep, ExportError, IntegerModel, KeepStep, WeightStep
+from .engine import IntegerModel
+from .steps import CastStep, ExportError, KeepStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
