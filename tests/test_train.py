@@ -263,6 +263,26 @@ def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jet
             fit(build("jet_mlp"), jets, epochs=1, progress=False, **kw)
 
 
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """A file where an output folder goes (or another file-system error) is a one-line
+    error naming the path, not an OSError traceback."""
+    import errno
+
+    from hetq.cli import path_problem
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    ckpt = tmp_path / "float.pt"
+    save(ckpt, build("jet_mlp"), model_name="jet_mlp")
+    for argv in (["cost", str(ckpt), "--json", str(afile / "x.json")],
+                 ["search", "--out", str(afile / "run"), "--trials", "1", "--no-progress"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.endswith(
+            f"hetq {argv[0]}: error: {afile} is a file, where a folder is needed\n")
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.pt"))
+    assert path_problem(full) == f"No space left on device: {tmp_path / 'm.pt'}"
+
+
 def test_wrong_argument_types_to_the_api_are_clear_errors():
     with pytest.raises(ValueError, match=r"data must be a hetq Dataset .*; got tuple"):
         fit(build("jet_mlp"), (torch.randn(10, 16), torch.zeros(10)), epochs=1, progress=False)

@@ -58,6 +58,22 @@ def describe(text: str, example: str) -> dict:
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def path_problem(e: OSError) -> str:
+    """One line for an OSError from the file system: what went wrong and with which path
+    ("runs/x is a file, where a folder is needed" for a folder that cannot be made)."""
+    import os
+
+    path = e.filename
+    if path is not None and isinstance(e, (FileExistsError, NotADirectoryError)):
+        p = os.fspath(path)
+        while p and not os.path.exists(p):  # the part of the path that is a file
+            p = os.path.dirname(p)
+        if p and os.path.isfile(p):
+            return f"{p} is a file, where a folder is needed"
+    what = e.strerror or str(e)
+    return f"{what}: {os.fspath(path)}" if path is not None else what
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetq",
@@ -101,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     except CommandFailed as e:
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a path it cannot write (a file where a folder goes, ...), disk full
+        print(f"hetq {args.command}: error: {path_problem(e)}", file=sys.stderr)
+        return 2 if isinstance(e, (FileExistsError, NotADirectoryError, IsADirectoryError,
+                                   PermissionError)) else 1
     finally:
         warnings.formatwarning = shown
 
