@@ -245,6 +245,8 @@ def test_parallel_runs_merge_their_fronts():
     _, alone = train_gradient(f, data, seed=0, progress=False, **kw)
     assert [h["val_accuracy"] for h in res.history if h["run"] == 0] == pytest.approx(
         [h["val_accuracy"] for h in alone.history], abs=0.02)
+    _, by_name = train_gradient(f, "synthetic", seed=0, progress=False, **kw)  # as --data
+    assert by_name.history == alone.history
     # the merged front is non-dominated, sorted, and its points convert exactly
     eb = [p.ebops for p in res.front]
     acc = [p.val_accuracy for p in res.front]

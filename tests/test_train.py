@@ -283,6 +283,23 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert path_problem(full) == f"No space left on device: {tmp_path / 'm.pt'}"
 
 
+def test_data_may_be_given_by_its_spec_string(jets):
+    """fit/evaluate/fit_population take 'jets-sim' as --data does (a str used to pass the
+    Dataset check, since str has a split method, and fail unpacking)."""
+    from hetq.train.population import fit_population
+
+    spec = "synthetic:n=600,seed=1"
+    a, b = build("jet_mlp"), build("jet_mlp")
+    b.load_state_dict(a.state_dict())
+    ra = fit(a, spec, epochs=2, progress=False)
+    rb = fit(b, get_dataset(spec), epochs=2, progress=False)
+    assert ra.history == rb.history
+    assert evaluate(a, spec) == evaluate(b, get_dataset(spec))
+    assert evaluate(a, "jets-sim", split="val") == evaluate(a, jets, split="val")
+    (res,) = fit_population([build("jet_mlp")], spec, epochs=1, batch_size=256)
+    assert len(res.history) == 1
+
+
 def test_wrong_argument_types_to_the_api_are_clear_errors():
     with pytest.raises(ValueError, match=r"data must be a hetq Dataset .*; got tuple"):
         fit(build("jet_mlp"), (torch.randn(10, 16), torch.zeros(10)), epochs=1, progress=False)

@@ -47,8 +47,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return d
 
 
+def as_dataset(data):
+    """`data` itself, or for a data spec string such as 'jets-sim' (what `--data` takes) the
+    data set `hetq.data.get_dataset` loads."""
+    if isinstance(data, str):
+        from ..data import get_dataset
+
+        return get_dataset(data)
+    return data
+
+
 def _split_tensors(data, split, task, device):
-    if not callable(getattr(data, "split", None)):
+    if isinstance(data, str) or not callable(getattr(data, "split", None)):
         raise ValueError("data must be a hetq Dataset with train/val/test splits, e.g. "
                          "hetq.data.get_dataset('jets-sim') or Dataset.from_splits(name, "
                          f"{{'train': (X, y), 'val': ..., 'test': ...}}, features, classes); "
@@ -125,7 +135,9 @@ def _val_loss(model, X, y, task, batch_size=8192):
 
 def evaluate(model, data, split: str = "test", task=None, device="cpu",
              batch_size: int = 8192) -> dict[str, float]:
-    """Metrics of `model` on a split: the task's metrics plus `loss`."""
+    """Metrics of `model` on a split of `data` (a hetq Dataset or a data spec string such as
+    'jets-sim'): the task's metrics plus `loss`."""
+    data = as_dataset(data)
     task = task or Classify()
     dev = resolve_device(device)
     model = model.to(dev)
@@ -147,7 +159,8 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
         schedule: str = "cosine", patience: int | None = None, seed: int = 0,
         device="cpu", task=None, progress: bool = True, report=None, pruner=None,
         restore_best: bool = True, interruptible: bool = False) -> TrainResult:
-    """Train `model` in place on `data` (a hetq Dataset); returns the history.
+    """Train `model` in place on `data` (a hetq Dataset, or a data spec string such as
+    'jets-sim'); returns the history.
 
     Args:
         optimizer: "adam" or "adamw". schedule: "cosine" (per epoch) or "none".
@@ -165,6 +178,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_hyperparameters(lr, weight_decay, patience)
+    data = as_dataset(data)
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)

@@ -210,8 +210,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
 
     from tqdm import tqdm
 
-    from ...train.loop import Classify, _train_val_tensors
+    from ...train.loop import Classify, _train_val_tensors, as_dataset
 
+    data = as_dataset(data)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not (0 < beta0 <= beta1):
@@ -329,8 +330,9 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
     weights of the cheap points tuned for the wider bits they had a moment earlier; a few
     epochs at the final bits win back part of that. deadline: a `time.time()` after which
     no new epoch starts. Ctrl-C returns the best reached so far."""
-    from ...train.loop import Classify, _train_val_tensors
+    from ...train.loop import Classify, _train_val_tensors, as_dataset
 
+    data = as_dataset(data)
     if epochs < 1:
         raise ValueError(f"polish epochs must be >= 1, got {epochs}")
     torch.manual_seed(seed)

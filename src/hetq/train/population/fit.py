@@ -11,7 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..loop import TrainResult, _train_val_tensors, check_hyperparameters, resolve_device
+from ..loop import (
+    TrainResult,
+    _train_val_tensors,
+    as_dataset,
+    check_hyperparameters,
+    resolve_device,
+)
 from ..metrics import classification_metrics, per_class_metrics
 from ..tasks import Classify
 from .layers import Population
@@ -220,6 +226,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
         check_hyperparameters(lrs[k], wds[k], pats[k], k if listed else None)
     sparse = _Sparsity(pop, sparsity if sparsity is not None else [None] * K, epochs,
                        ramp_fraction)
+    data = as_dataset(data)
     task = task or Classify()
     dev = resolve_device(device)
     pop.to(dev)
