@@ -1,8 +1,10 @@
 """Cost model: QTools golden example (exact), operator width rules, bits goal, EBOPs, CLI."""
 
 import math
+import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -246,8 +248,14 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
     with pytest.raises(ValueError, match=r"the model does not run on inputs of shape \(8,\) "
                                          r"\(batch dimension excluded\): mat1 and mat2"):
         cost(m, (8,))
-    with pytest.raises(ValueError, match=r"input shape \(0,\): expected positive integer sizes"):
-        cost(m, (0,))
+    for bad in ((0,), (), "16", (16.5,), 16.0, ("a",)):
+        with pytest.raises(ValueError, match=rf"input shape {re.escape(repr(bad))}: expected "
+                                             "positive integer sizes"):
+            cost(m, bad)
+    # an int is a 1-D shape; lists, torch.Size, numpy and integral floats are sizes too
+    want = cost(m, (16,)).summary()
+    for good in (16, [16], torch.Size([16]), np.int64(16), (16.0,)):
+        assert cost(m, good).summary() == want
     with pytest.raises(ValueError, match="unknown quantizer 'int9'.*or a named type: int8, "
                                          "int16, int32, fp16, fp32"):
         qtype_of("int9")

@@ -1,5 +1,6 @@
 """Integer engine (exact vs PyTorch for every layer type), QONNX round trip, hls4ml C-sim."""
 
+import re
 import shutil
 from collections import OrderedDict
 
@@ -207,6 +208,22 @@ def test_model_with_input_quantizer_needs_no_input_type():
 def test_float_input_is_a_clear_error():
     with pytest.raises(ExportError, match=r"fc1: the model's input is float.*input_type"):
         IntegerModel(jet("q6"), (16,))
+
+
+def test_inputs_of_another_shape_or_kind():
+    """Inputs may be an array or nested lists (the same outputs as the tensor); a shape other
+    than (N, *input_shape), a single sample included, is a clear error, not torch's."""
+    eng = IntegerModel(jet("q6"), 16, IN16)  # an int input shape is (16,)
+    assert eng.input_shape == (16,)
+    x = jets_x()[:50]
+    assert torch.equal(eng(x.numpy()), eng(x)) and torch.equal(eng(x.tolist()), eng(x))
+    assert eng.compare(x.numpy()).exact
+    for bad in (x[0], x[:, :15]):
+        shape = re.escape(str(tuple(bad.shape)))
+        with pytest.raises(ValueError, match=rf"inputs of shape {shape}; this IntegerModel "
+                                             r"takes a batch of samples of shape \(16,\), i.e. "
+                                             r"\(N, 16\)"):
+            eng(bad)
 
 
 def test_float_layer_on_datapath_is_named():

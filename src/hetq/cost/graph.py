@@ -48,11 +48,28 @@ def _signature(model: nn.Module, input_shape) -> tuple:
         for n, m in model.named_modules() if n)
 
 
+def as_input_shape(input_shape) -> tuple[int, ...]:
+    """One sample's shape as a tuple of ints (an int n is (n,)); a ValueError for anything
+    that is not positive integer sizes."""
+    bad = ValueError(f"input shape {input_shape!r}: expected positive integer sizes without the "
+                     "batch dimension, e.g. (16,) or (1, 8, 8)")
+    if isinstance(input_shape, int) or hasattr(input_shape, "__index__"):
+        input_shape = (input_shape,)
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__"):
+        raise bad
+    dims = tuple(input_shape)
+    try:
+        ints = tuple(int(d) for d in dims)
+    except (TypeError, ValueError):
+        raise bad from None
+    if not ints or any(i < 1 or i != d for i, d in zip(ints, dims)):
+        raise bad
+    return ints
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
     """Leaf modules of `model` in execution order, with shapes (batch dimension dropped)."""
-    if not len(input_shape) or any(int(d) < 1 for d in input_shape):
-        raise ValueError(f"input shape {tuple(input_shape)!r}: expected positive integer sizes "
-                         "without the batch dimension, e.g. (16,) or (1, 8, 8)")
+    input_shape = as_input_shape(input_shape)
     key = _signature(model, input_shape)
     modules = dict(model.named_modules())
     if key not in _CACHE:

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from .graph import trace
+from .graph import as_input_shape, trace
 from .model import LayerCost, Settings, layer_costs
 from .qtypes import qtype_of
 
@@ -139,8 +139,7 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
         weights_on_memory / activations_on_memory: "sram", "dram" or "fixed"; defaults follow
             the paper's setting (SRAM, min size 0, no DRAM reads/writes at the model's I/O).
     """
-    if input_shape is None:
-        input_shape = _input_shape(model)
+    input_shape = _input_shape(model) if input_shape is None else as_input_shape(input_shape)
     s = Settings(qtype_of(source_quantizer) if reference is None else qtype_of(reference),
                  qtype_of(reference) if reference else None, qtype_of(reference_accumulator),
                  weights_on_memory, activations_on_memory, float(min_sram_size), rd_wr_on_io)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cost.graph import trace
+from ..cost.graph import as_input_shape, trace
 from ..quant.fixed import FixedType, smallest_fixed_type
 from ..quant.layers import (
     QActivation,
@@ -311,7 +311,7 @@ class IntegerModel:
     """
 
     def __init__(self, model: nn.Module, input_shape, input_type: FixedType | str | None = None):
-        self.input_shape = tuple(input_shape)
+        self.input_shape = as_input_shape(input_shape)
         # float64 copy: the reference computation and the source of the integer weights
         self.model = copy.deepcopy(model).double().eval()
         nodes = trace(self.model, self.input_shape)
@@ -359,9 +359,15 @@ class IntegerModel:
                                           "retrain briefly or use fixed scales")
 
     # -- running ---------------------------------------------------------------------------
-    def input_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Cast float inputs to the input type (its rounding and overflow): int64 codes."""
-        return self.input_type.to_codes(x.detach().to(torch.float64).cpu()).to(torch.int64)
+    def input_codes(self, x) -> torch.Tensor:
+        """Cast float inputs (a tensor or array of shape (N, *input_shape)) to the input type
+        (its rounding and overflow): int64 codes."""
+        x = torch.as_tensor(x).detach()
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise ValueError(f"inputs of shape {tuple(x.shape)}; this IntegerModel takes a batch "
+                             f"of samples of shape {self.input_shape}, i.e. (N, "
+                             f"{', '.join(map(str, self.input_shape))})")
+        return self.input_type.to_codes(x.to(torch.float64).cpu()).to(torch.int64)
 
     def on_grid(self, x: torch.Tensor) -> torch.Tensor:
         """`x` cast to the input type, as float64 values."""
