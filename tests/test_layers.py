@@ -230,6 +230,56 @@ def test_unmatched_key_warns_and_bad_field_raises():
         QuantConfig({"Linear": {"kernal": "quantized_bits(4)"}})
 
 
+def _tutorial_cnn():
+    """The QKeras tutorial's MNIST CNN in PyTorch, with its layer names."""
+    return nn.Sequential(OrderedDict([
+        ("conv2d_0", nn.Conv2d(1, 18, 3)), ("act_0", nn.ReLU()),
+        ("conv2d_1", nn.Conv2d(18, 32, 3)), ("act_1", nn.ReLU()), ("flatten", nn.Flatten()),
+        ("dense", nn.Linear(32 * 24 * 24, 10)), ("act_2", nn.ReLU()),
+        ("softmax", nn.Softmax(dim=1))]))
+
+
+def test_qkeras_model_quantize_configs_port_unchanged():
+    """The QKeras tutorial's model_quantize config (QKeras field and class names, an
+    activation map by function, a plain string for one layer) gives the same quantizers as
+    hetq's spelling; the map converts only the activations it lists (softmax stays float)."""
+    qkeras = {"conv2d_1": {"kernel_quantizer": "stochastic_binary",
+                           "bias_quantizer": "quantized_po2(4)"},
+              "QConv2D": {"kernel_quantizer": "stochastic_ternary",
+                          "bias_quantizer": "quantized_po2(4)"},
+              "QDense": {"kernel_quantizer": "quantized_bits(3,0,1)",
+                         "bias_quantizer": "quantized_bits(3)"},
+              "QActivation": {"relu": "binary"},
+              "act_2": "quantized_relu(3)"}
+    hetq_cfg = {"conv2d_1": {"kernel": "stochastic_binary", "bias": "quantized_po2(4)"},
+                "Conv2d": {"kernel": "stochastic_ternary", "bias": "quantized_po2(4)"},
+                "Linear": {"kernel": "quantized_bits(3,0,1)", "bias": "quantized_bits(3)"},
+                "act_0": "binary", "act_1": "binary", "act_2": "quantized_relu(3)"}
+    m = quantize_model(_tutorial_cnn(), qkeras)
+    assert get_quantization_config(m) == get_quantization_config(
+        quantize_model(_tutorial_cnn(), hetq_cfg))
+    assert str(m.conv2d_0.kernel_quantizer).startswith("stochastic_ternary(")
+    assert str(m.conv2d_1.kernel_quantizer).startswith("stochastic_binary(")
+    assert str(m.act_0.activation_quantizer).startswith("binary(")
+    assert str(m.act_2.activation_quantizer) == "quantized_relu(3,0)"
+    assert type(m.softmax) is nn.Softmax
+    # a get_quantization_dictionary file: "None" for no quantizer, units checked
+    saved = {"dense": {"kernel_quantizer": "quantized_bits(4,0,1)", "bias_quantizer": "None",
+                       "activation": "quantized_relu(4,0)", "units": "10"}}
+    d = quantize_model(_tutorial_cnn(), saved).dense
+    assert str(d.kernel_quantizer) == "quantized_bits(4,0,1)" and d.bias_quantizer is None
+    assert str(d.activation_quantizer) == "quantized_relu(4,0)"
+    with pytest.raises(ValueError, match="key 'dense' is for a layer of units=12, but layer "
+                                         "'dense' has 10"):
+        quantize_model(_tutorial_cnn(), {"dense": {**saved["dense"], "units": "12"}})
+    with pytest.raises(ValueError, match="'kernel' is given twice"):
+        QuantConfig({"dense": {"kernel": "ternary", "kernel_quantizer": "ternary"}})
+    with pytest.raises(ValueError, match=r"activation names \(relu\) pick a quantizer per "
+                                         r"activation function and cannot be mixed with fields "
+                                         r"\(activation\)"):
+        QuantConfig({"QActivation": {"relu": "binary", "activation": "binary"}})
+
+
 # -- summary and integer view -----------------------------------------------------------------
 def test_summary_counts_and_does_not_modify_the_model():
     m = quantize_model(jet_mlp(), Q6)

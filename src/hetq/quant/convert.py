@@ -13,6 +13,14 @@ Keys are exact layer names (as in `named_modules()`), layer types (PyTorch class
 then type, then the first matching regex in the config's order. Fields: kernel, bias,
 activation, depthwise, pointwise, depthwise_activation, gamma, beta, mean, variance, average.
 Layers matched by no key stay float; a key matching no layer is reported with a warning.
+
+QKeras configs (`model_quantize`'s, and `get_quantization_dictionary` /
+`save_quantization_dict` files) work unchanged: fields may be spelt `kernel_quantizer`,
+`bias_quantizer`, `depthwise_quantizer`, `gamma_quantizer`, ... (the field name plus
+`_quantizer`), "None" is no quantizer, `units`/`filters` are checked against the layer's size
+(not stored), and an activation entry may be a map by activation function,
+`{"QActivation": {"relu": "quantized_relu(4)"}}`, which converts only the activations it
+lists (names relu, relu6, leakyrelu, tanh, sigmoid, hard_swish, softmax, linear).
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ FIELDS = ("kernel", "bias", "activation", "depthwise", "pointwise", "depthwise_a
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
                       nn.Identity, nn.Softmax)
+# QKeras's activation-name keys ({"QActivation": {"relu": ...}}) and the modules they select
+ACTIVATION_NAMES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "leakyrelu": nn.LeakyReLU,
+                    "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+                    "hard_swish": nn.Hardswish, "softmax": nn.Softmax, "linear": nn.Identity}
+SIZE_KEYS = {"units": "out_features", "filters": "out_channels"}  # QKeras layer sizes
 
 # canonical type names for the aliases users may write
 TYPE_ALIASES = {
@@ -88,6 +101,7 @@ class QuantConfig:
 
     def __init__(self, entries: Mapping[str, Any] | None = None):
         self.entries: dict[str, dict[str, Any]] = {}
+        self.sizes: dict[str, dict[str, int]] = {}  # QKeras units/filters, checked on use
         if entries is not None and not isinstance(entries, Mapping):
             raise ValueError("a quantization config maps layer names or types to quantizers "
                              f"(e.g. {{Linear: {{kernel: 'quantized_bits(6,0,1)'}}}}); got a "
@@ -100,11 +114,38 @@ class QuantConfig:
             else:
                 raise ValueError(f"quantization config key {key!r}: expected a quantizer string "
                                  f"or a {{field: quantizer}} map, got {value!r}")
-            for fld in value:
-                if fld not in FIELDS:
-                    raise ValueError(f"quantization config key {key!r}: unknown field {fld!r}; "
-                                     f"expected one of {', '.join(FIELDS)}")
-            self.entries[str(key)] = value
+            self.entries[str(key)] = self._fields(str(key), value)
+
+    def _fields(self, key: str, value: dict) -> dict[str, Any]:
+        """`value`'s fields in hetq's spelling (QKeras's `<field>_quantizer` accepted, "None"
+        as None); units/filters go to `self.sizes`."""
+        out: dict[str, Any] = {}
+        for fld, spec in value.items():
+            fld = str(fld)
+            if fld in SIZE_KEYS:
+                try:
+                    self.sizes.setdefault(key, {})[fld] = int(spec)
+                except (TypeError, ValueError):
+                    raise ValueError(f"quantization config key {key!r}: {fld}={spec!r} is not "
+                                     "a layer size") from None
+                continue
+            name = fld[:-len("_quantizer")] if fld.endswith("_quantizer") else fld
+            if name not in FIELDS and name not in ACTIVATION_NAMES:
+                raise ValueError(f"quantization config key {key!r}: unknown field {fld!r}; "
+                                 f"expected one of {', '.join(FIELDS)} (or QKeras's "
+                                 "kernel_quantizer, bias_quantizer, ...; activation names "
+                                 f"such as relu for activation layers)")
+            if name in out:
+                raise ValueError(f"quantization config key {key!r}: {name!r} is given twice "
+                                 f"(as {name!r} and {name + '_quantizer'!r})")
+            out[name] = None if spec == "None" else spec
+        by_name = [f for f in out if f in ACTIVATION_NAMES]
+        if by_name and len(by_name) != len(out):
+            raise ValueError(f"quantization config key {key!r}: activation names "
+                             f"({', '.join(by_name)}) pick a quantizer per activation function "
+                             "and cannot be mixed with fields "
+                             f"({', '.join(f for f in out if f not in ACTIVATION_NAMES)})")
+        return out
 
     # -- lookup ----------------------------------------------------------------------------
     def lookup(self, name: str, module: nn.Module) -> tuple[str | None, dict[str, Any] | None]:
@@ -240,6 +281,10 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
                   m.groups, m.bias is not None, m.padding_mode, g("kernel"), g("bias"),
                   g("activation"))
     elif isinstance(m, ACTIVATION_MODULES):
+        if f and all(k in ACTIVATION_NAMES for k in f):  # QKeras: by activation function
+            f = {"activation": next((spec for k, spec in f.items()
+                                     if type(m) is ACTIVATION_NAMES[k]), None)}
+            g = f.get
         _check_fields(name, m, f, ("activation",))
         if g("activation") is None:
             return None
@@ -367,6 +412,11 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         if key is None:
             continue
         used.add(key)
+        for fld, n in config.sizes.get(key, {}).items():
+            have = getattr(m, SIZE_KEYS[fld], None)
+            if have is not None and have != n:
+                raise ValueError(f"quantization config key {key!r} is for a layer of {fld}={n}, "
+                                 f"but layer {name!r} has {have}")
         if key != name and not _quantizable(m):
             continue  # type/regex keys skip containers and layers without quantizers
         new = _convert(name, m, fields)
