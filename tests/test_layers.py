@@ -228,6 +228,14 @@ def test_unmatched_key_warns_and_bad_field_raises():
         quantize_model(f, {"1": {"kernel": "quantized_bits(4)"}})
     with pytest.raises(ValueError, match="unknown field 'kernal'"):
         QuantConfig({"Linear": {"kernal": "quantized_bits(4)"}})
+    # a bare string quantizes an activation: on a dense layer it would have set only its
+    # output quantizer and left the weights float, so it is refused
+    for key in ("Linear", "0"):
+        with pytest.raises(ValueError, match=rf"key '{key}': a bare quantizer string is for "
+                                             r"activation layers, but it matches layer '0' "
+                                             r"\(Linear\); give that layer's fields"):
+            quantize_model(f, {key: "quantized_bits(4,0,1)"})
+    assert isinstance(quantize_model(f, {"ReLU": "quantized_relu(4,0)"})[1], QActivation)
 
 
 def _tutorial_cnn():

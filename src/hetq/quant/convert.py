@@ -4,6 +4,7 @@ A config maps keys to per-field quantizer specs:
 
     {"Linear":  {"kernel": "quantized_bits(6,0,alpha=1)", "bias": "quantized_bits(6,0,alpha=1)"},
      "ReLU":    {"activation": "quantized_relu(6,0)"},      # or just "quantized_relu(6,0)"
+                                                            # (a bare string: activations only)
      "fc3":     {"kernel": "ternary"},                      # an exact layer name
      "^conv":   {"kernel": "quantized_bits(4,0,1)"}}        # a name regex (re.match)
 
@@ -102,6 +103,7 @@ class QuantConfig:
     def __init__(self, entries: Mapping[str, Any] | None = None):
         self.entries: dict[str, dict[str, Any]] = {}
         self.sizes: dict[str, dict[str, int]] = {}  # QKeras units/filters, checked on use
+        self.plain: set[str] = set()  # keys given a bare quantizer string (activations only)
         if entries is not None and not isinstance(entries, Mapping):
             raise ValueError("a quantization config maps layer names or types to quantizers "
                              f"(e.g. {{Linear: {{kernel: 'quantized_bits(6,0,1)'}}}}); got a "
@@ -109,6 +111,7 @@ class QuantConfig:
         for key, value in (entries or {}).items():
             if value is None or isinstance(value, str):
                 value = {"activation": value}
+                self.plain.add(str(key))
             elif isinstance(value, Mapping):
                 value = dict(value)
             else:
@@ -412,6 +415,13 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         if key is None:
             continue
         used.add(key)
+        if key in config.plain and _quantizable(m) and \
+                not isinstance(m, (*ACTIVATION_MODULES, QActivation)):
+            raise ValueError(f"quantization config key {key!r}: a bare quantizer string is for "
+                             f"activation layers, but it matches layer {name!r} "
+                             f"({type(m).__name__}); give that layer's fields, e.g. "
+                             "{kernel: 'quantized_bits(4,0,1)', bias: ...} (activation: ... "
+                             "quantizes its output)")
         for fld, n in config.sizes.get(key, {}).items():
             have = getattr(m, SIZE_KEYS[fld], None)
             if have is not None and have != n:
