@@ -229,6 +229,16 @@ def test_validation_errors_name_the_problem():
         _labels(["g", "x"])
 
 
+def test_dataset_names_ignore_case_and_a_bare_file_gets_a_hint(tmp_path):
+    assert get_dataset(" Digits").X_train.shape == get_dataset("digits").X_train.shape
+    f = tmp_path / "jets_sim.npz"
+    f.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"unknown dataset .*; {re.escape(str(f))} is a file: "
+                                         rf"give jets-sim:{re.escape(str(f))} \(a simulated "
+                                         rf"jets .npz\) or jets:"):
+        get_dataset(str(f))
+
+
 def test_digits_and_synthetic():
     d = get_dataset("digits")
     assert d.input_shape == (1, 8, 8) and d.n_classes == 10

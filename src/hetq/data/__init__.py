@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .dataset import Dataset, validate_arrays
 from .jets import load_jets, load_jets_sim
 from .other import load_digits, make_synthetic
@@ -25,6 +27,7 @@ def get_dataset(spec: str, **kw) -> Dataset:
         raise ValueError(f"a data set is named by a string such as {SPECS[0]!r}; got "
                          f"{type(spec).__name__}")
     name, _, arg = spec.partition(":")
+    name = name.strip().lower()  # (the path after ':' is kept as written)
     if name == "jets-sim":
         return load_jets_sim(arg or None, **kw)
     if name == "jets":
@@ -41,7 +44,11 @@ def get_dataset(spec: str, **kw) -> Dataset:
                                  "n=, features=, classes=, seed= with integers")
             opts[keys[k]] = int(v)
         return make_synthetic(**opts, **kw)
-    raise ValueError(f"unknown dataset {spec!r}; expected one of: {', '.join(SPECS)}")
+    hint = ""
+    if Path(spec).is_file():
+        hint = (f"; {spec} is a file: give jets-sim:{spec} (a simulated jets .npz) or "
+                f"jets:{spec} (the real jets dataset)")
+    raise ValueError(f"unknown dataset {spec!r}; expected one of: {', '.join(SPECS)}{hint}")
 
 
 __all__ = ["Dataset", "SPECS", "get_dataset", "load_digits", "load_jets", "load_jets_sim",
