@@ -318,6 +318,17 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
     with pytest.raises(ValueError, match="jet_autoencoder: widths=.*integer >= 1"):
         build("jet_autoencoder", widths=[32, 0, 32])
     assert build("jet_mlp", widths=[np.int64(8), 4.0]).fc2.out_features == 4
+    with pytest.raises(ValueError, match=r"jet_mlp: widths=\['64'\], n_in=16; every width"):
+        build("jet_mlp", widths=["64"])
+    for name, kw, msg in (("jet_mlp", {"n_out": 0}, "jet_mlp: n_out=0; expected an integer >= 1"),
+                          ("cnn_digits", {"image_size": 4},
+                           "cnn_digits: image_size=4; expected an integer >= 5")):
+        with pytest.raises(ValueError, match=msg):  # (was a model with empty layers)
+            build(name, **kw)
+    # zoo names and presets are case-insensitive, in the API and the CLI (--preset Q6)
+    assert str(build(" Jet_MLP")) == str(build("jet_mlp")) and preset("Q6") == preset("q6")
+    args = hetq.cli.build_parser().parse_args(["train", "--model", "JET_MLP", "--preset", "Q6"])
+    assert (args.model, args.preset) == ("jet_mlp", "q6")
 
 
 def test_every_cli_option_has_help():

@@ -50,6 +50,12 @@ def positive_float(text: str) -> float:
     return v
 
 
+def name_type(text: str) -> str:
+    """argparse type of zoo model and preset names: matched case- and space-insensitively
+    (`--preset Q6` as the paper writes it)."""
+    return text.strip().lower()
+
+
 def describe(text: str, example: str) -> dict:
     """add_parser keywords for a sub-command's help page: `text` wrapped, then an example
     command line kept as written."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import name_type
+
 
 def _shape(text: str) -> tuple[int, ...]:
     try:
@@ -21,8 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Print the per-layer cost table of a checkpoint, or of a "
                                    "zoo model with a preset/config.")
     c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt, or its folder)")
-    c.add_argument("--model", default=None, help="zoo model instead of a checkpoint")
-    c.add_argument("--preset", default=None, help="with --model: float | bf | q6")
+    c.add_argument("--model", type=name_type, default=None,
+                   help="zoo model instead of a checkpoint")
+    c.add_argument("--preset", type=name_type, default=None,
+                   help="with --model: float | bf | q6")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")
     c.add_argument("--input-shape", type=_shape, default=None,
                    help="input size without the batch dimension, e.g. 16 or 1,8,8 (default: "

@@ -12,18 +12,22 @@ MODELS = {"jet_mlp": jet_mlp, "jet_autoencoder": jet_autoencoder, "cnn_digits": 
 
 
 def build(name: str, **kwargs) -> nn.Module:
-    if name not in MODELS:
+    """Zoo model `name` (case-insensitive) built with `kwargs`."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     try:
-        return MODELS[name](**kwargs)
+        return MODELS[key](**kwargs)
     except TypeError as e:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
 
 
 def preset(name: str) -> dict:
-    if name not in PRESETS:
+    """The quantization config of jet_mlp preset `name` (case-insensitive: 'Q6' is 'q6')."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    return PRESETS[name]
+    return PRESETS[key]
 
 
 __all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "jet_autoencoder", "jet_mlp", "preset",

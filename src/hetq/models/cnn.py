@@ -22,10 +22,16 @@ from collections import OrderedDict
 from torch import nn
 
 from ..quant.layers import QActivation, QConv2d, QDense, QSeparableConv2d
+from .jet import check_sizes
 
 
 def cnn_digits(in_channels: int = 1, image_size: int = 8, n_classes: int = 10,
                filters: int = 18, sep_filters: int = 32) -> nn.Sequential:
+    check_sizes("cnn_digits", in_channels=(in_channels, 1), n_classes=(n_classes, 1),
+                filters=(filters, 1), sep_filters=(sep_filters, 1),
+                image_size=(image_size, 5))  # (two valid 3x3 convolutions take 4 pixels)
+    in_channels, image_size, n_classes = int(in_channels), int(image_size), int(n_classes)
+    filters, sep_filters = int(filters), int(sep_filters)
     side = image_size - 4  # two valid 3x3 convolutions
     return nn.Sequential(OrderedDict([
         ("conv", QConv2d(in_channels, filters, 3,

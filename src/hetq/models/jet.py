@@ -27,18 +27,28 @@ PRESETS = {
 }
 
 
+def _whole(v, least: int = 1) -> bool:
+    """Whether `v` is an integer (numpy and integral floats too, not bool or str) >= least."""
+    try:
+        return (not isinstance(v, (bool, str, bytes)) and float(v) == int(v)
+                and int(v) >= least)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def check_sizes(model: str, **sizes: tuple) -> None:
+    """ValueError naming the first of `sizes` (name=(value, least)) that is not an integer
+    >= its least value, e.g. check_sizes('jet_mlp', n_out=(n_out, 1))."""
+    for name, (v, least) in sizes.items():
+        if not _whole(v, least):
+            raise ValueError(f"{model}: {name}={v!r}; expected an integer >= {least}")
+
+
 def _check_widths(name: str, n_in: int, widths) -> None:
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
         raise ValueError(f"{name}: widths={widths!r}; expected a list of hidden-layer widths, "
                          "e.g. [64, 32, 32]")
-
-    def whole(v) -> bool:
-        try:
-            return not isinstance(v, bool) and float(v) == int(v) and int(v) >= 1
-        except (TypeError, ValueError, OverflowError):
-            return False
-
-    if not all(whole(w) for w in widths) or not whole(n_in):
+    if not all(_whole(w) for w in widths) or not _whole(n_in):
         raise ValueError(f"{name}: widths={list(widths)!r}, n_in={n_in!r}; every width must be "
                          "an integer >= 1")
 
@@ -48,6 +58,7 @@ def jet_mlp(n_in: int = 16, n_out: int = 5, widths=(64, 32, 32), batchnorm: bool
     """16-64-32-32-5 MLP with ReLU (Duarte et al. 2018, Coelho et al. 2021); layers are named
     fc1.., relu1.., (bn1..), output. Outputs logits (softmax lives in the loss / predictor)."""
     _check_widths("jet_mlp", n_in, widths)
+    check_sizes("jet_mlp", n_out=(n_out, 1))
     layers: list[tuple[str, nn.Module]] = []
     prev = n_in
     for i, w in enumerate(widths, 1):
@@ -56,7 +67,7 @@ def jet_mlp(n_in: int = 16, n_out: int = 5, widths=(64, 32, 32), batchnorm: bool
             layers.append((f"bn{i}", nn.BatchNorm1d(int(w), eps=1e-3, momentum=0.01)))
         layers.append((f"relu{i}", nn.ReLU()))
         prev = int(w)
-    layers.append(("output", nn.Linear(prev, n_out)))
+    layers.append(("output", nn.Linear(prev, int(n_out))))
     return nn.Sequential(OrderedDict(layers))
 
 

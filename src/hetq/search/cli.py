@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import describe, positive_float, positive_int
+from ..cli import describe, name_type, positive_float, positive_int
 from .config import SearchConfig
 
 
@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
                        description="Search per-layer quantizers and widths; prints the "
                                    "Pareto table. Rerun the same command to resume.")
-    s.add_argument("--model", default="jet_mlp",
+    s.add_argument("--model", type=name_type, default="jet_mlp",
                    help="zoo model to quantize, trained in float first (default %(default)s)")
     s.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
                    help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "

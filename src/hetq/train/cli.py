@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import describe, positive_float, positive_int
+from ..cli import describe, name_type, positive_float, positive_int
 
 
 def _common(p):
@@ -20,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a float or quantized model (QAT)",
                        description="Train a model from the zoo with a quantization preset or "
                                    "config; writes OUT/model.pt, OUT/metrics.json, OUT/roc.png.")
-    t.add_argument("--model", default="jet_mlp",
+    t.add_argument("--model", type=name_type, default="jet_mlp",
                    help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (default %(default)s)")
-    t.add_argument("--preset", default=None, help="float | bf | q6 (jet_mlp presets)")
+    t.add_argument("--preset", type=name_type, default=None,
+                   help="float | bf | q6 (jet_mlp presets)")
     t.add_argument("--config", default=None, help="quantization config (.yaml/.json)")
     t.add_argument("--task", default="classify", choices=["classify", "anomaly"],
                    help="classify: cross-entropy on the labels; anomaly: an autoencoder "
