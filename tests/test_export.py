@@ -226,6 +226,19 @@ def test_inputs_of_another_shape_or_kind():
             eng(bad)
 
 
+def test_types_wider_than_the_engine_computes_exactly_are_named():
+    """A 100-bit weight type (e.g. `hetq ptq --bits 100`) failed with an OverflowError from
+    inside the type's cast; types over 53 bits are now an ExportError naming them."""
+    wide = quantize_model(build("jet_mlp"), {"fc1": {"kernel": "quantized_bits(100,0,1)"}})
+    with pytest.raises(ExportError, match=r"fc1.kernel: ap_fixed<100,1,AP_RND_CONV,AP_SAT_SYM> is "
+                                          r"100 bits wide; the integer engine is exact up to "
+                                          r"53-bit types \(narrow the quantizer\)"):
+        IntegerModel(wide, (16,), IN16)
+    with pytest.raises(ExportError, match=r"the input type: ap_fixed<60,6> is 60 bits wide; .*"
+                                          r"\(give a narrower input_type, CLI --input-type\)"):
+        IntegerModel(jet("q6"), (16,), "ap_fixed<60,6>")
+
+
 def test_float_layer_on_datapath_is_named():
     m = jet("q6")
     m.relu2 = nn.Tanh()

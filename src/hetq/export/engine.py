@@ -69,6 +69,14 @@ GRID_KEEPING = (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.M
 
 
 # -- compilation -----------------------------------------------------------------------------
+def _exact(ft: FixedType, what: str, fix: str = "narrow the quantizer") -> FixedType:
+    """`ft`, or an ExportError if it is wider than the engine computes exactly."""
+    if ft.width > MAX_EXACT_BITS:
+        raise ExportError(f"{what}: {ft} is {ft.width} bits wide; the integer engine is exact "
+                          f"up to {MAX_EXACT_BITS}-bit types ({fix})")
+    return ft
+
+
 def quantizer_cast_type(q) -> FixedType | None:
     """The FixedType whose ap_fixed cast IS the quantizer (None: not a plain cast)."""
     if q is None or not getattr(q, "is_scalar", False):
@@ -92,6 +100,8 @@ def _weight_type(q, values: torch.Tensor, what: str) -> FixedType:
         raise ExportError(f"{what} is float (no quantizer): quantize it (e.g. "
                           f"quantized_bits(8,0,alpha=1)) for a bit-exact export")
     ft = q.fixed_type() if hasattr(q, "fixed_type") else None
+    if ft is not None:
+        _exact(ft, what)
     if ft is None or not ft.contains(values):
         ft = smallest_fixed_type(values)
         if ft.width > 32:
@@ -123,9 +133,11 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
                           "deterministic at inference; replace it by its deterministic form")
     ft = quantizer_cast_type(q)
     if ft is not None:
-        return CastStep(name, "cast", ft, {"quantizer": str(q)})
+        return CastStep(name, "cast", _exact(ft, name), {"quantizer": str(q)})
     types = tensor_cast_types(q)
     if types is not None:
+        for t in types:
+            _exact(t, name)
         frac = max(t.frac for t in types)
         lo = min(t.min_code << (frac - t.frac) for t in types)
         hi = max(t.max_code << (frac - t.frac) for t in types)
@@ -333,7 +345,8 @@ class IntegerModel:
                     f"{first.name}: the model's input is float; give an input precision "
                     "(input_type='ap_fixed<16,6,AP_RND_CONV,AP_SAT>', CLI --input-type) or "
                     "start the model with a QActivation(quantized_bits(...)) input quantizer")
-        self.input_type = input_type
+        self.input_type = _exact(input_type, "the input type",
+                                 "give a narrower input_type, CLI --input-type")
         self._check_weights(model)
         self.steps: list[Step] = []
         self.step_inputs: list[FixedType] = []
