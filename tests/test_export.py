@@ -330,6 +330,39 @@ def test_qonnx_conv_exact(tmp_path):
     assert check_qonnx(eng, proto, torch.randn(100, 1, 6, 6) * 2).exact
 
 
+@pytest.mark.parametrize("wide", [False, True])
+def test_qonnx_per_feature_types_exact(wide, tmp_path):
+    """Per-feature input and neuron types (what gradient-strategy points export): each
+    feature saturates at its own bounds, signed and unsigned, in a float32 graph and (with a
+    wide hidden layer) a float64 one; hls4ml needs one type per layer and says so."""
+    pytest.importorskip("qonnx")
+    from hetq.export.hls import layer_list
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    from hetq.quant.fixed_point import quantized_bits, quantized_relu
+
+    torch.manual_seed(0)
+    bits, integer = torch.tensor([2.0, 4, 6, 8]), torch.tensor([0.0, 1, 3, 2])
+    hidden = quantized_relu(bits=torch.tensor([3.0, 5, 2]), integer=torch.tensor([1.0, 2, 0]))
+    m = nn.Sequential(
+        QActivation(quantized_bits(bits=bits, integer=integer, alpha=1)),
+        QDense(4, 3, kernel_quantizer=f"quantized_bits({20 if wide else 4},1,alpha=1)",
+               bias_quantizer="quantized_bits(4,1,alpha=1)"),
+        QActivation(hidden),
+        QDense(3, 2, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+               bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    eng = IntegerModel(m, (4,))
+    assert [s.kind for s in eng.steps] == ["cast/feature", "dense", "cast/feature", "dense"]
+    proto = to_qonnx(eng, tmp_path / "f.onnx")
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Max") == ops.count("Min") == 2
+    assert (proto.graph.input[0].type.tensor_type.elem_type == 11) == wide  # 11: DOUBLE
+    x = torch.randn(2000, 4) * 6  # most features saturate on some rows
+    assert check_qonnx(eng, proto, x).exact
+    with pytest.raises(ExportError, match="cast/feature steps are not supported by the hls4ml "
+                                          "export"):
+        layer_list(eng)
+
+
 def test_qonnx_rejects_wrapping_input():
     pytest.importorskip("qonnx")
     from hetq.export.qonnx import to_qonnx

@@ -5,7 +5,9 @@ power-of-two scale 2**-frac, zero point 0, bit width, signed, narrow (symmetric 
 and rounding mode (RND_CONV -> ROUND, TRN -> FLOOR, TRN_ZERO -> DOWN, RND_INF -> HALF_UP,
 RND_ZERO -> HALF_DOWN); weights and biases are initializers followed by their `Quant` node.
 Dense layers are `MatMul` + `Add`, convolutions `Conv` (groups for depthwise), unsigned
-activations `Relu` + `Quant(signed=0)`. Accumulators are exact: the graph is float32 when
+activations `Relu` + `Quant(signed=0)`. Per-feature types (the gradient strategy's inputs and
+neurons) are one `Quant` with a scale per feature, followed by each feature's saturation
+bounds (`Max`, `Min`). Accumulators are exact: the graph is float32 when
 every accumulator fits 24 bits and float64 otherwise. Run it with `run_qonnx` (the qonnx
 package's own executor) and compare with the engine.
 """
@@ -20,7 +22,7 @@ import torch
 
 from ..quant.fixed import FixedType
 from .engine import IntegerModel
-from .steps import CastStep, ExportError, KeepStep, WeightStep
+from .steps import CastStep, ExportError, KeepStep, TensorCastStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
@@ -76,6 +78,39 @@ class _Builder:
             q = self.node("Cast", [q], "cast", to=self.elem)
         return q
 
+    def feature_quant(self, x: str, types: list[FixedType], what: str) -> str:
+        """Per-feature types over the last axis of a (N, features) tensor: one `Quant` with a
+        scale per feature at the widest width (its clamp holds every feature's range), then
+        each feature's own saturation bounds (`Max`, `Min`). Rounding then saturating, as the
+        engine's per-feature cast does."""
+        rounding = {t.rounding for t in types}
+        if len(rounding) != 1 or any(t.overflow not in ("SAT", "SAT_SYM") for t in types):
+            raise ExportError(f"{what}: per-feature types {sorted(map(str, set(types)))} need "
+                              "one rounding mode and AP_SAT/AP_SAT_SYM saturation")
+        mode = rounding.pop()
+        if mode not in ROUNDING:
+            raise ExportError(f"{what}: rounding {mode} has no QONNX rounding mode "
+                              f"(supported: {', '.join(ROUNDING)})")
+        signed = any(t.signed for t in types)
+        width = max(t.width + int(signed and not t.signed) for t in types)
+        row = [[t.step for t in types]]
+        ins = [x, self.const("scale", row), self.const("zeropt", 0.0),
+               self.const("bitwidth", float(width))]
+        q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(signed), narrow=0,
+                      rounding_mode=ROUNDING[mode])
+        if self.np_dtype == np.float64:
+            q = self.node("Cast", [q], "cast", to=self.elem)
+        lo = self.typed_const("low", [[t.min_code * t.step for t in types]])
+        hi = self.typed_const("high", [[t.max_code * t.step for t in types]])
+        return self.node("Min", [self.node("Max", [q, lo], "max"), hi], "min")
+
+    def typed_const(self, base, value) -> str:
+        """A constant in the graph's own float type (operands of Max/Min)."""
+        from onnx import numpy_helper
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.np_dtype), n))
+        return n
+
     def weight(self, codes: torch.Tensor, ft: FixedType, base: str) -> str:
         # weights sit exactly on their grid; their Quant node records the precision (it
         # saturates and rounds to nearest, which leaves grid values unchanged)
@@ -115,6 +150,10 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
             if not step.out_type.signed:
                 x = b.node("Relu", [x], f"{nm}_relu")
             x = b.quant(x, step.out_type, step.name)
+        elif isinstance(step, TensorCastStep):
+            if not any(t.signed for t in step.types):
+                x = b.node("Relu", [x], f"{nm}_relu")
+            x = b.feature_quant(x, step.types, step.name)
         elif isinstance(step, KeepStep):
             kind = step.kind
             if kind == "relu":
