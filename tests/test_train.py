@@ -144,8 +144,13 @@ def test_ptq_cli(jets, tmp_path, capsys):
         assert ckpt["quant_config"] == want
         acc = evaluate(hetq.load(out), jets)["accuracy"]
         assert acc == ckpt["metrics"]["test"]["accuracy"] and f"accuracy {acc:.4f}" in printed
-    assert main(["ptq", str(out)]) == 2  # already quantized
-    assert "is already quantized; PTQ starts from a float model" in capsys.readouterr().err
+    from hetq.train.checkpoint import save_module
+
+    point = save_module(tmp_path / "point.pt", quantize_model(m, preset("q6")))  # e.g. gradient
+    for q in (out, point):  # already quantized (a stored module used to be a KeyError)
+        assert main(["ptq", str(q)]) == 2
+        assert f"{q} is already quantized; PTQ starts from a float model" in \
+            capsys.readouterr().err
 
 
 def test_train_and_evaluate_cli(tmp_path, capsys):

@@ -203,15 +203,19 @@ def _evaluate(a) -> int:
 def _ptq(a) -> int:
     from ..data import get_dataset
     from ..quant.convert import quantize_model
+    from ..quant.layers import QLayer
     from .checkpoint import build_from, read, save
     from .loop import evaluate
     from .ptq import ptq_config
     from .report import metrics_table
 
     ckpt = read(a.checkpoint)
-    if ckpt.get("quant_config"):
-        raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
     model = build_from(ckpt)
+    if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
+        raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
+    if ckpt.get("model") is None:  # a stored module that no zoo name rebuilds
+        raise ValueError(f"{a.checkpoint} holds a model that is not in the zoo; PTQ needs a "
+                         "float checkpoint from `hetq train` (or hetq.train.save)")
     data = get_dataset(a.data)
     X, _ = data.tensors("train")
     cfg = ptq_config(model, X[:a.calibration], a.bits)
