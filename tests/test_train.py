@@ -191,6 +191,23 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
         capsys.readouterr().err
 
 
+def test_train_cli_model_widths(tmp_path, capsys):
+    """`hetq train --model-widths 8 4` (as `hetq search` has it) trains and saves a 16-8-4-5
+    jet MLP that loads back with those widths."""
+    out = tmp_path / "w"
+    assert main(["train", "--model-widths", "8", "4", "--epochs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert torch.load(out / "model.pt", weights_only=False)["model_kwargs"]["widths"] == [8, 4]
+    shapes = [tuple(m.weight.shape) for m in hetq.load(out).modules()
+              if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(8, 16), (4, 8), (5, 4)]
+    capsys.readouterr()
+    assert main(["train", "--model", "cnn_digits", "--data", "digits", "--model-widths", "8",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert ("--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, not "
+            "cnn_digits") in capsys.readouterr().err
+
+
 def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_path, capsys):
     digits = get_dataset("digits")
     with pytest.raises(ValueError, match=r"the model does not take the samples of digits \(shape "

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "config; writes OUT/model.pt, OUT/metrics.json, OUT/roc.png.")
     t.add_argument("--model", type=name_type, default="jet_mlp",
                    help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (default %(default)s)")
+    t.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
+                   help="hidden layer widths of jet_mlp (default 64 32 32) or jet_autoencoder "
+                        "(default 32 8 32)")
     t.add_argument("--preset", type=name_type, default=None,
                    help="float | bf | q6 (jet_mlp presets)")
     t.add_argument("--config", default=None, help="quantization config (.yaml/.json)")
@@ -111,6 +114,11 @@ def _train(a) -> int:
     data = get_dataset(a.data)
     task = _task(a)
     kwargs = _model_kwargs(a.model, data)
+    if a.model_widths:
+        if a.model not in ("jet_mlp", "jet_autoencoder"):
+            raise ValueError(f"--model-widths sets the hidden layers of jet_mlp or "
+                             f"jet_autoencoder, not {a.model}")
+        kwargs["widths"] = list(a.model_widths)
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
     if a.init:
