@@ -1,5 +1,6 @@
 """Cost model: QTools golden example (exact), operator width rules, bits goal, EBOPs, CLI."""
 
+import json
 import math
 import re
 import warnings
@@ -243,7 +244,7 @@ def test_layers_qtools_leaves_out_are_costed():
         multiplier(qtype_of(kq), NAMED["int8"]).output, 6), qtype_of(bq)).bits
 
 
-def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
+def test_bad_input_shapes_and_type_names_are_clear_errors(tmp_path, capsys):
     m = build("jet_mlp")
     with pytest.raises(ValueError, match=r"the model does not run on inputs of shape \(8,\) "
                                          r"\(batch dimension excluded\): mat1 and mat2"):
@@ -273,6 +274,17 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(capsys):
                        "give --preset or --config, not both")):
         assert main(["cost", *argv]) == 2
         assert msg in capsys.readouterr().err
+    # --model-widths, as hetq train and hetq search have it
+    torch.manual_seed(0)  # (the same initial weights, so the same nonzero ones, below)
+    assert main(["cost", "--model", "jet_mlp", "--model-widths", "32", "16", "--preset", "q6",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    torch.manual_seed(0)
+    want = cost(quantize_model(build("jet_mlp", widths=[32, 16]), preset("q6"))).summary()
+    assert json.loads((tmp_path / "c.json").read_text())["totals"] == want
+    assert "cost of jet_mlp 32-16 q6" in capsys.readouterr().out
+    assert main(["cost", "--model", "cnn_digits", "--model-widths", "8"]) == 2
+    assert "--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, not " \
+        "cnn_digits" in capsys.readouterr().err
     # an image model's square input is found (the flatten into the dense layer fixes it)
     cnn = build("cnn_digits")  # in training mode, with a stochastic_ternary kernel
     assert cost(cnn).summary() == cost(cnn, (1, 8, 8)).summary()

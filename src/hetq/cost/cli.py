@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import name_type
+from ..cli import name_type, positive_int
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt, or its folder)")
     c.add_argument("--model", type=name_type, default=None,
                    help="zoo model instead of a checkpoint")
+    c.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
+                   help="with --model jet_mlp/jet_autoencoder: its hidden layer widths")
     c.add_argument("--preset", type=name_type, default=None,
                    help="with --model: float | bf | q6")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")
@@ -42,12 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cost(a) -> int:
-    from ..models import build, preset
+    from ..models import build, preset, widths_kwargs
     from ..quant.convert import QuantConfig, quantize_model
     from .report import cost
 
-    if a.checkpoint and (a.model or a.preset or a.config):
-        given = next(f"--{k}" for k in ("model", "preset", "config") if getattr(a, k))
+    if a.checkpoint and (a.model or a.preset or a.config or a.model_widths):
+        given = next(f"--{k.replace('_', '-')}" for k in ("model", "preset", "config",
+                                                         "model_widths") if getattr(a, k))
         raise ValueError(f"give a checkpoint or --model (with --preset/--config), not both: "
                          f"{a.checkpoint} and {given}")
     if a.preset and a.config:
@@ -61,11 +64,12 @@ def _cost(a) -> int:
         model = build_from(ckpt)
         label = a.checkpoint
     elif a.model:
-        model = build(a.model)
+        model = build(a.model, **widths_kwargs(a.model, a.model_widths))
         if a.preset or a.config:
             cfg = QuantConfig.load(a.config) if a.config else QuantConfig(preset(a.preset))
             model = quantize_model(model, cfg)
-        label = f"{a.model} {a.preset or a.config or 'float'}"
+        label = (f"{a.model}{' ' + '-'.join(map(str, a.model_widths)) if a.model_widths else ''}"
+                 f" {a.preset or a.config or 'float'}")
     else:
         raise ValueError("give a checkpoint, or --model (with --preset/--config)")
     shape = a.input_shape

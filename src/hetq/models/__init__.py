@@ -22,6 +22,17 @@ def build(name: str, **kwargs) -> nn.Module:
         raise ValueError(f"bad arguments for model {name!r}: {e}") from None
 
 
+def widths_kwargs(name: str, widths) -> dict:
+    """`build` keywords for the CLI's --model-widths: {"widths": [...]} for the zoo models
+    with hidden widths (jet_mlp, jet_autoencoder), {} when none are given."""
+    if not widths:
+        return {}
+    if name not in ("jet_mlp", "jet_autoencoder"):
+        raise ValueError(f"--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, "
+                         f"not {name}")
+    return {"widths": list(widths)}
+
+
 def preset(name: str) -> dict:
     """The quantization config of jet_mlp preset `name` (case-insensitive: 'Q6' is 'q6')."""
     key = name.strip().lower() if isinstance(name, str) else name
@@ -31,4 +42,4 @@ def preset(name: str) -> dict:
 
 
 __all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "jet_autoencoder", "jet_mlp", "preset",
-           "resize_model"]
+           "resize_model", "widths_kwargs"]

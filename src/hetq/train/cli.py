@@ -103,7 +103,7 @@ def _train(a) -> int:
     import torch
 
     from ..data import get_dataset
-    from ..models import build, preset
+    from ..models import build, preset, widths_kwargs
     from ..quant.convert import QuantConfig, quantize_model
     from .checkpoint import check_new, save
     from .loop import check_model_fits, evaluate, fit
@@ -113,12 +113,7 @@ def _train(a) -> int:
         raise ValueError("give either --preset or --config, not both")
     data = get_dataset(a.data)
     task = _task(a)
-    kwargs = _model_kwargs(a.model, data)
-    if a.model_widths:
-        if a.model not in ("jet_mlp", "jet_autoencoder"):
-            raise ValueError(f"--model-widths sets the hidden layers of jet_mlp or "
-                             f"jet_autoencoder, not {a.model}")
-        kwargs["widths"] = list(a.model_widths)
+    kwargs = {**_model_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
     if a.init:
