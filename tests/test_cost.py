@@ -282,9 +282,12 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(tmp_path, capsys):
     want = cost(quantize_model(build("jet_mlp", widths=[32, 16]), preset("q6"))).summary()
     assert json.loads((tmp_path / "c.json").read_text())["totals"] == want
     assert "cost of jet_mlp 32-16 q6" in capsys.readouterr().out
-    assert main(["cost", "--model", "cnn_digits", "--model-widths", "8"]) == 2
-    assert "--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, not " \
-        "cnn_digits" in capsys.readouterr().err
+    cnn_args = ["--model", "cnn_digits", "--model-widths", "8"]
+    for argv in (["cost", *cnn_args], ["search", *cnn_args, "--out", str(tmp_path / "s")]):
+        assert main(argv) == 2
+        assert "--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, not " \
+            "cnn_digits" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before any work
     # an image model's square input is found (the flatten into the dense layer fixes it)
     cnn = build("cnn_digits")  # in training mode, with a stochastic_ternary kernel
     assert cost(cnn).summary() == cost(cnn, (1, 8, 8)).summary()

@@ -297,6 +297,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _search(a) -> int:
+    from ..models import widths_kwargs
     from .driver import run_search
     from .results import format_table, pareto_rows
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
@@ -306,7 +307,7 @@ def _search(a) -> int:
         qc = DEPLOYABLE_QUANTIZATION_CONFIG
     cfg = SearchConfig(
         model=a.model, data=a.data,
-        model_kwargs={"widths": a.model_widths} if a.model_widths else {},
+        model_kwargs=widths_kwargs(a.model, a.model_widths),
         study_name=a.study, objective=a.objective, goal=a.goal,
         metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
         min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
