@@ -274,9 +274,11 @@ def test_export_source_errors(tmp_path):
     save(ckpt, build("jet_mlp"), model_name="jet_mlp")
     model, label = resolve_source(str(ckpt), None)
     assert label == str(ckpt) and isinstance(model, nn.Module)
-    with pytest.raises(ValueError, match=r"--trial picks a trial of a search run folder; .*m\.pt "
-                                         r"is a checkpoint file"):
-        resolve_source(str(ckpt), "3")
+    for args, option in (((str(ckpt), "3"), "--trial"), ((str(ckpt), None, "x.journal"),
+                                                          "--storage")):
+        with pytest.raises(ValueError, match=rf"{option} is for a search run folder; .*m\.pt "
+                                             rf"is a checkpoint file \(leave {option} out\)"):
+            resolve_source(*args)
     with pytest.raises(ValueError, match="is a folder with neither a model.pt .* nor a search "
                                          r"run \(search.yaml\)"):
         resolve_source(str(tmp_path), None)

@@ -510,3 +510,20 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
                 in capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"trial -1 does not exist"):
         trial_model(out, -1)  # (not the last trial, as Python's indexing would have it)
+
+
+def test_export_takes_the_storage_of_a_search_that_used_one(tmp_path, capsys):
+    """A search whose study lives elsewhere (--storage) is exported with the same --storage;
+    without it the message says to give it (export had no such option before)."""
+    from hetq.cli import main
+
+    out, db = tmp_path / "s", str(tmp_path / "db.journal")
+    run_search(cfg(trials=1), out, storage=db, progress=False)
+    args = ["export", str(out), "--trial", "0", "--data", DATA, "--samples", "200",
+            "--input-type", "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"]
+    assert main(args) == 2
+    assert "if the search ran with --storage, give the same --storage" in capsys.readouterr().err
+    assert main([*args, "--storage", db]) == 0
+    printed = capsys.readouterr().out
+    assert f"exporting {out} trial 0" in printed
+    assert "samples    200  mismatches     0  max |diff| 0  bit-exact" in printed

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("source", help="checkpoint (.pt, or the folder `hetq train` wrote), or a "
                                   "search run folder (with --trial)")
     e.add_argument("--trial", default=None, help="trial number in a search run, or 'best'")
+    e.add_argument("--storage", default=None,
+                   help="with --trial: the search's database URL, if it used --storage "
+                        "(default: its journal file)")
     e.add_argument("--input-type", default=None,
                    help="fixed-point type of the inputs, e.g. 'ap_fixed<16,6,AP_RND_CONV,"
                         "AP_SAT>' (needed unless the model starts with an input QActivation)")
@@ -37,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=_export)
 
 
-def resolve_source(source: str, trial: str | None):
-    """(model, label) for a checkpoint path or a search run folder + trial."""
+def resolve_source(source: str, trial: str | None, storage: str | None = None):
+    """(model, label) for a checkpoint path or a search run folder + trial (its study in
+    `storage` when the search used one)."""
     p = Path(source)
     if p.is_dir() and trial is None and (p / "model.pt").is_file():  # a `hetq train` folder
         p = source = p / "model.pt"
@@ -48,9 +52,13 @@ def resolve_source(source: str, trial: str | None):
             raise ValueError(f"{source} is a folder with neither a model.pt (what `hetq train` "
                              "writes) nor a search run (search.yaml)")
         if trial is None:
+            from ..search.config import SearchConfig
+
+            if SearchConfig.load(p / "search.yaml").strategy == "gradient":
+                load_run(p)  # raises the gradient-run message, which names the point files
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
         if trial == "best":
-            _, study = load_run(p)
+            _, study = load_run(p, storage)
             if len(study.directions) > 1:  # a Pareto search: a front, not one best
                 front = sorted(t.number for t in study.best_trials)
                 raise ValueError(f"{source} is a Pareto search: no single best trial; give "
@@ -65,12 +73,13 @@ def resolve_source(source: str, trial: str | None):
                 number = int(trial)
             except ValueError:
                 raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
-        return trial_model(p, number), f"{source} trial {number}"
+        return trial_model(p, number, storage), f"{source} trial {number}"
     if not p.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint or run folder")
-    if trial is not None:
-        raise ValueError(f"--trial picks a trial of a search run folder; {source} is a "
-                         "checkpoint file (leave --trial out)")
+    for option, value in (("--trial", trial), ("--storage", storage)):
+        if value is not None:
+            raise ValueError(f"{option} is for a search run folder; {source} is a checkpoint "
+                             f"file (leave {option} out)")
     from ..train.checkpoint import load
     return load(p), str(source)
 
@@ -127,7 +136,7 @@ def _export(a) -> int:
 
     from ..data import get_dataset
 
-    model, label = resolve_source(a.source, a.trial)
+    model, label = resolve_source(a.source, a.trial, a.storage)
     data = get_dataset(a.data)
     x, _ = data.tensors("test")
     if a.samples < 0:
