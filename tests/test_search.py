@@ -527,3 +527,21 @@ def test_export_takes_the_storage_of_a_search_that_used_one(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"exporting {out} trial 0" in printed
     assert "samples    200  mismatches     0  max |diff| 0  bit-exact" in printed
+
+
+def test_warm_start_from_a_search_in_the_same_database(tmp_path):
+    """A --warm-start folder whose study lives in a database (no journal in the folder) is
+    read from the new search's --storage (it was 'no study ... give the same --storage')."""
+    from hetq.search.space import Candidate
+
+    db = str(tmp_path / "db.journal")
+    run_search(cfg(objective="pareto", trials=3, study_name="a"), tmp_path / "a", storage=db,
+               progress=False)
+    front = [Candidate.from_dict(r["candidate"]) for r in pareto_rows(tmp_path / "a", db)][:5]
+    study = run_search(cfg(trials=len(front) + 1, study_name="b",
+                           warm_start=[str(tmp_path / "a")]), tmp_path / "b", storage=db,
+                       progress=False)
+    seeded = sorted(study.trials, key=lambda t: t.number)[:len(front)]
+    assert [Candidate.from_dict(t.user_attrs["candidate"]) for t in seeded] == front
+    with pytest.raises(ValueError, match=r"--warm-start .*a: no study 'a' in .*study.journal"):
+        run_search(cfg(warm_start=[str(tmp_path / "a")]), tmp_path / "c", progress=False)

@@ -34,7 +34,7 @@ from .build import build_candidate
 from .config import SearchConfig
 from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_worker
 from .objectives import COST_KEYS, Constraints, ForgivingFactor
-from .results import load_run, pareto_rows
+from .results import pareto_rows
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
 from .storage import (
@@ -400,7 +400,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                          "); use another --out, or the same settings to resume")
     for folder in config.warm_start:  # before the float model is trained and recorded
         try:
-            load_run(folder)
+            _warm_rows(folder, storage)
         except ValueError as e:
             raise ValueError(f"--warm-start {folder}: {e}") from None
     ctx = start_run(config, out, progress)
@@ -409,7 +409,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     study = open_study(config, out, storage)
     study.set_user_attr("reference", ctx.reference)
     _grid_fix(study, ctx)
-    _seed_warm_start(study, ctx)
+    _seed_warm_start(study, ctx, storage)
     _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
     if progress and done:
@@ -519,13 +519,24 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
                       recover=recover_dead_trials)
 
 
-def _seed_warm_start(study, ctx):
+def _warm_rows(folder, storage: str | None) -> list[dict]:
+    """The Pareto rows of a --warm-start run folder: its own journal, else its study in this
+    search's `storage` (earlier searches in the same database)."""
+    try:
+        return pareto_rows(Path(folder))
+    except ValueError:
+        if storage is None:
+            raise
+        return pareto_rows(Path(folder), storage)
+
+
+def _seed_warm_start(study, ctx, storage: str | None = None):
     """Enqueue the best configurations of earlier studies (run folders) once."""
     if not ctx.config.warm_start or study.user_attrs.get("warm_started"):
         return
     n = 0
     for folder in ctx.config.warm_start:
-        for row in pareto_rows(Path(folder))[:5]:
+        for row in _warm_rows(folder, storage)[:5]:
             cand = Candidate.from_dict(row["candidate"])
             study.enqueue_trial(ctx.space.params_of(cand), user_attrs={"warm_start": folder})
             n += 1
