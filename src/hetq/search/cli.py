@@ -155,7 +155,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--learning-rates", type=float, nargs="*", default=None,
                    help="searchable learning rates of the trials, e.g. 1e-3 3e-3 "
                         "(default: --lr only)")
-    s.add_argument("--warm-start", nargs="*", default=[], help="earlier run folders")
+    s.add_argument("--warm-start", nargs="*", default=[], metavar="RUN",
+                   help="earlier run folders whose Pareto fronts (up to 5 configurations each) "
+                        "become the first trials; their studies are read from their journal, else "
+                        "from --storage")
     s.add_argument("--storage", default=None,
                    help="postgresql://user@host/db for many machines (default: journal file "
                         "in --out)")
