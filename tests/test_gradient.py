@@ -511,6 +511,12 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
               if isinstance(m, torch.nn.Linear)]
     assert shapes == [(8, 16), (4, 8), (5, 4)]
     point = load(out / "gradient" / "point_000.pt")
+    # its costs take the search's --source (default int8), as the other strategies' do
+    from hetq.cost import cost
+    from hetq.train.checkpoint import read
+
+    want = cost(point, (16,), source_quantizer=SearchConfig().source_quantizer).summary()
+    assert read(out / "gradient" / "point_000.pt")["metrics"]["costs"] == want
     assert [tuple(m.weight.shape) for m in point.modules() if hasattr(m, "weight")
             and m.weight is not None and m.weight.dim() == 2] == shapes
     printed = capsys.readouterr().out

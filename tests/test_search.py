@@ -336,7 +336,7 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
 
     parse = build_parser().parse_args
     assert ignored_options(parse(["search", "--strategy", "gradient", "--runs", "2",
-                                  "--act-quantile", "max"])) == []
+                                  "--act-quantile", "max", "--source", "int16"])) == []
     assert ignored_options(parse(["search", "--strategy", "gradient", "--workers", "2",
                                   "--sampler", "nsga2"])) == ["--sampler", "--workers"]
     assert ignored_options(parse(["search", "--beta1", "1e-4", "--teacher-widths", "8"])) == [

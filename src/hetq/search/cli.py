@@ -57,8 +57,7 @@ STRATEGY_ONLY = {
                        "quantization_config", "tune_filters", "width_multipliers",
                        "tune_filters_exceptions", "sparsity", "learning_rates", "warm_start",
                        "storage", "workers", "blocks", "schedule_block", "device", "devices",
-                       "prior", "prior_configs", "population", "deployable", "source",
-                       "reference"),
+                       "prior", "prior_configs", "population", "deployable", "reference"),
 }
 
 

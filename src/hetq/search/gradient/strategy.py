@@ -109,7 +109,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
     for k, p in enumerate(res.front):
         m = to_hetq_model(g, p.state)
         acc = evaluate(m, ctx.data)["accuracy"]
-        s = cost(m, shape, source_quantizer="quantized_bits(16,5,alpha=1)").summary()
+        s = cost(m, shape, source_quantizer=config.source_quantizer).summary()
         path = out / "gradient" / f"point_{k:03d}.pt"
         save_module(path, m, data=ctx.data, metrics={
             "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
