@@ -301,6 +301,8 @@ def test_tensor_parameters_in_state_dict_and_strings():
     assert "bits" in dict(qq.named_buffers())
     assert str(qq) == "quantized_bits([4.0 6.0],0)"
     assert q(str(qq)) == qq and q(qq.to_dict()) == qq
+    r = hq.quantized_relu(bits=T([5.0, 2.0]), integer=T([-0.0, 1.0]))  # (-0.0 from rounding)
+    assert str(r) == "quantized_relu([5.0 2.0],[0.0 1.0])" and q(str(r)) == r
     p = hq.quantized_po2(bits=T([[3.0], [5.0]]))
     assert p.min_exp.flatten().tolist() == [-2.0, -8.0]
     assert p.max_exp.flatten().tolist() == [1.0, 7.0]

@@ -258,7 +258,7 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def _fmt(v: Any) -> str:
     if isinstance(v, torch.Tensor):
-        flat = v.detach().cpu().flatten().tolist()
+        flat = [x + 0 for x in v.detach().cpu().flatten().tolist()]  # (+0: -0.0 prints 0.0)
         if v.dim() <= 1:
             return "[" + " ".join(_fmt(x) for x in flat) + "]"
         return f"<tensor {list(v.shape)}>"
