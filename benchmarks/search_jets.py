@@ -103,7 +103,8 @@ def main(argv=None):
     print(format_table(pareto_rows(out / "tpe"), ff_cfg, study.user_attrs.get("reference")))
     if a.retrain_epochs:
         t0 = time.time()
-        path = retrain(out / "tpe", best.number, epochs=a.retrain_epochs, progress=False)
+        path = retrain(out / "tpe", best.number, epochs=a.retrain_epochs, progress=False,
+                       overwrite=True)  # (--keep reruns it)
         m = load(path)
         ra, re_ = evaluate(m, d)["accuracy"], cost(m).summary()["energy_pj"]
         print(f"best-score trial {best.number} fine-tuned {a.retrain_epochs} epochs "
