@@ -48,6 +48,8 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     used = set()
     for step in eng.steps:
         name = step.name.replace(".", "_")
+        if name == "input":  # a name hls4ml reserves (the gradient strategy's input cast)
+            name = "input_cast"
         if name in used:
             raise ExportError(f"{step.name}: duplicate layer name in the hls4ml graph")
         used.add(name)
@@ -81,9 +83,11 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
         elif isinstance(step, KeepStep) and step.kind in ("identity", "dropout", "flatten"):
             used.discard(name)
         else:
+            hint = (" (a gradient-strategy model: search with --granularity layer for one "
+                    "type per tensor)" if step.kind == "cast/feature" else "")
             raise ExportError(f"{step.name}: {step.kind} steps are not supported by the hls4ml "
                               "export (it supports MLPs: dense + quantized_bits/relu); the "
-                              "integer engine and QONNX export still run it")
+                              f"integer engine and QONNX export still run it{hint}")
     return layers, prec
 
 

@@ -51,7 +51,7 @@ STORAGE_HELP = "the search's database URL, if it used --storage (default: its jo
 STRATEGY_ONLY = {
     "gradient": ("beta0", "beta1", "bits_lr", "ebops_target", "runs", "time_budget",
                  "compile", "stop_below", "input_quantile", "act_quantile", "learn_integer",
-                 "teacher_widths", "distill", "polish_epochs"),
+                 "teacher_widths", "distill", "polish_epochs", "granularity"),
     "optuna/hessian": ("goal", "objective", "metric", "delta_p", "delta_n", "rate", "stress",
                        "min_reduction", "max_loss", "sampler", "pruner", "trials", "limit",
                        "quantization_config", "tune_filters", "width_multipliers",
@@ -230,6 +230,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy, with --teacher-widths: the targets are "
                         "W x the teacher's probabilities + (1 - W) x the labels "
                         "(default %(default)s)")
+    s.add_argument("--granularity", choices=("weight", "channel", "layer"),
+                   default=SearchConfig.granularity,
+                   help="gradient strategy: what shares one trainable bit-width: each weight, "
+                        "input feature and neuron (weight), the weights into a neuron "
+                        "(channel), or everything in a layer (layer: one fixed-point type per "
+                        "tensor, which hls4ml needs; default %(default)s)")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -328,6 +334,7 @@ def _search(a) -> int:
         gradient_compile=a.compile, stop_below=a.stop_below,
         input_quantile=a.input_quantile, act_quantile=a.act_quantile,
         learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
+        granularity=a.granularity,
         source_quantizer=a.source, reference=a.reference,
     )
     ignored = ignored_options(a)

@@ -20,7 +20,9 @@ ordinary hetq model: `QActivation(quantized_bits(bits=[...], integer=[...]))` fo
 (per-feature tensors), `QDense` with per-weight tensor-valued `quantized_bits` kernels whose
 stored weights are the quantized ones, `quantized_relu(b, i)` activations (neurons with f < 0
 rescaled by powers of two, so that integer <= bits). The integer engine
-and the QONNX export run it bit-exactly; hls4ml needs one input type (see `hetq.export.hls`).
+and the QONNX export run it bit-exactly; hls4ml needs one type per tensor, which
+`granularity="layer"` gives (one bit-width per layer for weights, inputs and activations;
+"channel": one per neuron for the weights into it).
 
 EBOPs here = sum over nonzero weights of (weight width) x (width of its input), biases
 excluded; a weight's width is i + f + 1 (HGQ's count plus the sign bit: i the integer bits of

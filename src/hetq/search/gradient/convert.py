@@ -32,7 +32,11 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     # a pruned feature is always 0: give it a 2-bit type and zero its fc1 weights
     bits = torch.where(dead, torch.full_like(inq.integer, 2.0), inq.widths())
     integer = torch.where(dead, torch.zeros_like(inq.integer), inq.integer)
-    layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
+    if bits.dim() == 0:  # one type for every input (granularity "layer")
+        layers["input"] = QActivation(quantized_bits(int(bits), int(integer), alpha=1))
+    else:
+        layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
+    dead = dead.expand(next(m for m in g.body if isinstance(m, _DenseQ)).weight.shape[1])
     # pass 1: the quantized values. Dense layers: weights w, their frac bits f, bias b and
     # the bias's extra frac bits from rescaling (bshift, per row); activations: integer i
     # and frac bits f (scalars per layer or one per neuron), off = neurons with no bits
@@ -41,15 +45,13 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
         for name, m in g.body.named_children():
             if isinstance(m, _DenseQ):
                 wq = m.qweight().detach().clone()
-                items.append(dict(dense=True, name=name, w=wq, f=_round_f(m.f).clone(),
+                items.append(dict(dense=True, name=name, w=wq,
+                                  f=_round_f(m.f).expand_as(wq).clone(),
                                   b=m.qbias().detach().clone(),
                                   bshift=torch.zeros(wq.shape[0])))
             else:
                 f = _round_f(m.f, m.F_MIN)
                 i = m.integer.clone()
-                if f.dim() == 0 and int(i + f) < 1:
-                    raise ValueError(f"{name}: activation with {int(i + f)} bits (all zero); "
-                                     "lower beta1")
                 items.append(dict(dense=False, name=name, i=i, f=f, off=m.widths() < 1))
     # pass 2: zero the weights fed by dead inputs and those into neurons that cannot change
     # the output, rescale neurons with negative frac bits
@@ -95,8 +97,9 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 layers[name] = d
             else:
                 i, f, off = it["i"], it["f"], it["off"]
-                if f.dim() == 0:
-                    layers[name] = QActivation(quantized_relu(int(i + f), int(i)))
+                if f.dim() == 0:  # one type for the layer; no bits: its inputs are all 0
+                    layers[name] = QActivation(quantized_relu(1, 0) if bool(off) else
+                                               quantized_relu(int(i + f), int(i)))
                 else:
                     # a neuron with no bits always outputs 0: 1-bit type (its weights are 0)
                     i = torch.where(off, torch.zeros_like(i), i)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 LN2 = math.log(2.0)
+GRANULARITIES = ("weight", "channel", "layer")  # what shares one trainable bit-width
 
 
 def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,8 @@ class _InputQ(nn.Module):
     width (and with it the EBOPs pressure) goes on falling."""
 
     def __init__(self, n: int, f0: float, integer: torch.Tensor):
-        super().__init__()
-        self.f = nn.Parameter(torch.full((n,), float(f0)))
+        super().__init__()  # integer: per feature (n,), or one for all () (granularity layer)
+        self.f = nn.Parameter(torch.full(integer.shape, float(f0)))
         self.register_buffer("integer", integer.clone())  # magnitude integer bits (no sign)
 
     F_MIN = -24.0  # only a bound; quantized_bits needs integer <= bits, so f >= -1 is used
@@ -157,13 +158,17 @@ class _ActQ(nn.Module):
 
 
 class _DenseQ(nn.Module):
-    """Dense layer with per-weight trainable frac bits; biases on a fixed frac grid."""
+    """Dense layer with trainable frac bits per weight, per output neuron (channel) or one for
+    the layer (they broadcast over the weights); biases on a fixed frac grid."""
 
-    def __init__(self, lin: nn.Linear, f0: float, bias_frac: int):
+    SHAPES = {"weight": lambda w: w.shape, "channel": lambda w: (w.shape[0], 1),
+              "layer": lambda w: (1, 1)}
+
+    def __init__(self, lin: nn.Linear, f0: float, bias_frac: int, granularity: str = "weight"):
         super().__init__()
         self.weight = nn.Parameter(lin.weight.detach().clone())
         self.bias = nn.Parameter(lin.bias.detach().clone())
-        self.f = nn.Parameter(torch.full_like(self.weight, float(f0)))
+        self.f = nn.Parameter(torch.full(self.SHAPES[granularity](self.weight), float(f0)))
         self.bias_frac = bias_frac
 
     def qweight(self):
@@ -182,12 +187,24 @@ class _DenseQ(nn.Module):
 
 
 class GradientBitsMLP(nn.Module):
-    """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths."""
+    """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths.
+
+    granularity: what shares one trainable bit-width. "weight" (default): every weight, input
+    feature and hidden neuron has its own; "channel": the weights into one neuron share theirs
+    (inputs and neurons as before); "layer": each layer's weights share one, the inputs one
+    type (the widest feature's range) and each activation layer one, so every tensor has a
+    single fixed-point type, as hls4ml needs. per_neuron=False alone gives per-layer
+    activations."""
 
     def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
                  bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999,
-                 act_quantile: float | None = None):
+                 act_quantile: float | None = None, granularity: str = "weight"):
         super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r}; expected one of "
+                             f"{', '.join(GRANULARITIES)}")
+        per_neuron = per_neuron and granularity != "layer"
+        self.granularity = granularity
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
         if not mods or not isinstance(mods[0], nn.Linear):
@@ -199,12 +216,14 @@ class GradientBitsMLP(nn.Module):
                                  "(1: the largest value seen)")
         # input ranges from a high quantile: rare outliers saturate instead of costing a bit
         top = torch.quantile(x_train.abs().float(), input_quantile, dim=0).clamp_min(2.0 ** -8)
-        self.inq = _InputQ(x_train.shape[1], f0, torch.ceil(torch.log2(top)))
+        integer = torch.ceil(torch.log2(top))
+        self.inq = _InputQ(x_train.shape[1], f0,
+                           integer.max() if granularity == "layer" else integer)
         layers = OrderedDict()
         width = x_train.shape[1]
         for n, m in zip(names, mods):
             if isinstance(m, nn.Linear):
-                layers[n] = _DenseQ(m, f0, bias_frac)
+                layers[n] = _DenseQ(m, f0, bias_frac, granularity)
                 width = m.out_features
             elif isinstance(m, nn.ReLU):
                 layers[n] = _ActQ(width, f0, per_neuron)
