@@ -17,9 +17,9 @@ and 0.390):
    every epoch), beta ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
    (`--ebops-target KNEE END`: the beta controller instead), the targets being the
    probabilities of the 64-32-32 float reference (--teacher; knowledge distillation) rather
-   than the labels; then the merged front's
-   points, most accurate first, fine-tuned at frozen bits for --polish-epochs each until
-   --polish-time is spent (rows marked p).
+   than the labels (--granularity: what shares one bit-width; default weight); then the
+   merged front's points, most accurate first, fine-tuned at frozen bits for
+   --polish-epochs each until --polish-time is spent (rows marked p).
 
 Each strategy's budget includes training the float model. Prints each front as (test
 accuracy, EBOPs, energy) rows, its hypervolume against the fixed reference point
@@ -156,6 +156,10 @@ def main() -> None:
     ap.add_argument("--distill", type=float, default=SearchConfig.distill,
                     help="gradient strategy: weight of the teacher's probabilities in the "
                          "targets (1: the teacher's alone)")
+    ap.add_argument("--granularity", default=SearchConfig.granularity,
+                    choices=["weight", "channel", "layer"],
+                    help="gradient strategy: what shares one trainable bit-width (layer: one "
+                         "type per tensor, exportable to hls4ml)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
     a = ap.parse_args()
     data = jets()
@@ -205,7 +209,8 @@ def main() -> None:
             stop_below=a.stop_below,
             input_quantile=a.input_quantile, act_quantile=a.act_quantile,
             learn_integer=a.learn_integer,
-            teacher={"none": None, "reference": ref, "start": f}[a.teacher], distill=a.distill)
+            teacher={"none": None, "reference": ref, "start": f}[a.teacher], distill=a.distill,
+            granularity=a.granularity)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:
