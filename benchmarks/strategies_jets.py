@@ -17,7 +17,7 @@ and 0.390):
    every epoch), beta ramped geometrically from --beta0 to --beta1 over the budget, fronts merged
    (`--ebops-target KNEE END`: the beta controller instead), the targets being the
    probabilities of the 64-32-32 float reference (--teacher; knowledge distillation) rather
-   than the labels (--granularity: what shares one bit-width; default weight); then the
+   than the labels (--granularity, --activation-granularity: what shares a bit-width); then the
    merged front's points, most accurate first, fine-tuned at frozen bits for
    --polish-epochs each until --polish-time is spent (rows marked p).
 
@@ -158,8 +158,11 @@ def main() -> None:
                          "targets (1: the teacher's alone)")
     ap.add_argument("--granularity", default=SearchConfig.granularity,
                     choices=["weight", "channel", "layer"],
-                    help="gradient strategy: what shares one trainable bit-width (layer: one "
-                         "type per tensor, exportable to hls4ml)")
+                    help="gradient strategy: what shares one trainable weight bit-width")
+    ap.add_argument("--activation-granularity", default=SearchConfig.activation_granularity,
+                    choices=["neuron", "layer"],
+                    help="gradient strategy: inputs and activations per neuron, or one type "
+                         "per tensor (layer; exportable to hls4ml)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])
     a = ap.parse_args()
     data = jets()
@@ -210,7 +213,7 @@ def main() -> None:
             input_quantile=a.input_quantile, act_quantile=a.act_quantile,
             learn_integer=a.learn_integer,
             teacher={"none": None, "reference": ref, "start": f}[a.teacher], distill=a.distill,
-            granularity=a.granularity)
+            granularity=a.granularity, activations=a.activation_granularity)
         t1 = time.time()
         pts, hgq1 = [], []
         for p in res.front:

@@ -144,39 +144,46 @@ def _assert_front_exports_exactly(g, front, data):
     return m
 
 
-@pytest.mark.parametrize("granularity", ["weight", "channel", "layer"])
-def test_granularity_shares_bit_widths_and_exports_exactly(granularity, tmp_path):
-    """--granularity: one trainable bit-width per weight, per output neuron (channel) or per
-    layer. Soft and exact EBOPs agree at integer bits, every front point exports exactly,
-    and with "layer" every tensor has one fixed-point type, so hls4ml takes the model (its
-    C simulation is bit-exact; before, no gradient point could go to hls4ml)."""
+@pytest.mark.parametrize("granularity,activations", [("weight", "neuron"),
+                                                     ("channel", "neuron"),
+                                                     ("layer", "neuron"),
+                                                     ("weight", "layer")])
+def test_granularity_shares_bit_widths_and_exports_exactly(granularity, activations, tmp_path):
+    """granularity: one trainable weight bit-width per weight, per output neuron (channel) or
+    per layer; activations: per input feature and neuron, or one type for the inputs and one
+    per activation layer. Soft and exact EBOPs agree at integer bits, every front point
+    exports exactly, and with per-layer activations every tensor has one fixed-point type,
+    so hls4ml takes the model (its C simulation is bit-exact; before, no gradient point could
+    go to hls4ml)."""
     from hetq.export.hls import export_hls4ml, layer_list
 
     data, f = _small_setup()
     X, _ = data.tensors("train")
-    g = GradientBitsMLP(f, X, f0=4.0, granularity=granularity)
+    g = GradientBitsMLP(f, X, f0=4.0, granularity=granularity, activations=activations)
     want = {"weight": (16, 16), "channel": (16, 1), "layer": (1, 1)}[granularity]
     assert tuple(g.body[0].f.shape) == want
-    assert g.inq.f.dim() == (0 if granularity == "layer" else 1)
-    assert g.body[1].f.dim() == (0 if granularity == "layer" else 1)
+    assert g.inq.f.dim() == g.body[1].f.dim() == (0 if activations == "layer" else 1)
     g.train()
     with torch.no_grad():
         g(X)
     assert g.ebops() == int(round(float(g.soft_ebops().detach()))) > 0
     g, res = train_gradient(f, data, epochs=6, batch_size=256, beta0=1e-4, beta1=1e-2,
-                            bits_lr=0.05, granularity=granularity, progress=False)
+                            bits_lr=0.05, granularity=granularity, activations=activations,
+                            progress=False)
     m = _assert_front_exports_exactly(g, res.front, data)
-    kinds = {s.kind for s in IntegerModel(m, (data.n_features,)).steps}
-    assert ("cast/feature" in kinds) == (granularity != "layer")
-    if granularity == "layer":
-        eng = IntegerModel(m, (data.n_features,))
+    eng = IntegerModel(m, (data.n_features,))
+    assert ("cast/feature" in {s.kind for s in eng.steps}) == (activations == "neuron")
+    if activations == "layer":
         layer_list(eng)  # every step has one type
         if shutil.which("g++") and importlib.util.find_spec("hls4ml"):
             _, rep = export_hls4ml(eng, tmp_path / "hls", data.tensors("test")[0][:300])
             assert rep.samples == 300 and rep.exact, rep.line()
-    with pytest.raises(ValueError, match="granularity='neuron'; expected one of weight, "
-                                         "channel, layer"):
-        GradientBitsMLP(f, X, granularity="neuron")
+    for kw, msg in (({"granularity": "neuron"}, "granularity='neuron'; expected one of weight, "
+                                                 "channel, layer"),
+                    ({"activations": "weight"}, "activations='weight'; expected one of "
+                                                "neuron, layer")):
+        with pytest.raises(ValueError, match=msg):
+            GradientBitsMLP(f, X, **kw)
 
 
 def test_negative_activation_frac_bits_export_exactly():
@@ -554,13 +561,15 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
 
     want = cost(point, (16,), source_quantizer=SearchConfig().source_quantizer).summary()
     assert read(out / "gradient" / "point_000.pt")["metrics"]["costs"] == want
-    # --granularity layer: recorded, and the points have one input type
+    # --granularity / --activation-granularity: recorded; the points have one input type
     lay = tmp_path / "layer"
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
-                 "1", "--batch-size", "256", "--polish-epochs", "0", "--granularity", "layer",
-                 "--out", str(lay), "--no-progress"]) == 0
-    assert SearchConfig.load(lay / "search.yaml").granularity == "layer"
+                 "1", "--batch-size", "256", "--polish-epochs", "0", "--granularity",
+                 "channel", "--activation-granularity", "layer", "--out", str(lay),
+                 "--no-progress"]) == 0
+    cfg = SearchConfig.load(lay / "search.yaml")
+    assert (cfg.granularity, cfg.activation_granularity) == ("channel", "layer")
     assert load(lay / "gradient" / "point_000.pt")[0].quantizers["activation"].is_scalar
     assert [tuple(m.weight.shape) for m in point.modules() if hasattr(m, "weight")
             and m.weight is not None and m.weight.dim() == 2] == shapes

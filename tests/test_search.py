@@ -340,8 +340,9 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     assert ignored_options(parse(["search", "--strategy", "gradient", "--workers", "2",
                                   "--sampler", "nsga2"])) == ["--sampler", "--workers"]
     assert ignored_options(parse(["search", "--beta1", "1e-4", "--teacher-widths", "8",
-                                  "--granularity", "layer"])) == [
-        "--beta1", "--teacher-widths", "--granularity"]
+                                  "--granularity", "layer", "--activation-granularity",
+                                  "layer"])) == [
+        "--beta1", "--teacher-widths", "--granularity", "--activation-granularity"]
     # printed before any work (here the run then stops at its unknown data set)
     assert main(["search", "--strategy", "gradient", "--workers", "2", "--metric", "acc",
                  "--data", "nosuch", "--out", str(tmp_path / "g"), "--no-progress"]) == 2

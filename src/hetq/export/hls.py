@@ -83,8 +83,8 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
         elif isinstance(step, KeepStep) and step.kind in ("identity", "dropout", "flatten"):
             used.discard(name)
         else:
-            hint = (" (a gradient-strategy model: search with --granularity layer for one "
-                    "type per tensor)" if step.kind == "cast/feature" else "")
+            hint = (" (a gradient-strategy model: search with --activation-granularity layer "
+                    "for one type per tensor)" if step.kind == "cast/feature" else "")
             raise ExportError(f"{step.name}: {step.kind} steps are not supported by the hls4ml "
                               "export (it supports MLPs: dense + quantized_bits/relu); the "
                               f"integer engine and QONNX export still run it{hint}")

@@ -51,7 +51,8 @@ STORAGE_HELP = "the search's database URL, if it used --storage (default: its jo
 STRATEGY_ONLY = {
     "gradient": ("beta0", "beta1", "bits_lr", "ebops_target", "runs", "time_budget",
                  "compile", "stop_below", "input_quantile", "act_quantile", "learn_integer",
-                 "teacher_widths", "distill", "polish_epochs", "granularity"),
+                 "teacher_widths", "distill", "polish_epochs", "granularity",
+                 "activation_granularity"),
     "optuna/hessian": ("goal", "objective", "metric", "delta_p", "delta_n", "rate", "stress",
                        "min_reduction", "max_loss", "sampler", "pruner", "trials", "limit",
                        "quantization_config", "tune_filters", "width_multipliers",
@@ -232,10 +233,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     s.add_argument("--granularity", choices=("weight", "channel", "layer"),
                    default=SearchConfig.granularity,
-                   help="gradient strategy: what shares one trainable bit-width: each weight, "
-                        "input feature and neuron (weight), the weights into a neuron "
-                        "(channel), or everything in a layer (layer: one fixed-point type per "
-                        "tensor, which hls4ml needs; default %(default)s)")
+                   help="gradient strategy: what shares one trainable weight bit-width: each "
+                        "weight, the weights into a neuron (channel), or a layer's weights "
+                        "(default %(default)s)")
+    s.add_argument("--activation-granularity", choices=("neuron", "layer"),
+                   default=SearchConfig.activation_granularity,
+                   help="gradient strategy: each input feature and neuron has its own type "
+                        "(neuron), or the inputs share one and each activation layer one "
+                        "(layer: one fixed-point type per tensor, which hls4ml needs; default "
+                        "%(default)s)")
     s.add_argument("--polish-epochs", type=int, default=10,
                    help="gradient strategy: after training, fine-tune each front point's "
                         "weights at its frozen bits for this many epochs (0: off)")
@@ -334,7 +340,7 @@ def _search(a) -> int:
         gradient_compile=a.compile, stop_below=a.stop_below,
         input_quantile=a.input_quantile, act_quantile=a.act_quantile,
         learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
-        granularity=a.granularity,
+        granularity=a.granularity, activation_granularity=a.activation_granularity,
         source_quantizer=a.source, reference=a.reference,
     )
     ignored = ignored_options(a)

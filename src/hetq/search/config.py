@@ -74,15 +74,16 @@ class SearchConfig:
     learn_integer: bool = True  # gradient: neurons' integer bits trained (from act_quantile)
     teacher_widths: list[int] | None = None  # gradient: distil from a float model this wide
     distill: float = 1.0  # gradient: weight of the teacher's probabilities in the targets
-    granularity: str = "weight"  # gradient: what shares a bit-width: weight | channel | layer
+    granularity: str = "weight"  # gradient: what shares a weight bit-width: weight|channel|layer
+    activation_granularity: str = "neuron"  # gradient: inputs/activations: neuron | layer
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
-        from .gradient.model import GRANULARITIES
+        from .gradient.model import ACT_GRANULARITIES, GRANULARITIES
 
         checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
                   "pruner": PRUNERS, "strategy": STRATEGIES, "prior": PRIORS,
-                  "granularity": GRANULARITIES}
+                  "granularity": GRANULARITIES, "activation_granularity": ACT_GRANULARITIES}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "

@@ -21,8 +21,8 @@ ordinary hetq model: `QActivation(quantized_bits(bits=[...], integer=[...]))` fo
 stored weights are the quantized ones, `quantized_relu(b, i)` activations (neurons with f < 0
 rescaled by powers of two, so that integer <= bits). The integer engine
 and the QONNX export run it bit-exactly; hls4ml needs one type per tensor, which
-`granularity="layer"` gives (one bit-width per layer for weights, inputs and activations;
-"channel": one per neuron for the weights into it).
+`activations="layer"` gives (one bit-width for the inputs and one per activation layer). The
+weights' bit-widths are per weight, or with `granularity` per neuron ("channel") or layer.
 
 EBOPs here = sum over nonzero weights of (weight width) x (width of its input), biases
 excluded; a weight's width is i + f + 1 (HGQ's count plus the sign bit: i the integer bits of

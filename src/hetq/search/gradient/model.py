@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LN2 = math.log(2.0)
-GRANULARITIES = ("weight", "channel", "layer")  # what shares one trainable bit-width
+GRANULARITIES = ("weight", "channel", "layer")  # what shares a weight bit-width
+ACT_GRANULARITIES = ("neuron", "layer")  # what shares an input / activation bit-width
 
 
 def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
@@ -68,7 +69,7 @@ class _InputQ(nn.Module):
     width (and with it the EBOPs pressure) goes on falling."""
 
     def __init__(self, n: int, f0: float, integer: torch.Tensor):
-        super().__init__()  # integer: per feature (n,), or one for all () (granularity layer)
+        super().__init__()  # integer: per feature (n,), or one for all () (activations layer)
         self.f = nn.Parameter(torch.full(integer.shape, float(f0)))
         self.register_buffer("integer", integer.clone())  # magnitude integer bits (no sign)
 
@@ -189,22 +190,25 @@ class _DenseQ(nn.Module):
 class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths.
 
-    granularity: what shares one trainable bit-width. "weight" (default): every weight, input
-    feature and hidden neuron has its own; "channel": the weights into one neuron share theirs
-    (inputs and neurons as before); "layer": each layer's weights share one, the inputs one
-    type (the widest feature's range) and each activation layer one, so every tensor has a
-    single fixed-point type, as hls4ml needs. per_neuron=False alone gives per-layer
-    activations."""
+    granularity: what shares one trainable weight bit-width: every weight its own ("weight",
+    the default), the weights into one neuron ("channel"), or a layer's weights ("layer").
+    activations: "neuron" (default): every input feature and hidden neuron has its own type;
+    "layer": the inputs share one (the widest feature's range) and each activation layer one,
+    so every tensor between the layers has a single fixed-point type, as hls4ml needs (the
+    weights are constants: their per-weight widths are fine there). per_neuron=False alone
+    gives per-layer activations with per-feature inputs."""
 
     def __init__(self, float_model: nn.Module, x_train: torch.Tensor, f0: float = 6.0,
                  bias_frac: int = 8, per_neuron: bool = True, input_quantile: float = 0.999,
-                 act_quantile: float | None = None, granularity: str = "weight"):
+                 act_quantile: float | None = None, granularity: str = "weight",
+                 activations: str = "neuron"):
         super().__init__()
-        if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity={granularity!r}; expected one of "
-                             f"{', '.join(GRANULARITIES)}")
-        per_neuron = per_neuron and granularity != "layer"
-        self.granularity = granularity
+        for name, value, allowed in (("granularity", granularity, GRANULARITIES),
+                                     ("activations", activations, ACT_GRANULARITIES)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r}; expected one of {', '.join(allowed)}")
+        per_neuron = per_neuron and activations != "layer"
+        self.granularity, self.activations = granularity, activations
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
         if not mods or not isinstance(mods[0], nn.Linear):
@@ -218,7 +222,7 @@ class GradientBitsMLP(nn.Module):
         top = torch.quantile(x_train.abs().float(), input_quantile, dim=0).clamp_min(2.0 ** -8)
         integer = torch.ceil(torch.log2(top))
         self.inq = _InputQ(x_train.shape[1], f0,
-                           integer.max() if granularity == "layer" else integer)
+                           integer.max() if activations == "layer" else integer)
         layers = OrderedDict()
         width = x_train.shape[1]
         for n, m in zip(names, mods):

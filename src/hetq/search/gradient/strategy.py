@@ -102,7 +102,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
         stop_below=config.stop_below, input_quantile=config.input_quantile,
         act_quantile=config.act_quantile, learn_integer=config.learn_integer,
         teacher=teacher, distill=config.distill, granularity=config.granularity,
-        progress=progress)
+        activations=config.activation_granularity, progress=progress)
     if res.interrupted:
         print("gradient strategy: interrupted; saving the front reached so far")
     rows = []

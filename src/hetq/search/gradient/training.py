@@ -166,7 +166,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                    stop_below: float | None = None, input_quantile: float = 0.99,
                    act_quantile: float | None = 0.99, learn_integer: bool = True,
                    teacher: nn.Module | None = None, distill: float = 1.0,
-                   granularity: str = "weight",
+                   granularity: str = "weight", activations: str = "neuron",
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
 
@@ -198,8 +198,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     output of the last epoch (HGQ1's way). On the simulated jets (16-32-16-5, 245 s) both at
     0.99 gave hypervolume 0.582-0.599 and 0.652-0.659 test accuracy at <= 1,000 EBOPs (5 runs)
     against 0.573-0.595 and 0.650-0.658 (7 runs) with maxima and inputs at 0.999.
-    granularity: "weight", "channel" or "layer", what shares one trainable bit-width
-    (`GradientBitsMLP`); "layer" gives models whose every tensor has one fixed-point type.
+    granularity, activations: what shares one trainable bit-width (`GradientBitsMLP`):
+    weights per "weight", "channel" or "layer"; inputs and activations per "neuron" or
+    "layer" (one fixed-point type per tensor, as hls4ml needs).
     teacher: a float model; its softmax on the training rows (computed once) becomes the
     targets, `distill` x the teacher's probabilities + (1 - distill) x the one-hot labels
     (knowledge distillation at temperature 1; the validation accuracy that picks the front
@@ -238,7 +239,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     start_q = 1.0 if (learn_integer and act_quantile is None) else act_quantile
     model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron,
                             input_quantile=input_quantile, act_quantile=start_q,
-                            granularity=granularity)
+                            granularity=granularity, activations=activations)
     if learn_integer:
         for m in model.modules():
             if isinstance(m, _ActQ):
