@@ -32,7 +32,7 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
     # a pruned feature is always 0: give it a 2-bit type and zero its fc1 weights
     bits = torch.where(dead, torch.full_like(inq.integer, 2.0), inq.widths())
     integer = torch.where(dead, torch.zeros_like(inq.integer), inq.integer)
-    if bits.dim() == 0:  # one type for every input (granularity "layer")
+    if bits.dim() == 0:  # one type for every input (activations "layer")
         layers["input"] = QActivation(quantized_bits(int(bits), int(integer), alpha=1))
     else:
         layers["input"] = QActivation(quantized_bits(bits=bits, integer=integer, alpha=1))
