@@ -398,9 +398,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     if set(changed) - {"trials"}:
         raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
                          "); use another --out, or the same settings to resume")
-    for folder in config.warm_start:  # before the float model is trained and recorded
+    warm = []  # (folder, its front), read before the float model is trained and recorded
+    for folder in config.warm_start:
         try:
-            _warm_rows(folder, storage)
+            warm.append((folder, _warm_rows(folder, storage)))
         except ValueError as e:
             raise ValueError(f"--warm-start {folder}: {e}") from None
     ctx = start_run(config, out, progress)
@@ -409,7 +410,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     study = open_study(config, out, storage)
     study.set_user_attr("reference", ctx.reference)
     _grid_fix(study, ctx)
-    _seed_warm_start(study, ctx, storage)
+    _seed_warm_start(study, ctx, warm)
     _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
     if progress and done:
@@ -530,13 +531,14 @@ def _warm_rows(folder, storage: str | None) -> list[dict]:
         return pareto_rows(Path(folder), storage)
 
 
-def _seed_warm_start(study, ctx, storage: str | None = None):
-    """Enqueue the best configurations of earlier studies (run folders) once."""
-    if not ctx.config.warm_start or study.user_attrs.get("warm_started"):
+def _seed_warm_start(study, ctx, warm: list[tuple[str, list[dict]]]):
+    """Enqueue the best configurations of earlier studies once: `warm` holds each
+    --warm-start run folder with its Pareto rows (`_warm_rows`)."""
+    if not warm or study.user_attrs.get("warm_started"):
         return
     n = 0
-    for folder in ctx.config.warm_start:
-        for row in _warm_rows(folder, storage)[:5]:
+    for folder, rows in warm:
+        for row in rows[:5]:
             cand = Candidate.from_dict(row["candidate"])
             study.enqueue_trial(ctx.space.params_of(cand), user_attrs={"warm_start": folder})
             n += 1
