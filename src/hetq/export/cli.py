@@ -47,15 +47,18 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
     if p.is_dir() and trial is None and (p / "model.pt").is_file():  # a `hetq train` folder
         p = source = p / "model.pt"
     if p.is_dir():
-        from ..search.results import load_run, trial_model
+        from ..search.results import (
+            gradient_run_error,
+            is_gradient_run,
+            load_run,
+            trial_model,
+        )
         if trial is None and not (p / "search.yaml").exists():
             raise ValueError(f"{source} is a folder with neither a model.pt (what `hetq train` "
                              "writes) nor a search run (search.yaml)")
         if trial is None:
-            from ..search.config import SearchConfig
-
-            if SearchConfig.load(p / "search.yaml").strategy == "gradient":
-                load_run(p)  # raises the gradient-run message, which names the point files
+            if is_gradient_run(p):
+                raise gradient_run_error(p)
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
         if trial == "best":
             _, study = load_run(p, storage)

@@ -371,11 +371,9 @@ def _worker(a) -> int:
 
 
 def _report(a) -> int:
-    from .config import SearchConfig
-    from .results import format_table, load_run, pareto_rows
+    from .results import format_table, is_gradient_run, load_run, pareto_rows
 
-    yaml_path = Path(a.run) / "search.yaml"
-    if yaml_path.exists() and SearchConfig.load(yaml_path).strategy == "gradient":
+    if is_gradient_run(a.run):
         from .gradient import format_gradient_table, saved_gradient_rows
 
         print(format_gradient_table(saved_gradient_rows(a.run)))

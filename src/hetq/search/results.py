@@ -16,6 +16,20 @@ from .space import Candidate
 from .storage import existing_study, quiet_optuna, trial_path, unpack_state
 
 
+def is_gradient_run(out: str | Path) -> bool:
+    """Whether `out` holds a gradient-strategy search: front point files, no study."""
+    path = Path(out) / "search.yaml"
+    return path.exists() and SearchConfig.load(path).strategy == "gradient"
+
+
+def gradient_run_error(out: str | Path) -> ValueError:
+    """What a command that needs trials says of a gradient-strategy run folder."""
+    out = Path(out)
+    return ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
+                      f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists them; "
+                      "`hetq export` takes one of those files)")
+
+
 def load_run(out: str | Path, storage: str | None = None):
     """(SearchConfig, optuna.Study) of the run folder `out` (the study in `storage` when the
     search ran with one; the last block's study for a block-wise search)."""
@@ -24,9 +38,7 @@ def load_run(out: str | Path, storage: str | None = None):
         raise ValueError(f"{out} is not a search run folder (no search.yaml)")
     config = SearchConfig.load(out / "search.yaml")
     if config.strategy == "gradient":
-        raise ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
-                         f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists "
-                         f"them; `hetq export` takes one of those files)")
+        raise gradient_run_error(out)
     quiet_optuna()
     name = config.study_name
     if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
@@ -60,9 +72,15 @@ def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, A
 
 def trial_model(out: str | Path, number: int, storage: str | None = None):
     """The trained model of trial `number` (from its checkpoint, else from the study)."""
+    config, study = load_run(out, storage)
+    return study_trial_model(out, config, study, number)
+
+
+def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study,
+                      number: int):
+    """`trial_model` with the run's config and study already loaded (`load_run`)."""
     from ..train.checkpoint import load
 
-    config, study = load_run(out, storage)
     if not 0 <= number < len(study.trials):
         raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
                          f"{len(study.trials) - 1})" if study.trials else

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import load_run, trial_model
+from .results import load_run, study_trial_model
 
 
 def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=None,
@@ -19,7 +19,7 @@ def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=No
     from .space import Candidate
 
     config, study = load_run(run, storage)
-    model = trial_model(run, number, storage)  # (a trial that does not exist is refused)
+    model = study_trial_model(run, config, study, number)  # (refuses a trial not there)
     path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
                      overwrite=overwrite)
     t = study.trials[number]
