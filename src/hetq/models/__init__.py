@@ -11,9 +11,14 @@ from .resize import resize_model
 MODELS = {"jet_mlp": jet_mlp, "jet_autoencoder": jet_autoencoder, "cnn_digits": cnn_digits}
 
 
+def _key(name):
+    """A zoo model or preset name as the registries spell it (case and spaces ignored)."""
+    return name.strip().lower() if isinstance(name, str) else name
+
+
 def build(name: str, **kwargs) -> nn.Module:
     """Zoo model `name` (case-insensitive) built with `kwargs`."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = _key(name)
     if key not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}")
     try:
@@ -35,7 +40,7 @@ def widths_kwargs(name: str, widths) -> dict:
 
 def preset(name: str) -> dict:
     """The quantization config of jet_mlp preset `name` (case-insensitive: 'Q6' is 'q6')."""
-    key = name.strip().lower() if isinstance(name, str) else name
+    key = _key(name)
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
     return PRESETS[key]
