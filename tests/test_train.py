@@ -349,6 +349,9 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
             build(name, **kw)
     # zoo names and presets are case-insensitive, in the API and the CLI (--preset Q6)
     assert str(build(" Jet_MLP")) == str(build("jet_mlp")) and preset("Q6") == preset("q6")
+    from hetq.models import widths_kwargs
+
+    assert widths_kwargs("Jet_MLP", [8, 4]) == {"widths": [8, 4]}  # (a name build takes)
     args = hetq.cli.build_parser().parse_args(["train", "--model", "JET_MLP", "--preset", "Q6"])
     assert (args.model, args.preset) == ("jet_mlp", "q6")
 

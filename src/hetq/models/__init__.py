@@ -32,7 +32,7 @@ def widths_kwargs(name: str, widths) -> dict:
     with hidden widths (jet_mlp, jet_autoencoder), {} when none are given."""
     if not widths:
         return {}
-    if name not in ("jet_mlp", "jet_autoencoder"):
+    if _key(name) not in ("jet_mlp", "jet_autoencoder"):
         raise ValueError(f"--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, "
                          f"not {name}")
     return {"widths": list(widths)}
