@@ -17,6 +17,8 @@ from .objectives import GOALS
 OBJECTIVES = ("forgiving", "pareto")
 STRATEGIES = ("optuna", "hessian", "gradient")
 PRIORS = ("none", "hessian")
+GRANULARITIES = ("weight", "channel", "layer")  # gradient: what shares a weight bit-width
+ACT_GRANULARITIES = ("neuron", "layer")  # gradient: what shares an input / activation one
 
 
 @dataclass
@@ -79,8 +81,6 @@ class SearchConfig:
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
-        from .gradient.model import ACT_GRANULARITIES, GRANULARITIES
-
         checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
                   "pruner": PRUNERS, "strategy": STRATEGIES, "prior": PRIORS,
                   "granularity": GRANULARITIES, "activation_granularity": ACT_GRANULARITIES}

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ACT_GRANULARITIES, GRANULARITIES
+
 LN2 = math.log(2.0)
-GRANULARITIES = ("weight", "channel", "layer")  # what shares a weight bit-width
-ACT_GRANULARITIES = ("neuron", "layer")  # what shares an input / activation bit-width
 
 
 def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
