@@ -299,8 +299,13 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     for argv in (["cost", str(ckpt), "--json", str(afile / "x.json")],
                  ["search", "--out", str(afile / "run"), "--trials", "1", "--no-progress"]):
         assert main(argv) == 2
-        assert capsys.readouterr().err.endswith(
-            f"hetq {argv[0]}: error: {afile} is a file, where a folder is needed\n")
+        out, err = capsys.readouterr()
+        assert err.endswith(f"hetq {argv[0]}: error: {afile} is a file, where a folder is needed\n")
+        assert "energy pJ" not in out  # cost fails before printing its table
+    assert main(["cost", str(ckpt), "--json", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert err.endswith(f"--json {tmp_path} is a folder; expected the JSON file to write\n")
+    assert out == ""
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.pt"))
     assert path_problem(full) == f"No space left on device: {tmp_path / 'm.pt'}"
 

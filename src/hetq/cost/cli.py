@@ -72,6 +72,12 @@ def _cost(a) -> int:
                  f" {a.preset or a.config or 'float'}")
     else:
         raise ValueError("give a checkpoint, or --model (with --preset/--config)")
+    if a.json:  # before the table: a path that cannot be written fails with nothing printed
+        from pathlib import Path
+
+        if Path(a.json).is_dir():
+            raise ValueError(f"--json {a.json} is a folder; expected the JSON file to write")
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     shape = a.input_shape
     kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
               activations_on_memory=a.memory)
