@@ -123,8 +123,11 @@ def test_ptq_integer_bits_from_ranges(jets):
     assert cfg["fc1"]["kernel"] in (f"quantized_bits(8,{max(i, 0)},alpha=1)",
                                     f"quantized_bits(8,{max(i, 0) + 1},alpha=1)")
     assert cfg["relu1"]["activation"].startswith("quantized_relu(8,")
-    with pytest.raises(ValueError, match="at least 2 bits"):
+    with pytest.raises(ValueError, match="PTQ takes 2 to 32 bits, got 1$"):
         ptq_config(m, X[:10], 1)
+    assert ptq_config(m, X[:10], 32).to_dict()["fc1"]["kernel"].startswith("quantized_bits(32,")
+    with pytest.raises(ValueError, match="got 100 .a float32 model keeps 24 significant bits"):
+        ptq_config(m, X[:10], 100)  # used to pass, and export failed later on its 100-bit types
 
 
 def test_ptq_cli(jets, tmp_path, capsys):

@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "hetq ptq runs/float --bits 8"))
     q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt, or its folder)")
     q.add_argument("--bits", type=int, default=8,
-                   help="total width of every weight, bias and activation type, integer "
+                   help="total width (2 to 32) of every weight, bias and activation type, integer "
                         "bits from the calibration ranges (default %(default)s)")
     q.add_argument("--calibration", type=positive_int, default=10000, help="calibration samples")
     q.add_argument("--out", default=None,

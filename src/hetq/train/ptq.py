@@ -21,8 +21,10 @@ from ..quant.observers import MinMaxObserver, get_integer_bits
 def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
                quantize_activations: bool = True) -> QuantConfig:
     """The per-layer PTQ config of `model` for a total width `bits`."""
-    if bits < 2:
-        raise ValueError(f"PTQ needs at least 2 bits, got {bits}")
+    if not 2 <= bits <= 32:
+        raise ValueError(f"PTQ takes 2 to 32 bits, got {bits}" + (
+            "" if bits < 2 else " (a float32 model keeps 24 significant bits: wider types "
+                                "change nothing)"))
     entries: dict[str, dict[str, str]] = {}
     observers: dict[str, MinMaxObserver] = {}
     hooks = []
