@@ -487,6 +487,12 @@ def test_bad_specs_are_clear_errors():
     ("quantized_bits(4,9)", r"integer=9 > bits=4"),
     ("quantized_relu(4,5)", r"integer=5 > bits=4"),
     ("quantized_hswish(4,5)", r"integer=5 > bits=4"),
+    # fractional widths have no fixed-point type (they used to be accepted: 2**3.5 levels)
+    ("quantized_bits(4.5,0)", "quantized_bits: bits must be a whole number, got 4.5$"),
+    ("quantized_bits(4,0.5)", "integer bits must be a whole number, got 0.5$"),
+    ("quantized_relu(6,inf)", "integer bits must be a whole number, got 'inf'$"),
+    ("quantized_po2(4.5)", "bits must be a whole number, got 4.5$"),
+    ("quantized_tanh(3.5)", "bits must be a whole number, got 3.5$"),
     ("quantized_bits(4,0,alpha='auto_p2')", "alpha='auto_p2'"),
     ("quantized_bits(4,0,min_po2_exponent=-2)", "need alpha='auto_po2'"),
     ("quantized_bits(4,0,post_training_scale=1.0)", "post_training_scale needs"),
@@ -514,6 +520,10 @@ def test_tensor_bits_are_checked_elementwise():
     with pytest.raises(ValueError, match="integer"):
         hq.quantized_bits(bits=T([4.0, 2.0]), integer=T([0.0, 3.0]))
     hq.quantized_bits(bits=T([2.0, 8.0]), integer=T([0.0, 6.0]))  # fine element by element
+    with pytest.raises(ValueError, match=r"bits must be a whole number, got tensor\(\[4.0000, "
+                                         r"6.5000\]\)"):
+        hq.quantized_bits(bits=T([4.0, 6.5]))
+    assert str(q("quantized_relu(4.0,1)")) == "quantized_relu(4.0,1)"  # whole-valued floats fit
 
 
 # -- fixed types ----------------------------------------------------------------------------

@@ -401,3 +401,16 @@ def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
     lo = float(bits.min()) if isinstance(bits, torch.Tensor) else bits
     if isinstance(lo, bool) or not isinstance(lo, (int, float)) or lo < minimum:
         raise ValueError(f"{name}: bits must be >= {minimum}, got {bits!r}")
+    check_whole(name, "bits", bits)
+
+
+def check_whole(name: str, what: str, value: Any) -> None:
+    """Raise ValueError unless `value` (number or tensor) is a whole number everywhere: a
+    width of 4.5 bits has no fixed-point type (and QKeras would quietly use 2**3.5 levels)."""
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64)
+        whole = bool(torch.isfinite(t).all()) and not bool((t != torch.round(t)).any())
+    except (TypeError, ValueError, RuntimeError):
+        whole = False
+    if not whole:
+        raise ValueError(f"{name}: {what} must be a whole number, got {value!r}")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import EPS, Quantizer, check_bits, exp2, register, ste
+from .base import EPS, Quantizer, check_bits, check_whole, exp2, register, ste
 from .fixed import FixedType
 from .scale import least_squares_scale, po2, reduce_axes
 
@@ -53,6 +53,7 @@ def _largest(v: Any) -> float:
 
 
 def _check_integer(name: str, bits: Any, integer: Any) -> None:
+    check_whole(name, "integer bits", integer)
     # element-wise: a population may pair large integer with large bits
     if isinstance(bits, torch.Tensor) or isinstance(integer, torch.Tensor):
         too_big = bool((torch.as_tensor(integer) > torch.as_tensor(bits)).any())
