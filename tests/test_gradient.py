@@ -699,7 +699,8 @@ def test_quantiles_are_checked(tmp_path, capsys):
         GradientBitsMLP(f, x).calibrate(x)
     with pytest.raises(ValueError, match=r"search act_quantile=0.0; expected a fraction"):
         SearchConfig(act_quantile=0.0)
-    with pytest.raises(ValueError, match=r"search input_quantile=None; expected a fraction"):
+    with pytest.raises(ValueError, match=r"search input_quantile=None; expected a value \(not "
+                                         r"null; the default is 0.99\)"):
         SearchConfig(input_quantile=None)
     with pytest.raises(SystemExit):
         main(["search", "--strategy", "gradient", "--act-quantile", "2"])

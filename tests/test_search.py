@@ -110,9 +110,25 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                                               "regular expression"),
                     ({"tune_filters_exceptions": "[a"}, "tune_filters_exceptions: '\\[a' is not"),
                     ({"limit": [4, 4]}, "search limit: expected a mapping such as "
-                                        r"\{Linear: \[4, 4\], ReLU: \[4\]\}; got a list")]:
+                                        r"\{Linear: \[4, 4\], ReLU: \[4\]\}; got a list"),
+                    # wrong types: they used to pass int()/float() and fail inside training
+                    ({"epochs": "3"}, "search epochs='3'; expected an integer$"),
+                    ({"trials": 2.5}, "search trials=2.5; expected an integer$"),
+                    ({"lr": "3e-3"}, r"lr='3e-3'; expected a number \(YAML reads 3e-3 as a "
+                                     r"string; write 3.0e-3\)"),
+                    ({"beta1": "high"}, "beta1='high'; expected a number$"),
+                    ({"warm_start": "runs/a"}, "warm_start='runs/a'; expected a list of strings"),
+                    ({"sparsity": [0.1, "x"]}, r"expected a number for each item \(got 'x'\)"),
+                    ({"gradient_compile": 1}, "gradient_compile=1; expected true or false"),
+                    ({"data": None}, r"data=None; expected a value \(not null; the default is "
+                                     r"'jets-sim'\)")]:
         with pytest.raises(ValueError, match=msg):
             SearchConfig(**kw)
+    # what fits: ints for numbers, tuples for lists, null where a setting may be unset
+    cfg = SearchConfig(lr=1, ebops_target=(2000, 500), time_budget=None, act_quantile=None)
+    assert (cfg.lr, cfg.ebops_target) == (1, (2000, 500))
+    (tmp_path / "s.yaml").write_text("epochs: 2\nlr: 3.0e-3\n")
+    assert SearchConfig.load(tmp_path / "s.yaml").lr == 0.003
     from hetq.cli import main
 
     out = tmp_path / "d"

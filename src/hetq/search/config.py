@@ -4,8 +4,9 @@ and as a study attribute, so `hetq worker`, `hetq report` and resumed runs rebui
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,39 @@ STRATEGIES = ("optuna", "hessian", "gradient")
 PRIORS = ("none", "hessian")
 GRANULARITIES = ("weight", "channel", "layer")  # gradient: what shares a weight bit-width
 ACT_GRANULARITIES = ("neuron", "layer")  # gradient: what shares an input / activation one
+
+
+_KINDS = {  # annotation -> (what the message asks for, test)
+    "int": ("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _type_problem(annotation: str, value) -> str | None:
+    """What `value` should have been for a field annotated `annotation` (None: it fits):
+    int, float, str, bool, list[...] of them, each optionally `| None`; dicts are checked
+    where they are used."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None:
+        return None if "None" in kinds else "a value (not null)"
+    kind = kinds[0]
+    if kind.startswith("list["):
+        item = kind[5:-1]
+        if not isinstance(value, (list, tuple)):
+            return f"a list of {_KINDS[item][0].split(' ', 1)[1]}s"
+        bad = [v for v in value if not _KINDS[item][1](v)]
+        return f"{_KINDS[item][0]} for each item (got {bad[0]!r})" if bad else None
+    if kind in _KINDS and not _KINDS[kind][1](value):
+        if kind == "float" and isinstance(value, str) and "e" in value.lower():
+            try:
+                float(value)
+                return "a number (YAML reads 3e-3 as a string; write 3.0e-3)"
+            except ValueError:
+                pass
+        return _KINDS[kind][0]
+    return None
 
 
 @dataclass
@@ -81,6 +115,12 @@ class SearchConfig:
     population: int = 1  # trials trained together as one batched population
 
     def __post_init__(self):
+        for f in fields(self):  # e.g. epochs='3' from Python, or lr: 3e-3 (a string to YAML)
+            problem = _type_problem(str(f.type), getattr(self, f.name))
+            if problem and getattr(self, f.name) is None and f.default is not MISSING:
+                problem = f"{problem[:-1]}; the default is {f.default!r})"
+            if problem:
+                raise ValueError(f"search {f.name}={getattr(self, f.name)!r}; expected {problem}")
         checks = {"objective": OBJECTIVES, "goal": GOALS, "sampler": SAMPLERS,
                   "pruner": PRUNERS, "strategy": STRATEGIES, "prior": PRIORS,
                   "granularity": GRANULARITIES, "activation_granularity": ACT_GRANULARITIES}
