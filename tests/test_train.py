@@ -338,6 +338,26 @@ def test_wrong_argument_types_to_the_api_are_clear_errors():
         get_dataset(None)
     with pytest.raises(ValueError, match="quantize_model needs a torch.nn.Module, got str"):
         quantize_model("jet_mlp", preset("q6"))
+    # the other verbs said "'str' object has no attribute 'to'" (or 'named_modules', 'cpu')
+    from hetq import IntegerModel, summary
+    from hetq.cost import cost
+    from hetq.train.population import fit_population
+
+    for call, who in [(lambda m: fit(m, "synthetic:n=600", epochs=1, progress=False), "fit"),
+                      (lambda m: evaluate(m, "synthetic:n=600"), "evaluate"),
+                      (lambda m: cost(m, (16,)), "cost"), (summary, "summary"),
+                      (lambda m: IntegerModel(m, (16,)), "IntegerModel"),
+                      (lambda m: save("unused.pt", m, model_name="jet_mlp"), "save"),
+                      (lambda m: fit_population([build("jet_mlp"), m], "synthetic:n=600",
+                                                epochs=1), r"Population \(member 1\)")]:
+        with pytest.raises(ValueError, match=rf"^{who} needs a torch.nn.Module, got str; build "
+                                             r"one with hetq.build\('jet_mlp'\)$"):
+            call("jet_mlp")
+        with pytest.raises(ValueError, match=rf"^{who} needs a torch.nn.Module, got int$"):
+            call(5)
+    with pytest.raises(ValueError, match="a population needs a list of at least one model, "
+                                         "got Sequential"):
+        fit_population(build("jet_mlp"), "synthetic:n=600", epochs=1)
     with pytest.raises(FileNotFoundError, match=r"quantization config file not found: q6; for "
                                                 r"the jet_mlp preset give its config, "
                                                 r"hetq.preset\('q6'\)"):

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from ..quant.base import check_module
 from .graph import as_input_shape, trace
 from .model import LayerCost, Settings, layer_costs
 from .qtypes import qtype_of
@@ -139,6 +140,7 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
         weights_on_memory / activations_on_memory: "sram", "dram" or "fixed"; defaults follow
             the paper's setting (SRAM, min size 0, no DRAM reads/writes at the model's I/O).
     """
+    check_module(model, "cost")
     input_shape = _input_shape(model) if input_shape is None else as_input_shape(input_shape)
     s = Settings(qtype_of(source_quantizer) if reference is None else qtype_of(reference),
                  qtype_of(reference) if reference else None, qtype_of(reference_accumulator),

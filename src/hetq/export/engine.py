@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost.graph import as_input_shape, trace
+from ..quant.base import check_module
 from ..quant.fixed import FixedType, smallest_fixed_type
 from ..quant.layers import (
     QActivation,
@@ -323,6 +324,7 @@ class IntegerModel:
     """
 
     def __init__(self, model: nn.Module, input_shape, input_type: FixedType | str | None = None):
+        check_module(model, "IntegerModel")
         self.input_shape = as_input_shape(input_shape)
         # float64 copy: the reference computation and the source of the integer weights
         self.model = copy.deepcopy(model).double().eval()

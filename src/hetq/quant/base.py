@@ -414,3 +414,12 @@ def check_whole(name: str, what: str, value: Any) -> None:
         whole = False
     if not whole:
         raise ValueError(f"{name}: {what} must be a whole number, got {value!r}")
+
+
+def check_module(model: Any, who: str) -> nn.Module:
+    """`model` if it is a torch module; else a ValueError naming `who` and what it got (a
+    zoo name is pointed to `hetq.build`)."""
+    if isinstance(model, nn.Module):
+        return model
+    hint = f"; build one with hetq.build({model!r})" if isinstance(model, str) else ""
+    raise ValueError(f"{who} needs a torch.nn.Module, got {type(model).__name__}{hint}")

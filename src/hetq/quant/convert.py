@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import nn
 
-from .base import Activation
+from .base import Activation, check_module
 from .layers import QActivation, QConv1d, QConv2d, QDense, QDepthwiseConv2d, QLayer
 from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
 from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
@@ -390,9 +390,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             QDenseBatchnorm/QConv2dBatchnorm (the BatchNorm is replaced by Identity).
         inplace: modify `float_model` itself instead of a deep copy.
     """
-    if not isinstance(float_model, nn.Module):
-        raise ValueError(f"quantize_model needs a torch.nn.Module, got "
-                         f"{type(float_model).__name__}")
+    check_module(float_model, "quantize_model")
     config = as_config(config)
     model = float_model if inplace else copy.deepcopy(float_model)
     used: set[str] = set()

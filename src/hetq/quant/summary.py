@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .base import check_module
 from .layers import QLayer
 
 # the tensor each quantizer field acts on
@@ -81,6 +82,7 @@ class ModelSummary:
 
 def summary(model: nn.Module) -> ModelSummary:
     """Per-layer table of quantizers, fixed types, parameter counts and weight bits."""
+    check_module(model, "summary")
     rows = []
     for name, m in model.named_modules():
         if not name:

@@ -20,8 +20,10 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
          extra: dict | None = None) -> Path:
     """Write a checkpoint atomically (temporary file, then rename)."""
     from .. import __version__
+    from ..quant.base import check_module
     from ..quant.convert import QuantConfig, get_quantization_config
 
+    check_module(model, "save")
     if quant_config == "auto":
         qc = get_quantization_config(model).to_dict()
     elif quant_config is None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..quant.base import check_module
 from .tasks import Classify
 
 
@@ -137,6 +138,7 @@ def evaluate(model, data, split: str = "test", task=None, device="cpu",
              batch_size: int = 8192) -> dict[str, float]:
     """Metrics of `model` on a split of `data` (a hetq Dataset or a data spec string such as
     'jets-sim'): the task's metrics plus `loss`."""
+    check_module(model, "evaluate")
     data = as_dataset(data)
     task = task or Classify()
     dev = resolve_device(device)
@@ -173,6 +175,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             command can still save what was trained. Off for callers that must stop (a search
             trial must not complete half-trained).
     """
+    check_module(model, "fit")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...quant.base import check_module
 from ...quant.layers import QActivation
 from .quantizers import _DENSE, _Field, _is_elementwise
 
@@ -120,8 +121,12 @@ class Population(nn.Module):
 
     def __init__(self, models: list[nn.Module], mixed: str = "group"):
         super().__init__()
-        if not models:
-            raise ValueError("a population needs at least one member")
+        if not isinstance(models, (list, tuple)) or not models:
+            raise ValueError("a population needs a list of at least one model, got "
+                             + (f"{type(models).__name__}" if not isinstance(models, (list, tuple))
+                                else "an empty list"))
+        for k, m in enumerate(models):
+            check_module(m, f"Population (member {k})")
         self.mixed = mixed
         # by member index: what extraction copies (the stack holds the weights)
         self.templates = [copy.deepcopy(m).cpu().eval() for m in models]
