@@ -226,6 +226,37 @@ def test_inputs_of_another_shape_or_kind():
             eng(bad)
 
 
+def test_non_finite_inputs_empty_batches_and_other_outputs_are_named(tmp_path):
+    """NaN inputs (and inf under a wrapping type) cast to garbage int64 codes and ran
+    silently; an empty batch or `other` outputs of another shape failed inside torch."""
+    eng = IntegerModel(jet("q6"), (16,), "ap_fixed<16,6>")
+    x = jets_x()[:6].clone()
+    assert eng(x[:0]).shape == (0, 5)
+    x[2, 3], x[4, 0] = float("nan"), float("-inf")
+    for run in (eng, eng.run_codes, eng.compare):
+        with pytest.raises(ValueError, match=r"^inputs with NaN or infinite values in 2 of 6 "
+                                             r"samples \(the first: row 2\); a fixed-point input "
+                                             "has neither: clean or clip them first$"):
+            run(x)
+    with pytest.raises(ValueError, match="^compare needs at least one sample; got an empty"):
+        eng.compare(x[:0])
+    with pytest.raises(ValueError, match=r"the outputs to compare have shape \(3, 5\); "
+                                         r"expected the engine's, \(6, 5\)"):
+        eng.compare(jets_x()[:6], torch.zeros(3, 5))
+    assert eng.compare(jets_x()[:6], eng(jets_x()[:6]).reshape(30)).exact  # flat is fine
+    with pytest.raises(ValueError, match=r"input_type=16; expected a FixedType, a string"):
+        IntegerModel(jet("q6"), (16,), 16)
+    from hetq.export.hls import export_hls4ml
+    from hetq.export.qonnx import to_qonnx
+
+    for f, who in ((to_qonnx, "to_qonnx"), (export_hls4ml, "export_hls4ml")):
+        with pytest.raises(ValueError, match=rf"^{who} needs an IntegerModel, e.g. "
+                                             r"hetq.export.IntegerModel\(model, input_shape, "
+                                             r"input_type\); got Sequential$"):
+            f(jet("q6"), tmp_path / "out")  # the model itself instead of its engine
+    assert not (tmp_path / "out").exists()
+
+
 def test_types_wider_than_the_engine_computes_exactly_are_named():
     """A 100-bit weight type (e.g. `hetq ptq --bits 100`) failed with an OverflowError from
     inside the type's cast; types over 53 bits are now an ExportError naming them."""

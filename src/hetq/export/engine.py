@@ -333,6 +333,10 @@ class IntegerModel:
             raise ExportError("the model has no layers to export")
         if isinstance(input_type, str):
             input_type = FixedType.parse(input_type)
+        elif input_type is not None and not isinstance(input_type, FixedType):
+            raise ValueError(f"input_type={input_type!r}; expected a FixedType, a string such "
+                             "as 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>', or None (the model's "
+                             "input quantizer)")
         first = nodes[0]
         if input_type is None:
             q = first.module.activation_quantizer if isinstance(first.module, QActivation) \
@@ -382,7 +386,13 @@ class IntegerModel:
             raise ValueError(f"inputs of shape {tuple(x.shape)}; this IntegerModel takes a batch "
                              f"of samples of shape {self.input_shape}, i.e. (N, "
                              f"{', '.join(map(str, self.input_shape))})")
-        return self.input_type.to_codes(x.to(torch.float64).cpu()).to(torch.int64)
+        x = x.to(torch.float64).cpu()
+        bad = ~torch.isfinite(x).flatten(1).all(dim=1)
+        if bool(bad.any()):  # their casts have no defined code (NaN, or inf wrapped)
+            raise ValueError(f"inputs with NaN or infinite values in {int(bad.sum())} of "
+                             f"{len(x)} samples (the first: row {int(bad.nonzero()[0])}); a "
+                             "fixed-point input has neither: clean or clip them first")
+        return self.input_type.to_codes(x).to(torch.int64)
 
     def on_grid(self, x: torch.Tensor) -> torch.Tensor:
         """`x` cast to the input type, as float64 values."""
@@ -408,8 +418,16 @@ class IntegerModel:
                 label: str = "PyTorch (float64)") -> BitExactReport:
         """Engine outputs vs `other` (default: the PyTorch model) on inputs `x`."""
         mine = self(x)
-        theirs = self.reference(x) if other is None else torch.as_tensor(
-            other).detach().to(torch.float64).reshape(mine.shape)
+        if not len(mine):
+            raise ValueError("compare needs at least one sample; got an empty batch")
+        if other is None:
+            theirs = self.reference(x)
+        else:
+            theirs = torch.as_tensor(other).detach().to(torch.float64)
+            if theirs.numel() != mine.numel():
+                raise ValueError(f"the outputs to compare have shape {tuple(theirs.shape)}; "
+                                 f"expected the engine's, {tuple(mine.shape)}")
+            theirs = theirs.reshape(mine.shape)
         diff = (mine - theirs).abs().reshape(len(mine), -1)
         bad = int((diff > 0).any(dim=1).sum())
         return BitExactReport(label, len(mine), bad, int((diff > 0).sum()),
@@ -441,3 +459,11 @@ class BitExactReport:
         verdict = "bit-exact" if self.exact else "NOT bit-exact"
         return (f"{self.against:<28} samples {self.samples:>6}  mismatches "
                 f"{self.mismatched_samples:>5}  max |diff| {self.max_abs_diff:.3g}  {verdict}")
+
+
+def check_engine(eng, who: str) -> IntegerModel:
+    """`eng` if it is an IntegerModel; else a ValueError saying how to make one."""
+    if isinstance(eng, IntegerModel):
+        return eng
+    raise ValueError(f"{who} needs an IntegerModel, e.g. hetq.export.IntegerModel(model, "
+                     f"input_shape, input_type); got {type(eng).__name__}")

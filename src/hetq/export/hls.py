@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .engine import IntegerModel
+from .engine import IntegerModel, check_engine
 from .steps import CastStep, ExportError, KeepStep, WeightStep
 
 BACKENDS = ("Vivado", "Vitis")
@@ -39,6 +39,7 @@ def _values(codes: torch.Tensor, ft) -> np.ndarray:
 
 def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     """(hls4ml layer dicts, per-layer precision config) for the engine's steps."""
+    check_engine(eng, "hls4ml export")
     if len(eng.input_shape) != 1:
         raise ExportError(f"hls4ml export supports flat (MLP) inputs; got input shape "
                           f"{eng.input_shape}")
@@ -123,6 +124,7 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
                   backend: str = "Vivado", compile: bool = True, **kw):
     """Write the project; with `compile`, build the C simulation and, given inputs `x`,
     compare its outputs with the engine. Returns (hls_model, BitExactReport or None)."""
+    check_engine(eng, "export_hls4ml")
     out_dir = Path(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..quant.fixed import FixedType
-from .engine import IntegerModel
+from .engine import IntegerModel, check_engine
 from .steps import CastStep, ExportError, KeepStep, TensorCastStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -121,6 +121,7 @@ class _Builder:
 
 def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
     """The engine's program as a QONNX `onnx.ModelProto` (written to `path` if given)."""
+    check_engine(eng, "to_qonnx")
     _require()
     import onnx
     from onnx import helper
@@ -217,5 +218,6 @@ def run_qonnx(model_or_path, x: np.ndarray) -> np.ndarray:
 
 def check_qonnx(eng: IntegerModel, model, x: torch.Tensor):
     """BitExactReport of the qonnx executor's outputs vs the engine on inputs `x`."""
+    check_engine(eng, "check_qonnx")
     y = run_qonnx(model, eng.on_grid(x).numpy())
     return eng.compare(x, torch.from_numpy(np.asarray(y, dtype=np.float64)), "QONNX (qonnx exec)")
