@@ -424,6 +424,13 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
     out = tmp_path / "s"
     for kw, msg in (({"quantization_config": {"kernel": {"quantized_bitz(4,0,1)": 4}}},
                      "unknown quantizer 'quantized_bitz'"),
+                    # these two used to fail with int()'s message and an AttributeError
+                    ({"quantization_config": {"kernel": {"quantized_bits(4,0,1)": "x"}}},
+                     r"quantization_config kernel: 'quantized_bits\(4,0,1\)': 'x'; expected "
+                     "its bit cost, an integer >= 0"),
+                    ({"quantization_config": {"bias": [1, 2]}},
+                     r"quantization_config bias: expected a mapping of candidate to bit cost, "
+                     r"e.g. \{'quantized_bits\(4,0,1\)': 4\}; got list \[1, 2\]"),
                     ({"blocks": ["^fc", "^nomatch"]}, "block regex '\\^nomatch' matches no "
                                                       "layer")):
         with pytest.raises(ValueError, match=msg):

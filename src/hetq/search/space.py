@@ -197,6 +197,14 @@ class SearchSpace:
         for k, v in (quantization_config or {}).items():
             if k not in qc:
                 raise ValueError(f"quantization_config key {k!r}; expected one of {sorted(qc)}")
+            if not isinstance(v, Mapping):
+                raise ValueError(f"quantization_config {k}: expected a mapping of candidate "
+                                 f"to bit cost, e.g. {{'quantized_bits(4,0,1)': 4}}; got "
+                                 f"{type(v).__name__} {v!r}")
+            for spec, b in v.items():
+                if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+                    raise ValueError(f"quantization_config {k}: {spec!r}: {b!r}; expected its "
+                                     "bit cost, an integer >= 0")
             qc[k] = {_canonical(s): int(b) for s, b in v.items()}
         for k in qc:
             qc[k] = {_canonical(s): int(b) for s, b in qc[k].items()}
