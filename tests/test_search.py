@@ -431,6 +431,13 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
                     ({"quantization_config": {"bias": [1, 2]}},
                      r"quantization_config bias: expected a mapping of candidate to bit cost, "
                      r"e.g. \{'quantized_bits\(4,0,1\)': 4\}; got list \[1, 2\]"),
+                    # and these three with TypeError / re.error tracebacks
+                    ({"limit": {"Linear": None}}, r"limit Linear: None; expected \[kernel, bias, "
+                                                  r"activation\], each a max bit count or a list"),
+                    ({"limit": {"fc[": [4]}}, r"limit key 'fc\[' is not a layer-name regular "
+                                              "expression"),
+                    ({"limit": {5: [4]}}, "limit key 5: expected a layer name, regex, type or "
+                                          "'default'"),
                     ({"blocks": ["^fc", "^nomatch"]}, "block regex '\\^nomatch' matches no "
                                                       "layer")):
         with pytest.raises(ValueError, match=msg):

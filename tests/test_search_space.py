@@ -112,6 +112,9 @@ def test_limit_max_bits_regex_groups_and_types():
     assert "relu3" not in cand.quant_config
     assert cand.quant_config["output"]["kernel"] == "quantized_bits(8,0,1,alpha=1.0)"
     assert space.params_of(cand)["^relu[12]$/activation"] == "quantized_relu(3,1)"
+    # a scalar is [kernel] (the rest padded), and bit counts may be floats from YAML
+    same = SearchSpace(mlp(), limit={**limit, "Dense": 4.0})
+    assert same.params[0].choices == by_name["fc1/kernel"].choices
 
 
 def test_limit_key_matching_nothing_warns():

@@ -209,7 +209,7 @@ class SearchSpace:
         for k in qc:
             qc[k] = {_canonical(s): int(b) for s, b in qc[k].items()}
         self.quantization_config = qc
-        self.limit = dict(limit) if limit is not None else None
+        self.limit = _checked_limit(limit) if limit is not None else None
         self.slots = _layer_slots(model)
         if not self.slots:
             raise ValueError("search space is empty: the model has no Linear/Conv/activation "
@@ -265,7 +265,7 @@ class SearchSpace:
         if key is None:
             return None  # no limit at all: every candidate
         value = self.limit[key]
-        if isinstance(value, (int, str)):
+        if isinstance(value, (int, float, str)):
             value = [value]
         value = list(value)
         if slot.kind != "weight":
@@ -393,6 +393,39 @@ class SearchSpace:
         for layer, fld, spec in self.fixed:
             lines.append(f"  {layer}/{fld} = {spec} (fixed)")
         return "\n".join(lines)
+
+
+def _checked_limit(limit: Mapping) -> dict:
+    """`limit` as a dict, each key a string (a type name, "default" or a regex that compiles)
+    and each value a max bit count, a quantizer string, or a list of those and of candidate
+    lists; else a ValueError naming the entry."""
+    if not isinstance(limit, Mapping):
+        raise ValueError(f"limit: expected a mapping such as {{Linear: [4, 4], ReLU: [4]}}; got "
+                         f"{type(limit).__name__}")
+
+    def entry_ok(e):
+        if isinstance(e, bool):
+            return False
+        if isinstance(e, (int, float, str)):
+            return True
+        return isinstance(e, (list, tuple)) and all(isinstance(c, str) for c in e)
+
+    for key, value in limit.items():
+        if not isinstance(key, str):
+            raise ValueError(f"limit key {key!r}: expected a layer name, regex, type or "
+                             "'default' (a string)")
+        if key != "default" and TYPE_ALIASES.get(key, key) not in _ALL_TYPE_NAMES:
+            try:
+                re.compile(key)
+            except re.error as e:
+                raise ValueError(f"limit key {key!r} is not a layer-name regular expression "
+                                 f"({e})") from None
+        entries = value if isinstance(value, (list, tuple)) else [value]
+        if not all(entry_ok(e) for e in entries):
+            raise ValueError(f"limit {key}: {value!r}; expected [kernel, bias, activation], "
+                             "each a max bit count or a list of candidate quantizers, e.g. "
+                             "[4, 8, 4] or [['quantized_bits(4,0,1)'], 8, 4]")
+    return dict(limit)
 
 
 _ALL_TYPE_NAMES = {"Linear", "Conv1d", "Conv2d", "activation", "ReLU", "ReLU6", "LeakyReLU",
