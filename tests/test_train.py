@@ -300,15 +300,24 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     ckpt = tmp_path / "float.pt"
     save(ckpt, build("jet_mlp"), model_name="jet_mlp")
     for argv in (["cost", str(ckpt), "--json", str(afile / "x.json")],
-                 ["search", "--out", str(afile / "run"), "--trials", "1", "--no-progress"]):
+                 ["search", "--out", str(afile / "run"), "--trials", "1", "--no-progress"],
+                 ["export", str(ckpt), "--qonnx", str(afile / "m.onnx")],
+                 ["export", str(ckpt), "--hls4ml", str(afile / "hls")]):
         assert main(argv) == 2
         out, err = capsys.readouterr()
-        assert err.endswith(f"hetq {argv[0]}: error: {afile} is a file, where a folder is needed\n")
-        assert "energy pJ" not in out  # cost fails before printing its table
-    assert main(["cost", str(ckpt), "--json", str(tmp_path)]) == 2
-    out, err = capsys.readouterr()
-    assert err.endswith(f"--json {tmp_path} is a folder; expected the JSON file to write\n")
-    assert out == ""
+        assert err.endswith(f"{afile} is a file, where a folder is needed\n")
+        assert "energy pJ" not in out and "samples" not in out  # nothing done before it
+    # cost --json, export --qonnx / --hls4ml: checked before the table and the engine check
+    for argv, msg in ((["cost", str(ckpt), "--json", str(tmp_path)],
+                       f"--json {tmp_path} is a folder; expected a file to write"),
+                      (["export", str(ckpt), "--qonnx", str(tmp_path)],
+                       f"--qonnx {tmp_path} is a folder; expected a file to write"),
+                      (["export", str(ckpt), "--hls4ml", str(afile)],
+                       f"--hls4ml {afile} is a file; expected a folder")):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert err == f"hetq {argv[0]}: error: {msg}\n"
+        assert "energy pJ" not in out and "samples" not in out
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.pt"))
     assert path_problem(full) == f"No space left on device: {tmp_path / 'm.pt'}"
 

@@ -80,6 +80,24 @@ def path_problem(e: OSError) -> str:
     return f"{what}: {os.fspath(path)}" if path is not None else what
 
 
+def check_output(path, option: str, folder: bool = False) -> None:
+    """Before any work: that `path` can be written as a file (`folder`: made as a folder),
+    so a command does not fail on its output after its work. ValueError, in path_problem's
+    words, when it names the other kind or when a part of it is a file."""
+    import os
+
+    p = os.fspath(path)
+    if os.path.isdir(p) and not folder:
+        raise ValueError(f"{option} {p} is a folder; expected a file to write")
+    if os.path.exists(p) and not os.path.isdir(p) and folder:
+        raise ValueError(f"{option} {p} is a file; expected a folder")
+    parent = os.path.dirname(p)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"{option} {p}: {parent} is a file, where a folder is needed")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetq",

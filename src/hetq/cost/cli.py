@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import name_type, positive_int
+from ..cli import check_output, name_type, positive_int
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -73,11 +73,7 @@ def _cost(a) -> int:
     else:
         raise ValueError("give a checkpoint, or --model (with --preset/--config)")
     if a.json:  # before the table: a path that cannot be written fails with nothing printed
-        from pathlib import Path
-
-        if Path(a.json).is_dir():
-            raise ValueError(f"--json {a.json} is a folder; expected the JSON file to write")
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        check_output(a.json, "--json")
     shape = a.input_shape
     kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
               activations_on_memory=a.memory)

@@ -13,6 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
+from ..cli import check_output
+
 DEFAULT_INPUT_TYPE = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
 
 
@@ -140,6 +142,10 @@ def _export(a) -> int:
     from ..data import get_dataset
 
     model, label = resolve_source(a.source, a.trial, a.storage)
+    if a.qonnx:  # before the engine check and the C simulation
+        check_output(a.qonnx, "--qonnx")
+    if a.hls4ml:
+        check_output(a.hls4ml, "--hls4ml", folder=True)
     data = get_dataset(a.data)
     x, _ = data.tensors("test")
     if a.samples < 0:
