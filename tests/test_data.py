@@ -185,6 +185,39 @@ def test_local_files_in_published_forms(tmp_path):
         load_jets(tmp_path / "missing.arff")
 
 
+def test_malformed_jet_files_name_the_file_and_row(tmp_path):
+    """An empty CSV raised StopIteration; a short row said 'list index out of range'; a bad
+    label or a binary file did not name the file; no row was named."""
+    from hetq.data.jets import parse_arff, parse_csv
+
+    head = ",".join(FEATURES + ["class"])
+    good = ",".join(str(float(i)) for i in range(16)) + ",g"
+    cases = {"empty.csv": ("", "empty file; expected a header row with the feature names and "
+                               "'class', then the data rows"),
+             "head.csv": (head + "\n", "no data rows"),
+             "short.csv": (f"{head}\n{good}\n1,2,3\n", "data row 2 has 3 fields; expected at "
+                                                        "least 17"),
+             "text.csv": (f"{head}\n{good}\n{good.replace('3.0', 'x')}\n",
+                          "data row 2: could not convert string to float: 'x'"),
+             "label.csv": (f"{head}\n{good}\n{good[:-1]}zz\n", "data row 2: unknown jet class "
+                                                               "label 'zz'"),
+             "bin.csv": (b"\xff\xfe\x00", "not a text file (byte 0 is not UTF-8)")}
+    for name, (body, msg) in cases.items():
+        f = tmp_path / name
+        f.write_bytes(body if isinstance(body, bytes) else body.encode())
+        with pytest.raises(ValueError, match=re.escape(f"{f}: {msg}")):
+            get_dataset(f"jets:{f}")
+    f = tmp_path / "blank_lines.csv"  # blank lines (e.g. a trailing one) are skipped
+    f.write_text(f"{head}\n{good}\n\n{good}\n\n")
+    X, y = parse_csv(f)
+    assert X.shape == (2, 16) and X[1, 15] == 15.0 and y.tolist() == [0, 0]
+    arff = make_arff(3).decode().replace("0.", "x.", 1)  # the first data row's first value
+    (tmp_path / "j.arff").write_text(arff)
+    with pytest.raises(ValueError, match=r"j.arff: data row 1: could not convert string to "
+                                         r"float: '\S*x\.\d+'"):
+        parse_arff(tmp_path / "j.arff")
+
+
 def test_embedded_simulated_jets():
     d = load_jets_sim()
     assert d.n_features == 16 and d.n_classes == 5 and d.classes == ["g", "q", "t", "w", "z"]

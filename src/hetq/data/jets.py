@@ -59,18 +59,40 @@ def _open_text(path: Path):
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
-    return io.StringIO(raw.decode("utf-8"))
+    try:
+        return io.StringIO(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected the "
+                         "jet dataset as ARFF or CSV text") from None
 
 
-def _labels(values) -> np.ndarray:
+def _labels(values, path: Path | None = None) -> np.ndarray:
     idx = {c: i for i, c in enumerate(CLASSES)}
     out = []
-    for v in values:
+    for n, v in enumerate(values):
         v = str(v).strip().strip("'\"")
         if v not in idx:
-            raise ValueError(f"unknown jet class label {v!r}; expected one of {CLASSES}")
+            where = f"{path}: data row {n + 1}: " if path else ""
+            raise ValueError(f"{where}unknown jet class label {v!r}; expected one of {CLASSES}")
         out.append(idx[v])
     return np.asarray(out, dtype=np.int64)
+
+
+def _table(path: Path, table: list[list[str]], fi: list[int], ci: int):
+    """(X, y) from the parsed data rows; a bad row is named by its number (1 = first)."""
+    if not table:
+        raise ValueError(f"{path}: no data rows")
+    width = max(fi + [ci]) + 1
+    X = np.empty((len(table), len(fi)), dtype=np.float32)
+    for n, r in enumerate(table):
+        if len(r) < width:
+            raise ValueError(f"{path}: data row {n + 1} has {len(r)} fields; expected at least "
+                             f"{width}")
+        try:
+            X[n] = [float(r[i]) for i in fi]
+        except ValueError as e:
+            raise ValueError(f"{path}: data row {n + 1}: {e}") from None
+    return X, _labels((r[ci] for r in table), path)
 
 
 def _columns(header: list[str], path: Path) -> tuple[list[int], int]:
@@ -100,24 +122,17 @@ def parse_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not in_data:
         raise ValueError(f"{path}: not an ARFF file (no @data section)")
     fi, ci = _columns(header, path)
-    table = list(csv.reader(rows, quotechar="'", skipinitialspace=True))
-    try:
-        X = np.asarray([[float(r[i]) for i in fi] for r in table], dtype=np.float32)
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"{path}: malformed data row ({e})") from None
-    return X, _labels(r[ci] for r in table)
+    return _table(path, list(csv.reader(rows, quotechar="'", skipinitialspace=True)), fi, ci)
 
 
 def parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     reader = csv.reader(_open_text(path))
-    header = next(reader)
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}: empty file; expected a header row with the feature names "
+                         "and 'class', then the data rows")
     fi, ci = _columns(header, path)
-    rows = list(reader)
-    try:
-        X = np.asarray([[float(r[i]) for i in fi] for r in rows], dtype=np.float32)
-    except (ValueError, IndexError) as e:
-        raise ValueError(f"{path}: malformed data row ({e})") from None
-    return X, _labels(r[ci] for r in rows)
+    return _table(path, [r for r in reader if r], fi, ci)
 
 
 def parse_parquet(path: Path):
@@ -128,7 +143,7 @@ def parse_parquet(path: Path):
                          "pyarrow") from None
     df = pd.read_parquet(path)
     fi, ci = _columns(list(df.columns), path)
-    return df[FEATURES].to_numpy(np.float32), _labels(df["class"])
+    return df[FEATURES].to_numpy(np.float32), _labels(df["class"], path)
 
 
 def parse_hdf5(path: Path):
