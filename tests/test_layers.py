@@ -228,6 +228,16 @@ def test_unmatched_key_warns_and_bad_field_raises():
         quantize_model(f, {"1": {"kernel": "quantized_bits(4)"}})
     with pytest.raises(ValueError, match="unknown field 'kernal'"):
         QuantConfig({"Linear": {"kernal": "quantized_bits(4)"}})
+    # a value that is no quantizer, or one that does not parse, names the key and the field
+    # (they used to say only "cannot make a quantizer from 5 (int)" / "unknown quantizer")
+    with pytest.raises(ValueError, match=r"^quantization config key 'fc1': kernel=5; expected a "
+                                         r"quantizer string such as 'quantized_bits\(4,0,1\)', "
+                                         "or None$"):
+        QuantConfig({"fc1": {"kernel": 5}})
+    with pytest.raises(ValueError, match=r"^quantization config key 'Linear': bias_quantizer: "
+                                         r"unknown quantizer 'quantized_bitz'"):
+        QuantConfig({"Linear": {"kernel": "quantized_bits(4)", "bias_quantizer":
+                                "quantized_bitz(4)"}})
     # a bare string quantizes an activation: on a dense layer it would have set only its
     # output quantizer and left the weights float, so it is refused
     for key in ("Linear", "0"):

@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import nn
 
-from .base import Activation, check_module
+from .base import Activation, Quantizer, check_module, get_quantizer
 from .layers import QActivation, QConv1d, QConv2d, QDense, QDepthwiseConv2d, QLayer
 from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
 from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
@@ -141,6 +141,14 @@ class QuantConfig:
             if name in out:
                 raise ValueError(f"quantization config key {key!r}: {name!r} is given twice "
                                  f"(as {name!r} and {name + '_quantizer'!r})")
+            if not (spec is None or isinstance(spec, (str, Mapping, Quantizer))):
+                raise ValueError(f"quantization config key {key!r}: {fld}={spec!r}; expected a "
+                                 "quantizer string such as 'quantized_bits(4,0,1)', or None")
+            if isinstance(spec, (str, Mapping)) and spec != "None":
+                try:  # parsed here so that the message says where the spec is
+                    get_quantizer(spec)
+                except ValueError as e:
+                    raise ValueError(f"quantization config key {key!r}: {fld}: {e}") from None
             out[name] = None if spec == "None" else spec
         by_name = [f for f in out if f in ACTIVATION_NAMES]
         if by_name and len(by_name) != len(out):
