@@ -487,3 +487,30 @@ def test_readme_command_lines_parse():
     for argv in commands:
         args = parser.parse_args(argv)  # an unknown option exits (SystemExit) and fails
         assert args.command == argv[0]
+
+
+@pytest.mark.filterwarnings("ignore:quantization config key 'fc9' matches no layer")
+@pytest.mark.filterwarnings("ignore:quantization config key 'Conv2d' matches no layer")
+def test_a_config_file_that_quantizes_nothing_is_refused(tmp_path, capsys):
+    """`--config` with an empty file, or with keys that match no layer, trained (or costed) a
+    float model under the config's name, with at most a warning per key."""
+    empty, other = tmp_path / "empty.yaml", tmp_path / "other.yaml"
+    empty.write_text("{}\n")
+    other.write_text("fc9: {kernel: 'quantized_bits(4,0,1)'}\nConv2d: {kernel: binary}\n")
+    out = tmp_path / "t"
+    for cfg, why in ((empty, "it is empty"),
+                     (other, "its keys 'fc9', 'Conv2d' match none of the layers fc1, relu1, "
+                             "fc2, relu2, fc3, relu3, output or their types")):
+        for argv in (["train", "--model", "jet_mlp", "--config", str(cfg), "--epochs", "1",
+                      "--out", str(out), "--no-progress"],
+                     ["cost", "--model", "jet_mlp", "--config", str(cfg)]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.endswith(f"hetq {argv[0]}: error: {cfg} quantizes no layer of the model "
+                                f"({why}); for a float model leave out --config\n")
+    assert not out.exists()
+    # the float preset is still a float model, and one matching key is enough
+    assert main(["cost", "--model", "jet_mlp", "--preset", "float"]) == 0
+    other.write_text("fc9: {kernel: 'quantized_bits(4,0,1)'}\nrelu1: quantized_relu(4,0)\n")
+    assert main(["cost", "--model", "jet_mlp", "--config", str(other)]) == 0
+    assert "quantized_relu(4,0)" in capsys.readouterr().out

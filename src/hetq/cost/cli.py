@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cost(a) -> int:
     from ..models import build, preset, widths_kwargs
-    from ..quant.convert import QuantConfig, quantize_model
+    from ..quant.convert import QuantConfig, check_quantizes, quantize_model
     from .report import cost
 
     if a.checkpoint and (a.model or a.preset or a.config or a.model_widths):
@@ -68,6 +68,8 @@ def _cost(a) -> int:
         if a.preset or a.config:
             cfg = QuantConfig.load(a.config) if a.config else QuantConfig(preset(a.preset))
             model = quantize_model(model, cfg)
+            if a.config:
+                check_quantizes(model, cfg, a.config)
         label = (f"{a.model}{' ' + '-'.join(map(str, a.model_widths)) if a.model_widths else ''}"
                  f" {a.preset or a.config or 'float'}")
     else:

@@ -459,3 +459,17 @@ def get_quantization_config(model: nn.Module) -> QuantConfig:
             if fields:
                 entries[name] = fields
     return QuantConfig(entries)
+
+
+def check_quantizes(model: nn.Module, config: QuantConfig, source: str) -> None:
+    """For a config file given on the command line: ValueError if `model` (already passed
+    through quantize_model) has no quantized layer, which would train or cost a float model
+    under the config's name."""
+    if any(isinstance(m, QLayer) for m in model.modules()):
+        return
+    names = [n for n, m in model.named_modules() if n and _quantizable(m)]
+    why = ("it is empty" if not config.entries else
+           f"its keys {', '.join(map(repr, config.entries))} match none of the layers "
+           f"{', '.join(names)} or their types")
+    raise ValueError(f"{source} quantizes no layer of the model ({why}); for a float model "
+                     "leave out --config")

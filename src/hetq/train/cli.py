@@ -104,7 +104,7 @@ def _train(a) -> int:
 
     from ..data import get_dataset
     from ..models import build, preset, widths_kwargs
-    from ..quant.convert import QuantConfig, quantize_model
+    from ..quant.convert import QuantConfig, check_quantizes, quantize_model
     from .checkpoint import check_new, save
     from .loop import check_model_fits, evaluate, fit
     from .report import metrics_table
@@ -123,8 +123,10 @@ def _train(a) -> int:
         qc = QuantConfig.load(a.config)
     elif a.preset:
         qc = QuantConfig(preset(a.preset))
-    if qc is not None and qc.entries:
+    if qc is not None and (qc.entries or a.config):
         model = quantize_model(model, qc)
+        if a.config:
+            check_quantizes(model, qc, a.config)
     # the model and its data are checked first: those messages name the mistake to mend
     check_model_fits(model, data.tensors("train")[0][:2], task, data)
     out = Path(a.out)
