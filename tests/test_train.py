@@ -514,3 +514,22 @@ def test_a_config_file_that_quantizes_nothing_is_refused(tmp_path, capsys):
     other.write_text("fc9: {kernel: 'quantized_bits(4,0,1)'}\nrelu1: quantized_relu(4,0)\n")
     assert main(["cost", "--model", "jet_mlp", "--config", str(other)]) == 0
     assert "quantized_relu(4,0)" in capsys.readouterr().out
+
+
+def test_devices_are_checked_by_name():
+    """'tpu' or 'cuda:x' used to end in torch's RuntimeError traceback."""
+    from hetq.train.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "cuda:x", "gpu", ""):
+        with pytest.raises(ValueError, match=rf"^device {bad!r}; expected cpu, cuda, cuda:N \(a "
+                                             r"GPU index\), mps or auto$"):
+            resolve_device(bad)
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=(rf"this machine has {n} CUDA device" if n else
+                                          "CUDA is not available here")):
+        resolve_device(f"cuda:{n}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="'mps' requested but MPS is not available here"):
+            resolve_device("mps")

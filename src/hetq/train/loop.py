@@ -41,9 +41,21 @@ class TrainResult:
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        d = None
+    if d is None or d.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}; expected cpu, cuda, cuda:N (a GPU index), mps or "
+                         "auto")
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use "
+                         "--device cpu (or auto)")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), 0 to {torch.cuda.device_count() - 1}")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} requested but MPS is not available here; use "
                          "--device cpu (or auto)")
     return d
 
