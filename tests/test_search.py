@@ -536,6 +536,11 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
     path.write_bytes(b"stale")
     assert main([*args, "--overwrite"]) == 0
     assert path.read_bytes() == first  # replaced (the same seed gives the same checkpoint)
+    # --trial best (as export takes it) is the study's best trial: its checkpoint is there
+    assert main([*args[:2], "--trial", "best", "--no-progress"]) == 2
+    assert f"{path} already exists" in capsys.readouterr().err
+    assert main([*args[:2], "--trial", "x"]) == 2
+    assert "--trial must be a number or 'best', got 'x'" in capsys.readouterr().err
     for bad in ("7", "-1"):
         assert main(["retrain", str(out), "--trial", bad]) == 2
         assert (f"trial {bad} does not exist (the study has trials 0 to 1)"

@@ -52,8 +52,8 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
         from ..search.results import (
             gradient_run_error,
             is_gradient_run,
-            load_run,
             trial_model,
+            trial_number,
         )
         if trial is None and not (p / "search.yaml").exists():
             raise ValueError(f"{source} is a folder with neither a model.pt (what `hetq train` "
@@ -62,22 +62,7 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
             if is_gradient_run(p):
                 raise gradient_run_error(p)
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
-        if trial == "best":
-            _, study = load_run(p, storage)
-            if len(study.directions) > 1:  # a Pareto search: a front, not one best
-                front = sorted(t.number for t in study.best_trials)
-                raise ValueError(f"{source} is a Pareto search: no single best trial; give "
-                                 f"--trial N, one of its front's trials {front} (`hetq report "
-                                 f"{source}` shows their accuracy and costs)")
-            try:
-                number = study.best_trial.number
-            except (RuntimeError, ValueError) as e:
-                raise ValueError(f"{source}: no single best trial ({e}); give --trial N") from e
-        else:
-            try:
-                number = int(trial)
-            except ValueError:
-                raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
+        number = trial_number(source, trial, storage)
         return trial_model(p, number, storage), f"{source} trial {number}"
     if not p.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint or run folder")

@@ -295,7 +295,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "checkpoint.",
                                   "hetq retrain runs/search --trial 12 --epochs 100"))
     t.add_argument("run", help="search run folder")
-    t.add_argument("--trial", type=int, required=True, help="trial number (as in the table)")
+    t.add_argument("--trial", required=True,
+                   help="trial number (as in the table), or 'best' (a single-objective search)")
     t.add_argument("--epochs", type=positive_int, default=100,
                    help="fine-tuning epochs; the epoch with the best validation loss is "
                         "kept (default %(default)s)")
@@ -391,8 +392,9 @@ def _report(a) -> int:
 
 
 def _retrain(a) -> int:
+    from .results import trial_number
     from .retrain import retrain
 
-    retrain(a.run, a.trial, epochs=a.epochs, lr=a.lr, out=a.out, storage=a.storage,
-            progress=not a.no_progress, overwrite=a.overwrite)
+    retrain(a.run, trial_number(a.run, a.trial, a.storage), epochs=a.epochs, lr=a.lr,
+            out=a.out, storage=a.storage, progress=not a.no_progress, overwrite=a.overwrite)
     return 0

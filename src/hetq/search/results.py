@@ -70,6 +70,26 @@ def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, A
     return rows
 
 
+def trial_number(out: str | Path, trial: str | int, storage: str | None = None) -> int:
+    """The trial `--trial` names: a number, or 'best' (the study's single best trial; a
+    Pareto search has none, so its front's trials are listed)."""
+    if trial != "best":
+        try:
+            return int(trial)
+        except (TypeError, ValueError):
+            raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
+    _, study = load_run(out, storage)
+    if len(study.directions) > 1:  # a Pareto search: a front, not one best
+        front = sorted(t.number for t in study.best_trials)
+        raise ValueError(f"{out} is a Pareto search: no single best trial; give --trial N, one "
+                         f"of its front's trials {front} (`hetq report {out}` shows their "
+                         "accuracy and costs)")
+    try:
+        return study.best_trial.number
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{out}: no single best trial ({e}); give --trial N") from e
+
+
 def trial_model(out: str | Path, number: int, storage: str | None = None):
     """The trained model of trial `number` (from its checkpoint, else from the study)."""
     config, study = load_run(out, storage)
