@@ -3,6 +3,7 @@ sharing a study (journal file here; PostgreSQL when HETQ_TEST_POSTGRES is set, a
 and a worker killed mid-trial."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def _storages(tmp_path):
 
 
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
-def test_two_workers_share_one_study(tmp_path, backend):
+def test_two_workers_share_one_study(tmp_path, backend, capfd):
     if backend == "postgresql" and not POSTGRES:
         pytest.skip("set HETQ_TEST_POSTGRES (as .ci/run does) to test PostgreSQL")
     storage = POSTGRES if backend == "postgresql" else None
@@ -195,6 +196,17 @@ def test_two_workers_share_one_study(tmp_path, backend):
     pids = {t.user_attrs["pid"] for t in done}
     assert len(pids) == 2  # both workers completed trials
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    # each worker says what it did (it used to end without a word)
+    said = [line for line in capfd.readouterr().out.splitlines() if line.startswith("worker:")]
+    ran = [int(re.match(r"worker: ran (\d+) trials? here; study '" + name + r"' has 6 of its "
+                        r"6$", line).group(1)) for line in said]
+    assert len(ran) == 2 and sum(ran) == 6 and min(ran) >= 1
+    from hetq.cli import main
+
+    late = ["worker", "--study", name, "--out", str(tmp_path / "w"), "--no-progress"]
+    assert main(late + (["--storage", storage] if storage else [])) == 0  # nothing left to do
+    assert capfd.readouterr().out.endswith(f"worker: ran 0 trials here; study '{name}' has 6 of "
+                                           "its 6 (it was complete already)\n")
 
 
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])

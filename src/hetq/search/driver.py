@@ -515,9 +515,13 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     ctx = build_context(config, out, progress=False)
     study = open_study(config, out, storage, create=False)
     _grid_fix(study, ctx)
-    return run_worker(study, make_objective(ctx), config.trials,
-                      on_trial_end=Progress(ctx, config.trials, progress),
-                      recover=recover_dead_trials)
+    ran = run_worker(study, make_objective(ctx), config.trials,
+                     on_trial_end=Progress(ctx, config.trials, progress),
+                     recover=recover_dead_trials)
+    done = n_counted(study)
+    print(f"worker: ran {ran} trial{'s' * (ran != 1)} here; study {study_name!r} has {done} of "
+          f"its {config.trials}" + (" (it was complete already)" if not ran else ""))
+    return ran
 
 
 def _warm_rows(folder, storage: str | None) -> list[dict]:
