@@ -548,6 +548,11 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
     path.write_bytes(b"stale")
     assert main([*args, "--overwrite"]) == 0
     assert path.read_bytes() == first  # replaced (the same seed gives the same checkpoint)
+    for bad, msg in ((tmp_path, f"--out {tmp_path} is a folder; expected a file to write"),
+                     (path / "x.pt", f"--out {path / 'x.pt'}: {path} is a file, where a folder "
+                                     "is needed")):
+        assert main([*args, "--out", str(bad)]) == 2
+        assert capsys.readouterr().err == f"hetq retrain: error: {msg}\n"
     # --trial best (as export takes it) is the study's best trial: its checkpoint is there
     assert main([*args[:2], "--trial", "best", "--no-progress"]) == 2
     assert f"{path} already exists" in capsys.readouterr().err

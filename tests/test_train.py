@@ -302,7 +302,8 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     for argv in (["cost", str(ckpt), "--json", str(afile / "x.json")],
                  ["search", "--out", str(afile / "run"), "--trials", "1", "--no-progress"],
                  ["export", str(ckpt), "--qonnx", str(afile / "m.onnx")],
-                 ["export", str(ckpt), "--hls4ml", str(afile / "hls")]):
+                 ["export", str(ckpt), "--hls4ml", str(afile / "hls")],
+                 ["train", "--out", str(afile / "t"), "--epochs", "1", "--no-progress"]):
         assert main(argv) == 2
         out, err = capsys.readouterr()
         assert err.endswith(f"{afile} is a file, where a folder is needed\n")

@@ -48,12 +48,10 @@ def check_new(path: str | Path, *, overwrite: bool = False, option: str = "--out
     """Before any work, that a checkpoint can be written at `path`: not a folder, and not an
     existing file unless `overwrite` (so a second run does not silently replace the first
     one's model after its training); `option` and `hint` name the options in the message."""
+    from ..cli import check_output
+
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; expected the checkpoint file to write")
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+    check_output(path, option)
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists (from an earlier run); give another {option}, "
                          f"or {hint} to replace it")

@@ -102,6 +102,7 @@ def _model_kwargs(model: str, data) -> dict:
 def _train(a) -> int:
     import torch
 
+    from ..cli import check_output
     from ..data import get_dataset
     from ..models import build, preset, widths_kwargs
     from ..quant.convert import QuantConfig, check_quantizes, quantize_model
@@ -130,8 +131,7 @@ def _train(a) -> int:
     # the model and its data are checked first: those messages name the mistake to mend
     check_model_fits(model, data.tensors("train")[0][:2], task, data)
     out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; expected a folder")
+    check_output(out, "--out", folder=True)
     check_new(out / "model.pt", overwrite=a.overwrite)
     print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
     res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
