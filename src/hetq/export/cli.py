@@ -52,7 +52,8 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
         from ..search.results import (
             gradient_run_error,
             is_gradient_run,
-            trial_model,
+            load_run,
+            study_trial_model,
             trial_number,
         )
         if trial is None and not (p / "search.yaml").exists():
@@ -62,8 +63,9 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
             if is_gradient_run(p):
                 raise gradient_run_error(p)
             raise ValueError(f"{source} is a search run folder; give --trial N or --trial best")
-        number = trial_number(source, trial, storage)
-        return trial_model(p, number, storage), f"{source} trial {number}"
+        config, study = load_run(p, storage)
+        number = trial_number(study, trial, source)
+        return study_trial_model(p, config, study, number), f"{source} trial {number}"
     if not p.exists():
         raise FileNotFoundError(f"{source}: no such checkpoint or run folder")
     for option, value in (("--trial", trial), ("--storage", storage)):

@@ -392,9 +392,8 @@ def _report(a) -> int:
 
 
 def _retrain(a) -> int:
-    from .results import trial_number
     from .retrain import retrain
 
-    retrain(a.run, trial_number(a.run, a.trial, a.storage), epochs=a.epochs, lr=a.lr,
-            out=a.out, storage=a.storage, progress=not a.no_progress, overwrite=a.overwrite)
+    retrain(a.run, a.trial, epochs=a.epochs, lr=a.lr, out=a.out, storage=a.storage,
+            progress=not a.no_progress, overwrite=a.overwrite)
     return 0

@@ -70,15 +70,15 @@ def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, A
     return rows
 
 
-def trial_number(out: str | Path, trial: str | int, storage: str | None = None) -> int:
-    """The trial `--trial` names: a number, or 'best' (the study's single best trial; a
-    Pareto search has none, so its front's trials are listed)."""
+def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
+    """The trial of `study` (the run folder `out`'s, from `load_run`) that `--trial` names: a
+    number, or 'best' (the single best trial; a Pareto search has none, so its front's trials
+    are listed)."""
     if trial != "best":
         try:
             return int(trial)
         except (TypeError, ValueError):
             raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
-    _, study = load_run(out, storage)
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         front = sorted(t.number for t in study.best_trials)
         raise ValueError(f"{out} is a Pareto search: no single best trial; give --trial N, one "

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .results import load_run, study_trial_model
+from .results import load_run, study_trial_model, trial_number
 
 
-def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=None,
+def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, out=None,
             storage=None, progress: bool = True, overwrite: bool = False) -> Path:
-    """Fine-tune trial `number` of search run `run` for `epochs` (the best validation epoch
-    is kept) and save it to `out` (default RUN/retrain_NNNNN.pt); an existing checkpoint
-    there is refused before any training unless `overwrite`. Returns the path written."""
+    """Fine-tune trial `number` (or "best": the single best trial) of search run `run` for
+    `epochs` (the best validation epoch is kept) and save it to `out` (default
+    RUN/retrain_NNNNN.pt); an existing checkpoint there is refused before any training unless
+    `overwrite`. Returns the path written."""
     from ..data import get_dataset
     from ..train import evaluate, fit
     from ..train.checkpoint import check_new, save
@@ -19,6 +20,7 @@ def retrain(run, number: int, epochs: int = 100, lr: float | None = None, out=No
     from .space import Candidate
 
     config, study = load_run(run, storage)
+    number = trial_number(study, number, run)
     model = study_trial_model(run, config, study, number)  # (refuses a trial not there)
     path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
                      overwrite=overwrite)
