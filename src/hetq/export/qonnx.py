@@ -62,21 +62,32 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **kw, **attrs))
         return out
 
-    def quant(self, x: str, ft: FixedType, what: str) -> str:
-        if ft.rounding not in ROUNDING:
-            raise ExportError(f"{what}: rounding {ft.rounding} has no QONNX rounding mode "
+    @staticmethod
+    def _rounding(mode: str, what: str) -> str:
+        """The QONNX rounding mode of a FixedType rounding mode."""
+        if mode not in ROUNDING:
+            raise ExportError(f"{what}: rounding {mode} has no QONNX rounding mode "
                               f"(supported: {', '.join(ROUNDING)})")
-        if ft.overflow not in ("SAT", "SAT_SYM"):
-            raise ExportError(f"{what}: overflow {ft.overflow} ({ft}); QONNX Quant saturates, "
-                              "so the type must use AP_SAT or AP_SAT_SYM")
-        ins = [x, self.const("scale", ft.step), self.const("zeropt", 0.0),
-               self.const("bitwidth", float(ft.width))]
-        q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(ft.signed),
-                      narrow=int(ft.overflow == "SAT_SYM"),
-                      rounding_mode=ROUNDING[ft.rounding])
+        return ROUNDING[mode]
+
+    def _quant_node(self, x: str, scale, width: int, signed: bool, narrow: bool,
+                    rounding_mode: str) -> str:
+        """A `Quant` node (scale: one, or a row of one per feature), cast back to a float64
+        graph's type."""
+        ins = [x, self.const("scale", scale), self.const("zeropt", 0.0),
+               self.const("bitwidth", float(width))]
+        q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(signed),
+                      narrow=int(narrow), rounding_mode=rounding_mode)
         if self.np_dtype == np.float64:  # Quant outputs float32 (exact: <= 24-bit types)
             q = self.node("Cast", [q], "cast", to=self.elem)
         return q
+
+    def quant(self, x: str, ft: FixedType, what: str) -> str:
+        mode = self._rounding(ft.rounding, what)
+        if ft.overflow not in ("SAT", "SAT_SYM"):
+            raise ExportError(f"{what}: overflow {ft.overflow} ({ft}); QONNX Quant saturates, "
+                              "so the type must use AP_SAT or AP_SAT_SYM")
+        return self._quant_node(x, ft.step, ft.width, ft.signed, ft.overflow == "SAT_SYM", mode)
 
     def feature_quant(self, x: str, types: list[FixedType], what: str) -> str:
         """Per-feature types over the last axis of a (N, features) tensor: one `Quant` with a
@@ -87,19 +98,10 @@ class _Builder:
         if len(rounding) != 1 or any(t.overflow not in ("SAT", "SAT_SYM") for t in types):
             raise ExportError(f"{what}: per-feature types {sorted(map(str, set(types)))} need "
                               "one rounding mode and AP_SAT/AP_SAT_SYM saturation")
-        mode = rounding.pop()
-        if mode not in ROUNDING:
-            raise ExportError(f"{what}: rounding {mode} has no QONNX rounding mode "
-                              f"(supported: {', '.join(ROUNDING)})")
+        mode = self._rounding(rounding.pop(), what)
         signed = any(t.signed for t in types)
         width = max(t.width + int(signed and not t.signed) for t in types)
-        row = [[t.step for t in types]]
-        ins = [x, self.const("scale", row), self.const("zeropt", 0.0),
-               self.const("bitwidth", float(width))]
-        q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(signed), narrow=0,
-                      rounding_mode=ROUNDING[mode])
-        if self.np_dtype == np.float64:
-            q = self.node("Cast", [q], "cast", to=self.elem)
+        q = self._quant_node(x, [[t.step for t in types]], width, signed, False, mode)
         lo = self.typed_const("low", [[t.min_code * t.step for t in types]])
         hi = self.typed_const("high", [[t.max_code * t.step for t in types]])
         return self.node("Min", [self.node("Max", [q, lo], "max"), hi], "min")
