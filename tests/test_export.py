@@ -268,6 +268,14 @@ def test_types_wider_than_the_engine_computes_exactly_are_named():
     with pytest.raises(ExportError, match=r"the input type: ap_fixed<60,6> is 60 bits wide; .*"
                                           r"\(give a narrower input_type, CLI --input-type\)"):
         IntegerModel(jet("q6"), (16,), "ap_fixed<60,6>")
+    # types that fit, but whose exact products and sums would not: the accumulator's type
+    wide_acc = quantize_model(build("jet_mlp"), {"fc1": {"kernel": "quantized_bits(30,0,1)",
+                                                         "bias": "quantized_bits(30,0,1)"}})
+    with pytest.raises(ExportError, match=r"^fc1: the exact accumulator: ap_fixed<\d+,\d+> is "
+                                          r"(5[4-9]|[6-9]\d) bits wide; the integer engine is "
+                                          r"exact up to 53-bit types \(narrow the input or "
+                                          r"weight types\)$"):
+        IntegerModel(wide_acc, (16,), "ap_fixed<30,6>")
 
 
 def test_float_layer_on_datapath_is_named():

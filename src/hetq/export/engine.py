@@ -167,11 +167,8 @@ def _acc_type(name, w_codes, w_type, b_codes, b_type, in_type, reduce_dims) -> F
     if b_codes is not None:
         b = (b_codes * (1 << (frac - b_type.frac))).to(torch.float64)
         hi, lo = hi + b, lo + b
-    ft = type_for_range(int(lo.min()), int(hi.max()), frac)
-    if ft.width > MAX_EXACT_BITS:
-        raise ExportError(f"{name}: the exact accumulator needs {ft.width} bits (> "
-                          f"{MAX_EXACT_BITS}); narrow the input or weight types")
-    return ft
+    return _exact(type_for_range(int(lo.min()), int(hi.max()), frac),
+                  f"{name}: the exact accumulator", "narrow the input or weight types")
 
 
 def _conv_op(m: nn.Module, dims: int, groups: int):
