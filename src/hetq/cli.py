@@ -64,6 +64,15 @@ def describe(text: str, example: str) -> dict:
             "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
+def _file_on_path(p: str) -> str | None:
+    """The nearest existing part of path `p` (`p` itself first), if it is not a folder."""
+    import os
+
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p)
+    return p if p and not os.path.isdir(p) else None
+
+
 def path_problem(e: OSError) -> str:
     """One line for an OSError from the file system: what went wrong and with which path
     ("runs/x is a file, where a folder is needed" for a folder that cannot be made)."""
@@ -71,11 +80,9 @@ def path_problem(e: OSError) -> str:
 
     path = e.filename
     if path is not None and isinstance(e, (FileExistsError, NotADirectoryError)):
-        p = os.fspath(path)
-        while p and not os.path.exists(p):  # the part of the path that is a file
-            p = os.path.dirname(p)
-        if p and os.path.isfile(p):
-            return f"{p} is a file, where a folder is needed"
+        blocking = _file_on_path(os.fspath(path))
+        if blocking:
+            return f"{blocking} is a file, where a folder is needed"
     what = e.strerror or str(e)
     return f"{what}: {os.fspath(path)}" if path is not None else what
 
@@ -91,11 +98,9 @@ def check_output(path, option: str, folder: bool = False) -> None:
         raise ValueError(f"{option} {p} is a folder; expected a file to write")
     if os.path.exists(p) and not os.path.isdir(p) and folder:
         raise ValueError(f"{option} {p} is a file; expected a folder")
-    parent = os.path.dirname(p)
-    while parent and not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        raise ValueError(f"{option} {p}: {parent} is a file, where a folder is needed")
+    blocking = _file_on_path(os.path.dirname(p))
+    if blocking:
+        raise ValueError(f"{option} {p}: {blocking} is a file, where a folder is needed")
 
 
 def build_parser() -> argparse.ArgumentParser:
