@@ -42,7 +42,7 @@ from common import FULL, jets
 from hetq.cost import cost
 from hetq.models import build
 from hetq.search.cli import _input_quantile, _quantile
-from hetq.search.config import SearchConfig
+from hetq.search.config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
 from hetq.search.driver import run_search
 from hetq.search.gradient import default_workers, to_hetq_model, train_gradient_runs
 from hetq.search.objectives import hypervolume_2d, pareto_front
@@ -157,10 +157,10 @@ def main() -> None:
                     help="gradient strategy: weight of the teacher's probabilities in the "
                          "targets (1: the teacher's alone)")
     ap.add_argument("--granularity", default=SearchConfig.granularity,
-                    choices=["weight", "channel", "layer"],
+                    choices=GRANULARITIES,
                     help="gradient strategy: what shares one trainable weight bit-width")
     ap.add_argument("--activation-granularity", default=SearchConfig.activation_granularity,
-                    choices=["neuron", "layer"],
+                    choices=ACT_GRANULARITIES,
                     help="gradient strategy: inputs and activations per neuron, or one type "
                          "per tensor (layer; exportable to hls4ml)")
     ap.add_argument("--only", default=None, choices=["optuna", "hessian", "gradient"])

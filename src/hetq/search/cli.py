@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..cli import describe, name_type, positive_float, positive_int
-from .config import SearchConfig
+from .config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
 
 
 def _load_yaml(path: str | None):
@@ -231,12 +231,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy, with --teacher-widths: the targets are "
                         "W x the teacher's probabilities + (1 - W) x the labels "
                         "(default %(default)s)")
-    s.add_argument("--granularity", choices=("weight", "channel", "layer"),
+    s.add_argument("--granularity", choices=GRANULARITIES,
                    default=SearchConfig.granularity,
                    help="gradient strategy: what shares one trainable weight bit-width: each "
                         "weight, the weights into a neuron (channel), or a layer's weights "
                         "(default %(default)s)")
-    s.add_argument("--activation-granularity", choices=("neuron", "layer"),
+    s.add_argument("--activation-granularity", choices=ACT_GRANULARITIES,
                    default=SearchConfig.activation_granularity,
                    help="gradient strategy: each input feature and neuron has its own type "
                         "(neuron), or the inputs share one and each activation layer one "
