@@ -205,9 +205,9 @@ class SearchSpace:
                 if isinstance(b, bool) or not isinstance(b, int) or b < 0:
                     raise ValueError(f"quantization_config {k}: {spec!r}: {b!r}; expected its "
                                      "bit cost, an integer >= 0")
-            qc[k] = {_canonical(s): int(b) for s, b in v.items()}
-        for k in qc:
-            qc[k] = {_canonical(s): int(b) for s, b in qc[k].items()}
+            qc[k] = dict(v)
+        for k in qc:  # every map, given or default, in canonical spelling (parsed once)
+            qc[k] = {_canonical(s): b for s, b in qc[k].items()}
         self.quantization_config = qc
         self.limit = _checked_limit(limit) if limit is not None else None
         self.slots = _layer_slots(model)
