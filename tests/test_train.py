@@ -263,6 +263,17 @@ def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, mo
     assert len(saved["history"]) == 2 and (out / "model.pt").exists()
 
 
+def test_demo_refuses_image_data_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "digits", "--out", str(out), "--no-progress"]) == 2
+    stdout, err = capsys.readouterr()
+    assert err == ("hetq demo: error: the demo trains the jet tagger (jet_mlp), which takes "
+                   "flat feature vectors; digits has samples of shape (1, 8, 8). Use a feature "
+                   "data set (e.g. --data jets-sim), or train an image model with `hetq train "
+                   "--model cnn_digits --data digits`\n")
+    assert stdout == "" and not out.exists()  # nothing trained, no folder made
+
+
 def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jets, capsys):
     for argv in (["demo", "--trials", "0"], ["search", "--workers", "0"],
                  ["train", "--patience", "0"], ["ptq", "x.pt", "--calibration", "0"],

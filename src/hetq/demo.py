@@ -76,9 +76,14 @@ def run(a) -> int:
     from .train.report import metrics_table
 
     t0 = time.time()
+    data = get_dataset(a.data)
+    if len(data.input_shape) != 1:
+        raise ValueError(f"the demo trains the jet tagger (jet_mlp), which takes flat feature "
+                         f"vectors; {data.name} has samples of shape {data.input_shape}. Use "
+                         "a feature data set (e.g. --data jets-sim), or train an image model "
+                         f"with `hetq train --model cnn_digits --data {data.name}`")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = get_dataset(a.data)
     _banner(f"1. float jet tagger on {data!r}")
     torch.manual_seed(0)
     f = build("jet_mlp", n_in=data.n_features, n_out=data.n_classes)
