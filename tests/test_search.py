@@ -122,7 +122,14 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                     ({"sparsity": [0.1, "x"]}, r"expected a number for each item \(got 'x'\)"),
                     ({"gradient_compile": 1}, "gradient_compile=1; expected true or false"),
                     ({"data": None}, r"data=None; expected a value \(not null; the default is "
-                                     r"'jets-sim'\)")]:
+                                     r"'jets-sim'\)"),
+                    # the study names the trials' folder: an empty name or a path is refused
+                    ({"study_name": ""}, "study_name=''; expected a name such as 'jets1', "
+                                         "not empty"),
+                    ({"study_name": " "}, "study_name=' '; expected a name"),
+                    ({"study_name": ".."}, "study_name='..'; expected a name"),
+                    ({"study_name": "a/b"}, r"study_name='a/b'; expected .* RUN/trials/NAME\)$"),
+                    ({"study_name": "a\\b"}, r"study_name='a\\\\b'; expected a name")]:
         with pytest.raises(ValueError, match=msg):
             SearchConfig(**kw)
     # what fits: ints for numbers, tuples for lists, null where a setting may be unset

@@ -128,6 +128,11 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "
                                  f"{', '.join(allowed)}")
+        name = self.study_name
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError(f"search study_name={name!r}; expected a name such as 'jets1', "
+                             "not empty and without '/' or '\\' (it also names the folder of "
+                             "the trials' checkpoints, RUN/trials/NAME)")
         if self.ebops_target is not None:
             t = list(self.ebops_target)
             if len(t) != 2 or not (0 < float(t[1]) <= float(t[0])):
