@@ -528,6 +528,28 @@ def test_a_config_file_that_quantizes_nothing_is_refused(tmp_path, capsys):
     assert "quantized_relu(4,0)" in capsys.readouterr().out
 
 
+def test_the_float_preset_is_refused_for_a_model_with_built_in_quantizers(tmp_path, capsys):
+    """cnn_digits is quantized as built: `--preset float` trained and costed it quantized,
+    labelled float."""
+    out = tmp_path / "c"
+    msg = ("--preset float: cnn_digits has its quantizers built in (conv, act1, sepconv, act2, "
+           "dense, logits), so it cannot be a float model; leave out --preset for the model as "
+           "built")
+    for argv in (["train", "--model", "cnn_digits", "--data", "digits", "--preset", "float",
+                  "--epochs", "1", "--out", str(out), "--no-progress"],
+                 ["cost", "--model", "cnn_digits", "--preset", "float"]):
+        assert main(argv) == 2
+        stdout, err = capsys.readouterr()
+        assert err == f"hetq {argv[0]}: error: {msg}\n" and "energy" not in stdout
+    assert not out.exists()
+    # as built it costs the same as before, and a preset with entries still applies
+    assert main(["cost", "--model", "cnn_digits"]) == 0
+    built = capsys.readouterr().out
+    assert main(["cost", "--model", "cnn_digits", "--preset", "q6"]) == 0
+    q6 = capsys.readouterr().out
+    assert "quantized_bits(6,0,alpha=1)" in q6 and "quantized_bits(6,0,alpha=1)" not in built
+
+
 def test_devices_are_checked_by_name():
     """'tpu' or 'cuda:x' used to end in torch's RuntimeError traceback."""
     from hetq.train.loop import resolve_device

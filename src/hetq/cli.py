@@ -103,6 +103,29 @@ def check_output(path, option: str, folder: bool = False) -> None:
         raise ValueError(f"{option} {p}: {blocking} is a file, where a folder is needed")
 
 
+def quantize_zoo_model(model, model_name: str, preset: str | None, config: str | None):
+    """`--preset` / `--config` of train and cost applied to the zoo model `model`; returns
+    (model, QuantConfig or None). A config file must quantize some layer, and a preset
+    without entries (`float`) cannot make a model with built-in quantizers float."""
+    from .models import preset as preset_config
+    from .quant.convert import QuantConfig, check_quantizes, quantize_model
+    from .quant.layers import QLayer
+
+    if not (preset or config):  # (the callers refuse both together)
+        return model, None
+    qc = QuantConfig.load(config) if config else QuantConfig(preset_config(preset))
+    built_in = [n for n, m in model.named_modules() if isinstance(m, QLayer)]
+    if preset and not qc.entries and built_in:
+        raise ValueError(f"--preset {preset}: {model_name} has its quantizers built in "
+                         f"({', '.join(built_in)}), so it cannot be a float model; leave out "
+                         "--preset for the model as built")
+    if qc.entries or config:
+        model = quantize_model(model, qc)
+    if config:
+        check_quantizes(model, qc, config)
+    return model, qc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetq",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import check_output, name_type, positive_int
+from ..cli import check_output, name_type, positive_int, quantize_zoo_model
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -44,8 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cost(a) -> int:
-    from ..models import build, preset, widths_kwargs
-    from ..quant.convert import QuantConfig, check_quantizes, quantize_model
+    from ..models import build, widths_kwargs
     from .report import cost
 
     if a.checkpoint and (a.model or a.preset or a.config or a.model_widths):
@@ -65,11 +64,7 @@ def _cost(a) -> int:
         label = a.checkpoint
     elif a.model:
         model = build(a.model, **widths_kwargs(a.model, a.model_widths))
-        if a.preset or a.config:
-            cfg = QuantConfig.load(a.config) if a.config else QuantConfig(preset(a.preset))
-            model = quantize_model(model, cfg)
-            if a.config:
-                check_quantizes(model, cfg, a.config)
+        model, _ = quantize_zoo_model(model, a.model, a.preset, a.config)
         label = (f"{a.model}{' ' + '-'.join(map(str, a.model_widths)) if a.model_widths else ''}"
                  f" {a.preset or a.config or 'float'}")
     else:

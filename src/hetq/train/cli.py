@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import describe, name_type, positive_float, positive_int
+from ..cli import (
+    check_output,
+    describe,
+    name_type,
+    positive_float,
+    positive_int,
+    quantize_zoo_model,
+)
 
 
 def _common(p):
@@ -102,15 +109,13 @@ def _model_kwargs(model: str, data) -> dict:
 def _train(a) -> int:
     import torch
 
-    from ..cli import check_output
     from ..data import get_dataset
-    from ..models import build, preset, widths_kwargs
-    from ..quant.convert import QuantConfig, check_quantizes, quantize_model
+    from ..models import build, widths_kwargs
     from .checkpoint import check_new, save
     from .loop import check_model_fits, evaluate, fit
     from .report import metrics_table
 
-    if a.preset and a.config:
+    if a.preset and a.config:  # before the data are loaded
         raise ValueError("give either --preset or --config, not both")
     data = get_dataset(a.data)
     task = _task(a)
@@ -119,15 +124,7 @@ def _train(a) -> int:
     model = build(a.model, **kwargs)
     if a.init:
         _init_weights(model, a.init)
-    qc = None
-    if a.config:
-        qc = QuantConfig.load(a.config)
-    elif a.preset:
-        qc = QuantConfig(preset(a.preset))
-    if qc is not None and (qc.entries or a.config):
-        model = quantize_model(model, qc)
-        if a.config:
-            check_quantizes(model, qc, a.config)
+    model, qc = quantize_zoo_model(model, a.model, a.preset, a.config)
     # the model and its data are checked first: those messages name the mistake to mend
     check_model_fits(model, data.tensors("train")[0][:2], task, data)
     out = Path(a.out)
