@@ -25,9 +25,12 @@ and the QONNX export run it bit-exactly; hls4ml needs one type per tensor, which
 weights' bit-widths are per weight, or with `granularity` per neuron ("channel") or layer.
 
 EBOPs here = sum over nonzero weights of (weight width) x (width of its input), biases
-excluded; a weight's width is i + f + 1 (HGQ's count plus the sign bit: i the integer bits of
-its quantized value, f its own frac bits), an input's the width of its type (sign included for
-the signed inputs). `weight_widths` gives the (never larger) minimal widths of the values.
+excluded; a weight's width is i + f + 1 (HGQ's training count plus the sign bit: i the
+integer bits of its quantized value, f its own frac bits), the width of the type it is
+exported with; an input's the width of its type (sign included for the signed inputs).
+`weight_widths` gives the (never larger) minimal widths of the values. HGQ1's exact EBOPs
+count less: a weight's significant bits only, without the trailing zero bits of its code nor
+its sign (`GradientBitsMLP.ebops(hgq1=True)`, for comparing with figures measured that way).
 """
 
 from .convert import to_hetq_model

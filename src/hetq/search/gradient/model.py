@@ -346,19 +346,20 @@ class GradientBitsMLP(nn.Module):
         return total
 
     @torch.no_grad()
-    def ebops(self, weight_sign: bool = True) -> int:
+    def ebops(self, hgq1: bool = False) -> int:
         """Exact EBOPs of the rounded model as `to_hetq_model` exports it: the sum over the
         nonzero weights into useful neurons of their exported width times their input's
         width, so the hetq cost of the exported model is the same number.
-        weight_sign=False leaves out the weights' sign bit, as HGQ1 counts (`kernel_bw`:
-        "negative sign not considered for kernel"), for comparing with figures measured
-        that way; hetq's own count includes it."""
+        hgq1=True: each weight counted as HGQ1's exact EBOPs count it (`get_bits_exact` ->
+        `get_arr_bits`), for comparing with figures measured that way: only the bits from
+        its highest to its lowest set bit, without sign (`weight_widths` - 1), so 0.5, 1
+        and 4 cost 1 bit and 0.75 costs 2; hetq's own count is the width of the type the
+        weight is exported with, sign included (0.5 on a 2**-4 grid: 5 bits)."""
         total = 0.0
         for (d, src), floor, useful in zip(self._inputs(), self._floors(), self._useful()):
             bx = src.widths()
             bx = bx if bx.dim() == 1 else bx.expand(d.weight.shape[1])
-            w = self._widths(d, floor, soft=False).double()
-            if not weight_sign:
-                w = (w - 1.0).clamp_min(0.0)
+            w = ((weight_widths(d.qweight()) - 1.0).clamp_min(0.0) if hgq1 else
+                 self._widths(d, floor, soft=False).double())
             total += float((w * bx.double().unsqueeze(0))[useful].sum())
         return int(round(total))
