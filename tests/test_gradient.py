@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import math
+import re
 import shutil
 import time
 
@@ -583,6 +584,19 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert main(["retrain", str(out), "--trial", "0"]) == 2
     assert (f"{out} is a gradient-strategy run: it has no trials, but front points "
             f"{out / 'gradient' / 'point_NNN.pt'}") in capsys.readouterr().err
+    # a rerun in the folder replaces the front whole: no point file of the earlier run stays
+    stale = out / "gradient" / "point_050.pt"
+    shutil.copy(out / "gradient" / "point_000.pt", stale)
+    n = len(list((out / "gradient").glob("point_*.pt")))
+    assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--epochs", "2", "--float-epochs",
+                 "1", "--batch-size", "256", "--polish-epochs", "0", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"replaced the earlier front in {out / 'gradient'} ({n} points)" in printed
+    points = sorted((out / "gradient").glob("point_*.pt"))
+    assert not stale.exists() and not (out / "gradient.partial").exists()
+    assert [str(p) for p in points] == re.findall(r"\S+point_\d{3}\.pt", printed)
     # the saved float model is reused by a rerun in that folder: another architecture is refused
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--out", str(out),

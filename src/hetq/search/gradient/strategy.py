@@ -3,6 +3,7 @@ checkpoints under <out>/gradient/, and its table."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -107,15 +108,26 @@ def run_gradient_strategy(config, out, progress: bool = True,
         print("gradient strategy: interrupted; saving the front reached so far")
     rows = []
     shape = ctx.data.input_shape
+    # the points go to a new folder that then replaces <out>/gradient whole: an earlier
+    # run's front (a rerun here reuses the float model) leaves no stale point files, and
+    # stays as it was if this fails before the swap
+    dest, part = out / "gradient", out / "gradient.partial"
+    shutil.rmtree(part, ignore_errors=True)
     for k, p in enumerate(res.front):
         m = to_hetq_model(g, p.state)
         acc = evaluate(m, ctx.data)["accuracy"]
         s = cost(m, shape, source_quantizer=config.source_quantizer).summary()
-        path = out / "gradient" / f"point_{k:03d}.pt"
-        save_module(path, m, data=ctx.data, metrics={
+        name = f"point_{k:03d}.pt"
+        save_module(part / name, m, data=ctx.data, metrics={
             "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
             "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
-        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(path)))
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
+    part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
+    earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
+    shutil.rmtree(dest, ignore_errors=True)
+    part.rename(dest)
+    if earlier:
+        print(f"replaced the earlier front in {dest} ({earlier} points)")
     if progress:
         print("(epoch: where the point was saved during training; p: its weights then "
               "polished at frozen bits)")
