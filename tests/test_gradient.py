@@ -597,6 +597,15 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     points = sorted((out / "gradient").glob("point_*.pt"))
     assert not stale.exists() and not (out / "gradient.partial").exists()
     assert [str(p) for p in points] == re.findall(r"\S+point_\d{3}\.pt", printed)
+    # a folder holding a search of another strategy is refused before any work
+    other = tmp_path / "optuna"
+    other.mkdir()
+    SearchConfig(strategy="optuna").save(other / "search.yaml")
+    assert main(["search", "--strategy", "gradient", "--out", str(other), "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith(f"{other} holds a search with --strategy optuna; "
+                                            "use another --out for the gradient strategy\n")
+    assert sorted(p.name for p in other.iterdir()) == ["search.yaml"]
+    assert SearchConfig.load(other / "search.yaml").strategy == "optuna"
     # the saved float model is reused by a rerun in that folder: another architecture is refused
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--out", str(out),

@@ -82,9 +82,12 @@ def run_gradient_strategy(config, out, progress: bool = True,
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    changed = changed_settings(config, out)
+    if "strategy" in changed:  # its study and trials would stay, under a gradient search.yaml
+        raise ValueError(f"{out} holds a search with --strategy {changed['strategy']}; use "
+                         "another --out for the gradient strategy")
     # the float model saved there is reused: it must be the same model on the same data
-    changed = {k: v for k, v in changed_settings(config, out).items()
-               if k in ("model", "model_kwargs", "data")}
+    changed = {k: v for k, v in changed.items() if k in ("model", "model_kwargs", "data")}
     if changed and (out / "float.pt").exists():
         raise ValueError(f"{out} holds a float model for other settings ("
                          + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
