@@ -584,6 +584,10 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert main(["retrain", str(out), "--trial", "0"]) == 2
     assert (f"{out} is a gradient-strategy run: it has no trials, but front points "
             f"{out / 'gradient' / 'point_NNN.pt'}") in capsys.readouterr().err
+    assert main(["worker", "--study", "hetq", "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"{out} is a gradient-strategy run: it trains within its own `hetq search` (--runs "
+        "processes), and has no study for workers to join\n")
     # a rerun in the folder replaces the front whole: no point file of the earlier run stays
     stale = out / "gradient" / "point_050.pt"
     shutil.copy(out / "gradient" / "point_000.pt", stale)

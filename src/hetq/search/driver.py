@@ -34,7 +34,7 @@ from .build import build_candidate
 from .config import SearchConfig
 from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_worker
 from .objectives import COST_KEYS, Constraints, ForgivingFactor
-from .results import pareto_rows
+from .results import is_gradient_run, pareto_rows
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
 from .storage import (
@@ -502,6 +502,9 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
     quiet_optuna()
     out = Path(out) if out else Path("runs") / study_name
+    if is_gradient_run(out):
+        raise ValueError(f"{out} is a gradient-strategy run: it trains within its own `hetq "
+                         "search` (--runs processes), and has no study for workers to join")
     study = existing_study(study_name, storage, out, "start it with `hetq search` first")
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
