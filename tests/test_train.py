@@ -496,9 +496,18 @@ def test_readme_command_lines_parse():
     commands = [shlex.split(line, comments=True)[1:] for line in lines
                 if line.startswith("hetq ")]
     assert len(commands) >= 10
+    written = set()  # run folders the commands so far write (--out)
     for argv in commands:
         args = parser.parse_args(argv)  # an unknown option exits (SystemExit) and fails
         assert args.command == argv[0]
+        # a command reading runs/X/... (a checkpoint or a run) follows the one writing runs/X
+        source = getattr(args, "checkpoint", None) or getattr(args, "source", None) or \
+            getattr(args, "run", None)
+        if source and source.startswith("runs/"):
+            assert "/".join(source.split("/")[:2]) in written, f"{' '.join(argv)}: nothing " \
+                "before it in the README writes " + source
+        if getattr(args, "out", None):
+            written.add(str(args.out).rstrip("/"))
 
 
 @pytest.mark.filterwarnings("ignore:quantization config key 'fc9' matches no layer")
