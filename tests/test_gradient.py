@@ -1,6 +1,7 @@
 """Gradient-based bit-widths: beta ramp, Pareto checkpoints, surrogate gradient, export."""
 
 import copy
+import html
 import importlib.util
 import math
 import re
@@ -577,9 +578,16 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
             and m.weight is not None and m.weight.dim() == 2] == shapes
     printed = capsys.readouterr().out
     # `hetq report` of the run re-prints its front table from the saved points
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--no-html"]) == 0
     table = capsys.readouterr().out
     assert table.strip() and table.strip() in printed
+    assert not (out / "report.html").exists()
+    # ...and by default writes the HTML page: the front and each point's EBOPs by layer
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out == table + f"HTML report: {out / 'report.html'}\n"
+    page = (out / "report.html").read_text()
+    assert html.escape(table.strip()) in page and 'src="layers.png"' in page
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "layers.png").stat().st_size > 0
     # trials-based commands explain where a gradient run's models are
     assert main(["retrain", str(out), "--trial", "0"]) == 2
     assert (f"{out} is a gradient-strategy run: it has no trials, but front points "

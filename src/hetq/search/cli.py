@@ -378,6 +378,10 @@ def _report(a) -> int:
         from .gradient import format_gradient_table, saved_gradient_rows
 
         print(format_gradient_table(saved_gradient_rows(a.run)))
+        if not a.no_html:
+            from .report import write_gradient_html_report
+
+            print(f"HTML report: {write_gradient_html_report(a.run)}")
         return 0
     cfg, study = load_run(a.run, a.storage)
     print(format_table(pareto_rows(a.run, a.storage), cfg, study.user_attrs.get("reference")))

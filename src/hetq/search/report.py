@@ -1,5 +1,6 @@
 """`hetq report`: an HTML page with the Pareto plot, the per-layer precision of the chosen
-models and the search history, next to the Pareto table."""
+models and the search history, next to the Pareto table; for a gradient-strategy run, its
+front and where each point spends its EBOPs."""
 
 from __future__ import annotations
 
@@ -91,6 +92,70 @@ hetq FPGA estimate).</p>
 <h2>Pareto front</h2><img src="pareto.png"><pre>{html.escape(table)}</pre>
 <h2>Per-layer precision of the front</h2><img src="precision.png">
 <h2>History</h2><img src="history.png">
+</body></html>"""
+    out = run / "report.html"
+    out.write_text(page)
+    return out
+
+
+def write_gradient_html_report(run: str | Path) -> Path:
+    """`hetq report` of a gradient-strategy run: its front (validation and test accuracy
+    against EBOPs), where each point spends its EBOPs (per dense layer), and the table."""
+    from ..cost import cost
+    from ..train.checkpoint import load
+    from .config import SearchConfig
+    from .gradient import format_gradient_table, saved_gradient_rows
+
+    run = Path(run)
+    config = SearchConfig.load(run / "search.yaml")
+    rows = saved_gradient_rows(run)
+    shown = [r for r in rows if r.ebops > 0]  # (a log axis has no place for 0 EBOPs)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [r.ebops for r in shown]
+    ax.plot(x, [r.point.val_accuracy for r in shown], "o-", c="C3", label="validation")
+    ax.plot(x, [r.test_accuracy for r in shown], "s--", c="C0", ms=4, label="test")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # (labels at 2, 3, ... x 10**k overlap)
+    ax.set_xlabel("EBOPs")
+    ax.set_ylabel("accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "pareto.png", dpi=110)
+    plt.close(fig)
+    # each point's EBOPs by dense layer, as shares of its total
+    per_layer = []
+    for r in shown:
+        rep = cost(load(r.path), source_quantizer=config.source_quantizer)
+        per_layer.append({lc.name: lc.ebops for lc in rep.layers if lc.ebops})
+    layers = list(dict.fromkeys(name for d in per_layer for name in d))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bottom = [0.0] * len(shown)
+    for name in layers:
+        share = [d.get(name, 0) / max(sum(d.values()), 1) for d in per_layer]
+        ax.bar(range(len(shown)), share, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, share)]
+    ax.set_xticks(range(len(shown)), [f"{rows.index(r)}\n{r.ebops}" for r in shown],
+                  fontsize=6)
+    ax.set_xlabel("front point, its EBOPs")
+    ax.set_ylabel("share of the EBOPs")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run / "layers.png", dpi=110)
+    plt.close(fig)
+    left = len(rows) - len(shown)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
+        html.escape(str(run))}</title></head><body>
+<h1>hetq search (gradient strategy): {html.escape(str(run))}</h1>
+<p>{len(rows)} points on the front; beta {config.beta0:g} to {config.beta1:g}, weight
+bit-widths per {html.escape(config.granularity)}, activations per
+{html.escape(config.activation_granularity)}, {config.gradient_runs} run(s). Costs are estimates
+(QTools 45 nm energy model, hetq FPGA estimate).</p>
+<h2>Front</h2><img src="pareto.png">{
+        f"<p>({left} point(s) at 0 EBOPs, a constant output, are left out of the plots.)</p>"
+        if left else ""}
+<pre>{html.escape(format_gradient_table(rows))}</pre>
+<h2>Where each point spends its EBOPs</h2><img src="layers.png">
 </body></html>"""
     out = run / "report.html"
     out.write_text(page)
