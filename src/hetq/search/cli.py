@@ -377,11 +377,12 @@ def _report(a) -> int:
     if is_gradient_run(a.run):
         from .gradient import format_gradient_table, saved_gradient_rows
 
-        print(format_gradient_table(saved_gradient_rows(a.run)))
+        rows = saved_gradient_rows(a.run)
+        print(format_gradient_table(rows))
         if not a.no_html:
             from .report import write_gradient_html_report
 
-            print(f"HTML report: {write_gradient_html_report(a.run)}")
+            print(f"HTML report: {write_gradient_html_report(a.run, rows)}")
         return 0
     cfg, study = load_run(a.run, a.storage)
     print(format_table(pareto_rows(a.run, a.storage), cfg, study.user_attrs.get("reference")))

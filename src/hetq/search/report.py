@@ -98,9 +98,10 @@ hetq FPGA estimate).</p>
     return out
 
 
-def write_gradient_html_report(run: str | Path) -> Path:
+def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     """`hetq report` of a gradient-strategy run: its front (validation and test accuracy
-    against EBOPs), where each point spends its EBOPs (per dense layer), and the table."""
+    against EBOPs), where each point spends its EBOPs (per dense layer), and the table.
+    rows: its `saved_gradient_rows`, when the caller has read them already."""
     from ..cost import cost
     from ..train.checkpoint import load
     from .config import SearchConfig
@@ -108,13 +109,14 @@ def write_gradient_html_report(run: str | Path) -> Path:
 
     run = Path(run)
     config = SearchConfig.load(run / "search.yaml")
-    rows = saved_gradient_rows(run)
-    shown = [r for r in rows if r.ebops > 0]  # (a log axis has no place for 0 EBOPs)
+    rows = saved_gradient_rows(run) if rows is None else rows
+    # (number on the front, row); a log axis has no place for 0 EBOPs
+    shown = [(k, r) for k, r in enumerate(rows) if r.ebops > 0]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
-    x = [r.ebops for r in shown]
-    ax.plot(x, [r.point.val_accuracy for r in shown], "o-", c="C3", label="validation")
-    ax.plot(x, [r.test_accuracy for r in shown], "s--", c="C0", ms=4, label="test")
+    x = [r.ebops for _, r in shown]
+    ax.plot(x, [r.point.val_accuracy for _, r in shown], "o-", c="C3", label="validation")
+    ax.plot(x, [r.test_accuracy for _, r in shown], "s--", c="C0", ms=4, label="test")
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(plt.NullFormatter())  # (labels at 2, 3, ... x 10**k overlap)
     ax.set_xlabel("EBOPs")
@@ -125,7 +127,7 @@ def write_gradient_html_report(run: str | Path) -> Path:
     plt.close(fig)
     # each point's EBOPs by dense layer, as shares of its total
     per_layer = []
-    for r in shown:
+    for _, r in shown:
         rep = cost(load(r.path), source_quantizer=config.source_quantizer)
         per_layer.append({lc.name: lc.ebops for lc in rep.layers if lc.ebops})
     layers = list(dict.fromkeys(name for d in per_layer for name in d))
@@ -135,8 +137,7 @@ def write_gradient_html_report(run: str | Path) -> Path:
         share = [d.get(name, 0) / max(sum(d.values()), 1) for d in per_layer]
         ax.bar(range(len(shown)), share, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, share)]
-    ax.set_xticks(range(len(shown)), [f"{rows.index(r)}\n{r.ebops}" for r in shown],
-                  fontsize=6)
+    ax.set_xticks(range(len(shown)), [f"{k}\n{r.ebops}" for k, r in shown], fontsize=6)
     ax.set_xlabel("front point, its EBOPs")
     ax.set_ylabel("share of the EBOPs")
     ax.legend(fontsize=7, loc="lower right")
