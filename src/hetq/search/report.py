@@ -19,6 +19,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Write one figure of the report page and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_html_report(run: str | Path, storage: str | None = None) -> Path:
     from .objectives import COST_KEYS
     from .results import format_table, load_run, pareto_rows
@@ -42,9 +49,7 @@ def write_html_report(run: str | Path, storage: str | None = None) -> Path:
     ax.set_xlabel(f"{config.goal} ({goal}, estimate)")
     ax.set_ylabel(f"validation {config.metric}")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run / "pareto.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, run / "pareto.png")
     # history
     fig, ax = plt.subplots(figsize=(6, 3))
     vals = [t.user_attrs["metrics"]["val"][config.metric] for t in done]
@@ -57,9 +62,7 @@ def write_html_report(run: str | Path, storage: str | None = None) -> Path:
     ax.set_xlabel("trial")
     ax.set_ylabel(config.metric)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run / "history.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, run / "history.png")
     # per-layer precision of the front
     fig, ax = plt.subplots(figsize=(6, 3.5))
     from ..quant import get_quantizer
@@ -79,9 +82,7 @@ def write_html_report(run: str | Path, storage: str | None = None) -> Path:
     ax.set_xticks(range(len(layers)), layers, rotation=45)
     ax.set_ylabel("bits (kernel / activation)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run / "precision.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, run / "precision.png")
     table = format_table(rows, config, study.user_attrs.get("reference"))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
@@ -122,9 +123,7 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     ax.set_xlabel("EBOPs")
     ax.set_ylabel("accuracy")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(run / "pareto.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, run / "pareto.png")
     # each point's EBOPs by dense layer, as shares of its total
     per_layer = []
     for _, r in shown:
@@ -141,9 +140,7 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     ax.set_xlabel("front point, its EBOPs")
     ax.set_ylabel("share of the EBOPs")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(run / "layers.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, run / "layers.png")
     left = len(rows) - len(shown)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(str(run))}</title></head><body>
