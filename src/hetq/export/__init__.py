@@ -5,9 +5,22 @@
     print(eng.compare(x_test).line())          # vs the PyTorch model: 0 mismatches
 
 `hetq.export.qonnx` and `hetq.export.hls` need the `export` extra (onnx, qonnx, hls4ml).
+
+The names are imported on first use, so that the `hetq` command's help and argument errors
+do not wait for PyTorch.
 """
 
-from .engine import BitExactReport, IntegerModel
-from .steps import ExportError, shift_codes
+from __future__ import annotations
 
-__all__ = ["BitExactReport", "ExportError", "IntegerModel", "shift_codes"]
+from hetq import _lazy_names
+
+_API = {
+    "BitExactReport": "hetq.export.engine",
+    "IntegerModel": "hetq.export.engine",
+    "ExportError": "hetq.export.steps",
+    "shift_codes": "hetq.export.steps",
+}
+
+__all__ = sorted(_API)
+
+__getattr__, __dir__ = _lazy_names("hetq.export", globals(), _API)

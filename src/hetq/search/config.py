@@ -12,12 +12,13 @@ from typing import Any
 
 import yaml
 
-from .engine import PRUNERS, SAMPLERS
 from .objectives import GOALS
 
 OBJECTIVES = ("forgiving", "pareto")
 STRATEGIES = ("optuna", "hessian", "gradient")
 PRIORS = ("none", "hessian")
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")  # the Optuna sampler and pruner names
+PRUNERS = ("none", "median", "asha", "hyperband")
 GRANULARITIES = ("weight", "channel", "layer")  # gradient: what shares a weight bit-width
 ACT_GRANULARITIES = ("neuron", "layer")  # gradient: what shares an input / activation one
 

@@ -15,9 +15,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..cli import CommandFailed
+from .config import PRUNERS, SAMPLERS
 
-SAMPLERS = ("tpe", "random", "grid", "gp", "nsga2")
-PRUNERS = ("none", "median", "asha", "hyperband")
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 TRIAL_ERRORS = (FloatingPointError, ValueError, RuntimeError)  # failures of one candidate
 MAX_CONSECUTIVE_FAILURES = 5
