@@ -430,6 +430,40 @@ def test_hls4ml_csim_exact(preset, tmp_path):
     assert str(eng.output_type) in defines  # the exact logits type, no 'auto'
 
 
+def test_hls4ml_project_folder_is_replaced_whole_or_kept(tmp_path):
+    """An export into an earlier project replaces it whole (no stale firmware files or C-sim
+    libraries of another model); a folder with other files is refused before anything is
+    written; a failed export leaves no half project, and an earlier one as it was."""
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import export_hls4ml
+    eng = IntegerModel(jet("q6"), (16,), IN16)
+    d = tmp_path / "hls"
+    export_hls4ml(eng, d, compile=False)
+    assert (d / "hls4ml_config.yml").is_file() and (d / "firmware" / "parameters.h").is_file()
+    (d / "firmware" / "hetq_model-0ld.so").write_text("a C-sim library of another model")
+    (d / "notes.txt").write_text("x")
+    export_hls4ml(eng, d, compile=False)
+    assert (d / "firmware" / "parameters.h").is_file() and (d / "hls4ml_config.yml").is_file()
+    assert not (d / "firmware" / "hetq_model-0ld.so").exists() and not (d / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hls"]  # no hls.previous left
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "data.csv").write_text("1,2\n")
+    with pytest.raises(ValueError, match=f"{other} is not empty and holds no hls4ml project"):
+        export_hls4ml(eng, other, compile=False)
+    assert [p.name for p in other.iterdir()] == ["data.csv"]
+    conv = nn.Sequential(QConv1d(1, 2, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                                 bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    bad = IntegerModel(conv, (1, 6), IN16)
+    (d / "notes.txt").write_text("kept")
+    with pytest.raises(ExportError, match="hls4ml export supports flat"):
+        export_hls4ml(bad, d, compile=False)
+    assert (d / "notes.txt").read_text() == "kept" and (d / "hls4ml_config.yml").is_file()
+    with pytest.raises(ExportError, match="hls4ml export supports flat"):
+        export_hls4ml(bad, tmp_path / "new", compile=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hls", "mine"]
+
+
 def test_hls4ml_rejects_conv_with_layer_name(tmp_path):
     pytest.importorskip("hls4ml")
     from hetq.export.hls import hls4ml_model

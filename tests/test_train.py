@@ -325,7 +325,10 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
                       (["export", str(ckpt), "--qonnx", str(tmp_path)],
                        f"--qonnx {tmp_path} is a folder; expected a file to write"),
                       (["export", str(ckpt), "--hls4ml", str(afile)],
-                       f"--hls4ml {afile} is a file; expected a folder")):
+                       f"--hls4ml {afile} is a file; expected a folder"),
+                      (["export", str(ckpt), "--hls4ml", str(tmp_path)],
+                       f"--hls4ml {tmp_path} is not empty and holds no hls4ml project (no "
+                       "hls4ml_config.yml); give a new or empty folder for the project")):
         assert main(argv) == 2
         out, err = capsys.readouterr()
         assert err == f"hetq {argv[0]}: error: {msg}\n"

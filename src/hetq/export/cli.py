@@ -105,12 +105,14 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
         reports.append(check_qonnx(eng, proto, x))
         out(f"QONNX: {qonnx}")
     if hls4ml:
-        from .hls import export_hls4ml
+        from .hls import earlier_project, export_hls4ml
+        replaced = earlier_project(hls4ml)
         _, rep = export_hls4ml(eng, hls4ml, x if compile else None, backend=backend,
                                compile=compile)
         if rep is not None:
             reports.append(rep)
-        out(f"hls4ml project ({backend}, io_parallel, latency): {hls4ml}")
+        out(f"hls4ml project ({backend}, io_parallel, latency): {hls4ml}"
+            + (" (replaced the earlier project there)" if replaced else ""))
     rep_cost = cost(model, shape, source_quantizer=source_quantizer(eng.input_type))
     out("")
     out(f"bit-exactness vs the integer engine ({len(x)} samples on the input grid, "
@@ -132,7 +134,13 @@ def _export(a) -> int:
     if a.qonnx:  # before the engine check and the C simulation
         check_output(a.qonnx, "--qonnx")
     if a.hls4ml:
+        from .hls import earlier_project
+
         check_output(a.hls4ml, "--hls4ml", folder=True)
+        try:  # a folder with other files is refused here, before any work
+            earlier_project(a.hls4ml)
+        except ValueError as e:
+            raise ValueError(f"--hls4ml {e}") from None
     data = get_dataset(a.data)
     x, _ = data.tensors("test")
     if a.samples < 0:

@@ -13,6 +13,7 @@ activations (casts) and float ReLU. Other steps raise `ExportError` naming the l
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,18 +124,50 @@ def csim_predict(hls_model, x: np.ndarray) -> np.ndarray:
 def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None = None,
                   backend: str = "Vivado", compile: bool = True, **kw):
     """Write the project; with `compile`, build the C simulation and, given inputs `x`,
-    compare its outputs with the engine. Returns (hls_model, BitExactReport or None)."""
+    compare its outputs with the engine. Returns (hls_model, BitExactReport or None).
+    `out_dir` must be new, empty, or an earlier project (`earlier_project`), which is
+    replaced once the new one is complete; if the export fails, it is left as it was."""
     check_engine(eng, "export_hls4ml")
     out_dir = Path(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
-    report = None
-    if compile:
-        hls_model.compile()
-        if x is not None:
-            xg = eng.on_grid(x).numpy()
-            report = eng.compare(x, torch.from_numpy(csim_predict(hls_model, xg)),
-                                 f"hls4ml C-sim ({backend})")
-    else:
-        hls_model.write()
+    earlier = earlier_project(out_dir)
+    existed = out_dir.is_dir()
+    aside = out_dir.with_name(out_dir.name + ".previous") if earlier else None
+    if aside is not None:  # kept until the new project is complete, restored if it fails
+        shutil.rmtree(aside, ignore_errors=True)  # (left by an export that was killed)
+        out_dir.rename(aside)
+    try:
+        hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
+        os.makedirs(out_dir, exist_ok=True)
+        report = None
+        if compile:
+            hls_model.compile()
+            if x is not None:
+                xg = eng.on_grid(x).numpy()
+                report = eng.compare(x, torch.from_numpy(csim_predict(hls_model, xg)),
+                                     f"hls4ml C-sim ({backend})")
+        else:
+            hls_model.write()
+    except BaseException:  # nothing half-written stays; an earlier project comes back
+        shutil.rmtree(out_dir, ignore_errors=True)
+        if aside is not None:
+            aside.rename(out_dir)
+        elif existed:
+            out_dir.mkdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
     return hls_model, report
+
+
+def earlier_project(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds an earlier hls4ml project (its hls4ml_config.yml), which
+    `export_hls4ml` replaces whole (no firmware files or C-sim libraries of another model
+    stay beside the new ones). Raises ValueError when it is a folder with other files: the
+    project's files would be mixed into them."""
+    p = Path(out_dir)
+    if not p.is_dir() or not any(p.iterdir()):
+        return False
+    if (p / "hls4ml_config.yml").is_file():
+        return True
+    raise ValueError(f"{p} is not empty and holds no hls4ml project (no hls4ml_config.yml); "
+                     "give a new or empty folder for the project")
