@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -396,6 +397,23 @@ def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no study 's1' in .*; start it with `hetq search`"):
         run_worker_process(tmp_path, "s1", None, progress=False)
     assert not (tmp_path / "study.journal").exists()  # looking did not create one
+
+
+def test_a_worker_without_out_says_where_it_looked(tmp_path, monkeypatch):
+    """`hetq search` writes to runs/search by default, while a worker without --out looks in
+    runs/STUDY: the message says so and asks for the search's folder."""
+    from hetq.search.driver import run_worker_process
+
+    monkeypatch.chdir(tmp_path)
+    run_search(cfg(trials=1), "runs/search", progress=False)
+    with pytest.raises(ValueError) as e:
+        run_worker_process(None, "hetq", None, progress=False)
+    assert str(e.value) == (
+        f"no study 'hetq' in {Path('runs/hetq/study.journal')}; start it with `hetq search` "
+        "first, or give the search's run folder with --out (without it the worker looks in "
+        "runs/hetq; `hetq search` writes to runs/search unless given --out)")
+    assert not Path("runs/hetq").exists()
+    assert run_worker_process("runs/search", "hetq", None, progress=False) == 0  # complete
 
 
 def test_the_worker_module_is_hetq_worker(tmp_path, capsys):

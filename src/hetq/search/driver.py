@@ -501,11 +501,15 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
                        progress: bool = True) -> int:
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
     quiet_optuna()
+    hint = "start it with `hetq search` first"
+    if not out and storage is None:  # the journal is in the search's folder
+        hint += (f", or give the search's run folder with --out (without it the worker looks "
+                 f"in runs/{study_name}; `hetq search` writes to runs/search unless given --out)")
     out = Path(out) if out else Path("runs") / study_name
     if is_gradient_run(out):
         raise ValueError(f"{out} is a gradient-strategy run: it trains within its own `hetq "
                          "search` (--runs processes), and has no study for workers to join")
-    study = existing_study(study_name, storage, out, "start it with `hetq search` first")
+    study = existing_study(study_name, storage, out, hint)
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
         import dataclasses
