@@ -1,6 +1,8 @@
 """Training loop, metrics, checkpoints, PTQ, models and the train/evaluate CLI."""
 
 import json
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -608,3 +610,142 @@ def test_devices_are_checked_by_name():
     if not torch.backends.mps.is_available():
         with pytest.raises(ValueError, match="'mps' requested but MPS is not available here"):
             resolve_device("mps")
+
+
+def test_sigterm_inside_interrupts_save_is_ctrl_c_once():
+    """The first SIGTERM raises `Terminated` (a KeyboardInterrupt, so the Ctrl-C paths keep
+    what was reached); later ones and any after hold() do nothing; the handler comes back."""
+    import os
+    import signal
+    import time
+
+    from hetq.cli import Terminated, interrupts_save
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def deliver():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(200):  # (the handler runs at the next bytecode, within microseconds)
+            time.sleep(0.001)
+
+    seen = []
+    with interrupts_save():
+        try:
+            deliver()
+        except KeyboardInterrupt as e:
+            seen.append(type(e))
+        deliver()  # a second one does nothing: the saving is not cut short
+    assert seen == [Terminated] and issubclass(Terminated, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is before
+    with interrupts_save() as guard:
+        guard.hold()
+        deliver()  # held: nothing
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def _sigterm_when(cmd, cwd, ready, timeout=120):
+    """Run `cmd` and send SIGTERM to it (not to its children) once `ready(pid, output so
+    far)` is true; returns (exit code, all its output)."""
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + timeout
+        while not ready(proc.pid, "".join(lines)) and time.time() < deadline:
+            assert proc.poll() is None, "it ended before the signal:\n" + "".join(lines)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+        reader.join(timeout=10)
+    finally:
+        proc.kill()
+    return proc.returncode, "".join(lines)
+
+
+def _cpu_seconds(pid) -> float:
+    """CPU seconds used by process `pid` (Linux /proc; 0 where it cannot be read)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _after(seconds: float, cond):
+    """A `ready` that is true `seconds` after `cond(pid, output)` first was."""
+    import time
+
+    since = []
+
+    def ready(pid, out):
+        if not since and cond(pid, out):
+            since.append(time.time())
+        return bool(since) and time.time() - since[0] > seconds
+
+    return ready
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigterm_during_hetq_train_saves_the_best_epoch(tmp_path):
+    """`kill PID` or a batch system's time limit (SIGTERM) stops `hetq train` as Ctrl-C does:
+    the best epoch so far is saved, not lost."""
+    model = tmp_path / "t" / "model.pt"
+    done = tmp_path / "t" / "metrics.json"
+    cmd = [sys.executable, "-m", "hetq.cli", "train", "--epochs", "100000", "--data",
+           "synthetic:n=600,seed=1", "--out", "t", "--no-progress"]
+    # 2 s after the line printed just before training: some epochs are finished by then
+    code, out = _sigterm_when(cmd, tmp_path, _after(2.0, lambda pid, out: " on Dataset(" in out))
+    assert code == 0, out
+    assert re.search(r"interrupted after \d+ epochs: saving the best of them", out), out
+    assert model.is_file() and done.is_file()
+    n = len(json.loads(done.read_text())["history"])
+    assert 1 <= n < 100000
+
+
+def _children(pid) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    import os
+
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigterm_to_a_gradient_search_saves_the_fronts_of_its_worker_processes(tmp_path):
+    """SIGTERM to `hetq search --strategy gradient` alone (its two training processes get
+    nothing from it) still ends every run at once and saves the merged front reached so far:
+    the parent passes the interruption on, and the workers return their fronts."""
+    cmd = [sys.executable, "-m", "hetq.cli", "search", "--strategy", "gradient",
+           "--model-widths", "8", "--epochs", "100000", "--runs", "2", "--float-epochs", "2",
+           "--data", "synthetic:n=600,seed=1", "--out", "g", "--no-progress"]
+
+    def training(pid, out):  # both worker processes past their imports and training
+        kids = _children(pid)
+        return len(kids) >= 2 and sorted(_cpu_seconds(k) for k in kids)[-2] > 2.5
+
+    code, out = _sigterm_when(cmd, tmp_path, _after(1.0, training))
+    assert code == 0, out
+    assert "gradient strategy: interrupted; saving the front reached so far" in out, out
+    assert "Traceback" not in out and "Error" not in out, out
+    points = sorted((tmp_path / "g" / "gradient").glob("point_*.pt"))
+    assert points and len(points) == len(re.findall(r"g/gradient/point_\d+\.pt", out))
+    assert not (tmp_path / "g" / "gradient.partial").exists()

@@ -8,9 +8,12 @@ a feature's options live next to its code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
 import textwrap
+import threading
 import warnings
 
 # feature modules that add sub-commands, in the order they appear in `hetq --help`
@@ -21,6 +24,44 @@ COMMAND_MODULES = (
     "hetq.export.cli",
     "hetq.demo",
 )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill PID`, a batch system's time limit) inside `interrupts_save`: raised
+    where Ctrl-C would be, so the work stops the same way and keeps what it reached."""
+
+
+@contextlib.contextmanager
+def interrupts_save(signals=(signal.SIGTERM,)):
+    """While inside (in the main thread), the first of `signals` raises KeyboardInterrupt
+    (`Terminated` for SIGTERM), as Ctrl-C does, so that training stops and keeps what it
+    reached; further ones do nothing. `hold()` on the yielded object makes them do nothing
+    from then on (the saving: a signal cannot cut it short; SIGKILL still can). On leaving,
+    the previous handlers come back."""
+    main = threading.current_thread() is threading.main_thread()
+    state = {"armed": True}
+
+    class Guard:
+        @staticmethod
+        def hold():
+            state["armed"] = False
+
+    def handler(signum, frame):  # (a Python handler throughout: switching to SIG_IGN
+        if state["armed"]:       # while another signal waits makes Python print an error)
+            state["armed"] = False
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {s: signal.signal(s, handler) for s in signals} if main else {}
+    try:
+        yield Guard
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def ignore_signal(signum, frame) -> None:
+    """A signal handler that does nothing (unlike SIG_IGN, safe to switch from and to while
+    a signal is pending)."""
 
 
 class CommandFailed(RuntimeError):

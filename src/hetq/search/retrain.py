@@ -13,6 +13,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     `epochs` (the best validation epoch is kept) and save it to `out` (default
     RUN/retrain_NNNNN.pt); an existing checkpoint there is refused before any training unless
     `overwrite`. Returns the path written."""
+    from ..cli import interrupts_save
     from ..data import get_dataset
     from ..train import evaluate, fit
     from ..train.checkpoint import check_new, save
@@ -27,15 +28,18 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     t = study.trials[number]
     data = get_dataset(config.data)
     before = evaluate(model, data)
-    res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
-              seed=config.seed, device=config.device, progress=progress, interruptible=True)
-    if res.interrupted:
-        print(res.interruption_note())
-    after = evaluate(model, data)
-    cand = Candidate.from_dict(t.user_attrs["candidate"])
-    save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
-         quant_config=cand.quant_config, widths=cand.widths, data=data,
-         metrics={"test": after, "before": before})
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
+    with interrupts_save() as guard:
+        res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
+                  seed=config.seed, device=config.device, progress=progress, interruptible=True)
+        guard.hold()  # the model is saved whatever comes now (SIGKILL aside)
+        if res.interrupted:
+            print(res.interruption_note())
+        after = evaluate(model, data)
+        cand = Candidate.from_dict(t.user_attrs["candidate"])
+        save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
+             quant_config=cand.quant_config, widths=cand.widths, data=data,
+             metrics={"test": after, "before": before})
     print(f"trial {number}: test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}")
     print(metrics_table(after, data.classes))
     print(f"checkpoint: {path}")

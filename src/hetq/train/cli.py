@@ -9,6 +9,7 @@ from pathlib import Path
 from ..cli import (
     check_output,
     describe,
+    interrupts_save,
     name_type,
     positive_float,
     positive_int,
@@ -131,24 +132,27 @@ def _train(a) -> int:
     check_output(out, "--out", folder=True)
     check_new(out / "model.pt", overwrite=a.overwrite)
     print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
-    res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-              patience=a.patience, device=a.device, task=task, progress=not a.no_progress,
-              interruptible=True)
-    if res.interrupted:
-        print(res.interruption_note())
-    model.cpu()
-    metrics = evaluate(model, data, "test", task)
-    out.mkdir(parents=True, exist_ok=True)
-    save(out / "model.pt", model, model_name=a.model, model_kwargs=kwargs, data=data,
-         metrics={"test": metrics, "history": res.history}, task=task.name,
-         quant_config="auto" if a.model != "cnn_digits" else None)
-    (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
-                                                 indent=1))
-    print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
-          f"{res.best_epoch})")
-    print(metrics_table(metrics, data.classes, task.name))
-    if task.name == "classify":
-        _roc(model, data, task, out / "roc.png")
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
+    with interrupts_save() as guard:
+        res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                  patience=a.patience, device=a.device, task=task, progress=not a.no_progress,
+                  interruptible=True)
+        guard.hold()  # the model is saved whatever comes now (SIGKILL aside)
+        if res.interrupted:
+            print(res.interruption_note())
+        model.cpu()
+        metrics = evaluate(model, data, "test", task)
+        out.mkdir(parents=True, exist_ok=True)
+        save(out / "model.pt", model, model_name=a.model, model_kwargs=kwargs, data=data,
+             metrics={"test": metrics, "history": res.history}, task=task.name,
+             quant_config="auto" if a.model != "cnn_digits" else None)
+        (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
+                                                     indent=1))
+        print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
+              f"{res.best_epoch})")
+        print(metrics_table(metrics, data.classes, task.name))
+        if task.name == "classify":
+            _roc(model, data, task, out / "roc.png")
     print(f"checkpoint: {out / 'model.pt'}")
     return 0
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import copy
+import signal
 import time
 
 import torch
 from torch import nn
 
 from .model import GradientBitsMLP
-from .training import GradientResult, ParetoCheckpoints, polish_front, train_gradient
+from .training import (
+    GradientResult,
+    ParetoCheckpoints,
+    interrupt_workers,
+    polish_front,
+    quiet_worker,
+    train_gradient,
+)
 
 
 def _one_run(float_model, data, threads: int, kwargs: dict, submitted: float | None = None):
@@ -17,11 +25,14 @@ def _one_run(float_model, data, threads: int, kwargs: dict, submitted: float | N
     `time.time()` of submission for a run that starts at once; starting the process
     (seconds: it imports torch) then comes out of its time_budget instead of adding to the
     wall time."""
+    from ...cli import interrupts_save
+
     torch.set_num_threads(threads)
     if submitted is not None and kwargs.get("time_budget") is not None:
         kwargs = {**kwargs, "time_budget": max(kwargs["time_budget"] - (time.time() - submitted),
                                                1.0)}
-    return train_gradient(float_model, data, progress=False, **kwargs)
+    with interrupts_save((signal.SIGINT, signal.SIGTERM)):  # the front so far is returned
+        return train_gradient(float_model, data, progress=False, **kwargs)
 
 
 def default_workers(runs: int) -> int:
@@ -90,7 +101,8 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     bar = tqdm(total=runs, disable=not progress, unit="run",
                desc=f"gradient bits: {runs} runs in {workers} processes"
                     + (f", {budget:.0f} s each" if budget else ""))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=quiet_worker) as pool:
         now = time.time()
         futs = {pool.submit(_one_run, float_model, data, threads, {**kwargs, "seed": seed + r},
                             now if r < workers else None): r for r in range(runs)}
@@ -99,12 +111,16 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         while pending:
             try:
                 done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:  # the workers got it too: they return their fronts
+            except KeyboardInterrupt:  # the running runs return their fronts so far
                 interrupted = True
+                for fut in pending:  # runs still queued do not start
+                    fut.cancel()
+                interrupt_workers()
                 continue
             for fut in done:
-                results[futs[fut]] = fut.result()
-                bar.update(1)
+                if not fut.cancelled():
+                    results[futs[fut]] = fut.result()
+                    bar.update(1)
             bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
         bar.close()
         keeper = ParetoCheckpoints()
@@ -114,6 +130,8 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 p.run = r
                 keeper.offer(p)
             history += [{**h, "run": r} for h in results[r][1].history]
+        if not results:  # interrupted before any run started
+            raise KeyboardInterrupt
         model = results[min(results)][0]  # every run builds the same structure
         interrupted = interrupted or any(res.interrupted for _, res in results.values())
         front = keeper.points

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ...cli import interrupts_save
 from .convert import to_hetq_model
 from .runs import train_gradient_runs
 from .training import FrontPoint
@@ -98,37 +99,40 @@ def run_gradient_strategy(config, out, progress: bool = True,
     t0 = time.time()
     budget = time_budget if time_budget is not None else config.time_budget
     target = tuple(config.ebops_target) if config.ebops_target else None
-    g, res = train_gradient_runs(
-        ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
-        batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
-        bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
-        polish_epochs=config.polish_epochs, compile=config.gradient_compile,
-        stop_below=config.stop_below, input_quantile=config.input_quantile,
-        act_quantile=config.act_quantile, learn_integer=config.learn_integer,
-        teacher=teacher, distill=config.distill, granularity=config.granularity,
-        activations=config.activation_granularity, progress=progress)
-    if res.interrupted:
-        print("gradient strategy: interrupted; saving the front reached so far")
-    rows = []
-    shape = ctx.data.input_shape
-    # the points go to a new folder that then replaces <out>/gradient whole: an earlier
-    # run's front (a rerun here reuses the float model) leaves no stale point files, and
-    # stays as it was if this fails before the swap
-    dest, part = out / "gradient", out / "gradient.partial"
-    shutil.rmtree(part, ignore_errors=True)
-    for k, p in enumerate(res.front):
-        m = to_hetq_model(g, p.state)
-        acc = evaluate(m, ctx.data)["accuracy"]
-        s = cost(m, shape, source_quantizer=config.source_quantizer).summary()
-        name = f"point_{k:03d}.pt"
-        save_module(part / name, m, data=ctx.data, metrics={
-            "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
-            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
-        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
-    part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
-    earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
-    shutil.rmtree(dest, ignore_errors=True)
-    part.rename(dest)
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the front reached is saved
+    with interrupts_save() as guard:
+        g, res = train_gradient_runs(
+            ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
+            batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
+            bits_lr=config.bits_lr, seed=config.seed, time_budget=budget, target=target,
+            polish_epochs=config.polish_epochs, compile=config.gradient_compile,
+            stop_below=config.stop_below, input_quantile=config.input_quantile,
+            act_quantile=config.act_quantile, learn_integer=config.learn_integer,
+            teacher=teacher, distill=config.distill, granularity=config.granularity,
+            activations=config.activation_granularity, progress=progress)
+        guard.hold()  # the points are saved whatever comes now (SIGKILL aside)
+        if res.interrupted:
+            print("gradient strategy: interrupted; saving the front reached so far")
+        rows = []
+        shape = ctx.data.input_shape
+        # the points go to a new folder that then replaces <out>/gradient whole: an earlier
+        # run's front (a rerun here reuses the float model) leaves no stale point files, and
+        # stays as it was if this fails before the swap
+        dest, part = out / "gradient", out / "gradient.partial"
+        shutil.rmtree(part, ignore_errors=True)
+        for k, p in enumerate(res.front):
+            m = to_hetq_model(g, p.state)
+            acc = evaluate(m, ctx.data)["accuracy"]
+            s = cost(m, shape, source_quantizer=config.source_quantizer).summary()
+            name = f"point_{k:03d}.pt"
+            save_module(part / name, m, data=ctx.data, metrics={
+                "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
+                "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
+            rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
+        part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
+        earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
     if earlier:
         print(f"replaced the earlier front in {dest} ({earlier} points)")
     if progress:

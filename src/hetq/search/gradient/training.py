@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -397,8 +398,36 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
 
 def _polish_one(gmodel, point, data, kwargs: dict):
     """A worker process's polish (top level: spawned processes import it)."""
+    from ...cli import interrupts_save
+
     torch.set_num_threads(1)
-    return polish(gmodel, point, data, **kwargs)
+    with interrupts_save((signal.SIGINT, signal.SIGTERM)):
+        return polish(gmodel, point, data, **kwargs)
+
+
+def quiet_worker():
+    """Initializer of the worker processes: between tasks a worker ignores Ctrl-C and
+    SIGTERM (one dying there would break the pool, and with it the other runs' results);
+    its tasks take either as Ctrl-C, once (`interrupts_save`)."""
+    from ...cli import ignore_signal
+
+    signal.signal(signal.SIGINT, ignore_signal)
+    signal.signal(signal.SIGTERM, ignore_signal)
+
+
+def interrupt_workers():
+    """Interrupt the tasks of this process's worker processes (SIGTERM, taken as Ctrl-C), so
+    that each returns what it reached now: needed when only this process got the signal
+    (SIGTERM from `kill` or a batch system, `kill -INT`); after Ctrl-C in a terminal, which
+    they got too, it is ignored."""
+    import multiprocessing
+    import os
+
+    for proc in multiprocessing.active_children():
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+        except OSError:  # (it ended meanwhile)
+            pass
 
 
 def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
@@ -438,5 +467,7 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     except KeyboardInterrupt:  # keep the points polished so far; drop the queued ones
         for fut in pending:
             fut.cancel()
+        if pool is not None:
+            interrupt_workers()
     bar.close()
     return keeper.points
