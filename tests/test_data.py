@@ -272,6 +272,19 @@ def test_dataset_names_ignore_case_and_a_bare_file_gets_a_hint(tmp_path):
         get_dataset(str(f))
 
 
+def test_a_spec_with_an_empty_path_is_refused_not_the_default():
+    """`jets-sim:$FILE` with FILE unset used to load the built-in 25,000-jet sample (and
+    `jets:` to download), so a run meant for a user's file trained on other data silently."""
+    for spec, whole in (("jets-sim:", "the built-in sample"),
+                        ("jets: ", "the dataset downloaded once")):
+        name = spec.split(":")[0]
+        with pytest.raises(ValueError) as e:
+            get_dataset(spec)
+        assert str(e.value) == (f"{spec!r} has no path after the colon; give {name}:PATH for "
+                                f"a file, or {name} alone for {whole}")
+    assert get_dataset("jets-sim").X_train.shape == (15028, 16)  # the name alone still works
+
+
 def test_digits_and_synthetic():
     d = get_dataset("digits")
     assert d.input_shape == (1, 8, 8) and d.n_classes == 10

@@ -26,8 +26,12 @@ def get_dataset(spec: str, **kw) -> Dataset:
     if not isinstance(spec, str):
         raise ValueError(f"a data set is named by a string such as {SPECS[0]!r}; got "
                          f"{type(spec).__name__}")
-    name, _, arg = spec.partition(":")
+    name, colon, arg = spec.partition(":")
     name = name.strip().lower()  # (the path after ':' is kept as written)
+    if name in ("jets-sim", "jets") and colon and not arg.strip():  # e.g. jets-sim:$UNSET
+        whole = "the built-in sample" if name == "jets-sim" else "the dataset downloaded once"
+        raise ValueError(f"{spec!r} has no path after the colon; give {name}:PATH for a file, "
+                         f"or {name} alone for {whole}")
     if name == "jets-sim":
         return load_jets_sim(arg or None, **kw)
     if name == "jets":
