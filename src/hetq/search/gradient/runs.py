@@ -115,7 +115,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 interrupted = True
                 for fut in pending:  # runs still queued do not start
                     fut.cancel()
-                interrupt_workers()
+                interrupt_workers(pool)
                 continue
             for fut in done:
                 if not fut.cancelled():

@@ -415,18 +415,18 @@ def quiet_worker():
     signal.signal(signal.SIGTERM, ignore_signal)
 
 
-def interrupt_workers():
-    """Interrupt the tasks of this process's worker processes (SIGTERM, taken as Ctrl-C), so
-    that each returns what it reached now: needed when only this process got the signal
-    (SIGTERM from `kill` or a batch system, `kill -INT`); after Ctrl-C in a terminal, which
-    they got too, it is ignored."""
-    import multiprocessing
+def interrupt_workers(pool) -> None:
+    """Interrupt the tasks of `pool`'s worker processes (SIGTERM, taken as Ctrl-C), so that
+    each returns what it reached now: needed when only this process got the signal (SIGTERM
+    from `kill` or a batch system, `kill -INT`); after Ctrl-C in a terminal, which they got
+    too, it is ignored. Only the pool's own processes (`ProcessPoolExecutor._processes`;
+    none if a Python version lacks it), never other children of the caller."""
     import os
 
-    for proc in multiprocessing.active_children():
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             os.kill(proc.pid, signal.SIGTERM)
-        except OSError:  # (it ended meanwhile)
+        except (OSError, TypeError):  # (it ended meanwhile; or not started: no pid)
             pass
 
 
@@ -468,6 +468,6 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
         for fut in pending:
             fut.cancel()
         if pool is not None:
-            interrupt_workers()
+            interrupt_workers(pool)
     bar.close()
     return keeper.points
