@@ -156,6 +156,31 @@ def test_ptq_cli(jets, tmp_path, capsys):
         assert main(["ptq", str(q)]) == 2
         assert f"{q} is already quantized; PTQ starts from a float model" in \
             capsys.readouterr().err
+    # --out: a folder gets ptqBITS.pt inside it; an existing checkpoint is refused before any
+    # work (it used to be replaced), unless --overwrite
+    d = tmp_path / "d"
+    d.mkdir()
+    args = ["ptq", str(tmp_path / "f"), "--bits", "6", "--calibration", "500", "--out", str(d),
+            "--no-progress"]
+    assert main(args) == 0 and (d / "ptq6.pt").is_file()
+    capsys.readouterr()
+    assert main(args) == 2
+    printed, err = capsys.readouterr()
+    assert err == (f"hetq ptq: error: {d / 'ptq6.pt'} already exists (from an earlier run); "
+                   "give another --out, or --overwrite to replace it\n") and "PTQ" not in printed
+    assert main([*args, "--overwrite"]) == 0 and "checkpoint: " in capsys.readouterr().out
+    assert sorted(p.name for p in d.iterdir()) == ["ptq6.pt"]
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
+    """The atomic write (a .tmp file, then a rename) removes its temporary when the rename
+    fails, e.g. on a folder of that name (`hetq ptq --out FOLDER` used to leave FOLDER.tmp)."""
+    from hetq.train.checkpoint import save_module
+
+    (tmp_path / "m.pt").mkdir()
+    with pytest.raises(OSError):
+        save_module(tmp_path / "m.pt", build("jet_mlp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
 
 
 def test_train_and_evaluate_cli(tmp_path, capsys):

@@ -63,8 +63,12 @@ def _write(path: str | Path, ckpt: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # (a folder at `path`, a full disk, Ctrl-C): no stray .tmp file
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

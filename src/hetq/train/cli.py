@@ -81,7 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "bits from the calibration ranges (default %(default)s)")
     q.add_argument("--calibration", type=positive_int, default=10000, help="calibration samples")
     q.add_argument("--out", default=None,
-                   help="checkpoint to write (default: ptqBITS.pt next to the input)")
+                   help="checkpoint to write, or a folder to write ptqBITS.pt into (default: "
+                        "ptqBITS.pt next to the input); an existing checkpoint is refused "
+                        "before any work")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     _common(q)
     q.set_defaults(func=_ptq)
 
@@ -210,11 +213,14 @@ def _ptq(a) -> int:
     from ..data import get_dataset
     from ..quant.convert import quantize_model
     from ..quant.layers import QLayer
-    from .checkpoint import build_from, read, save
+    from .checkpoint import build_from, check_new, read, save
     from .loop import evaluate
     from .ptq import ptq_config
     from .report import metrics_table
 
+    src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
+    out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
+    out = check_new(out / name if out.is_dir() else out, overwrite=a.overwrite)
     ckpt = read(a.checkpoint)
     model = build_from(ckpt)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
@@ -230,8 +236,6 @@ def _ptq(a) -> int:
     m = evaluate(qmodel, data, "test", task)
     print(f"PTQ {a.bits} bits of {a.checkpoint}:")
     print(metrics_table(m, data.classes, task.name))
-    src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
-    out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
          quant_config=cfg, data=data, metrics={"test": m}, task=task.name)
     print(f"checkpoint: {out}")
