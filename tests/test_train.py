@@ -774,3 +774,37 @@ def test_sigterm_to_a_gradient_search_saves_the_fronts_of_its_worker_processes(t
     points = sorted((tmp_path / "g" / "gradient").glob("point_*.pt"))
     assert points and len(points) == len(re.findall(r"g/gradient/point_\d+\.pt", out))
     assert not (tmp_path / "g" / "gradient.partial").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigterm_to_a_search_ends_its_worker_processes_too(tmp_path):
+    """SIGTERM to `hetq search --workers 2` stops it as Ctrl-C does (exit status 130), and
+    the worker processes it started end with it instead of running the study on, orphaned."""
+    import time
+
+    cmd = [sys.executable, "-m", "hetq.cli", "search", "--workers", "2", "--trials", "500",
+           "--epochs", "3", "--float-epochs", "1", "--data", "synthetic:n=600,seed=1",
+           "--out", "s", "--no-progress"]
+    kids = []
+
+    def working(pid, out):  # both workers past their imports
+        found = _children(pid)
+        if len(found) >= 2 and min(_cpu_seconds(k) for k in found) > 2.0:
+            kids[:] = found
+            return True
+        return False
+
+    code, out = _sigterm_when(cmd, tmp_path, _after(0.5, working))
+    assert code == 130 and out.rstrip().endswith("interrupted"), out
+
+    def running(k):  # (a zombie that nothing has reaped yet is not running)
+        try:
+            with open(f"/proc/{k}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.time() + 30
+    while any(running(k) for k in kids) and time.time() < deadline:
+        time.sleep(0.2)
+    assert kids and not [k for k in kids if running(k)]

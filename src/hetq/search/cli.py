@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import describe, name_type, positive_float, positive_int
+from ..cli import describe, interrupts_save, name_type, positive_float, positive_int
 from .config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
 
 
@@ -357,8 +357,11 @@ def _search(a) -> int:
             print(format_gradient_table(rows))
         return 0
     devices = _devices(a.devices) if a.devices else None
-    study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                       progress=not a.no_progress, devices=devices)
+    # SIGTERM (kill, a batch system's time limit) stops it as Ctrl-C does: the worker processes
+    # it started end too (they used to run on, orphaned); finished trials are in the study
+    with interrupts_save():
+        study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                           progress=not a.no_progress, devices=devices)
     print()
     print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
     return 0
