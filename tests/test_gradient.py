@@ -88,6 +88,33 @@ def test_surrogate_value_and_gradients():
     assert f.grad.item() == pytest.approx(-math.log(2) * err.item())
 
 
+def test_clipped_values_give_f_no_gradient():
+    """More frac bits cannot shrink the error of a value clipped at the top of its range, so
+    it gives f no gradient (it used to push f up without end: a heavy-tailed input with
+    --input-quantile 0.95 reached f > 100, and then NaN, once its grid step underflowed)."""
+    from hetq.search.gradient.model import _ActQ, _InputQ
+
+    x = torch.tensor([0.3, -1.1, 2.6], requires_grad=True)
+    f = torch.tensor(2.0, requires_grad=True)
+    q = torch.clamp(torch.round(x.detach() * 4) / 4, -1.0, 0.75)
+    y = _surrogate(x, q, f, torch.tensor([False, True, True]))
+    assert torch.equal(y.detach(), q)
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0]  # (the inputs' gradient is unchanged)
+    assert f.grad.item() == pytest.approx(-math.log(2) * (q[0] - x[0]).item())
+    # an input feature with range [-1, 1) (integer 0): only 0.3 is in range
+    inq = _InputQ(1, 2.0, torch.zeros(1))
+    xs = torch.tensor([[0.3], [1.7], [-2.4]])
+    inq(xs).sum().backward()
+    assert inq.f.grad.item() == pytest.approx(-math.log(2) * (0.25 - 0.3))
+    # a neuron with a quantile range (integer 1: top 2 - 0.25) and its clipped outputs
+    act = _ActQ(1, 2.0)
+    act.max_seen.fill_(2.0)
+    act.frozen = True
+    act(torch.tensor([[1.3], [5.0]])).sum().backward()
+    assert act.f.grad.item() == pytest.approx(-math.log(2) * (1.25 - 1.3))
+
+
 def _small_setup():
     data = get_dataset("synthetic")
     torch.manual_seed(0)

@@ -16,10 +16,15 @@ from ..config import ACT_GRANULARITIES, GRANULARITIES
 LN2 = math.log(2.0)
 
 
-def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """Forward value q; gradient 1 to x and -ln2 * (q - x) to f."""
+def _surrogate(x: torch.Tensor, q: torch.Tensor, f: torch.Tensor,
+               clipped: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward value q; gradient 1 to x and -ln2 * (q - x) to f, except from the values
+    `clipped` at the top of the range: more frac bits do not shrink that error, and it would
+    push f up without end (a heavy-tailed input whose weights are all pruned has no EBOPs
+    pressure against it, so its grid step underflowed to 0 and training turned to NaN)."""
     err = (q - x).detach()
-    return x + err + (f - f.detach()) * (-LN2 * err)
+    ferr = err if clipped is None else torch.where(clipped, torch.zeros_like(err), err)
+    return x + err + (f - f.detach()) * (-LN2 * ferr)
 
 
 def _int_bits(v: torch.Tensor, tiny: float = 1e-30) -> torch.Tensor:
@@ -84,9 +89,10 @@ class _InputQ(nn.Module):
         fr, pruned = self.grid()
         step = torch.pow(2.0, -fr)
         top = torch.pow(2.0, self.integer)
-        q = torch.minimum(torch.maximum(torch.round(x / step) * step, -top), top - step)
+        grid = torch.round(x / step) * step
+        q = torch.minimum(torch.maximum(grid, -top), top - step)
         q = torch.where(pruned, torch.zeros_like(q), q)
-        return _surrogate(x, q, self.f)
+        return _surrogate(x, q, self.f, (q != grid) & ~pruned)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
         if soft:
@@ -150,7 +156,7 @@ class _ActQ(nn.Module):
             top = (torch.pow(2.0, ii) - step).clamp_min(0.0)
             return torch.where(qn > top.detach(), top.expand_as(y), _surrogate(y, qn, self.f))
         top = (torch.pow(2.0, self.integer) - step).clamp_min(0.0)
-        return _surrogate(y, torch.minimum(qn, top), self.f)
+        return _surrogate(y, torch.minimum(qn, top), self.f, qn > top)
 
     def widths(self, soft: bool = False) -> torch.Tensor:
         f = self.f.clamp_min(self.F_MIN) if soft else _round_f(self.f, self.F_MIN)
