@@ -497,6 +497,44 @@ def test_ctrl_c_returns_the_front_reached(monkeypatch):
     assert {p.epoch for p in res.front} <= {0, 1, 2}
 
 
+def test_diverged_training_stops_with_a_warning_and_keeps_its_front(monkeypatch):
+    """Weights that turn NaN (a diverged run) end training with a warning; the front reached
+    before is kept (the exact EBOPs used to fail with "cannot convert float NaN to integer",
+    a traceback from inside)."""
+    from hetq.search.gradient import training
+
+    data, f = _small_setup()
+    real = training.bits_optimizer
+    steps = {"n": 0}
+
+    def poisoned(model, lr, bits_lr=None):
+        opt = real(model, lr, bits_lr)
+        step = opt.step
+
+        def poisoning_step(*a, **k):
+            out = step(*a, **k)
+            steps["n"] += 1
+            if steps["n"] == 3 * 17 + 5:  # in the 4th epoch (4,200 rows / 256: 17 steps)
+                with torch.no_grad():
+                    model.body.fc1.weight[0, 0] = float("nan")
+            return out
+
+        opt.step = poisoning_step
+        return opt
+
+    monkeypatch.setattr(training, "bits_optimizer", poisoned)
+    with pytest.warns(UserWarning, match=r"gradient training diverged in epoch \d+ \(weights or "
+                                         r"bit-widths are no longer finite numbers\); it stops "
+                                         r"there, and the front reached before is kept"):
+        g, res = train_gradient(f, data, epochs=50, batch_size=256, beta0=1e-4, beta1=1e-2,
+                                progress=False)
+    assert res.diverged and len(res.history) == 3 and res.front  # 3 epochs finished
+    for p in res.front:
+        assert all(bool(torch.isfinite(t).all()) for t in p.state.values()
+                   if t.is_floating_point())
+    _assert_front_exports_exactly(g, res.front, data)
+
+
 def test_rejects_non_mlp():
     data, _ = _small_setup()
     X, _ = data.tensors("train")

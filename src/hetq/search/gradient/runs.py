@@ -141,4 +141,6 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     if front:
         model.load_state_dict(front[-1].state)
     early = any(res.stopped_early for _, res in results.values())
-    return model, GradientResult(front, history, time.time() - t0, interrupted, early)
+    diverged = any(res.diverged for _, res in results.values())
+    return model, GradientResult(front, history, time.time() - t0, interrupted, early,
+                                 diverged)

@@ -62,6 +62,7 @@ class GradientResult:
     seconds: float
     interrupted: bool = False  # stopped by Ctrl-C: the front holds what was reached
     stopped_early: bool = False  # stop_below ended training (in any run)
+    diverged: bool = False  # non-finite weights or bit-widths ended training (in any run)
 
 
 def beta_at(step: int, total: int, beta0: float, beta1: float) -> float:
@@ -263,7 +264,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     step = 0
     ctl = BetaController(beta0, gain) if target is not None else None
     start = float(model.ebops()) if target is not None else 0.0
-    interrupted = stopped_early = False
+    interrupted = stopped_early = diverged = False
     try:
         for ep in bar:
             model.train()
@@ -301,6 +302,12 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                     goal = ebops_target_at(frac, start, knee, end, knee_time)
                     ctl.update(float(soft), goal)
                 step += 1
+            if not all(bool(torch.isfinite(t).all()) for t in model.parameters()):
+                warnings.warn(f"gradient training diverged in epoch {ep} (weights or bit-widths "
+                              "are no longer finite numbers); it stops there, and the front "
+                              "reached before is kept", stacklevel=2)
+                diverged = True
+                break
             if calib is not None:
                 model.calibrate(calib)
             elif not learn_integer:  # (learned: the ranges are parameters)
@@ -322,7 +329,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         interrupted = True
         model.eval()
     return model, GradientResult(keeper.points, history, time.time() - t0, interrupted,
-                                 stopped_early)
+                                 stopped_early, diverged)
 
 
 def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
