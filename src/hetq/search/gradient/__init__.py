@@ -4,10 +4,11 @@ Every weight has its own trainable fractional bit count f (per weight), every in
 its own (per feature), every hidden neuron its own (per_neuron=False: one per layer), where
 f < 0 is allowed (grid steps of 2, 4, ... for neurons with a large range). Forward values use
 the rounded f; the gradient reaches f through a surrogate of the quantization error
-(d err / d f = -ln 2 * err, the error shrinking by half per extra bit). Integer bits come from
-the values (weights) or from ranges: inputs from a quantile of the training data, activations
-from a quantile recomputed after every epoch (or HGQ1's tracked maxima), values above the
-range saturating. The loss is
+(d err / d f = -ln 2 * err, the error shrinking by half per extra bit; a value clipped at
+the top of its range gives f no gradient, since more bits do not shrink that error). Integer
+bits come from the values (weights) or from ranges: inputs from a quantile of the training
+data, activations from a quantile recomputed after every epoch (or HGQ1's tracked maxima),
+values above the range saturating. The loss is
 cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
 from `beta0` to `beta1` over training; a weight whose f drops below its magnitude's exponent
 rounds to zero and stops costing anything, so pruning is learned too; so does an input
