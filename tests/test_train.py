@@ -695,16 +695,22 @@ def _sigterm_when(cmd, cwd, ready, timeout=120):
     return proc.returncode, "".join(lines)
 
 
-def _cpu_seconds(pid) -> float:
-    """CPU seconds used by process `pid` (Linux /proc; 0 where it cannot be read)."""
-    import os
-
+def _proc_stat(pid) -> list[str]:
+    """The fields of Linux /proc/PID/stat after the command name (state, parent, ...; [] where
+    it cannot be read, e.g. the process has ended)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _cpu_seconds(pid) -> float:
+    """CPU seconds used by process `pid` (user + system; 0 where it cannot be read)."""
+    import os
+
+    f = _proc_stat(pid)
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if len(f) > 12 else 0.0
 
 
 def _after(seconds: float, cond):
@@ -742,16 +748,8 @@ def _children(pid) -> list[int]:
     """Process ids whose parent is `pid` (Linux /proc)."""
     import os
 
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
+    return [int(d) for d in os.listdir("/proc")
+            if d.isdigit() and _proc_stat(d)[1:2] == [str(pid)]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
@@ -798,11 +796,7 @@ def test_sigterm_to_a_search_ends_its_worker_processes_too(tmp_path):
     assert code == 130 and out.rstrip().endswith("interrupted"), out
 
     def running(k):  # (a zombie that nothing has reaped yet is not running)
-        try:
-            with open(f"/proc/{k}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
+        return _proc_stat(k)[:1] not in ([], ["Z"])
 
     deadline = time.time() + 30
     while any(running(k) for k in kids) and time.time() < deadline:
