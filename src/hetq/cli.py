@@ -16,6 +16,8 @@ import textwrap
 import threading
 import warnings
 
+from hetq.progress import surviving_closed_output
+
 # feature modules that add sub-commands, in the order they appear in `hetq --help`
 COMMAND_MODULES = (
     "hetq.train.cli",
@@ -186,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # once a closed pipe (`hetq report RUN | head`) cuts the output, the work still ends
+    with surviving_closed_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

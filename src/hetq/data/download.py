@@ -71,9 +71,9 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
             bar = None
             if progress:
                 try:
-                    from tqdm import tqdm
+                    from hetq.progress import bar as progress_bar
 
-                    bar = tqdm(total=total or None, unit="B", unit_scale=True,
+                    bar = progress_bar(total=total or None, unit="B", unit_scale=True,
                                desc=f"downloading {dest.name}")
                 except ImportError:  # pragma: no cover
                     bar = None

@@ -220,9 +220,9 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     best_state = None
     bar = None
     if progress:
-        from tqdm import tqdm
+        from hetq.progress import bar as progress_bar
 
-        bar = tqdm(total=epochs, desc="training", unit="epoch", leave=False)
+        bar = progress_bar(total=epochs, desc="training", unit="epoch", leave=False)
     t0 = time.perf_counter()
     n = Xtr.shape[0]
     try:

@@ -66,7 +66,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from multiprocessing import get_context
 
-    from tqdm import tqdm
+    from ...progress import bar as progress_bar
 
     t0 = time.time()
     if runs < 1:
@@ -98,7 +98,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     threads = max(1, (os.cpu_count() or 1) // workers)
     float_model = copy.deepcopy(float_model).cpu()
     results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
-    bar = tqdm(total=runs, disable=not progress, unit="run",
+    bar = progress_bar(total=runs, disable=not progress, unit="run",
                desc=f"gradient bits: {runs} runs in {workers} processes"
                     + (f", {budget:.0f} s each" if budget else ""))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),

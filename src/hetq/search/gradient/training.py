@@ -214,8 +214,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     """
     import warnings
 
-    from tqdm import tqdm
-
+    from ...progress import bar as progress_bar
     from ...train.loop import Classify, _train_val_tensors, as_dataset
 
     data = as_dataset(data)
@@ -260,13 +259,15 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     step_fn = torch.compile(fwd_bwd) if compile else fwd_bwd
     t0 = time.time()
     ramp_t0, ramp_len = t0, time_budget  # the clock ramp starts after compiling
-    bar = tqdm(range(epochs), disable=not progress, desc="gradient bits", unit="epoch")
+    bar = progress_bar(total=epochs, disable=not progress, unit="epoch",
+                       desc="gradient bits" + (f" ({time_budget:.0f} s budget)"
+                                               if time_budget is not None else ""))
     step = 0
     ctl = BetaController(beta0, gain) if target is not None else None
     start = float(model.ebops()) if target is not None else 0.0
     interrupted = stopped_early = diverged = False
     try:
-        for ep in bar:
+        for ep in range(epochs):
             model.train()
             perm = torch.randperm(n, generator=gen)
             beta = beta0
@@ -318,7 +319,8 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             eb = model.ebops()
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
             keeper.offer(FrontPoint(ep, beta, acc, eb), model)
-            bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points))
+            bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points), refresh=False)
+            bar.update(1)
             if time_budget is not None and time.time() - t0 > time_budget:
                 break
             if (stop_below is not None and frac >= 0.5 and len(history) >= 5
@@ -328,6 +330,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     except KeyboardInterrupt:  # keep what was reached: the front so far is returned
         interrupted = True
         model.eval()
+    bar.close()
     return model, GradientResult(keeper.points, history, time.time() - t0, interrupted,
                                  stopped_early, diverged)
 
@@ -447,7 +450,7 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     front (many, and of no use) are the ones left out."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
-    from tqdm import tqdm
+    from ...progress import bar as progress_bar
 
     todo = sorted(points, key=lambda p: (-p.val_accuracy, p.ebops))
     deadline = None if seconds is None else time.time() + seconds
@@ -455,7 +458,8 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     keeper = ParetoCheckpoints()
     for p in todo:
         keeper.offer(p)
-    bar = tqdm(total=len(todo), disable=not progress, desc="polishing the front", unit="point")
+    bar = progress_bar(total=len(todo), disable=not progress, desc="polishing the front",
+                       unit="point")
     pending = set()
     try:
         if pool is None:

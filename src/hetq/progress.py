@@ -1,0 +1,136 @@
+"""Console output that suits a terminal, a log file and a closed pipe alike.
+
+`bar(...)` is a tqdm progress bar. On a terminal it redraws in place. When stderr is a file or
+a pipe (a batch job's log, `2> log`), each redraw is one plain line instead of a carriage
+return, and at most one comes every `LOG_INTERVAL` seconds. So an hours-long training leaves
+a readable line every half minute in the log rather than megabytes of redraws.
+
+`surviving_closed_output()` keeps a command running when its stdout or stderr is closed under
+it (`hetq report runs/s1 | head`, a `tee` that was stopped): what it would still print is
+dropped, and the work, and the files it writes, go on to the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+LOG_INTERVAL = 30.0  # seconds between two progress lines in a log
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
+        return False
+
+
+class _Lines:
+    """A stream for tqdm that writes each redraw as one line and drops the blank ones it
+    writes to clear the bar."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s: str) -> int:
+        line = s.replace("\r", "").strip()
+        if line:
+            self.stream.write(line + "\n")
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+
+
+_log_bar = None
+
+
+def _log_bar_class():
+    """tqdm whose refreshes (`set_postfix` asks for one every time) also wait for
+    `mininterval`, as its updates do."""
+    global _log_bar
+    if _log_bar is None:
+        from tqdm import tqdm
+
+        class LogBar(tqdm):
+            def refresh(self, *args, **kwargs):
+                now = self._time()
+                last = getattr(self, "last_print_t", None)  # None: the first display
+                if last is not None and now - last < self.mininterval:
+                    return False
+                self.last_print_t = now
+                return super().refresh(*args, **kwargs)
+
+        _log_bar = LogBar
+    return _log_bar
+
+
+def bar(*args, **kwargs):
+    """`tqdm(*args, **kwargs)` that writes plain lines, at most every `LOG_INTERVAL` seconds,
+    when its stream (stderr unless `file=` says otherwise) is not a terminal."""
+    stream = kwargs.pop("file", None) or sys.stderr
+    if kwargs.get("disable") or _is_terminal(stream):
+        from tqdm import tqdm
+
+        return tqdm(*args, file=stream, **kwargs)
+    kwargs.setdefault("mininterval", LOG_INTERVAL)
+    kwargs.setdefault("bar_format", "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} "
+                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    return _log_bar_class()(*args, file=_Lines(stream), **kwargs)
+
+
+class _Survivor:
+    """A text stream that turns into /dev/null once its reader has gone (EPIPE)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.gone = False
+
+    def _drop(self):
+        self.gone = True
+        # later writes, and the interpreter's final flush of what is still buffered, go to
+        # /dev/null instead of failing again (child processes started later inherit it too)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            fd = self._stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+
+    def write(self, s: str) -> int:
+        if not self.gone:
+            try:
+                return self._stream.write(s)
+            except BrokenPipeError:
+                self._drop()
+        return len(s)
+
+    def flush(self):
+        if not self.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def isatty(self) -> bool:
+        return not self.gone and _is_terminal(self._stream)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def surviving_closed_output():
+    """Within the block, `sys.stdout` and `sys.stderr` drop writes once their reader has
+    closed the pipe, instead of raising BrokenPipeError into the work."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Survivor(sys.stdout), _Survivor(sys.stderr)
+    try:
+        yield
+    finally:
+        for survivor in (sys.stdout, sys.stderr):
+            if isinstance(survivor, _Survivor):
+                survivor.flush()
+        sys.stdout, sys.stderr = saved

@@ -1,0 +1,103 @@
+"""Console output: progress bars in log files, and commands whose output pipe is closed."""
+
+import io
+import os
+import subprocess
+import sys
+
+from hetq.cli import main
+from hetq.progress import bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_in_a_log_writes_plain_lines_at_most_every_interval():
+    """A log (not a terminal) gets one line per display, no carriage returns, and
+    `set_postfix` (which asks for a refresh every time) waits for the interval as updates do:
+    within the default 30 s only the opening and the closing line."""
+    log = io.StringIO()
+    b = bar(total=50, desc="training", unit="epoch", file=log)
+    for i in range(50):
+        b.set_postfix(loss=f"{1 / (i + 1):.4f}")
+        b.update(1)
+    b.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("training:   0% 0/50 [")
+    assert lines[1].startswith("training: 100% 50/50 [") and "loss=0.0200" in lines[1]
+
+    log = io.StringIO()  # with no interval, every update is a line of its own
+    b = bar(total=3, desc="x", file=log, mininterval=0, leave=False)
+    for _ in range(3):
+        b.update(1)
+    b.close()  # leave=False clears the bar on a terminal: nothing more in a log
+    assert [line.split(" [")[0] for line in log.getvalue().splitlines()] == [
+        "x:   0% 0/3", "x:  33% 1/3", "x:  67% 2/3", "x: 100% 3/3"]
+
+
+def test_a_progress_bar_on_a_terminal_redraws_in_place():
+    tty = _Terminal()
+    b = bar(total=3, desc="x", file=tty, mininterval=0)
+    for _ in range(3):
+        b.update(1)
+    b.close()
+    assert tty.getvalue().count("\r") >= 4 and "|" in tty.getvalue()
+    assert tty.getvalue().count("\n") == 1  # the one at the end
+
+
+class _PipeClosedAfter:
+    """stdout whose reader goes away after `lines` lines, as with `hetq ... | head -1`."""
+
+    def __init__(self, lines):
+        self.left, self.text = lines, ""
+
+    def write(self, s):
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.text += s
+        self.left -= s.count("\n")
+        return len(s)
+
+    def flush(self):
+        if self.left <= 0:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_does_not_cut_the_work_short(tmp_path, monkeypatch, capsys):
+    """`hetq train ... | head -1`: the rest of the output is dropped, and the command still
+    writes everything it would have (the ROC plot comes after most of the printing) and
+    exits with 0, not with "error: [Errno 32] Broken pipe"."""
+    out = _PipeClosedAfter(1)
+    monkeypatch.setattr(sys, "stdout", out)
+    code = main(["train", "--model-widths", "8", "--epochs", "2", "--data",
+                 "synthetic:n=300,seed=1", "--out", str(tmp_path / "t"), "--no-progress"])
+    assert code == 0
+    assert " on Dataset(" in out.text and out.text.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
+        "metrics.json", "model.pt", "roc.png"]
+    assert "Broken pipe" not in capsys.readouterr().err
+    assert sys.stdout is out  # the stream is given back as it was
+
+
+def test_a_command_whose_stdout_pipe_is_already_closed_runs_to_the_end(tmp_path):
+    """The same with a real pipe whose reading end is closed before the command starts:
+    every write fails with EPIPE, including Python's last flush at exit, which would
+    otherwise print "Exception ignored ... BrokenPipeError" and exit with 120."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hetq.cli", "train", "--model-widths", "8", "--epochs", "2",
+             "--data", "synthetic:n=300,seed=1", "--out", "t"],
+            cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    finally:
+        os.close(write)
+    assert proc.returncode == 0, proc.stderr
+    assert "Broken pipe" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert (tmp_path / "t" / "roc.png").is_file()
+    assert "training:   0% 0/2 [" in proc.stderr  # the progress, as log lines
