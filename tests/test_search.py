@@ -328,6 +328,27 @@ def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
         run_worker(s2, broken, budget=3)
 
 
+def test_a_worker_counts_only_the_trials_it_ran_itself(tmp_path):
+    """Other workers' trials land in the study while this one runs its own: one of theirs
+    that overflowed the budget, or failed, used to be taken for this worker's trial (so
+    `hetq worker` said it ran fewer trials than it did, and others' failures counted towards
+    stopping it)."""
+    from hetq.search.engine import MAX_CONSECUTIVE_FAILURES, run_worker
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="o")
+
+    def objective(trial):
+        other = study.ask()  # another worker's trial, finished while this one runs
+        if trial.number % 2:
+            other.set_user_attr("overflow", True)
+        study.tell(other, state=optuna.trial.TrialState.FAIL)
+        return float(trial.number)
+
+    budget = MAX_CONSECUTIVE_FAILURES + 2
+    assert run_worker(study, objective, budget=budget) == budget
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"] * budget
+
+
 def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
     # K=2 members per batch, a sampled sparsity per layer and a metric that only the full
     # validation metrics carry: every trial completes with its own zeros and its stored weights

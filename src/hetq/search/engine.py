@@ -90,7 +90,11 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             raise BudgetReached
         return objective(trial)
 
-    callbacks = [on_trial_end] if on_trial_end else []
+    mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
+    # workers' trials, e.g. one that overflowed the budget, land in the study meanwhile)
+    callbacks = [lambda _study, trial: mine.append(trial)]
+    if on_trial_end:
+        callbacks.append(on_trial_end)
     failures = 0
     while n_counted(study) < budget:
         if timeout is not None and time.monotonic() - t0 > timeout:
@@ -101,21 +105,20 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             _fail_stale(study)
             time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
             continue
-        before = len(study.get_trials(deepcopy=False))
+        mine.clear()
         # a trial that fails (diverged training, a candidate that cannot be built) is recorded
         # as FAIL with its error by Optuna and does not count; the search goes on, unless
         # MAX_CONSECUTIVE_FAILURES in a row say something is wrong with every trial
         study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
                        callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
-        last = study.get_trials(deepcopy=False)[before:]
-        if any(t.user_attrs.get("overflow") for t in last):
+        if not mine or mine[-1].user_attrs.get("overflow"):
             continue
         ran += 1
-        if last and last[-1].state == TrialState.FAIL:
+        if mine[-1].state == TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 raise SearchFailed(f"{failures} trials in a row failed (last: trial "
-                                   f"{last[-1].number}, see the warnings above); stopping")
+                                   f"{mine[-1].number}, see the warnings above); stopping")
         else:
             failures = 0
     return ran
