@@ -185,6 +185,36 @@ def test_local_files_in_published_forms(tmp_path):
         load_jets(tmp_path / "missing.arff")
 
 
+def test_the_zenodo_hdf5_file_is_read_like_the_arff(tmp_path):
+    """The Zenodo `.z` (HDF5, tree t_allpar_new, one-hot j_g..j_z) gives the same dataset as
+    the ARFF of the same jets; a file that is not HDF5 is named in the error."""
+    h5py = pytest.importorskip("h5py")
+    arff = make_arff(100)
+    (tmp_path / "j.arff").write_bytes(arff)
+    rows = [line.split(",") for line in arff.decode().splitlines()
+            if line and line[0] not in "%@"]
+    fields = [f"j_{c}" for c in FEATURES + CLASSES] + ["j_index"]  # and a column it ignores
+    table = np.zeros(len(rows), dtype=[(name, "<f4") for name in fields])
+    for i, row in enumerate(rows):
+        for f, v in zip(FEATURES, row[:16]):
+            table[i][f"j_{f}"] = float(v)
+        table[i][f"j_{row[16].strip(chr(39))}"] = 1.0
+        table[i]["j_index"] = i
+    with h5py.File(tmp_path / "j.z", "w") as f:
+        f["t_allpar_new"] = table
+    a, z = load_jets(tmp_path / "j.arff"), load_jets(tmp_path / "j.z")
+    assert np.array_equal(z.X_train, a.X_train) and np.array_equal(z.X_test, a.X_test)
+    assert np.array_equal(z.y_train, a.y_train) and np.array_equal(z.y_val, a.y_val)
+    (tmp_path / "bad.z").write_text("not hdf5")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'bad.z'}: not a readable HDF5 "
+                                                   "file (") + ".*expected the Zenodo jet"):
+        get_dataset(f"jets:{tmp_path / 'bad.z'}")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(ValueError, match=r"other\.h5: no 't_allpar_new' tree; found \['x'\]"):
+        load_jets(tmp_path / "other.h5")
+
+
 def test_malformed_jet_files_name_the_file_and_row(tmp_path):
     """An empty CSV raised StopIteration; a short row said 'list index out of range'; a bad
     label or a binary file did not name the file; no row was named."""

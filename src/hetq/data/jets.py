@@ -151,7 +151,12 @@ def parse_hdf5(path: Path):
         import h5py
     except ImportError:
         raise ValueError(f"reading {path} needs h5py: pip install h5py") from None
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:  # h5py's own message names neither the file nor what it expected
+        raise ValueError(f"{path}: not a readable HDF5 file ({e}); expected the Zenodo jet "
+                         "file (.z) with its 't_allpar_new' tree") from None
+    with f:
         if "t_allpar_new" not in f:
             raise ValueError(f"{path}: no 't_allpar_new' tree; found {list(f.keys())}")
         t = f["t_allpar_new"][()]
