@@ -39,14 +39,21 @@ def test_a_progress_bar_in_a_log_writes_plain_lines_at_most_every_interval():
         "x:   0% 0/3", "x:  33% 1/3", "x:  67% 2/3", "x: 100% 3/3"]
 
 
-def test_a_progress_bar_on_a_terminal_redraws_in_place():
-    tty = _Terminal()
-    b = bar(total=3, desc="x", file=tty, mininterval=0)
-    for _ in range(3):
-        b.update(1)
-    b.close()
-    assert tty.getvalue().count("\r") >= 4 and "|" in tty.getvalue()
-    assert tty.getvalue().count("\n") == 1  # the one at the end
+class _JupyterOutput(io.StringIO):  # ipykernel's OutStream: not a tty, but it redraws
+    pass
+
+
+_JupyterOutput.__module__ = "ipykernel.iostream"
+
+
+def test_a_progress_bar_on_a_terminal_or_in_jupyter_redraws_in_place():
+    for out in (_Terminal(), _JupyterOutput()):
+        b = bar(total=3, desc="x", file=out, mininterval=0)
+        for _ in range(3):
+            b.update(1)
+        b.close()
+        assert out.getvalue().count("\r") >= 4 and "|" in out.getvalue()
+        assert out.getvalue().count("\n") == 1  # the one at the end
 
 
 class _PipeClosedAfter:

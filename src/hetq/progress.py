@@ -1,9 +1,10 @@
 """Console output that suits a terminal, a log file and a closed pipe alike.
 
-`bar(...)` is a tqdm progress bar. On a terminal it redraws in place. When stderr is a file or
-a pipe (a batch job's log, `2> log`), each redraw is one plain line instead of a carriage
-return, and at most one comes every `LOG_INTERVAL` seconds. So an hours-long training leaves
-a readable line every half minute in the log rather than megabytes of redraws.
+`bar(...)` is a tqdm progress bar. On a terminal (or in Jupyter) it redraws in place. When
+stderr is a file or a pipe (a batch job's log, `2> log`), each redraw is one plain line
+instead of a carriage return, and at most one comes every `LOG_INTERVAL` seconds. So an
+hours-long training leaves a readable line every half minute in the log rather than
+megabytes of redraws.
 
 `surviving_closed_output()` keeps a command running when its stdout or stderr is closed under
 it (`hetq report runs/s1 | head`, a `tee` that was stopped): what it would still print is
@@ -20,6 +21,10 @@ LOG_INTERVAL = 30.0  # seconds between two progress lines in a log
 
 
 def _is_terminal(stream) -> bool:
+    """A terminal, or a Jupyter cell's output (not a tty, but it redraws carriage returns in
+    place as a terminal does)."""
+    if type(stream).__module__.split(".")[0] == "ipykernel":
+        return True
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError, OSError):  # no isatty, or a closed file
