@@ -119,6 +119,13 @@ def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
                     ({"lr": "3e-3"}, r"lr='3e-3'; expected a number \(YAML reads 3e-3 as a "
                                      r"string; write 3.0e-3\)"),
                     ({"beta1": "high"}, "beta1='high'; expected a number$"),
+                    # the EBOPs ramp was checked only after the float training
+                    ({"beta0": 0.0}, r"beta0=0.0, beta1=0.001; expected 0 < beta0 <= beta1"),
+                    ({"beta0": 1e-3, "beta1": 1e-5}, "beta0=0.001, beta1=1e-05; expected"),
+                    ({"beta1": float("inf")}, "beta1=inf; expected 0 < beta0"),
+                    ({"beta0": 1e-12, "ebops_target": [2000, 500]},
+                     r"beta0=1e-12; with ebops_target it is the controller's first beta, "
+                     r"expected in \[1e-9, 1\]"),
                     ({"warm_start": "runs/a"}, "warm_start='runs/a'; expected a list of strings"),
                     ({"sparsity": [0.1, "x"]}, r"expected a number for each item \(got 'x'\)"),
                     ({"gradient_compile": 1}, "gradient_compile=1; expected true or false"),

@@ -139,6 +139,12 @@ class SearchConfig:
             if len(t) != 2 or not (0 < float(t[1]) <= float(t[0])):
                 raise ValueError(f"search ebops_target={self.ebops_target!r}; expected "
                                  "[knee, end] with 0 < end <= knee")
+            if not 1e-9 <= float(self.beta0) <= 1.0:  # BetaController's range
+                raise ValueError(f"search beta0={self.beta0!r}; with ebops_target it is the "
+                                 "controller's first beta, expected in [1e-9, 1]")
+        if not 0 < float(self.beta0) <= float(self.beta1) < math.inf:
+            raise ValueError(f"search beta0={self.beta0!r}, beta1={self.beta1!r}; expected "
+                             "0 < beta0 <= beta1 (the EBOPs penalty's ramp, e.g. 1e-6 to 1e-3)")
         if self.time_budget is not None and not float(self.time_budget) > 0:
             raise ValueError(f"search time_budget must be > 0 seconds, got {self.time_budget!r}")
         for name in ("trials", "epochs", "batch_size", "float_epochs", "prior_configs",
