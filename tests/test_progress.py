@@ -46,6 +46,21 @@ class _JupyterOutput(io.StringIO):  # ipykernel's OutStream: not a tty, but it r
 _JupyterOutput.__module__ = "ipykernel.iostream"
 
 
+def test_a_log_line_of_unknown_total_gives_no_percentage():
+    """A download without a Content-Length: the lines say how much came, not '0%'."""
+    log = io.StringIO()
+    b = bar(total=None, unit="B", unit_scale=True, desc="downloading j.arff", file=log,
+            mininterval=0)
+    b.update(3_000_000)
+    b.close()
+    assert [line.split(" [")[0] for line in log.getvalue().splitlines()] == [
+        "downloading j.arff: 0.00", "downloading j.arff: 3.00M", "downloading j.arff: 3.00M"]
+    log = io.StringIO()  # an iterable's length is its total
+    for _ in bar(range(2), desc="x", file=log, mininterval=0):
+        pass
+    assert log.getvalue().splitlines()[-1].startswith("x: 100% 2/2 [")
+
+
 def test_a_progress_bar_on_a_terminal_or_in_jupyter_redraws_in_place():
     for out in (_Terminal(), _JupyterOutput()):
         b = bar(total=3, desc="x", file=out, mininterval=0)

@@ -80,8 +80,12 @@ def bar(*args, **kwargs):
 
         return tqdm(*args, file=stream, **kwargs)
     kwargs.setdefault("mininterval", LOG_INTERVAL)
+    total = kwargs.get("total")
+    if total is None and args:
+        total = len(args[0]) if hasattr(args[0], "__len__") else None
     kwargs.setdefault("bar_format", "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} "
-                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+                      if total else "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]")
     return _log_bar_class()(*args, file=_Lines(stream), **kwargs)
 
 
