@@ -123,3 +123,19 @@ def test_a_command_whose_stdout_pipe_is_already_closed_runs_to_the_end(tmp_path)
     assert "Broken pipe" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert (tmp_path / "t" / "roc.png").is_file()
     assert "training:   0% 0/2 [" in proc.stderr  # the progress, as log lines
+
+
+def test_a_command_started_without_stdout_or_stderr_runs_to_the_end(tmp_path):
+    """`hetq ... >&-` (or 2>&-): Python then has no sys.stdout (None), which print() skips
+    but the closed-pipe guard must also take as a stream to drop."""
+    for closed in (1, 2):
+        out = tmp_path / f"t{closed}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "hetq.cli", "train", "--model-widths", "8", "--epochs", "2",
+             "--data", "synthetic:n=300,seed=1", "--out", str(out)],
+            capture_output=True, text=True, timeout=120,
+            preexec_fn=lambda fd=closed: os.close(fd))  # after the pipes are set up
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "roc.png"]
+        assert proc.stdout == "" if closed == 1 else "checkpoint:" in proc.stdout
+        assert proc.stderr == "" if closed == 2 else "Traceback" not in proc.stderr

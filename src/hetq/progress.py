@@ -90,11 +90,13 @@ def bar(*args, **kwargs):
 
 
 class _Survivor:
-    """A text stream that turns into /dev/null once its reader has gone (EPIPE)."""
+    """A text stream that turns into /dev/null once its reader has gone (EPIPE), or from the
+    start where there is none (None: the command was started with that descriptor closed,
+    `hetq ... >&-`)."""
 
     def __init__(self, stream):
         self._stream = stream
-        self.gone = False
+        self.gone = stream is None
 
     def _drop(self):
         self.gone = True
