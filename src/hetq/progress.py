@@ -14,6 +14,7 @@ dropped, and the work, and the files it writes, go on to the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 
@@ -48,27 +49,23 @@ class _Lines:
         self.stream.flush()
 
 
-_log_bar = None
-
-
+@functools.cache
 def _log_bar_class():
     """tqdm whose refreshes (`set_postfix` asks for one every time) also wait for
-    `mininterval`, as its updates do."""
-    global _log_bar
-    if _log_bar is None:
-        from tqdm import tqdm
+    `mininterval`, as its updates do. (Made on first use: `hetq --help` need not load
+    tqdm.)"""
+    from tqdm import tqdm
 
-        class LogBar(tqdm):
-            def refresh(self, *args, **kwargs):
-                now = self._time()
-                last = getattr(self, "last_print_t", None)  # None: the first display
-                if last is not None and now - last < self.mininterval:
-                    return False
-                self.last_print_t = now
-                return super().refresh(*args, **kwargs)
+    class LogBar(tqdm):
+        def refresh(self, *args, **kwargs):
+            now = self._time()
+            last = getattr(self, "last_print_t", None)  # None: the first display
+            if last is not None and now - last < self.mininterval:
+                return False
+            self.last_print_t = now
+            return super().refresh(*args, **kwargs)
 
-        _log_bar = LogBar
-    return _log_bar
+    return LogBar
 
 
 def bar(*args, **kwargs):

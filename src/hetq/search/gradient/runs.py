@@ -99,8 +99,8 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     float_model = copy.deepcopy(float_model).cpu()
     results: dict[int, tuple[GradientBitsMLP, GradientResult]] = {}
     bar = progress_bar(total=runs, disable=not progress, unit="run",
-               desc=f"gradient bits: {runs} runs in {workers} processes"
-                    + (f", {budget:.0f} s each" if budget else ""))
+                       desc=f"gradient bits: {runs} runs in {workers} processes"
+                            + (f", {budget:.0f} s each" if budget else ""))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              initializer=quiet_worker) as pool:
         now = time.time()
