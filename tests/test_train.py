@@ -618,6 +618,28 @@ def test_the_float_preset_is_refused_for_a_model_with_built_in_quantizers(tmp_pa
     assert "quantized_bits(6,0,alpha=1)" in q6 and "quantized_bits(6,0,alpha=1)" not in built
 
 
+def test_a_preset_on_a_model_with_built_in_quantizers_is_in_its_checkpoint(tmp_path, capsys):
+    """`hetq train --model cnn_digits --preset q6` trained the q6 model but saved the model as
+    built (its own quantizers), so evaluate, cost and export saw another model."""
+    import json
+
+    from hetq.train.checkpoint import load
+    from hetq.train.loop import evaluate as evaluate_model
+
+    out = tmp_path / "c"
+    with pytest.warns(UserWarning, match="key 'ReLU' matches no layer"):
+        assert main(["train", "--model", "cnn_digits", "--data", "digits", "--preset", "q6",
+                     "--epochs", "1", "--out", str(out),
+                     "--no-progress"]) == 0
+        model = load(out / "model.pt")
+    capsys.readouterr()
+    assert str(model.dense.kernel_quantizer) == "quantized_bits(6,0,alpha=1)"
+    trained = json.loads((out / "metrics.json").read_text())["test"]
+    again = evaluate_model(model, "digits")
+    assert again["accuracy"] == trained["accuracy"] and again["loss"] == pytest.approx(
+        trained["loss"], rel=1e-6)
+
+
 def test_devices_are_checked_by_name():
     """'tpu' or 'cuda:x' used to end in torch's RuntimeError traceback."""
     from hetq.train.loop import resolve_device

@@ -148,7 +148,9 @@ def _train(a) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save(out / "model.pt", model, model_name=a.model, model_kwargs=kwargs, data=data,
              metrics={"test": metrics, "history": res.history}, task=task.name,
-             quant_config="auto" if a.model != "cnn_digits" else None)
+             # cnn_digits is quantized as built: its checkpoint records only what
+             # --preset / --config changed (None: the model as built)
+             quant_config="auto" if a.model != "cnn_digits" else qc)
         (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
                                                      indent=1))
         print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
