@@ -4,6 +4,7 @@ import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,11 +211,37 @@ def test_unknown_layer_warns_and_unsupported_quantizer_errors():
 
 def test_cost_cli(tmp_path, capsys):
     out = tmp_path / "new" / "c.json"  # its folder is made
+    torch.manual_seed(0)  # (the same initial weights as below, so the same EBOPs)
     assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--reference", "int8",
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "energy: QTools-equivalent 45 nm Horowitz model (estimate)" in text
     assert "reduction" in text and "fc1" in text and out.exists()
+    # the JSON holds the reference column too (it used to drop it), and '-' prints it
+    saved = json.loads(out.read_text())
+    assert saved["reference"]["type"] == "int8"
+    assert saved["reference"]["totals"]["energy_pj"] > saved["totals"]["energy_pj"]
+    assert [r["name"] for r in saved["reference"]["layers"]] == [r["name"] for r in
+                                                                 saved["layers"]]
+    torch.manual_seed(0)
+    assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--json", "-"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # the JSON alone, no table
+    assert printed["totals"]["ebops"] == saved["totals"]["ebops"]
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    # a model with quantizers built in is not labelled float
+    assert main(["cost", "--model", "cnn_digits"]) == 0
+    assert "cost of cnn_digits as built (input int8)" in capsys.readouterr().out
+
+
+def test_ebops_count_the_input_width_of_an_fp16_source():
+    """fp16 inputs counted 32 bits in EBOPs (as fp32), while the energy used 16."""
+    m = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,1)",
+                             bias_quantizer="quantized_bits(8,3,1)"))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[0.5, 0, 0.25, -0.5]] * 3))
+    nonzero = 9
+    for source, bits in (("fp16", 16), ("fp32", 32), ("int8", 8)):
+        assert cost(m, (4,), source_quantizer=source).summary()["ebops"] == nonzero * 4 * bits
 
 
 def test_layers_qtools_leaves_out_are_costed():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..cli import check_output, name_type, positive_int, quantize_zoo_model
 
@@ -39,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"],
                    help="where weights and activations are read from, for the energy "
                         "(QTools' modes; fixed: no memory cost; default %(default)s)")
-    c.add_argument("--json", default=None, help="write the full report as JSON")
+    c.add_argument("--json", default=None,
+                   help="write the full report as JSON to this file ('-': print it instead "
+                        "of the table); with --reference it holds the reference's report too")
     c.set_defaults(func=_cost)
 
 
@@ -63,22 +67,35 @@ def _cost(a) -> int:
         model = build_from(ckpt)
         label = a.checkpoint
     elif a.model:
+        from ..quant.layers import QLayer
+
         model = build(a.model, **widths_kwargs(a.model, a.model_widths))
         model, _ = quantize_zoo_model(model, a.model, a.preset, a.config)
+        built_in = any(isinstance(m, QLayer) for m in model.modules())
         label = (f"{a.model}{' ' + '-'.join(map(str, a.model_widths)) if a.model_widths else ''}"
-                 f" {a.preset or a.config or 'float'}")
+                 f" {a.preset or a.config or ('as built' if built_in else 'float')}")
     else:
         raise ValueError("give a checkpoint, or --model (with --preset/--config)")
-    if a.json:  # before the table: a path that cannot be written fails with nothing printed
-        check_output(a.json, "--json")
+    to_stdout = a.json == "-"
+    if a.json and not to_stdout:  # before the table: a path that cannot be written fails
+        check_output(a.json, "--json")  # with nothing printed
     shape = a.input_shape
     kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
               activations_on_memory=a.memory)
     rep = cost(model, shape, **kw)
     ref = cost(model, shape, reference=a.reference, **kw) if a.reference else None
+    if a.json:
+        report = rep.to_dict()
+        if ref is not None:
+            report["reference"] = {"type": a.reference, **ref.to_dict()}
+        text = json.dumps(report, indent=1)
+        if to_stdout:
+            print(text)
+            return 0
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(text)
     print(f"cost of {label} (input {a.source})")
     print(rep.table(ref))
     if a.json:
-        rep.to_json(a.json)
         print(f"JSON: {a.json}")
     return 0

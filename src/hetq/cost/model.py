@@ -197,7 +197,7 @@ def _element_bits(w: torch.Tensor, wq, w_t: QType, x_t: QType,
     if w.dim() == 2 and ctx.x_bits is not None and ctx.x_bits.numel() == w.shape[1]:
         xb = ctx.x_bits.reshape(1, -1)
     if xb is None:
-        xb = torch.tensor(32.0 if x_t.mode == FLOAT else float(x_t.bits), dtype=torch.float64)
+        xb = torch.tensor(float(x_t.bits), dtype=torch.float64)  # fp16: 16, fp32: 32
     return wb, xb
 
 
