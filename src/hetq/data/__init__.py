@@ -55,5 +55,15 @@ def get_dataset(spec: str, **kw) -> Dataset:
     raise ValueError(f"unknown dataset {spec!r}; expected one of: {', '.join(SPECS)}{hint}")
 
 
-__all__ = ["Dataset", "SPECS", "get_dataset", "load_digits", "load_jets", "load_jets_sim",
-           "make_synthetic", "validate_arrays"]
+def get_dataset_for(spec: str, norm: dict | None, label: str = "the checkpoint") -> Dataset:
+    """`get_dataset(spec)` standardised as a checkpoint's training data were (`norm`, the
+    checkpoint's "normalization"), not with the train split of `spec`: a model evaluated on
+    another file of the same features sees the inputs it was trained for. Checks that the
+    features and classes are the same (`Dataset.as_trained`)."""
+    if not norm:
+        return get_dataset(spec)
+    return get_dataset(spec, standardize=False).as_trained(norm, label)
+
+
+__all__ = ["Dataset", "SPECS", "get_dataset", "get_dataset_for", "load_digits", "load_jets",
+           "load_jets_sim", "make_synthetic", "validate_arrays"]

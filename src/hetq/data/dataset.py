@@ -112,6 +112,43 @@ class Dataset:
                 "std": None if self.std is None else self.std.tolist(),
                 "features": self.features, "classes": self.classes, "name": self.name}
 
+    def as_trained(self, norm: dict | None, label: str = "the checkpoint") -> Dataset:
+        """This data standardised as the model's training data were (`norm`: a checkpoint's
+        "normalization", from `normalization()`), so that a model is evaluated on the inputs it
+        was trained for, whatever this data's own train split holds. Exact (the same values
+        as in training) for data loaded with standardize=False, as `get_dataset_for` does.
+        The features and classes must be the training data's (when both have names);
+        `label` names the checkpoint in the messages."""
+        if not norm:
+            return self
+        for what, theirs, ours in (("features", norm.get("features"), self.features),
+                                   ("classes", norm.get("classes"), self.classes)):
+            if theirs and ours and list(theirs) != list(ours):
+                diff = next((f"{a!r} against {b!r} at position {i}" for i, (a, b) in
+                             enumerate(zip(theirs, ours)) if a != b),
+                            f"{len(theirs)} against {len(ours)}")
+                raise ValueError(f"{self.name} has other {what} than the data {label} was "
+                                 f"trained on ({norm.get('name', '?')}): {diff}")
+        mean = None if norm.get("mean") is None else np.asarray(norm["mean"], np.float32)
+        std = None if norm.get("std") is None else np.asarray(norm["std"], np.float32)
+        if mean is not None and (mean.ndim != len(self.input_shape)
+                                 or mean.shape[0] != self.input_shape[0]):
+            raise ValueError(f"{label} was trained on {mean.shape[0]} features (or channels) "
+                             f"per sample; {self.name} has samples of shape {self.input_shape}")
+        same = (mean is None and self.mean is None) or (
+            mean is not None and self.mean is not None and np.array_equal(mean, self.mean)
+            and np.array_equal(std, self.std))
+        if same:
+            return self
+
+        def restandardize(X):  # on unstandardised data, the same arithmetic as from_splits
+            raw = X if self.mean is None else X.astype(np.float64) * self.std + self.mean
+            return (raw if mean is None else (raw - mean) / std).astype(np.float32)
+
+        arrays = [a for s in SPLITS for a in (restandardize(self.split(s)[0]),
+                                               self.split(s)[1])]
+        return Dataset(self.name, *arrays, list(self.features), list(self.classes), mean, std)
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
                 f"test={len(self.y_test)}, input={self.input_shape}, classes={self.classes})")

@@ -196,14 +196,14 @@ def _roc(model, data, task, path):
 
 
 def _evaluate(a) -> int:
-    from ..data import get_dataset
+    from ..data import get_dataset_for
     from .checkpoint import build_from, read
     from .loop import evaluate
     from .report import metrics_table
 
     ckpt = read(a.checkpoint)
     model = build_from(ckpt)
-    data = get_dataset(a.data)
+    data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
     task = _task(a, ckpt.get("task"))
     m = evaluate(model, data, a.split, task, a.device)
     print(f"{a.checkpoint} on {data.name} ({a.split} split)")
@@ -212,11 +212,11 @@ def _evaluate(a) -> int:
 
 
 def _ptq(a) -> int:
-    from ..data import get_dataset
+    from ..data import get_dataset_for
     from ..quant.convert import quantize_model
     from ..quant.layers import QLayer
     from .checkpoint import build_from, check_new, read, save
-    from .loop import evaluate
+    from .loop import check_model_fits, evaluate
     from .ptq import ptq_config
     from .report import metrics_table
 
@@ -230,11 +230,12 @@ def _ptq(a) -> int:
     if ckpt.get("model") is None:  # a stored module that no zoo name rebuilds
         raise ValueError(f"{a.checkpoint} holds a model that is not in the zoo; PTQ needs a "
                          "float checkpoint from `hetq train` (or hetq.train.save)")
-    data = get_dataset(a.data)
+    data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
+    task = _task(a, ckpt.get("task"))
     X, _ = data.tensors("train")
+    check_model_fits(model, X[:2], task, data)  # before calibrating on data it cannot take
     cfg = ptq_config(model, X[:a.calibration], a.bits)
     qmodel = quantize_model(model, cfg).eval()
-    task = _task(a, ckpt.get("task"))
     m = evaluate(qmodel, data, "test", task)
     print(f"PTQ {a.bits} bits of {a.checkpoint}:")
     print(metrics_table(m, data.classes, task.name))

@@ -111,7 +111,7 @@ def check_model_fits(model, X: torch.Tensor, task, data) -> None:
                          f"{tuple(X.shape[1:])}): {str(e).splitlines()[0]}") from None
     finally:
         model.train(was)
-    task.check_output(out, X[:2], data.n_classes)
+    task.check_output(out, X[:2], data.n_classes, bool(getattr(data, "classes", None)))
 
 
 def _train_val_tensors(data, task, device):

@@ -33,9 +33,11 @@ class Classify:
     def scores(self, out, x):
         return torch.softmax(out, dim=1)
 
-    def check_output(self, out, x, n_classes: int) -> None:
-        """The model's output on x must hold one logit per class."""
-        if out.dim() != 2 or out.shape[1] < n_classes:
+    def check_output(self, out, x, n_classes: int, named: bool = False) -> None:
+        """The model's output on x must hold one logit per class: exactly n_classes when the
+        data name their classes (extra outputs would be classes no sample has), else at
+        least as many as the highest label seen."""
+        if out.dim() != 2 or out.shape[1] < n_classes or (named and out.shape[1] != n_classes):
             raise ValueError(f"classify task: the model gives outputs of shape "
                              f"{tuple(out.shape[1:])} per sample; the data has {n_classes} "
                              f"classes, so ({n_classes},) logits were expected")
@@ -71,7 +73,7 @@ class Anomaly:
     def scores(self, out, x):
         return ((out - x) ** 2).flatten(1).mean(1)
 
-    def check_output(self, out, x, n_classes: int) -> None:
+    def check_output(self, out, x, n_classes: int, named: bool = False) -> None:
         """The model must reconstruct its input (an autoencoder)."""
         if out.shape != x.shape:
             raise ValueError(f"anomaly task: the model must reconstruct its input (an "
