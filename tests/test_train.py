@@ -116,6 +116,52 @@ def test_anomaly_task_trains_on_background_only(jets):
     assert 0.0 <= m["sig_eff_t"] <= 1.0
 
 
+def test_an_anomaly_checkpoint_keeps_its_background(tmp_path, capsys):
+    """The background classes were not saved, so evaluate and ptq scored a model trained on t
+    jets as if q and g were its background; the 'background reconstruction loss' line showed
+    the loss over every test sample; a background of every class, or --background with the
+    classify task, passed without a word."""
+    from hetq.train.loop import predict_scores
+
+    out = tmp_path / "a"
+    args = ["--model", "jet_autoencoder", "--task", "anomaly", "--model-widths", "4", "2", "4",
+            "--epochs", "1", "--no-progress"]
+    (out).mkdir()
+    (out / "roc.png").write_bytes(b"an earlier classifier's curves")
+    assert main(["train", *args, "--background", "t", "--out", str(out), "--overwrite"]) == 0
+    trained_table = capsys.readouterr().out.split("(best epoch")[1].split("checkpoint:")[0]
+    assert not (out / "roc.png").exists()
+    assert main(["evaluate", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.split("\n", 1)[1] == trained_table.split("\n", 1)[1]
+    signals = [ln.split()[0] for ln in table.splitlines()[3:] if ln.strip()]
+    assert signals == ["g", "q", "w", "z"]
+    model = hetq.load(out)
+    assert torch.load(out / "model.pt", weights_only=False)["background"] == ["t"]
+    data = get_dataset("jets-sim")
+    task = Anomaly(background=("t",))
+    m = evaluate(model, data, task=task)
+    X, y = data.tensors("test")
+    bg = y.numpy() == data.classes.index("t")
+    assert m["bg_loss"] == pytest.approx(float(predict_scores(model, X, task)[bg].mean()))
+    assert f"background reconstruction loss {m['bg_loss']:.5f}" in table
+    assert m["bg_loss"] != pytest.approx(m["loss"], rel=1e-3)
+    assert main(["ptq", str(out), "--bits", "8"]) == 0
+    assert "background" in capsys.readouterr().out
+    assert torch.load(out / "ptq8.pt", weights_only=False)["background"] == ["t"]
+    for extra, msg in ((["--model", "jet_autoencoder", "--task", "anomaly", "--background",
+                         "g,q,t,w,z"],
+                        "anomaly task: the background g,q,t,w,z takes every class of the data "
+                        "(g,q,t,w,z), leaving no signal to detect"),
+                       (["--background", "g"], "--background g is for --task anomaly (the "
+                                               "classes an autoencoder is trained on); leave it "
+                                               "out for classify")):
+        assert main(["train", "--model-widths", "4", "--epochs", "1", *extra, "--out",
+                     str(tmp_path / "x"), "--no-progress"]) == 2
+        assert capsys.readouterr().err == f"hetq train: error: {msg}\n"
+    assert not (tmp_path / "x").exists()
+
+
 def test_ptq_integer_bits_from_ranges(jets):
     m = trained(jets)
     X, _ = jets.tensors("train")

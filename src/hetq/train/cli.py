@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--task", default="classify", choices=["classify", "anomaly"],
                    help="classify: cross-entropy on the labels; anomaly: an autoencoder "
                         "trained on the --background classes (default %(default)s)")
-    t.add_argument("--background", default="q,g", help="anomaly task: background classes")
+    t.add_argument("--background", default=None,
+                   help="anomaly task: the background classes, separated by commas (default "
+                        "q,g); the others are the signals")
     t.add_argument("--epochs", type=positive_int, default=30,
                    help="training epochs (default %(default)s)")
     t.add_argument("--batch-size", type=positive_int, default=1024, help="default %(default)s")
@@ -89,14 +91,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_ptq)
 
 
-def _task(args, ckpt_task=None):
+def _task(args, ckpt: dict | None = None):
+    """The task of `hetq train` (--task, --background), or of a checkpoint (what it was
+    trained for, with its background classes)."""
     from .tasks import get_task
 
-    name = ckpt_task or args.task
-    if name == "anomaly":
-        return get_task("anomaly", background=tuple(getattr(args, "background", "q,g")
-                                                    .split(",")))
-    return get_task(name)
+    name = ckpt.get("task") if ckpt else args.task
+    background = getattr(args, "background", None)
+    if name != "anomaly":
+        if background is not None:
+            raise ValueError(f"--background {background} is for --task anomaly (the classes "
+                             "an autoencoder is trained on); leave it out for classify")
+        return get_task(name or "classify")
+    if ckpt:
+        background = ",".join(ckpt.get("background") or ("q", "g"))
+    background = (background or "q,g").split(",")
+    if not all(c.strip() for c in background):
+        raise ValueError(f"--background {','.join(background)!r}: expected class names "
+                         "separated by commas, e.g. q,g")
+    return get_task("anomaly", background=tuple(c.strip() for c in background))
 
 
 def _model_kwargs(model: str, data) -> dict:
@@ -121,8 +134,8 @@ def _train(a) -> int:
 
     if a.preset and a.config:  # before the data are loaded
         raise ValueError("give either --preset or --config, not both")
-    data = get_dataset(a.data)
     task = _task(a)
+    data = get_dataset(a.data)
     kwargs = {**_model_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
@@ -150,7 +163,8 @@ def _train(a) -> int:
              metrics={"test": metrics, "history": res.history}, task=task.name,
              # cnn_digits is quantized as built: its checkpoint records only what
              # --preset / --config changed (None: the model as built)
-             quant_config="auto" if a.model != "cnn_digits" else qc)
+             quant_config="auto" if a.model != "cnn_digits" else qc,
+             extra={"background": list(task.background)} if task.name == "anomaly" else None)
         (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
                                                      indent=1))
         print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
@@ -158,6 +172,8 @@ def _train(a) -> int:
         print(metrics_table(metrics, data.classes, task.name))
         if task.name == "classify":
             _roc(model, data, task, out / "roc.png")
+        else:  # (--overwrite: an earlier classifier's curves would pass for this model's)
+            (out / "roc.png").unlink(missing_ok=True)
     print(f"checkpoint: {out / 'model.pt'}")
     return 0
 
@@ -204,7 +220,7 @@ def _evaluate(a) -> int:
     ckpt = read(a.checkpoint)
     model = build_from(ckpt)
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
-    task = _task(a, ckpt.get("task"))
+    task = _task(a, ckpt)
     m = evaluate(model, data, a.split, task, a.device)
     print(f"{a.checkpoint} on {data.name} ({a.split} split)")
     print(metrics_table(m, data.classes, task.name))
@@ -231,7 +247,7 @@ def _ptq(a) -> int:
         raise ValueError(f"{a.checkpoint} holds a model that is not in the zoo; PTQ needs a "
                          "float checkpoint from `hetq train` (or hetq.train.save)")
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
-    task = _task(a, ckpt.get("task"))
+    task = _task(a, ckpt)
     X, _ = data.tensors("train")
     check_model_fits(model, X[:2], task, data)  # before calibrating on data it cannot take
     cfg = ptq_config(model, X[:a.calibration], a.bits)
@@ -240,6 +256,7 @@ def _ptq(a) -> int:
     print(f"PTQ {a.bits} bits of {a.checkpoint}:")
     print(metrics_table(m, data.classes, task.name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
-         quant_config=cfg, data=data, metrics={"test": m}, task=task.name)
+         quant_config=cfg, data=data, metrics={"test": m}, task=task.name,
+         extra={"background": list(task.background)} if task.name == "anomaly" else None)
     print(f"checkpoint: {out}")
     return 0

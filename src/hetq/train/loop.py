@@ -112,6 +112,8 @@ def check_model_fits(model, X: torch.Tensor, task, data) -> None:
     finally:
         model.train(was)
     task.check_output(out, X[:2], data.n_classes, bool(getattr(data, "classes", None)))
+    if hasattr(task, "check_classes"):
+        task.check_classes(getattr(data, "classes", None) or [])
 
 
 def _train_val_tensors(data, task, device):

@@ -20,7 +20,7 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
         if "auc_mean" in m:
             lines.append(f"{'mean':>6}  {m['auc_mean']:7.4f}  {m.get(f'{fpr_key}_mean', 0):14.4f}")
     else:
-        lines.append(f"background reconstruction loss {m.get('loss', float('nan')):.5f}")
+        lines.append(f"background reconstruction loss {m.get('bg_loss', float('nan')):.5f}")
         lines.append(f"{'signal':>6}  {'AUC':>7}  {'sig eff @ bkg eff 1e-2':>24}")
         for c in classes:
             if f"sig_eff_{c}" in m:

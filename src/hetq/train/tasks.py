@@ -55,10 +55,19 @@ class Anomaly:
         self.fpr = fpr
 
     def _bg_ids(self, classes):
+        self.check_classes(classes)
+        return [classes.index(c) for c in self.background]
+
+    def check_classes(self, classes) -> None:
+        """The background must be classes of the data, and leave at least one as signal."""
+        classes = list(classes)
         missing = [c for c in self.background if c not in classes]
         if missing:
             raise ValueError(f"anomaly task: background classes {missing} not in {classes}")
-        return [classes.index(c) for c in self.background]
+        if classes and not set(classes) - set(self.background):
+            raise ValueError(f"anomaly task: the background {','.join(self.background)} takes "
+                             f"every class of the data ({','.join(classes)}), leaving no signal "
+                             "to detect")
 
     def select(self, X, y, split, classes=None):
         """Training and validation use background only; test keeps everything."""
@@ -82,7 +91,8 @@ class Anomaly:
 
     def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
         bg = np.isin(y, self._bg_ids(classes))
-        out = {"loss": float(scores[bg].mean()) if bg.any() else float("nan")}
+        # (evaluate adds "loss": the reconstruction loss over every sample of the split)
+        out = {"bg_loss": float(scores[bg].mean()) if bg.any() else float("nan")}
         effs = []
         for k, c in enumerate(classes):
             if c in self.background:
