@@ -7,12 +7,13 @@ import os
 import re
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
 
 from hetq.data import get_dataset, load_jets, load_jets_sim, validate_arrays
-from hetq.data.jets import CLASSES, FEATURES, download_jets, tutorial_split
+from hetq.data.jets import CLASSES, EMBEDDED, FEATURES, download_jets, tutorial_split
 
 
 def make_arff(n=200, seed=0) -> bytes:
@@ -313,6 +314,57 @@ def test_a_spec_with_an_empty_path_is_refused_not_the_default():
         assert str(e.value) == (f"{spec!r} has no path after the colon; give {name}:PATH for "
                                 f"a file, or {name} alone for {whole}")
     assert get_dataset("jets-sim").X_train.shape == (15028, 16)  # the name alone still works
+
+
+def test_broken_jets_sim_files_and_data_that_cannot_be_used_are_clear_errors(tmp_path):
+    """An empty file (EOFError), object arrays (numpy's message without the file), a split of
+    another length (IndexError), an empty split ('axis 1 is out of bounds'), a column of 1e37
+    (NaN after standardising, then 'training diverged ... lower the learning rate') and a
+    negative synthetic seed (numpy's 'expected non-negative integer')."""
+    good = dict(np.load(EMBEDDED))
+    cases = {"empty.npz": None,
+             "obj.npz": {**good, "features": np.array(list(good["features"]), dtype=object)},
+             "short.npz": {**good, "split": good["split"][:100]},
+             "noval.npz": {**good, "split": np.where(good["split"] == 1, 0, good["split"])},
+             "big.npz": {**good, "X": good["X"] * np.where(np.arange(16) == 3, 1e37, 1.0)}}
+    msgs = {"empty.npz": "not a jets_sim file (expected an .npz archive with the arrays X, y "
+                         "and split)",
+            "obj.npz": "unreadable jets_sim array (Object arrays cannot be loaded when "
+                       "allow_pickle=False)",
+            "short.npz": "X has 25000 rows, y 25000 and split 100 (shape (100,)); expected one "
+                         "label and one split (0 train, 1 validation, 2 test) per row",
+            "noval.npz": "the val split has no samples (train 20001, val 0, test 4999); "
+                         "training, validation and test each need some",
+            "big.npz": "(train split): feature columns [3] do not standardise in float32 "
+                       "(values up to 2.34e+36 in the train split overflow its mean or "
+                       "spread); rescale them"}
+    for name, arrays in cases.items():
+        f = tmp_path / name
+        if arrays is None:
+            f.write_bytes(b"")
+        else:
+            np.savez(f, **arrays)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (no numpy overflow warnings on the way)
+            with pytest.raises(ValueError) as e:
+                get_dataset(f"jets-sim:{f}")
+        assert msgs[name] in str(e.value)
+        if name in ("empty.npz", "obj.npz", "short.npz"):
+            assert str(f) in str(e.value)
+    with pytest.raises(ValueError, match="seed >= 0; got n=6000, features=16, classes=5, "
+                                         "seed=-1"):
+        get_dataset("synthetic:seed=-1")
+
+
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
+    """Excel saves UTF-8 CSV with a byte-order mark: 'missing columns ['zlogz']; found
+    ['\\ufeffzlogz', ...]'."""
+    rows = [line for line in make_arff(60).decode().splitlines() if line and line[0] not in "%@"]
+    text = ",".join(FEATURES + ["class"]) + "\n" + "\n".join(r.replace("'", "") for r in rows)
+    (tmp_path / "plain.csv").write_text(text, encoding="utf-8")
+    (tmp_path / "excel.csv").write_text(text, encoding="utf-8-sig")
+    a, b = (get_dataset(f"jets:{tmp_path / n}") for n in ("plain.csv", "excel.csv"))
+    assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_test, b.y_test)
 
 
 def test_digits_and_synthetic():

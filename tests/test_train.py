@@ -348,6 +348,22 @@ def test_evaluate_and_ptq_standardise_the_data_as_the_checkpoint_was_trained(tmp
         capsys.readouterr().err
 
 
+def test_diverged_training_and_a_ptq_folder_with_a_slash(tmp_path, capsys):
+    """A diverged training ended in a FloatingPointError traceback; `ptq --out new/` wrote
+    a file named 'new'."""
+    assert main(["train", "--model-widths", "8", "--epochs", "2", "--lr", "1e30", "--out",
+                 str(tmp_path / "x"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hetq train: error: training diverged at epoch ") and \
+        "Traceback" not in err and not (tmp_path / "x").exists()
+    assert main(["train", "--model-widths", "8", "--epochs", "1", "--out", str(tmp_path / "f"),
+                 "--no-progress"]) == 0
+    assert main(["ptq", str(tmp_path / "f"), "--bits", "6", "--out",
+                 str(tmp_path / "new") + "/"]) == 0
+    assert (tmp_path / "new" / "ptq6.pt").is_file()
+    assert f"checkpoint: {tmp_path / 'new' / 'ptq6.pt'}" in capsys.readouterr().out
+
+
 def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, monkeypatch,
                                                             capsys):
     import hetq.train.loop as loop

@@ -215,7 +215,7 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, FileNotFoundError, ConnectionError) as e:  # user errors: no traceback
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except CommandFailed as e:
+    except (CommandFailed, FloatingPointError) as e:  # (training that diverged)
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a path it cannot write (a file where a folder goes, ...), disk full

@@ -74,15 +74,31 @@ class Dataset:
         for s in SPLITS:
             X, y = splits[s]
             arrays[s] = validate_arrays(X, y, n_classes, f"{name} ({s} split)")
+        empty = [s for s in SPLITS if len(arrays[s][1]) == 0]
+        if empty:
+            sizes = ", ".join(f"{s} {len(arrays[s][1])}" for s in SPLITS)
+            raise ValueError(f"{name}: the {' and '.join(empty)} split{'s' * (len(empty) > 1)} "
+                             f"{'have' if len(empty) > 1 else 'has'} no samples ({sizes}); "
+                             "training, validation and test each need some")
         mean = std = None
         if standardize:
             Xtr = arrays["train"][0]
             axes = tuple(i for i in range(Xtr.ndim) if i != 1)
-            mean = Xtr.mean(axis=axes, keepdims=True)[0]
-            std = Xtr.std(axis=axes, keepdims=True)[0]
-            std = np.where(std > 0, std, 1.0).astype(np.float32)
-            arrays = {s: (((X - mean) / std).astype(np.float32), y)
-                      for s, (X, y) in arrays.items()}
+            with np.errstate(over="ignore", invalid="ignore"):  # (checked below)
+                mean = Xtr.mean(axis=axes, keepdims=True)[0]
+                std = Xtr.std(axis=axes, keepdims=True)[0]
+                std = np.where(std > 0, std, 1.0).astype(np.float32)
+                arrays = {s: (((X - mean) / std).astype(np.float32), y)
+                          for s, (X, y) in arrays.items()}
+            for s, (X, _) in arrays.items():
+                bad = ~np.isfinite(X)
+                if bad.any():  # finite values beyond float32's range once summed (1e37 ...)
+                    cols = sorted(set(np.argwhere(bad)[:, 1].tolist()))[:5]
+                    top = float(np.abs(Xtr[:, cols] if Xtr.ndim == 2 else Xtr).max())
+                    raise ValueError(f"{name} ({s} split): feature columns {cols} do not "
+                                     "standardise in float32 (values up to "
+                                     f"{top:.3g} in the train split overflow its mean or "
+                                     "spread); rescale them")
         return cls(name, *arrays["train"], *arrays["val"], *arrays["test"],
                    list(features), list(classes), mean, std)
 

@@ -21,6 +21,7 @@ import gzip
 import io
 import json
 import math
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def _open_text(path: Path):
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     try:
-        return io.StringIO(raw.decode("utf-8"))
+        return io.StringIO(raw.decode("utf-8-sig"))  # (a byte-order mark, as Excel writes)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected the "
                          "jet dataset as ARFF or CSV text") from None
@@ -232,14 +233,22 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
     try:
         d = np.load(p, allow_pickle=False)
         files = set(d.files)
-    except (ValueError, OSError, AttributeError):  # not an .npz archive (or not numpy at all)
+    except (ValueError, OSError, AttributeError, EOFError, zipfile.BadZipFile):
+        # not an .npz archive (or not numpy at all, or empty)
         raise ValueError(f"{p}: not a jets_sim file (expected an .npz archive with the arrays X, "
                          "y and split)") from None
     missing = {"X", "y", "split"} - files
     if missing:
         raise ValueError(f"{p}: not a jets_sim file (missing {sorted(missing)})")
-    X, y, split = d["X"], d["y"], d["split"]
+    try:
+        X, y, split = d["X"], d["y"], d["split"]
+        features = [str(f) for f in d["features"]] if "features" in d.files else FEATURES
+        classes = [str(c) for c in d["classes"]] if "classes" in d.files else CLASSES
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. object arrays
+        raise ValueError(f"{p}: unreadable jets_sim array ({e})") from None
+    if split.ndim != 1 or len(split) != len(X) or len(y) != len(X):
+        raise ValueError(f"{p}: X has {len(X)} rows, y {len(y)} and split {len(split)} (shape "
+                         f"{split.shape}); expected one label and one split (0 train, 1 "
+                         "validation, 2 test) per row")
     splits = {s: (X[split == i], y[split == i]) for i, s in enumerate(("train", "val", "test"))}
-    features = [str(f) for f in d["features"]] if "features" in d.files else FEATURES
-    classes = [str(c) for c in d["classes"]] if "classes" in d.files else CLASSES
     return Dataset.from_splits("jets-sim", splits, features, classes, standardize)

@@ -33,9 +33,10 @@ def make_synthetic(n: int = 6000, n_features: int = 16, n_classes: int = 5, seed
                    noise: float = 1.0, standardize: bool = True) -> Dataset:
     """A learnable Gaussian-mixture classification problem (deterministic given `seed`):
     each class has two random centres in feature space; samples = centre + noise * N(0, 1)."""
-    if n < 3 * n_classes or n_features < 1 or n_classes < 2:
-        raise ValueError(f"synthetic data needs n >= 3*classes, features >= 1, classes >= 2; "
-                         f"got n={n}, features={n_features}, classes={n_classes}")
+    if n < 3 * n_classes or n_features < 1 or n_classes < 2 or seed < 0:
+        raise ValueError(f"synthetic data needs n >= 3*classes, features >= 1, classes >= 2, "
+                         f"seed >= 0; got n={n}, features={n_features}, classes={n_classes}, "
+                         f"seed={seed}")
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 2.0, size=(n_classes, 2, n_features))
     y = rng.integers(0, n_classes, size=n)

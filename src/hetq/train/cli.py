@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..cli import (
@@ -238,7 +239,8 @@ def _ptq(a) -> int:
 
     src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
     out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
-    out = check_new(out / name if out.is_dir() else out, overwrite=a.overwrite)
+    folder = out.is_dir() or (a.out or "").endswith(("/", os.sep))  # (--out new/: a folder)
+    out = check_new(out / name if folder else out, overwrite=a.overwrite)
     ckpt = read(a.checkpoint)
     model = build_from(ckpt)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
