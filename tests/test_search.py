@@ -356,6 +356,67 @@ def test_a_worker_counts_only_the_trials_it_ran_itself(tmp_path):
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"] * budget
 
 
+def test_workers_and_resumed_searches_draw_their_own_configurations(tmp_path):
+    """Every process that opened a study seeded its sampler with the search's seed: with
+    --workers 2 each configuration was trained twice side by side, and a resumed search
+    trained its first configurations again."""
+    from hetq.search.driver import open_study, sampler_seed
+
+    assert sampler_seed(7, 0, 0) == 7 and sampler_seed(None, 3, 1) is None
+    seeds = {sampler_seed(7, n, k) for n in (0, 4) for k in (0, 1, 2)} - {7}
+    assert len(seeds) == 5
+    config = cfg(trials=50)
+
+    def first_draws(stream, n=6, out=tmp_path / "s"):
+        study = open_study(config, out, None, stream=stream)
+        trials = [study.ask() for _ in range(n)]
+        values = [t.suggest_float("x", 0.0, 1.0) for t in trials]
+        for t in trials:
+            study.tell(t, 0.5)
+        return values
+
+    fresh = first_draws(0)
+    assert first_draws(0, out=tmp_path / "t") == fresh  # a fresh search is reproducible
+    assert first_draws(0, 1)[0] not in fresh  # resumed: not the first draws again
+    worker1, worker2 = first_draws(1), first_draws(2)
+    assert not set(worker1) & set(worker2) and not set(worker1) & set(fresh)
+
+
+def test_an_interrupted_trial_is_trained_again_on_resume(tmp_path):
+    """Ctrl-C in a trial: Optuna logged it as a failed trial with the KeyboardInterrupt's
+    traceback (about 40 lines), and a resumed one-process search never retrained it."""
+    from hetq.cli import Terminated
+    from hetq.search.engine import run_worker
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="i")
+    calls = []
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        calls.append(x)
+        if len(calls) == 2:
+            raise Terminated()  # SIGTERM, taken as Ctrl-C
+        return x
+
+    import logging
+
+    logged = []
+    handler = logging.Handler()
+    handler.emit = logged.append
+    logging.getLogger("optuna").addHandler(handler)  # (Optuna's own handler is not captured)
+    try:
+        with pytest.raises(Terminated):
+            run_worker(study, objective, budget=3)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert not [r.getMessage() for r in logged if r.levelno >= logging.WARNING]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "WAITING"]
+    assert study.trials[2].user_attrs["retry_of"] == 1
+    assert run_worker(study, objective, budget=3) == 2  # the resumed search
+    assert calls[2] == calls[1]  # the interrupted configuration first
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+
+
 def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
     # K=2 members per batch, a sampled sparsity per layer and a metric that only the full
     # validation metrics carry: every trial completes with its own zeros and its stored weights

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import torch
 
@@ -283,7 +284,22 @@ def _constraints_func(trial: optuna.trial.FrozenTrial):
 
 
 # -- studies ----------------------------------------------------------------------------------
-def open_study(config: SearchConfig, out: Path, storage: str | None, create: bool = True):
+def sampler_seed(seed: int | None, n_trials: int, stream: int) -> int | None:
+    """The sampler seed of a process joining a study that holds `n_trials` trials: `seed`
+    itself for a fresh study's first process (stream 0), so a search is reproducible; else
+    one drawn from (seed, n_trials, stream). Every process that opens a study makes its own
+    sampler; with the same seed, worker processes drew the same random configurations side
+    by side, and a resumed search trained its first configurations again."""
+    if seed is None or (n_trials == 0 and stream == 0):
+        return seed
+    return int(np.random.SeedSequence([seed, n_trials, stream]).generate_state(1)[0])
+
+
+def open_study(config: SearchConfig, out: Path, storage: str | None, create: bool = True,
+               stream: int = 0):
+    """The search's study (created if `create`), with its sampler seeded by `sampler_seed`:
+    `stream` tells apart the processes that work on it (0: the search's own, i: its i-th
+    worker process, a random one for `hetq worker` elsewhere)."""
     quiet_optuna()
     st = make_storage(storage, out)
     directions = ["maximize", "minimize"] if config.objective == "pareto" else ["maximize"]
@@ -311,6 +327,11 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
         except KeyError:
             raise ValueError(f"no study named {config.study_name!r} in {storage or out}") \
                 from None
+    seed = sampler_seed(config.seed, len(study.get_trials(deepcopy=False)), stream)
+    if seed != config.seed:
+        study.sampler = make_sampler(sampler_name, seed, config.objective == "pareto",
+                                     constraints_func=_constraints_func if active else None,
+                                     search_space=None)
     return study
 
 
@@ -482,7 +503,7 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
         cmd.append("--no-progress")
     procs = []
     for i in range(workers):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HETQ_WORKER_INDEX": str(i + 1)}
         if devices:
             env["HETQ_DEVICE"] = f"cuda:{devices[i % len(devices)]}"
         procs.append(subprocess.Popen(cmd, env=env))
@@ -520,7 +541,11 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     resolve_device(config.device)  # a device this machine lacks: one error, not failed trials
     out.mkdir(parents=True, exist_ok=True)
     ctx = build_context(config, out, progress=False)
-    study = open_study(config, out, storage, create=False)
+    # this process's sampler stream: its index among a search's --workers, else random (a
+    # machine of its own), so that no two workers draw the same configurations
+    stream = int(os.environ.get("HETQ_WORKER_INDEX") or 0) or \
+        int.from_bytes(os.urandom(4), "little") + 1000
+    study = open_study(config, out, storage, create=False, stream=stream)
     _grid_fix(study, ctx)
     ran = run_worker(study, make_objective(ctx), config.trials,
                      on_trial_end=Progress(ctx, config.trials, progress),

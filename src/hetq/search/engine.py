@@ -66,6 +66,27 @@ class BudgetReached(Exception):
     """Raised inside a trial that would exceed the study's trial budget."""
 
 
+class _TrialInterrupted(BaseException):
+    """Ctrl-C (or SIGTERM) inside a trial, carried past Optuna: it would record the trial as
+    failed with the interruption's traceback in its log, and the configuration would not be
+    trained again when the search resumes."""
+
+    def __init__(self, trial: optuna.Trial, interruption: KeyboardInterrupt):
+        super().__init__(trial.number)
+        self.trial, self.interruption = trial, interruption
+
+
+def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
+    """An interrupted trial: failed, its configuration queued again (as for a dead worker's),
+    so that the resumed search trains it."""
+    try:
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except Exception:  # (already finished)
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                        skip_if_exists=False)
+
+
 def counted_before(study: optuna.Study, number: int) -> int:
     """Trials with a smaller number that are complete, pruned or running."""
     states = (*COUNTED, TrialState.RUNNING)
@@ -88,7 +109,10 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         if counted_before(study, trial.number) >= budget:
             trial.set_user_attr("overflow", True)
             raise BudgetReached
-        return objective(trial)
+        try:
+            return objective(trial)
+        except KeyboardInterrupt as e:
+            raise _TrialInterrupted(trial, e) from None
 
     mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
     # workers' trials, e.g. one that overflowed the budget, land in the study meanwhile)
@@ -109,8 +133,12 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         # a trial that fails (diverged training, a candidate that cannot be built) is recorded
         # as FAIL with its error by Optuna and does not count; the search goes on, unless
         # MAX_CONSECUTIVE_FAILURES in a row say something is wrong with every trial
-        study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
-                       callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
+        try:
+            study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
+                           callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
+        except _TrialInterrupted as e:
+            _retry_later(study, e.trial)
+            raise e.interruption from None
         if not mine or mine[-1].user_attrs.get("overflow"):
             continue
         ran += 1
