@@ -426,6 +426,47 @@ def test_polish_front_starts_with_the_most_accurate(monkeypatch):
     assert [p.ebops for p in front] == [10, 50, 200, 900]
 
 
+def test_ctrl_c_stops_the_polish_and_keeps_what_it_reached(monkeypatch):
+    """polish() swallowed Ctrl-C (and SIGTERM, taken as Ctrl-C) and returned, so polish_front
+    went on with every other point: a batch system's SIGTERM did nothing, and its SIGKILL
+    then lost the whole front, unsaved."""
+    import hetq.search.gradient.training as gm
+
+    data, f = _small_setup()
+    g, res = train_gradient(f, data, epochs=4, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            progress=False)
+    p = res.front[-1]
+    calls = []
+
+    def val_accuracy(*a):  # epoch 1 beats the point; Ctrl-C during epoch 2's evaluation
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    monkeypatch.setattr(gm, "_val_accuracy", val_accuracy)
+    with pytest.raises(gm.PolishInterrupted) as e:
+        gm.polish(g, p, data, epochs=5)
+    assert e.value.point.polished and e.value.point.val_accuracy == 1.0
+    # polish_front stops at once, keeps the interrupted point's best, and says so
+    seen = []
+
+    def polish(g, point, data, **kw):
+        seen.append(point.ebops)
+        if len(seen) == 2:
+            raise gm.PolishInterrupted(FrontPoint(point.epoch, 0.0, 0.95, point.ebops - 1,
+                                                  polished=True))
+        return point
+
+    monkeypatch.setattr(gm, "polish", polish)
+    pts = [FrontPoint(k, 0.0, acc, eb) for k, (acc, eb) in
+           enumerate([(0.3, 10), (0.6, 200), (0.5, 50), (0.7, 900)])]
+    front = gm.polish_front(None, pts, None, progress=False)
+    assert seen == [900, 200] and front.interrupted
+    assert [(p.ebops, p.polished) for p in front] == [(10, False), (50, False), (199, True)]
+    assert not gm.polish_front(None, pts[:1], None, progress=False).interrupted
+
+
 def test_stop_below_ends_training_and_gives_the_time_to_the_polish(monkeypatch):
     import hetq.search.gradient.runs as gm
 

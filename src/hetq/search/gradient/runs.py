@@ -93,6 +93,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         if polish_epochs and res.front and not res.interrupted:
             res.front = polish_front(model, res.front, data, seconds=polish_seconds(),
                                      **polish_kw)
+            res.interrupted = getattr(res.front, "interrupted", False)
             res.seconds = time.time() - t0
         return model, res
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -138,6 +139,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         if polish_epochs and front and not interrupted:
             front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
                                  **polish_kw)
+            interrupted = getattr(front, "interrupted", False)
     if front:
         model.load_state_dict(front[-1].state)
     early = any(res.stopped_early for _, res in results.values())

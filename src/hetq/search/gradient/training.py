@@ -335,6 +335,21 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                                  stopped_early, diverged)
 
 
+class PolishInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during `polish`: `point` is the best it reached (or the point
+    it started from)."""
+
+    def __init__(self, point: FrontPoint):
+        super().__init__()
+        self.point = point
+
+
+class Polished(list):
+    """`polish_front`'s points; `interrupted`: Ctrl-C or SIGTERM ended the polish early."""
+
+    interrupted = False
+
+
 def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
            lr: float = 1e-3, batch_size: int = 1024, seed: int = 0,
            deadline: float | None = None, teacher: nn.Module | None = None,
@@ -345,7 +360,8 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
     (`polished` True), or `point` itself when no epoch beat it. The beta ramp leaves the
     weights of the cheap points tuned for the wider bits they had a moment earlier; a few
     epochs at the final bits win back part of that. deadline: a `time.time()` after which
-    no new epoch starts. Ctrl-C returns the best reached so far."""
+    no new epoch starts. Ctrl-C (SIGTERM under `interrupts_save`) raises `PolishInterrupted`
+    with the best point reached so far."""
     from ...train.loop import Classify, _train_val_tensors, as_dataset
 
     data = as_dataset(data)
@@ -379,6 +395,7 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
     gen = torch.Generator().manual_seed(seed)
     n = len(Xtr)
     best, best_state = point.val_accuracy, None
+    interrupted = False
     try:
         for _ in range(epochs):
             if deadline is not None and time.time() >= deadline:
@@ -398,12 +415,15 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
             if acc > best:
                 best, best_state = acc, copy.deepcopy(g.state_dict())
     except KeyboardInterrupt:
-        pass
-    if best_state is None:
-        return point
-    g.load_state_dict(best_state)
-    return FrontPoint(point.epoch, point.beta, best, g.ebops(), best_state, point.run,
-                      polished=True)
+        interrupted = True
+    result = point
+    if best_state is not None:
+        g.load_state_dict(best_state)
+        result = FrontPoint(point.epoch, point.beta, best, g.ebops(), best_state, point.run,
+                            polished=True)
+    if interrupted:  # (the caller must stop too, not go on to its next point)
+        raise PolishInterrupted(result)
+    return result
 
 
 def _polish_one(gmodel, point, data, kwargs: dict):
@@ -412,7 +432,10 @@ def _polish_one(gmodel, point, data, kwargs: dict):
 
     torch.set_num_threads(1)
     with interrupts_save((signal.SIGINT, signal.SIGTERM)):
-        return polish(gmodel, point, data, **kwargs)
+        try:
+            return polish(gmodel, point, data, **kwargs)
+        except PolishInterrupted as e:  # (the parent, interrupted too, stops the others)
+            return e.point
 
 
 def quiet_worker():
@@ -443,11 +466,13 @@ def interrupt_workers(pool) -> None:
 def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
                  epochs: int = 10, lr: float = 1e-3, seconds: float | None = None,
                  pool=None, progress: bool = True, teacher: nn.Module | None = None,
-                 distill: float = 1.0) -> list[FrontPoint]:
+                 distill: float = 1.0) -> Polished:
     """`polish` each front point, most accurate first (in `pool`'s processes when given),
     until `seconds` are spent; returns the Pareto front of the original and polished points.
     Most accurate first: with a time limit, the near-chance points at the cheap end of a
-    front (many, and of no use) are the ones left out."""
+    front (many, and of no use) are the ones left out. Ctrl-C (or SIGTERM under
+    `interrupts_save`) stops it: the points polished so far, and the best state of those in
+    progress, are kept, and the result's `interrupted` is True."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from ...progress import bar as progress_bar
@@ -461,6 +486,7 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     bar = progress_bar(total=len(todo), disable=not progress, desc="polishing the front",
                        unit="point")
     pending = set()
+    out = Polished()
     try:
         if pool is None:
             for p in todo:
@@ -475,10 +501,21 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
                 for fut in done:
                     keeper.offer(fut.result())
                     bar.update(1)
-    except KeyboardInterrupt:  # keep the points polished so far; drop the queued ones
+    except KeyboardInterrupt as e:  # keep the points polished so far; drop the queued ones
+        out.interrupted = True
+        if isinstance(e, PolishInterrupted):
+            keeper.offer(e.point)
         for fut in pending:
             fut.cancel()
         if pool is not None:
-            interrupt_workers(pool)
+            interrupt_workers(pool)  # the running ones return their best within an epoch
+            running = [f for f in pending if not f.cancelled()]
+            try:
+                for fut in (wait(running, timeout=30.0)[0] if running else ()):
+                    if fut.exception() is None:
+                        keeper.offer(fut.result())
+            except KeyboardInterrupt:  # (a second Ctrl-C: what is kept so far is returned)
+                pass
     bar.close()
-    return keeper.points
+    out.extend(keeper.points)
+    return out
