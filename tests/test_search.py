@@ -633,7 +633,8 @@ def test_a_failed_search_or_worker_is_one_line_and_exit_status_1(tmp_path, monke
                                            "(last: trial 4); stopping\n")
 
 
-def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_path, capsys):
+def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_path, capsys,
+                                                                         monkeypatch):
     """`hetq retrain`: the checkpoint's 'before' metrics are the trial's model, its test
     metrics are what the saved model gives; a second run into the same path is refused
     before training (--overwrite replaces it), and so is a trial that does not exist."""
@@ -678,6 +679,20 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
                 in capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"trial -1 does not exist"):
         trial_model(out, -1)  # (not the last trial, as Python's indexing would have it)
+    # Ctrl-C after the first epoch: the best epoch is saved, and the exit status is 130
+    import hetq.train
+    from hetq.train.loop import fit
+
+    def ctrl_c_after_one_epoch(*a, **k):
+        def report(epoch, val):
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return fit(*a, report=report, **k)
+
+    monkeypatch.setattr(hetq.train, "fit", ctrl_c_after_one_epoch)
+    assert main([*args, "--out", str(tmp_path / "r.pt")]) == 130
+    assert "interrupted after 2 epochs: saving the best of them" in capsys.readouterr().out
+    assert (tmp_path / "r.pt").is_file()
 
 
 def test_export_takes_the_storage_of_a_search_that_used_one(tmp_path, capsys):

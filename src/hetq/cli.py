@@ -61,6 +61,17 @@ def interrupts_save(signals=(signal.SIGTERM,)):
             signal.signal(s, h)
 
 
+_INTERRUPTED = {"saved": False}
+
+
+def saved_after_interruption() -> None:
+    """Called by work that Ctrl-C or SIGTERM stopped early and that then saved what it had
+    reached (train, retrain, the gradient strategy): `main` exits with status 130 all the
+    same, as for any interrupted command, so a script (`hetq train ... && hetq export ...`)
+    does not go on as if the work had run to its end."""
+    _INTERRUPTED["saved"] = True
+
+
 def ignore_signal(signum, frame) -> None:
     """A signal handler that does nothing (unlike SIG_IGN, safe to switch from and to while
     a signal is pending)."""
@@ -207,8 +218,10 @@ def _main(argv: list[str] | None) -> int:
     shown = warnings.formatwarning  # warnings as one line each, like the errors
     warnings.formatwarning = lambda message, category, *_a, **_k: (
         f"hetq {args.command}: warning: {message}\n")
+    _INTERRUPTED["saved"] = False
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        return 130 if code == 0 and _INTERRUPTED["saved"] else code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -227,4 +240,8 @@ def _main(argv: list[str] | None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # `python -m hetq.cli`: run the imported module's main, whose state (the interruption
+    # flag) is the one the commands' modules use, not this __main__ copy's
+    from hetq.cli import main as _main_of_the_module
+
+    sys.exit(_main_of_the_module())

@@ -13,7 +13,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     `epochs` (the best validation epoch is kept) and save it to `out` (default
     RUN/retrain_NNNNN.pt); an existing checkpoint there is refused before any training unless
     `overwrite`. Returns the path written."""
-    from ..cli import interrupts_save
+    from ..cli import interrupts_save, saved_after_interruption
     from ..data import get_dataset
     from ..train import evaluate, fit
     from ..train.checkpoint import check_new, save
@@ -35,6 +35,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
         guard.hold()  # the model is saved whatever comes now (SIGKILL aside)
         if res.interrupted:
             print(res.interruption_note())
+            saved_after_interruption()
         after = evaluate(model, data)
         cand = Candidate.from_dict(t.user_attrs["candidate"])
         save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,

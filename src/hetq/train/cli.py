@@ -15,13 +15,14 @@ from ..cli import (
     positive_float,
     positive_int,
     quantize_zoo_model,
+    saved_after_interruption,
 )
 
 
 def _common(p):
-    p.add_argument("--data", default="jets-sim", help="jets-sim | jets | jets:PATH | digits | "
-                                                      "synthetic (see hetq.data)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--data", default="jets-sim", help="jets-sim | jets-sim:PATH | jets | "
+                   "jets:PATH | digits | synthetic (see hetq.data; default %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -82,7 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--bits", type=int, default=8,
                    help="total width (2 to 32) of every weight, bias and activation type, integer "
                         "bits from the calibration ranges (default %(default)s)")
-    q.add_argument("--calibration", type=positive_int, default=10000, help="calibration samples")
+    q.add_argument("--calibration", type=positive_int, default=10000,
+                   help="calibration samples (default %(default)s)")
     q.add_argument("--out", default=None,
                    help="checkpoint to write, or a folder to write ptqBITS.pt into (default: "
                         "ptqBITS.pt next to the input); an existing checkpoint is refused "
@@ -157,6 +159,7 @@ def _train(a) -> int:
         guard.hold()  # the model is saved whatever comes now (SIGKILL aside)
         if res.interrupted:
             print(res.interruption_note())
+            saved_after_interruption()
         model.cpu()
         metrics = evaluate(model, data, "test", task)
         out.mkdir(parents=True, exist_ok=True)

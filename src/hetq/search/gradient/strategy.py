@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ...cli import interrupts_save
+from ...cli import interrupts_save, saved_after_interruption
 from .convert import to_hetq_model
 from .runs import train_gradient_runs
 from .training import FrontPoint
@@ -113,6 +113,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
         guard.hold()  # the points are saved whatever comes now (SIGKILL aside)
         if res.interrupted:
             print("gradient strategy: interrupted; saving the front reached so far")
+            saved_after_interruption()
         rows = []
         shape = ctx.data.input_shape
         # the points go to a new folder that then replaces <out>/gradient whole: an earlier
