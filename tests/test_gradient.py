@@ -726,10 +726,15 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert SearchConfig.load(other / "search.yaml").strategy == "optuna"
     # the saved float model is reused by a rerun in that folder: another architecture is refused
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
-                 "synthetic:n=1500,features=16,classes=5", "--out", str(out),
-                 "--no-progress"]) == 2
+                 "synthetic:n=1500,features=16,classes=5", "--float-epochs", "1", "--out",
+                 str(out), "--no-progress"]) == 2
     assert ("holds a float model for other settings (model_kwargs: {'widths': [8, 4]}, now "
             "{'widths': [8, 8]})") in capsys.readouterr().err
+    assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
+                 "synthetic:n=1500,features=16,classes=5", "--float-epochs", "5", "--out",
+                 str(out), "--no-progress"]) == 2
+    assert "holds a float model for other settings (float_epochs: 1, now 5)" in \
+        capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["search", "--strategy", "gradient", "--model-widths", "8", "0"])
     assert "expected an integer >= 1, got '0'" in capsys.readouterr().err

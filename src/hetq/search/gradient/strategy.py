@@ -87,8 +87,10 @@ def run_gradient_strategy(config, out, progress: bool = True,
     if "strategy" in changed:  # its study and trials would stay, under a gradient search.yaml
         raise ValueError(f"{out} holds a search with --strategy {changed['strategy']}; use "
                          "another --out for the gradient strategy")
-    # the float model saved there is reused: it must be the same model on the same data
-    changed = {k: v for k, v in changed.items() if k in ("model", "model_kwargs", "data")}
+    # the float model saved there is reused: it must be the same model on the same data,
+    # trained as long (a changed --float-epochs was ignored, and search.yaml then said it)
+    changed = {k: v for k, v in changed.items()
+               if k in ("model", "model_kwargs", "data", "float_epochs")}
     if changed and (out / "float.pt").exists():
         raise ValueError(f"{out} holds a float model for other settings ("
                          + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
