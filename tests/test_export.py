@@ -404,6 +404,31 @@ def test_qonnx_per_feature_types_exact(wide, tmp_path):
         layer_list(eng)
 
 
+def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_path):
+    """`hetq export --qonnx` of a model with a table activation (quantized_relu_po2, as a
+    default search picks) stopped with the QONNX error before printing the engine's
+    bit-exactness check; the message did not say how to search models it can export."""
+    from hetq.export.cli import export_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(QDense(4, 6, kernel_quantizer="quantized_bits(6,1,alpha=1)",
+                             bias_quantizer="quantized_bits(6,1,alpha=1)"),
+                      QActivation("quantized_relu_po2(4,2)"),
+                      QDense(6, 2, kernel_quantizer="quantized_bits(5,1,alpha=1)",
+                             bias_quantizer="quantized_bits(5,1,alpha=1)")).eval()
+    lines = []
+    with pytest.raises(ExportError) as e:
+        export_model(m, torch.randn(300, 4) * 3, IN16, qonnx=tmp_path / "m.onnx",
+                     out=lines.append)
+    assert str(e.value) == (f"--qonnx {tmp_path / 'm.onnx'} not written: 1: table steps are "
+                            "not supported by the QONNX export (dense, conv, quantized_bits/"
+                            "relu, ReLU, flatten are; `hetq search --deployable` searches only "
+                            "those activations)")
+    engine = [ln for ln in lines if "PyTorch (float64)" in ln]
+    assert len(engine) == 1 and "mismatches     0" in engine[0] and "bit-exact" in engine[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_qonnx_rejects_wrapping_input():
     pytest.importorskip("qonnx")
     from hetq.export.qonnx import to_qonnx

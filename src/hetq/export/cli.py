@@ -91,6 +91,7 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
     """
     from ..cost import cost
     from .engine import IntegerModel
+    from .steps import ExportError
 
     shape = tuple(x.shape[1:])
     t0 = time.time()
@@ -99,20 +100,29 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
         f"{eng.output_type}:")
     out(eng.layer_table())
     reports = [eng.compare(x)]
+    failed = []  # a layer one format cannot express: the other checks still run and print
     if qonnx:
         from .qonnx import check_qonnx, to_qonnx
-        proto = to_qonnx(eng, qonnx)
-        reports.append(check_qonnx(eng, proto, x))
-        out(f"QONNX: {qonnx}")
+        try:
+            proto = to_qonnx(eng, qonnx)
+        except ExportError as e:
+            failed.append(f"--qonnx {qonnx} not written: {e}")
+        else:
+            reports.append(check_qonnx(eng, proto, x))
+            out(f"QONNX: {qonnx}")
     if hls4ml:
         from .hls import earlier_project, export_hls4ml
         replaced = earlier_project(hls4ml)
-        _, rep = export_hls4ml(eng, hls4ml, x if compile else None, backend=backend,
-                               compile=compile)
-        if rep is not None:
-            reports.append(rep)
-        out(f"hls4ml project ({backend}, io_parallel, latency): {hls4ml}"
-            + (" (replaced the earlier project there)" if replaced else ""))
+        try:
+            _, rep = export_hls4ml(eng, hls4ml, x if compile else None, backend=backend,
+                                   compile=compile)
+        except ExportError as e:
+            failed.append(f"--hls4ml {hls4ml} not written: {e}")
+        else:
+            if rep is not None:
+                reports.append(rep)
+            out(f"hls4ml project ({backend}, io_parallel, latency): {hls4ml}"
+                + (" (replaced the earlier project there)" if replaced else ""))
     rep_cost = cost(model, shape, source_quantizer=source_quantizer(eng.input_type))
     out("")
     out(f"bit-exactness vs the integer engine ({len(x)} samples on the input grid, "
@@ -122,6 +132,8 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
     out("")
     out("cost of the exported model:")
     out(rep_cost.table())
+    if failed:
+        raise ExportError("; ".join(failed))
     return {"engine": eng, "reports": reports, "cost": rep_cost}
 
 

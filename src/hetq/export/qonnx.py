@@ -169,7 +169,8 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
                 raise ExportError(f"{step.name}: {kind} is not supported by the QONNX export")
         else:
             raise ExportError(f"{step.name}: {step.kind} steps are not supported by the QONNX "
-                              "export (dense, conv, quantized_bits/relu, ReLU, flatten are)")
+                              "export (dense, conv, quantized_bits/relu, ReLU, flatten are; "
+                              "`hetq search --deployable` searches only those activations)")
     inp = helper.make_tensor_value_info("global_in", b.elem, ["N", *eng.input_shape])
     out = helper.make_tensor_value_info(x, b.elem, None)
     graph = helper.make_graph(b.nodes, "hetq_model", [inp], [out], initializer=b.inits)
