@@ -304,6 +304,20 @@ def test_bad_input_type_string():
         IntegerModel(jet("q6"), (16,), "fixed16")
 
 
+def test_an_input_type_with_more_integer_bits_than_its_width_is_costed():
+    """ap_fixed<4,8> (a grid step of 16) is a legal type: the export checked it bit-exactly,
+    then failed on the cost table with "bad quantizer 'quantized_bits(4,7,alpha=1)'", a string
+    the user never typed."""
+    from hetq.export.cli import export_model
+
+    lines = []
+    res = export_model(jet("q6"), jets_x(200) * 40, "ap_fixed<4,8>", out=lines.append)
+    assert all(r.exact for r in res["reports"])
+    assert str(res["engine"].input_type) == "ap_fixed<4,8>"
+    fc1 = next(lc for lc in res["cost"].layers if lc.name == "fc1")
+    assert fc1.input.bits == 4
+
+
 def test_export_source_errors(tmp_path):
     from hetq.export.cli import resolve_source
     from hetq.search.config import SearchConfig

@@ -417,6 +417,42 @@ def test_an_interrupted_trial_is_trained_again_on_resume(tmp_path):
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
+def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatch):
+    """`hetq report` of a search stopped before its first trial ended printed matplotlib's
+    'No artists with labels found' and an empty report; `--trial best` said '(No trials are
+    completed yet.); give --trial N' although no N would do; a changed --trials was listed
+    among the settings that may not change."""
+    import hetq.search.driver as driver
+    from hetq.cli import main
+
+    def interrupted(ctx):
+        def objective(trial):
+            raise KeyboardInterrupt
+        return objective
+
+    out = tmp_path / "s"
+    monkeypatch.setattr(driver, "make_objective", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg(), out, progress=False)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith(
+        f"no trial of {out} has completed yet (1 failed, 0 running, 1 queued); rerun the same "
+        "`hetq search` command to resume it. No HTML report was written.")
+    assert not (out / "report.html").exists() and not (out / "pareto.png").exists()
+    for argv in (["retrain", str(out), "--trial", "best"],
+                 ["export", str(out), "--trial", "best", "--input-type", "ap_fixed<16,6>"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"hetq {argv[0]}: error: {out}: no trial has completed yet, so there is no best one "
+            "(rerun the same `hetq search` command to resume it)\n")
+    with pytest.raises(ValueError) as e:
+        run_search(cfg(trials=9, epochs=3), out, progress=False)
+    assert str(e.value) == (f"{out} holds a search with other settings (epochs); use another "
+                            "--out, or the same settings to resume (--trials may change)")
+
+
 def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
     # K=2 members per batch, a sampled sparsity per layer and a metric that only the full
     # validation metrics carry: every trial completes with its own zeros and its stored weights

@@ -77,10 +77,12 @@ def resolve_source(source: str, trial: str | None, storage: str | None = None):
 
 
 def source_quantizer(ft) -> str:
-    """The quantizer string whose type is `ft` (for the cost model's input)."""
+    """The quantizer string of `ft`'s width and signedness (for the cost model's input, which
+    counts the width only). A type whose integer bits exceed its width (ap_fixed<4,8>: a grid
+    step of 16) has no quantized_bits of its own; its integer bits are capped at the width."""
     if ft.signed:
-        return f"quantized_bits({ft.width},{ft.integer - 1},alpha=1)"
-    return f"quantized_bits({ft.width},{ft.integer},keep_negative=False,alpha=1)"
+        return f"quantized_bits({ft.width},{min(ft.integer - 1, ft.width - 1)},alpha=1)"
+    return f"quantized_bits({ft.width},{min(ft.integer, ft.width)},keep_negative=False,alpha=1)"
 
 
 def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vivado",

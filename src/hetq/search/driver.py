@@ -416,9 +416,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     changed = changed_settings(config, out)
-    if set(changed) - {"trials"}:
-        raise ValueError(f"{out} holds a search with other settings ({', '.join(changed)}"
-                         "); use another --out, or the same settings to resume")
+    if set(changed) - {"trials"}:  # (a resumed search may ask for more trials)
+        raise ValueError(f"{out} holds a search with other settings "
+                         f"({', '.join(k for k in changed if k != 'trials')}); use another "
+                         "--out, or the same settings to resume (--trials may change)")
     warm = []  # (folder, its front), read before the float model is trained and recorded
     for folder in config.warm_start:
         try:

@@ -79,6 +79,10 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
             return int(trial)
         except (TypeError, ValueError):
             raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        raise ValueError(f"{out}: no trial has completed yet, so there is no best one (rerun "
+                         "the same `hetq search` command to resume it)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         front = sorted(t.number for t in study.best_trials)
         raise ValueError(f"{out} is a Pareto search: no single best trial; give --trial N, one "
