@@ -232,7 +232,10 @@ def test_malformed_jet_files_name_the_file_and_row(tmp_path):
                           "data row 2: could not convert string to float: 'x'"),
              "label.csv": (f"{head}\n{good}\n{good[:-1]}zz\n", "data row 2: unknown jet class "
                                                                "label 'zz'"),
-             "bin.csv": (b"\xff\xfe\x00", "not a text file (byte 0 is not UTF-8)")}
+             "bin.csv": (b"\xff\xfe\x00", "not a text file (byte 0 is not UTF-8)"),
+             # (the row used to be the sample's in the shuffled split: '(row, column) (571, 3)')
+             "nan.csv": (f"{head}\n{good}\n{good}\n{good.replace(',3.0,', ',nan,')}\n",
+                         "1 NaN/inf feature values, the first in data row 3 (c1_b2_mmdt)")}
     for name, (body, msg) in cases.items():
         f = tmp_path / name
         f.write_bytes(body if isinstance(body, bytes) else body.encode())

@@ -222,6 +222,11 @@ def load_jets(source: str | Path | None = None, standardize: bool = True, **down
     """The real hls4ml jet dataset as a `Dataset` (see the module docstring)."""
     path = Path(source) if source else download_jets(**download_kw)
     X, y = parse_file(path)
+    bad = ~np.isfinite(X)  # (checked before the shuffled split: the file's row, not a split's)
+    if bad.any():
+        r, c = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: {int(bad.sum())} NaN/inf feature values, the first in data "
+                         f"row {r + 1} ({FEATURES[c]})")
     return _dataset_from_arrays("jets", X, y, standardize)
 
 
