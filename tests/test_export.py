@@ -170,7 +170,8 @@ def test_folded_and_plain_batchnorm():
     "quantized_tanh(4)", "quantized_sigmoid(5)", "quantized_po2(4,2)",
     "quantized_relu_po2(4,2)", "binary(alpha=1)", "ternary(alpha=1)",
     "quantized_relu(6,2,negative_slope=0.25)", "quantized_bits(6,2,alpha=0.5)",
-    "quantized_relu(4,1,use_sigmoid=1)", "quantized_hswish(8,3)"])
+    "quantized_relu(4,1,use_sigmoid=1)", "quantized_hswish(8,3)",
+    "quantized_relu(4,2,relu_upper_bound=2.125,is_quantized_clip=False)"])
 def test_table_activations(act):
     torch.manual_seed(0)
     m = nn.Sequential(QDense(4, 6, kernel_quantizer="quantized_bits(6,1,alpha=1)",

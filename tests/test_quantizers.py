@@ -60,6 +60,26 @@ def test_reference_vectors(spec, inp, out):
     assert close(qq(T(inp)), out)
 
 
+def test_relu_upper_bound_clips_the_output_without_quantized_clip():
+    """QKeras clips the output at relu_upper_bound when is_quantized_clip is off (spec §1.3);
+    hetq clipped only the surrogate: [3, 10] gave [3.0, 3.75] instead of [2, 2]."""
+    x = T([-1.0, 0.3, 1.0, 2.0, 3.0, 10.0], requires_grad=True)
+    qq = q("quantized_relu(4,2,relu_upper_bound=2,is_quantized_clip=False)")
+    y = qq(x)
+    assert y.tolist() == [0.0, 0.25, 1.0, 2.0, 2.0, 2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]  # the bound's surrogate
+    # with is_quantized_clip (the default) the bound does nothing, as in QKeras
+    assert q("quantized_relu(4,2,relu_upper_bound=2)")(T([3.0, 10.0])).tolist() == [3.0, 3.75]
+    # the values and type: a bound on the grid keeps the grid's type, one between its
+    # points (2.125, grid step 0.25) is a value of its own
+    assert qq.fixed_type() == FixedType(4, 2, False, "RND_CONV", "SAT")
+    assert float(qq.values().max()) == 2.0
+    off = q("quantized_relu(4,2,relu_upper_bound=2.125,is_quantized_clip=False)")
+    assert off.fixed_type() is None and 2.125 in off.values().tolist()
+    assert off(T([2.0, 2.2, 9.0])).tolist() == [2.0, 2.125, 2.125]
+
+
 def test_hard_tanh_without_symmetric_reaches_minus_one():
     # not symmetric: the lower clip is -1 itself (ap_fixed<4,1> range)
     assert close(q("quantized_tanh(4)")(T([-3.0, -1.0, 0.9, 3.0])), [-1, -1, 0.875, 0.875])

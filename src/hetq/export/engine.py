@@ -90,7 +90,7 @@ def quantizer_cast_type(q) -> FixedType | None:
             return None
         return q.fixed_type()
     if name == "quantized_relu":
-        if q.negative_slope or q.use_sigmoid:
+        if q.negative_slope or q.use_sigmoid or q._clips_at_bound():  # (the bound: a table)
             return None
         return q.fixed_type()
     return None

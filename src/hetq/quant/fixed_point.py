@@ -360,6 +360,9 @@ class quantized_relu(Quantizer):
                     zero = torch.zeros_like(mi) if isinstance(mi, torch.Tensor) else 0.0
                     neg = torch.clamp(rnd(slope * x * inv, sr, tr) / inv, -slope * mi, zero)
                     xq = xq + neg
+            if self._clips_at_bound():  # (QKeras: the output too, not only the surrogate)
+                xq = torch.minimum(xq, torch.as_tensor(self.relu_upper_bound, dtype=xq.dtype,
+                                                       device=xq.device))
         # surrogate whose gradient the output takes
         if self.is_quantized_clip:
             if isinstance(top, torch.Tensor):  # keep the slope below 0 (leaky) here too
@@ -380,7 +383,28 @@ class quantized_relu(Quantizer):
             xq = (1 - q) * xu.detach() + q * xq
         return ste(xu, xq) if self.use_ste else xq
 
+    def _clips_at_bound(self) -> bool:
+        """QKeras clips the output at relu_upper_bound when is_quantized_clip is off."""
+        return bool(self.relu_upper_bound) and not self.is_quantized_clip
+
     def fixed_type(self) -> FixedType | None:
+        ft = self._grid_type()
+        if ft is None or not self._clips_at_bound():
+            return ft
+        # the clip at the bound: a bound between grid points is a value of no plain type
+        vals, bound = self._grid_values(), float(self.relu_upper_bound)
+        return ft if bound >= float(vals.max()) or bool((vals == bound).any()) else None
+
+    def values(self) -> torch.Tensor | None:
+        """All outputs; for the leaky ReLU exactly the grid points it reaches (its FixedType
+        may be wider than `bits` to hold -slope * 2**integer); with the clip at
+        relu_upper_bound, the grid's values clipped there."""
+        vals = self._grid_values()
+        if vals is None or not self._clips_at_bound():
+            return vals
+        return torch.unique(vals.clamp_max(float(self.relu_upper_bound)))
+
+    def _grid_type(self) -> FixedType | None:
         if not self.is_scalar:
             return None
         b, i = int(self.bits), int(self.integer)
@@ -395,11 +419,10 @@ class quantized_relu(Quantizer):
             return FixedType(integer + frac, integer, True, "RND_CONV", "SAT")
         return FixedType(b, i, False, "RND_CONV", "SAT")
 
-    def values(self) -> torch.Tensor | None:
-        """All outputs; for the leaky ReLU exactly the grid points it reaches (its FixedType
-        may be wider than `bits` to hold -slope * 2**integer)."""
+    def _grid_values(self) -> torch.Tensor | None:
         if not (self.is_scalar and self.negative_slope and not self.use_sigmoid):
-            return super().values()
+            ft = self._grid_type()
+            return None if ft is None else ft.values()
         m, mi, slope = 2.0 ** (int(self.bits) - 1), 2.0 ** int(self.integer), self.negative_slope
         step = mi / m
         pos = torch.arange(0, int(m), dtype=torch.float64) * step
