@@ -300,6 +300,18 @@ def test_unquantized_batchnorm_is_named():
         IntegerModel(m, (4,), IN16)
 
 
+def test_nan_outputs_are_not_bit_exact():
+    """`compare` counted NaN outputs as matching ('mismatches 0 max |diff| nan bit-exact')."""
+    eng = IntegerModel(jet("q6"), (16,), IN16)
+    x = jets_x(10)
+    theirs = eng(x).clone()
+    assert eng.compare(x, theirs).exact
+    theirs[3, 1] = float("nan")
+    rep = eng.compare(x, theirs)
+    assert (rep.mismatched_samples, rep.mismatched_values) == (1, 1) and not rep.exact
+    assert rep.line().endswith("NOT bit-exact")
+
+
 def test_bad_input_type_string():
     with pytest.raises(ValueError, match="cannot parse fixed-point type 'fixed16'"):
         IntegerModel(jet("q6"), (16,), "fixed16")

@@ -426,8 +426,9 @@ class IntegerModel:
                                  f"expected the engine's, {tuple(mine.shape)}")
             theirs = theirs.reshape(mine.shape)
         diff = (mine - theirs).abs().reshape(len(mine), -1)
-        bad = int((diff > 0).any(dim=1).sum())
-        return BitExactReport(label, len(mine), bad, int((diff > 0).sum()),
+        wrong = diff != 0  # (a NaN is not equal either: `diff > 0` let it pass as exact)
+        bad = int(wrong.any(dim=1).sum())
+        return BitExactReport(label, len(mine), bad, int(wrong.sum()),
                               float(diff.max()) if diff.numel() else 0.0)
 
     def layer_table(self) -> str:
