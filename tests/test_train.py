@@ -302,6 +302,33 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
 
 
+def test_save_refuses_a_checkpoint_that_load_could_not_rebuild(tmp_path):
+    """A hand-built nn.Sequential saved as model_name='jet_mlp' (or an unknown name) was
+    written without a word; load then failed with 'Missing key(s) in state_dict'."""
+    from torch import nn
+
+    from hetq.train.checkpoint import load, save_module
+
+    hand = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5))
+    q6 = quantize_model(hand, preset("q6"))
+    for name, why in (("jet_mlp", 'Missing key(s) in state_dict: "fc1.weight", "fc1.bias"'),
+                      ("custom", "unknown model 'custom'")):
+        with pytest.raises(ValueError) as e:
+            save(tmp_path / f"{name}.pt", q6, model_name=name)
+        assert str(e.value).startswith(f"model_name={name!r} with model_kwargs {{}} does not "
+                                       f"rebuild this Sequential ({why}")
+        assert str(e.value).endswith("or any other module with "
+                                     "hetq.train.checkpoint.save_module")
+        assert not (tmp_path / f"{name}.pt").exists()
+    save_module(tmp_path / "hand.pt", q6)  # the way for such a model
+    x = torch.randn(4, 16)
+    assert torch.equal(load(tmp_path / "hand.pt")(x), q6.eval()(x))
+    zoo = quantize_model(build("jet_mlp"), preset("q6"))
+    save(tmp_path / "zoo.pt", zoo, model_name="jet_mlp")
+    assert torch.equal(load(tmp_path / "zoo.pt")(x), zoo.eval()(x))
+
+
 def test_evaluate_and_ptq_standardise_the_data_as_the_checkpoint_was_trained(tmp_path, capsys):
     """evaluate and ptq standardised --data with that data's own train split, not the
     statistics the model was trained with: the same test jets scored 0.62 from the built-in

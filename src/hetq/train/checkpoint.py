@@ -40,7 +40,31 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
         "normalization": data.normalization() if data is not None else None,
         "task": task, "metrics": metrics or {}, **(extra or {}),
     }
+    _check_rebuilds(ckpt, model)
     return _write(path, ckpt)
+
+
+def _check_rebuilds(ckpt: dict, model: nn.Module) -> None:
+    """A checkpoint that `load` could not turn back into `model` is refused before it is
+    written: e.g. a model built by hand (nn.Sequential) saved as model_name='jet_mlp' saved
+    without a word, and loading it then failed on tensor names."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a config key matching no layer: not the point)
+            build_from(ckpt)
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if lines and lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+            lines = lines[1:]  # (the line that names the tensors)
+        why = lines[0] if lines else type(e).__name__
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise ValueError(
+            f"model_name={ckpt['model']!r} with model_kwargs {ckpt['model_kwargs']} does not "
+            f"rebuild this {type(model).__name__} ({why}); "
+            "save a model that hetq.models.build(model_name, **model_kwargs) makes, or any "
+            "other module with hetq.train.checkpoint.save_module") from None
 
 
 def check_new(path: str | Path, *, overwrite: bool = False, option: str = "--out",
