@@ -30,9 +30,9 @@ def make_arff(n=200, seed=0) -> bytes:
 class Server:
     """Serves a dict path -> bytes on 127.0.0.1; counts requests; can truncate bodies."""
 
-    def __init__(self, files, truncate=(), chunk_delay=0.0):
+    def __init__(self, files, truncate=(), chunk_delay=0.0, no_length=False):
         self.files, self.truncate, self.requests = files, set(truncate), []
-        self.chunk_delay = chunk_delay
+        self.chunk_delay, self.no_length = chunk_delay, no_length
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -43,7 +43,8 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if not outer.no_length:  # else the body ends when the connection closes
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 body = body[: len(body) // 2] if self.path in outer.truncate else body
                 step = len(body) // 8 + 1 if outer.chunk_delay else len(body) or 1
@@ -111,6 +112,46 @@ def test_checksum_mismatch_deletes_file(tmp_path):
     srv2.files.update(openml_files(srv2.url, arff))
     with srv2, pytest.raises(ValueError, match="expected sha256 abc"):
         download_jets(cache=tmp_path / "b", api=f"{srv2.url}/api", sha256="abc", progress=False)
+
+
+def test_a_download_without_a_length_with_its_progress_bar(tmp_path, capsys):
+    """A server that sends no Content-Length (chunked or close-delimited bodies) ended the
+    download in 'TypeError: bool() undefined when iterable == total == None' (the bar)."""
+    arff = make_arff()
+    srv = Server({}, no_length=True)
+    srv.files.update(openml_files(srv.url, arff))
+    with srv:
+        path = download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=True)
+    assert path.read_bytes() == arff
+    err = capsys.readouterr().err
+    assert "downloading hls4ml_lhc_jets_hlf.arff" in err and "%" not in err
+
+
+def test_a_download_that_is_not_the_data_is_not_kept(tmp_path):
+    """A proxy's HTML page where OpenML gives no checksum was cached as the ARFF, and every
+    later run failed on it; a description of the wrong shape ended in a TypeError or
+    AttributeError traceback, and stayed cached."""
+    srv = Server({})
+    html = b"<html><body>Please log in to the guest network</body></html>"
+    srv.files.update(openml_files(srv.url, html))
+    desc = json.loads(srv.files["/api/data/42468"])
+    del desc["data_set_description"]["md5_checksum"]
+    srv.files["/api/data/42468"] = json.dumps(desc).encode()
+    cached = tmp_path / "hls4ml_lhc_jets_hlf.arff"
+    with srv:
+        with pytest.raises(ValueError, match=r"not an ARFF file .*; the downloaded file was "
+                                             r"deleted, so the next run downloads it anew"):
+            load_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        assert not cached.exists()
+        srv.files["/files/jets.arff"] = make_arff()  # the next run gets the real file
+        assert len(load_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False).y_test) == 40
+        for bad in ({"data_set_description": ["x"]}, {"data_set_description": {"url": None}},
+                    [1, 2]):
+            srv.files["/api/data/42468"] = json.dumps(bad).encode()
+            (tmp_path / "openml_42468.json").unlink(missing_ok=True)
+            with pytest.raises(ValueError, match="unexpected OpenML description at "):
+                download_jets(cache=tmp_path / "new", api=f"{srv.url}/api", progress=False)
+            assert not (tmp_path / "new" / "openml_42468.json").exists()
 
 
 def test_truncated_download_leaves_no_cache(tmp_path):

@@ -85,9 +85,9 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
                         break
                     f.write(chunk)
                     n += len(chunk)
-                    if bar:
+                    if bar is not None:  # (`if bar:` raises for a bar of unknown total)
                         bar.update(len(chunk))
-            if bar:
+            if bar is not None:
                 bar.close()
         if total and n != total:
             raise ValueError(f"download of {url} is truncated: got {n} of {total} bytes; "

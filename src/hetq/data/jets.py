@@ -203,7 +203,11 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     try:
         desc = json.loads(desc_path.read_text())["data_set_description"]
         url, md5 = desc["url"], desc.get("md5_checksum")
-    except (KeyError, ValueError):
+        if not isinstance(url, str) or not url.startswith(("http://", "https://", "file:")):
+            raise ValueError(url)
+        if md5 is not None and not isinstance(md5, str):
+            raise ValueError(md5)
+    except (KeyError, ValueError, TypeError, AttributeError):  # (also a list, a null url)
         desc_path.unlink(missing_ok=True)
         raise ValueError(f"unexpected OpenML description at {api}/data/{OPENML_ID}; "
                          f"{MANUAL}") from None
@@ -213,15 +217,25 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     if md5 and file_digest(path, 'md5') != md5:
         got = file_digest(path, 'md5')
         path.unlink()
-        raise ValueError(f"checksum mismatch for {url}: expected md5 {md5} (OpenML), got {got}; "
-                         "the corrupted download was deleted")
+        raise ValueError(f"checksum mismatch for {path} (from {url}): expected md5 {md5} "
+                         f"(OpenML), got {got}; the file was deleted, so the next run downloads "
+                         "it anew")
     return path
 
 
 def load_jets(source: str | Path | None = None, standardize: bool = True, **download_kw):
     """The real hls4ml jet dataset as a `Dataset` (see the module docstring)."""
     path = Path(source) if source else download_jets(**download_kw)
-    X, y = parse_file(path)
+    try:
+        X, y = parse_file(path)
+    except ValueError as e:
+        if source:
+            raise
+        # a download that is not the data set (a proxy's HTML page, say, where OpenML gives
+        # no checksum) would fail the same way on every run: it is not kept
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{e}; the downloaded file was deleted, so the next run downloads "
+                         f"it anew{MANUAL}") from None
     bad = ~np.isfinite(X)  # (checked before the shuffled split: the file's row, not a split's)
     if bad.any():
         r, c = (int(v) for v in np.argwhere(bad)[0])
