@@ -2,6 +2,7 @@
 sharing a study (journal file here; PostgreSQL when HETQ_TEST_POSTGRES is set, as in CI),
 and a worker killed mid-trial."""
 
+import math
 import os
 import re
 import signal
@@ -93,8 +94,12 @@ def test_pruning_stops_a_hopeless_trial(tmp_path):
 def test_bad_search_settings_are_refused_before_any_work(tmp_path, capsys):
     for kw, msg in [({"sparsity": [0.5, 1.5]}, r"sparsity=\[0.5, 1.5\]: each must be a pruned "
                                                r"fraction in \[0, 1\); got 1.5"),
-                    ({"learning_rates": [1e-3, 0]}, "each must be a learning rate > 0; got 0"),
-                    ({"width_multipliers": []}, "each must be a width multiplier > 0"),
+                    ({"learning_rates": [1e-3, 0]},
+                     "each must be a finite learning rate > 0; got 0"),
+                    # (inf was let through: 5 trials failed on it, with tracebacks)
+                    ({"learning_rates": [math.inf]},
+                     "each must be a finite learning rate > 0; got inf"),
+                    ({"width_multipliers": []}, "each must be a finite width multiplier > 0"),
                     ({"float_epochs": 0}, "float_epochs must be >= 1, got 0"),
                     ({"prior_configs": 0}, "prior_configs must be >= 1, got 0"),
                     ({"rate": 0.5}, "rate=0.5; expected a cost ratio > 1"),

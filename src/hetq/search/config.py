@@ -213,8 +213,10 @@ class SearchConfig:
                 raise ValueError(f"search {name}: {pattern!r} is not a layer-name regular "
                                  f"expression ({e})") from None
         lists = {"sparsity": ("a pruned fraction in [0, 1)", lambda v: 0.0 <= v < 1.0),
-                 "learning_rates": ("a learning rate > 0", lambda v: v > 0.0),
-                 "width_multipliers": ("a width multiplier > 0", lambda v: v > 0.0)}
+                 "learning_rates": ("a finite learning rate > 0",
+                                    lambda v: 0.0 < v < math.inf),
+                 "width_multipliers": ("a finite width multiplier > 0",
+                                       lambda v: 0.0 < v < math.inf)}
         for name, (what, ok) in lists.items():
             vals = getattr(self, name)
             if vals is None:
