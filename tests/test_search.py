@@ -294,6 +294,11 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
         assert set(t.user_attrs["candidate"]["quant_config"]) <= {"fc1", "relu1"}
     assert len(completed(first)) == 6 and len(completed(study)) == 6  # min(10, trials) each
     assert pareto_rows(tmp_path / "b")
+    # layers that no block matches stay float in every block (they got each quantizer's
+    # first candidate, unsearched: relu1 'binary()', output 'binary(alpha=...)')
+    part = run_search(cfg(trials=2, blocks=["^fc"]), tmp_path / "p", progress=False)
+    for t in completed(part):
+        assert set(t.user_attrs["candidate"]["quant_config"]) == {"fc1", "fc2", "fc3"}
 
 
 def test_multi_objective_search_returns_a_front(tmp_path):

@@ -165,11 +165,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--study", default="hetq", help="study name")
     s.add_argument("--workers", type=positive_int, default=1, help="local worker processes")
     s.add_argument("--blocks", nargs="*", default=None,
-                   help="block-wise search: one layer-name regex per block")
+                   help="block-wise search: one layer-name regex per block (a layer no "
+                        "block matches stays float)")
     s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"],
                    help="with --blocks: search the blocks in the given order, or the most "
                         "expensive first (default %(default)s)")
-    s.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    s.add_argument("--device", default="cpu", help="cpu | cuda | auto (default %(default)s)")
     s.add_argument("--devices", default=None,
                    help="with --workers: comma-separated CUDA device ids, one worker per GPU "
                         "round-robin (e.g. 0,1,2,3)")

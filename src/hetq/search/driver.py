@@ -461,9 +461,15 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
     sched = Scheduler(out)
     study = None
     full_space = ctx.space
+    # a layer no block matches is searched in none: it stays float (it used to get the first
+    # candidate of each of its quantizers, unsearched)
+    unmatched = {s.name for s in full_space.slots} - {n for b in plan for n in b["layers"]}
+    if unmatched and progress:
+        print(f"note: layers {sorted(unmatched)} match no --blocks regex: they stay float "
+              "(unquantized); give a block for them to search their quantizers", flush=True)
     for k, block in enumerate(plan):
         name = f"{config.study_name}_block{block['index']}"
-        later = {n for b in plan[k + 1:] for n in b["layers"]}
+        later = {n for b in plan[k + 1:] for n in b["layers"]} | unmatched
         ctx.space = BlockView(full_space, set(block["params"]), dict(sched.state["frozen"]),
                               later)
         bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
