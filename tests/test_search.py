@@ -301,6 +301,37 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
         assert set(t.user_attrs["candidate"]["quant_config"]) == {"fc1", "fc2", "fc3"}
 
 
+def test_constraints_that_no_trial_meets_are_reported(tmp_path):
+    """With --min-reduction 1000 no trial was feasible, yet the table showed an unmarked
+    front, `--trial best` listed the front's trials as [], and every run printed Optuna 5's
+    FutureWarning about constraints_func."""
+    import warnings
+
+    from hetq.search.results import format_table, trial_number
+
+    out = tmp_path / "c"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        study = run_search(cfg(objective="pareto", goal="ebops", min_reduction=1000.0,
+                               trials=2), out, progress=False)
+    assert [t.user_attrs["feasible"] for t in completed(study)] == [False, False]
+    rows = pareto_rows(out)
+    assert rows and all(r["feasible"] is False for r in rows)
+    config, _ = load_run(out)
+    assert "no trial meets the constraints (--min-reduction 1000): the rows above are the " \
+        "front of the trials that do not" in format_table(rows, config)
+    with pytest.raises(ValueError, match="no completed trial meets the search's constraints"):
+        trial_number(study, "best", out)
+    # once some trials meet them, the front is theirs alone
+    loose = tmp_path / "l"
+    study = run_search(cfg(objective="pareto", goal="ebops", min_reduction=40.0, trials=4),
+                       loose, progress=False)
+    feasible = {t.number for t in completed(study) if t.user_attrs["feasible"]}
+    assert 0 < len(feasible) < 4  # (reductions of about 30 to 47 here)
+    rows = pareto_rows(loose)
+    assert {r["trial"] for r in rows} <= feasible and all(r["feasible"] for r in rows)
+
+
 def test_multi_objective_search_returns_a_front(tmp_path):
     study = run_search(cfg(objective="pareto", sampler="nsga2", trials=4), tmp_path / "mo",
                        progress=False)

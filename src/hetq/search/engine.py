@@ -26,6 +26,14 @@ def make_sampler(name: str, seed: int | None = None, multi_objective: bool = Fal
                  search_space: dict | None = None, constraints_func=None):
     """An Optuna sampler by name: tpe (Bayesian), random, grid, gp (Gaussian-process bandit,
     Vizier's default family), nsga2 (multi-objective evolutionary)."""
+    import warnings
+
+    with warnings.catch_warnings():  # (Optuna 5 deprecates constraints_func for a trial
+        warnings.simplefilter("ignore", FutureWarning)  # method that Optuna 4 lacks)
+        return _make_sampler(name, seed, search_space, constraints_func)
+
+
+def _make_sampler(name, seed, search_space, constraints_func):
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True,
                                           constraints_func=constraints_func)

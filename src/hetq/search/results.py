@@ -59,6 +59,10 @@ def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, A
     trials = [t for t in study.get_trials(deepcopy=False,
                                           states=(optuna.trial.TrialState.COMPLETE,))
               if "costs" in t.user_attrs]
+    # with --min-reduction / --max-loss, the front of the trials that meet them (rows of
+    # infeasible trials, feasible False, only when none does)
+    feasible = [t for t in trials if t.user_attrs.get("feasible") is not False]
+    trials = feasible or trials
     pts = [(t.user_attrs["metrics"]["val"][config.metric], t.user_attrs["costs"][goal_key])
            for t in trials]
     rows = []
@@ -83,6 +87,10 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
     if not done:
         raise ValueError(f"{out}: no trial has completed yet, so there is no best one (rerun "
                          "the same `hetq search` command to resume it)")
+    if not any(t.user_attrs.get("feasible") is not False for t in done):
+        raise ValueError(f"{out}: no completed trial meets the search's constraints "
+                         "(--min-reduction / --max-loss), so there is no best one; give "
+                         f"--trial N (`hetq report {out}` lists the front of the others)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         front = sorted(t.number for t in study.best_trials)
         raise ValueError(f"{out} is a Pareto search: no single best trial; give --trial N, one "
@@ -150,6 +158,12 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         if widths:
             quant += f" | widths {widths}"
         lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant))
+    if any(r.get("feasible") is False for r in rows):
+        limits = ", ".join(f"{opt} {v:g}" for opt, v in (
+            ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
+            if v is not None)
+        lines.append(f"no trial meets the constraints ({limits}): the rows above are the "
+                     "front of the trials that do not")
     lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
                  "estimate (estimates, not synthesis results)")
     return "\n".join(lines)
