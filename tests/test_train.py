@@ -435,6 +435,23 @@ def test_demo_refuses_image_data_before_any_work(tmp_path, capsys):
                    "data set (e.g. --data jets-sim), or train an image model with `hetq train "
                    "--model cnn_digits --data digits`\n")
     assert stdout == "" and not out.exists()  # nothing trained, no folder made
+    # a rerun into an earlier demo's folder with other settings is refused before its float
+    # and Q6 checkpoints are replaced (the search refused it only at step 4)
+    from hetq.search.config import SearchConfig
+    from hetq.search.space import DEPLOYABLE_QUANTIZATION_CONFIG
+
+    (out / "search").mkdir(parents=True)
+    SearchConfig(data="jets-sim", trials=16, epochs=1, quantization_config=
+                 DEPLOYABLE_QUANTIZATION_CONFIG, float_epochs=20, batch_size=256, lr=2e-3,
+                 model_kwargs={"n_in": 16, "n_out": 5}).save(out / "search" / "search.yaml")
+    (out / "float.pt").write_bytes(b"the earlier demo's")
+    assert main(["demo", "--trials", "3", "--trial-epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 2
+    stdout, err = capsys.readouterr()
+    assert err == (f"hetq demo: error: {out} holds a demo run with other settings "
+                   "(--trial-epochs 1, now 2); use another --out, or the same settings to "
+                   "resume its search (--trials may change)\n")
+    assert stdout == "" and (out / "float.pt").read_bytes() == b"the earlier demo's"
 
 
 def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jets, capsys):

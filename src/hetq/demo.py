@@ -69,7 +69,7 @@ def run(a) -> int:
     from .quant.convert import quantize_model
     from .quant.summary import summary
     from .search.config import SearchConfig
-    from .search.driver import run_search
+    from .search.driver import changed_settings, run_search
     from .search.results import format_table, pareto_rows
     from .search.space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .train import evaluate, fit, save
@@ -83,6 +83,21 @@ def run(a) -> int:
                          "a feature data set (e.g. --data jets-sim), or train an image model "
                          f"with `hetq train --model cnn_digits --data {data.name}`")
     out = Path(a.out)
+    # deployable activations only, so the best model exports bit-exactly to hls4ml (step 5)
+    cfg = SearchConfig(data=a.data, trials=a.trials, epochs=a.trial_epochs,
+                       quantization_config=DEPLOYABLE_QUANTIZATION_CONFIG,
+                       float_epochs=a.epochs, batch_size=256, lr=2e-3,
+                       model_kwargs={"n_in": data.n_features, "n_out": data.n_classes})
+    # a rerun into an earlier demo's folder with other settings: refused before steps 1-3
+    # replace its checkpoints (step 4 would refuse the search only after them)
+    changed = {k: v for k, v in changed_settings(cfg, out / "search").items() if k != "trials"}
+    if changed:
+        names = {"epochs": "--trial-epochs", "float_epochs": "--epochs", "data": "--data"}
+        raise ValueError(f"{out} holds a demo run with other settings ("
+                         + ", ".join(f"{names.get(k, k)} {v}, now {getattr(cfg, k)}"
+                                     for k, v in changed.items())
+                         + "); use another --out, or the same settings to resume its search "
+                         "(--trials may change)")
     out.mkdir(parents=True, exist_ok=True)
     _banner(f"1. float jet tagger on {data!r}")
     torch.manual_seed(0)
@@ -110,11 +125,6 @@ def run(a) -> int:
     print(cost(q6).table(cost(f, reference="int8")))
 
     _banner(f"4. search: {a.trials} trials x {a.trial_epochs} epochs, energy goal, TPE")
-    # deployable activations only, so the best model exports bit-exactly to hls4ml (step 5)
-    cfg = SearchConfig(data=a.data, trials=a.trials, epochs=a.trial_epochs,
-                       quantization_config=DEPLOYABLE_QUANTIZATION_CONFIG,
-                       float_epochs=a.epochs, batch_size=256, lr=2e-3,
-                       model_kwargs={"n_in": data.n_features, "n_out": data.n_classes})
     study = run_search(cfg, out / "search", progress=not a.no_progress)
     print()
     print(format_table(pareto_rows(out / "search"), cfg, study.user_attrs.get("reference")))
