@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -152,6 +153,36 @@ def test_a_download_that_is_not_the_data_is_not_kept(tmp_path):
             with pytest.raises(ValueError, match="unexpected OpenML description at "):
                 download_jets(cache=tmp_path / "new", api=f"{srv.url}/api", progress=False)
             assert not (tmp_path / "new" / "openml_42468.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigterm_during_a_download_leaves_no_part_file(tmp_path):
+    """`kill PID` (or a batch system's limit) during `--data jets`'s download ended the
+    process at once: exit 143, and its part file stayed in the cache for a day."""
+    import signal
+    import subprocess
+
+    arff = make_arff(2000)
+    srv = Server({}, chunk_delay=0.5)  # 8 chunks, half a second apart
+    srv.files.update(openml_files(srv.url, arff))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "openml_42468.json").write_bytes(srv.files["/api/data/42468"])  # (its URL)
+    env = {**os.environ, "HETQ_CACHE": str(cache)}
+    cmd = [sys.executable, "-m", "hetq.cli", "train", "--data", "jets", "--epochs", "1",
+           "--out", str(tmp_path / "t"), "--no-progress"]
+    with srv:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        t0 = time.time()
+        while not list(cache.glob("*.part")) and time.time() - t0 < 60:
+            time.sleep(0.05)
+        assert list(cache.glob("*.part")), "the download did not start"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert out.rstrip().endswith("interrupted") and "Traceback" not in out, out
+    assert sorted(p.name for p in cache.iterdir()) == ["openml_42468.json"]
 
 
 def test_truncated_download_leaves_no_cache(tmp_path):

@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # once a closed pipe (`hetq report RUN | head`) cuts the output, the work still ends
-    with surviving_closed_output():
+    # once a closed pipe (`hetq report RUN | head`) cuts the output, the work still ends;
+    # SIGTERM (kill, a batch system's limit) stops any command as Ctrl-C does, so that its
+    # clean-up runs (a download's part file, a trial queued again) and it exits with 130
+    with surviving_closed_output(), interrupts_save():
         return _main(argv)
 
 

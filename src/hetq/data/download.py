@@ -78,17 +78,19 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
                 except ImportError:  # pragma: no cover
                     bar = None
             n = 0
-            with open(part, "wb") as f:
-                while True:
-                    chunk = r.read(1 << 16)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    n += len(chunk)
-                    if bar is not None:  # (`if bar:` raises for a bar of unknown total)
-                        bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
+            try:
+                with open(part, "wb") as f:
+                    while True:
+                        chunk = r.read(1 << 16)
+                        if not chunk:
+                            break
+                        f.write(chunk)
+                        n += len(chunk)
+                        if bar is not None:  # (`if bar:` raises for a bar of unknown total)
+                            bar.update(len(chunk))
+            finally:  # (also when interrupted: its last line comes before the message)
+                if bar is not None:
+                    bar.close()
         if total and n != total:
             raise ValueError(f"download of {url} is truncated: got {n} of {total} bytes; "
                              "nothing was cached, try again")
