@@ -433,6 +433,22 @@ def test_string_and_dict_round_trip(spec):
     assert type(a).from_config(a.get_config()) == a
 
 
+def test_qkeras_tensorflow_arguments_are_accepted_and_ignored():
+    """QKeras' own constructor arguments (var_name, use_variables, enable_fast_inference)
+    gave a bare TypeError from a {"class_name", "config"} dict."""
+    cfg = {"bits": 4, "integer": 0, "keep_negative": True, "var_name": None,
+           "use_variables": False}
+    assert q({"class_name": "quantized_bits", "config": cfg}) == q("quantized_bits(4,0)")
+    assert q("quantized_relu(4,1,var_name='act',enable_fast_inference=True)") == \
+        q("quantized_relu(4,1)")
+    with pytest.raises(ValueError, match=r"bad arguments in \{'class_name': 'quantized_bits', "
+                                         r".*unexpected keyword argument 'bitz'.*quantized_bits "
+                                         r"takes \(bits, integer"):
+        q({"class_name": "quantized_bits", "config": {"bitz": 4}})
+    with pytest.raises(ValueError, match="the config of .* must be a dict of arguments"):
+        q({"class_name": "quantized_bits", "config": [4, 0]})
+
+
 def test_equality_compares_arguments():
     assert q("quantized_bits(4,0)") == q("quantized_bits(4, 0, 0, keep_negative=True)")
     assert q("quantized_bits(4,0)") != q("quantized_bits(4,1)")

@@ -326,13 +326,20 @@ def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     return call.func.id, args, kwargs
 
 
+# QKeras constructor arguments about TensorFlow itself (a variable's name, keeping settings
+# in tf.Variables, a faster path that gives the same values): accepted and ignored
+QKERAS_ONLY_ARGS = ("var_name", "use_variables", "enable_fast_inference")
+
+
 def get_quantizer(identifier: Any) -> nn.Module | None:
     """Quantizer from a spec: None, a string, a `{"class_name", "config"}` dict or an object.
 
     Strings follow QKeras: `"quantized_relu(3)"`, `"quantized_bits(4,0,1,alpha='auto_po2')"`,
     `"stochastic_ternary('auto')"`, bare names (`"ternary"`), and the float activations
     `"relu"`, `"softmax"`, `"sigmoid"`, `"tanh"`, `"linear"` (returned as `Activation`).
-    Unknown names or bad arguments raise ValueError quoting the string.
+    Unknown names or bad arguments raise ValueError quoting the string. QKeras' TensorFlow
+    arguments (`QKERAS_ONLY_ARGS`: var_name, use_variables, enable_fast_inference) are
+    accepted and ignored.
     """
     if identifier is None:
         return None
@@ -348,6 +355,16 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
                 f"unknown quantizer class_name {name!r} in {identifier!r}; "
                 f"valid names: {', '.join(quantizer_names())}"
             )
+        if not isinstance(cfg, dict):
+            raise ValueError(f"the config of {identifier!r} must be a dict of arguments, got "
+                             f"{type(cfg).__name__}")
+        cfg = {k: v for k, v in cfg.items() if k not in QKERAS_ONLY_ARGS}
+        try:
+            inspect.signature(_REGISTRY[name].__init__).bind(None, **cfg)
+        except TypeError as e:
+            params = ", ".join(p.name for p in _REGISTRY[name]._signature())
+            raise ValueError(f"bad arguments in {identifier!r}: {e}; {name} takes "
+                             f"({params})") from None
         return _REGISTRY[name].from_config(cfg)
     if not isinstance(identifier, str):
         raise ValueError(
@@ -364,6 +381,7 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
             f"{', '.join(sorted(Activation.FUNCTIONS))})"
         )
     cls = _REGISTRY[name]
+    kwargs = {k: v for k, v in kwargs.items() if k not in QKERAS_ONLY_ARGS}
     try:
         inspect.signature(cls.__init__).bind(None, *args, **kwargs)
     except TypeError as e:
