@@ -474,9 +474,33 @@ def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jet
             capsys.readouterr().err
     for kw, msg in (({"lr": 0.0}, "lr must be a learning rate > 0, got 0.0"),
                     ({"lr": float("nan")}, "lr must be a learning rate > 0, got nan"),
-                    ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1")):
+                    ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+                    # (these were TypeErrors from deep inside: "'float' object cannot be
+                    # interpreted as an integer", "'<' not supported ...")
+                    ({"epochs": 1.5}, r"epochs must be a whole number, got 1.5 \(float\)"),
+                    ({"epochs": "2"}, r"epochs must be a whole number, got '2' \(str\)"),
+                    ({"batch_size": 100.5}, "batch_size must be a whole number, got 100.5"),
+                    ({"lr": "1e-3"}, r"lr must be a number, got '1e-3' \(str\)"),
+                    ({"patience": 2.5}, "patience must be a whole number of epochs")):
         with pytest.raises(ValueError, match=msg):
-            fit(build("jet_mlp"), jets, epochs=1, progress=False, **kw)
+            fit(build("jet_mlp"), jets, **{"epochs": 1, "progress": False, **kw})
+    import numpy as np  # numpy integers are whole numbers
+    assert len(fit(build("jet_mlp"), jets, epochs=np.int64(1), progress=False).history) == 1
+
+
+def test_evaluate_runs_the_model_where_it_is(jets):
+    """evaluate's device defaulted to "cpu" and moved the model there (a GPU model left its
+    GPU as a side effect); by default it now runs where the model is, without moving it."""
+    from torch import nn
+
+    class Pinned(nn.Sequential):
+        def to(self, *a, **k):
+            raise AssertionError("evaluate moved the model")
+
+    m = Pinned(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
+    assert 0.0 <= evaluate(m, jets)["accuracy"] <= 1.0
+    with pytest.raises(AssertionError, match="evaluate moved the model"):
+        evaluate(m, jets, device="cpu")  # asked for: moved there
 
 
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):

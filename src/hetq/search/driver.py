@@ -102,7 +102,7 @@ def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict
         print(f"training {what} ({config.float_epochs} epochs)...", flush=True)
     fit(model, data, epochs=config.float_epochs, batch_size=config.batch_size, lr=config.lr,
         seed=config.seed, device=config.device, progress=progress)
-    metrics = evaluate(model, data, split="val")
+    metrics = evaluate(model, data, split="val", device="cpu")
     save(path, model, model_name=config.model, model_kwargs=model_kwargs, data=data,
          metrics=metrics)
     return model.cpu().eval(), metrics
@@ -155,7 +155,7 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
         float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
                                              "the float reference", progress)
     space = _space(config, float_model)
-    reference = {"metrics": ref, "test": evaluate(float_model, data, split="test"),
+    reference = {"metrics": ref, "test": evaluate(float_model, data, split="test", device="cpu"),
                  "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)
 
@@ -181,8 +181,8 @@ def run_candidate(ctx: SearchContext, candidate: Candidate, *, epochs: int | Non
         seed=cfg.seed if seed is None else seed, device=cfg.device, progress=False,
         report=report, pruner=pruner)
     model = model.cpu().eval()
-    metrics = {"val": evaluate(model, ctx.data, split="val"),
-               "test": evaluate(model, ctx.data, split="test")}
+    metrics = {"val": evaluate(model, ctx.data, split="val", device="cpu"),
+               "test": evaluate(model, ctx.data, split="test", device="cpu")}
     costs = measure_costs(model, cfg, ctx.data)
     return model, metrics, costs
 
@@ -261,8 +261,8 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             if r.stopped_by_report:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
             else:
-                metrics = {"val": evaluate(m, ctx.data, split="val"),
-                           "test": evaluate(m, ctx.data, split="test")}
+                metrics = {"val": evaluate(m, ctx.data, split="val", device="cpu"),
+                           "test": evaluate(m, ctx.data, split="test", device="cpu")}
                 study.tell(t, finish(t, c, m, metrics, measure_costs(m, cfg, ctx.data)))
             ran += 1
             if on_trial_end is not None:

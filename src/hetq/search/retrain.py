@@ -27,7 +27,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
                      overwrite=overwrite)
     t = study.trials[number]
     data = get_dataset(config.data)
-    before = evaluate(model, data)
+    before = evaluate(model, data, device="cpu")
     # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
     with interrupts_save() as guard:
         res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
@@ -36,7 +36,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
         if res.interrupted:
             print(res.interruption_note())
             saved_after_interruption()
-        after = evaluate(model, data)
+        after = evaluate(model, data, device="cpu")
         cand = Candidate.from_dict(t.user_attrs["candidate"])
         save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
              quant_config=cand.quant_config, widths=cand.widths, data=data,

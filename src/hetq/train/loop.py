@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -88,6 +89,13 @@ def check_hyperparameters(lr: float, weight_decay: float, patience: int | None,
     or a patience below 1 epoch (0 stopped after the first epoch, however it went);
     `member`: the population member the values belong to, named in the message."""
     of = "" if member is None else f" (member {member})"
+    for name, v in (("lr", lr), ("weight_decay", weight_decay)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ValueError(f"{name} must be a number, got {v!r} ({type(v).__name__}){of}")
+    if patience is not None and (isinstance(patience, bool)
+                                 or not isinstance(patience, numbers.Integral)):
+        raise ValueError(f"patience must be a whole number of epochs (or None), got "
+                         f"{patience!r}{of}")
     if not 0.0 < lr < math.inf:
         raise ValueError(f"lr must be a learning rate > 0, got {lr!r}{of}")
     if not 0.0 <= weight_decay < math.inf:
@@ -148,15 +156,21 @@ def _val_loss(model, X, y, task, batch_size=8192):
     return float(total) / max(1, X.shape[0])
 
 
-def evaluate(model, data, split: str = "test", task=None, device="cpu",
+def evaluate(model, data, split: str = "test", task=None, device=None,
              batch_size: int = 8192) -> dict[str, float]:
     """Metrics of `model` on a split of `data` (a hetq Dataset or a data spec string such as
-    'jets-sim'): the task's metrics plus `loss`."""
+    'jets-sim'): the task's metrics plus `loss`. device: where to run (the model is moved
+    there); None: where the model is (it used to be "cpu", which moved a GPU model off its
+    GPU as a side effect)."""
     check_module(model, "evaluate")
     data = as_dataset(data)
     task = task or Classify()
-    dev = resolve_device(device)
-    model = model.to(dev)
+    if device is None:
+        first = next(model.parameters(), None)
+        dev = first.device if first is not None else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
+        model = model.to(dev)
     X, y = _split_tensors(data, split, task, dev)
     check_model_fits(model, X, task, data)
     was = model.training
@@ -190,6 +204,9 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             trial must not complete half-trained).
     """
     check_module(model, "fit")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be a whole number, got {v!r} ({type(v).__name__})")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
