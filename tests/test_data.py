@@ -442,6 +442,26 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_test, b.y_test)
 
 
+def test_dataset_from_splits_checks_its_arguments():
+    """classes=None was a TypeError ('NoneType' object is not iterable) although the names
+    are optional; a missing split a KeyError; 10 feature names for 16 columns passed."""
+    from hetq.data import Dataset
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)).astype(np.float32), np.arange(30) % 3
+    d = Dataset.from_splits("x", {"train": (X, y), "val": (X, y), "test": (X, y)})
+    assert d.classes == [] and d.features == [] and d.n_classes == 3
+    for splits, msg in (({"train": (X, y)}, r"splits must be a dict with the keys \['train', "
+                                            r"'val', 'test'\], each an \(X, y\) pair; missing "
+                                            r"\['val', 'test'\]"),
+                        ({"train": (X, y), "val": (X, y), "test": X},
+                         r"splits\['test'\] must be an \(X, y\) pair")):
+        with pytest.raises(ValueError, match=msg):
+            Dataset.from_splits("x", splits)
+    with pytest.raises(ValueError, match="x: 1 feature names for 4 features per sample"):
+        Dataset.from_splits("x", {"train": (X, y), "val": (X, y), "test": (X, y)}, ["a"])
+
+
 def test_digits_and_synthetic():
     d = get_dataset("digits")
     assert d.input_shape == (1, 8, 8) and d.n_classes == 10

@@ -756,6 +756,14 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
                 in capsys.readouterr().err)
     with pytest.raises(ValueError, match=r"trial -1 does not exist"):
         trial_model(out, -1)  # (not the last trial, as Python's indexing would have it)
+    # "best", as --trial takes it (a TypeError before), and a run_search given a dict
+    best_model = trial_model(out, "best")
+    x = torch.randn(3, 16)
+    assert torch.equal(best_model(x), trial_model(out, best.number)(x))
+    with pytest.raises(ValueError, match=r"--trial must be a number or 'best', got 1.5"):
+        trial_model(out, 1.5)
+    with pytest.raises(ValueError, match="run_search needs a SearchConfig .*; got dict"):
+        run_search({"trials": 2}, tmp_path / "d")
     # Ctrl-C after the first epoch: the best epoch is saved, and the exit status is 130
     import hetq.train
     from hetq.train.loop import fit

@@ -68,12 +68,26 @@ class Dataset:
     std: np.ndarray | None = None
 
     @classmethod
-    def from_splits(cls, name, splits: dict, features, classes, standardize=True) -> Dataset:
+    def from_splits(cls, name, splits: dict, features=None, classes=None,
+                    standardize=True) -> Dataset:
+        """`splits`: {"train": (X, y), "val": (X, y), "test": (X, y)}; `features` and
+        `classes`: their names (optional; the number of classes is then the largest label
+        + 1). Standardised with the train split's mean and std unless standardize=False."""
         n_classes = len(classes) if classes else None
+        missing = [s for s in SPLITS if s not in (splits or {})]
+        if not isinstance(splits, dict) or missing:
+            raise ValueError(f"{name}: splits must be a dict with the keys {list(SPLITS)}, each "
+                             f"an (X, y) pair; missing {missing}")
         arrays = {}
         for s in SPLITS:
-            X, y = splits[s]
+            try:
+                X, y = splits[s]
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}: splits[{s!r}] must be an (X, y) pair") from None
             arrays[s] = validate_arrays(X, y, n_classes, f"{name} ({s} split)")
+        if features and len(features) != arrays["train"][0].shape[1]:
+            raise ValueError(f"{name}: {len(features)} feature names for "
+                             f"{arrays['train'][0].shape[1]} features per sample")
         empty = [s for s in SPLITS if len(arrays[s][1]) == 0]
         if empty:
             sizes = ", ".join(f"{s} {len(arrays[s][1])}" for s in SPLITS)
@@ -100,7 +114,7 @@ class Dataset:
                                      f"{top:.3g} in the train split overflow its mean or "
                                      "spread); rescale them")
         return cls(name, *arrays["train"], *arrays["val"], *arrays["test"],
-                   list(features), list(classes), mean, std)
+                   list(features or []), list(classes or []), mean, std)
 
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         if which not in SPLITS:

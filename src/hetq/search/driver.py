@@ -413,6 +413,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                devices: list[str] | None = None) -> optuna.Study:
     """Run (or resume) a search; several local worker processes with `workers` > 1, spread
     round-robin over the CUDA `devices` (ids) when given."""
+    if not isinstance(config, SearchConfig):
+        raise ValueError(f"run_search needs a SearchConfig (e.g. hetq.SearchConfig(trials=8), "
+                         f"or SearchConfig.from_dict(d) for a dict); got "
+                         f"{type(config).__name__}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     changed = changed_settings(config, out)

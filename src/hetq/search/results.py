@@ -79,6 +79,8 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
     number, or 'best' (the single best trial; a Pareto search has none, so its front's trials
     are listed)."""
     if trial != "best":
+        if isinstance(trial, float) and not trial.is_integer():
+            raise ValueError(f"--trial must be a number or 'best', got {trial!r}")
         try:
             return int(trial)
         except (TypeError, ValueError):
@@ -102,10 +104,11 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
         raise ValueError(f"{out}: no single best trial ({e}); give --trial N") from e
 
 
-def trial_model(out: str | Path, number: int, storage: str | None = None):
-    """The trained model of trial `number` (from its checkpoint, else from the study)."""
+def trial_model(out: str | Path, number: int | str, storage: str | None = None):
+    """The trained model of trial `number` (from its checkpoint, else from the study);
+    "best" (as `hetq export --trial best`): the single best trial."""
     config, study = load_run(out, storage)
-    return study_trial_model(out, config, study, number)
+    return study_trial_model(out, config, study, trial_number(study, number, out))
 
 
 def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study,
