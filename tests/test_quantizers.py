@@ -449,6 +449,26 @@ def test_qkeras_tensorflow_arguments_are_accepted_and_ignored():
         q({"class_name": "quantized_bits", "config": [4, 0]})
 
 
+def test_numpy_arrays_lists_and_numbers_are_quantized():
+    """QKeras' quantizers take numpy arrays; these ended in "'numpy.ndarray' object has no
+    attribute 'detach'" (quantized_bits) or a hardtanh/where TypeError. A scale axis that a
+    tensor does not have wrapped around (5 on a 2-d tensor used axis 1)."""
+    import numpy as np
+
+    for spec in ("quantized_bits(4,0)", "quantized_relu(4,1)", "quantized_po2(4)", "binary"):
+        qq = q(spec)
+        want = qq(T([0.3, -0.7], dtype=torch.float64))
+        assert torch.equal(qq(np.array([0.3, -0.7])), want)
+        assert torch.equal(qq([1, 2]), qq(T([1.0, 2.0])))  # integers: the default float type
+        assert torch.equal(qq(0.4), qq(T(0.4)))
+    with pytest.raises(ValueError, match=r"quantized_bits\(4,0\): expected a tensor, an array "
+                                         r"or a number, got str"):
+        q("quantized_bits(4,0)")("abc")
+    with pytest.raises(ValueError, match=r"scale_axis=5 is not an axis of a 2-d tensor "
+                                         r"\(expected -2 to 1\)"):
+        q("quantized_bits(4,0,alpha='auto_po2',scale_axis=5)")(torch.randn(3, 4))
+
+
 def test_equality_compares_arguments():
     assert q("quantized_bits(4,0)") == q("quantized_bits(4, 0, 0, keep_negative=True)")
     assert q("quantized_bits(4,0)") != q("quantized_bits(4,1)")
@@ -528,6 +548,13 @@ def test_bad_specs_are_clear_errors():
     ("quantized_bits(4,0.5)", "integer bits must be a whole number, got 0.5$"),
     ("quantized_relu(6,inf)", "integer bits must be a whole number, got 'inf'$"),
     ("quantized_po2(4.5)", "bits must be a whole number, got 4.5$"),
+    # (these used to be accepted and gave other numbers than asked for)
+    ("quantized_bits(4,0,alpha='auto_po2',min_po2_exponent=3,max_po2_exponent=-3)",
+     "min_po2_exponent=3 is above max_po2_exponent=-3"),
+    ("quantized_bits(4,0,alpha=0)", r"alpha=0; expected a scale > 0"),
+    ("quantized_bits(4,0,symmetric=2)", "symmetric=2; expected 0 or 1"),
+    ("quantized_bits(4,0,qnoise_factor=2)", r"qnoise_factor=2; expected a fraction in \[0, 1\]"),
+    ("quantized_relu(4,0,qnoise_factor=-1)", "qnoise_factor=-1; expected a fraction"),
     ("quantized_tanh(3.5)", "bits must be a whole number, got 3.5$"),
     ("quantized_bits(4,0,alpha='auto_p2')", "alpha='auto_p2'"),
     ("quantized_bits(4,0,min_po2_exponent=-2)", "need alpha='auto_po2'"),

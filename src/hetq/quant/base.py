@@ -61,6 +61,19 @@ class Quantizer(nn.Module):
         # last computed scale (alpha) for auto-scaled quantizers; None when not scaled
         self.scale: torch.Tensor | float | None = None
 
+    def __call__(self, x, *args, **kwargs):
+        """As QKeras' quantizers take numpy arrays and numbers, so do these (a tensor comes
+        back; integer input becomes the default float type)."""
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{self}: expected a tensor, an array or a number, got "
+                                 f"{type(x).__name__}") from None
+            if not x.is_floating_point():
+                x = x.to(torch.get_default_dtype())
+        return super().__call__(x, *args, **kwargs)
+
     # -- argument handling ---------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
@@ -420,6 +433,18 @@ def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
     if isinstance(lo, bool) or not isinstance(lo, (int, float)) or lo < minimum:
         raise ValueError(f"{name}: bits must be >= {minimum}, got {bits!r}")
     check_whole(name, "bits", bits)
+
+
+def check_qnoise(name: str, qnoise_factor: Any) -> None:
+    """qnoise_factor mixes the float and the quantized value: a fraction in [0, 1]."""
+    if isinstance(qnoise_factor, torch.Tensor):
+        ok = bool(((qnoise_factor >= 0) & (qnoise_factor <= 1)).all())
+    else:
+        ok = (isinstance(qnoise_factor, (int, float)) and not isinstance(qnoise_factor, bool)
+              and 0.0 <= qnoise_factor <= 1.0)
+    if not ok:
+        raise ValueError(f"{name}: qnoise_factor={qnoise_factor!r}; expected a fraction in "
+                         "[0, 1] (1: fully quantized)")
 
 
 def check_whole(name: str, what: str, value: Any) -> None:

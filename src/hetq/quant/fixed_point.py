@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import EPS, Quantizer, check_bits, check_whole, exp2, register, ste
+from .base import EPS, Quantizer, check_bits, check_qnoise, check_whole, exp2, register, ste
 from .fixed import FixedType
 from .scale import least_squares_scale, po2, reduce_axes
 
@@ -121,6 +121,17 @@ class quantized_bits(Quantizer):
             raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2'")
         if post_training_scale is not None and not isinstance(alpha, str):
             raise ValueError(f"{self.name}: post_training_scale needs alpha='auto' or 'auto_po2'")
+        if (min_po2_exponent is not None and max_po2_exponent is not None
+                and min_po2_exponent > max_po2_exponent):
+            raise ValueError(f"{self.name}: min_po2_exponent={min_po2_exponent} is above "
+                             f"max_po2_exponent={max_po2_exponent}")
+        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and \
+                not 0 < alpha < math.inf:
+            raise ValueError(f"{self.name}: alpha={alpha!r}; expected a scale > 0 (or None, "
+                             "'auto', 'auto_po2')")
+        if symmetric not in (0, 1):  # (True and False included)
+            raise ValueError(f"{self.name}: symmetric={symmetric!r}; expected 0 or 1")
+        check_qnoise(self.name, qnoise_factor)
         for key, value in dict(
             bits=bits, integer=integer, symmetric=symmetric, keep_negative=keep_negative,
             alpha=alpha, use_stochastic_rounding=use_stochastic_rounding, scale_axis=scale_axis,
@@ -311,6 +322,7 @@ class quantized_relu(Quantizer):
                              "power of two")
         if sigmoid not in SIGMOIDS:
             raise ValueError(f"{self.name}: sigmoid={sigmoid!r} not one of {sorted(SIGMOIDS)}")
+        check_qnoise(self.name, qnoise_factor)
         for key, value in dict(
             bits=bits, integer=integer, use_sigmoid=use_sigmoid, negative_slope=negative_slope,
             use_stochastic_rounding=use_stochastic_rounding, relu_upper_bound=relu_upper_bound,
