@@ -551,6 +551,33 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert ("note: --strategy gradient does not use --metric, --workers (--runs gives parallel "
             "runs)") in err and "unknown dataset 'nosuch'" in err
+    # options that the search's other settings leave unused were dropped without a word
+    from hetq.search.cli import unused_options
+
+    assert unused_options(parse(["search", "--width-multipliers", "0.5", "1",
+                                 "--schedule-block", "cost", "--prior-configs", "8",
+                                 "--devices", "0", "--objective", "pareto", "--stress",
+                                 "2"])) == [
+        "--width-multipliers (it needs --tune-filters)",
+        "--schedule-block (it needs --blocks)",
+        "--prior-configs (it needs --strategy hessian or --prior hessian)",
+        "--devices (it needs --workers N)", "--stress (it needs --objective forgiving)"]
+    assert unused_options(parse(["search", "--tune-filters", "layer", "--width-multipliers",
+                                 "0.5", "1", "--prior", "hessian", "--prior-configs", "8"])) == []
+    assert main(["search", "--schedule-block", "cost", "--data", "nosuch", "--out",
+                 str(tmp_path / "n"), "--no-progress"]) == 2
+    assert "note: not used: --schedule-block (it needs --blocks)" in capsys.readouterr().err
+    # and combinations that cannot run are refused before any work
+    for argv, msg in (
+            (["--blocks", "fc", "--population", "2"], "search blocks: a block-wise search runs "
+             "one study per block, one trial at a time; it does not take --population"),
+            (["--population", "2", "--workers", "2"], "population training (--population 2) "
+             "trains its batches in one process; use --workers 1 with it"),
+            (["--workers", "2", "--devices", ""], "--devices '': expected comma-separated CUDA "
+             "device ids")):
+        assert main(["search", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x" / "float.pt").exists()
 
 
 def test_a_run_folder_without_its_study_is_a_clear_error(tmp_path):

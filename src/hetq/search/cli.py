@@ -69,6 +69,27 @@ def ignored_options(a: argparse.Namespace) -> list[str]:
             if getattr(a, k) != a.strategy_defaults[k]]
 
 
+def unused_options(a: argparse.Namespace) -> list[str]:
+    """Options given that this search's other settings make unused (each with why)."""
+    if a.strategy == "gradient":  # (those are all reported by ignored_options)
+        return []
+    d = a.strategy_defaults
+    given = {k for k in d if getattr(a, k) != d[k]}
+    out = []
+    for names, needs in (
+            (("width_multipliers", "tune_filters_exceptions"),
+             a.tune_filters in (None, "none") and "--tune-filters"),
+            (("schedule_block",), not a.blocks and "--blocks"),
+            (("prior_configs",), a.strategy != "hessian" and a.prior != "hessian"
+             and "--strategy hessian or --prior hessian"),
+            (("devices",), a.workers <= 1 and "--workers N"),
+            (("delta_p", "delta_n", "rate", "stress"), a.objective == "pareto"
+             and "--objective forgiving")):
+        if needs:
+            out += [f"--{k.replace('_', '-')} (it needs {needs})" for k in names if k in given]
+    return out
+
+
 def _devices(text: str) -> list[str]:
     """`--devices` ids, each a CUDA device this machine has."""
     import torch
@@ -350,6 +371,9 @@ def _search(a) -> int:
         print(f"note: --strategy {a.strategy} does not use {', '.join(ignored)}"
               + (" (--runs gives parallel runs)" if "--workers" in ignored else ""),
               file=sys.stderr)
+    unused = unused_options(a)
+    if unused:
+        print(f"note: not used: {'; '.join(unused)}", file=sys.stderr)
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy
 
@@ -357,7 +381,7 @@ def _search(a) -> int:
         if a.no_progress:  # with progress on, the strategy prints the table itself
             print(format_gradient_table(rows))
         return 0
-    devices = _devices(a.devices) if a.devices else None
+    devices = _devices(a.devices) if a.devices is not None else None
     # SIGTERM (kill, a batch system's time limit) stops it as Ctrl-C does: the worker processes
     # it started end too (they used to run on, orphaned); finished trials are in the study
     with interrupts_save():

@@ -203,6 +203,14 @@ class SearchConfig:
             if v is not None and not isinstance(v, dict):
                 raise ValueError(f"search {name}: expected a mapping such as {example}; got a "
                                  f"{type(v).__name__}")
+        if self.blocks:  # (each block runs a study of its own, trial by trial)
+            extra = [opt for opt, on in (("--warm-start", bool(self.warm_start)),
+                                         ("--prior hessian", self.prior == "hessian"),
+                                         ("--population", self.population > 1)) if on]
+            if extra:
+                raise ValueError(f"search blocks: a block-wise search runs one study per "
+                                 f"block, one trial at a time; it does not take "
+                                 f"{', '.join(extra)}")
         regexes = [("blocks", b) for b in self.blocks or []]
         if self.tune_filters_exceptions is not None:
             regexes.append(("tune_filters_exceptions", self.tune_filters_exceptions))

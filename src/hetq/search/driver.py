@@ -417,6 +417,9 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         raise ValueError(f"run_search needs a SearchConfig (e.g. hetq.SearchConfig(trials=8), "
                          f"or SearchConfig.from_dict(d) for a dict); got "
                          f"{type(config).__name__}")
+    if workers > 1 and config.population > 1:
+        raise ValueError(f"population training (--population {config.population}) trains its "
+                         "batches in one process; use --workers 1 with it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     changed = changed_settings(config, out)
