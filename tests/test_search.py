@@ -299,6 +299,17 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
     part = run_search(cfg(trials=2, blocks=["^fc"]), tmp_path / "p", progress=False)
     for t in completed(part):
         assert set(t.user_attrs["candidate"]["quant_config"]) == {"fc1", "fc2", "fc3"}
+    # a parameter that layers of several blocks share (--tune-filters block: one multiplier)
+    # is searched by the first block only; the second searched it again, overriding the
+    # value the first had frozen
+    from hetq.search.blocks import schedule
+
+    config = cfg(trials=4, tune_filters="block", width_multipliers=[0.5, 2.0],
+                 blocks=["^(fc1|relu1)$", "^(fc2|relu2|fc3|relu3|output)$"])
+    ctx = build_context(config, tmp_path / "w", progress=False)
+    plan = schedule(ctx.space, config.blocks, "sequential", {}, 4)
+    assert "width/block" in plan[0]["params"] and "width/block" not in plan[1]["params"]
+    assert all(p.startswith(("fc1/", "relu1/", "width/")) for p in plan[0]["params"])
 
 
 def test_constraints_that_no_trial_meets_are_reported(tmp_path):

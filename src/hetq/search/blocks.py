@@ -88,6 +88,12 @@ def schedule(space: SearchSpace, blocks: list[str], order: str, layer_cost: dict
                      "trials": max(min(10, trials), int(trials * c / total))})
     if order == "cost":
         plan.sort(key=lambda b: -b["cost"])
+    # a parameter shared by layers of several blocks (--tune-filters block's one multiplier)
+    # is searched by the first of them and stays frozen after it, not searched again
+    taken: set[str] = set()
+    for b in plan:
+        b["params"] = [n for n in b["params"] if n not in taken]
+        taken.update(b["params"])
     return plan
 
 

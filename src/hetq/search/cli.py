@@ -166,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", help="YAML file with the `limit` map (spec §5.3)")
     s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
     s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
-                   help="also search widths: one multiplier per layer, or one per block")
+                   help="also search widths: one multiplier per layer, or one shared by all "
+                        "layers (AutoQKeras' 'block'); with --blocks, the first block that "
+                        "holds a layer searches it")
     s.add_argument("--width-multipliers", type=float, nargs="+", default=None,
                    help="width choices (default 0.5 0.75 1 1.5 2)")
     s.add_argument("--tune-filters-exceptions", default=None,
