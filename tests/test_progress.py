@@ -38,6 +38,16 @@ def test_a_progress_bar_in_a_log_writes_plain_lines_at_most_every_interval():
     assert [line.split(" [")[0] for line in log.getvalue().splitlines()] == [
         "x:   0% 0/3", "x:  33% 1/3", "x:  67% 2/3", "x: 100% 3/3"]
 
+    # a bar that is not kept (the training bar) ended in a log with its last periodic line,
+    # '0% 0/3', however far it got: its final state is written once when it closes
+    log = io.StringIO()
+    b = bar(total=3, desc="training", file=log, leave=False)
+    for _ in range(3):
+        b.update(1)
+    b.close()
+    assert [line.split(" [")[0] for line in log.getvalue().splitlines()] == [
+        "training:   0% 0/3", "training: 100% 3/3"]
+
 
 class _JupyterOutput(io.StringIO):  # ipykernel's OutStream: not a tty, but it redraws
     pass

@@ -65,6 +65,13 @@ def _log_bar_class():
             self.last_print_t = now
             return super().refresh(*args, **kwargs)
 
+        def close(self):
+            # a bar that is not kept (leave=False: the training bar) would end in a log with
+            # its last periodic line, e.g. '0% 0/1'; its final state is written once instead
+            if not self.disable and not self.leave and self.last_print_n != self.n:
+                tqdm.refresh(self)
+            super().close()
+
     return LogBar
 
 
