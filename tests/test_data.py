@@ -185,6 +185,20 @@ def test_sigterm_during_a_download_leaves_no_part_file(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == ["openml_42468.json"]
 
 
+def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    """A bad $HETQ_CACHE gave "[Errno 2] No such file or directory: '/proc/nope'", without
+    saying that it was the cache folder, or where it came from."""
+    from hetq.data.download import cache_dir
+
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("HETQ_CACHE", str(tmp_path / "afile" / "cache"))
+    with pytest.raises(ValueError, match=re.escape(
+            f"the download cache folder {tmp_path / 'afile' / 'cache'} ($HETQ_CACHE) cannot be "
+            "made: Not a directory; set HETQ_CACHE to a folder you can write")):
+        cache_dir()
+    assert cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
+
+
 def test_truncated_download_leaves_no_cache(tmp_path):
     arff = make_arff()
     srv = Server({})

@@ -14,8 +14,14 @@ from pathlib import Path
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """`override`, else $HETQ_CACHE, else ~/.cache/hetq."""
+    source = ("the cache argument" if override else "$HETQ_CACHE"
+              if os.environ.get("HETQ_CACHE") else "the default, ~/.cache/hetq")
     d = Path(override or os.environ.get("HETQ_CACHE") or Path.home() / ".cache" / "hetq")
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"the download cache folder {d} ({source}) cannot be made: "
+                         f"{e.strerror or e}; set HETQ_CACHE to a folder you can write") from None
     return d
 
 
