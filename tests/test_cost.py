@@ -233,6 +233,39 @@ def test_cost_cli(tmp_path, capsys):
     assert "cost of cnn_digits as built (input int8)" in capsys.readouterr().out
 
 
+def test_hybrid_models_dropout_and_a_linear_over_several_positions():
+    """(QTools rules, spec §4.1/§4.4) A trial's unquantized layer costs as the reference
+    (int8 weights, int32 outputs) when `float_as` says so, as the search's trials now do: it
+    cost 609 pJ as fp32 against the rule's 49. Dropout costs nothing (QTools removes it).
+    A Linear over a (5, 4) input counted one position: 12 MACs instead of 60."""
+    from hetq.search.config import SearchConfig
+    from hetq.search.driver import measure_costs
+
+    torch.manual_seed(0)
+    hybrid = nn.Sequential(nn.Linear(16, 8), QActivation("quantized_relu(4,0)"),
+                           QDense(8, 4, kernel_quantizer="quantized_bits(4,0,1)",
+                                  bias_quantizer="quantized_bits(4,0,1)"))
+    assert cost(hybrid, (16,)).summary()["energy_pj"] == 609.0  # (fp32, QTools' default)
+    rep = cost(hybrid, (16,), float_as="int8")
+    assert rep.summary()["energy_pj"] == 49.0
+    assert (rep.layers[0].weight, rep.layers[0].accumulator) == (NAMED["int8"], NAMED["int32"])
+
+    class Data:
+        input_shape = (16,)
+
+    assert measure_costs(hybrid, SearchConfig(), Data())["energy_pj"] == 49.0
+    plain = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,1)",
+                                 bias_quantizer="quantized_bits(4,0,1)"),
+                          QActivation("quantized_relu(4,0)"),
+                          QDense(3, 2, kernel_quantizer="quantized_bits(4,0,1)",
+                                 bias_quantizer="quantized_bits(4,0,1)"))
+    dropped = nn.Sequential(plain[0], plain[1], nn.Dropout(0.5), plain[2])
+    assert cost(dropped, (4,)).summary() == cost(plain, (4,)).summary()
+    one, five = cost(plain[:1], (4,)), cost(plain[:1], (5, 4))
+    assert (one.layers[0].op_count, five.layers[0].op_count) == (12, 60)
+    assert five.summary()["ebops"] == 5 * one.summary()["ebops"]
+
+
 def test_ebops_count_the_input_width_of_an_fp16_source():
     """fp16 inputs counted 32 bits in EBOPs (as fp32), while the energy used 16."""
     m = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,1)",

@@ -9,7 +9,10 @@ Layer rules (hetq's choices where QTools has none are marked *):
       pointwise 1x1 part with the bias; energies and counts add up;
   folded dense/conv batch norm*: the folded weights with the layer's quantizers;
   QActivation / float activations: the quantizer's type (float activations: fp32 in a trial,
-      the reference accumulator type in reference mode), no operations;
+      the reference accumulator type in reference mode or with `float_as`), no operations;
+  an unquantized dense/conv layer in a trial: fp32 weights, or with `float_as` (QTools'
+      hybrid models) weights of that type and reference-accumulator outputs;
+  dense: a Linear acts on the last axis, once per position along the others;
   batch norm (unfolded)*: one multiply (by gamma/sqrt(var), gamma's type or fp32) and one add
       (beta's type) per element;
   average pooling*: an accumulator over the window on the input type, then a multiplier by
@@ -25,7 +28,7 @@ accumulator (so the FPGA estimate's adders and registers) use the widest member 
 quantizers.
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
-op_cost, pass-through layers their inputs.
+op_cost, pass-through layers their inputs (Dropout nothing: QTools removes it).
 """
 
 from __future__ import annotations
@@ -60,6 +63,10 @@ class Settings:
     activations_on_memory: str = "sram"
     min_sram_size: float = 0.0
     rd_wr_on_io: bool = False
+    # trial mode: an unquantized layer's weights as this type, its outputs and float
+    # activations as reference_accumulator (QTools' keras_quantizer / keras_accumulator for
+    # hybrid models); None: fp32
+    float_as: QType | None = None
 
 
 @dataclass
@@ -110,6 +117,8 @@ def _numel(shape) -> int:
 def _wtype(q, s: Settings) -> QType:
     if s.reference is not None:
         return s.reference
+    if q is None and s.float_as is not None:
+        return s.float_as
     return qtype_of(q)
 
 
@@ -147,7 +156,7 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     if b is not None:
         b_t = _wtype(bq, s)
         acc = adder(acc, b_t)
-    if s.reference is not None:
+    if s.reference is not None or (wq is None and s.float_as is not None):
         acc = s.reference_accumulator
     ops = w.numel() * positions
     lc.op_count += ops
@@ -206,7 +215,7 @@ def NAMED_OUT(q, s: Settings) -> QType:  # noqa: N802 - reads as a type construc
     if s.reference is not None:
         return s.reference_accumulator
     if q is None or getattr(q, "kind", None) == "float":
-        return FP32
+        return FP32 if s.float_as is None else s.reference_accumulator
     return qtype_of(q)
 
 
@@ -242,7 +251,9 @@ def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
                 n_add = _numel(w.shape[2:])
         else:
             n_add = w.shape[1]
-            positions = 1
+            # a Linear acts on the last axis: every position along the others is one more
+            # matrix-vector product (it counted one, whatever the input's shape)
+            positions = _numel(out_shape[:-1]) if len(out_shape) > 1 else 1
         t = _mac_part(lc, ctx, x_t, wq, bq, w, b, n_add, positions)
         lc.output = NAMED_OUT(act_q, ctx.s) if act_q is not None else t
     _io_energy(lc, node, ctx)
@@ -307,8 +318,10 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         _io_energy(lc, node, ctx)
         return lc
     if isinstance(m, PASS + MAXPOOL):
-        lc = LayerCost(node.name, type(m).__name__, x_t, x_t,
-                       include=("op_cost",) if isinstance(m, MAXPOOL) else ("inputs",),
+        # (QTools removes Dropout nodes: it costs nothing, as at inference)
+        include = (("op_cost",) if isinstance(m, MAXPOOL) else
+                   () if isinstance(m, nn.Dropout) else ("inputs",))
+        lc = LayerCost(node.name, type(m).__name__, x_t, x_t, include=include,
                        precision="pass-through")
         _io_energy(lc, node, ctx)
         return lc

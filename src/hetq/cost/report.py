@@ -127,7 +127,7 @@ def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
 
 def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
          reference_accumulator="int32", weights_on_memory="sram", activations_on_memory="sram",
-         min_sram_size=0, rd_wr_on_io=False) -> CostReport:
+         min_sram_size=0, rd_wr_on_io=False, float_as=None) -> CostReport:
     """Cost of `model` (quantized or float) per layer and in total.
 
     Args:
@@ -139,6 +139,10 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
             activations (QTools' for_reference mode, the forgiving factor's baseline).
         weights_on_memory / activations_on_memory: "sram", "dram" or "fixed"; defaults follow
             the paper's setting (SRAM, min size 0, no DRAM reads/writes at the model's I/O).
+        float_as: for a model as quantized (reference None), the type of an unquantized
+            layer's weights, whose outputs (and float activations') are then
+            `reference_accumulator`, as QTools costs hybrid models (the search passes its
+            --reference: a layer it leaves float costs as in the reference); None: fp32.
     """
     check_module(model, "cost")
     input_shape = _input_shape(model) if input_shape is None else as_input_shape(input_shape)
@@ -147,6 +151,8 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
                  weights_on_memory, activations_on_memory, float(min_sram_size), rd_wr_on_io)
     if reference is not None:
         s.source = qtype_of(source_quantizer)
+    elif float_as is not None:
+        s.float_as = qtype_of(float_as)
     from .bits import model_bits
 
     ib = 32 if s.source.mode == "float" else s.source.bits

@@ -75,7 +75,10 @@ def _train_api():
 def measure_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[str, float]:
     from ..cost import cost
 
-    rep = cost(model, input_shape=data.input_shape, source_quantizer=config.source_quantizer)
+    # a layer the trial leaves float (a later block, one no block matches) costs as in the
+    # reference, as AutoQKeras' trials cost such hybrid models
+    rep = cost(model, input_shape=data.input_shape, source_quantizer=config.source_quantizer,
+               float_as=config.reference)
     return rep.summary()
 
 
