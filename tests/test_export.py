@@ -482,6 +482,25 @@ def test_hls4ml_csim_exact(preset, tmp_path):
     assert str(eng.output_type) in defines  # the exact logits type, no 'auto'
 
 
+def test_hls4ml_names_of_an_nn_sequential_are_c_identifiers(tmp_path):
+    """An nn.Sequential's layers are named "0", "1", ...: the project's defines.h declared
+    `typedef ap_fixed<17,6> 0_accum_t;` and the C simulation did not compile. (The compile
+    itself, with g++, was checked by hand: bit-exact on 500 samples.)"""
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import export_hls4ml, hls_name
+
+    assert [hls_name(n) for n in ("0", "fc1", "body.3", "input", "a-b")] == [
+        "layer_0", "fc1", "body_3", "input_cast", "a_b"]
+    k = "quantized_bits(6,1,alpha=1)"
+    m = nn.Sequential(QDense(8, 16, kernel_quantizer=k, bias_quantizer=k),
+                      QActivation("quantized_relu(5,2)"),
+                      QDense(16, 3, kernel_quantizer=k, bias_quantizer=k)).eval()
+    export_hls4ml(IntegerModel(m, (8,), IN16), tmp_path / "hls", compile=False)
+    defines = (tmp_path / "hls" / "firmware" / "defines.h").read_text()
+    assert not re.findall(r"typedef [^;]* \d\w*;", defines)
+    assert "layer_0" in defines and "layer_2" in defines
+
+
 def test_hls4ml_project_folder_is_replaced_whole_or_kept(tmp_path):
     """An export into an earlier project replaces it whole (no stale firmware files or C-sim
     libraries of another model); a folder with other files is refused before anything is

@@ -13,6 +13,7 @@ activations (casts) and float ReLU. Other steps raise `ExportError` naming the l
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -38,6 +39,16 @@ def _values(codes: torch.Tensor, ft) -> np.ndarray:
     return (codes.to(torch.float64) * ft.step).numpy()
 
 
+def hls_name(name: str) -> str:
+    """A layer name hls4ml can use: its names become C++ identifiers, so an nn.Sequential's
+    "0", "1", ... get a prefix (its project did not compile: `ap_fixed<17,6> 0_accum_t`),
+    other characters become "_", and "input" (reserved by hls4ml) is renamed."""
+    name = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if not name or name[0].isdigit():
+        name = "layer_" + name
+    return "input_cast" if name == "input" else name
+
+
 def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     """(hls4ml layer dicts, per-layer precision config) for the engine's steps."""
     check_engine(eng, "hls4ml export")
@@ -49,9 +60,7 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     width = eng.input_shape[0]
     used = set()
     for step in eng.steps:
-        name = step.name.replace(".", "_")
-        if name == "input":  # a name hls4ml reserves (the gradient strategy's input cast)
-            name = "input_cast"
+        name = hls_name(step.name)
         if name in used:
             raise ExportError(f"{step.name}: duplicate layer name in the hls4ml graph")
         used.add(name)
@@ -89,7 +98,7 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
                     "for one type per tensor)" if step.kind == "cast/feature" else "")
             raise ExportError(f"{step.name}: {step.kind} steps are not supported by the hls4ml "
                               "export (it supports MLPs: dense + quantized_bits/relu); the "
-                              f"integer engine and QONNX export still run it{hint}")
+                              f"integer engine still runs it{hint}")
     return layers, prec
 
 
