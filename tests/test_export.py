@@ -300,6 +300,34 @@ def test_unquantized_batchnorm_is_named():
         IntegerModel(m, (4,), IN16)
 
 
+def test_dense_on_sequences_tensor_alpha_and_scales_off_the_grid():
+    """A dense layer on an (L, features) input added its bias along axis 1 instead of the
+    last: NOT bit-exact, or a shape error from inside (after a Conv1d); a tensor alpha on an
+    activation ended in 'Boolean value of Tensor ... is ambiguous'; a kernel scale of 0.3
+    was refused as 'a scale tie; retrain briefly', which retraining cannot mend."""
+    from hetq.quant import quantized_bits
+    from hetq.quant.layers import QConv1d
+
+    k = "quantized_bits(6,1,alpha=1)"
+    torch.manual_seed(0)
+    for m, shape in ((nn.Sequential(QDense(6, 4, kernel_quantizer=k, bias_quantizer=k)), (4, 6)),
+                     (nn.Sequential(QDense(6, 5, kernel_quantizer=k, bias_quantizer=k)), (4, 6)),
+                     (nn.Sequential(QConv1d(3, 4, 3, kernel_quantizer=k, bias_quantizer=k),
+                                    QDense(6, 2, kernel_quantizer=k, bias_quantizer=k)), (3, 8))):
+        rep = IntegerModel(m.eval(), shape, IN16).compare(torch.randn(50, *shape) * 2)
+        assert rep.exact and rep.samples == 50
+    alpha = quantized_bits(4, 0, alpha=torch.tensor([1.0, 0.5, 2.0, 0.25]))
+    m = nn.Sequential(QDense(4, 4, kernel_quantizer=k, bias_quantizer=k), QActivation(alpha))
+    with pytest.raises(ExportError, match=r"^1: quantizer quantized_bits\(4,0,alpha=\[1.0 0.5 "):
+        IntegerModel(m.eval(), (4,), IN16)
+    m = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=0.3)",
+                             bias_quantizer=k))
+    with pytest.raises(ExportError, match=r"0.kernel: quantizer quantized_bits\(4,0,alpha=0.3\) "
+                                         r"gives weights on no fixed-point grid \(a scale that "
+                                         r"is not a power of two\); use alpha=1"):
+        IntegerModel(m.eval(), (4,), IN16)
+
+
 def test_nan_outputs_are_not_bit_exact():
     """`compare` counted NaN outputs as matching ('mismatches 0 max |diff| nan bit-exact')."""
     eng = IntegerModel(jet("q6"), (16,), IN16)
@@ -454,6 +482,12 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
     engine = [ln for ln in lines if "PyTorch (float64)" in ln]
     assert len(engine) == 1 and "mismatches     0" in engine[0] and "bit-exact" in engine[0]
     assert not (tmp_path / "m.onnx").exists()
+    # a 1-bit signed input type: qonnx reads such a Quant as bipolar (+-1), so the graph was
+    # written and then reported NOT bit-exact on most samples; it is refused by name
+    with pytest.raises(ExportError, match=r"input: a 1-bit signed type \(ap_fixed<1,0,AP_RND_CONV,"
+                                         r"AP_SAT>: the values -0.5 and 0\) has no QONNX Quant"):
+        export_model(m[2:], torch.randn(300, 6), "ap_fixed<1,0,AP_RND_CONV,AP_SAT>",
+                     qonnx=tmp_path / "m1.onnx", out=lines.append)
 
 
 def test_qonnx_rejects_wrapping_input():

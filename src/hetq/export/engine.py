@@ -370,6 +370,15 @@ class IntegerModel:
                     a, b = m.quantized_weights(), ref[name].quantized_weights()
                 for f in a:
                     if not torch.equal(a[f].detach().double(), b[f].detach()):
+                        try:  # weights on no binary grid: a scale that is no power of two
+                            on_grid = smallest_fixed_type(b[f].detach()).width <= 32
+                        except ValueError:
+                            on_grid = False
+                        if not on_grid:
+                            raise ExportError(
+                                f"{name}.{f}: quantizer {m.quantizers.get(f)} gives weights on "
+                                "no fixed-point grid (a scale that is not a power of two); use "
+                                "alpha=1, a power-of-two alpha or alpha='auto_po2'")
                         raise ExportError(f"{name}.{f}: quantized weights differ between "
                                           "float32 and float64 evaluation (a scale tie); "
                                           "retrain briefly or use fixed scales")

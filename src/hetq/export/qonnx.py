@@ -87,6 +87,10 @@ class _Builder:
         if ft.overflow not in ("SAT", "SAT_SYM"):
             raise ExportError(f"{what}: overflow {ft.overflow} ({ft}); QONNX Quant saturates, "
                               "so the type must use AP_SAT or AP_SAT_SYM")
+        if ft.signed and ft.width == 1:  # (qonnx: a signed 1-bit Quant is bipolar, +-1)
+            raise ExportError(f"{what}: a 1-bit signed type ({ft}: the values -{ft.step:g} and "
+                              "0) has no QONNX Quant, which reads signed 1-bit as bipolar; use "
+                              "2 bits or an unsigned type")
         return self._quant_node(x, ft.step, ft.width, ft.signed, ft.overflow == "SAT_SYM", mode)
 
     def feature_quant(self, x: str, types: list[FixedType], what: str) -> str:

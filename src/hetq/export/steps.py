@@ -114,9 +114,10 @@ def tensor_cast_types(q) -> list[FixedType] | None:
         return None
     if getattr(q, "use_stochastic_rounding", False) or getattr(q, "qnoise_factor", 1.0) != 1.0:
         return None
-    if name == "quantized_bits" and (isinstance(q.alpha, str) or q.alpha not in (None, 1, 1.0)):
-        return None
-    if name == "quantized_relu" and (q.negative_slope or q.use_sigmoid):
+    if name == "quantized_bits" and (isinstance(q.alpha, (str, torch.Tensor))
+                                     or q.alpha not in (None, 1, 1.0)):
+        return None  # (a tensor alpha: per-feature scales, not casts)
+    if name == "quantized_relu" and (q.negative_slope or q.use_sigmoid or q._clips_at_bound()):
         return None
     bits, integer = torch.as_tensor(q.bits), torch.as_tensor(q.integer)
     if bits.dim() > 1 or integer.dim() > 1:
@@ -182,7 +183,9 @@ class WeightStep(Step):
         acc = acc * float(1 << (frac - in_type.frac - self.w_type.frac))
         if self.b_codes is not None:
             b = (self.b_codes * (1 << (frac - self.b_type.frac))).to(torch.float64)
-            acc = acc + b.view([1, -1] + [1] * (acc.dim() - 2))
+            # a dense layer's outputs are its last axis (also on (N, L, features) inputs); a
+            # convolution's channels are axis 1
+            acc = acc + (b if self.kind == "dense" else b.view([1, -1] + [1] * (acc.dim() - 2)))
         return acc.to(torch.int64)
 
 
