@@ -488,6 +488,16 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
                                          r"AP_SAT>: the values -0.5 and 0\) has no QONNX Quant"):
         export_model(m[2:], torch.randn(300, 6), "ap_fixed<1,0,AP_RND_CONV,AP_SAT>",
                      qonnx=tmp_path / "m1.onnx", out=lines.append)
+    # weights with more significant bits than float32 holds: written as float32, they gave
+    # 'QONNX ... mismatches 50 ... NOT bit-exact'; refused by name
+    wide = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(28,2,alpha=1)",
+                                bias_quantizer="quantized_bits(8,2,alpha=1)")).double().eval()
+    with torch.no_grad():
+        wide[0].weight.uniform_(-3.9, 3.9)
+    with pytest.raises(ExportError, match=r"weights of type ap_fixed<28,3,AP_RND_CONV,AP_SAT> "
+                                         r"need more than float32's 24-bit mantissa"):
+        export_model(wide, torch.randn(50, 4, dtype=torch.float64), IN16,
+                     qonnx=tmp_path / "w.onnx", out=lines.append)
 
 
 def test_qonnx_rejects_wrapping_input():

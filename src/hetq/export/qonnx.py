@@ -121,6 +121,10 @@ class _Builder:
         # weights sit exactly on their grid; their Quant node records the precision (it
         # saturates and rounds to nearest, which leaves grid values unchanged)
         vals = (codes.to(torch.float64) * ft.step).numpy()
+        if not np.array_equal(vals.astype(np.float32).astype(np.float64), vals):
+            raise ExportError(f"{base}: weights of type {ft} need more than float32's 24-bit "
+                              "mantissa, which QONNX's initializers and Quant nodes use; "
+                              "narrow the weight type to 24 bits or fewer")
         grid = FixedType(ft.width, ft.integer, ft.signed, "RND_CONV", "SAT")
         return self.quant(self.const(base, vals), grid, base)
 
