@@ -149,8 +149,22 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
     if isinstance(getattr(q, "alpha", None), str):
         raise ExportError(f"{name}: activation quantizer {q} uses data-dependent scales "
                           "(alpha='auto'); use a fixed alpha for deployment")
-    return TableStep(name, "table", _element_type(q, name), {"quantizer": str(q)},
+    step = TableStep(name, "table", _element_type(q, name), {"quantizer": str(q)},
                      quantizer=copy.deepcopy(q).double().eval())
+    # its outputs over the input grid (all of it up to 16 bits, else 65,537 points across
+    # it), now: not a failure on the first use (the run still checks every value)
+    lo, hi = code_range(in_type)
+    codes = (torch.arange(lo, hi + 1, dtype=torch.int64) if hi - lo <= 1 << 16 else
+             torch.unique(torch.linspace(lo, hi, (1 << 16) + 1, dtype=torch.float64)
+                          .round().to(torch.int64)))
+    try:
+        step.run(codes, in_type)
+    except ExportError:
+        raise ExportError(f"{name}: quantizer {q} gives values on no fixed-point grid "
+                          f"that holds them all (its outputs on the {in_type} inputs); it "
+                          "cannot run bit-exactly: use a quantized_bits or quantized_relu "
+                          "activation") from None
+    return step
 
 
 def _acc_type(name, w_codes, w_type, b_codes, b_type, in_type, reduce_dims) -> FixedType:
