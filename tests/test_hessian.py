@@ -141,6 +141,32 @@ def test_ilp_hand_checkable_instance():
         assert allocate(OMEGAS, COSTS, budget) == _brute(OMEGAS, additive, budget), budget
 
 
+def test_ilp_with_omegas_over_many_orders_of_magnitude_and_bad_inputs():
+    """The tie-breaking second solve capped Omega within 1e-9 of the optimum, but the
+    solver's tolerance is absolute: with Omegas from 1e3 to 1e-6 it let a cheaper, worse
+    choice through (Omega 1.5e-4 at cost 6 instead of 1.11e-4 at 8). NaN or -inf budgets
+    returned the unconstrained optimum; bad tables gave numpy/scipy errors, or dropped a
+    group's cost."""
+    import math
+
+    om = {"a": {"2": 1e3, "8": 1e-4}, "b": {"4": 2e-5, "8": 1e-5}, "c": {"4": 3e-5, "8": 1e-6}}
+    co = {"a": {"2": 1, "8": 4}, "b": {"4": 1, "8": 2}, "c": {"4": 1, "8": 2}}
+    table = CostTable(co)
+    for budget in (100, 8, 7, 6, 5):
+        assert allocate(om, co, budget) == _brute(om, table, budget), budget
+    assert allocate(om, co, math.inf) == {"a": "8", "b": "8", "c": "8"}
+    for args, msg in (((om, co, float("nan")), "budget is NaN"),
+                      ((om, co, -math.inf), "budget -inf is infeasible: the minimum "
+                                            "achievable cost is 3"),
+                      (({"a": {}}, {"a": {}}, 10), "group 'a' has no choices"),
+                      (({"a": {"2": 1}}, {"a": {"2": 1}, "b": {"2": 100}}, 10),
+                       r"cost groups \['b'\] have no omegas"),
+                      (({"a": {"2": float("nan")}}, {"a": {"2": 1}}, 10),
+                       r"group 'a' has an Omega that is not a finite number: \{'2': nan\}")):
+        with pytest.raises(ValueError, match=msg):
+            allocate(*args)
+
+
 def test_ilp_with_joint_cost_table_matches_brute_force():
     # a product term (multiplier width = a bits x b bits) as the cost model has for a layer
     bits = {"a4": 4, "a8": 8, "b2": 2, "b4": 4, "b8": 8}

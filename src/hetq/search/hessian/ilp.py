@@ -23,9 +23,19 @@ class _Problem:
         if not self.groups:
             raise ValueError("allocate: no groups to choose for")
         for g in self.groups:
+            if not omegas[g]:
+                raise ValueError(f"allocate: group {g!r} has no choices")
             if g not in table.unary or set(table.unary[g]) != set(omegas[g]):
                 raise ValueError(f"allocate: group {g!r} has choices {sorted(omegas[g])} in "
                                  f"omegas but {sorted(table.unary.get(g, {}))} in costs")
+            for what, d in (("an Omega", omegas[g]), ("a cost", table.unary[g])):
+                bad = {c: v for c, v in d.items() if not math.isfinite(float(v))}
+                if bad:
+                    raise ValueError(f"allocate: group {g!r} has {what} that is not a finite "
+                                     f"number: {bad}")
+        extra = set(table.unary) - set(self.groups)
+        if extra:  # (their cost would be left out of every configuration)
+            raise ValueError(f"allocate: cost groups {sorted(extra)} have no omegas")
         stray = {g for key, _ in table.joint for g in key} - set(self.groups)
         if stray:
             raise ValueError(f"allocate: cost table groups {sorted(stray)} have no omegas")
@@ -63,6 +73,16 @@ class _Problem:
         self.omega, self.cost = np.array(om, float), np.array(co, float)
         self.integrality = np.r_[np.ones(len(self.x)), np.zeros(n - len(self.x))]
 
+    def _scale(self, objective: np.ndarray) -> float:
+        """What the objective is divided by: the unconstrained optimum (the sum of each
+        group's least value), so the optimum is about 1 and HiGHS's absolute gap (1e-6) is
+        small against it. Divided by the largest value instead, Omegas from 1e3 down to 1e-6
+        left every configuration within that gap of the best (a worse one came back)."""
+        top = float(np.abs(objective).max())
+        lows = [min(abs(objective[j]) for j, (g2, _) in enumerate(self.x) if g2 == g)
+                for g in self.groups]
+        return max(float(sum(lows)), 1e-9 * top, 1e-300)
+
     def solve(self, objective: np.ndarray, bounds: list[tuple[np.ndarray, float]] = ()):
         """argmin objective . v subject to the structure and each (coef . v <= ub); None if
         infeasible."""
@@ -73,7 +93,8 @@ class _Problem:
         for coef, ub in bounds:
             s = max(np.abs(coef).max(), 1e-300)
             cons.append(LinearConstraint(coef[None, :] / s, -np.inf, ub / s))
-        s = max(np.abs(objective).max(), 1e-300)
+        s = self._scale(objective) if objective is self.omega else \
+            max(np.abs(objective).max(), 1e-300)
         res = milp(objective / s, constraints=cons, integrality=self.integrality,
                    bounds=Bounds(0, 1), options={"mip_rel_gap": 1e-9})
         if res.x is None:
@@ -93,14 +114,19 @@ class _Problem:
             return None
         om = self.omega_of(first)
         tie = self.solve(self.cost, cb + [(self.omega, om + 1e-9 * max(abs(om), 1e-300))])
-        return tie or first
+        # the solver's tolerance on that cap is absolute (about 1e-7 of the largest Omega):
+        # with Omegas spanning orders of magnitude, a cheaper but worse choice passed it
+        if tie is None or self.omega_of(tie) > om * (1 + 1e-9) + 1e-300:
+            return first
+        return tie
 
     def min_cost(self) -> float:
         return self.table(self.solve(self.cost))
 
 
 def allocate(omegas: Mapping[str, Mapping[str, float]], costs, budget: float) -> dict[str, str]:
-    """The choice per group minimising sum Omega subject to cost <= budget (an exact ILP).
+    """The choice per group minimising sum Omega subject to cost <= budget (an ILP, solved
+    by HiGHS to within about 1e-6 of the optimal Omega, relative).
 
     Args:
         omegas: {group: {choice: Omega}}.
@@ -108,8 +134,14 @@ def allocate(omegas: Mapping[str, Mapping[str, float]], costs, budget: float) ->
         budget: the cost limit (same units as costs).
     Raises ValueError naming the minimum achievable cost when no configuration fits.
     """
+    try:
+        budget = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"allocate: budget {budget!r} is not a number") from None
+    if math.isnan(budget):
+        raise ValueError("allocate: budget is NaN; expected a cost limit (inf: no limit)")
     prob = _Problem(omegas, costs)
-    choice = prob.best(float(budget))
+    choice = prob.best(budget) if budget != -math.inf else None
     if choice is None:
         raise ValueError(f"budget {budget:.6g} is infeasible: the minimum achievable cost is "
                          f"{prob.min_cost():.6g}")
