@@ -974,6 +974,35 @@ def test_sigterm_to_a_gradient_search_saves_the_fronts_of_its_worker_processes(t
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_ctrl_c_while_the_gradient_runs_start_is_an_interruption(tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group. While the --runs processes were
+    still importing (before they ignore it), one died of it, and the search ended in a
+    BrokenProcessPool traceback with exit status 1 instead of 'interrupted' (130)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cmd = [sys.executable, "-m", "hetq.cli", "search", "--strategy", "gradient",
+           "--model-widths", "8", "--epochs", "100000", "--runs", "2", "--float-epochs", "2",
+           "--time-budget", "20", "--data", "synthetic:n=600,seed=1", "--out", "g",
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(_children(proc.pid)) < 2 and time.time() < deadline:  # just spawned
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)  # (as a terminal's Ctrl-C: every process)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    assert out.rstrip().endswith("interrupted"), out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
 def test_sigterm_to_a_search_ends_its_worker_processes_too(tmp_path):
     """SIGTERM to `hetq search --workers 2` stops it as Ctrl-C does (exit status 130), and
     the worker processes it started end with it instead of running the study on, orphaned."""

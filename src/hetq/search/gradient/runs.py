@@ -64,8 +64,10 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     Ctrl-C stops every run; the fronts reached so far are merged and returned."""
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
     from multiprocessing import get_context
 
+    from ...cli import CommandFailed
     from ...progress import bar as progress_bar
 
     t0 = time.time()
@@ -119,9 +121,25 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 interrupt_workers(pool)
                 continue
             for fut in done:
-                if not fut.cancelled():
+                if fut.cancelled():
+                    continue
+                try:
                     results[futs[fut]] = fut.result()
-                    bar.update(1)
+                except BrokenProcessPool:
+                    # a Ctrl-C in a terminal reaches every process: one still importing (not
+                    # yet ignoring it) dies of it, and the pool breaks; this process's own
+                    # KeyboardInterrupt comes at the same moment
+                    if not interrupted:
+                        try:
+                            time.sleep(0.5)
+                        except KeyboardInterrupt:
+                            interrupted = True
+                    if interrupted:  # (that worker's run is lost; the others' fronts stay)
+                        continue
+                    raise CommandFailed("a gradient-strategy training process ended "
+                                        "abruptly (killed, or out of memory?); the runs "
+                                        "still going were stopped") from None
+                bar.update(1)
             bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
         bar.close()
         keeper = ParetoCheckpoints()
