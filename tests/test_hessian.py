@@ -66,6 +66,11 @@ def test_hutchinson_matches_exact_trace_within_5_percent():
     for name in tr.params:
         assert tr2.params[name] == pytest.approx(_exact_param_trace(m, x, y, name), rel=0.05)
     assert m.training  # mode restored
+    # (max_iter=0 gave every trace 0.0; a negative tolerance was taken)
+    for kw, msg in (({"max_iter": 0}, r"max_iter=0; expected a whole number >= 1"),
+                    ({"tol": -1.0}, r"tol=-1.0; expected a relative tolerance >= 0")):
+        with pytest.raises(ValueError, match=msg):
+            hessian_traces(m, F.cross_entropy, (x, y), **kw)
 
 
 def test_traces_stop_at_tolerance_and_reject_quantized_models():

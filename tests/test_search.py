@@ -575,6 +575,10 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
         "--devices (it needs --workers N)", "--stress (it needs --objective forgiving)"]
     assert unused_options(parse(["search", "--tune-filters", "layer", "--width-multipliers",
                                  "0.5", "1", "--prior", "hessian", "--prior-configs", "8"])) == []
+    assert unused_options(parse(["search", "--strategy", "gradient", "--distill", "0.5"])) == [
+        "--distill (it needs --teacher-widths)"]
+    assert unused_options(parse(["search", "--strategy", "gradient", "--distill", "0.5",
+                                 "--teacher-widths", "8"])) == []
     assert main(["search", "--schedule-block", "cost", "--data", "nosuch", "--out",
                  str(tmp_path / "n"), "--no-progress"]) == 2
     assert "note: not used: --schedule-block (it needs --blocks)" in capsys.readouterr().err

@@ -71,9 +71,10 @@ def ignored_options(a: argparse.Namespace) -> list[str]:
 
 def unused_options(a: argparse.Namespace) -> list[str]:
     """Options given that this search's other settings make unused (each with why)."""
-    if a.strategy == "gradient":  # (those are all reported by ignored_options)
-        return []
     d = a.strategy_defaults
+    if a.strategy == "gradient":  # (the other strategies' options: ignored_options)
+        return (["--distill (it needs --teacher-widths)"]
+                if a.distill != d["distill"] and not a.teacher_widths else [])
     given = {k for k in d if getattr(a, k) != d[k]}
     out = []
     for names, needs in (
