@@ -142,9 +142,12 @@ def run_gradient_strategy(config, out, progress: bool = True,
         print("(epoch: where the point was saved during training; p: its weights then "
               "polished at frozen bits)")
         ref = ctx.reference.get("test", {}).get("accuracy")
-        print(f"\ngradient strategy: {len(res.history)} epochs in {res.seconds:.1f} s, "
-              f"front of {len(rows)} points (total {time.time() - t0:.1f} s); float test "
-              f"accuracy {ref if ref is None else round(ref, 4)}")
+        print(f"\ngradient strategy: {len(res.history)} epochs"
+              + (" (--stop-below ended training early)" if res.stopped_early else "")
+              + (", then the polish," if config.polish_epochs else "")
+              + f" in {res.seconds:.1f} s; front of {len(rows)} points "
+              f"(total {time.time() - t0:.1f} s); float test accuracy "
+              f"{ref if ref is None else round(ref, 4)}")
         print(format_gradient_table(rows))
     return rows
 
