@@ -505,6 +505,32 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
                             "--out, or the same settings to resume (--trials may change)")
 
 
+def test_a_worker_ends_at_once_on_sigterm_other_commands_take_it_as_ctrl_c(monkeypatch):
+    """Every command takes SIGTERM as Ctrl-C (so its clean-up runs), except `hetq worker`:
+    raised inside Optuna's journal lock it left the lock broken ('No such file or directory:
+    ...study.journal.lock....rename', a traceback, exit 2), which made the --workers SIGTERM
+    test fail now and then. A worker dies at once, as before; its trial is retried."""
+    import signal
+
+    import hetq.search.driver as driver
+    from hetq.cli import main
+
+    seen = {}
+
+    def record(out, study, storage, progress=True):
+        seen["worker"] = signal.getsignal(signal.SIGTERM)
+
+    monkeypatch.setattr(driver, "run_worker_process", record)
+    assert main(["worker", "--study", "s", "--no-progress"]) == 0
+    assert seen["worker"] is signal.SIG_DFL
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(driver, "run_search", lambda *a, **k: seen.setdefault(
+        "search", signal.getsignal(signal.SIGTERM)) and (_ for _ in ()).throw(ValueError("x")))
+    assert main(["search", "--out", "nowhere", "--no-progress"]) == 2
+    assert seen["search"] not in (signal.SIG_DFL, before)  # interrupts_save's handler
+    assert signal.getsignal(signal.SIGTERM) is before  # and restored
+
+
 def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
     # K=2 members per batch, a sampled sparsity per layer and a metric that only the full
     # validation metrics carry: every trial completes with its own zeros and its stored weights

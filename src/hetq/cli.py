@@ -217,6 +217,11 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command == "worker" and threading.current_thread() is threading.main_thread():
+        # a worker ends at once on SIGTERM (its search stops it so), as before: raised as
+        # Ctrl-C it could land inside Optuna's journal lock and leave that broken; its
+        # running trial is failed and retried by the next worker or resumed search
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     shown = warnings.formatwarning  # warnings as one line each, like the errors
     warnings.formatwarning = lambda message, category, *_a, **_k: (
         f"hetq {args.command}: warning: {message}\n")
