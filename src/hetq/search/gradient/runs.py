@@ -107,10 +107,17 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              initializer=quiet_worker) as pool:
         now = time.time()
-        futs = {pool.submit(_one_run, float_model, data, threads, {**kwargs, "seed": seed + r},
-                            now if r < workers else None): r for r in range(runs)}
+        futs, interrupted = {}, False
+        try:  # (the processes start here: a Ctrl-C may come while they do)
+            for r in range(runs):
+                futs[pool.submit(_one_run, float_model, data, threads,
+                                 {**kwargs, "seed": seed + r}, now if r < workers else None)] = r
+        except KeyboardInterrupt:
+            interrupted = True
+            for fut in futs:  # runs still queued do not start
+                fut.cancel()
+            interrupt_workers(pool)
         pending = set(futs)
-        interrupted = False
         while pending:
             try:
                 done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
@@ -131,7 +138,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                     # KeyboardInterrupt comes at the same moment
                     if not interrupted:
                         try:
-                            time.sleep(0.5)
+                            time.sleep(2.0)
                         except KeyboardInterrupt:
                             interrupted = True
                     if interrupted:  # (that worker's run is lost; the others' fronts stay)
