@@ -310,31 +310,32 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
     sampler_name = config.sampler
     if config.objective == "pareto" and sampler_name == "tpe":
         sampler_name = "tpe"  # TPE handles several objectives too; nsga2 is the classic choice
-    sampler = make_sampler(sampler_name, config.seed, config.objective == "pareto",
-                           constraints_func=_constraints_func if active else None,
-                           search_space=None)
+
+    def sampler(seed):
+        return make_sampler(sampler_name, seed, config.objective == "pareto",
+                            constraints_func=_constraints_func if active else None,
+                            search_space=None)
+
     pruner = make_pruner(config.pruner, config.epochs)
     if config.objective == "pareto" and config.pruner != "none":
         raise ValueError("pruners work with single-objective searches only (Optuna); use "
                          "--objective forgiving or --pruner none")
     if create:
         study = optuna.create_study(storage=st, study_name=config.study_name,
-                                    directions=directions, sampler=sampler, pruner=pruner,
-                                    load_if_exists=True)
+                                    directions=directions, sampler=sampler(config.seed),
+                                    pruner=pruner, load_if_exists=True)
         if "hetq_config" not in study.user_attrs:
             study.set_user_attr("hetq_config", config.to_dict())
     else:
         try:
-            study = optuna.load_study(study_name=config.study_name, storage=st, sampler=sampler,
-                                      pruner=pruner)
+            study = optuna.load_study(study_name=config.study_name, storage=st,
+                                      sampler=sampler(config.seed), pruner=pruner)
         except KeyError:
             raise ValueError(f"no study named {config.study_name!r} in {storage or out}") \
                 from None
     seed = sampler_seed(config.seed, len(study.get_trials(deepcopy=False)), stream)
     if seed != config.seed:
-        study.sampler = make_sampler(sampler_name, seed, config.objective == "pareto",
-                                     constraints_func=_constraints_func if active else None,
-                                     search_space=None)
+        study.sampler = sampler(seed)
     return study
 
 

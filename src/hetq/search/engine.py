@@ -84,15 +84,17 @@ class _TrialInterrupted(BaseException):
         self.trial, self.interruption = trial, interruption
 
 
-def _retry_later(study: optuna.Study, trial: optuna.Trial) -> None:
-    """An interrupted trial: failed, its configuration queued again (as for a dead worker's),
-    so that the resumed search trains it."""
+def retry_later(study: optuna.Study, trial) -> bool:
+    """Fail a trial that did not finish (its worker died, or was interrupted) and queue its
+    configuration again (`retry_of`), so that a worker or the resumed search trains it.
+    False when the trial was finished already (e.g. another worker got there first)."""
     try:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except Exception:  # (already finished)
-        return
+    except Exception:
+        return False
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
                         skip_if_exists=False)
+    return True
 
 
 def counted_before(study: optuna.Study, number: int) -> int:
@@ -145,7 +147,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
                            callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
         except _TrialInterrupted as e:
-            _retry_later(study, e.trial)
+            retry_later(study, e.trial)
             raise e.interruption from None
         if not mine or mine[-1].user_attrs.get("overflow"):
             continue

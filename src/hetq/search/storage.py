@@ -23,6 +23,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from .engine import retry_later
+
 # seconds between heartbeats of a running trial, and of silence after which a trial counts as
 # dead (database storage); the environment may shorten them (tests)
 HEARTBEAT_INTERVAL = int(os.environ.get("HETQ_HEARTBEAT_INTERVAL", "10"))
@@ -109,17 +111,8 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose worker process (on this host) no longer exists, and enqueue
     their parameters again. Returns the numbers of the trials recovered."""
     host = socket.gethostname()
-    recovered = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not _dead(t, host):
-            continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        except Exception:  # another worker got there first
-            continue
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-        recovered.append(t.number)
-    return recovered
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if _dead(t, host) and retry_later(study, t)]
 
 
 def quiet_optuna():
