@@ -31,6 +31,7 @@ from hetq.search.gradient import (
     weight_widths,
 )
 from hetq.search.gradient.model import _int_bits, _round_f, _surrogate
+from hetq.search.gradient.training import Polished
 from hetq.train import evaluate
 
 
@@ -482,7 +483,7 @@ def test_stop_below_ends_training_and_gives_the_time_to_the_polish(monkeypatch):
 
     def fake_polish_front(g, points, data, seconds=None, **k):
         seen["seconds"] = seconds
-        return points
+        return Polished(points)
 
     monkeypatch.setattr(gm, "polish_front", fake_polish_front)
     _, res = train_gradient_runs(f, data, epochs=100_000, time_budget=6.0, stop_below=1.01,
@@ -984,7 +985,7 @@ def test_teacher_reaches_the_polish(monkeypatch):
     monkeypatch.setattr(gm, "train_gradient", lambda f, d, **kw: got.update(kw) or (
         None, gm.GradientResult([FrontPoint(0, 0.0, 0.5, 10)], [], 0.0)))
     monkeypatch.setattr(gm, "polish_front", lambda g, pts, d, **kw: got.update(
-        polish=kw) or pts)
+        polish=kw) or Polished(pts))
     gm.train_gradient_runs(None, None, polish_epochs=1, teacher=teacher, distill=0.25,
                            progress=False)
     assert got["teacher"] is teacher and got["distill"] == 0.25

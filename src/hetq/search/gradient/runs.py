@@ -95,7 +95,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         if polish_epochs and res.front and not res.interrupted:
             res.front = polish_front(model, res.front, data, seconds=polish_seconds(),
                                      **polish_kw)
-            res.interrupted = getattr(res.front, "interrupted", False)
+            res.interrupted = res.front.interrupted
             res.seconds = time.time() - t0
         return model, res
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -114,18 +114,14 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                                  {**kwargs, "seed": seed + r}, now if r < workers else None)] = r
         except KeyboardInterrupt:
             interrupted = True
-            for fut in futs:  # runs still queued do not start
-                fut.cancel()
-            interrupt_workers(pool)
+            interrupt_workers(pool, futs)  # (runs still queued do not start)
         pending = set(futs)
         while pending:
             try:
                 done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
             except KeyboardInterrupt:  # the running runs return their fronts so far
                 interrupted = True
-                for fut in pending:  # runs still queued do not start
-                    fut.cancel()
-                interrupt_workers(pool)
+                interrupt_workers(pool, pending)  # (runs still queued do not start)
                 continue
             for fut in done:
                 if fut.cancelled():
@@ -164,7 +160,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         if polish_epochs and front and not interrupted:
             front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
                                  **polish_kw)
-            interrupted = getattr(front, "interrupted", False)
+            interrupted = front.interrupted
     if front:
         model.load_state_dict(front[-1].state)
     early = any(res.stopped_early for _, res in results.values())

@@ -448,14 +448,17 @@ def quiet_worker():
     signal.signal(signal.SIGTERM, ignore_signal)
 
 
-def interrupt_workers(pool) -> None:
-    """Interrupt the tasks of `pool`'s worker processes (SIGTERM, taken as Ctrl-C), so that
-    each returns what it reached now: needed when only this process got the signal (SIGTERM
-    from `kill` or a batch system, `kill -INT`); after Ctrl-C in a terminal, which they got
-    too, it is ignored. Only the pool's own processes (`ProcessPoolExecutor._processes`;
-    none if a Python version lacks it), never other children of the caller."""
+def interrupt_workers(pool, queued=()) -> None:
+    """Cancel the futures `queued` that have not started, and interrupt the tasks of `pool`'s
+    worker processes (SIGTERM, taken as Ctrl-C), so that each returns what it reached now:
+    needed when only this process got the signal (SIGTERM from `kill` or a batch system,
+    `kill -INT`); after Ctrl-C in a terminal, which they got too, it is ignored. Only the
+    pool's own processes (`ProcessPoolExecutor._processes`; none if a Python version lacks
+    it), never other children of the caller."""
     import os
 
+    for fut in queued:
+        fut.cancel()
     for proc in list((getattr(pool, "_processes", None) or {}).values()):
         try:
             os.kill(proc.pid, signal.SIGTERM)
@@ -505,10 +508,8 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
         out.interrupted = True
         if isinstance(e, PolishInterrupted):
             keeper.offer(e.point)
-        for fut in pending:
-            fut.cancel()
-        if pool is not None:
-            interrupt_workers(pool)  # the running ones return their best within an epoch
+        if pool is not None:  # the running ones return their best within an epoch
+            interrupt_workers(pool, pending)
             running = [f for f in pending if not f.cancelled()]
             try:
                 for fut in (wait(running, timeout=30.0)[0] if running else ()):
