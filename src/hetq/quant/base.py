@@ -344,6 +344,19 @@ def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
 QKERAS_ONLY_ARGS = ("var_name", "use_variables", "enable_fast_inference")
 
 
+def _arguments(cls, identifier, args, kwargs: dict) -> dict:
+    """`kwargs` without QKeras' TensorFlow arguments, once `cls` is known to take them with
+    `args`; else a ValueError quoting `identifier` and listing what `cls` takes."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in QKERAS_ONLY_ARGS}
+    try:
+        inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except TypeError as e:
+        params = ", ".join(p.name for p in cls._signature())
+        raise ValueError(f"bad arguments in {identifier!r}: {e}; {cls.name} takes "
+                         f"({params})") from None
+    return kwargs
+
+
 def get_quantizer(identifier: Any) -> nn.Module | None:
     """Quantizer from a spec: None, a string, a `{"class_name", "config"}` dict or an object.
 
@@ -371,14 +384,8 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
         if not isinstance(cfg, dict):
             raise ValueError(f"the config of {identifier!r} must be a dict of arguments, got "
                              f"{type(cfg).__name__}")
-        cfg = {k: v for k, v in cfg.items() if k not in QKERAS_ONLY_ARGS}
-        try:
-            inspect.signature(_REGISTRY[name].__init__).bind(None, **cfg)
-        except TypeError as e:
-            params = ", ".join(p.name for p in _REGISTRY[name]._signature())
-            raise ValueError(f"bad arguments in {identifier!r}: {e}; {name} takes "
-                             f"({params})") from None
-        return _REGISTRY[name].from_config(cfg)
+        cls = _REGISTRY[name]
+        return cls.from_config(_arguments(cls, identifier, (), cfg))
     if not isinstance(identifier, str):
         raise ValueError(
             f"cannot make a quantizer from {identifier!r} ({type(identifier).__name__}); "
@@ -394,12 +401,7 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
             f"{', '.join(sorted(Activation.FUNCTIONS))})"
         )
     cls = _REGISTRY[name]
-    kwargs = {k: v for k, v in kwargs.items() if k not in QKERAS_ONLY_ARGS}
-    try:
-        inspect.signature(cls.__init__).bind(None, *args, **kwargs)
-    except TypeError as e:
-        params = ", ".join(p.name for p in cls._signature())
-        raise ValueError(f"bad arguments in {identifier!r}: {e}; {name} takes ({params})") from None
+    kwargs = _arguments(cls, identifier, args, kwargs)
     try:
         return cls(*args, **kwargs)
     except ValueError as e:
