@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ..cli import check_output, name_type, positive_int, quantize_zoo_model
 
@@ -85,15 +83,11 @@ def _cost(a) -> int:
     rep = cost(model, shape, **kw)
     ref = cost(model, shape, reference=a.reference, **kw) if a.reference else None
     if a.json:
-        report = rep.to_dict()
-        if ref is not None:
-            report["reference"] = {"type": a.reference, **ref.to_dict()}
-        text = json.dumps(report, indent=1)
+        text = rep.to_json(None if to_stdout else a.json,
+                           reference=(a.reference, ref) if ref is not None else None)
         if to_stdout:
             print(text)
             return 0
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(text)
     print(f"cost of {label} (input {a.source})")
     print(rep.table(ref))
     if a.json:

@@ -253,7 +253,7 @@ def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
             n_add = w.shape[1]
             # a Linear acts on the last axis: every position along the others is one more
             # matrix-vector product (it counted one, whatever the input's shape)
-            positions = _numel(out_shape[:-1]) if len(out_shape) > 1 else 1
+            positions = _numel(out_shape[:-1])
         t = _mac_part(lc, ctx, x_t, wq, bq, w, b, n_add, positions)
         lc.output = NAMED_OUT(act_q, ctx.s) if act_q is not None else t
     _io_energy(lc, node, ctx)

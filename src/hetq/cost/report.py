@@ -47,12 +47,18 @@ class CostReport:
                 "ebops_bias": float(sum(lc.ebops_bias for lc in self.layers)),
                 **f, "latency_ns": f["cycles"] * 5.0}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": [lc.to_dict() for lc in self.layers], "totals": self.summary(),
-                "energy_model": ENERGY_LABEL, "fpga_model": FPGA_LABEL}
+    def to_dict(self, reference: tuple[str, CostReport] | None = None) -> dict[str, Any]:
+        """The layers and totals; `reference` (its type, its report) is added under
+        "reference" (the table's reference column)."""
+        out = {"layers": [lc.to_dict() for lc in self.layers], "totals": self.summary(),
+               "energy_model": ENERGY_LABEL, "fpga_model": FPGA_LABEL}
+        if reference is not None:
+            out["reference"] = {"type": reference[0], **reference[1].to_dict()}
+        return out
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
+    def to_json(self, path: str | Path | None = None,
+                reference: tuple[str, CostReport] | None = None) -> str:
+        text = json.dumps(self.to_dict(reference), indent=1)
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
