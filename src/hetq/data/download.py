@@ -14,9 +14,10 @@ from pathlib import Path
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """`override`, else $HETQ_CACHE, else ~/.cache/hetq."""
-    source = ("the cache argument" if override else "$HETQ_CACHE"
-              if os.environ.get("HETQ_CACHE") else "the default, ~/.cache/hetq")
-    d = Path(override or os.environ.get("HETQ_CACHE") or Path.home() / ".cache" / "hetq")
+    env = os.environ.get("HETQ_CACHE")
+    d, source = ((override, "the cache argument") if override else (env, "$HETQ_CACHE") if env
+                 else (Path.home() / ".cache" / "hetq", "the default, ~/.cache/hetq"))
+    d = Path(d)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:

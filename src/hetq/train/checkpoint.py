@@ -44,6 +44,17 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
     return _write(path, ckpt)
 
 
+def load_problem(e: Exception) -> str:
+    """The line of an error that says what went wrong: for `load_state_dict`'s ("Error(s) in
+    loading state_dict for ...:" and then the problem), the line naming the tensors."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        return lines[1]
+    return lines[0]
+
+
 def _check_rebuilds(ckpt: dict, model: nn.Module) -> None:
     """A checkpoint that `load` could not turn back into `model` is refused before it is
     written: e.g. a model built by hand (nn.Sequential) saved as model_name='jet_mlp' saved
@@ -55,10 +66,7 @@ def _check_rebuilds(ckpt: dict, model: nn.Module) -> None:
             warnings.simplefilter("ignore")  # (a config key matching no layer: not the point)
             build_from(ckpt)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        if lines and lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
-            lines = lines[1:]  # (the line that names the tensors)
-        why = lines[0] if lines else type(e).__name__
+        why = load_problem(e)
         why = why if len(why) <= 160 else why[:157] + "..."
         raise ValueError(
             f"model_name={ckpt['model']!r} with model_kwargs {ckpt['model_kwargs']} does not "

@@ -115,6 +115,12 @@ def _task(args, ckpt: dict | None = None):
     return get_task("anomaly", background=tuple(c.strip() for c in background))
 
 
+def _task_extra(task) -> dict | None:
+    """What a checkpoint keeps of its task beyond the name: an anomaly task's background
+    (read back by `_task`)."""
+    return {"background": list(task.background)} if task.name == "anomaly" else None
+
+
 def _model_kwargs(model: str, data) -> dict:
     if model == "jet_mlp":
         return {"n_in": data.n_features, "n_out": data.n_classes}
@@ -168,7 +174,7 @@ def _train(a) -> int:
              # cnn_digits is quantized as built: its checkpoint records only what
              # --preset / --config changed (None: the model as built)
              quant_config="auto" if a.model != "cnn_digits" else qc,
-             extra={"background": list(task.background)} if task.name == "anomaly" else None)
+             extra=_task_extra(task))
         (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
                                                      indent=1))
         print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
@@ -185,7 +191,7 @@ def _train(a) -> int:
 def _init_weights(model, path) -> None:
     """`--init`: the weights of checkpoint `path` (float or quantized; its quantizer state is
     not used) into the float `model`; a checkpoint of another architecture is an error."""
-    from .checkpoint import build_from, read
+    from .checkpoint import build_from, load_problem, read
 
     ckpt = read(path)
     state = ckpt.get("state_dict")
@@ -194,9 +200,8 @@ def _init_weights(model, path) -> None:
     try:
         res = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise ValueError(f"--init {path}: its weights do not fit this model "
-                         f"({lines[1] if len(lines) > 1 else lines[0]})") from None
+                         f"({load_problem(e)})") from None
     if res.missing_keys:
         raise ValueError(f"--init {path}: the checkpoint lacks {len(res.missing_keys)} of the "
                          f"model's tensors (e.g. {', '.join(res.missing_keys[:3])}); it holds "
@@ -262,6 +267,6 @@ def _ptq(a) -> int:
     print(metrics_table(m, data.classes, task.name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
          quant_config=cfg, data=data, metrics={"test": m}, task=task.name,
-         extra={"background": list(task.background)} if task.name == "anomaly" else None)
+         extra=_task_extra(task))
     print(f"checkpoint: {out}")
     return 0
