@@ -998,10 +998,11 @@ def test_ctrl_c_while_the_gradient_runs_start_is_an_interruption(tmp_path):
         out, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    # (a worker killed while it starts may print its own start-up traceback from
-    # multiprocessing, on a loaded machine; the search itself ends as interrupted)
-    assert proc.returncode == 130 and "BrokenProcessPool" not in out, out
-    assert out.rstrip().endswith("interrupted"), out
+    # (a worker stopped while it starts may print its own start-up traceback from
+    # multiprocessing, on a loaded machine, even after this process has ended; the search
+    # itself ends as interrupted, with neither a broken pool nor a half-started executor)
+    assert proc.returncode == 130 and "interrupted" in out.splitlines(), out
+    assert "BrokenProcessPool" not in out and "cannot join thread" not in out, out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")

@@ -16,6 +16,7 @@ from .training import (
     interrupt_workers,
     polish_front,
     quiet_worker,
+    spawning,
     train_gradient,
 )
 
@@ -108,10 +109,12 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                              initializer=quiet_worker) as pool:
         now = time.time()
         futs, interrupted = {}, False
-        try:  # (the processes start here: a Ctrl-C may come while they do)
-            for r in range(runs):
-                futs[pool.submit(_one_run, float_model, data, threads,
-                                 {**kwargs, "seed": seed + r}, now if r < workers else None)] = r
+        try:  # (the processes start here: a Ctrl-C meanwhile is raised as `spawning` ends)
+            with spawning():
+                for r in range(runs):
+                    futs[pool.submit(_one_run, float_model, data, threads,
+                                     {**kwargs, "seed": seed + r},
+                                     now if r < workers else None)] = r
         except KeyboardInterrupt:
             interrupted = True
             interrupt_workers(pool, futs)  # (runs still queued do not start)

@@ -3,6 +3,7 @@ and polishing front points at frozen bits."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import signal
@@ -446,6 +447,27 @@ def quiet_worker():
 
     signal.signal(signal.SIGINT, ignore_signal)
     signal.signal(signal.SIGTERM, ignore_signal)
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (`spawning`): from
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # now on it is ignored
+
+
+@contextlib.contextmanager
+def spawning():
+    """Around `ProcessPoolExecutor.submit` calls that start worker processes: SIGINT is
+    blocked in this thread, so a Ctrl-C cannot land inside the executor while it starts its
+    processes and threads (a half-started executor then failed on shutdown with 'cannot join
+    thread before it is started', exit 1). The signal stays pending and is raised when the
+    block ends; the workers inherit the block (it survives fork and exec), so the same
+    Ctrl-C, sent by a terminal to every process, does not kill one while it imports;
+    `quiet_worker` unblocks it there."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def interrupt_workers(pool, queued=()) -> None:
