@@ -195,6 +195,33 @@ def test_unreachable_storage_is_a_clear_error(tmp_path):
         make_storage("not-a-url")
 
 
+def test_a_bad_storage_is_refused_before_the_float_model_is_trained(tmp_path):
+    with pytest.raises(ValueError, match="cannot open storage postgresql://nobody@127"):
+        run_search(cfg(), tmp_path / "r", storage="postgresql://nobody@127.0.0.1:9/db",
+                   progress=False)
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == []  # no float.pt, no yaml
+    with pytest.raises(ValueError) as e:  # Optuna's own sentence ends in a full stop
+        make_storage("mysql://nobody@127.0.0.1:9/db")
+    assert "Failed to import DB access module" in str(e.value) and ".." not in str(e.value)
+
+
+def test_postgresql_urls_name_the_installed_driver(monkeypatch):
+    import importlib.util
+
+    from hetq.search.storage import database_url
+
+    installed = {"psycopg"}  # hetq[postgres]: psycopg 3 only
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name in installed else None)
+    assert database_url("postgresql://u:pw@h:5432/db") == "postgresql+psycopg://u:pw@h:5432/db"
+    assert database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    for kept in ("postgresql+psycopg2://u@h/db", "sqlite:///s.db", "mysql://u@h/db"):
+        assert database_url(kept) == kept
+    installed.add("psycopg2")  # SQLAlchemy's own default for a bare postgresql://
+    assert database_url("postgres://u@h/db") == "postgresql://u@h/db"
+    assert database_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
 def _storages(tmp_path):
     out = [None]  # journal file in the run folder
     if POSTGRES:

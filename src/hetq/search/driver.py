@@ -437,6 +437,8 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
             warm.append((folder, _warm_rows(folder, storage)))
         except ValueError as e:
             raise ValueError(f"--warm-start {folder}: {e}") from None
+    if storage is not None:  # a bad URL or an unreachable server: said before any training
+        make_storage(storage, out)
     ctx = start_run(config, out, progress)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)

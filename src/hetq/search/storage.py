@@ -58,7 +58,7 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks heartbeats as experimental
             return optuna.storages.RDBStorage(
-                storage,
+                database_url(storage),
                 heartbeat_interval=HEARTBEAT_INTERVAL,
                 grace_period=GRACE_PERIOD,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
@@ -66,12 +66,26 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
                 engine_kwargs={"pool_pre_ping": True},
             )
     except Exception as e:  # sqlalchemy errors: unreachable host, bad credentials, no driver
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
         raise ValueError(
             f"cannot open storage {_redact(storage)}: {msg}. Check that the database server is "
             "running and reachable, the user/password and database exist, and the driver is "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or hetq[postgres])."
         ) from None
+
+
+def database_url(url: str) -> str:
+    """`url` with the PostgreSQL driver that is installed spelled out. SQLAlchemy before 2.1
+    reads a bare postgresql:// as psycopg2, while hetq[postgres] installs psycopg 3; and it
+    no longer reads the postgres:// of many hosting services at all."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+        return f"postgresql+psycopg{sep}{rest}"
+    return f"postgresql{sep}{rest}"
 
 
 def _redact(url: str) -> str:
