@@ -1033,3 +1033,14 @@ def test_sigterm_to_a_search_ends_its_worker_processes_too(tmp_path):
     while any(running(k) for k in kids) and time.time() < deadline:
         time.sleep(0.2)
     assert kids and not [k for k in kids if running(k)]
+
+
+def test_python_dash_m_hetq_is_the_hetq_command():
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "hetq", "--version"], capture_output=True,
+                       text=True)
+    assert (r.returncode, r.stdout.strip()) == (0, hetq.__version__)
+    r = subprocess.run([sys.executable, "-m", "hetq", "train", "--epochs", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "hetq train" in r.stderr and "Traceback" not in r.stderr

@@ -36,9 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hls4ml backend of the project (default %(default)s)")
     e.add_argument("--no-compile", action="store_true",
                    help="write the hls4ml project without building the C simulation")
-    e.add_argument("--data", default="jets-sim", help="data set whose test split is compared")
+    e.add_argument("--data", default="jets-sim",
+                   help="data set whose test split is compared (default %(default)s)")
     e.add_argument("--samples", type=int, default=5000,
-                   help="test samples compared (0: all)")
+                   help="test samples compared (0: all; default %(default)s)")
     e.set_defaults(func=_export)
 
 

@@ -428,8 +428,8 @@ def _report(a) -> int:
 
         path = write_html_report(a.run, a.storage)
         print(f"HTML report: {path}")
-        print(f"dashboard: optuna-dashboard {Path(a.run) / 'study.journal'}"
-              if not a.storage else f"dashboard: optuna-dashboard {a.storage}")
+        where = a.storage or Path(a.run) / "study.journal"
+        print(f"dashboard (pip install optuna-dashboard): optuna-dashboard {where}")
     return 0
 
 
