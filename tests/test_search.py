@@ -885,7 +885,7 @@ def test_export_takes_the_storage_of_a_search_that_used_one(tmp_path, capsys):
     args = ["export", str(out), "--trial", "0", "--data", DATA, "--samples", "200",
             "--input-type", "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"]
     assert main(args) == 2
-    assert "if the search ran with --storage, give the same --storage" in capsys.readouterr().err
+    assert f"study is in {db}: give --storage {db}" in capsys.readouterr().err
     assert main([*args, "--storage", db]) == 0
     printed = capsys.readouterr().out
     assert f"exporting {out} trial 0" in printed
@@ -906,5 +906,127 @@ def test_warm_start_from_a_search_in_the_same_database(tmp_path):
                        progress=False)
     seeded = sorted(study.trials, key=lambda t: t.number)[:len(front)]
     assert [Candidate.from_dict(t.user_attrs["candidate"]) for t in seeded] == front
-    with pytest.raises(ValueError, match=r"--warm-start .*a: no study 'a' in .*study.journal"):
+    with pytest.raises(ValueError, match=r"--warm-start .*a: .*a's study is in .*db.journal: "
+                                         r"give --storage .*db.journal"):
         run_search(cfg(warm_start=[str(tmp_path / "a")]), tmp_path / "c", progress=False)
+
+
+def test_more_trials_on_resume_reach_the_workers_and_shared_studies_keep_their_settings(
+        tmp_path, capsys):
+    """The study's own copy of the settings (what `hetq worker` reads) kept the first
+    --trials, so a resumed `--workers N` search with more trials ran none; and a search with
+    other settings that shared --storage/--study was mixed into the same front."""
+    from hetq.search.driver import open_study, run_worker_process
+
+    out, db = tmp_path / "r", str(tmp_path / "db.journal")
+    run_search(cfg(trials=1), out, progress=False)
+    open_study(cfg(trials=2), out, None)  # what a resumed `--trials 2 --workers N` does
+    assert run_worker_process(out, "hetq", None, progress=False) == 1
+    assert "study 'hetq' has 2 of its 2" in capsys.readouterr().out
+
+    run_search(cfg(trials=1, study_name="s"), tmp_path / "a", storage=db, progress=False)
+    with pytest.raises(ValueError, match=r"study 's' in .*db.journal was made by a search with "
+                                         r"other settings \(epochs\); give another --study"):
+        run_search(cfg(trials=2, epochs=3, study_name="s"), tmp_path / "b", storage=db,
+                   progress=False)
+    assert not (tmp_path / "b" / "float.pt").exists()  # refused before any training
+
+
+def test_a_run_folder_keeps_its_storage_and_a_worker_its_own_search(tmp_path, capsys):
+    """A database search rerun without --storage started a second study in a journal file,
+    whose checkpoints overwrote the database trials' (same study name and numbers); a
+    worker trained from whatever float.pt its --out held."""
+    from hetq.search.driver import run_worker_process
+
+    out, db = tmp_path / "s", str(tmp_path / "db.journal")
+    run_search(cfg(trials=1), out, storage=db, progress=False)
+    assert (out / "storage.txt").read_text() == db + "\n"
+    with pytest.raises(ValueError, match=f"study is in {re.escape(db)}: give --storage"):
+        run_search(cfg(trials=2), out, progress=False)
+    assert not (out / "study.journal").exists()
+    journal_run = tmp_path / "j"
+    run_search(cfg(trials=1), journal_run, progress=False)
+    with pytest.raises(ValueError, match=r"study is in its journal file .*leave --storage out"):
+        run_search(cfg(trials=2), journal_run, storage=db, progress=False)
+    # a worker's --out: another search's folder, or an unexplained float.pt, is refused
+    other = tmp_path / "other"
+    run_search(cfg(trials=1, epochs=3, study_name="o"), other, storage=db, progress=False)
+    with pytest.raises(ValueError, match=r"holds a search with other settings than study "
+                                         r"'hetq' \(epochs, study_name\)"):
+        run_worker_process(other, "hetq", db, progress=False)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "float.pt").write_bytes((out / "float.pt").read_bytes())
+    with pytest.raises(ValueError, match="holds a float.pt but no search.yaml"):
+        run_worker_process(lone, "hetq", db, progress=False)
+    fresh = tmp_path / "fresh"  # an empty folder becomes the study's
+    assert run_worker_process(fresh, "hetq", db, progress=False) == 0
+    assert SearchConfig.load(fresh / "search.yaml") == cfg(trials=1)
+    assert (fresh / "storage.txt").read_text() == db + "\n"
+
+
+def test_a_journal_record_cut_off_by_a_full_disk_is_removed_on_resume(tmp_path, capfd):
+    """Optuna skips a last record whose write was cut short, but appends the next record
+    onto it, after which the whole journal is unreadable ('Expecting ',' delimiter')."""
+    out = tmp_path / "r"
+    run_search(cfg(trials=1), out, progress=False)
+    journal = out / "study.journal"
+    whole = journal.read_bytes()
+    cut = b'{"op_code": 4, "worker_id": "abc", "study_id": 0, "da'
+    journal.write_bytes(whole + cut)
+    study = run_search(cfg(trials=2), out, progress=False)
+    assert len(completed(study)) == 2
+    assert f"removed the last {len(cut)} bytes, a record whose write was cut off" in \
+        capfd.readouterr().err
+    assert journal.read_bytes().startswith(whole) and journal.read_bytes().endswith(b"}\n")
+    damaged = whole.replace(b'"op_code"', b'"op_code', 1)  # inside: named, not a bare json error
+    journal.write_bytes(damaged)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(journal))} has a damaged record"):
+        load_run(out)
+
+
+def test_a_damaged_search_yaml_is_a_clear_error_and_is_written_whole(tmp_path):
+    out = tmp_path / "r"
+    run_search(cfg(trials=1), out, progress=False)
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".part")) == []
+    saved = (out / "search.yaml").read_text()
+    (out / "search.yaml").write_text("")  # was read as all defaults: 'other settings (data, ...)'
+    with pytest.raises(ValueError, match=r"search.yaml holds no search settings .*delete it"):
+        run_search(cfg(trials=1), out, progress=False)
+    (out / "search.yaml").write_text("model: [unclosed")
+    with pytest.raises(ValueError, match=r"search.yaml is not readable YAML \(while parsing"):
+        load_run(out)
+    (out / "search.yaml").unlink()  # the advice: the study's own copy still checks a rerun
+    with pytest.raises(ValueError, match=r"other settings \(epochs\)"):
+        run_search(cfg(trials=1, epochs=3), out, progress=False)
+    (out / "search.yaml").write_text(saved)
+
+
+def test_a_killed_worker_whose_trial_another_finished_is_not_a_failed_search(
+        tmp_path, monkeypatch, capsys):
+    import hetq.search.driver as driver
+    from hetq.cli import main
+    from hetq.search.engine import SearchFailed
+
+    codes = [-9, 0]
+
+    def workers_that_finish(config, out, storage, workers, progress, devices=None):
+        driver.run_worker_process(out, config.study_name, storage, progress=False)
+        return codes
+
+    monkeypatch.setattr(driver, "_spawn_workers", workers_that_finish)
+    study = run_search(cfg(trials=2), tmp_path / "r", workers=2, progress=False)
+    assert len(completed(study)) == 2
+    assert "note: search workers exited with codes [-9, 0]; the others finished all 2" in \
+        capsys.readouterr().err
+    monkeypatch.setattr(driver, "_spawn_workers", lambda *a, **k: codes)
+    with pytest.raises(SearchFailed, match=r"codes \[-9, 0\] .*2 of 3 trials done, rerun"):
+        run_search(cfg(trials=3), tmp_path / "r", workers=2, progress=False)
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run_search", ctrl_c)
+    assert main(["search", "--out", str(tmp_path / "r"), "--data", DATA]) == 130
+    err = capsys.readouterr().err
+    assert f"finished trials are kept in {tmp_path / 'r'}; rerun the same command" in err

@@ -341,6 +341,7 @@ def _search(a) -> int:
     from .driver import run_search
     from .results import format_table, pareto_rows
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
+    from .storage import redact
 
     qc = _load_yaml(a.quantization_config)
     if qc is None and a.deployable:
@@ -388,8 +389,14 @@ def _search(a) -> int:
     # SIGTERM (kill, a batch system's time limit) stops it as Ctrl-C does: the worker processes
     # it started end too (they used to run on, orphaned); finished trials are in the study
     with interrupts_save():
-        study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                           progress=not a.no_progress, devices=devices)
+        try:
+            study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                               progress=not a.no_progress, devices=devices)
+        except KeyboardInterrupt:
+            print(f"search stopped: its finished trials are kept in "
+                  f"{a.storage and redact(a.storage) or a.out}; rerun the same command to "
+                  "resume it", file=sys.stderr, flush=True)
+            raise
     print()
     print(format_table(pareto_rows(a.out, a.storage), cfg, study.user_attrs.get("reference")))
     return 0

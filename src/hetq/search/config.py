@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -246,8 +247,23 @@ class SearchConfig:
         return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Written whole or not at all (a new file moved over the old one): a kill during
+        the rewrite of a resumed search left an empty search.yaml, read as all defaults."""
+        path = Path(path)
+        part = path.with_name(path.name + ".part")
+        part.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(part, path)
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        try:
+            d = yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path} is not readable YAML ({str(e).splitlines()[0]}); "
+                             "delete it and rerun the search's command (its study keeps "
+                             "its own copy of the settings and checks them)") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} holds no search settings (it is empty or not a "
+                             "mapping); delete it and rerun the search's command (its study "
+                             "keeps its own copy of the settings and checks them)")
+        return cls.from_dict(d)

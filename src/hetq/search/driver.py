@@ -17,6 +17,7 @@ untrained rebuild instead).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -39,11 +40,16 @@ from .results import is_gradient_run, pareto_rows
 from .space import Candidate, SearchSpace
 from .sparsity import MagnitudePruner
 from .storage import (
+    STORAGE_FILE,
+    check_run_storage,
     existing_study,
+    journal_path,
     make_storage,
     pack_state,
     quiet_optuna,
+    record_run_storage,
     recover_dead_trials,
+    redact,
     trial_path,
     worker_identity,
 )
@@ -324,8 +330,8 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
         study = optuna.create_study(storage=st, study_name=config.study_name,
                                     directions=directions, sampler=sampler(config.seed),
                                     pruner=pruner, load_if_exists=True)
-        if "hetq_config" not in study.user_attrs:
-            study.set_user_attr("hetq_config", config.to_dict())
+        if _study_settings(study, config, storage, out):  # new, or other --trials: what
+            study.set_user_attr("hetq_config", config.to_dict())  # its workers read
     else:
         try:
             study = optuna.load_study(study_name=config.study_name, storage=st,
@@ -337,6 +343,35 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
     if seed != config.seed:
         study.sampler = sampler(seed)
     return study
+
+
+def _study_settings(study: optuna.Study, config: SearchConfig, storage: str | None,
+                    out: Path) -> list[str]:
+    """The settings in which `config` differs from those `study` was made with (["new"] for
+    a study without them). Anything but --trials is refused: two searches that share a
+    --storage and --study mixed their trials (and references) in one front."""
+    stored = study.user_attrs.get("hetq_config")
+    changed = _differences(stored, config.to_dict()) if stored is not None else ["new"]
+    other = [k for k in changed if k not in ("trials", "new")]
+    if other:
+        raise ValueError(
+            f"study {study.study_name!r} in {redact(storage) if storage else out} was made by "
+            f"a search with other settings ({', '.join(other)}); give another --study, or "
+            "the same settings to resume it (--trials may change)")
+    return changed
+
+
+def check_study_settings(config: SearchConfig, out: Path, storage: str | None) -> None:
+    """`_study_settings` before any work, for a study that exists already."""
+    if storage is None and not journal_path(out).exists():
+        return
+    quiet_optuna()
+    try:
+        study = optuna.load_study(study_name=config.study_name,
+                                  storage=make_storage(storage, out))
+    except KeyError:
+        return
+    _study_settings(study, config, storage, out)
 
 
 def _grid_fix(study, ctx):
@@ -387,6 +422,13 @@ def _best_line(study, ctx) -> str:
     return f"#{t.number} score={t.value:.4f}"
 
 
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The names of the settings whose values differ, compared as the study stores them
+    (JSON: tuples become lists)."""
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
     """The settings in which `config` differs from the run folder's search.yaml, each with
     its old value, sorted by name ({} when there is none yet)."""
@@ -397,18 +439,22 @@ def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
     return {k: old[k] for k in sorted(new) if old[k] != new[k]}
 
 
-def start_run(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
-    """Record `config` as the run folder's search.yaml and build the context (the float
-    model). If that fails in a folder that held no run before (a bad metric, data that
-    cannot be read, Ctrl-C during the float training), what it wrote is removed again, so
-    that the corrected command is not refused as "other settings"."""
+def start_run(config: SearchConfig, out: Path, progress: bool = True,
+              storage: str | None = None) -> SearchContext:
+    """Record `config` as the run folder's search.yaml (and a database `storage`'s URL) and
+    build the context (the float model). If that fails in a folder that held no run before
+    (a bad metric, data that cannot be read, Ctrl-C during the float training), what it
+    wrote is removed again, so that the corrected command is not refused as "other
+    settings"."""
     fresh = not (out / "search.yaml").exists()
     config.save(out / "search.yaml")
+    record_run_storage(out, storage)
     try:
         return build_context(config, out, progress)
     except BaseException:
         if fresh and not (out / "float.pt").exists():
             (out / "search.yaml").unlink(missing_ok=True)
+            (out / STORAGE_FILE).unlink(missing_ok=True)
         raise
 
 
@@ -437,9 +483,12 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
             warm.append((folder, _warm_rows(folder, storage)))
         except ValueError as e:
             raise ValueError(f"--warm-start {folder}: {e}") from None
-    if storage is not None:  # a bad URL or an unreachable server: said before any training
+    check_run_storage(out, storage)
+    if not config.blocks:  # (a bad URL or an unreachable server, too: before any training)
+        check_study_settings(config, out, storage)
+    elif storage is not None:
         make_storage(storage, out)
-    ctx = start_run(config, out, progress)
+    ctx = start_run(config, out, progress, storage)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)
     study = open_study(config, out, storage)
@@ -458,7 +507,16 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                    on_trial_end=Progress(ctx, config.trials, progress),
                    recover=recover_dead_trials)
     else:
-        _spawn_workers(config, out, storage, workers, progress, devices)
+        codes = _spawn_workers(config, out, storage, workers, progress, devices)
+        if any(codes):
+            done = n_counted(study)
+            if done < config.trials:
+                raise SearchFailed(f"search workers exited with codes {codes} (their "
+                                   f"messages are above); {done} of {config.trials} trials "
+                                   "done, rerun the same command to go on")
+            print(f"note: search workers exited with codes {codes}; the others finished all "
+                  f"{config.trials} trials (a killed worker's trial was run again)",
+                  file=sys.stderr, flush=True)
     return study
 
 
@@ -528,14 +586,11 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
             env["HETQ_DEVICE"] = f"cuda:{devices[i % len(devices)]}"
         procs.append(subprocess.Popen(cmd, env=env))
     try:
-        codes = [p.wait() for p in procs]
+        return [p.wait() for p in procs]
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
         raise
-    if any(codes):
-        raise SearchFailed(f"search workers exited with codes {codes} (their messages are "
-                           "above)")
 
 
 def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
@@ -560,6 +615,7 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
 
     resolve_device(config.device)  # a device this machine lacks: one error, not failed trials
     out.mkdir(parents=True, exist_ok=True)
+    _check_worker_folder(study, out, storage)
     ctx = build_context(config, out, progress=False)
     # this process's sampler stream: its index among a search's --workers, else random (a
     # machine of its own), so that no two workers draw the same configurations
@@ -574,6 +630,28 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     print(f"worker: ran {ran} trial{'s' * (ran != 1)} here; study {study_name!r} has {done} of "
           f"its {config.trials}" + (" (it was complete already)" if not ran else ""))
     return ran
+
+
+def _check_worker_folder(study: optuna.Study, out: Path, storage: str | None) -> None:
+    """A worker trains from its --out's float.pt: that must be the study's own float model.
+    A folder of another search, or a float.pt with nothing to tell its settings, is refused
+    (its trials trained from the wrong model, or failed at saving after training); an empty
+    folder is made this study's."""
+    config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
+    check_run_storage(out, storage)
+    if (out / "search.yaml").exists():
+        changed = set(changed_settings(config, out)) - {"trials"}
+        if changed:
+            raise ValueError(f"--out {out} holds a search with other settings than study "
+                             f"{study.study_name!r} ({', '.join(sorted(changed))}); give that "
+                             "search's run folder, or an empty one")
+    elif (out / "float.pt").exists():
+        raise ValueError(f"--out {out} holds a float.pt but no search.yaml, so nothing tells "
+                         f"whether it is study {study.study_name!r}'s float model; give the "
+                         "search's run folder, or an empty one")
+    else:
+        config.save(out / "search.yaml")
+        record_run_storage(out, storage)
 
 
 def _warm_rows(folder, storage: str | None) -> list[dict]:

@@ -13,7 +13,7 @@ from .build import build_candidate
 from .config import SearchConfig
 from .objectives import COST_KEYS
 from .space import Candidate
-from .storage import existing_study, quiet_optuna, trial_path, unpack_state
+from .storage import check_run_storage, existing_study, quiet_optuna, trial_path, unpack_state
 
 
 def is_gradient_run(out: str | Path) -> bool:
@@ -39,6 +39,7 @@ def load_run(out: str | Path, storage: str | None = None):
     config = SearchConfig.load(out / "search.yaml")
     if config.strategy == "gradient":
         raise gradient_run_error(out)
+    check_run_storage(out, storage)
     quiet_optuna()
     name = config.study_name
     if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study

@@ -47,8 +47,14 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-        backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
-        return optuna.storages.JournalStorage(backend)
+        lock = JournalFileOpenLock(str(path))
+        repair_journal(path, lock)
+        backend = JournalFileBackend(str(path), lock_obj=lock)
+        try:
+            return optuna.storages.JournalStorage(backend)
+        except ValueError as e:  # (json.JSONDecodeError is one) a record damaged inside it
+            raise ValueError(f"{path} has a damaged record ({e}); the trials recorded before "
+                             "it can be kept by cutting the file at that line") from None
     if "://" not in storage:
         raise ValueError(f"storage {storage!r}: expected a database URL like "
                          "postgresql://user@host/db, a path ending in .journal, or nothing")
@@ -68,10 +74,81 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
     except Exception as e:  # sqlalchemy errors: unreachable host, bad credentials, no driver
         msg = str(e).splitlines()[0].rstrip(". ") if str(e) else type(e).__name__
         raise ValueError(
-            f"cannot open storage {_redact(storage)}: {msg}. Check that the database server is "
+            f"cannot open storage {redact(storage)}: {msg}. Check that the database server is "
             "running and reachable, the user/password and database exist, and the driver is "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or hetq[postgres])."
         ) from None
+
+
+def repair_journal(path: Path, lock) -> int:
+    """Cut off a last record whose write was cut short (a full disk, a killed machine):
+    Optuna skips it when reading but appends the next record onto it, which then makes the
+    whole journal unreadable. Done under the journal's lock, so never to a write in
+    progress. Returns the number of bytes removed."""
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            end = size
+            while end > 0:  # back to the last newline, a block at a time (weights make
+                start = max(0, end - (1 << 20))  # journals large)
+                f.seek(start)
+                block = f.read(end - start)
+                i = block.rfind(b"\n")
+                if i >= 0:
+                    end = start + i + 1
+                    break
+                end = start
+            if end == size:
+                return 0
+            f.truncate(end)
+    finally:
+        lock.release()
+    import sys
+
+    print(f"note: {path}: removed the last {size - end} bytes, a record whose write was cut "
+          "off (a full disk or a killed process); the trials recorded before it are kept",
+          file=sys.stderr, flush=True)
+    return size - end
+
+
+STORAGE_FILE = "storage.txt"  # a run folder whose study is in a database: its URL, no password
+
+
+def _database(storage: str | None, out: Path) -> str | None:
+    """`storage` as recorded in a run folder: None for the folder's own journal file."""
+    if storage is None:
+        return None
+    if "://" not in storage and (Path(storage.removeprefix("journal:")).resolve()
+                                 == journal_path(out).resolve()):
+        return None
+    return redact(storage)
+
+
+def check_run_storage(out: Path, storage: str | None) -> None:
+    """A run folder's study stays where it was started: a rerun without the database's
+    --storage began a second study in a journal file, whose trials then overwrote the
+    database trials' checkpoints in trials/ (their paths are the study name and number)."""
+    rec = Path(out) / STORAGE_FILE
+    recorded = rec.read_text().strip() if rec.exists() else None
+    given = _database(storage, Path(out))
+    if recorded and given is None:
+        raise ValueError(f"{out}'s study is in {recorded}: give --storage with that URL "
+                         "(and its password, if it has one)" if "://" in recorded else
+                         f"{out}'s study is in {recorded}: give --storage {recorded}")
+    if recorded and given != recorded:
+        raise ValueError(f"{out}'s study is in {recorded}, not in {given}: give that "
+                         "--storage, or use another --out")
+    if given and not recorded and journal_path(out).exists():
+        raise ValueError(f"{out}'s study is in its journal file {journal_path(out)}, not in "
+                         f"{given}: leave --storage out to use it, or use another --out")
+
+
+def record_run_storage(out: Path, storage: str | None) -> None:
+    if _database(storage, Path(out)):
+        (Path(out) / STORAGE_FILE).write_text(_database(storage, Path(out)) + "\n")
 
 
 def database_url(url: str) -> str:
@@ -88,7 +165,7 @@ def database_url(url: str) -> str:
     return f"postgresql{sep}{rest}"
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """The URL without its password."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
