@@ -87,6 +87,10 @@ def repair_journal(path: Path, lock) -> int:
     progress. Returns the number of bytes removed."""
     if not path.exists() or path.stat().st_size == 0:
         return 0
+    with open(path, "rb") as f:  # the usual case without the lock (a read-only run folder)
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
     lock.acquire()
     try:
         with open(path, "rb+") as f:
