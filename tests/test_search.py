@@ -637,7 +637,7 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     assert "note: not used: --schedule-block (it needs --blocks)" in capsys.readouterr().err
     # and combinations that cannot run are refused before any work
     for argv, msg in (
-            (["--blocks", "fc", "--population", "2"], "search blocks: a block-wise search runs "
+            (["--blocks", "fc", "--population", "2"], "--blocks: a block-wise search runs "
              "one study per block, one trial at a time; it does not take --population"),
             (["--population", "2", "--workers", "2"], "population training (--population 2) "
              "trains its batches in one process; use --workers 1 with it"),
@@ -782,7 +782,7 @@ def test_search_cli_source_and_reference_types(tmp_path, capsys):
     capsys.readouterr()
     assert main(["search", "--data", DATA, "--source", "int9", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 2
-    assert "search source_quantizer='int9': unknown quantizer 'int9'" in capsys.readouterr().err
+    assert "--source 'int9': unknown quantizer 'int9'" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
 
 
@@ -1030,3 +1030,38 @@ def test_a_killed_worker_whose_trial_another_finished_is_not_a_failed_search(
     assert main(["search", "--out", str(tmp_path / "r"), "--data", DATA]) == 130
     err = capsys.readouterr().err
     assert f"finished trials are kept in {tmp_path / 'r'}; rerun the same command" in err
+
+
+def test_search_errors_name_the_options_typed(tmp_path, capsys):
+    from hetq.cli import build_parser, main
+    from hetq.search.cli import FIELD_OPTIONS
+
+    for args, said in ((["--max-loss", "5"], "--max-loss 5.0; expected a fraction"),
+                       (["--lr", "-1"], "--lr must be > 0, got -1.0"),
+                       (["--source", "banana"], "--source 'banana': unknown quantizer"),
+                       (["--runs", "2", "--strategy", "gradient", "--time-budget", "-1"],
+                        "--time-budget must be > 0 seconds")):
+        assert main(["search", *args]) == 2
+        err = capsys.readouterr().err
+        assert f"hetq search: error: {said}" in err, err
+    sub = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices
+               and "search" in a.choices)
+    options = {o for a in sub.choices["search"]._actions for o in a.option_strings}
+    assert set(FIELD_OPTIONS.values()) <= options
+    # a bad device: before the float model is trained (it trained first, then failed)
+    assert main(["search", "--device", "banana", "--data", DATA, "--out",
+                 str(tmp_path / "d")]) == 2
+    captured = capsys.readouterr()
+    assert "device 'banana'" in captured.err and "training" not in captured.out
+
+
+def test_the_gradient_strategy_trains_its_float_models_on_the_cpu(tmp_path):
+    """It said it did not use --device, then trained its float model there (an error on a
+    machine without CUDA, the float model on the GPU and the rest on the CPU with one)."""
+    from hetq.data import get_dataset
+    from hetq.search.driver import train_float_model
+
+    config = cfg(strategy="gradient", device="cuda", float_epochs=1)
+    model, metrics = train_float_model(config, get_dataset(DATA), tmp_path / "f.pt",
+                                       config.model_kwargs, "the float teacher", False)
+    assert next(model.parameters()).device.type == "cpu" and 0 < metrics["accuracy"] <= 1

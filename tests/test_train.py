@@ -629,6 +629,15 @@ def test_every_cli_option_has_help():
     assert missing == []
     for p in parsers.values():
         assert "usage:" in p.format_help()
+    # and states its default (the README promises it), e.g. `search --out`'s
+    silent = [f"{name} {a.option_strings[-1]}" for name, p in parsers.items() for a in p._actions
+              if a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS)
+              and not isinstance(a, (argparse._HelpAction, argparse._StoreTrueAction))
+              and "default" not in (a.help or "")]
+    assert silent == []
+    text = " ".join(parsers["search"].format_help().split())
+    assert "run folder (journal, checkpoints) (default runs/search)" in text
+    assert "--model-widths N [N ...] hidden layer widths" in text
     # every command says what it does, and the example on its help page parses
     import shlex
 
@@ -1044,3 +1053,19 @@ def test_python_dash_m_hetq_is_the_hetq_command():
     r = subprocess.run([sys.executable, "-m", "hetq", "train", "--epochs", "0"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "hetq train" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ptq_and_train_check_the_device_before_any_work(tmp_path, capsys):
+    """`hetq ptq` ignored --device (even 'banana'); train loaded the data first."""
+    out = tmp_path / "f"
+    assert main(["train", "--data", "synthetic:n=600,seed=1", "--epochs", "1", "--out",
+                 str(out), "--no-progress", "--device", "banana"]) == 2
+    captured = capsys.readouterr()
+    assert "device 'banana'" in captured.err and "synthetic" not in captured.out
+    assert main(["train", "--data", "synthetic:n=600,seed=1", "--epochs", "1", "--out",
+                 str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["ptq", str(out), "--bits", "6", "--device", "banana",
+                 "--out", str(tmp_path / "p.pt")]) == 2
+    assert "device 'banana'" in capsys.readouterr().err
+    assert not (tmp_path / "p.pt").exists()

@@ -195,7 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # feature not built (yet): its commands are simply absent
             raise
         module.register(sub)
+    for command in sub.choices.values():
+        show_defaults(command)
     return parser
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option whose help does not state its default gets "(default X)": the README
+    promises that `hetq COMMAND --help` gives each one."""
+    for action in parser._actions:
+        d = action.default
+        if (not action.option_strings or not action.help or action.help == argparse.SUPPRESS
+                or "default" in action.help or d in (None, False, [], argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction))):
+            continue
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        if isinstance(action, argparse.BooleanOptionalAction):
+            shown = action.option_strings[0] if d else action.option_strings[-1]
+        action.help += f" (default {shown})".replace("%", "%%")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
 from pathlib import Path
 
@@ -91,6 +93,28 @@ def unused_options(a: argparse.Namespace) -> list[str]:
     return out
 
 
+# SearchConfig fields set from an option of another name (the rest: --field-name)
+FIELD_OPTIONS = {"max_metric_loss": "--max-loss", "source_quantizer": "--source",
+                 "gradient_runs": "--runs", "study_name": "--study", "gradient_compile":
+                 "--compile", "model_kwargs": "--model-widths"}
+
+
+def option_name(field: str) -> str:
+    return FIELD_OPTIONS.get(field, "--" + field.replace("_", "-"))
+
+
+@contextlib.contextmanager
+def option_names():
+    """SearchConfig's errors ("search max_metric_loss=5.0; expected ...") as the command
+    line's ("--max-loss 5.0; expected ...")."""
+    try:
+        yield
+    except ValueError as e:
+        msg = re.sub(r"^search (\w+)([=: ])",
+                     lambda m: option_name(m[1]) + (" " if m[2] == "=" else m[2]), str(e))
+        raise ValueError(msg) from None
+
+
 def _devices(text: str) -> list[str]:
     """`--devices` ids, each a CUDA device this machine has."""
     import torch
@@ -118,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "
                         "32 16 for a smaller start of --strategy gradient")
     s.add_argument("--data", default="jets-sim",
-                   help="jets-sim | jets | jets:PATH | digits | synthetic (default "
+                   help="jets-sim | jets-sim:PATH | jets | jets:PATH | digits | synthetic (default "
                         "%(default)s: the built-in simulated jets sample)")
     s.add_argument("--out", default="runs/search", help="run folder (journal, checkpoints)")
     s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"],
@@ -346,30 +370,31 @@ def _search(a) -> int:
     qc = _load_yaml(a.quantization_config)
     if qc is None and a.deployable:
         qc = DEPLOYABLE_QUANTIZATION_CONFIG
-    cfg = SearchConfig(
-        model=a.model, data=a.data,
-        model_kwargs=widths_kwargs(a.model, a.model_widths),
-        study_name=a.study, objective=a.objective, goal=a.goal,
-        metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
-        min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
-        pruner=a.pruner,
-        trials=a.trials or (a.prior_configs if a.strategy == "hessian" else 40),
-        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-        float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
-        quantization_config=qc, tune_filters=a.tune_filters,
-        **({"width_multipliers": a.width_multipliers} if a.width_multipliers else {}),
-        tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
-        learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
-        blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
-        prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
-        bits_lr=a.bits_lr, population=a.population, ebops_target=a.ebops_target,
-        gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
-        gradient_compile=a.compile, stop_below=a.stop_below,
-        input_quantile=a.input_quantile, act_quantile=a.act_quantile,
-        learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
-        granularity=a.granularity, activation_granularity=a.activation_granularity,
-        source_quantizer=a.source, reference=a.reference,
-    )
+    with option_names():  # its errors name the options typed, not SearchConfig's fields
+        cfg = SearchConfig(
+            model=a.model, data=a.data,
+            model_kwargs=widths_kwargs(a.model, a.model_widths),
+            study_name=a.study, objective=a.objective, goal=a.goal,
+            metric=a.metric, delta_p=a.delta_p, delta_n=a.delta_n, rate=a.rate, stress=a.stress,
+            min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
+            pruner=a.pruner,
+            trials=a.trials or (a.prior_configs if a.strategy == "hessian" else 40),
+            epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+            float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
+            quantization_config=qc, tune_filters=a.tune_filters,
+            **({"width_multipliers": a.width_multipliers} if a.width_multipliers else {}),
+            tune_filters_exceptions=a.tune_filters_exceptions, sparsity=a.sparsity,
+            learning_rates=a.learning_rates, warm_start=list(a.warm_start), device=a.device,
+            blocks=a.blocks or None, schedule_block=a.schedule_block, strategy=a.strategy,
+            prior=a.prior, prior_configs=a.prior_configs, beta0=a.beta0, beta1=a.beta1,
+            bits_lr=a.bits_lr, population=a.population, ebops_target=a.ebops_target,
+            gradient_runs=a.runs, time_budget=a.time_budget, polish_epochs=a.polish_epochs,
+            gradient_compile=a.compile, stop_below=a.stop_below,
+            input_quantile=a.input_quantile, act_quantile=a.act_quantile,
+            learn_integer=a.learn_integer, teacher_widths=a.teacher_widths, distill=a.distill,
+            granularity=a.granularity, activation_granularity=a.activation_granularity,
+            source_quantizer=a.source, reference=a.reference,
+        )
     ignored = ignored_options(a)
     if ignored:
         print(f"note: --strategy {a.strategy} does not use {', '.join(ignored)}"

@@ -99,8 +99,9 @@ def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[
 def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict, what: str,
                       progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """`config.model` with `model_kwargs`, trained in float (config.float_epochs, batch_size,
-    lr, seed, device), saved to `path`; returns it (on the CPU, in eval mode) and its
-    validation metrics. `what` names it in the progress line."""
+    lr, seed, device; the CPU for the gradient strategy), saved to `path`; returns it (on
+    the CPU, in eval mode) and its validation metrics. `what` names it in the progress
+    line."""
     from ..models import build as build_model
     from ..train.checkpoint import save
 
@@ -109,8 +110,10 @@ def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict
     model = build_model(config.model, **model_kwargs)
     if progress:
         print(f"training {what} ({config.float_epochs} epochs)...", flush=True)
+    # (the gradient strategy trains on the CPU, its float models too: --device is not its)
+    device = "cpu" if config.strategy == "gradient" else config.device
     fit(model, data, epochs=config.float_epochs, batch_size=config.batch_size, lr=config.lr,
-        seed=config.seed, device=config.device, progress=progress)
+        seed=config.seed, device=device, progress=progress)
     metrics = evaluate(model, data, split="val", device="cpu")
     save(path, model, model_name=config.model, model_kwargs=model_kwargs, data=data,
          metrics=metrics)
@@ -483,6 +486,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
             warm.append((folder, _warm_rows(folder, storage)))
         except ValueError as e:
             raise ValueError(f"--warm-start {folder}: {e}") from None
+    if config.strategy != "gradient":  # a bad or missing device: before the float training
+        from ..train.loop import resolve_device
+
+        resolve_device(config.device)
     check_run_storage(out, storage)
     if not config.blocks:  # (a bad URL or an unreachable server, too: before any training)
         check_study_settings(config, out, storage)

@@ -138,12 +138,13 @@ def _train(a) -> int:
     from ..data import get_dataset
     from ..models import build, widths_kwargs
     from .checkpoint import check_new, save
-    from .loop import check_model_fits, evaluate, fit
+    from .loop import check_model_fits, evaluate, fit, resolve_device
     from .report import metrics_table
 
     if a.preset and a.config:  # before the data are loaded
         raise ValueError("give either --preset or --config, not both")
     task = _task(a)
+    resolve_device(a.device)  # a bad or missing device: said before the data are loaded
     data = get_dataset(a.data)
     kwargs = {**_model_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
     torch.manual_seed(a.seed)
@@ -241,10 +242,11 @@ def _ptq(a) -> int:
     from ..quant.convert import quantize_model
     from ..quant.layers import QLayer
     from .checkpoint import build_from, check_new, read, save
-    from .loop import check_model_fits, evaluate
+    from .loop import check_model_fits, evaluate, resolve_device
     from .ptq import ptq_config
     from .report import metrics_table
 
+    resolve_device(a.device)  # (it evaluates there; calibration runs on the CPU)
     src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
     out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
     folder = out.is_dir() or (a.out or "").endswith(("/", os.sep))  # (--out new/: a folder)
@@ -262,7 +264,7 @@ def _ptq(a) -> int:
     check_model_fits(model, X[:2], task, data)  # before calibrating on data it cannot take
     cfg = ptq_config(model, X[:a.calibration], a.bits)
     qmodel = quantize_model(model, cfg).eval()
-    m = evaluate(qmodel, data, "test", task)
+    m = evaluate(qmodel, data, "test", task, a.device)
     print(f"PTQ {a.bits} bits of {a.checkpoint}:")
     print(metrics_table(m, data.classes, task.name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
