@@ -59,7 +59,7 @@ def _lazy_names(package: str, namespace: dict, api: dict[str, str],
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def dir_() -> list[str]:
-        return sorted([*namespace, *api, *subpackages])
+        return sorted({*namespace, *api, *subpackages})
 
     return getattr_, dir_
 
