@@ -5,11 +5,15 @@
 All three start from a 16-32-16-5 MLP (--widths; the 16-64-32-32-5 jet MLP, --widths 64 32
 32, costs the gradient strategy 2 points at <= 1,000 EBOPs, since it has to keep 3 hidden
 layers alive, and gave Optuna and Hessian lower hypervolumes, 0.386 and 0.381 against 0.421
-and 0.390, the Hessian run then being 24 fixed configurations):
+and 0.390, the Hessian run then being 24 fixed configurations; those two runs were in one
+process and took their fronts on the test split):
 
 1. Optuna TPE (multi-objective accuracy / EBOPs), trials until the budget is spent;
 2. Hessian traces + ILP sweep, its configurations fine-tuned with QAT until the budget is
    spent;
+   (both as `hetq search --workers N`, one process per core like the gradient strategy's
+   runs, stopped with Ctrl-C when the budget is spent; their fronts are chosen on the
+   validation split, as the gradient strategy's, and the test split is reported)
 3. gradient bit-widths (HGQ style): two trainings in two processes (one per core; more
    --runs than cores share the time), training steps compiled with torch.compile
    (--no-compile: eager), weights at --lr 3e-3 and bit-widths at --bits-lr 1e-2, integer
@@ -33,6 +37,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +51,6 @@ from hetq.cost import cost
 from hetq.models import build
 from hetq.search.cli import _input_quantile, _quantile
 from hetq.search.config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
-from hetq.search.driver import run_search
 from hetq.search.gradient import default_workers, to_hetq_model, train_gradient_runs
 from hetq.search.objectives import hypervolume_2d, pareto_front
 from hetq.search.results import load_run
@@ -53,6 +59,7 @@ from hetq.train import evaluate, fit
 REF_EBOPS = 1_089_536
 REF_ACC = 0.5
 SOURCE = "quantized_bits(16,5,alpha=1)"  # inputs as ap_fixed<16,6> for the non-gradient runs
+STOP_TIME = 3.0  # seconds a search takes to stop its workers after Ctrl-C
 
 
 def train_float(data, epochs, widths=(64, 32, 32)):
@@ -64,25 +71,32 @@ def train_float(data, epochs, widths=(64, 32, 32)):
 
 
 def study_front(out: Path):
+    """The trained trials' validation front (accuracy up, EBOPs down), as (test accuracy,
+    EBOPs, energy) points, as the gradient strategy's front is chosen; and the number of
+    trials trained to the end (queued or interrupted ones left out)."""
     _, study = load_run(out)
-    pts = []
+    done = []
     for t in study.trials:
         if t.state.name != "COMPLETE":
             continue
-        acc = t.user_attrs.get("metrics", {}).get("test", {}).get("accuracy")
-        costs = t.user_attrs.get("costs", {})
-        if acc is None or "ebops" not in costs:
+        metrics, costs = t.user_attrs.get("metrics", {}), t.user_attrs.get("costs", {})
+        val = metrics.get("val", {}).get("accuracy")
+        test = metrics.get("test", {}).get("accuracy")
+        if val is None or test is None or "ebops" not in costs:
             continue
-        pts.append((acc, costs["ebops"], costs["energy_pj"]))
-    return pts, len(study.trials)
+        done.append((val, test, costs["ebops"], costs["energy_pj"]))
+    front = pareto_front([(v, e) for v, _, e, _ in done])
+    return [done[i][1:] for i in front], len(done)
 
 
 def report(name, pts, phases):
-    """pts: (test accuracy, EBOPs, energy pJ[, mark]) per model; prints and returns the front."""
+    """pts: (test accuracy, EBOPs, energy pJ[, mark]) of each model on a strategy's
+    validation front; prints and returns their front on the test split."""
     idx = pareto_front([(p[0], p[1]) for p in pts])
     front = [pts[i] for i in idx]
     hv = hypervolume_2d([(p[0], p[1]) for p in front], REF_EBOPS, REF_ACC)
-    print(f"\n== {name}: {len(pts)} models, front of {len(front)}, hypervolume {hv:.4f}")
+    print(f"\n== {name}: {len(pts)} models on the validation front, {len(front)} on the "
+          f"test front, hypervolume {hv:.4f}")
     print("   phases: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}"
                                   for k, v in phases.items()))
     print(f"   {'test acc':>8} {'EBOPs':>9} {'energy pJ':>9}")
@@ -91,19 +105,26 @@ def report(name, pts, phases):
     return front, hv
 
 
-def run_optuna_until(cfg, out, budget, t_start, step):
-    """`step` more trials at a time (resuming the study) while the slowest batch so far (after
-    the first, which also trains the float model) still fits in what is left of `budget`."""
-    n, slowest = step, 0.0
-    while True:
-        t = time.time()
-        cfg.trials = n
-        run_search(cfg, out, progress=False)
-        took = time.time() - t
-        slowest = max(slowest, took) if n > step else 0.0
-        if time.time() - t_start + (slowest or took) > budget:
-            return
-        n += step
+def run_search_until(flags: list[str], out: Path, budget: float, t_start: float,
+                     workers: int) -> None:
+    """`hetq search` with `workers` processes (one per core, as the gradient strategy's
+    --runs) until `budget` seconds after `t_start` are spent, then stopped as a user (or a
+    batch system) would: its finished trials are kept in the study."""
+    cmd = [sys.executable, "-m", "hetq", "search", *flags, "--trials", "1000000",
+           "--workers", str(workers), "--no-progress", "--out", str(out)]
+    log = out.with_suffix(".log")
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=max(0.0, t_start + budget - STOP_TIME - time.time()))
+        except subprocess.TimeoutExpired:
+            # SIGTERM, which hetq search takes as Ctrl-C (SIGINT itself is ignored when this
+            # script runs in the background, and the search then inherits that)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+    if proc.returncode not in (0, 130):
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+                         + log.read_text()[-3000:])
 
 
 def main() -> None:
@@ -174,33 +195,37 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hetq_strategies_"))
     print(f"data {data!r}; budget {a.budget:.0f} s per strategy (float training included)")
     results = {}
-    base = dict(data=spec, objective="pareto", goal="ebops", float_epochs=a.float_epochs,
-                source_quantizer=SOURCE, lr=3e-3,
-                model_kwargs={"widths": list(a.widths)})  # every strategy starts from it
+    base = ["--data", spec, "--objective", "pareto", "--goal", "ebops", "--float-epochs",
+            str(a.float_epochs), "--source", SOURCE, "--lr", "3e-3",
+            "--model-widths", *map(str, a.widths)]  # every strategy starts from it
 
+    workers = default_workers(a.runs)  # the gradient strategy's processes
     if a.only in (None, "optuna"):
         t0 = time.time()
-        cfg = SearchConfig(**base, sampler="tpe", epochs=5, trials=4)
-        run_optuna_until(cfg, tmp / "optuna", a.budget, t0, 4)
+        run_search_until([*base, "--sampler", "tpe", "--epochs", "5"], tmp / "optuna",
+                         a.budget, t0, workers)
         pts, n = study_front(tmp / "optuna")
         results["optuna TPE"] = report("Optuna TPE", pts, {"total": time.time() - t0,
-                                                           "trials": n})
+                                                           "trials": n, "workers": workers})
 
     if a.only in (None, "hessian"):
         t0 = time.time()
         # a sweep over --ilp-budgets cost budgets; its configurations fine-tuned 30 epochs
         # each, 4 at a time, until the budget is spent (TPE samples more if the sweep's
         # configurations run out first)
-        cfg = SearchConfig(**base, strategy="hessian", prior="hessian",
-                           prior_configs=a.ilp_budgets, epochs=30)
-        run_optuna_until(cfg, tmp / "hessian", a.budget, t0, 4)
+        run_search_until([*base, "--strategy", "hessian", "--prior", "hessian",
+                          "--prior-configs", str(a.ilp_budgets), "--epochs", "30"],
+                         tmp / "hessian", a.budget, t0, workers)
         _, study = load_run(tmp / "hessian")
         pts, n = study_front(tmp / "hessian")
         prior = study.user_attrs.get("hessian_prior", {})
         ph = dict(prior.get("seconds", {}))
         ph["total (incl. float, QAT)"] = time.time() - t0
         ph["trials"] = n
-        ph["of them ILP configurations"] = min(n, prior.get("configs", 0))
+        ph["of them ILP configurations"] = sum(
+            t.state.name == "COMPLETE" and "hessian_budget" in t.user_attrs
+            for t in study.trials)
+        ph["workers"] = workers
         results["hessian ILP"] = report("Hessian ILP + QAT fine-tune", pts, ph)
 
     if a.only in (None, "gradient"):
@@ -238,7 +263,7 @@ def main() -> None:
         results["gradient"] = report("gradient bit-widths (HGQ style)", pts, {
             "float": tf, "training + polish": res.seconds,
             "front evaluation": t_eval, "total": total,
-            "epochs": len(res.history), "stopped early": res.stopped_early,
+            "epochs (all runs)": len(res.history), "stopped early": res.stopped_early,
             "points": f"{len(res.front)} on the validation front, "
                       f"{sum(p.polished for p in res.front)} of them polished"})
         front, hv = results["gradient"]
