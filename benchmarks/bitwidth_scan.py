@@ -2,8 +2,9 @@
 as in the paper's figure: QAT holds float accuracy down to about 6 bits, PTQ degrades earlier.
 
 Both start from the same trained float jet MLP. PTQ: integer bits per tensor from observed
-ranges, no retraining. QAT: quantized_bits(b, i, alpha=1) weights/biases and
-weights. Prints a table and writes bitwidth_scan.png.
+ranges (quantized_bits(b, i, alpha=1) weights and biases, quantized_relu(b, i)
+activations), no retraining. QAT: the same b-bit quantizers, then --qat-epochs of training.
+Prints a table and writes bitwidth_scan.png.
 
     python benchmarks/bitwidth_scan.py [--qat-epochs 8] [--out bitwidth_scan.png]
 """

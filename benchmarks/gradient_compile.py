@@ -24,10 +24,12 @@ from hetq.search.gradient.training import bits_optimizer, loss_step
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=300, help="timed steps per side (>= 3)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (the strategy runs one per process)")
     a = ap.parse_args()
+    if a.steps < 3 or a.threads < 1:
+        ap.error(f"--steps must be >= 3 (got {a.steps}) and --threads >= 1 (got {a.threads})")
     torch.set_num_threads(a.threads)
     X, y = jets().tensors("train")
     torch.manual_seed(0)

@@ -1,7 +1,9 @@
-"""Float and Q6 jet taggers vs scikit-learn references on the same split (simulated jets).
+"""Float and Q6 jet taggers vs scikit-learn references on the same test split (simulated
+jets).
 
 Acceptance: float within 1 point of the scikit-learn MLP / gradient boosting references
-(trained here on the same train+val split, as in the data README), Q6 within 0.5 points of
+(trained here on train+val, as in the data README, with their own early-stopping split; the
+hetq models train on train and pick their best epoch on val), Q6 within 0.5 points of
 float. Prints accuracy and TPR at FPR = 1e-2 per class.
 
     python benchmarks/jet_baselines.py [--epochs 60]

@@ -53,6 +53,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     a = p.parse_args(argv)
+    if min(a.samples, a.batch, a.repeats) < 1 or a.threads < 0:
+        p.error(f"--samples, --batch and --repeats must be >= 1 and --threads >= 0; got "
+                f"{a.samples}, {a.batch}, {a.repeats}, {a.threads}")
     if a.threads:
         torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)

@@ -1,10 +1,12 @@
 """Training throughput (samples/s) of the hetq loop, float and Q6, against the common plain
 PyTorch loop with a DataLoader over a TensorDataset (batch 1024, shuffle), same model, same
-data (simulated jets), interleaved, median of 3 epochs each.
+data (simulated jets), each warmed up by one epoch, then interleaved, median of --repeats
+epochs each, in --threads torch threads.
 
-    python benchmarks/train_throughput.py
+    python benchmarks/train_throughput.py [--repeats 5] [--threads 1]
 """
 
+import argparse
 import statistics
 import time
 
@@ -33,7 +35,19 @@ def hetq_epoch(model, d):
     return time.perf_counter() - t
 
 
+def positive(text):
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return n
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=positive, default=5, help="timed epochs per loop (median)")
+    ap.add_argument("--threads", type=positive, default=1, help="torch threads")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
     d = jets()
     n = len(d.y_train)
     X, y = d.tensors("train")
@@ -43,15 +57,18 @@ def main():
     opt = torch.optim.Adam(base.parameters(), lr=1e-3)
     f = build("jet_mlp")
     q = quantize_model(build("jet_mlp"), preset("q6"))
-    times = {"plain PyTorch + DataLoader (float)": [], "hetq fit (float)": [],
-             "hetq fit (Q6 QAT)": []}
-    dataloader_epoch(base, opt, loader)
-    for _ in range(3):
-        times["plain PyTorch + DataLoader (float)"].append(dataloader_epoch(base, opt, loader))
-        times["hetq fit (float)"].append(hetq_epoch(f, d))
-        times["hetq fit (Q6 QAT)"].append(hetq_epoch(q, d))
+    loops = {"plain PyTorch + DataLoader (float)": lambda: dataloader_epoch(base, opt, loader),
+             "hetq fit (float)": lambda: hetq_epoch(f, d),
+             "hetq fit (Q6 QAT)": lambda: hetq_epoch(q, d)}
+    for run in loops.values():  # warm-up: first-call costs out of every measurement
+        run()
+    times = {k: [] for k in loops}
+    for _ in range(a.repeats):
+        for k, run in loops.items():
+            times[k].append(run())
     base_t = statistics.median(times["plain PyTorch + DataLoader (float)"])
-    print(f"{n} training samples per epoch (hetq epochs include the validation pass)")
+    print(f"{n} training samples per epoch (hetq epochs include the validation pass); "
+          f"{a.threads} thread(s), median of {a.repeats} interleaved epochs")
     for k, v in times.items():
         m = statistics.median(v)
         print(f"{k:<36} {n / m:10.0f} samples/s   ratio to DataLoader baseline "
