@@ -1065,3 +1065,41 @@ def test_the_gradient_strategy_trains_its_float_models_on_the_cpu(tmp_path):
     model, metrics = train_float_model(config, get_dataset(DATA), tmp_path / "f.pt",
                                        config.model_kwargs, "the float teacher", False)
     assert next(model.parameters()).device.type == "cpu" and 0 < metrics["accuracy"] <= 1
+
+
+def test_a_file_system_error_or_a_second_ctrl_c_in_a_trial_keeps_its_configuration(
+        tmp_path, monkeypatch):
+    """A full disk or a read-only trials/ folder failed the trained trial for good (and
+    Optuna printed its traceback); a second Ctrl-C while the interrupted trial was queued
+    again lost it."""
+    import errno
+
+    import hetq.search.engine as engine
+
+    study = optuna.create_study(storage=make_storage(None, tmp_path), study_name="d")
+
+    def disk_full(trial):
+        trial.suggest_int("x", 0, 9)
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "t.pt"))
+
+    with pytest.raises(OSError, match="No space left"):
+        engine.run_worker(study, disk_full, budget=2)
+    states = [(t.state.name, t.user_attrs.get("retry_of")) for t in study.trials]
+    assert states == [("FAIL", None), ("WAITING", 0)]
+    assert study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
+
+    real = engine.retry_later
+
+    def second_ctrl_c(study, trial):  # the second Ctrl-C lands while the first's clean-up runs
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # (the handler would run here, were SIGINT not held back)
+        return real(study, trial)
+
+    def ctrl_c(trial):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "retry_later", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_worker(study, ctrl_c, budget=2)
+    assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, 0, 1]
+    assert study.trials[2].state.name == "WAITING"

@@ -72,6 +72,28 @@ def saved_after_interruption() -> None:
     _INTERRUPTED["saved"] = True
 
 
+@contextlib.contextmanager
+def deferred_signals(*signums: int):
+    """`signums` (Ctrl-C, SIGTERM) held back while the block runs, then raised as they would
+    have been (their own handlers: Ctrl-C, or a worker's death on SIGTERM): a clean-up that
+    writes a study is not cut short by a second Ctrl-C. Main thread only (elsewhere, as is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums}
+    previous = {s: h for s, h in previous.items() if h is not None}  # (set outside Python)
+    for s in previous:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    for s in dict.fromkeys(got):
+        signal.raise_signal(s)
+
+
 def ignore_signal(signum, frame) -> None:
     """A signal handler that does nothing (unlike SIG_IGN, safe to switch from and to while
     a signal is pending)."""

@@ -8,13 +8,14 @@ the budget are failed at once and tagged `overflow` (they never train).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from ..cli import CommandFailed
+from ..cli import CommandFailed, deferred_signals
 from .config import PRUNERS, SAMPLERS
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -75,9 +76,9 @@ class BudgetReached(Exception):
 
 
 class _TrialInterrupted(BaseException):
-    """Ctrl-C (or SIGTERM) inside a trial, carried past Optuna: it would record the trial as
-    failed with the interruption's traceback in its log, and the configuration would not be
-    trained again when the search resumes."""
+    """Ctrl-C (or SIGTERM) inside a trial, or a file-system error (it would fail every trial
+    alike), carried past Optuna: it would record the trial as failed with the traceback in
+    its log, and the configuration would not be trained again when the search resumes."""
 
     def __init__(self, trial: optuna.Trial, interruption: KeyboardInterrupt):
         super().__init__(trial.number)
@@ -121,8 +122,8 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             raise BudgetReached
         try:
             return objective(trial)
-        except KeyboardInterrupt as e:
-            raise _TrialInterrupted(trial, e) from None
+        except (KeyboardInterrupt, OSError) as e:  # (OSError: a full disk, a read-only
+            raise _TrialInterrupted(trial, e) from None  # trials/ folder: every trial's)
 
     mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
     # workers' trials, e.g. one that overflowed the budget, land in the study meanwhile)
@@ -147,7 +148,12 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
                            callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
         except _TrialInterrupted as e:
-            retry_later(study, e.trial)
+            # a second Ctrl-C here lost the retry: the configuration was never trained
+            with deferred_signals(signal.SIGINT, signal.SIGTERM):
+                try:
+                    retry_later(study, e.trial)
+                except OSError:  # (a full disk: the next run finds it running, retries it)
+                    pass
             raise e.interruption from None
         if not mine or mine[-1].user_attrs.get("overflow"):
             continue
