@@ -54,10 +54,17 @@ def test_search_end_to_end_and_stored_weights(tmp_path):
     ctx_data = build_context(config, tmp_path / "s", progress=False).data
     acc = evaluate(model, ctx_data, split="val")["accuracy"]
     assert acc == best.user_attrs["metrics"]["val"]["accuracy"]
-    # ...also without the checkpoint file, from the weights stored in the study
-    trial_path(tmp_path / "s", config.study_name, best.number).unlink()
-    model2 = trial_model(tmp_path / "s", best.number)
+    # ...also with a checkpoint cut short (a copy interrupted), or none at all: from the
+    # weights stored in the study
+    path = trial_path(tmp_path / "s", config.study_name, best.number)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match=r"not a readable hetq checkpoint .*weights are taken "
+                                         r"from the study instead"):
+        model2 = trial_model(tmp_path / "s", best.number)
     assert evaluate(model2, ctx_data, split="val")["accuracy"] == acc
+    path.unlink()
+    model3 = trial_model(tmp_path / "s", best.number)
+    assert evaluate(model3, ctx_data, split="val")["accuracy"] == acc
 
 
 def test_resume_keeps_completed_trials(tmp_path):

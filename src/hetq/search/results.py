@@ -122,9 +122,17 @@ def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study
                          f"{len(study.trials) - 1})" if study.trials else
                          f"trial {number} does not exist (the study has no trials yet)")
     path = trial_path(out, study.study_name, number)
-    if path.exists():
-        return load(path)
     t = study.trials[number]
+    if path.exists():
+        try:
+            return load(path)
+        except ValueError as e:  # (a copy cut short): the study holds the weights as well
+            if "weights" not in t.user_attrs:
+                raise
+            import warnings
+
+            warnings.warn(f"{e}; trial {number}'s weights are taken from the study instead",
+                          stacklevel=2)
     if "weights" not in t.user_attrs:
         raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
     from ..models import build as build_model
