@@ -392,7 +392,8 @@ def test_multi_objective_search_returns_a_front(tmp_path):
 
     front = sorted(t.number for t in study.best_trials)
     with pytest.raises(ValueError, match=rf"is a Pareto search: no single best trial; give "
-                                         rf"--trial N, one of its front's trials "
+                                         rf"a trial number \(--trial N\), one of its front's "
+                                         rf"trials "
                                          rf"\[{', '.join(map(str, front))}\]"):
         resolve_source(str(tmp_path / "mo"), "best")
 

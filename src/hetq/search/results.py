@@ -96,13 +96,14 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
                          f"--trial N (`hetq report {out}` lists the front of the others)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         front = sorted(t.number for t in study.best_trials)
-        raise ValueError(f"{out} is a Pareto search: no single best trial; give --trial N, one "
-                         f"of its front's trials {front} (`hetq report {out}` shows their "
-                         "accuracy and costs)")
+        raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
+                         f"number (--trial N), one of its front's trials {front} (`hetq "
+                         f"report {out}` shows their accuracy and costs)")
     try:
         return study.best_trial.number
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{out}: no single best trial ({e}); give --trial N") from e
+        raise ValueError(f"{out}: no single best trial ({e}); give a trial number "
+                         "(--trial N)") from e
 
 
 def trial_model(out: str | Path, number: int | str, storage: str | None = None):

@@ -193,6 +193,8 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     'jets-sim'); returns the history.
 
     Args:
+        lr: the learning rate (1e-3 here, the usual Adam rate for fine-tuning; `hetq train`
+            uses 3e-3 by default, for training from scratch).
         optimizer: "adam" or "adamw". schedule: "cosine" (per epoch) or "none".
         patience: stop after this many epochs without a better validation loss (None: never).
         seed: fixes the batch order (model initialisation is the caller's: seed before build).
