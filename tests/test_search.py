@@ -1111,3 +1111,56 @@ def test_a_file_system_error_or_a_second_ctrl_c_in_a_trial_keeps_its_configurati
         engine.run_worker(study, ctrl_c, budget=2)
     assert [t.user_attrs.get("retry_of") for t in study.trials] == [None, 0, 1]
     assert study.trials[2].state.name == "WAITING"
+
+
+def test_population_batches_fail_diverged_members_and_requeue_interrupted_ones(
+        tmp_path, monkeypatch):
+    """A member whose training diverged was recorded COMPLETE, with NaN weights, a score and
+    a place on the front; a batch stopped by Ctrl-C stayed RUNNING for good (its
+    configurations never trained); a model population training cannot stack failed only
+    after the float training."""
+    import hetq.train.population as population
+    from hetq.search.engine import SearchFailed
+
+    with pytest.raises(SearchFailed, match="6 trials in a row failed .*diverged"):
+        run_search(cfg(population=2, trials=2, learning_rates=[1e38]), tmp_path / "d",
+                   progress=False)
+    _, study = load_run(tmp_path / "d")
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 6
+    assert {t.user_attrs["error"] for t in study.trials} == {
+        "training diverged (non-finite loss)"}
+
+    real = population.fit_population
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(population, "fit_population", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg(population=2, trials=3), tmp_path / "i", progress=False)
+    _, study = load_run(tmp_path / "i")
+    assert [(t.state.name, t.user_attrs.get("retry_of")) for t in study.trials] == [
+        ("FAIL", None), ("FAIL", None), ("WAITING", 0), ("WAITING", 1)]
+    first = [t.params for t in study.trials[:2]]
+    monkeypatch.setattr(population, "fit_population", real)
+    study = run_search(cfg(population=2, trials=3), tmp_path / "i", progress=False)
+    done = completed(study)
+    assert len(done) == 3 and [t.params for t in done[:2]] == first
+
+    with pytest.raises(ValueError, match=r"--population 2: layer .* is not supported by "
+                                         r"population training"):
+        run_search(cfg(model="cnn_digits", data="digits", population=2), tmp_path / "c",
+                   progress=False)
+    assert not (tmp_path / "c" / "float.pt").exists()
+
+
+def test_a_pruner_with_a_pareto_objective_is_refused_before_any_work(tmp_path, capsys):
+    from hetq.cli import main
+
+    with pytest.raises(ValueError, match="search pruner='median': pruners work with "
+                                         "single-objective searches only"):
+        cfg(objective="pareto", pruner="median")
+    assert main(["search", "--objective", "pareto", "--pruner", "median", "--data", DATA,
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "error: --pruner 'median': pruners work with" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

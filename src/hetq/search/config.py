@@ -148,6 +148,10 @@ class SearchConfig:
                              "0 < beta0 <= beta1 (the EBOPs penalty's ramp, e.g. 1e-6 to 1e-3)")
         if self.time_budget is not None and not float(self.time_budget) > 0:
             raise ValueError(f"search time_budget must be > 0 seconds, got {self.time_budget!r}")
+        if self.objective == "pareto" and self.pruner != "none":  # (it failed after the float
+            raise ValueError(f"search pruner={self.pruner!r}: pruners work with "  # training)
+                             "single-objective searches only (Optuna); use the objective "
+                             "'forgiving', or the pruner 'none'")
         for name in ("trials", "epochs", "batch_size", "float_epochs", "prior_configs",
                      "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:

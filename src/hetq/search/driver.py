@@ -17,9 +17,11 @@ untrained rebuild instead).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,9 +34,18 @@ import numpy as np
 import optuna
 import torch
 
+from ..cli import deferred_signals
 from .build import build_candidate
 from .config import SearchConfig
-from .engine import SearchFailed, make_pruner, make_sampler, n_counted, run_worker
+from .engine import (
+    MAX_CONSECUTIVE_FAILURES,
+    SearchFailed,
+    make_pruner,
+    make_sampler,
+    n_counted,
+    retry_later,
+    run_worker,
+)
 from .objectives import COST_KEYS, Constraints, ForgivingFactor
 from .results import is_gradient_run, pareto_rows
 from .space import Candidate, SearchSpace
@@ -247,18 +258,15 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
 
     cfg = ctx.config
     finish = make_objective(ctx).finish
-    ran = 0
+    ran = failures = 0
     while n_counted(study) < budget:
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise SearchFailed(f"{failures} trials in a row failed (their training diverged); "
+                               "stopping")
+        recover_dead_trials(study)  # (a batch whose process died: queued again)
         n = min(k, budget - n_counted(study))
         trials = [study.ask() for _ in range(n)]
         cands, models = [], []
-        for t in trials:
-            for key, v in worker_identity().items():
-                t.set_user_attr(key, v)
-            c = ctx.space.suggest(t)
-            t.set_user_attr("candidate", c.to_dict())
-            cands.append(c)
-            models.append(build_candidate(ctx.float_model, c))
 
         def report(j, epoch, val, trials=trials):
             if cfg.objective == "pareto":
@@ -266,13 +274,38 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             trials[j].report(float(val[cfg.metric]), epoch)
             return trials[j].should_prune()
 
-        res = fit_population(models, ctx.data, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                             lr=[c.lr or cfg.lr for c in cands], seed=cfg.seed, report=report,
-                             sparsity=[c.sparsity or None for c in cands], device=cfg.device)
+        try:
+            for t in trials:
+                for key, v in worker_identity().items():
+                    t.set_user_attr(key, v)
+                c = ctx.space.suggest(t)
+                t.set_user_attr("candidate", c.to_dict())
+                cands.append(c)
+                models.append(build_candidate(ctx.float_model, c))
+            res = fit_population(models, ctx.data, epochs=cfg.epochs,
+                                 batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],
+                                 seed=cfg.seed, report=report,
+                                 sparsity=[c.sparsity or None for c in cands],
+                                 device=cfg.device)
+        except BaseException as e:  # Ctrl-C, a full disk: the batch is queued again; an error
+            # of the batch itself fails its trials (they were left RUNNING for good)
+            with deferred_signals(signal.SIGINT, signal.SIGTERM), \
+                    contextlib.suppress(OSError):  # (a full disk: the next run retries them)
+                for t in trials:
+                    if isinstance(e, (KeyboardInterrupt, OSError)):
+                        retry_later(study, t)
+                    else:
+                        study.tell(t, state=optuna.trial.TrialState.FAIL)
+            raise
         for t, c, m, r in zip(trials, cands, models, res):
             if r.stopped_by_report:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
+            elif r.diverged:  # as `fit` raising FloatingPointError in a single trial
+                t.set_user_attr("error", "training diverged (non-finite loss)")
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+                failures += 1
             else:
+                failures = 0
                 metrics = {"val": evaluate(m, ctx.data, split="val", device="cpu"),
                            "test": evaluate(m, ctx.data, split="test", device="cpu")}
                 study.tell(t, finish(t, c, m, metrics, measure_costs(m, cfg, ctx.data)))
@@ -280,6 +313,20 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             if on_trial_end is not None:
                 on_trial_end(study, study.trials[t.number])
     return ran
+
+
+def _check_population(config: SearchConfig) -> None:
+    import copy
+
+    from ..models import build as build_model
+    from ..train.population.layers import Population
+
+    model = build_model(config.model, **config.model_kwargs)
+    try:
+        Population([model, copy.deepcopy(model)])
+    except ValueError as e:
+        raise ValueError(f"--population {config.population}: {e}; use --population 1 "
+                         "with this model") from None
 
 
 def _save_trial_checkpoint(ctx, number, model, candidate, metrics, costs):
@@ -326,9 +373,6 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
                             search_space=None)
 
     pruner = make_pruner(config.pruner, config.epochs)
-    if config.objective == "pareto" and config.pruner != "none":
-        raise ValueError("pruners work with single-objective searches only (Optuna); use "
-                         "--objective forgiving or --pruner none")
     if create:
         study = optuna.create_study(storage=st, study_name=config.study_name,
                                     directions=directions, sampler=sampler(config.seed),
@@ -490,6 +534,8 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         from ..train.loop import resolve_device
 
         resolve_device(config.device)
+    if config.population > 1:  # a model population training cannot stack: before it, too
+        _check_population(config)
     check_run_storage(out, storage)
     if not config.blocks:  # (a bad URL or an unreachable server, too: before any training)
         check_study_settings(config, out, storage)

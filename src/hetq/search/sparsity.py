@@ -8,7 +8,10 @@ with E_ramp = max(1, round(ramp_fraction * E)): the first epochs prune a lot, la
 little, and the last epochs train at the final sparsity. The smallest-magnitude weights of
 the layer's kernel are masked; masked weights are zeroed after every optimiser step (so
 Adam's momentum cannot revive them) and cost nothing in EBOPs or LUT estimates (the cost model
-counts nonzero weights only).
+counts nonzero weights only), as long as the layer's kernel quantizer maps 0 to 0: a
+quantized_po2 or binary kernel gives a masked weight a nonzero value (e.g. 2**-8, or
++-alpha), and the sparsity then saves nothing (the cost counts the quantized weights, so it
+says so).
 """
 
 from __future__ import annotations
