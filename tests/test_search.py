@@ -1164,3 +1164,20 @@ def test_a_pruner_with_a_pareto_objective_is_refused_before_any_work(tmp_path, c
                  "--out", str(tmp_path / "p")]) == 2
     assert "error: --pruner 'median': pruners work with" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_a_wider_candidate_trains_the_same_each_time(tmp_path):
+    """The units a width multiplier > 1 adds were initialised from the global random state at
+    build time, so the same candidate trained twice gave two results."""
+    from hetq.search.space import Candidate
+
+    out = tmp_path / "w"
+    study = run_search(cfg(trials=1, tune_filters="layer", width_multipliers=[1.5]), out,
+                       progress=False)
+    cand = Candidate.from_dict(study.trials[0].user_attrs["candidate"])
+    assert cand.widths and all(w > 1 for w in cand.widths.values())
+    config, _ = load_run(out)
+    ctx = build_context(config, out, progress=False)
+    first = run_candidate(ctx, cand, seed=5)[1]
+    torch.rand(100)  # (other work between the two)
+    assert run_candidate(ctx, cand, seed=5)[1] == first

@@ -190,6 +190,8 @@ def run_candidate(ctx: SearchContext, candidate: Candidate, *, epochs: int | Non
     fit, evaluate = _train_api()
     cfg = ctx.config
     epochs = epochs or cfg.epochs
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)  # the units a wider candidate adds: the same each time it is built
     model = build_candidate(ctx.float_model, candidate)
     pruner = MagnitudePruner(model, candidate.sparsity, epochs) if candidate.sparsity else None
 
@@ -201,8 +203,7 @@ def run_candidate(ctx: SearchContext, candidate: Candidate, *, epochs: int | Non
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     fit(model, ctx.data, epochs=epochs, batch_size=cfg.batch_size, lr=candidate.lr or cfg.lr,
-        seed=cfg.seed if seed is None else seed, device=cfg.device, progress=False,
-        report=report, pruner=pruner)
+        seed=seed, device=cfg.device, progress=False, report=report, pruner=pruner)
     model = model.cpu().eval()
     metrics = {"val": evaluate(model, ctx.data, split="val", device="cpu"),
                "test": evaluate(model, ctx.data, split="test", device="cpu")}
@@ -281,6 +282,7 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                 c = ctx.space.suggest(t)
                 t.set_user_attr("candidate", c.to_dict())
                 cands.append(c)
+                torch.manual_seed(cfg.seed + t.number)  # (as `run_candidate` for this trial)
                 models.append(build_candidate(ctx.float_model, c))
             res = fit_population(models, ctx.data, epochs=cfg.epochs,
                                  batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],
