@@ -1181,3 +1181,27 @@ def test_a_wider_candidate_trains_the_same_each_time(tmp_path):
     first = run_candidate(ctx, cand, seed=5)[1]
     torch.rand(100)  # (other work between the two)
     assert run_candidate(ctx, cand, seed=5)[1] == first
+
+
+def test_retrain_keeps_the_trials_zeros_and_never_saves_a_worse_model(tmp_path, capsys):
+    """`hetq retrain` trained the pruned weights back (the model cost more than its trial
+    said), and saved its best new epoch even when the trial's own weights were better."""
+    from hetq.search.retrain import retrain
+    from hetq.search.space import Candidate
+
+    out = tmp_path / "s"
+    study = run_search(cfg(trials=2, sparsity=[0.5, 0.75], epochs=3), out, progress=False)
+    t = completed(study)[0]
+    sparsity = Candidate.from_dict(t.user_attrs["candidate"]).sparsity
+    assert sparsity
+    trial = trial_model(out, t.number)
+    path = retrain(out, t.number, epochs=3, lr=1e-3, progress=False)
+    tuned = dict(hetq_load(path).named_modules())
+    for name in sparsity:
+        was_zero = dict(trial.named_modules())[name].weight == 0
+        assert was_zero.any() and bool((tuned[name].weight[was_zero] == 0).all())
+    capsys.readouterr()
+    path = retrain(out, t.number, epochs=2, lr=5.0, progress=False, overwrite=True)
+    assert "no retrained epoch beat the trial's validation loss" in capsys.readouterr().out
+    kept = hetq_load(path).state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in trial.state_dict().items())

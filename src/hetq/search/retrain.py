@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from .results import load_run, study_trial_model, trial_number
+from .sparsity import MagnitudePruner
 
 
 def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, out=None,
@@ -26,18 +28,29 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
                      overwrite=overwrite)
     t = study.trials[number]
+    cand = Candidate.from_dict(t.user_attrs["candidate"])
     data = get_dataset(config.data)
     before = evaluate(model, data, device="cpu")
+    start = {"val": evaluate(model, data, split="val", device="cpu"),
+             "state": copy.deepcopy(model.state_dict())}
+    # the trial's pruned weights stay zero (they grew back, and the model cost more)
+    pruner = MagnitudePruner.keeping(model, cand.sparsity) if cand.sparsity else None
     # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
     with interrupts_save() as guard:
         res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
-                  seed=config.seed, device=config.device, progress=progress, interruptible=True)
+                  seed=config.seed, device=config.device, progress=progress, interruptible=True,
+                  pruner=pruner)
         guard.hold()  # the model is saved whatever comes now (SIGKILL aside)
         if res.interrupted:
             print(res.interruption_note())
             saved_after_interruption()
+        val = evaluate(model.cpu(), data, split="val", device="cpu")
+        if val["loss"] > start["val"]["loss"]:  # the trial's own weights were the best epoch
+            model.load_state_dict(start["state"])
+            print(f"no retrained epoch beat the trial's validation loss "
+                  f"({start['val']['loss']:.5f}; best {val['loss']:.5f}): the trial's weights "
+                  "are kept")
         after = evaluate(model, data, device="cpu")
-        cand = Candidate.from_dict(t.user_attrs["candidate"])
         save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
              quant_config=cand.quant_config, widths=cand.widths, data=data,
              metrics={"test": after, "before": before})

@@ -87,6 +87,16 @@ class MagnitudePruner:
             self.masks[name] = magnitude_mask(self.params[name], s)
         self.apply()
 
+    @classmethod
+    def keeping(cls, model: nn.Module, sparsity: dict[str, float]) -> MagnitudePruner:
+        """A pruner that keeps the zeros `model`'s pruned layers (those of `sparsity`) have
+        now, for fine-tuning an already pruned model: they grew back, and cost EBOPs again."""
+        p = cls(model, sparsity, epochs=1)
+        with torch.no_grad():
+            p.masks = {n: (w != 0).to(w.dtype) for n, w in p.params.items()}
+        p.on_epoch_end = lambda epoch: p.apply()
+        return p
+
     def sparsity(self) -> dict[str, float]:
         """Measured fraction of exactly-zero weights per pruned layer."""
         return {n: float((p == 0).float().mean()) for n, p in self.params.items()}
