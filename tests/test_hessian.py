@@ -252,3 +252,14 @@ def test_hessian_prior_gives_params_the_space_and_optuna_accept():
         assert cand.quant_config["fc2"]["kernel"] == params["fc2/kernel"]
         # the models are ordinary hetq models costing what the ILP said
         assert cost(model.eval(), (16,)).summary()["ebops"] == a.cost
+
+
+def test_a_configuration_that_costs_nothing_is_not_swept():
+    """With EBOPs or LUTs the cheapest configuration could be a dead network (every weight
+    rounded to zero): its trial failed, and a sampled one took its place."""
+    omegas = {"g0": {"zero": 10.0, "a": 1.0, "a2": 0.5},
+              "g1": {"zero": 10.0, "b": 1.0, "b2": 0.25}}
+    costs = {"g0": {"zero": 0.0, "a": 3.0, "a2": 6.0}, "g1": {"zero": 0.0, "b": 4.0, "b2": 8.0}}
+    front = sweep(omegas, costs, n=20)
+    assert [a.cost for a in front][:1] != [0.0] and all(a.cost > 0 for a in front)
+    assert front[-1].params == {"g0": "a2", "g1": "b2"}

@@ -47,7 +47,9 @@ class ForgivingFactor:
         if trial_cost <= 0 or reference_cost <= 0:
             raise ValueError(
                 f"costs must be > 0 for the forgiving factor, got trial={trial_cost!r}, "
-                f"reference={reference_cost!r}"
+                f"reference={reference_cost!r}" + (" (a trial that costs nothing: every "
+                                                   "weight rounds to zero)"
+                                                   if trial_cost == 0 else "")
             )
         ref = self.stress * reference_cost
         d = math.log(ref / trial_cost) / math.log(self.rate)

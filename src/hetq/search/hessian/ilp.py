@@ -163,7 +163,9 @@ def sweep(omegas: Mapping[str, Mapping[str, float]], costs, n: int = 12,
     """Distinct ILP configurations over `n` budgets, log-spaced from the cheapest
     configuration's cost to the cost of the unconstrained optimum (or the given `budgets`;
     ones below the cheapest configuration are skipped); returned by increasing cost with
-    strictly decreasing Omega (dominated ones dropped)."""
+    strictly decreasing Omega (dominated ones dropped). A configuration that costs nothing
+    (EBOPs or LUTs: every weight rounds to zero) computes nothing, and is left out: its
+    trial was a dead network that the forgiving factor could not even score."""
     prob = _Problem(omegas, costs)
     if budgets is None:
         lo = prob.min_cost()
@@ -172,7 +174,7 @@ def sweep(omegas: Mapping[str, Mapping[str, float]], costs, n: int = 12,
     found = {}
     for b in budgets:
         choice = prob.best(float(b))
-        if choice is None:
+        if choice is None or prob.table(choice) <= 0:
             continue
         key = tuple(sorted(choice.items()))
         if key not in found:
