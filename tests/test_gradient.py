@@ -695,6 +695,9 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     page = (out / "report.html").read_text()
     assert html.escape(table.strip()) in page and 'src="layers.png"' in page
     assert (out / "pareto.png").stat().st_size > 0 and (out / "layers.png").stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+    assert main(["report", str(out), "--no-html", "--storage", "x.journal"]) == 0
+    assert "--storage is not used" in capsys.readouterr().err
     # trials-based commands explain where a gradient run's models are
     assert main(["retrain", str(out), "--trial", "0"]) == 2
     assert (f"{out} is a gradient-strategy run: it has no trials, but front points "

@@ -1205,3 +1205,20 @@ def test_retrain_keeps_the_trials_zeros_and_never_saves_a_worse_model(tmp_path, 
     assert "no retrained epoch beat the trial's validation loss" in capsys.readouterr().out
     kept = hetq_load(path).state_dict()
     assert all(torch.equal(v, kept[k]) for k, v in trial.state_dict().items())
+
+
+def test_the_report_plot_leaves_out_trials_that_cost_nothing_and_says_so(tmp_path):
+    """A trial at 0 cost (every weight rounded to zero) sat on the table's front but could
+    not be drawn on the log axis: the front line ran off the plot's edge, unexplained."""
+    from hetq.search.report import write_html_report
+
+    out = tmp_path / "s"
+    study = run_search(cfg(trials=2, objective="pareto"), out, progress=False)
+    t = completed(study)[0]
+    attrs = {**t.user_attrs, "costs": {k: 0 for k in t.user_attrs["costs"]}}
+    study.add_trial(optuna.trial.create_trial(
+        params=t.params, distributions=t.distributions, values=[0.2, 0.0], user_attrs=attrs))
+    page = write_html_report(out).read_text()
+    assert "(1 trial(s) at 0 energy_pj, every weight rounded to zero, are left out" in page
+    assert (out / "pareto.png").stat().st_size > 0
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]

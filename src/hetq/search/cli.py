@@ -436,9 +436,14 @@ def _worker(a) -> int:
 
 def _report(a) -> int:
     from .results import format_table, is_gradient_run, load_run, pareto_rows
+    from .storage import redact
 
     if is_gradient_run(a.run):
         from .gradient import format_gradient_table, saved_gradient_rows
+
+        if a.storage:
+            print(f"note: {a.run} is a gradient-strategy run, whose front is in its folder; "
+                  "--storage is not used", file=sys.stderr)
 
         rows = saved_gradient_rows(a.run)
         print(format_gradient_table(rows))
@@ -460,7 +465,7 @@ def _report(a) -> int:
 
         path = write_html_report(a.run, a.storage)
         print(f"HTML report: {path}")
-        where = a.storage or Path(a.run) / "study.journal"
+        where = redact(a.storage) if a.storage else Path(a.run) / "study.journal"
         print(f"dashboard (pip install optuna-dashboard): optuna-dashboard {where}")
     return 0
 

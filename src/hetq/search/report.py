@@ -5,6 +5,7 @@ front and where each point spends its EBOPs."""
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 import optuna
@@ -20,10 +21,21 @@ def _plt():
 
 
 def _save(plt, fig, path: Path) -> None:
-    """Write one figure of the report page and free it."""
+    """Write one figure of the report page (whole or not at all) and free it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fig.savefig(part, dpi=110, format=path.suffix.lstrip("."))
+    os.replace(part, path)
     plt.close(fig)
+
+
+def _write_page(path: Path, page: str) -> Path:
+    """report.html, written whole or not at all: a browser (or a second `hetq report`)
+    reading it while the search runs saw an empty file."""
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text(page)
+    os.replace(part, path)
+    return path
 
 
 def write_html_report(run: str | Path, storage: str | None = None) -> Path:
@@ -38,13 +50,16 @@ def write_html_report(run: str | Path, storage: str | None = None) -> Path:
             if "costs" in t.user_attrs]
     rows = pareto_rows(run, storage)
     plt = _plt()
-    # Pareto plot
+    # Pareto plot (a log axis has no place for a trial that costs nothing)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter([t.user_attrs["costs"][goal] for t in done],
-               [t.user_attrs["metrics"]["val"][config.metric] for t in done], s=12, c="grey",
-               label="trials")
-    ax.plot([r["costs"][goal] for r in rows], [r["metrics"]["val"][config.metric] for r in rows],
-            "o-", c="C3", label="Pareto front")
+    plotted = [t for t in done if t.user_attrs["costs"][goal] > 0]
+    front = [r for r in rows if r["costs"][goal] > 0]
+    ax.scatter([t.user_attrs["costs"][goal] for t in plotted],
+               [t.user_attrs["metrics"]["val"][config.metric] for t in plotted], s=12,
+               c="grey", label="trials")
+    ax.plot([r["costs"][goal] for r in front],
+            [r["metrics"]["val"][config.metric] for r in front], "o-", c="C3",
+            label="Pareto front")
     ax.set_xscale("log")
     ax.set_xlabel(f"{config.goal} ({goal}, estimate)")
     ax.set_ylabel(f"validation {config.metric}")
@@ -90,13 +105,14 @@ def write_html_report(run: str | Path, storage: str | None = None) -> Path:
 <p>{len(done)} completed trials of {config.trials}; goal {config.goal}, objective
 {config.objective}, sampler {config.sampler}. Costs are estimates (QTools 45 nm energy model,
 hetq FPGA estimate).</p>
-<h2>Pareto front</h2><img src="pareto.png"><pre>{html.escape(table)}</pre>
+<h2>Pareto front</h2><img src="pareto.png">{
+        f"<p>({len(done) - len(plotted)} trial(s) at 0 {goal}, every weight rounded to zero, "
+        "are left out of the plot; the table lists them.)</p>" if len(plotted) < len(done)
+        else ""}<pre>{html.escape(table)}</pre>
 <h2>Per-layer precision of the front</h2><img src="precision.png">
 <h2>History</h2><img src="history.png">
 </body></html>"""
-    out = run / "report.html"
-    out.write_text(page)
-    return out
+    return _write_page(run / "report.html", page)
 
 
 def write_gradient_html_report(run: str | Path, rows=None) -> Path:
@@ -155,6 +171,4 @@ bit-widths per {html.escape(config.granularity)}, activations per
 <pre>{html.escape(format_gradient_table(rows))}</pre>
 <h2>Where each point spends its EBOPs</h2><img src="layers.png">
 </body></html>"""
-    out = run / "report.html"
-    out.write_text(page)
-    return out
+    return _write_page(run / "report.html", page)
