@@ -12,6 +12,8 @@ not fitted and are compared as they come. Also prints HGQ's rule of thumb EBOPs 
     python benchmarks/cost_calibration.py
 """
 
+import argparse
+
 import numpy as np
 import torch
 
@@ -24,6 +26,7 @@ from hetq.train import fit
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # (--help)
     torch.manual_seed(0)
     data = get_dataset("jets-sim")
     f = build("jet_mlp")
