@@ -209,8 +209,9 @@ def test_precedence_name_type_regex():
     cfg = {"^fc": {"kernel": "quantized_bits(3,0,1)"},
            "Dense": {"kernel": "quantized_bits(5,0,1)"},
            "fc2": {"kernel": "ternary"}}
-    with pytest.warns(UserWarning, match="'\\^fc' matches no layer"):  # shadowed by the type key
-        m = quantize_model(f, cfg)
+    with pytest.warns(UserWarning, match=r"'\^fc' matches fc1, fc2, but another key takes "
+                                         r"precedence there \(exact name, then type"):
+        m = quantize_model(f, cfg)  # (it said 'matches no layer': shadowed by the type key)
     assert str(m.fc2.kernel_quantizer) == "ternary()"  # exact name wins
     assert str(m.fc1.kernel_quantizer) == "quantized_bits(5,0,1)"  # type before regex
     regex_only = quantize_model(f, {"^fc": {"kernel": "quantized_bits(3,0,1)"}})
@@ -329,3 +330,25 @@ def test_integer_weights_reproduce_quantized_weights_exactly(kq):
     all_w = integer_model_weights(quantize_model(jet_mlp(), Q6))
     assert set(all_w) == {"0", "2", "4", "6"}
     assert all_w["0"]["kernel"].codes.abs().max() <= 32
+
+
+def test_dict_form_quantizers_serialise_and_depthwise_convs_are_no_conv2d(tmp_path):
+    """A QKeras {class_name, config} quantizer was saved as Python's text of the dict, which
+    could not be read back (a trained cnn_digits run was refused at saving); a Conv2D key
+    took a depthwise torch Conv2d when it came before the DepthwiseConv2D key; an invalid
+    regex was reported as 'matches no layer'."""
+    spec = {"class_name": "quantized_bits",
+            "config": {"bits": 4, "integer": 0, "symmetric": 1, "alpha": 1}}
+    cfg = QuantConfig({"QDense": {"kernel_quantizer": spec}})
+    text = cfg.to_dict()["QDense"]["kernel"]
+    assert isinstance(text, str) and str(get_quantizer(text)) == str(get_quantizer(spec))
+    assert QuantConfig.from_yaml(cfg.to_yaml()).to_dict() == cfg.to_dict()
+    f = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 8, 3)),
+                                   ("dw", nn.Conv2d(8, 8, 3, groups=8))]))
+    m = quantize_model(f, {"QConv2D": {"kernel_quantizer": "quantized_bits(4,0,1)"},
+                           "QDepthwiseConv2D": {"depthwise_quantizer": "quantized_bits(6,0,1)"}})
+    assert str(m.conv.kernel_quantizer) == "quantized_bits(4,0,1)"
+    assert str(m.dw.depthwise_quantizer) == "quantized_bits(6,0,1)"
+    with pytest.warns(UserWarning, match=r"'fc\[' is neither a layer name or type nor a valid "
+                                         r"regular expression"):
+        quantize_model(jet_mlp(), {"fc[": {"kernel": "quantized_bits(4)"}, **Q6})

@@ -75,7 +75,9 @@ def _type_names(m: nn.Module) -> set[str]:
     """Every type key that matches module `m`."""
     names = {type(m).__name__}
     if isinstance(m, QDepthwiseConv2d) or (isinstance(m, nn.Conv2d) and _is_depthwise(m)):
-        names.add("DepthwiseConv2d")
+        # (a depthwise torch Conv2d is no Conv2D to QKeras: a Conv2D key took it, with the
+        # key order deciding between that and the DepthwiseConv2D key)
+        names = {"DepthwiseConv2d"}
     elif isinstance(m, nn.Linear):
         names.add("Linear")
     elif isinstance(m, nn.Conv1d):
@@ -179,8 +181,15 @@ class QuantConfig:
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {k: {f: (s if isinstance(s, (str, type(None))) else str(s)) for f, s in v.items()}
-                for k, v in self.entries.items()}
+        """Each spec as its quantizer string (a QKeras {class_name, config} map too: its
+        Python text could not be read back, so a checkpoint holding it was refused after
+        training)."""
+        def text(spec):
+            if spec is None or isinstance(spec, str):
+                return spec
+            return str(get_quantizer(spec) if isinstance(spec, Mapping) else spec)
+
+        return {k: {f: text(s) for f, s in v.items()} for k, v in self.entries.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
@@ -441,9 +450,29 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             skip.add(name)
     for key in config.entries:
         if key not in used:
-            warnings.warn(f"quantization config key {key!r} matches no layer of the model",
+            warnings.warn(f"quantization config key {key!r} {_unused(key, modules)}",
                           stacklevel=2)
     return model
+
+
+def _unused(key: str, modules: dict[str, nn.Module]) -> str:
+    """Why a config key quantized nothing: no layer matches it, or the layers it matches
+    were taken by a key that comes first (exact name, then type in the config's order, then
+    regex); "matches no layer" said the former for both."""
+    if key in _ALL_TYPE_KEYS:
+        hits = [n for n, m in modules.items()
+                if n and TYPE_ALIASES.get(key, key) in _type_names(m) and _quantizable(m)]
+    else:
+        try:
+            hits = [n for n, m in modules.items() if n and re.match(key, n)
+                    and (n == key or _quantizable(m))]
+        except re.error as e:
+            return f"is neither a layer name or type nor a valid regular expression ({e})"
+    if not hits:
+        return "matches no layer of the model"
+    return (f"matches {', '.join(hits[:5])}{', ...' if len(hits) > 5 else ''}, but another "
+            "key takes precedence there (exact name, then type keys in the config's order, "
+            "then regexes)")
 
 
 def get_quantization_config(model: nn.Module) -> QuantConfig:
