@@ -1222,3 +1222,18 @@ def test_the_report_plot_leaves_out_trials_that_cost_nothing_and_says_so(tmp_pat
     assert "(1 trial(s) at 0 energy_pj, every weight rounded to zero, are left out" in page
     assert (out / "pareto.png").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_an_empty_limit_or_candidates_file_is_refused(tmp_path, capsys):
+    """An empty (all commented out) --limit or --quantization-config file was taken as no
+    file: every layer was searched with every default candidate, and search.yaml said
+    limit: null."""
+    from hetq.cli import main
+
+    empty = tmp_path / "limit.yaml"
+    empty.write_text("# Linear: [4, 4]\n")
+    for option in ("--limit", "--quantization-config"):
+        assert main(["search", option, str(empty), "--data", DATA, "--out",
+                     str(tmp_path / "s")]) == 2
+        assert f"{empty} is empty; give layer entries" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -21,9 +21,12 @@ def _load_yaml(path: str | None):
     from ..quant.convert import parse_yaml
 
     try:
-        return parse_yaml(p.read_text())
+        d = parse_yaml(p.read_text())
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    if not d:  # (it was taken as no file at all: every layer searched with every candidate)
+        raise ValueError(f"{path} is empty; give layer entries, or leave the option out")
+    return d
 
 
 def _quantile(text: str) -> float | None:
