@@ -352,3 +352,16 @@ def test_dict_form_quantizers_serialise_and_depthwise_convs_are_no_conv2d(tmp_pa
     with pytest.warns(UserWarning, match=r"'fc\[' is neither a layer name or type nor a valid "
                                          r"regular expression"):
         quantize_model(jet_mlp(), {"fc[": {"kernel": "quantized_bits(4)"}, **Q6})
+
+
+def test_a_null_entry_leaves_its_layers_float():
+    """QKeras: a None entry leaves the layer float; `fc1: null` next to a Linear key was an
+    error about bare quantizer strings."""
+    f = jet_mlp()
+    names = [n for n, m in f.named_modules() if isinstance(m, nn.Linear)]
+    cfg = QuantConfig({names[0]: None, **Q6})
+    m = quantize_model(f, cfg)
+    layers = dict(m.named_modules())
+    assert type(layers[names[0]]) is nn.Linear and isinstance(layers[names[1]], QDense)
+    assert QuantConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert cfg.to_dict()[names[0]] is None

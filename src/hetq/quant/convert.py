@@ -13,7 +13,8 @@ Keys are exact layer names (as in `named_modules()`), layer types (PyTorch class
 "Dense", "Conv2D", "Activation", "BatchNormalization") or name regexes. Precedence: exact name,
 then type, then the first matching regex in the config's order. Fields: kernel, bias,
 activation, depthwise, pointwise, depthwise_activation, gamma, beta, mean, variance, average.
-Layers matched by no key stay float; a key matching no layer is reported with a warning.
+Layers matched by no key stay float, and so do those whose key's value is null (QKeras'
+None); a key matching no layer is reported with a warning.
 
 QKeras configs (`model_quantize`'s, and `get_quantization_dictionary` /
 `save_quantization_dict` files) work unchanged: fields may be spelt `kernel_quantizer`,
@@ -189,7 +190,8 @@ class QuantConfig:
                 return spec
             return str(get_quantizer(spec) if isinstance(spec, Mapping) else spec)
 
-        return {k: {f: text(s) for f, s in v.items()} for k, v in self.entries.items()}
+        return {k: None if k in self.plain and v == {"activation": None} else
+                {f: text(s) for f, s in v.items()} for k, v in self.entries.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
@@ -430,6 +432,9 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         if key is None:
             continue
         used.add(key)
+        if key in config.plain and fields == {"activation": None}:
+            skip.add(name)  # `key: null` (QKeras: None): the layer stays float
+            continue
         if key in config.plain and _quantizable(m) and \
                 not isinstance(m, (*ACTIVATION_MODULES, QActivation)):
             raise ValueError(f"quantization config key {key!r}: a bare quantizer string is for "
