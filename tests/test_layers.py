@@ -365,3 +365,17 @@ def test_a_null_entry_leaves_its_layers_float():
     assert type(layers[names[0]]) is nn.Linear and isinstance(layers[names[1]], QDense)
     assert QuantConfig.from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
     assert cfg.to_dict()[names[0]] is None
+
+
+def test_separable_conv_keys_in_qkeras_spelling():
+    """QSeparableConv2D / SeparableConv2D keys were taken as regexes that matched nothing: the
+    layer kept its quantizers, with only a warning."""
+    from hetq.models import build
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = quantize_model(build("cnn_digits"), {"QSeparableConv2D": {
+            "depthwise_quantizer": "quantized_bits(6,0,1)",
+            "pointwise_quantizer": "quantized_bits(5,0,1)"}})
+    assert (str(q.sepconv.depthwise_quantizer), str(q.sepconv.pointwise_quantizer)) == (
+        "quantized_bits(6,0,1)", "quantized_bits(5,0,1)")

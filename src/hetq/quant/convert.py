@@ -40,7 +40,15 @@ import yaml
 from torch import nn
 
 from .base import Activation, Quantizer, check_module, get_quantizer
-from .layers import QActivation, QConv1d, QConv2d, QDense, QDepthwiseConv2d, QLayer
+from .layers import (
+    QActivation,
+    QConv1d,
+    QConv2d,
+    QDense,
+    QDepthwiseConv2d,
+    QLayer,
+    QSeparableConv2d,
+)
 from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
 from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
 
@@ -62,6 +70,8 @@ TYPE_ALIASES = {
     "Conv2D": "Conv2d", "QConv2D": "Conv2d", "QConv2d": "Conv2d",
     "DepthwiseConv2D": "DepthwiseConv2d", "QDepthwiseConv2D": "DepthwiseConv2d",
     "QDepthwiseConv2d": "DepthwiseConv2d",
+    "SeparableConv2D": "SeparableConv2d", "QSeparableConv2D": "SeparableConv2d",
+    "QSeparableConv2d": "SeparableConv2d",
     "Activation": "Activation", "QActivation": "Activation",
     "BatchNormalization": "BatchNorm", "QBatchNormalization": "BatchNorm",
     "QBatchNorm": "BatchNorm", "BatchNorm1d": "BatchNorm", "BatchNorm2d": "BatchNorm",
@@ -75,6 +85,8 @@ TYPE_ALIASES = {
 def _type_names(m: nn.Module) -> set[str]:
     """Every type key that matches module `m`."""
     names = {type(m).__name__}
+    if isinstance(m, QSeparableConv2d):
+        names.add("SeparableConv2d")
     if isinstance(m, QDepthwiseConv2d) or (isinstance(m, nn.Conv2d) and _is_depthwise(m)):
         # (a depthwise torch Conv2d is no Conv2D to QKeras: a Conv2D key took it, with the
         # key order deciding between that and the DepthwiseConv2D key)
