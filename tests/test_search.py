@@ -1237,3 +1237,27 @@ def test_an_empty_limit_or_candidates_file_is_refused(tmp_path, capsys):
                      str(tmp_path / "s")]) == 2
         assert f"{empty} is empty; give layer entries" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_trial_trains_again_as_it_would_have(tmp_path, monkeypatch):
+    """A configuration queued again after Ctrl-C trained with its new trial number's seed,
+    so the resumed search's result differed from an uninterrupted run's."""
+    import hetq.search.driver as driver
+
+    whole = run_search(cfg(trials=2), tmp_path / "a", progress=False)
+    real = driver.run_candidate
+
+    def ctrl_c_in_trial_1(ctx, candidate, *, trial=None, **k):
+        if trial is not None and trial.number == 1:
+            raise KeyboardInterrupt
+        return real(ctx, candidate, trial=trial, **k)
+
+    monkeypatch.setattr(driver, "run_candidate", ctrl_c_in_trial_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg(trials=2), tmp_path / "b", progress=False)
+    monkeypatch.setattr(driver, "run_candidate", real)
+    resumed = run_search(cfg(trials=2), tmp_path / "b", progress=False)
+    retried = resumed.trials[2]
+    assert (retried.user_attrs["retry_of"], retried.user_attrs["seed_trial"]) == (1, 1)
+    assert retried.params == whole.trials[1].params
+    assert retried.user_attrs["metrics"] == whole.trials[1].user_attrs["metrics"]

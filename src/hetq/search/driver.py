@@ -45,6 +45,7 @@ from .engine import (
     n_counted,
     retry_later,
     run_worker,
+    seed_number,
 )
 from .objectives import COST_KEYS, Constraints, ForgivingFactor
 from .results import is_gradient_run, pareto_rows
@@ -241,7 +242,7 @@ def make_objective(ctx: SearchContext):
         candidate = ctx.space.suggest(trial)
         trial.set_user_attr("candidate", candidate.to_dict())
         model, metrics, costs = run_candidate(ctx, candidate, trial=trial,
-                                              seed=cfg.seed + trial.number)
+                                              seed=cfg.seed + seed_number(trial))
         return finish(trial, candidate, model, metrics, costs)
 
     objective.finish = finish
@@ -282,7 +283,7 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                 c = ctx.space.suggest(t)
                 t.set_user_attr("candidate", c.to_dict())
                 cands.append(c)
-                torch.manual_seed(cfg.seed + t.number)  # (as `run_candidate` for this trial)
+                torch.manual_seed(cfg.seed + seed_number(t))  # (as `run_candidate` does)
                 models.append(build_candidate(ctx.float_model, c))
             res = fit_population(models, ctx.data, epochs=cfg.epochs,
                                  batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],

@@ -93,9 +93,23 @@ def retry_later(study: optuna.Study, trial) -> bool:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except Exception:
         return False
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                  "seed_trial": seed_number(trial)},
                         skip_if_exists=False)
     return True
+
+
+def seed_number(trial) -> int:
+    """The trial number whose seed trains `trial`: its own, or for a configuration queued
+    again after an interruption or a dead worker, that of the trial that first had it, so
+    that it trains as it would have (it trained with its new number's seed)."""
+    n = trial.user_attrs.get("seed_trial")
+    if n is None:  # Optuna's own retry of a database trial whose heartbeat stopped
+        try:
+            n = trial.study._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        except AttributeError:  # (a FrozenTrial)
+            n = trial.system_attrs.get("failed_trial")
+    return trial.number if n is None else int(n)
 
 
 def counted_before(study: optuna.Study, number: int) -> int:
