@@ -1261,3 +1261,27 @@ def test_an_interrupted_trial_trains_again_as_it_would_have(tmp_path, monkeypatc
     assert (retried.user_attrs["retry_of"], retried.user_attrs["seed_trial"]) == (1, 1)
     assert retried.params == whole.trials[1].params
     assert retried.user_attrs["metrics"] == whole.trials[1].user_attrs["metrics"]
+
+
+def test_a_resume_that_reads_other_data_is_refused(tmp_path, monkeypatch):
+    """search.yaml keeps --data as typed: resumed from another folder, a relative path read
+    another file, and its trials joined the front unnoticed."""
+    import numpy as np
+
+    import hetq.data.jets as jets
+
+    sample = np.load(Path(jets.__file__).with_name("jets_sim_small.npz"))
+    arrays = {k: sample[k] for k in sample.files}
+    for folder, X in (("one", arrays["X"]), ("two", arrays["X"][::-1])):  # (other jets)
+        (tmp_path / folder / "data").mkdir(parents=True)
+        np.savez(tmp_path / folder / "data" / "j.npz", **{**arrays, "X": X})
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "one")
+    run_search(cfg(trials=1, data="jets-sim:data/j.npz"), out, progress=False)
+    run_search(cfg(trials=2, data="jets-sim:data/j.npz"), out, progress=False)  # same data
+    monkeypatch.chdir(tmp_path / "two")
+    with pytest.raises(ValueError, match=r"--data jets-sim:data/j.npz: these data differ from "
+                                         r"those study 'hetq' was started with"):
+        run_search(cfg(trials=3, data="jets-sim:data/j.npz"), out, progress=False)
+    _, study = load_run(out)
+    assert len(completed(study)) == 2

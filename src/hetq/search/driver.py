@@ -424,6 +424,32 @@ def check_study_settings(config: SearchConfig, out: Path, storage: str | None) -
     _study_settings(study, config, storage, out)
 
 
+def data_fingerprint(data) -> str:
+    """A digest of the data a search trains and scores on (every split, as loaded)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for a in data.split(split):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_data(study: optuna.Study, ctx: SearchContext) -> None:
+    """The study's trials all see the same data: a resumed search or a worker elsewhere that
+    reads other data under the same --data (a relative path from another folder, a file
+    changed since) is refused; its trials were mixed into the front unnoticed."""
+    digest = data_fingerprint(ctx.data)
+    stored = study.user_attrs.get("data_fingerprint")
+    if stored is None:
+        study.set_user_attr("data_fingerprint", digest)
+    elif stored != digest:
+        raise ValueError(f"--data {ctx.config.data}: these data differ from those study "
+                         f"{study.study_name!r} was started with (a relative path read from "
+                         "another folder, or a file changed since?); give the same data, or "
+                         "start another search (--out, --study)")
+
+
 def _grid_fix(study, ctx):
     if ctx.config.sampler == "grid":
         study.sampler = make_sampler("grid", ctx.config.seed,
@@ -548,6 +574,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)
     study = open_study(config, out, storage)
+    check_data(study, ctx)
     study.set_user_attr("reference", ctx.reference)
     _grid_fix(study, ctx)
     _seed_warm_start(study, ctx, warm)
@@ -601,6 +628,7 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
                               later)
         bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
         study = open_study(bcfg, out, storage)
+        check_data(study, ctx)
         study.set_user_attr("reference", ctx.reference)
         if k < sched.state["next_block"]:
             continue  # finished in an earlier run
@@ -673,6 +701,7 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     out.mkdir(parents=True, exist_ok=True)
     _check_worker_folder(study, out, storage)
     ctx = build_context(config, out, progress=False)
+    check_data(study, ctx)
     # this process's sampler stream: its index among a search's --workers, else random (a
     # machine of its own), so that no two workers draw the same configurations
     stream = int(os.environ.get("HETQ_WORKER_INDEX") or 0) or \
