@@ -379,3 +379,14 @@ def test_separable_conv_keys_in_qkeras_spelling():
             "pointwise_quantizer": "quantized_bits(5,0,1)"}})
     assert (str(q.sepconv.depthwise_quantizer), str(q.sepconv.pointwise_quantizer)) == (
         "quantized_bits(6,0,1)", "quantized_bits(5,0,1)")
+
+
+def test_an_activation_map_on_quantized_activations_says_what_to_give():
+    """{QActivation: {relu: ...}} on a model whose activations are QActivations already
+    (cnn_digits) said "has no 'relu' field"."""
+    from hetq.models import build
+
+    with pytest.raises(ValueError, match=r"layer 'act1' is a quantized activation already "
+                                         r"\(quantized_relu\(3,0\)\); a map by activation "
+                                         r"function \(relu: ...\) converts float activations"):
+        quantize_model(build("cnn_digits"), {"QActivation": {"relu": "quantized_relu(4,0)"}})

@@ -286,6 +286,13 @@ def as_config(config) -> QuantConfig:
 # -- conversion ----------------------------------------------------------------------------
 def _check_fields(name: str, module: nn.Module, fields: dict, allowed: tuple[str, ...]):
     for fld, spec in fields.items():
+        if spec is not None and fld not in allowed and fld in ACTIVATION_NAMES and \
+                isinstance(module, QActivation):
+            raise ValueError(f"layer {name!r} is a quantized activation already "
+                             f"({module.quantizers.get('activation')}); a map by activation "
+                             f"function ({fld}: ...) converts float activations (nn.ReLU, "
+                             "...): give {activation: ...} to replace its quantizer, or name "
+                             "the layer")
         if spec is not None and fld not in allowed:
             raise ValueError(f"layer {name!r} ({type(module).__name__}) has no {fld!r} field "
                              f"to quantize; it has: {', '.join(allowed) or 'none'}")
