@@ -219,7 +219,7 @@ def test_ptq_cli(jets, tmp_path, capsys):
 
 
 def test_a_checkpoint_that_cannot_be_written_leaves_no_temporary_file(tmp_path):
-    """The atomic write (a .tmp file, then a rename) removes its temporary when the rename
+    """The atomic write (a temporary file, then a rename) removes its temporary when the rename
     fails, e.g. on a folder of that name (`hetq ptq --out FOLDER` used to leave FOLDER.tmp)."""
     from hetq.train.checkpoint import save_module
 

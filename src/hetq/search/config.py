@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ..files import write_whole
 from .objectives import GOALS
 
 OBJECTIVES = ("forgiving", "pareto")
@@ -253,10 +253,8 @@ class SearchConfig:
     def save(self, path: str | Path) -> None:
         """Written whole or not at all (a new file moved over the old one): a kill during
         the rewrite of a resumed search left an empty search.yaml, read as all defaults."""
-        path = Path(path)
-        part = path.with_name(path.name + ".part")
-        part.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(part, path)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        write_whole(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> SearchConfig:

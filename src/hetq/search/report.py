@@ -5,10 +5,11 @@ front and where each point spends its EBOPs."""
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 
 import optuna
+
+from ..files import write_whole
 
 
 def _plt():
@@ -23,19 +24,14 @@ def _plt():
 def _save(plt, fig, path: Path) -> None:
     """Write one figure of the report page (whole or not at all) and free it."""
     fig.tight_layout()
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    fig.savefig(part, dpi=110, format=path.suffix.lstrip("."))
-    os.replace(part, path)
+    write_whole(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".")))
     plt.close(fig)
 
 
 def _write_page(path: Path, page: str) -> Path:
     """report.html, written whole or not at all: a browser (or a second `hetq report`)
     reading it while the search runs saw an empty file."""
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    part.write_text(page)
-    os.replace(part, path)
-    return path
+    return write_whole(path, lambda tmp: tmp.write_text(page))
 
 
 def write_html_report(run: str | Path, storage: str | None = None) -> Path:

@@ -4,12 +4,13 @@ weights, data normalisation, task and metrics. `load(path)` rebuilds the model."
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..files import write_whole
 
 FORMAT = "hetq-checkpoint-1"
 
@@ -91,17 +92,10 @@ def check_new(path: str | Path, *, overwrite: bool = False, option: str = "--out
 
 
 def _write(path: str | Path, ckpt: dict) -> Path:
-    """Atomic write: a temporary file next to `path`, then a rename."""
+    """Atomic write (`write_whole`), its folder made first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # (a folder at `path`, a full disk, Ctrl-C): no stray .tmp file
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_whole(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict | None = None,

@@ -1,0 +1,23 @@
+"""Files written whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` to a temporary file beside `path`, then a rename onto `path`: a reader
+    (a browser, a second process) or a kill mid-write never sees half a file. The temporary
+    is named by this process, so two writers of one path do not clash, and it is removed
+    when anything fails (a folder at `path`, a full disk, Ctrl-C)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
