@@ -511,8 +511,8 @@ def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
     path = out / "search.yaml"
     if not path.exists():
         return {}
-    old, new = SearchConfig.load(path).to_dict(), config.to_dict()
-    return {k: old[k] for k in sorted(new) if old[k] != new[k]}
+    old = SearchConfig.load(path).to_dict()
+    return {k: old.get(k) for k in _differences(old, config.to_dict())}
 
 
 def start_run(config: SearchConfig, out: Path, progress: bool = True,
