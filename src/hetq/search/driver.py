@@ -43,7 +43,7 @@ from .engine import (
     make_pruner,
     make_sampler,
     n_counted,
-    retry_later,
+    retry_all_later,
     run_worker,
     seed_number,
 )
@@ -290,15 +290,14 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                                  seed=cfg.seed, report=report,
                                  sparsity=[c.sparsity or None for c in cands],
                                  device=cfg.device)
-        except BaseException as e:  # Ctrl-C, a full disk: the batch is queued again; an error
-            # of the batch itself fails its trials (they were left RUNNING for good)
+        except (KeyboardInterrupt, OSError):  # Ctrl-C, a full disk: the batch is queued again
+            retry_all_later(study, trials)
+            raise
+        except BaseException:  # an error of the batch itself fails its trials (they were
             with deferred_signals(signal.SIGINT, signal.SIGTERM), \
-                    contextlib.suppress(OSError):  # (a full disk: the next run retries them)
+                    contextlib.suppress(OSError):  # left RUNNING for good)
                 for t in trials:
-                    if isinstance(e, (KeyboardInterrupt, OSError)):
-                        retry_later(study, t)
-                    else:
-                        study.tell(t, state=optuna.trial.TrialState.FAIL)
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
             raise
         for t, c, m, r in zip(trials, cands, models, res):
             if r.stopped_by_report:

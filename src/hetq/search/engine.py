@@ -8,6 +8,7 @@ the budget are failed at once and tagged `overflow` (they never train).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -99,6 +100,17 @@ def retry_later(study: optuna.Study, trial) -> bool:
     return True
 
 
+def retry_all_later(study: optuna.Study, trials) -> None:
+    """`retry_later` for each of `trials` that a Ctrl-C or a file-system error stopped, with
+    Ctrl-C and SIGTERM held back meanwhile (a second Ctrl-C here lost the retry, and the
+    configuration was never trained) and a file-system error tolerated (a full disk: the
+    next run finds the trial running and retries it)."""
+    with deferred_signals(signal.SIGINT, signal.SIGTERM):
+        for t in trials:
+            with contextlib.suppress(OSError):
+                retry_later(study, t)
+
+
 def seed_number(trial) -> int:
     """The trial number whose seed trains `trial`: its own, or for a configuration queued
     again after an interruption or a dead worker, that of the trial that first had it, so
@@ -162,12 +174,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             study.optimize(guarded, n_trials=1, catch=(BudgetReached, *TRIAL_ERRORS),
                            callbacks=callbacks, gc_after_trial=False, show_progress_bar=False)
         except _TrialInterrupted as e:
-            # a second Ctrl-C here lost the retry: the configuration was never trained
-            with deferred_signals(signal.SIGINT, signal.SIGTERM):
-                try:
-                    retry_later(study, e.trial)
-                except OSError:  # (a full disk: the next run finds it running, retries it)
-                    pass
+            retry_all_later(study, [e.trial])
             raise e.interruption from None
         if not mine or mine[-1].user_attrs.get("overflow"):
             continue
