@@ -28,8 +28,7 @@ def get_dataset(spec: str, **kw) -> Dataset:
     downloaded once and cached) or 'jets:PATH' (a local copy), 'digits', or
     'synthetic[:n=N,features=F,classes=C,seed=S]'. Split into train/val/test and
     standardised with the train split's mean and std (digits: not by default; `standardize=`
-    chooses); other
-    keywords go to the loader, e.g. `get_dataset('jets', cache_dir=...)`."""
+    chooses); other keywords go to the loader, e.g. `get_dataset('jets', cache_dir=...)`."""
     if not isinstance(spec, str):
         raise ValueError(f"a data set is named by a string such as {SPECS[0]!r}; got "
                          f"{type(spec).__name__}")

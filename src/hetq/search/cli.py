@@ -447,7 +447,6 @@ def _report(a) -> int:
         if a.storage:
             print(f"note: {a.run} is a gradient-strategy run, whose front is in its folder; "
                   "--storage is not used", file=sys.stderr)
-
         rows = saved_gradient_rows(a.run)
         print(format_gradient_table(rows))
         if not a.no_html:

@@ -151,8 +151,9 @@ def check_run_storage(out: Path, storage: str | None) -> None:
 
 
 def record_run_storage(out: Path, storage: str | None) -> None:
-    if _database(storage, Path(out)):
-        (Path(out) / STORAGE_FILE).write_text(_database(storage, Path(out)) + "\n")
+    database = _database(storage, Path(out))
+    if database:
+        (Path(out) / STORAGE_FILE).write_text(database + "\n")
 
 
 def database_url(url: str) -> str:
