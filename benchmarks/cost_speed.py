@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from hetq.cli import positive_int
 from hetq.cost import cost
 from hetq.models import build, preset
 from hetq.quant.convert import quantize_model
@@ -23,17 +24,10 @@ def per_call(f, n):
     return (time.perf_counter() - t) / n
 
 
-def positive(text):
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return n
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=positive, default=7, help="timed rounds (median)")
-    ap.add_argument("--threads", type=positive, default=1, help="torch threads")
+    ap.add_argument("--repeats", type=positive_int, default=7, help="timed rounds (median)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     m = quantize_model(build("jet_mlp"), preset("q6")).eval()

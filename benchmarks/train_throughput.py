@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from common import jets
+from hetq.cli import positive_int
 from hetq.models import build, preset
 from hetq.quant.convert import quantize_model
 from hetq.train import fit
@@ -35,17 +36,11 @@ def hetq_epoch(model, d):
     return time.perf_counter() - t
 
 
-def positive(text):
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return n
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=positive, default=5, help="timed epochs per loop (median)")
-    ap.add_argument("--threads", type=positive, default=1, help="torch threads")
+    ap.add_argument("--repeats", type=positive_int, default=5,
+                    help="timed epochs per loop (median)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     d = jets()
