@@ -34,6 +34,7 @@ class Server:
     def __init__(self, files, truncate=(), chunk_delay=0.0, no_length=False):
         self.files, self.truncate, self.requests = files, set(truncate), []
         self.chunk_delay, self.no_length = chunk_delay, no_length
+        self.chunked_cut = set()  # paths sent chunked, the connection closed mid-body
         outer = self
 
         class H(http.server.BaseHTTPRequestHandler):
@@ -44,6 +45,12 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
+                if self.path in outer.chunked_cut:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (100, body[:100]))
+                    self.wfile.write(b"%x\r\n" % 100)  # a chunk announced, never sent
+                    return
                 if not outer.no_length:  # else the body ends when the connection closes
                     self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -115,6 +122,85 @@ def test_checksum_mismatch_deletes_file(tmp_path):
         download_jets(cache=tmp_path / "b", api=f"{srv2.url}/api", sha256="abc", progress=False)
 
 
+def test_a_checksum_mismatch_drops_the_cached_description_too(tmp_path):
+    """The OpenML description (with the md5) was cached for good: after OpenML replaced the
+    file, every run downloaded the new file and refused it against the old md5."""
+    arff = make_arff()
+    srv = Server({})
+    with srv:
+        srv.files.update(openml_files(srv.url, arff, md5="0" * 32))
+        with pytest.raises(ValueError, match="the file and OpenML's description of it were "
+                                             "deleted, so the next run downloads both anew"):
+            download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        srv.files.update(openml_files(srv.url, arff))  # the description now matches the file
+        path = download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        assert path.read_bytes() == arff
+        assert srv.requests.count("/api/data/42468") == 2
+
+
+def test_each_api_address_has_its_own_cached_description(tmp_path):
+    arff = make_arff()
+    a, b = Server({}), Server({})
+    with a, b:
+        a.files.update(openml_files(a.url, arff, md5="0" * 32))  # a's file fails its md5
+        b.files.update(openml_files(b.url, arff))
+        path = download_jets(cache=tmp_path, api=f"{b.url}/api", progress=False)
+        assert path.read_bytes() == arff and b.requests == ["/api/data/42468", "/files/jets.arff"]
+        path.unlink()
+        with pytest.raises(ValueError, match="checksum mismatch"):  # a is asked, not b's copy
+            download_jets(cache=tmp_path, api=f"{a.url}/api", progress=False)
+        assert a.requests == ["/api/data/42468", "/files/jets.arff"]
+
+
+def test_a_chunked_download_cut_short_is_named_not_a_traceback(tmp_path):
+    """http.client's IncompleteRead (a chunked body cut short) is neither an OSError nor a
+    ValueError: it escaped as a traceback that named no URL."""
+    from hetq.data.download import fetch
+
+    srv = Server({"/f.bin": bytes(range(256)) * 4})
+    srv.chunked_cut.add("/f.bin")
+    with srv, pytest.raises(ValueError, match=re.escape(
+            f"download of {srv.url}/f.bin is truncated: the connection closed after 100 bytes; "
+            "nothing was cached, try again")):
+        fetch(f"{srv.url}/f.bin", tmp_path / "f.bin", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_errors_give_the_status_and_no_offline_hint(tmp_path):
+    srv = Server({})
+    with srv, pytest.raises(ConnectionError, match=re.escape(
+            f"cannot download {srv.url}/api/data/42468 (the server answered HTTP 404 Not Found)."
+            " You can download the file elsewhere and pass its path instead")):
+        download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_cache_folder_that_cannot_be_written_is_not_called_a_network_failure():
+    """Said 'cannot download ... If this machine is offline', after connecting, for a cache
+    folder it could not write ('/proc': not writable even by root)."""
+    srv = Server({})
+    with srv, pytest.raises(ValueError, match=r"cannot write the download cache folder /proc "
+                                              r"\(.+\); set HETQ_CACHE \(or pass cache=\) to a "
+                                              r"folder you can write"):
+        download_jets(cache="/proc", api=f"{srv.url}/api", progress=False)
+    assert srv.requests == []
+
+
+def test_home_is_expanded_in_the_cache_folder_and_file_paths(tmp_path, monkeypatch):
+    """HETQ_CACHE='~/c' made a folder named '~' in the current directory, and
+    --data jets:~/x.csv (which the shell does not expand after the colon) was not found."""
+    from hetq.data.download import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HETQ_CACHE", "~/c")
+    assert cache_dir() == tmp_path / "c" and not (tmp_path / "~").exists()
+    (tmp_path / "j.arff").write_bytes(make_arff(100))
+    assert len(get_dataset("jets:~/j.arff").y_test) == 20
+    np.savez(tmp_path / "s.npz", **{k: v for k, v in np.load(EMBEDDED).items()})
+    assert get_dataset("jets-sim:~/s.npz").n_classes == 5
+
+
 def test_a_download_without_a_length_with_its_progress_bar(tmp_path, capsys):
     """A server that sends no Content-Length (chunked or close-delimited bodies) ended the
     download in 'TypeError: bool() undefined when iterable == total == None' (the bar)."""
@@ -182,6 +268,7 @@ def test_sigterm_during_a_download_leaves_no_part_file(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, out
     assert out.rstrip().endswith("interrupted") and "Traceback" not in out, out
+    assert "downloading" not in out, out  # --no-progress hides the download's bar too
     assert sorted(p.name for p in cache.iterdir()) == ["openml_42468.json"]
 
 
@@ -194,7 +281,7 @@ def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("HETQ_CACHE", str(tmp_path / "afile" / "cache"))
     with pytest.raises(ValueError, match=re.escape(
             f"the download cache folder {tmp_path / 'afile' / 'cache'} ($HETQ_CACHE) cannot be "
-            "made: Not a directory; set HETQ_CACHE to a folder you can write")):
+            "made: Not a directory; set HETQ_CACHE (or pass cache=) to a folder you can write")):
         cache_dir()
     assert cache_dir(tmp_path / "c") == tmp_path / "c" and (tmp_path / "c").is_dir()
 
@@ -300,6 +387,44 @@ def test_the_zenodo_hdf5_file_is_read_like_the_arff(tmp_path):
         f["x"] = np.zeros(3)
     with pytest.raises(ValueError, match=r"other\.h5: no 't_allpar_new' tree; found \['x'\]"):
         load_jets(tmp_path / "other.h5")
+
+
+def test_hdf5_rows_that_are_not_one_hot_are_refused(tmp_path):
+    """argmax made a jet with no label (all j_g..j_z zero) a gluon, silently."""
+    h5py = pytest.importorskip("h5py")
+    fields = [f"j_{c}" for c in FEATURES + CLASSES]
+    table = np.zeros(10, dtype=[(name, "<f4") for name in fields])
+    for i in range(10):
+        table[i][f"j_{CLASSES[i % 5]}"] = 1.0
+    table[6]["j_q"] = 0.0  # row 7: no label
+    with h5py.File(tmp_path / "j.h5", "w") as f:
+        f["t_allpar_new"] = table
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'j.h5'}: 1 rows whose labels j_g..j_z are not one-hot, the first row 7 "
+            "({'g': 0.0, 'q': 0.0, 't': 0.0, 'w': 0.0, 'z': 0.0}); expected exactly one 1")):
+        load_jets(tmp_path / "j.h5")
+
+
+def test_broken_gzip_arff_headers_and_gzipped_binary_files_are_named(tmp_path):
+    """A cut-short .csv.gz raised EOFError, an '@attribute' line without a name IndexError;
+    a .parquet.gz went to pandas as if plain."""
+    import gzip
+
+    f = tmp_path / "j.csv.gz"
+    f.write_bytes(gzip.compress(make_arff(50))[:-20])
+    with pytest.raises(ValueError, match=re.escape(f"{f}: a broken gzip file (")):
+        get_dataset(f"jets:{f}")
+    f = tmp_path / "j.arff"
+    f.write_text("@relation x\n@attribute\n@data\n")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{f}: an @attribute line without a name: '@attribute'; expected '@attribute NAME "
+            "TYPE'")):
+        get_dataset(f"jets:{f}")
+    f = tmp_path / "j.parquet.gz"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match=re.escape(
+            f"{f}: gzipped .parquet files are not read directly; decompress it first")):
+        get_dataset(f"jets:{f}")
 
 
 def test_malformed_jet_files_name_the_file_and_row(tmp_path):
@@ -476,6 +601,45 @@ def test_dataset_from_splits_checks_its_arguments():
         Dataset.from_splits("x", {"train": (X, y), "val": (X, y), "test": (X, y)}, ["a"])
 
 
+def test_jets_sim_files_with_unknown_split_values_or_a_scalar_x_are_refused(tmp_path):
+    """Rows with split 3 were dropped without a word; a 0-d X raised 'len() of unsized
+    object'."""
+    d = dict(np.load(EMBEDDED))
+    split = d["split"].copy()
+    split[:7] = 3
+    np.savez(tmp_path / "s.npz", **{**d, "split": split})
+    with pytest.raises(ValueError, match=re.escape(
+            "s.npz: split has values [3] in 7 rows; expected 0 (train), 1 (validation) or "
+            "2 (test)")):
+        get_dataset(f"jets-sim:{tmp_path / 's.npz'}")
+    np.savez(tmp_path / "x.npz", **{**d, "X": np.float32(1.0)})
+    with pytest.raises(ValueError, match=re.escape(
+            "x.npz: X has shape () and y (25000,); expected X with one row of features per jet "
+            "(2-D)")):
+        get_dataset(f"jets-sim:{tmp_path / 'x.npz'}")
+
+
+def test_data_set_options_are_checked_and_named():
+    """'synthetic:n=--100' passed the digit check and failed in int() without naming the
+    option; a repeated option kept the last; a keyword another loader takes (cache= for
+    jets-sim) was a raw TypeError; a huge n a raw MemoryError; 'digits:' was taken."""
+    for spec in ("synthetic:n=--100", "synthetic:n=²", "synthetic:size=9"):
+        with pytest.raises(ValueError, match=re.escape(
+                f"in {spec!r}; expected n=, features=, classes=, seed= with integers")):
+            get_dataset(spec)
+    with pytest.raises(ValueError, match=re.escape("n= is given twice in 'synthetic:n=100,n=200'")):
+        get_dataset("synthetic:n=100,n=200")
+    assert len(get_dataset("synthetic: n = 900 ,classes=3").y_train) == 630  # spaces allowed
+    with pytest.raises(ValueError, match=re.escape(
+            "the 'jets-sim' data set does not take cache; it takes standardize")):
+        get_dataset("jets-sim", cache="/tmp")
+    with pytest.raises(ValueError, match=re.escape(
+            "'synthetic:n=10000000000000' does not fit in memory; ask for fewer samples")):
+        get_dataset("synthetic:n=10000000000000")
+    with pytest.raises(ValueError, match=re.escape("unknown dataset 'digits:'")):
+        get_dataset("digits:")
+
+
 def test_digits_and_synthetic():
     d = get_dataset("digits")
     assert d.input_shape == (1, 8, 8) and d.n_classes == 10
@@ -483,3 +647,23 @@ def test_digits_and_synthetic():
     s = get_dataset("synthetic:n=900,classes=3,seed=1")
     s2 = get_dataset("synthetic:n=900,classes=3,seed=1")
     assert s.n_classes == 3 and np.array_equal(s.X_train, s2.X_train)
+
+
+def test_train_refuses_an_existing_out_before_downloading(tmp_path, monkeypatch, capsys):
+    """`hetq train --data jets --out X`, X holding a model, downloaded (and parsed) the whole
+    data set before refusing X, although the README says that is refused before any work."""
+    from hetq.cli import main
+
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, make_arff()))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "openml_42468.json").write_bytes(srv.files["/api/data/42468"])
+    monkeypatch.setenv("HETQ_CACHE", str(cache))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.pt").write_bytes(b"an earlier run's model")
+    with srv:
+        assert main(["train", "--data", "jets", "--epochs", "1", "--out",
+                     str(tmp_path / "out")]) == 2
+    assert "already exists (from an earlier run)" in capsys.readouterr().err
+    assert srv.requests == []

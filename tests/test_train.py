@@ -259,10 +259,10 @@ def test_train_and_evaluate_cli(tmp_path, capsys):
                  "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["train", "--init", str(out / "model.pt"), "--model", "cnn_digits", "--data",
-                 "digits", "--out", str(init)]) == 2
+                 "digits", "--out", str(tmp_path / "init2")]) == 2
     assert f"--init {out / 'model.pt'}: the checkpoint lacks" in capsys.readouterr().err
     assert main(["train", "--init", str(out / "model.pt"), "--data",
-                 "synthetic:features=8,classes=5", "--out", str(init)]) == 2
+                 "synthetic:features=8,classes=5", "--out", str(tmp_path / "init3")]) == 2
     assert "its weights do not fit this model (size mismatch for fc1.weight" in \
         capsys.readouterr().err
 
@@ -295,8 +295,6 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_
     with pytest.raises(ValueError, match=r"anomaly task: the model must reconstruct its input .* "
                                          r"maps samples of shape \(16,\) to \(5,\)"):
         fit(build("jet_mlp"), jets, epochs=1, task=Anomaly(), progress=False)
-    (tmp_path / "cnn").mkdir()
-    (tmp_path / "cnn" / "model.pt").write_bytes(b"earlier")  # named only once the model fits
     assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress", "--out",
                  str(tmp_path / "cnn")]) == 2
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from .dataset import Dataset, validate_arrays
@@ -22,13 +23,14 @@ SPECS = ("jets-sim", "jets-sim:PATH", "jets", "jets:PATH", "digits",
          "synthetic[:n=N,features=F,classes=C,seed=S]")
 
 
-def get_dataset(spec: str, **kw) -> Dataset:
+def get_dataset(spec: str, *, progress: bool = True, **kw) -> Dataset:
     """The data set named by `spec`, one of `SPECS`: 'jets-sim' (the built-in simulated
     jets sample) or 'jets-sim:PATH' (a simulated jets .npz), 'jets' (the real jets,
     downloaded once and cached) or 'jets:PATH' (a local copy), 'digits', or
     'synthetic[:n=N,features=F,classes=C,seed=S]'. Split into train/val/test and
     standardised with the train split's mean and std (digits: not by default; `standardize=`
-    chooses); other keywords go to the loader, e.g. `get_dataset('jets', cache_dir=...)`."""
+    chooses); `progress` shows the download of 'jets'; other keywords go to the loader, e.g.
+    `get_dataset('jets', cache='/data/hetq-cache')` (see `load_jets`)."""
     if not isinstance(spec, str):
         raise ValueError(f"a data set is named by a string such as {SPECS[0]!r}; got "
                          f"{type(spec).__name__}")
@@ -39,26 +41,54 @@ def get_dataset(spec: str, **kw) -> Dataset:
         raise ValueError(f"{spec!r} has no path after the colon; give {name}:PATH for a file, "
                          f"or {name} alone for {whole}")
     if name == "jets-sim":
-        return load_jets_sim(arg or None, **kw)
+        return _load(load_jets_sim, name, arg or None, **kw)
     if name == "jets":
-        return load_jets(arg or None, **kw)
-    if name == "digits" and not arg:
-        return load_digits(**kw)
+        if not arg:  # (only a download has progress to show)
+            kw["progress"] = progress
+        return _load(load_jets, name, arg or None, **kw)
+    if name == "digits" and not colon:
+        return _load(load_digits, name, **kw)
     if name == "synthetic":
-        opts = {}
-        keys = {"n": "n", "features": "n_features", "classes": "n_classes", "seed": "seed"}
-        for part in filter(None, arg.split(",")):
-            k, _, v = part.partition("=")
-            if k not in keys or not v.lstrip("-").isdigit():
-                raise ValueError(f"bad synthetic option {part!r} in {spec!r}; expected "
-                                 "n=, features=, classes=, seed= with integers")
-            opts[keys[k]] = int(v)
-        return make_synthetic(**opts, **kw)
+        opts = _synthetic_options(spec, arg)
+        try:
+            return _load(make_synthetic, name, **opts, **kw)
+        except MemoryError:
+            raise ValueError(f"{spec!r} does not fit in memory; ask for fewer samples (n=) or "
+                             "features") from None
     hint = ""
     if Path(spec).is_file():
         hint = (f"; {spec} is a file: give jets-sim:{spec} (a simulated jets .npz) or "
                 f"jets:{spec} (the real jets dataset)")
     raise ValueError(f"unknown dataset {spec!r}; expected one of: {', '.join(SPECS)}{hint}")
+
+
+def _load(loader, name: str, *args, **kw) -> Dataset:
+    """`loader(*args, **kw)`, a keyword it does not take named with the ones it does."""
+    params = inspect.signature(loader).parameters
+    wrong = [k for k in kw if k not in params]
+    if wrong:
+        takes = [k for k in params if k not in ("source", "path")]
+        raise ValueError(f"the {name!r} data set does not take {', '.join(wrong)}; it takes "
+                         f"{', '.join(takes) or 'no options'}")
+    return loader(*args, **kw)
+
+
+def _synthetic_options(spec: str, arg: str) -> dict:
+    keys = {"n": "n", "features": "n_features", "classes": "n_classes", "seed": "seed"}
+    opts = {}
+    for part in filter(None, arg.split(",")):
+        k, _, v = (t.strip() for t in part.partition("="))
+        try:
+            if k not in keys or not v.isascii():
+                raise ValueError
+            value = int(v)
+        except ValueError:
+            raise ValueError(f"bad synthetic option {part!r} in {spec!r}; expected n=, "
+                             "features=, classes=, seed= with integers") from None
+        if keys[k] in opts:
+            raise ValueError(f"{k}= is given twice in {spec!r}")
+        opts[keys[k]] = value
+    return opts
 
 
 def get_dataset_for(spec: str, norm: dict | None, label: str = "the checkpoint") -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import http.client
 import os
 import threading
 import time
@@ -17,13 +18,16 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     env = os.environ.get("HETQ_CACHE")
     d, source = ((override, "the cache argument") if override else (env, "$HETQ_CACHE") if env
                  else (Path.home() / ".cache" / "hetq", "the default, ~/.cache/hetq"))
-    d = Path(d)
+    d = Path(d).expanduser()  # (a quoted HETQ_CACHE='~/...' reaches us unexpanded)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"the download cache folder {d} ({source}) cannot be made: "
-                         f"{e.strerror or e}; set HETQ_CACHE to a folder you can write") from None
+                         f"{e.strerror or e}; {_WRITABLE}") from None
     return d
+
+
+_WRITABLE = "set HETQ_CACHE (or pass cache=) to a folder you can write"
 
 
 def sha256sum(path: Path) -> str:
@@ -67,11 +71,17 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
     if dest.exists():
         if sha256 is None or sha256sum(dest) == sha256:
             return dest
-        dest.unlink()
+        dest.unlink(missing_ok=True)  # (another process may have deleted it first)
     _remove_stale_parts(dest)
     # a part file of its own: two processes (or threads) fetching the same file at once
     # each write theirs, and the last rename wins with the same bytes
     part = dest.with_name(f"{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+    try:  # made before connecting: a folder we cannot write is not a network failure
+        part.touch()
+    except OSError as e:
+        raise ValueError(f"cannot write the download cache folder {dest.parent} "
+                         f"({e.strerror or e}); {_WRITABLE}") from None
+    n = 0  # bytes received
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             total = int(r.headers.get("Content-Length") or 0)
@@ -84,7 +94,6 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
                                desc=f"downloading {dest.name}")
                 except ImportError:  # pragma: no cover
                     bar = None
-            n = 0
             try:
                 with open(part, "wb") as f:
                     while True:
@@ -101,12 +110,20 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
         if total and n != total:
             raise ValueError(f"download of {url} is truncated: got {n} of {total} bytes; "
                              "nothing was cached, try again")
-    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+    except http.client.IncompleteRead as e:  # a chunked body cut short (no Content-Length)
         part.unlink(missing_ok=True)
-        reason = getattr(e, "reason", e)
+        raise ValueError(f"download of {url} is truncated: the connection closed after "
+                         f"{n + len(e.partial)} bytes; nothing was cached, try again") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError,
+            http.client.HTTPException) as e:
+        part.unlink(missing_ok=True)
+        if isinstance(e, urllib.error.HTTPError):  # the server answered: not offline
+            reason, instead = f"the server answered HTTP {e.code} {e.reason}", "You can"
+        else:
+            reason, instead = getattr(e, "reason", e), "If this machine is offline,"
         raise ConnectionError(
-            f"cannot download {url} ({reason}). If this machine is offline, download the "
-            f"file elsewhere and pass its path instead{manual_hint}") from None
+            f"cannot download {url} ({reason}). {instead} download the file elsewhere and "
+            f"pass its path instead{manual_hint}") from None
     except BaseException:
         part.unlink(missing_ok=True)
         raise

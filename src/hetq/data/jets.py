@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,11 @@ def _dataset_from_arrays(name, X, y, standardize) -> Dataset:
 def _open_text(path: Path):
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as e:  # cut short, or not gzip after all
+            raise ValueError(f"{path}: a broken gzip file ({e}); expected the jet dataset as "
+                             "ARFF or CSV text, optionally gzipped") from None
     try:
         return io.StringIO(raw.decode("utf-8-sig"))  # (a byte-order mark, as Excel writes)
     except UnicodeDecodeError as e:
@@ -117,7 +123,11 @@ def parse_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if in_data:
             rows.append(s)
         elif s.lower().startswith("@attribute"):
-            header.append(s.split(None, 2)[1])
+            parts = s.split(None, 2)
+            if len(parts) < 2:
+                raise ValueError(f"{path}: an @attribute line without a name: {s!r}; expected "
+                                 "'@attribute NAME TYPE'")
+            header.append(parts[1])
         elif s.lower().startswith("@data"):
             in_data = True
     if not in_data:
@@ -167,14 +177,24 @@ def parse_hdf5(path: Path):
         raise ValueError(f"{path}: missing columns {missing}")
     X = np.stack([t[f"j_{c}"] for c in FEATURES], axis=1).astype(np.float32)
     onehot = np.stack([t[f"j_{c}"] for c in CLASSES], axis=1)
+    bad = ~((onehot == 0) | (onehot == 1)).all(axis=1) | ((onehot == 1).sum(axis=1) != 1)
+    if bad.any():  # argmax would call a jet with no label (all zeros) a gluon
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: {int(bad.sum())} rows whose labels j_g..j_z are not one-hot, "
+                         f"the first row {r + 1} ({dict(zip(CLASSES, onehot[r].tolist()))}); "
+                         "expected exactly one 1 and four 0s per jet")
     return X, onehot.argmax(axis=1).astype(np.int64)
 
 
 def parse_file(path: str | Path):
-    path = Path(path)
+    path = Path(path).expanduser()  # (`--data jets:~/x.csv`: the shell leaves that ~)
     if not path.exists():
-        raise FileNotFoundError(f"jet dataset file not found: {path}")
-    name = path.name.lower().removesuffix(".gz")
+        raise FileNotFoundError(f"jet dataset file not found: {str(path)!r}")
+    name = path.name.lower()
+    if name.endswith((".parquet.gz", ".pq.gz", ".z.gz", ".h5.gz", ".hdf5.gz")):
+        raise ValueError(f"{path}: gzipped {Path(name[:-3]).suffix} files are not read "
+                         f"directly; decompress it first (gunzip {path})")
+    name = name.removesuffix(".gz")
     if name.endswith(".arff"):
         return parse_arff(path)
     if name.endswith(".csv"):
@@ -183,8 +203,8 @@ def parse_file(path: str | Path):
         return parse_parquet(path)
     if name.endswith((".z", ".h5", ".hdf5")):
         return parse_hdf5(path)
-    raise ValueError(f"{path}: unknown format; expected .arff, .csv, .parquet (optionally .gz) "
-                     "or the HDF5 .z/.h5")
+    raise ValueError(f"{path}: unknown format; expected .arff or .csv (optionally .gz), "
+                     ".parquet, or the HDF5 .z/.h5")
 
 
 # -- loaders ----------------------------------------------------------------------------------
@@ -198,7 +218,10 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
                   progress: bool = True) -> Path:
     """Download (once) the OpenML ARFF of the jet dataset; returns the cached path."""
     d = cache_dir(cache)
-    desc_path = fetch(f"{api}/data/{OPENML_ID}", d / f"openml_{OPENML_ID}.json",
+    # one cached description per API address, so another `api` is asked, not answered
+    # from a description that came from elsewhere
+    tag = "" if api == OPENML_API else "-" + hashlib.sha256(api.encode()).hexdigest()[:12]
+    desc_path = fetch(f"{api}/data/{OPENML_ID}", d / f"openml_{OPENML_ID}{tag}.json",
                       timeout=timeout, progress=False, manual_hint=MANUAL)
     try:
         desc = json.loads(desc_path.read_text())["data_set_description"]
@@ -214,18 +237,26 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     dest = d / "hls4ml_lhc_jets_hlf.arff"
     path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
                  manual_hint=MANUAL)
-    if md5 and file_digest(path, 'md5') != md5:
-        got = file_digest(path, 'md5')
-        path.unlink()
+    got = file_digest(path, "md5") if md5 else None
+    if md5 and got != md5:
+        # the description goes too: if OpenML has replaced the file since it was cached, its
+        # old md5 would refuse every new download
+        path.unlink(missing_ok=True)  # (another process may have deleted it first)
+        desc_path.unlink(missing_ok=True)
         raise ValueError(f"checksum mismatch for {path} (from {url}): expected md5 {md5} "
-                         f"(OpenML), got {got}; the file was deleted, so the next run downloads "
-                         "it anew")
+                         f"(OpenML), got {got}; the file and OpenML's description of it were "
+                         "deleted, so the next run downloads both anew")
     return path
 
 
-def load_jets(source: str | Path | None = None, standardize: bool = True, **download_kw):
-    """The real hls4ml jet dataset as a `Dataset` (see the module docstring)."""
-    path = Path(source) if source else download_jets(**download_kw)
+def load_jets(source: str | Path | None = None, standardize: bool = True, *,
+              cache: str | Path | None = None, api: str = OPENML_API, sha256: str | None = None,
+              timeout: float = 30.0, progress: bool = True):
+    """The real hls4ml jet dataset as a `Dataset` (see the module docstring): read from the
+    file `source`, else downloaded once into `cache` by `download_jets` (which the other
+    keywords go to)."""
+    path = Path(source).expanduser() if source else download_jets(
+        cache, api, sha256=sha256, timeout=timeout, progress=progress)
     try:
         X, y = parse_file(path)
     except ValueError as e:
@@ -246,9 +277,9 @@ def load_jets(source: str | Path | None = None, standardize: bool = True, **down
 
 def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> Dataset:
     """The simulated jets (embedded sample, or a full `jets_sim.npz`) with their split."""
-    p = Path(path) if path else EMBEDDED
+    p = Path(path).expanduser() if path else EMBEDDED
     if not p.exists():
-        raise FileNotFoundError(f"simulated jets file not found: {p}")
+        raise FileNotFoundError(f"simulated jets file not found: {str(p)!r}")
     try:
         d = np.load(p, allow_pickle=False)
         files = set(d.files)
@@ -265,9 +296,17 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
         classes = [str(c) for c in d["classes"]] if "classes" in d.files else CLASSES
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. object arrays
         raise ValueError(f"{p}: unreadable jets_sim array ({e})") from None
+    if X.ndim != 2 or y.ndim != 1:
+        raise ValueError(f"{p}: X has shape {X.shape} and y {y.shape}; expected X with one row "
+                         "of features per jet (2-D) and y with one label per jet (1-D)")
     if split.ndim != 1 or len(split) != len(X) or len(y) != len(X):
         raise ValueError(f"{p}: X has {len(X)} rows, y {len(y)} and split {len(split)} (shape "
                          f"{split.shape}); expected one label and one split (0 train, 1 "
                          "validation, 2 test) per row")
+    other = np.setdiff1d(np.unique(split), [0, 1, 2])
+    if other.size:  # (those rows would silently belong to no split)
+        raise ValueError(f"{p}: split has values {other[:5].tolist()} in "
+                         f"{int(np.isin(split, other).sum())} rows; expected 0 (train), 1 "
+                         "(validation) or 2 (test)")
     splits = {s: (X[split == i], y[split == i]) for i, s in enumerate(("train", "val", "test"))}
     return Dataset.from_splits("jets-sim", splits, features, classes, standardize)

@@ -163,7 +163,7 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
     from ..train.checkpoint import load
 
     _, evaluate = _train_api()
-    data = get_dataset(config.data)
+    data = get_dataset(config.data, progress=progress)
     if config.strategy != "gradient":  # (which keeps the accuracy high)
         _check_metric(config.metric, data)
     float_path = out / "float.pt"

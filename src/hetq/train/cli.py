@@ -145,18 +145,17 @@ def _train(a) -> int:
         raise ValueError("give either --preset or --config, not both")
     task = _task(a)
     resolve_device(a.device)  # a bad or missing device: said before the data are loaded
-    data = get_dataset(a.data)
+    out = Path(a.out)  # (refused before a download of the data, too)
+    check_output(out, "--out", folder=True)
+    check_new(out / "model.pt", overwrite=a.overwrite)
+    data = get_dataset(a.data, progress=not a.no_progress)
     kwargs = {**_model_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
     if a.init:
         _init_weights(model, a.init)
     model, qc = quantize_zoo_model(model, a.model, a.preset, a.config)
-    # the model and its data are checked first: those messages name the mistake to mend
     check_model_fits(model, data.tensors("train")[0][:2], task, data)
-    out = Path(a.out)
-    check_output(out, "--out", folder=True)
-    check_new(out / "model.pt", overwrite=a.overwrite)
     print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
     # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
     with interrupts_save() as guard:
