@@ -466,6 +466,22 @@ def test_qonnx_per_feature_types_exact(wide, tmp_path):
         layer_list(eng)
 
 
+def test_per_feature_input_types_round_raw_inputs_once():
+    """With per-feature input types the engine rounded a raw input to the finest feature grid
+    first, then to its own: 0.26 went to 0.25, then (a tie) to 0 on a 0.5 grid, where the
+    model gives 0.5; the check fed PyTorch the once-rounded input, so it said bit-exact."""
+    from hetq.quant.fixed_point import quantized_bits
+
+    q = quantized_bits(bits=torch.tensor([4.0, 8.0]), integer=torch.tensor([2.0, 2.0]), alpha=1)
+    m = nn.Sequential(QActivation(q)).eval()
+    eng = IntegerModel(m, (2,))
+    x = torch.tensor([[0.26, 0.0], [-0.26, 0.0], [0.74, 0.0]])
+    assert eng(x)[:, 0].tolist() == [0.5, -0.5, 0.5]
+    torch.manual_seed(0)
+    x = torch.randn(3000, 2) * 3
+    assert torch.equal(eng(x), m(x).double())
+
+
 def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_path):
     """`hetq export --qonnx` of a model with a table activation (quantized_relu_po2, as a
     default search picks) stopped with the QONNX error before printing the engine's

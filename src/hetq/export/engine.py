@@ -349,6 +349,7 @@ class IntegerModel:
                              "as 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>', or None (the model's "
                              "input quantizer)")
         first = nodes[0]
+        self._feature_cast = None  # the per-feature input quantizer that makes the input codes
         if input_type is None:
             q = first.module.activation_quantizer if isinstance(first.module, QActivation) \
                 else None
@@ -357,6 +358,10 @@ class IntegerModel:
                 # per-feature input types: the grid holding all of them
                 ut = _act_step(first.name, q, FixedType(2, 1)).out_type
                 input_type = FixedType(ut.width, ut.integer, ut.signed, "RND_CONV", "SAT")
+                # each feature arrives in its own type: a raw input is cast by that type alone
+                # (rounding it to the finest grid first, then to its own, rounds twice: 0.26
+                # became 0.25 there, then a tie going to 0 in a 0.5 grid, not 0.5)
+                self._feature_cast = q
             if input_type is None:
                 raise ExportError(
                     f"{first.name}: the model's input is float; give an input precision "
@@ -412,6 +417,9 @@ class IntegerModel:
             raise ValueError(f"inputs with NaN or infinite values in {int(bad.sum())} of "
                              f"{len(x)} samples (the first: row {int(bad.nonzero()[0])}); a "
                              "fixed-point input has neither: clean or clip them first")
+        if self._feature_cast is not None:  # (its values lie on the input type's grid)
+            with torch.no_grad():
+                x = self._feature_cast(x)
         return self.input_type.to_codes(x).to(torch.int64)
 
     def on_grid(self, x: torch.Tensor) -> torch.Tensor:
