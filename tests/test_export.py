@@ -610,3 +610,17 @@ def test_hls4ml_rejects_conv_with_layer_name(tmp_path):
     eng = IntegerModel(m, (1, 6), IN16)
     with pytest.raises(ExportError, match="hls4ml export supports flat"):
         hls4ml_model(eng, tmp_path)
+
+
+def test_an_auto_scaled_activation_is_refused_naming_its_alpha_and_the_way_out():
+    """The message said alpha='auto' for an 'auto_po2' activation (the default search's
+    binary(alpha='auto_po2')) and did not say how to search models that export."""
+    K = dict(kernel_quantizer="quantized_bits(4,0,alpha=1)",
+             bias_quantizer="quantized_bits(4,0,alpha=1)")
+    m = nn.Sequential(QActivation("quantized_bits(6,2)"), QDense(3, 3, **K),
+                      QActivation("binary(alpha='auto_po2')")).eval()
+    with pytest.raises(ExportError, match=re.escape(
+            "2: activation quantizer binary(alpha='auto_po2') uses data-dependent scales "
+            "(alpha='auto_po2': one scale per batch row, from its values); use a fixed alpha "
+            "for deployment (hetq search --deployable searches only exportable activations)")):
+        IntegerModel(m, (3,))

@@ -148,7 +148,9 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
         return TensorCastStep(name, "cast/feature", out, {"quantizer": str(q)}, types=types)
     if isinstance(getattr(q, "alpha", None), str):
         raise ExportError(f"{name}: activation quantizer {q} uses data-dependent scales "
-                          "(alpha='auto'); use a fixed alpha for deployment")
+                          f"(alpha={q.alpha!r}: one scale per batch row, from its values); use a "
+                          "fixed alpha for deployment (hetq search --deployable searches only "
+                          "exportable activations)")
     step = TableStep(name, "table", _element_type(q, name), {"quantizer": str(q)},
                      quantizer=copy.deepcopy(q).double().eval())
     # its outputs over the input grid (all of it up to 16 bits, else 65,537 points across
