@@ -1067,3 +1067,27 @@ def test_ptq_and_train_check_the_device_before_any_work(tmp_path, capsys):
                  "--out", str(tmp_path / "p.pt")]) == 2
     assert "device 'banana'" in capsys.readouterr().err
     assert not (tmp_path / "p.pt").exists()
+
+
+def test_a_checkpoint_of_a_class_this_program_lacks_says_what_to_do(tmp_path):
+    """Loading a save_module checkpoint of a script's own class elsewhere said only "Can't get
+    attribute 'MyNet' on <module '__main__'>" (QKeras users' 'could not locate class')."""
+    import subprocess
+    import sys
+
+    from hetq import load
+
+    script = ("from torch import nn\n"
+              "from hetq.train.checkpoint import save_module\n"
+              "class MyNet(nn.Module):\n"
+              "    def __init__(self):\n"
+              "        super().__init__()\n"
+              "        self.fc = nn.Linear(4, 2)\n"
+              "    def forward(self, x):\n"
+              "        return self.fc(x)\n"
+              f"save_module({str(tmp_path / 'my.pt')!r}, MyNet())\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path / 'my.pt'} stores a model of class MyNet from module ") + r"\S*__main__, "
+            + re.escape("which this program does not define; define or import that class")):
+        load(tmp_path / "my.pt")

@@ -11,6 +11,7 @@ from hetq import _lazy_names
 _API = {
     "load": "hetq.train.checkpoint",
     "save": "hetq.train.checkpoint",
+    "save_module": "hetq.train.checkpoint",
     "TrainResult": "hetq.train.loop",
     "evaluate": "hetq.train.loop",
     "fit": "hetq.train.loop",

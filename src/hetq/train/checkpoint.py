@@ -4,6 +4,7 @@ weights, data normalisation, task and metrics. `load(path)` rebuilds the model."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,16 @@ def read(path: str | Path) -> dict:
                                        + (", ..." if len(found) > 5 else "") if found else ""))
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except AttributeError as e:  # a pickled module whose class this program does not define
+        found = re.search(r"attribute '([^']+)' on <module '([^']+)'", str(e))
+        if not found:
+            raise ValueError(f"{path} is not a readable hetq checkpoint ({e})") from None
+        raise ValueError(
+            f"{path} stores a model of class {found[1]} from module {found[2]}, which this "
+            "program does not define; define or import that class (for a script's own class: "
+            "in __main__) before loading, or save the weights instead (model.state_dict() and "
+            "hetq.quant.convert.get_quantization_config(model)) and rebuild the model from them"
+        ) from None
     except Exception as e:
         raise ValueError(f"{path} is not a readable hetq checkpoint ({e})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
