@@ -1,5 +1,6 @@
 """Quantized layers, model conversion, summary and the integer weight view."""
 
+import re
 import warnings
 from collections import OrderedDict
 
@@ -390,3 +391,20 @@ def test_an_activation_map_on_quantized_activations_says_what_to_give():
                                          r"\(quantized_relu\(3,0\)\); a map by activation "
                                          r"function \(relu: ...\) converts float activations"):
         quantize_model(build("cnn_digits"), {"QActivation": {"relu": "quantized_relu(4,0)"}})
+
+
+def test_a_type_key_that_names_only_layers_hetq_cannot_quantize_is_said():
+    """{'LSTM': {...}} left the LSTM float without a word (an exact-name key is an error, and
+    a key matching no layer a warning)."""
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 3), nn.LSTM(3, 3))
+    cfg = {"Linear": {"kernel": "quantized_bits(4,0,alpha=1)"},
+           "LSTM": {"kernel": "quantized_bits(4,0,alpha=1)"}}
+    with pytest.warns(UserWarning, match=re.escape(
+            "quantization config key 'LSTM' matches only layers hetq cannot quantize, which "
+            "stay float: 1 (LSTM) (quantizable types: Linear, Conv1d")):
+        m = quantize_model(f, cfg)
+    assert type(m[1]) is nn.LSTM
+    with warnings.catch_warnings():  # a regex that also quantizes a layer is not warned about
+        warnings.simplefilter("error")
+        quantize_model(f, {".*": {"kernel": "quantized_bits(4,0,alpha=1)"}})

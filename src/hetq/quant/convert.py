@@ -347,8 +347,7 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
         return QGlobalAveragePooling2d(g("average"), g("activation"))
     else:
         raise ValueError(f"layer {name!r} ({type(m).__name__}) cannot be quantized; quantizable "
-                         "types: Linear, Conv1d, Conv2d (incl. depthwise), activations, "
-                         "BatchNorm, AvgPool2d, AdaptiveAvgPool2d(1)")
+                         f"types: {QUANTIZABLE_TYPES}")
     new.load_state_dict(m.state_dict(), strict=False)
     new.to(next(iter(m.parameters())).device if any(True for _ in m.parameters()) else "cpu")
     new.train(m.training)
@@ -417,6 +416,10 @@ def _set(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, last, new)
 
 
+QUANTIZABLE_TYPES = ("Linear, Conv1d, Conv2d (incl. depthwise), activations, BatchNorm, "
+                     "AvgPool2d, AdaptiveAvgPool2d(1)")
+
+
 def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = False,
                    inplace: bool = False) -> nn.Module:
     """A quantized copy of `float_model` (weights copied); see the module docstring.
@@ -432,6 +435,8 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     config = as_config(config)
     model = float_model if inplace else copy.deepcopy(float_model)
     used: set[str] = set()
+    acted: set[str] = set()  # keys that quantized (or folded, or left float on purpose) a layer
+    left_float: dict[str, list[str]] = {}
     modules = dict(model.named_modules())
     folds = _fold_pairs(model, config) if fold_batchnorm else {}
     skip: set[str] = set()
@@ -467,7 +472,12 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
                 raise ValueError(f"quantization config key {key!r} is for a layer of {fld}={n}, "
                                  f"but layer {name!r} has {have}")
         if key != name and not _quantizable(m):
-            continue  # type/regex keys skip containers and layers without quantizers
+            # type/regex keys skip containers and layers without quantizers; a leaf (an
+            # LSTM, say) a key names that hetq cannot quantize is said, if it does nothing else
+            if next(m.children(), None) is None:
+                left_float.setdefault(key, []).append(f"{name} ({type(m).__name__})")
+            continue
+        acted.add(key)
         new = _convert(name, m, fields)
         if new is not None:
             _set(model, name, new)
@@ -476,6 +486,12 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         if key not in used:
             warnings.warn(f"quantization config key {key!r} {_unused(key, modules)}",
                           stacklevel=2)
+        elif key in left_float and key not in acted:
+            names = left_float[key]
+            warnings.warn(f"quantization config key {key!r} matches only layers hetq cannot "
+                          f"quantize, which stay float: {', '.join(names[:5])}"
+                          f"{', ...' if len(names) > 5 else ''} (quantizable types: "
+                          f"{QUANTIZABLE_TYPES})", stacklevel=2)
     return model
 
 
