@@ -765,6 +765,25 @@ def test_table_names_the_forgiving_baseline_only_for_that_objective():
     assert "0.6000    0.6100       3283" in lines["pareto"]
 
 
+def test_forgiving_table_shows_each_score_and_marks_the_best():
+    """With the forgiving factor the table had no score column and no mark, so `--trial best`
+    picked a trial the table did not point to."""
+    from hetq.search.results import format_table
+
+    def row(trial, acc, energy, score):
+        return {"trial": trial, "metrics": {"val": {"accuracy": acc}, "test": {"accuracy": acc}},
+                "costs": {"energy_pj": energy}, "candidate": {"quant_config": {}},
+                "score": score, "feasible": True}
+
+    rows = [row(3, 0.55, 100.0, 0.5312), row(7, 0.6, 400.0, 0.6271), row(9, 0.61, 900.0, 0.6022)]
+    lines = format_table(rows, cfg(objective="forgiving")).splitlines()
+    assert lines[0].startswith("trial    score   val accuracy  test acc")
+    assert [ln[:14] for ln in lines[2:5]] == ["    3   0.5312", "   7*   0.6271", "    9   0.6022"]
+    assert "* the best forgiving-factor score: the trial `--trial best` picks" in lines
+    pareto = format_table(rows, cfg(objective="pareto")).splitlines()
+    assert "score" not in pareto[0] and not any("*" in ln for ln in pareto)
+
+
 def test_search_cli_source_and_reference_types(tmp_path, capsys):
     """`hetq search --source/--reference` set the inputs' type and the reference in the
     costs (recorded in search.yaml); a bad type is refused before any training."""

@@ -146,12 +146,22 @@ def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study
 
 def format_table(rows: list[dict[str, Any]], config: SearchConfig,
                  reference: dict | None = None) -> str:
-    """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers."""
-    head = (f"{'trial':>5}  {'val ' + config.metric:>13}  {'test acc':>8}  {'energy pJ':>9}  "
-            f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
+    """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers;
+    with the forgiving factor also each trial's score, the best (`--trial best`) marked."""
+    forgiving = config.objective == "forgiving"
+    head = (f"{'trial':>5}  {'score':>7}  " if forgiving else f"{'trial':>5}  ") + (
+        f"{'val ' + config.metric:>13}  {'test acc':>8}  {'energy pJ':>9}  "
+        f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
     lines = [head, "-" * len(head)]
+    scores = [r["score"] for r in rows if r.get("score") is not None
+              and r.get("feasible") is not False]
+    best = max(scores) if forgiving and scores else None
 
-    def fmt(label, metrics, costs, quant):
+    def fmt(label, metrics, costs, quant, score=None):
+        if forgiving:
+            mark = "*" if best is not None and score == best else ""
+            label = f"{f'{label}{mark}':>5}  " + (f"{score:7.4f}" if score is not None
+                                                 else f"{'':>7}")
         return (f"{label:>5}  {metrics['val'].get(config.metric, math.nan):13.4f}  "
                 f"{metrics['test'].get('accuracy', math.nan):8.4f}  "
                 f"{costs.get('energy_pj', math.nan):9.0f}  {costs.get('bits', 0):8.0f}  "
@@ -170,13 +180,15 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         widths = {k: v for k, v in r["candidate"].get("widths", {}).items() if v != 1.0}
         if widths:
             quant += f" | widths {widths}"
-        lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant))
+        lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant, r.get("score")))
     if any(r.get("feasible") is False for r in rows):
         limits = ", ".join(f"{opt} {v:g}" for opt, v in (
             ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
             if v is not None)
         lines.append(f"no trial meets the constraints ({limits}): the rows above are the "
                      "front of the trials that do not")
+    if best is not None:
+        lines.append("* the best forgiving-factor score: the trial `--trial best` picks")
     lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
                  "estimate (estimates, not synthesis results)")
     return "\n".join(lines)
