@@ -277,7 +277,7 @@ def test_train_cli_model_widths(tmp_path, capsys):
     shapes = [tuple(m.weight.shape) for m in hetq.load(out).modules()
               if isinstance(m, torch.nn.Linear)]
     assert shapes == [(8, 16), (4, 8), (5, 4)]
-    capsys.readouterr()
+    assert "trained 1 epoch in " in capsys.readouterr().out  # (not '1 epochs')
     assert main(["train", "--model", "cnn_digits", "--data", "digits", "--model-widths", "8",
                  "--out", str(tmp_path / "c")]) == 2
     assert ("--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, not "

@@ -177,7 +177,8 @@ def _train(a) -> int:
              extra=_task_extra(task))
         (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
                                                      indent=1))
-        print(f"trained {len(res.history)} epochs in {res.seconds:.1f} s (best epoch "
+        n = len(res.history)
+        print(f"trained {n} epoch{'' if n == 1 else 's'} in {res.seconds:.1f} s (best epoch "
               f"{res.best_epoch})")
         print(metrics_table(metrics, data.classes, task.name))
         if task.name == "classify":
