@@ -232,13 +232,18 @@ def test_a_download_that_is_not_the_data_is_not_kept(tmp_path):
         assert not cached.exists()
         srv.files["/files/jets.arff"] = make_arff()  # the next run gets the real file
         assert len(load_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False).y_test) == 40
-        for bad in ({"data_set_description": ["x"]}, {"data_set_description": {"url": None}},
-                    [1, 2]):
-            srv.files["/api/data/42468"] = json.dumps(bad).encode()
-            (tmp_path / "openml_42468.json").unlink(missing_ok=True)
-            with pytest.raises(ValueError, match="unexpected OpenML description at "):
+        for bad, why in (({"data_set_description": ["x"]}, "no 'data_set_description' object"),
+                         ({"data_set_description": {"url": None}},
+                          "its 'url' is None; expected an http(s) address"),
+                         ([1, 2], "no 'data_set_description' object"),
+                         ("<html>", "not JSON: b'<html>'")):
+            srv.files["/api/data/42468"] = (bad.encode() if isinstance(bad, str)
+                                            else json.dumps(bad).encode())
+            with pytest.raises(ValueError, match=re.escape(
+                    f"unexpected OpenML description at {srv.url}/api/data/42468 ({why}); it "
+                    "was not kept")):
                 download_jets(cache=tmp_path / "new", api=f"{srv.url}/api", progress=False)
-            assert not (tmp_path / "new" / "openml_42468.json").exists()
+            assert not list((tmp_path / "new").glob("openml_42468*.json"))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")

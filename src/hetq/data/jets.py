@@ -213,6 +213,24 @@ MANUAL = ("\n  manual download: https://www.openml.org/d/42468 (ARFF), or Zenodo
           "`hetq ... --data jets:/path/to/file`")
 
 
+def _description(raw: bytes) -> tuple[str, str | None]:
+    """(file URL, md5 or None) from OpenML's JSON dataset description; ValueError saying what
+    is wrong with it."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"not JSON: {raw[:40]!r}") from None
+    desc = doc.get("data_set_description") if isinstance(doc, dict) else None
+    if not isinstance(desc, dict):
+        raise ValueError("no 'data_set_description' object")
+    url, md5 = desc.get("url"), desc.get("md5_checksum")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://", "file:")):
+        raise ValueError(f"its 'url' is {url!r}; expected an http(s) address")
+    if md5 is not None and not isinstance(md5, str):
+        raise ValueError(f"its 'md5_checksum' is {md5!r}; expected a string")
+    return url, md5
+
+
 def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
                   sha256: str | None = None, timeout: float = 30.0,
                   progress: bool = True) -> Path:
@@ -224,16 +242,11 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     desc_path = fetch(f"{api}/data/{OPENML_ID}", d / f"openml_{OPENML_ID}{tag}.json",
                       timeout=timeout, progress=False, manual_hint=MANUAL)
     try:
-        desc = json.loads(desc_path.read_text())["data_set_description"]
-        url, md5 = desc["url"], desc.get("md5_checksum")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://", "file:")):
-            raise ValueError(url)
-        if md5 is not None and not isinstance(md5, str):
-            raise ValueError(md5)
-    except (KeyError, ValueError, TypeError, AttributeError):  # (also a list, a null url)
-        desc_path.unlink(missing_ok=True)
-        raise ValueError(f"unexpected OpenML description at {api}/data/{OPENML_ID}; "
-                         f"{MANUAL}") from None
+        url, md5 = _description(desc_path.read_bytes())
+    except ValueError as e:
+        desc_path.unlink(missing_ok=True)  # (asked anew next time)
+        raise ValueError(f"unexpected OpenML description at {api}/data/{OPENML_ID} ({e}); it "
+                         f"was not kept{MANUAL}") from None
     dest = d / "hls4ml_lhc_jets_hlf.arff"
     path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
                  manual_hint=MANUAL)
