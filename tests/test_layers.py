@@ -139,6 +139,37 @@ def test_folded_batchnorm_matches_conv_then_bn_in_eval(mode):
     assert folded[0].weight.grad is not None
 
 
+@pytest.mark.parametrize("mode", ["ema_stats_folding", "batch_stats_folding"])
+@pytest.mark.parametrize("conv", [False, True])
+def test_folded_batchnorm_training_gradient_matches_float_bn(mode, conv):
+    # the gradient flows through the batch mean/variance, as in the reference and float BN
+    torch.manual_seed(6)
+    if conv:
+        m = QConv2dBatchnorm(3, 4, 3, folding_mode=mode).double()
+        op, bn = nn.Conv2d(3, 4, 3).double(), nn.BatchNorm2d(4, eps=1e-3, momentum=0.01)
+        x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    else:
+        m = QDenseBatchnorm(5, 3, folding_mode=mode).double()
+        op, bn = nn.Linear(5, 3).double(), nn.BatchNorm1d(3, eps=1e-3, momentum=0.01)
+        x = torch.randn(16, 5, dtype=torch.float64)
+    bn.double()
+    with torch.no_grad():
+        op.weight.copy_(m.weight)
+        op.bias.copy_(m.bias)
+        m.gamma.uniform_(0.5, 2)
+        bn.weight.copy_(m.gamma)
+    out, ref = m.train()(x), bn.train()(op(x))
+    assert torch.allclose(out, ref, atol=1e-9)
+    out.pow(2).sum().backward()
+    ref.pow(2).sum().backward()
+    assert torch.allclose(m.weight.grad, op.weight.grad, atol=1e-8)
+    assert torch.allclose(m.gamma.grad, bn.weight.grad, atol=1e-8)
+    assert torch.allclose(m.beta.grad, bn.bias.grad, atol=1e-8)
+    assert torch.allclose(m.running_mean, bn.running_mean, atol=1e-12)
+    assert torch.allclose(m.running_var, bn.running_var, atol=1e-12)
+    assert not m.running_mean.requires_grad and not m.running_var.requires_grad
+
+
 def test_folded_dense_batchnorm_quantizes_folded_weights():
     torch.manual_seed(5)
     m = QDenseBatchnorm(6, 3, kernel_quantizer="quantized_bits(6,2,alpha=1)")

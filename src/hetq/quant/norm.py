@@ -12,7 +12,9 @@ Folded layers (QDenseBatchnorm, QConv2dBatchnorm) hold W, b and the BN parameter
 "ema_stats_folding" (default, TFLite style): W is folded with the moving variance; while the BN
 trains, corr = sqrt(mv_var + eps) * rsqrt(batch_var + eps) and b_fold uses the batch moments.
 "batch_stats_folding": W and b are folded with the batch moments while training. In eval mode
-both use the moving statistics (corr = 1), which is what hardware computes.
+both use the moving statistics (corr = 1), which is what hardware computes. As in the
+reference and float BN, training differentiates through the batch moments; the moving-statistic
+updates stay out of autograd.
 """
 
 from __future__ import annotations
@@ -128,12 +130,12 @@ class _FoldedBatchnorm(QLayer):
         if self.training:
             self.step += 1
         bn_training = self._bn_training()
-        if bn_training:
+        if bn_training:  # the gradient flows through the batch moments (as in float BN)
+            y = self._op(x, self.weight) + self._channel_bias(bias, x)
+            dims = [0] + list(range(2, y.dim()))
+            bmean = y.mean(dim=dims)
+            bvar = y.var(dim=dims, unbiased=False)
             with torch.no_grad():
-                y = self._op(x, self.weight) + self._channel_bias(bias, x)
-                dims = [0] + list(range(2, y.dim()))
-                bmean = y.mean(dim=dims)
-                bvar = y.var(dim=dims, unbiased=False)
                 n = y.numel() / y.shape[1]
                 m = self.momentum
                 self.running_mean.mul_(1 - m).add_(m * bmean)
