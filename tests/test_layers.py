@@ -170,6 +170,23 @@ def test_folded_batchnorm_training_gradient_matches_float_bn(mode, conv):
     assert not m.running_mean.requires_grad and not m.running_var.requires_grad
 
 
+@pytest.mark.parametrize("delay,trained", [(None, 5), (-1, 5), (0, 2), (2, 4), (10, 5)])
+def test_folded_batchnorm_ema_freeze_delay_counts_like_the_reference(delay, trained):
+    # reference: iteration starts at -1, bn_training = iteration <= delay, then iteration += 1
+    torch.manual_seed(7)
+    m = QDenseBatchnorm(4, 2, ema_freeze_delay=delay, folding_mode="batch_stats_folding")
+    x = torch.randn(8, 4) + 3.0
+    m.eval()(x)  # inference calls neither count nor update
+    updates = 0
+    for _ in range(5):
+        before = m.running_mean.clone()
+        out = m.train()(x)
+        updates += not torch.equal(before, m.running_mean)
+    assert updates == trained and int(m.step) == 4
+    if trained < 5:  # frozen: the moving statistics fold the weights, as in inference
+        assert torch.allclose(out, m.eval()(x))
+
+
 def test_folded_dense_batchnorm_quantizes_folded_weights():
     torch.manual_seed(5)
     m = QDenseBatchnorm(6, 3, kernel_quantizer="quantized_bits(6,2,alpha=1)")

@@ -101,7 +101,9 @@ class _FoldedBatchnorm(QLayer):
         self.beta = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        # the reference's training-step counter starts at -1 and is tested before it is
+        # incremented, so the BN trains on the first ema_freeze_delay + 2 training calls
+        self.register_buffer("step", torch.full((), -1, dtype=torch.long))
         self.eps, self.momentum = eps, momentum
         self.ema_freeze_delay = ema_freeze_delay
         self.folding_mode = folding_mode
@@ -127,9 +129,9 @@ class _FoldedBatchnorm(QLayer):
 
     def forward(self, x):
         bias = self.bias if self.bias is not None else torch.zeros_like(self.gamma)
+        bn_training = self._bn_training()
         if self.training:
             self.step += 1
-        bn_training = self._bn_training()
         if bn_training:  # the gradient flows through the batch moments (as in float BN)
             y = self._op(x, self.weight) + self._channel_bias(bias, x)
             dims = [0] + list(range(2, y.dim()))
