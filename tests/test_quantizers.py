@@ -149,6 +149,25 @@ def test_po2_ranges_and_zero():
     assert q("quantized_relu_po2(4,negative_slope=0.25)")(T([-8.0, 8.0])).tolist() == [-2.0, 8.0]
 
 
+def test_po2_floor_rounding_takes_precedence():
+    # reference: log2_rounding='floor' wins over quadratic_approximation (exponent
+    # 2*floor(log2 sqrt|x|)) and over stochastic rounding (floor in training too)
+    x = T([0.3, 3.0, 5.0, -3.0])
+    qf = q("quantized_po2(5,quadratic_approximation=True,log2_rounding='floor')")
+    assert qf(x).tolist() == [0.25, 1.0, 4.0, -1.0]
+    rf = q("quantized_relu_po2(5,quadratic_approximation=True,log2_rounding='floor')")
+    assert rf(T([3.0, 8.0])).tolist() == [1.0, 4.0]
+    torch.manual_seed(8)
+    for spec in ("quantized_po2(5,use_stochastic_rounding=True,log2_rounding='floor')",
+                 "quantized_relu_po2(5,use_stochastic_rounding=True,log2_rounding='floor')"):
+        s = q(spec)
+        s.train()
+        assert s(T([3.0, 7.9]).repeat(500)).unique().tolist() == [2.0, 4.0]
+        assert s(T([3.0]).repeat(500)).unique().tolist() == [2.0]
+    s = q("quantized_po2(6,3,use_stochastic_rounding=True,log2_rounding='floor')")
+    assert s.values().max().item() == 2.0  # floor(log2 3): 4 is never reached
+
+
 def test_auto_scales_match_their_expectation():
     torch.manual_seed(0)
     m = 4.0

@@ -1,8 +1,9 @@
 """Power-of-two quantizers: `quantized_po2` (signed) and `quantized_relu_po2` (unsigned).
 
 Output = sign * 2**e with e = round(log2|x|) ("rnd") or floor ("floor"); with
-quadratic_approximation e = 2 * round(log2 sqrt|x|) (even exponents). e is clipped to
-[min_exp, max_exp]; |x| < eps maps to 2**min_exp (a po2 quantizer never outputs exact 0).
+quadratic_approximation e = 2 * round(log2 sqrt|x|) (2 * floor(...) with "floor"; even
+exponents). e is clipped to [min_exp, max_exp]; |x| < eps maps to 2**min_exp (a po2
+quantizer never outputs exact 0).
 An exponent sign bit is needed iff max_value is None or > 1:
 
     quantized_po2(bits):       e_bits = bits - 1 - need_sign,  min_exp = -2**e_bits,
@@ -10,8 +11,9 @@ An exponent sign bit is needed iff max_value is None or > 1:
     quantized_relu_po2(bits):  min_exp = -2**(bits - need_sign), max_exp = 2**(bits-need_sign)-1
 
 (max_exp is made even with quadratic_approximation.) max_value saturates |x| before taking
-the exponent. Stochastic rounding (training mode only) picks one of the two neighbouring
-exponents lo < hi with P(hi) = (|x| - 2**lo) / (2**hi - 2**lo), so that E[2**e] = |x|.
+the exponent. Stochastic rounding (training mode only; "floor" takes precedence over it, as
+in the reference) picks one of the two neighbouring exponents lo < hi with
+P(hi) = (|x| - 2**lo) / (2**hi - 2**lo), so that E[2**e] = |x|.
 Gradient: identity (quantized_po2) or the surrogate relu(x, slope) saturated at max_value
 (quantized_relu_po2).
 
@@ -100,7 +102,12 @@ class _Po2Base(Quantizer):
         small = mag < EPS
         safe = torch.where(small, torch.ones_like(mag), mag)
         log2 = torch.log2(safe)
-        if stochastic:
+        if self.log2_rounding == "floor":  # floor takes precedence (as in the reference)
+            if self.quadratic_approximation:
+                e = 2.0 * torch.floor(torch.log2(torch.sqrt(safe)))
+            else:
+                e = torch.floor(log2)
+        elif stochastic:
             k = 2.0 if self.quadratic_approximation else 1.0
             lo = k * torch.floor(log2 / k)
             p_lo = torch.exp2(lo)
@@ -108,8 +115,6 @@ class _Po2Base(Quantizer):
             e = torch.where(u <= safe, lo + k, lo)  # E[2**e] == mag
         elif self.quadratic_approximation:
             e = 2.0 * torch.round(torch.log2(torch.sqrt(safe)))
-        elif self.log2_rounding == "floor":
-            e = torch.floor(log2)
         else:
             e = torch.round(log2)
         lo_e, hi_e = self.min_exp, self.max_exp
@@ -117,8 +122,12 @@ class _Po2Base(Quantizer):
         lo_e = lo_e.to(e.dtype) if isinstance(lo_e, torch.Tensor) else float(lo_e)
         return torch.where(small, lo_e, e)
 
+    def _stochastic_rounds(self) -> bool:
+        """Stochastic rounding applies to log2_rounding='rnd' only (floor takes precedence)."""
+        return bool(self.use_stochastic_rounding) and self.log2_rounding != "floor"
+
     def _stochastic_now(self) -> bool:
-        return bool(self.use_stochastic_rounding) and self.training
+        return self._stochastic_rounds() and self.training
 
     def _magnitudes(self) -> torch.Tensor:
         """All reachable output magnitudes (float64, ascending): the exponents min_exp ..
@@ -130,7 +139,7 @@ class _Po2Base(Quantizer):
         if mv is not None:
             cands.append(float(mv))
         e = self._exponent(torch.tensor(cands, dtype=torch.float64), stochastic=False)
-        if self.use_stochastic_rounding and mv is not None and mv >= EPS:
+        if self._stochastic_rounds() and mv is not None and mv >= EPS:
             k = 2 if self.quadratic_approximation else 1
             top = min(max(k * math.ceil(math.log2(mv) / k), self.min_exp), self.max_exp)
             e = torch.cat([e, torch.tensor([float(top)], dtype=e.dtype)])
