@@ -596,6 +596,24 @@ def test_bad_arguments_raise_value_error_quoting_the_spec(spec, match):
     assert repr(spec) in str(err.value) or spec in str(err.value)
 
 
+@pytest.mark.parametrize("args", [
+    dict(bits=1, integer=0, alpha="auto"),
+    dict(bits=1, integer=0, alpha="auto_po2"),
+    dict(bits=1, integer=0, keep_negative=False, alpha="auto"),
+    dict(bits=torch.tensor([1.0, 4.0]), integer=0, alpha="auto_po2"),
+])
+def test_one_bit_auto_alpha_is_refused_not_nan(args):
+    # the reference has 2**bits - 2 = 0 levels here: scale inf, output NaN
+    with pytest.raises(ValueError, match=r"bits=.* with alpha='auto(_po2)?' has no levels.*"
+                                         r"bits >= 2.*binary\(alpha="):
+        hq.quantized_bits(**args)
+    x = T([[0.3, -0.5], [0.1, 0.2]])
+    # what the message offers instead gives finite values
+    assert torch.allclose(q("binary(alpha='auto')")(x), T([[0.4, -0.4], [0.15, 0.15]]))
+    assert torch.allclose(q("quantized_bits(2,0,alpha='auto')")(x), T([[0.5, -0.5], [0.2, 0.2]]))
+    assert q("quantized_bits(1,0,alpha=0.5)")(x).tolist() == [[0.5, -0.5], [0.5, 0.5]]
+
+
 def test_tensor_bits_are_checked_elementwise():
     with pytest.raises(ValueError, match="bits must be >= 1"):
         hq.quantized_bits(bits=T([4.0, 0.0]))

@@ -117,6 +117,13 @@ class quantized_bits(Quantizer):
                     "'auto', 'auto_po2'"
                 )
             symmetric = 1  # as in the reference: string alpha forces a symmetric grid
+            if float(bits.min() if isinstance(bits, torch.Tensor) else bits) < 2:
+                # L = 2**bits - 2 = 0 levels: the reference's scale is inf and its output NaN
+                raise ValueError(
+                    f"{self.name}: bits={bits!r} with alpha={alpha!r} has no levels to scale "
+                    "(2**bits - 2 = 0; QKeras returns NaN); use bits >= 2, or "
+                    f"binary(alpha={alpha!r}) for a scaled sign, or bits=1 with alpha=None or "
+                    "a number")
         elif (min_po2_exponent is not None or max_po2_exponent is not None):
             raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2'")
         if post_training_scale is not None and not isinstance(alpha, str):
