@@ -348,6 +348,19 @@ def test_tensor_parameters_in_state_dict_and_strings():
     assert p.values() is None and p.max() == 128.0
 
 
+def test_rank_two_tensor_parameters_round_trip_through_strings():
+    # spec 1.0: get_quantizer(str(q)) rebuilds q; rank >= 2 printed as nested lists
+    a = hq.quantized_bits(4, 0, alpha=T([[0.5], [2.0]]))
+    assert str(a) == "quantized_bits(4,0,alpha=[[0.5],[2.0]])"
+    b = q(str(a))
+    assert b == a and str(b) == str(a) and b.alpha.shape == (2, 1)
+    x = T([[0.3, -0.2], [0.3, -0.2]])
+    assert b(x).tolist() == a(x).tolist() == [[0.125, -0.125], [0.5, -0.5]]
+    p = hq.quantized_po2(bits=T([[[3.0, 4.0], [5.0, 6.0]]]))
+    assert str(p) == "quantized_po2([[[3.0 4.0],[5.0 6.0]]])"
+    assert q(str(p)) == p and q(str(p)).bits.shape == (1, 2, 2)
+
+
 # -- stochastic quantizers --------------------------------------------------------------------
 STOCHASTIC = [  # (stochastic spec, the deterministic quantizer it equals in eval mode)
     ("quantized_bits(4,0,1,use_stochastic_rounding=True)", "quantized_bits(4,0,1)"),

@@ -270,11 +270,13 @@ def _same_value(a: Any, b: Any) -> bool:
 
 
 def _fmt(v: Any) -> str:
+    """A value as parse_spec reads it back; tensors as QKeras' `[1 2 3]`, nested with commas
+    for rank >= 2 (`[[0.5],[2.0]]`)."""
     if isinstance(v, torch.Tensor):
+        if v.dim() >= 2:
+            return "[" + ",".join(_fmt(row) for row in v) + "]"
         flat = [x + 0 for x in v.detach().cpu().flatten().tolist()]  # (+0: -0.0 prints 0.0)
-        if v.dim() <= 1:
-            return "[" + " ".join(_fmt(x) for x in flat) + "]"
-        return f"<tensor {list(v.shape)}>"
+        return "[" + " ".join(_fmt(x) for x in flat) + "]"
     if isinstance(v, str):
         return repr(v)
     if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
