@@ -168,6 +168,21 @@ def test_po2_floor_rounding_takes_precedence():
     assert s.values().max().item() == 2.0  # floor(log2 3): 4 is never reached
 
 
+def test_ternary_auto_outputs_last_pass_codes_times_final_scale():
+    # reference: q from the last loop pass (scale before the last LS update), output s_final*q
+    x = T([[-0.4825, 0.1796, -0.5195]])
+    # s0 = 2*0.5195/3: q = [-1, 1, -1] (0.1796/s0 = 0.52 rounds to 1); s = LS = 0.3939
+    t = q("ternary('auto',number_of_unrolls=1)")
+    assert torch.allclose(t(x), T([[-0.3939, 0.3939, -0.3939]]), atol=1e-4)
+    assert torch.allclose(t.scale, T([[0.3939]]), atol=1e-4)
+    # auto_po2: s0 = po2(0.3463) = 0.25, q = [-1, 1, -1], s = po2(0.3939) = 0.5
+    assert q("ternary('auto_po2',number_of_unrolls=1)")(x).tolist() == [[-0.5, 0.5, -0.5]]
+    x2 = T([[0.9, 0.3, -0.2, 0.05]])
+    # s0 = 0.6: q = [1, 1, 0, 0], s = 0.6; second pass q unchanged -> 0.6 * q
+    assert torch.allclose(q("ternary('auto',number_of_unrolls=2)")(x2),
+                          T([[0.6, 0.6, 0.0, 0.0]]))
+
+
 def test_auto_scales_match_their_expectation():
     torch.manual_seed(0)
     m = 4.0

@@ -5,7 +5,8 @@ binary:   k = sign(x) (sign(0) = +1), or (k + 1) / 2 with use_01; output scale *
           LS(x, k) = mean(x k) / mean(k k) ('auto'; po2 of it for 'auto_po2').
 ternary:  q = sign(x) * (|x| >= t), t = threshold or 0.33 (alpha None / number); output
           alpha * q. 'auto'/'auto_po2': per channel s = 2 max|x| / 3, then
-          `number_of_unrolls` rounds of q = sign(x) * (|round(x / s)| >= 1), s = LS(x, q).
+          `number_of_unrolls` rounds of q = sign(x) * (|round(x / s)| >= 1), s = LS(x, q);
+          output s * q with the last round's q (as in the reference: q is not refit to s).
 Gradients: with alpha None the surrogate tanh(x) (gradient 1 - tanh(x)**2), else identity.
 Per-channel scales reduce over every axis but 0 (PyTorch's output channel; QKeras uses the last
 axis); binary's `scale_axis` overrides it, `min/max_po2_exponent` clip the 'auto_po2' exponent.
@@ -203,27 +204,32 @@ class ternary(Quantizer):
         self.bits = 2
 
     def _auto_scale(self, x, rounding=True):
+        """(s, q): the fitted scale and the codes of the last pass. As in the reference, q
+        comes from the scale before the last least-squares update (the output is s * q)."""
         axes = reduce_axes(x, None)
         m = x.abs().amax(dim=axes, keepdim=True) if axes else x.abs().max()
         s = (2.0 * m / 3.0).clamp_min(EPS)
         if self.alpha == "auto_po2":
             s = po2(s)
-        for _ in range(self.number_of_unrolls):
+
+        def codes(s):
             if rounding:
-                q = _sign(x) * (torch.round(x / s).abs() >= 1).to(x.dtype)
-            else:
-                q = _sign(x) * (x.abs() >= s / 2).to(x.dtype)
+                return _sign(x) * (torch.round(x / s).abs() >= 1).to(x.dtype)
+            return _sign(x) * (x.abs() >= s / 2).to(x.dtype)
+
+        q = None
+        for _ in range(self.number_of_unrolls):
+            q = codes(s)
             s = least_squares_scale(x, q, axes).clamp_min(EPS)
             if self.alpha == "auto_po2":
                 s = po2(s)
-        return s
+        return s, codes(s) if q is None else q
 
     def forward(self, x):
         with torch.no_grad():
             if isinstance(self.alpha, str):
-                s = self._auto_scale(x)
+                s, q = self._auto_scale(x)
                 self.scale = s.detach()
-                q = _sign(x) * (torch.round(x / s).abs() >= 1).to(x.dtype)
                 xq = s * q
             else:
                 t = 0.33 if self.threshold is None else self.threshold
@@ -270,7 +276,7 @@ class stochastic_ternary(ternary):
             return super().forward(x)
         with torch.no_grad():
             if isinstance(self.alpha, str):
-                s = self._auto_scale(x, rounding=False)
+                s, _ = self._auto_scale(x, rounding=False)
                 self.scale = s.detach()
                 std = _channel_std(x)
                 thr = s / (2.0 * std)
