@@ -60,6 +60,17 @@ def test_reference_vectors(spec, inp, out):
     assert close(qq(T(inp)), out)
 
 
+def test_sigmoid_relu_keeps_the_negative_slope_branch():
+    # reference: + mi*slope*clip(2*round(slope*p)/(slope*m) - 1, -1, 0), p = sigmoid(x/mi)*m
+    x = T([-10.0, -3.0, -1.0, -0.5, 0.0, 1.0, 3.0])
+    # m = 8, mi = 2, hard sigmoid: p = [0, 0, 2, 3, 4, 6, 8]
+    assert q("quantized_relu(4,1,1,negative_slope=0.5)")(x).tolist() == \
+        [-1.0, -1.0, -0.5, 0.0, 0.0, 1.0, 1.75]
+    # slope 0.25 (m = 16, mi = 1): p = 16 * clip(x/2 + 1/2) = [0, 0, 0, 4, 8, 16, 16]
+    assert q("quantized_relu(5,0,1,negative_slope=0.25)")(x).tolist() == \
+        [-0.25, -0.25, -0.25, -0.125, 0.0, 0.9375, 0.9375]
+
+
 def test_relu_upper_bound_clips_the_output_without_quantized_clip():
     """QKeras clips the output at relu_upper_bound when is_quantized_clip is off (spec §1.3);
     hetq clipped only the surrogate: [3, 10] gave [3.0, 3.75] instead of [2, 2]."""

@@ -309,7 +309,8 @@ class quantized_relu(Quantizer):
     n = bits - (negative_slope != 0), m = 2**n, mi = 2**integer, step mf = 2**(integer - n):
         xq = mi * clip(round(x * m / mi) / m, 0, 1 - 1/m)        grid step mf, max mi - mf
     leaky: + clip(round(slope * x * m / mi) * mi / m, -slope * mi, 0).
-    use_sigmoid: p = sigmoid(x / mi) * m, xq = mi * clip(2 round(p) / m - 1, 0, 1 - 1/m).
+    use_sigmoid: p = sigmoid(x / mi) * m, xq = mi * clip(2 round(p) / m - 1, 0, 1 - 1/m);
+    leaky: + mi * slope * clip(2 round(slope * p) / (slope * m) - 1, -1, 0).
     Gradient ("clipped ReLU STE"): 1 on (0, mi - mf], slope below 0, 0 above the max.
     """
 
@@ -370,6 +371,9 @@ class quantized_relu(Quantizer):
                 v = (2.0 * torch.round(p) / m - 1.0).clamp_min(0.0)
                 xq = mi * (torch.minimum(v, 1.0 - 1.0 / m) if isinstance(m, torch.Tensor)
                            else v.clamp_max(1.0 - 1.0 / m))
+                if slope:
+                    neg = (2.0 * torch.round(slope * p) / (slope * m) - 1.0).clamp(-1.0, 0.0)
+                    xq = xq + mi * slope * neg
             else:
                 inv = m / mi
                 xq = torch.clamp(rnd(x * inv, sr, tr), torch.zeros_like(x), m - 1.0) * (mi / m) \
