@@ -279,6 +279,36 @@ def test_types_wider_than_the_engine_computes_exactly_are_named():
         IntegerModel(wide_acc, (16,), "ap_fixed<30,6>")
 
 
+def test_batchnorm_and_pooling_outputs_wider_than_53_bits_are_named():
+    """A batch norm's x * inverse + shift and an average pooling's sum * (1/area) were never
+    held to the 53-bit limit: a 48-bit input times a 24-bit inverse wrapped in int64 (108020.87
+    for x = 300000 * 1.2345 = 370164.87), and a 2x2 pool of 53-bit codes was summed in float64
+    (a 60-bit type). Both are refused like the weighted layers' accumulators."""
+    bn = QBatchNorm(1, inverse_quantizer="quantized_bits(24,4,alpha=1)",
+                    beta_quantizer="quantized_bits(8,2,alpha=1)",
+                    mean_quantizer="quantized_bits(8,2,alpha=1)")
+    with torch.no_grad():
+        bn.weight.fill_(1.2345)
+        bn.bias.zero_()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+    m = nn.Sequential(bn).eval()
+    with pytest.raises(ExportError, match=r"^0: the exact accumulator: ap_fixed<67,21> is 67 bits "
+                                          r"wide; the integer engine is exact up to 53-bit types "
+                                          r"\(narrow the input type or the batch-norm "
+                                          r"quantizers\)$"):
+        IntegerModel(m, (1,), "ap_fixed<48,20,AP_RND_CONV,AP_SAT>")
+    eng = IntegerModel(m, (1,), "ap_fixed<24,20,AP_RND_CONV,AP_SAT>")  # 43 bits: exact
+    x = torch.tensor([[300000.0], [-1.5]], dtype=torch.float64)
+    assert eng(x).flatten().tolist() == eng.reference(x).flatten().tolist() == \
+        [370164.87121582031, -1.8508243560791016]
+    pool = nn.Sequential(QAveragePooling2d(2, average_quantizer="quantized_bits(8,0,alpha=1)"))
+    with pytest.raises(ExportError, match=r"^0: the exact accumulator: ap_fixed<60,30> is 60 bits "
+                                          r"wide; the integer engine is exact up to 53-bit types "
+                                          r"\(narrow the input type or the average_quantizer\)$"):
+        IntegerModel(pool.eval(), (1, 2, 2), "ap_fixed<53,30,AP_RND_CONV,AP_SAT>")
+
+
 def test_float_layer_on_datapath_is_named():
     m = jet("q6")
     m.relu2 = nn.Tanh()

@@ -285,7 +285,9 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
         s64 = (sc * (1 << (frac - st.frac))).to(torch.float64)
         hi = torch.maximum(i64 * xhi, i64 * xlo) + s64
         lo = torch.minimum(i64 * xhi, i64 * xlo) + s64
-        out = type_for_range(int(lo.min()), int(hi.max()), frac)
+        out = _exact(type_for_range(int(lo.min()), int(hi.max()), frac),
+                     f"{name}: the exact accumulator",
+                     "narrow the input type or the batch-norm quantizers")
         chain(ScaleShiftStep(name, "batchnorm", out, inv_codes=ic, inv_type=it,
                              shift_codes=sc, shift_type=st))
         return steps
@@ -310,8 +312,11 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
         ac = int(codes_of(a, at, f"{name}.average"))
         lo, hi = code_range(in_type)
         frac = in_type.frac + at.frac
-        out = type_for_range(min(0, lo * area * ac, hi * area * ac),
-                              max(0, lo * area * ac, hi * area * ac), frac)
+        # (the sum of codes is at most this wide too, |ac| >= 1, or multiplied by 0)
+        out = _exact(type_for_range(min(0, lo * area * ac, hi * area * ac),
+                                    max(0, lo * area * ac, hi * area * ac), frac),
+                     f"{name}: the exact accumulator",
+                     "narrow the input type or the average_quantizer")
         t = chain(PoolStep(name, "avgpool", out, detail, pool=pool, avg_codes=ac, avg_type=at))
         if m.activation_quantizer is not None:
             chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
