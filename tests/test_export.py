@@ -553,6 +553,28 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
                      qonnx=tmp_path / "w.onnx", out=lines.append)
 
 
+def test_qonnx_sat_sym_narrows_signed_types_only():
+    """An unsigned AP_SAT_SYM input (ap_ufixed saturates at 2**W - 1 as AP_SAT does) was written
+    as a narrow Quant, whose top code is 2**W - 2: 3.75 and 10 gave 1.75, not the engine's
+    1.875. A signed AP_SAT_SYM type keeps narrow (its most negative code is dropped)."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import run_qonnx, to_qonnx
+    m = nn.Sequential(QDense(1, 1, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    with torch.no_grad():
+        m[0].weight.fill_(0.5)
+        m[0].bias.zero_()
+    x = torch.tensor([[3.75], [10.0], [-10.0], [1.25]])
+    for in_type, want in (("ap_ufixed<4,2,AP_RND_CONV,AP_SAT_SYM>", [1.875, 1.875, 0.0, 0.625]),
+                          ("ap_fixed<4,2,AP_RND_CONV,AP_SAT_SYM>", [0.875, 0.875, -0.875, 0.625])):
+        eng = IntegerModel(m, (1,), in_type)
+        proto = to_qonnx(eng)
+        assert eng(x).flatten().tolist() == want
+        assert run_qonnx(proto, eng.on_grid(x).numpy()).flatten().tolist() == want
+        narrow = {a.name: a.i for a in proto.graph.node[0].attribute}["narrow"]
+        assert narrow == int(in_type.startswith("ap_fixed"))
+
+
 def test_qonnx_rejects_wrapping_input():
     pytest.importorskip("qonnx")
     from hetq.export.qonnx import to_qonnx

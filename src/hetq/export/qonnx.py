@@ -1,8 +1,8 @@
 """QONNX export: an ONNX graph with QONNX `Quant` nodes, from the integer engine's types.
 
 Every fixed-point tensor gets a `Quant` node (domain `qonnx.custom_op.general`) with a
-power-of-two scale 2**-frac, zero point 0, bit width, signed, narrow (symmetric saturation)
-and rounding mode (RND_CONV -> ROUND, TRN -> FLOOR, TRN_ZERO -> DOWN, RND_INF -> HALF_UP,
+power-of-two scale 2**-frac, zero point 0, bit width, signed, narrow (AP_SAT_SYM of a signed
+type) and rounding mode (RND_CONV -> ROUND, TRN -> FLOOR, TRN_ZERO -> DOWN, RND_INF -> HALF_UP,
 RND_ZERO -> HALF_DOWN); weights and biases are initializers followed by their `Quant` node.
 Dense layers are `MatMul` + `Add`, convolutions `Conv` (groups for depthwise), unsigned
 activations `Relu` + `Quant(signed=0)`. Per-feature types (the gradient strategy's inputs and
@@ -91,7 +91,11 @@ class _Builder:
             raise ExportError(f"{what}: a 1-bit signed type ({ft}: the values -{ft.step:g} and "
                               "0) has no QONNX Quant, which reads signed 1-bit as bipolar; use "
                               "2 bits or an unsigned type")
-        return self._quant_node(x, ft.step, ft.width, ft.signed, ft.overflow == "SAT_SYM", mode)
+        # narrow drops the most negative code of a signed type (AP_SAT_SYM); an unsigned
+        # AP_SAT_SYM type saturates at 0 and 2**W - 1 as AP_SAT does (qonnx's narrow would
+        # lower its top code to 2**W - 2)
+        narrow = ft.signed and ft.overflow == "SAT_SYM"
+        return self._quant_node(x, ft.step, ft.width, ft.signed, narrow, mode)
 
     def feature_quant(self, x: str, types: list[FixedType], what: str) -> str:
         """Per-feature types over the last axis of a (N, features) tensor: one `Quant` with a
