@@ -553,6 +553,50 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
                      qonnx=tmp_path / "w.onnx", out=lines.append)
 
 
+def test_qonnx_refuses_quantized_types_wider_than_float32():
+    """qonnx's Quant outputs float32: a 30-bit input or activation type was rounded to 24
+    significant bits in the float64 graph (1 + 2**-23 + 2**-24 came out 1 + 2**-22); such
+    types are refused by name, as wide weights are. 24-bit types stay exact."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    from hetq.quant.fixed_point import quantized_bits
+
+    def dense(act):
+        m = nn.Sequential(QDense(1, 1, kernel_quantizer="quantized_bits(4,1,alpha=1)",
+                                 bias_quantizer="quantized_bits(4,1,alpha=1)",
+                                 activation=act)).eval()
+        with torch.no_grad():
+            m[0].weight.fill_(1.0)
+            m[0].bias.zero_()
+        return m
+
+    eng = IntegerModel(dense("quantized_bits(30,5)"), (1,), "ap_fixed<30,6,AP_RND_CONV,AP_SAT>")
+    x = torch.tensor([[1 + 2**-23 + 2**-24]], dtype=torch.float64)
+    assert eng(x).item() == 1 + 2**-23 + 2**-24
+    msg = ("need more than float32's 24-bit mantissa, which QONNX's Quant nodes output; narrow "
+           "the type to 24 bits or fewer")
+    with pytest.raises(ExportError, match=re.escape(
+            f"input: values of type ap_fixed<30,6,AP_RND_CONV,AP_SAT> {msg}")):
+        to_qonnx(eng)
+    eng = IntegerModel(dense("quantized_bits(30,5)"), (1,), IN16)
+    with pytest.raises(ExportError, match=re.escape(
+            f"0.activation: values of type ap_fixed<30,6,AP_RND_CONV,AP_SAT> {msg}")):
+        to_qonnx(eng)
+    wide = quantized_bits(bits=torch.tensor([8.0, 26]), integer=torch.tensor([2.0, 2]), alpha=1)
+    eng = IntegerModel(nn.Sequential(QDense(2, 2, kernel_quantizer="quantized_bits(4,1,alpha=1)",
+                                            bias_quantizer="quantized_bits(4,1,alpha=1)"),
+                                     QActivation(wide)), (2,), IN16)
+    with pytest.raises(ExportError, match=re.escape(
+            f"1: values of type ap_fixed<26,3,AP_RND_CONV,AP_SAT> {msg}")):
+        to_qonnx(eng)
+    # 24 bits: exact, also in a float64 graph (a 26-bit accumulator)
+    eng = IntegerModel(dense("quantized_bits(24,5)"), (1,), "ap_fixed<24,6,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng)
+    assert proto.graph.input[0].type.tensor_type.elem_type == 11  # DOUBLE
+    x = torch.tensor([[1 + 2**-17], [-3 - 2**-18], [31.5 + 2**-18]], dtype=torch.float64)
+    assert check_qonnx(eng, proto, x).exact
+
+
 def test_qonnx_sat_sym_narrows_signed_types_only():
     """An unsigned AP_SAT_SYM input (ap_ufixed saturates at 2**W - 1 as AP_SAT does) was written
     as a narrow Quant, whose top code is 2**W - 2: 3.75 and 10 gave 1.75, not the engine's

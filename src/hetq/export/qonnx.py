@@ -7,8 +7,10 @@ RND_ZERO -> HALF_DOWN); weights and biases are initializers followed by their `Q
 Dense layers are `MatMul` + `Add`, convolutions `Conv` (groups for depthwise), unsigned
 activations `Relu` + `Quant(signed=0)`. Per-feature types (the gradient strategy's inputs and
 neurons) are one `Quant` with a scale per feature, followed by each feature's saturation
-bounds (`Max`, `Min`). Accumulators are exact: the graph is float32 when
-every accumulator fits 24 bits and float64 otherwise. Run it with `run_qonnx` (the qonnx
+bounds (`Max`, `Min`). qonnx's Quant outputs float32, so a quantized type wider than 24 bits
+(an input or activation type, or weight values beyond float32's mantissa) is refused rather
+than rounded. Accumulators are exact: the graph is float32 when every accumulator fits 24 bits
+and float64 otherwise. Run it with `run_qonnx` (the qonnx
 package's own executor) and compare with the engine.
 """
 
@@ -25,6 +27,7 @@ from .engine import IntegerModel, check_engine
 from .steps import CastStep, ExportError, KeepStep, TensorCastStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
+FLOAT32_BITS = 24  # float32's significand: what a Quant node's float32 output holds exactly
 ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
             "RND_ZERO": "HALF_DOWN"}
 
@@ -78,11 +81,21 @@ class _Builder:
                self.const("bitwidth", float(width))]
         q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(signed),
                       narrow=int(narrow), rounding_mode=rounding_mode)
-        if self.np_dtype == np.float64:  # Quant outputs float32 (exact: <= 24-bit types)
+        if self.np_dtype == np.float64:  # Quant outputs float32 (exact: types <= 24 bits)
             q = self.node("Cast", [q], "cast", to=self.elem)
         return q
 
-    def quant(self, x: str, ft: FixedType, what: str) -> str:
+    @staticmethod
+    def _float32_type(ft: FixedType, what: str) -> None:
+        """An ExportError if values of type `ft` may not survive a Quant's float32 output."""
+        if ft.width > FLOAT32_BITS:
+            raise ExportError(f"{what}: values of type {ft} need more than float32's "
+                              f"{FLOAT32_BITS}-bit mantissa, which QONNX's Quant nodes output; "
+                              f"narrow the type to {FLOAT32_BITS} bits or fewer")
+
+    def quant(self, x: str, ft: FixedType, what: str, values_checked: bool = False) -> str:
+        """A `Quant` node casting `x` to `ft` (values_checked: the values are known to be
+        exact in float32, as checked weights are, so `ft` may be wider than 24 bits)."""
         mode = self._rounding(ft.rounding, what)
         if ft.overflow not in ("SAT", "SAT_SYM"):
             raise ExportError(f"{what}: overflow {ft.overflow} ({ft}); QONNX Quant saturates, "
@@ -91,6 +104,8 @@ class _Builder:
             raise ExportError(f"{what}: a 1-bit signed type ({ft}: the values -{ft.step:g} and "
                               "0) has no QONNX Quant, which reads signed 1-bit as bipolar; use "
                               "2 bits or an unsigned type")
+        if not values_checked:
+            self._float32_type(ft, what)
         # narrow drops the most negative code of a signed type (AP_SAT_SYM); an unsigned
         # AP_SAT_SYM type saturates at 0 and 2**W - 1 as AP_SAT does (qonnx's narrow would
         # lower its top code to 2**W - 2)
@@ -107,6 +122,8 @@ class _Builder:
             raise ExportError(f"{what}: per-feature types {sorted(map(str, set(types)))} need "
                               "one rounding mode and AP_SAT/AP_SAT_SYM saturation")
         mode = self._rounding(rounding.pop(), what)
+        for t in types:  # (codes beyond a feature's own type are clamped to its bounds next)
+            self._float32_type(t, what)
         signed = any(t.signed for t in types)
         width = max(t.width + int(signed and not t.signed) for t in types)
         q = self._quant_node(x, [[t.step for t in types]], width, signed, False, mode)
@@ -130,7 +147,7 @@ class _Builder:
                               "mantissa, which QONNX's initializers and Quant nodes use; "
                               "narrow the weight type to 24 bits or fewer")
         grid = FixedType(ft.width, ft.integer, ft.signed, "RND_CONV", "SAT")
-        return self.quant(self.const(base, vals), grid, base)
+        return self.quant(self.const(base, vals), grid, base, values_checked=True)
 
 
 def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
