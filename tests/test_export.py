@@ -553,6 +553,38 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
                      qonnx=tmp_path / "w.onnx", out=lines.append)
 
 
+def test_qonnx_convolutions_run_in_float32():
+    """onnxruntime has no float64 Conv: a convolution with a 25-bit accumulator (or any one in
+    a graph made float64 by a wide dense layer) failed in the executor with NOT_IMPLEMENTED.
+    A convolution is exact in float32 up to 24-bit accumulators: a wider one is refused by
+    name; a narrow one in a float64 graph runs in float32 between two Casts."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    torch.manual_seed(0)
+    wide = nn.Sequential(QConv1d(1, 1, 3, kernel_quantizer="quantized_bits(10,0,alpha=1)",
+                                 bias_quantizer="quantized_bits(10,0,alpha=1)")).eval()
+    with pytest.raises(ExportError, match=re.escape(
+            "0: the exact accumulator ap_fixed<25,6> is 25 bits wide; a QONNX Conv is exact up "
+            "to 24-bit accumulators (float32), and onnxruntime, the qonnx executor, has no "
+            "float64 Conv (narrow the input or weight types)")):
+        to_qonnx(IntegerModel(wide, (1, 8), IN16))
+    m = nn.Sequential(
+        QConv1d(1, 2, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                bias_quantizer="quantized_bits(4,0,alpha=1)", activation="quantized_bits(8,3)"),
+        nn.Flatten(), QDense(12, 2, kernel_quantizer="quantized_bits(20,1,alpha=1)",
+                             bias_quantizer="quantized_bits(8,2,alpha=1)")).eval()
+    eng = IntegerModel(m, (1, 8), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+    acc = {s.kind: s.out_type.width for s in eng.steps if s.kind in ("conv1d", "dense")}
+    assert acc["conv1d"] <= 24 < acc["dense"]
+    proto = to_qonnx(eng)
+    assert proto.graph.input[0].type.tensor_type.elem_type == 11  # DOUBLE
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    producers = {n.output[0]: n for n in proto.graph.node}
+    assert producers[conv.input[0]].op_type == "Cast"
+    assert [producers[i].op_type for i in conv.input[1:]] == ["Quant", "Quant"]  # float32
+    assert check_qonnx(eng, proto, torch.randn(500, 1, 8) * 3).exact
+
+
 def test_qonnx_refuses_quantized_types_wider_than_float32():
     """qonnx's Quant outputs float32: a 30-bit input or activation type was rounded to 24
     significant bits in the float64 graph (1 + 2**-23 + 2**-24 came out 1 + 2**-22); such

@@ -10,8 +10,9 @@ neurons) are one `Quant` with a scale per feature, followed by each feature's sa
 bounds (`Max`, `Min`). qonnx's Quant outputs float32, so a quantized type wider than 24 bits
 (an input or activation type, or weight values beyond float32's mantissa) is refused rather
 than rounded. Accumulators are exact: the graph is float32 when every accumulator fits 24 bits
-and float64 otherwise. Run it with `run_qonnx` (the qonnx
-package's own executor) and compare with the engine.
+and float64 otherwise; convolutions run in float32 either way (onnxruntime has no float64
+Conv), so a convolution whose accumulator is wider than 24 bits is refused. Run it with
+`run_qonnx` (the qonnx package's own executor) and compare with the engine.
 """
 
 from __future__ import annotations
@@ -74,14 +75,15 @@ class _Builder:
         return ROUNDING[mode]
 
     def _quant_node(self, x: str, scale, width: int, signed: bool, narrow: bool,
-                    rounding_mode: str) -> str:
+                    rounding_mode: str, float32: bool = False) -> str:
         """A `Quant` node (scale: one, or a row of one per feature), cast back to a float64
-        graph's type."""
+        graph's type unless `float32` (an operand of a float32 `Conv`)."""
         ins = [x, self.const("scale", scale), self.const("zeropt", 0.0),
                self.const("bitwidth", float(width))]
         q = self.node("Quant", ins, "quant", QONNX_DOMAIN, signed=int(signed),
                       narrow=int(narrow), rounding_mode=rounding_mode)
-        if self.np_dtype == np.float64:  # Quant outputs float32 (exact: types <= 24 bits)
+        # Quant outputs float32 (exact: types <= 24 bits)
+        if self.np_dtype == np.float64 and not float32:
             q = self.node("Cast", [q], "cast", to=self.elem)
         return q
 
@@ -93,7 +95,8 @@ class _Builder:
                               f"{FLOAT32_BITS}-bit mantissa, which QONNX's Quant nodes output; "
                               f"narrow the type to {FLOAT32_BITS} bits or fewer")
 
-    def quant(self, x: str, ft: FixedType, what: str, values_checked: bool = False) -> str:
+    def quant(self, x: str, ft: FixedType, what: str, values_checked: bool = False,
+              float32: bool = False) -> str:
         """A `Quant` node casting `x` to `ft` (values_checked: the values are known to be
         exact in float32, as checked weights are, so `ft` may be wider than 24 bits)."""
         mode = self._rounding(ft.rounding, what)
@@ -110,7 +113,7 @@ class _Builder:
         # AP_SAT_SYM type saturates at 0 and 2**W - 1 as AP_SAT does (qonnx's narrow would
         # lower its top code to 2**W - 2)
         narrow = ft.signed and ft.overflow == "SAT_SYM"
-        return self._quant_node(x, ft.step, ft.width, ft.signed, narrow, mode)
+        return self._quant_node(x, ft.step, ft.width, ft.signed, narrow, mode, float32)
 
     def feature_quant(self, x: str, types: list[FixedType], what: str) -> str:
         """Per-feature types over the last axis of a (N, features) tensor: one `Quant` with a
@@ -138,7 +141,7 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.np_dtype), n))
         return n
 
-    def weight(self, codes: torch.Tensor, ft: FixedType, base: str) -> str:
+    def weight(self, codes: torch.Tensor, ft: FixedType, base: str, float32: bool = False) -> str:
         # weights sit exactly on their grid; their Quant node records the precision (it
         # saturates and rounds to nearest, which leaves grid values unchanged)
         vals = (codes.to(torch.float64) * ft.step).numpy()
@@ -147,7 +150,8 @@ class _Builder:
                               "mantissa, which QONNX's initializers and Quant nodes use; "
                               "narrow the weight type to 24 bits or fewer")
         grid = FixedType(ft.width, ft.integer, ft.signed, "RND_CONV", "SAT")
-        return self.quant(self.const(base, vals), grid, base, values_checked=True)
+        return self.quant(self.const(base, vals), grid, base, values_checked=True,
+                          float32=float32)
 
 
 def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
@@ -155,7 +159,7 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
     check_engine(eng, "to_qonnx")
     _require()
     import onnx
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     if dtype is None:
         widest = max([eng.input_type.width] + [s.out_type.width for s in eng.steps])
@@ -165,7 +169,16 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
     for step in eng.steps:
         nm = step.name.replace(".", "_")
         if isinstance(step, WeightStep):
-            w = b.weight(step.w_codes, step.w_type, f"{nm}_weight")
+            conv = step.kind != "dense"
+            if conv and step.out_type.width > FLOAT32_BITS:
+                raise ExportError(
+                    f"{step.name}: the exact accumulator {step.out_type} is "
+                    f"{step.out_type.width} bits wide; a QONNX Conv is exact up to "
+                    f"{FLOAT32_BITS}-bit accumulators (float32), and onnxruntime, the qonnx "
+                    "executor, has no float64 Conv (narrow the input or weight types)")
+            # a float64 graph (a wide dense layer elsewhere) runs convolutions in float32
+            f32 = conv and b.np_dtype == np.float64
+            w = b.weight(step.w_codes, step.w_type, f"{nm}_weight", f32)
             if step.kind == "dense":
                 wt = b.node("Transpose", [w], f"{nm}_wT", perm=[1, 0])
                 x = b.node("MatMul", [x, wt], f"{nm}_matmul")
@@ -174,10 +187,14 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
                                f"{nm}_add")
             else:
                 attrs = _conv_attrs(step)
+                if f32:
+                    x = b.node("Cast", [x], f"{nm}_float32", to=TensorProto.FLOAT)
                 ins = [x, w]
                 if step.b_codes is not None:
-                    ins.append(b.weight(step.b_codes, step.b_type, f"{nm}_bias"))
+                    ins.append(b.weight(step.b_codes, step.b_type, f"{nm}_bias", f32))
                 x = b.node("Conv", ins, f"{nm}_conv", **attrs)
+                if f32:
+                    x = b.node("Cast", [x], f"{nm}_float64", to=b.elem)
         elif isinstance(step, CastStep):
             if not step.out_type.signed:
                 x = b.node("Relu", [x], f"{nm}_relu")
