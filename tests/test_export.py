@@ -585,6 +585,52 @@ def test_qonnx_convolutions_run_in_float32():
     assert check_qonnx(eng, proto, torch.randn(500, 1, 8) * 3).exact
 
 
+def test_export_model_reports_qonnx_failures_and_still_runs_hls4ml(tmp_path, monkeypatch):
+    """An onnxruntime error in the QONNX step (the float64 Conv above) escaped `hetq export`
+    as a NotImplemented traceback: no report, no hls4ml step. A refused graph and an executor
+    failure are now each one clause of the run's ExportError, after the report."""
+    pytest.importorskip("qonnx")
+    pytest.importorskip("hls4ml")
+    import hetq.export.qonnx as hq
+    from hetq.export.cli import export_model
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(QConv1d(1, 1, 3, kernel_quantizer="quantized_bits(10,0,alpha=1)",
+                                 bias_quantizer="quantized_bits(10,0,alpha=1)")).eval()
+    lines = []
+    with pytest.raises(ExportError) as e:
+        export_model(wide, torch.randn(50, 1, 8), IN16, qonnx=tmp_path / "c.onnx",
+                     hls4ml=tmp_path / "c_hls", compile=False, out=lines.append)
+    assert str(e.value) == (
+        f"--qonnx {tmp_path / 'c.onnx'} not written: 0: the exact accumulator ap_fixed<25,6> "
+        "is 25 bits wide; a QONNX Conv is exact up to 24-bit accumulators (float32), and "
+        "onnxruntime, the qonnx executor, has no float64 Conv (narrow the input or weight "
+        f"types); --hls4ml {tmp_path / 'c_hls'} not written: hls4ml export supports flat "
+        "(MLP) inputs; got input shape (1, 8)")
+    assert any("PyTorch (float64)" in ln and "bit-exact" in ln for ln in lines)
+    # a graph the executor cannot run (no such graph is known now): written, reported, and
+    # the hls4ml project still written
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    def fails(*args, **kw):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Node (x) Op (Conv) [ShapeInferenceError]\n"
+                   "more detail")
+    monkeypatch.setattr(hq, "run_qonnx", fails)
+    m = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    lines = []
+    with pytest.raises(ExportError) as e:
+        export_model(m, torch.randn(50, 4), IN16, qonnx=tmp_path / "d.onnx",
+                     hls4ml=tmp_path / "d_hls", compile=False, out=lines.append)
+    assert str(e.value) == (
+        f"--qonnx {tmp_path / 'd.onnx'} written but not checked: the qonnx executor "
+        "(onnxruntime) cannot run the graph: Fail: [ONNXRuntimeError] : 1 : FAIL : Node (x) "
+        "Op (Conv) [ShapeInferenceError]")
+    assert (tmp_path / "d.onnx").is_file() and (tmp_path / "d_hls").is_dir()
+    assert f"hls4ml project (Vivado, io_parallel, latency): {tmp_path / 'd_hls'}" in lines
+    assert any("PyTorch (float64)" in ln and "bit-exact" in ln for ln in lines)
+
+
 def test_qonnx_refuses_quantized_types_wider_than_float32():
     """qonnx's Quant outputs float32: a 30-bit input or activation type was rounded to 24
     significant bits in the float64 graph (1 + 2**-23 + 2**-24 came out 1 + 2**-22); such

@@ -111,8 +111,11 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
         except ExportError as e:
             failed.append(f"--qonnx {qonnx} not written: {e}")
         else:
-            reports.append(check_qonnx(eng, proto, x))
             out(f"QONNX: {qonnx}")
+            try:
+                reports.append(check_qonnx(eng, proto, x))
+            except ExportError as e:  # written, but not checked: the other steps still run
+                failed.append(f"--qonnx {qonnx} written but not checked: {e}")
     if hls4ml:
         from .hls import earlier_project, export_hls4ml
         replaced = earlier_project(hls4ml)

@@ -266,7 +266,15 @@ def run_qonnx(model_or_path, x: np.ndarray) -> np.ndarray:
 
 
 def check_qonnx(eng: IntegerModel, model, x: torch.Tensor):
-    """BitExactReport of the qonnx executor's outputs vs the engine on inputs `x`."""
+    """BitExactReport of the qonnx executor's outputs vs the engine on inputs `x`; an
+    ExportError (the executor's first line) if onnxruntime cannot run the graph."""
     check_engine(eng, "check_qonnx")
-    y = run_qonnx(model, eng.on_grid(x).numpy())
+    try:
+        y = run_qonnx(model, eng.on_grid(x).numpy())
+    except Exception as e:  # onnxruntime's errors derive from Exception only
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ExportError(f"the qonnx executor (onnxruntime) cannot run the graph: "
+                          f"{type(e).__name__}: {first}") from e
     return eng.compare(x, torch.from_numpy(np.asarray(y, dtype=np.float64)), "QONNX (qonnx exec)")
