@@ -631,6 +631,32 @@ def test_export_model_reports_qonnx_failures_and_still_runs_hls4ml(tmp_path, mon
     assert any("PyTorch (float64)" in ln and "bit-exact" in ln for ln in lines)
 
 
+@pytest.mark.parametrize("flatten,conv_in,op", [((2,), 2, "Reshape"),
+                                                 ((1, 2), 6, "Reshape"),
+                                                 ((2, 2), 2, None)])
+def test_qonnx_flatten_keeps_its_start_and_end_dims(flatten, conv_in, op):
+    """nn.Flatten(start_dim, end_dim) was always written as Flatten(axis=1), a 2-D result:
+    Flatten(2) between a conv2d and a conv1d gave a graph onnxruntime refused. It is now a
+    Reshape of those dims (or nothing, where torch merges none)."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import run_qonnx, to_qonnx
+    torch.manual_seed(0)
+    k = dict(kernel_quantizer="quantized_bits(4,0,alpha=1)",
+             bias_quantizer="quantized_bits(4,0,alpha=1)")
+    m = nn.Sequential(QConv2d(1, 2, 1, **k), nn.Flatten(*flatten), QConv1d(conv_in, 1, 1, **k))
+    if op is None:  # Flatten(2, 2) merges nothing: a conv2d follows
+        m[2] = QConv2d(2, 1, 1, **k)
+    eng = IntegerModel(m.eval(), (1, 3, 3), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng)
+    x = torch.randn(20, 1, 3, 3) * 2
+    want = eng(x)
+    assert eng.compare(x).exact and want.abs().sum() > 0
+    got = run_qonnx(proto, eng.on_grid(x).numpy())
+    assert got.shape == tuple(want.shape) and torch.equal(torch.from_numpy(got).double(), want)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Flatten" not in ops and (op is None or ops.count(op) == 1)
+
+
 def test_qonnx_refuses_quantized_types_wider_than_float32():
     """qonnx's Quant outputs float32: a 30-bit input or activation type was rounded to 24
     significant bits in the float64 graph (1 + 2**-23 + 2**-24 came out 1 + 2**-22); such

@@ -5,9 +5,10 @@ power-of-two scale 2**-frac, zero point 0, bit width, signed, narrow (AP_SAT_SYM
 type) and rounding mode (RND_CONV -> ROUND, TRN -> FLOOR, TRN_ZERO -> DOWN, RND_INF -> HALF_UP,
 RND_ZERO -> HALF_DOWN); weights and biases are initializers followed by their `Quant` node.
 Dense layers are `MatMul` + `Add`, convolutions `Conv` (groups for depthwise), unsigned
-activations `Relu` + `Quant(signed=0)`. Per-feature types (the gradient strategy's inputs and
-neurons) are one `Quant` with a scale per feature, followed by each feature's saturation
-bounds (`Max`, `Min`). qonnx's Quant outputs float32, so a quantized type wider than 24 bits
+activations `Relu` + `Quant(signed=0)`, `nn.Flatten()` is `Flatten(axis=1)` (other start/end
+dims: a `Reshape`). Per-feature types (the gradient strategy's inputs and neurons) are one
+`Quant` with a scale per feature, followed by each feature's saturation bounds (`Max`,
+`Min`). qonnx's Quant outputs float32, so a quantized type wider than 24 bits
 (an input or activation type, or weight values beyond float32's mantissa) is refused rather
 than rounded. Accumulators are exact: the graph is float32 when every accumulator fits 24 bits
 and float64 otherwise; convolutions run in float32 either way (onnxruntime has no float64
@@ -141,6 +142,13 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.np_dtype), n))
         return n
 
+    def int_const(self, base, value) -> str:
+        """An int64 constant (the shape operand of a `Reshape`)."""
+        from onnx import numpy_helper
+        n = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.int64), n))
+        return n
+
     def weight(self, codes: torch.Tensor, ft: FixedType, base: str, float32: bool = False) -> str:
         # weights sit exactly on their grid; their Quant node records the precision (it
         # saturates and rounds to nearest, which leaves grid values unchanged)
@@ -166,7 +174,7 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
         dtype = np.float32 if widest <= 24 else np.float64
     b = _Builder(dtype)
     x = b.quant("global_in", eng.input_type, "input")
-    for step in eng.steps:
+    for i, step in enumerate(eng.steps):
         nm = step.name.replace(".", "_")
         if isinstance(step, WeightStep):
             conv = step.kind != "dense"
@@ -208,7 +216,7 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
             if kind == "relu":
                 x = b.node("Relu", [x], f"{nm}_relu")
             elif kind == "flatten":
-                x = b.node("Flatten", [x], f"{nm}_flatten", axis=1)
+                x = _flatten(b, x, step, _shape_before(eng, i), nm)
             elif kind in ("identity", "dropout"):
                 continue
             else:
@@ -230,6 +238,28 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
     return model
+
+
+def _shape_before(eng: IntegerModel, index: int) -> tuple[int, ...]:
+    """The shape (batch of one) of the tensor that `eng.steps[index]` takes."""
+    c = torch.zeros((1, *eng.input_shape), dtype=torch.int64)
+    for step, t in zip(eng.steps[:index], eng.step_inputs):
+        c = step.run(c, t)
+    return tuple(c.shape)
+
+
+def _flatten(b: _Builder, x: str, step: KeepStep, shape: tuple[int, ...], nm: str) -> str:
+    """nn.Flatten(start_dim, end_dim) on a tensor of `shape`: ONNX `Flatten(axis=1)` for the
+    default (1, -1), which is what it computes (a 2-D result); otherwise a `Reshape` that
+    keeps the dims before start_dim (0: copy), merges start..end (-1) and keeps those after."""
+    rank = len(shape)
+    start, end = step.module.start_dim % rank, step.module.end_dim % rank
+    if start >= end:  # (nothing merged: torch returns the tensor as it is)
+        return x
+    if start == 1 and end == rank - 1:
+        return b.node("Flatten", [x], f"{nm}_flatten", axis=1)
+    target = [0] * start + [-1] + list(shape[end + 1:])
+    return b.node("Reshape", [x, b.int_const(f"{nm}_shape", target)], f"{nm}_reshape")
 
 
 def _conv_attrs(step: WeightStep) -> dict:
