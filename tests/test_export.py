@@ -824,3 +824,28 @@ def test_an_auto_scaled_activation_is_refused_naming_its_alpha_and_the_way_out()
             "(alpha='auto_po2': one scale per batch row, from its values); use a fixed alpha "
             "for deployment (hetq search --deployable searches only exportable activations)")):
         IntegerModel(m, (3,))
+
+
+def test_a_batchnorm_scale_that_rounds_differently_in_float32_is_refused():
+    """QBatchNorm's folded Q(gamma * rsqrt(var + eps)) was not compared between the float32
+    model and the float64 copy: here float32 gives 0.25 and 0.5 for inputs 1 and 2, the
+    engine 0.125 and 0.25, and nothing said so."""
+    from hetq.quant.norm import QBatchNorm
+
+    bn = QBatchNorm(1, inverse_quantizer="quantized_bits(6,2,alpha=1)",
+                    beta_quantizer="quantized_bits(6,2,alpha=1)",
+                    mean_quantizer="quantized_bits(6,2,alpha=1)")
+    with torch.no_grad():
+        bn.weight.fill_(0.13271503150463104)  # gamma / sqrt(0.5 + eps): a tie in float64
+        bn.bias.zero_()
+        bn.running_mean.zero_()
+        bn.running_var.fill_(0.5)
+    m = nn.Sequential(QActivation("quantized_bits(6,2)"), bn).eval()
+    assert m(torch.tensor([[1.0], [2.0]])).flatten().tolist() == [0.25, 0.5]
+    with pytest.raises(ExportError, match=re.escape(
+            "1: the folded batch-norm scale differs between float32 and float64 evaluation")):
+        IntegerModel(m, (1,))
+    with torch.no_grad():
+        bn.weight.fill_(0.2)  # no tie: exported and exact
+    eng = IntegerModel(m, (1,))
+    assert eng.compare(torch.linspace(-3, 3, 50)[:, None]).exact
