@@ -376,3 +376,17 @@ def test_cli_warnings_are_one_line(capsys):
     assert err.splitlines()[0] == ("hetq cost: warning: quantization config key 'ReLU' matches "
                                    "no layer of the model")
     assert "UserWarning" not in err and ".py:" not in err
+
+
+def test_batch_norm_parameters_each_at_their_own_type():
+    """(spec §4.6) Batch norm reads gamma, beta, mean and variance, each at its quantizer's
+    width: mean and variance were read at gamma's and beta's (7.90 pJ, 1280 bits)."""
+    from hetq.quant.norm import QBatchNorm
+
+    bn = QBatchNorm(64, gamma_quantizer="quantized_bits(4)", beta_quantizer="quantized_bits(6)",
+                    mean_quantizer="quantized_bits(8)", variance_quantizer="quantized_po2(5)")
+    lc = cost(nn.Sequential(bn), (64,)).layers[0]
+    assert lc.param_bits == 64 * (4 + 6 + 8 + 5) == 1472
+    assert lc.energy["parameters"] == pytest.approx(
+        sum(mem_access(64 * b, "sram") for b in (4, 6, 8, 5)))
+    assert round(lc.energy["parameters"], 3) == 8.814

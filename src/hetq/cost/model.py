@@ -277,8 +277,8 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         return lc
     if isinstance(m, (QBatchNorm, nn.modules.batchnorm._BatchNorm)):
         q = m.quantizers if isinstance(m, QBatchNorm) else {}
-        g_t = _wtype(q.get("gamma"), s) if s.reference or q.get("gamma") else FP32
-        be_t = _wtype(q.get("beta"), s) if s.reference or q.get("beta") else FP32
+        g_t, be_t, mean_t, var_t = (_wtype(q.get(f), s) if s.reference or q.get(f) else FP32
+                                    for f in ("gamma", "beta", "mean", "variance"))
         mult = multiplier(g_t, x_t)
         out = adder(mult.output, be_t) if s.reference is None else s.reference_accumulator
         lc = LayerCost(node.name, type(m).__name__, x_t, out, weight=g_t, bias=be_t,
@@ -288,9 +288,9 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         lc.op_count = n
         lc.energy["op_cost"] = n * op_energy(mult, out)
         c = m.num_features
-        for t in (g_t, be_t, g_t, be_t):  # gamma, beta, mean, variance
+        for t in (g_t, be_t, mean_t, var_t):  # each parameter at its own type
             lc.energy["parameters"] += ctx.mem(c * t.bits, s.weights_on_memory)
-        lc.param_bits = 2 * c * (g_t.bits + be_t.bits)
+            lc.param_bits += c * t.bits
         _io_energy(lc, node, ctx)
         return lc
     if isinstance(m, (QAveragePooling2d, QGlobalAveragePooling2d, nn.AvgPool2d,
