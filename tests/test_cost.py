@@ -390,3 +390,18 @@ def test_batch_norm_parameters_each_at_their_own_type():
     assert lc.energy["parameters"] == pytest.approx(
         sum(mem_access(64 * b, "sram") for b in (4, 6, 8, 5)))
     assert round(lc.energy["parameters"], 3) == 8.814
+
+
+def test_float_as_applies_to_a_float_batch_norm():
+    """(spec §4.1, QTools' hybrid models) An unquantized batch norm between quantized layers
+    costs as the weight layers do under `float_as`: its parameters of that type, its output the
+    reference accumulator. It stayed fp32 (the next layer a float multiply): 1392 pJ either way."""
+    kq = dict(kernel_quantizer="quantized_bits(4,0,1)", bias_quantizer="quantized_bits(4,0,1)")
+    m = nn.Sequential(QDense(16, 64, **kq), nn.BatchNorm1d(64), QDense(64, 4, **kq))
+    assert cost(m, (16,)).summary()["energy_pj"] == 1392.0  # fp32 (hetq's default)
+    rep = cost(m, (16,), float_as="int8")
+    assert rep.summary()["energy_pj"] == 329.0
+    bn = rep.layers[1]
+    assert (bn.weight, bn.bias, bn.output) == (NAMED["int8"], NAMED["int8"], NAMED["int32"])
+    assert bn.param_bits == 4 * 64 * 8
+    assert rep.layers[2].multiplier == "mul" and rep.layers[2].input == NAMED["int32"]

@@ -14,7 +14,8 @@ Layer rules (hetq's choices where QTools has none are marked *):
       hybrid models) weights of that type and reference-accumulator outputs;
   dense: a Linear acts on the last axis, once per position along the others;
   batch norm (unfolded)*: one multiply (by gamma/sqrt(var), gamma's type or fp32) and one add
-      (beta's type) per element;
+      (beta's type) per element; an unquantized one with `float_as` as the weight layers
+      (parameters of that type, reference-accumulator outputs);
   average pooling*: an accumulator over the window on the input type, then a multiplier by
       the average quantizer's type (or fp32); global average pooling likewise over H*W;
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
@@ -277,10 +278,13 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         return lc
     if isinstance(m, (QBatchNorm, nn.modules.batchnorm._BatchNorm)):
         q = m.quantizers if isinstance(m, QBatchNorm) else {}
-        g_t, be_t, mean_t, var_t = (_wtype(q.get(f), s) if s.reference or q.get(f) else FP32
-                                    for f in ("gamma", "beta", "mean", "variance"))
+        fields = ("gamma", "beta", "mean", "variance")
+        g_t, be_t, mean_t, var_t = (_wtype(q.get(f), s) for f in fields)
         mult = multiplier(g_t, x_t)
-        out = adder(mult.output, be_t) if s.reference is None else s.reference_accumulator
+        out = adder(mult.output, be_t)
+        if s.reference is not None or (s.float_as is not None
+                                       and not any(q.get(f) for f in fields)):
+            out = s.reference_accumulator
         lc = LayerCost(node.name, type(m).__name__, x_t, out, weight=g_t, bias=be_t,
                        multiplier=mult.kind, include=("parameters",),
                        precision=_precision(m) if isinstance(m, QBatchNorm) else "float")
