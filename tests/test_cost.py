@@ -405,3 +405,25 @@ def test_float_as_applies_to_a_float_batch_norm():
     assert (bn.weight, bn.bias, bn.output) == (NAMED["int8"], NAMED["int8"], NAMED["int32"])
     assert bn.param_bits == 4 * 64 * 8
     assert rep.layers[2].multiplier == "mul" and rep.layers[2].input == NAMED["int32"]
+
+
+def test_adaptive_average_pooling_costs_its_own_windows():
+    """AdaptiveAvgPool2d(k) pools over PyTorch's windows, not over the whole map: into 2x2,
+    an 8x8 map is four 4x4 windows (64 additions, accumulator ufix8.4, as AvgPool2d(4)); it
+    was costed as global pooling (256 additions, ufix10.6). Windows that do not divide evenly
+    (8 into 3: 3, 4, 3) count their own additions, the accumulator over the largest."""
+    def pooled(pool, channels=1):
+        m = nn.Sequential(QActivation("quantized_relu(4,0)"), pool)
+        return cost(m, (channels, 8, 8)).layers[1]
+
+    lc = pooled(nn.AdaptiveAvgPool2d(2))
+    assert (lc.op_count, str(lc.accumulator)) == (64, "ufix8.4")
+    assert lc.energy["op_cost"] == pytest.approx(64 * fpm_add(8) + 4 * 3.7)  # fp32 1/16
+    avg = pooled(nn.AvgPool2d(4))
+    assert (avg.op_count, avg.accumulator, avg.energy) == (lc.op_count, lc.accumulator,
+                                                           lc.energy)
+    assert str(pooled(nn.AdaptiveAvgPool2d(1), 3).accumulator) == "ufix10.6"  # global
+    # (each a shape of its own: graph.trace caches by shapes and types, not output_size)
+    uneven = pooled(nn.AdaptiveAvgPool2d(3), 2)
+    assert (uneven.op_count, str(uneven.accumulator)) == (2 * 10 * 10, "ufix8.4")
+    assert uneven.energy["op_cost"] == pytest.approx(200 * fpm_add(8) + 2 * 9 * 3.7)

@@ -17,7 +17,9 @@ Layer rules (hetq's choices where QTools has none are marked *):
       (beta's type) per element; an unquantized one with `float_as` as the weight layers
       (parameters of that type, reference-accumulator outputs);
   average pooling*: an accumulator over the window on the input type, then a multiplier by
-      the average quantizer's type (or fp32); global average pooling likewise over H*W;
+      the average quantizer's type (or fp32); global average pooling likewise over H*W,
+      adaptive average pooling over PyTorch's windows (H/Ho x W/Wo where they divide; else
+      the accumulator of the largest window, each window's own additions);
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
   any other layer: a warning naming it, then pass-through.
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
@@ -261,6 +263,11 @@ def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
     return lc
 
 
+def _adaptive_windows(n_in: int, n_out: int) -> list[int]:
+    """Window sizes of adaptive pooling from `n_in` to `n_out` positions along one axis."""
+    return [-(-(j + 1) * n_in // n_out) - j * n_in // n_out for j in range(n_out)]
+
+
 def _precision(m: QLayer) -> str:
     return ", ".join(f"{f}={q}" for f, q in m.quantizers.items() if q is not None) or "float"
 
@@ -299,11 +306,22 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         return lc
     if isinstance(m, (QAveragePooling2d, QGlobalAveragePooling2d, nn.AvgPool2d,
                       nn.AdaptiveAvgPool2d)):
-        if isinstance(m, (QGlobalAveragePooling2d, nn.AdaptiveAvgPool2d)):
+        n_out = _numel(node.out_shape)
+        if isinstance(m, QGlobalAveragePooling2d):
             area = _numel(node.in_shape[1:])
+            ops = n_out * area
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            # PyTorch's windows along each axis: [floor(j i / o), ceil((j + 1) i / o)), i.e.
+            # i / o wide where o divides i; the accumulator over the largest window, the
+            # additions window by window
+            hs, ws = (_adaptive_windows(i, o) for i, o in zip(node.in_shape[-2:],
+                                                              node.out_shape[-2:]))
+            area = max(hs) * max(ws)
+            ops = _numel(node.out_shape[:-2]) * sum(hs) * sum(ws)
         else:
             ks = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
             area = ks[0] * ks[1]
+            ops = n_out * area
         acc = accumulator(x_t if x_t.mode != FLOAT else FP32, area)
         q = m.quantizers if isinstance(m, QLayer) else {}
         avg_t = _wtype(q.get("average"), s) if q.get("average") is not None else FP32
@@ -311,14 +329,13 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         out = mult.output if s.reference is None else s.reference_accumulator
         if q.get("activation") is not None:
             out = NAMED_OUT(q["activation"], s)
-        n_out = _numel(node.out_shape)
         lc = LayerCost(node.name, type(m).__name__, x_t, out, accumulator=acc,
                        multiplier=mult.kind, include=("op_cost",),
                        precision=_precision(m) if isinstance(m, QLayer) else "float")
-        lc.op_count = n_out * area
-        # area additions into the accumulator, then one multiply by 1/area per output
+        lc.op_count = ops
+        # a window's additions into the accumulator, then one multiply by 1/area per output
         add = fp_add(acc.bits) if acc.mode == FLOAT else fpm_add(acc.bits)
-        lc.energy["op_cost"] = n_out * (area * add + op_energy(mult, acc) - add)
+        lc.energy["op_cost"] = ops * add + n_out * (op_energy(mult, acc) - add)
         _io_energy(lc, node, ctx)
         return lc
     if isinstance(m, PASS + MAXPOOL):
