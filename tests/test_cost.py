@@ -427,3 +427,22 @@ def test_adaptive_average_pooling_costs_its_own_windows():
     uneven = pooled(nn.AdaptiveAvgPool2d(3), 2)
     assert (uneven.op_count, str(uneven.accumulator)) == (2 * 10 * 10, "ufix8.4")
     assert uneven.energy["op_cost"] == pytest.approx(200 * fpm_add(8) + 2 * 9 * 3.7)
+
+
+def test_dropout_and_identity_are_not_the_input_or_output_layer():
+    """(spec §4.1: QTools removes Dropout) A Dropout or Identity first or last cost nothing and
+    leave the model's input (output) to the next (previous) layer: a leading Dropout took the
+    first dense layer's DRAM input read (20 pJ instead of 2621), a trailing one the last
+    activation's DRAM write."""
+    kq = dict(kernel_quantizer="quantized_bits(4,0,1)", bias_quantizer="quantized_bits(4,0,1)")
+    body = [QDense(16, 8, **kq), QActivation("quantized_relu(4,0)"), QDense(8, 2, **kq)]
+    io_only = dict(weights_on_memory="fixed", activations_on_memory="fixed", rd_wr_on_io=True)
+    lead = cost(nn.Sequential(nn.Dropout(0.2), *body), (16,), **io_only)
+    assert lead.summary() == cost(nn.Sequential(*body), (16,), **io_only).summary()
+    assert lead.summary()["energy_pj"] == 2621.0
+    assert round(lead.layers[1].energy["inputs"], 2) == 2600.91  # 16 x 8 bits from DRAM
+    out = QActivation("quantized_relu(4,0)")
+    both = cost(nn.Sequential(nn.Identity(), *body, out, nn.Dropout(0.2)), (16,), **io_only)
+    assert both.summary() == cost(nn.Sequential(*body, out), (16,), **io_only).summary()
+    assert both.summary()["energy_pj"] == 2784.0
+    assert (both.layers[0].total, both.layers[-1].total) == (0, 0)

@@ -21,6 +21,8 @@ Layer rules (hetq's choices where QTools has none are marked *):
       adaptive average pooling over PyTorch's windows (H/Ho x W/Wo where they divide; else
       the accumulator of the largest window, each window's own additions);
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
+      Dropout and Identity cost nothing and are transparent (a model starting or ending with
+      one has the next or previous layer as its input or output layer);
   any other layer: a warning naming it, then pass-through.
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
 input bits, element by element where the weight quantizer is per channel or per weight and
@@ -31,7 +33,8 @@ accumulator (so the FPGA estimate's adders and registers) use the widest member 
 quantizers.
 Energy summation (QTools' include_energy): weight layers count inputs + parameters + op_cost,
 activation layers their outputs, batch norm its parameters, pooling* and max pooling their
-op_cost, pass-through layers their inputs (Dropout nothing: QTools removes it).
+op_cost, pass-through layers their inputs (Dropout and Identity nothing: QTools removes
+Dropout).
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ from .qtypes import FLOAT, FP32, NAMED, QType, accumulator, adder, multiplier, q
 
 FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softmax, nn.Hardswish,
               nn.GELU, nn.SiLU, nn.ELU)
-PASS = (nn.Flatten, nn.Dropout, nn.Identity, nn.Unflatten)
+# identities at inference: no cost, and not the model's input or output layer (QTools removes
+# Dropout from its graph)
+TRANSPARENT = (nn.modules.dropout._DropoutNd, nn.Identity)
+PASS = (nn.Flatten, nn.Unflatten) + TRANSPARENT
 MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
@@ -339,9 +345,8 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         _io_energy(lc, node, ctx)
         return lc
     if isinstance(m, PASS + MAXPOOL):
-        # (QTools removes Dropout nodes: it costs nothing, as at inference)
         include = (("op_cost",) if isinstance(m, MAXPOOL) else
-                   () if isinstance(m, nn.Dropout) else ("inputs",))
+                   () if isinstance(m, TRANSPARENT) else ("inputs",))
         lc = LayerCost(node.name, type(m).__name__, x_t, x_t, include=include,
                        precision="pass-through")
         _io_energy(lc, node, ctx)
@@ -357,7 +362,8 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
     nodes = trace(model, tuple(input_shape))
     if not nodes:
         return []
-    ctx = _Ctx(settings, nodes[0].name, nodes[-1].name)
+    real = [n for n in nodes if not isinstance(n.module, TRANSPARENT)] or nodes
+    ctx = _Ctx(settings, real[0].name, real[-1].name)
     x_t = settings.source
     out = []
     was = model.training
@@ -367,6 +373,8 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
             for node in nodes:
                 lc = _layer(node, x_t, ctx)
                 out.append(lc)
+                if isinstance(node.module, TRANSPARENT):
+                    continue  # (a per-feature input width passes through too)
                 x_t = lc.output
                 ctx.x_bits = _feature_bits(node.module, lc.output, settings)
     finally:
