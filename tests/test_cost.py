@@ -446,3 +446,21 @@ def test_dropout_and_identity_are_not_the_input_or_output_layer():
     assert both.summary() == cost(nn.Sequential(*body, out), (16,), **io_only).summary()
     assert both.summary()["energy_pj"] == 2784.0
     assert (both.layers[0].total, both.layers[-1].total) == (0, 0)
+
+
+def test_mux_gate_bits_of_a_po2_operand_are_its_own_width():
+    """(spec §4.3, QTools' Mux) A binary/ternary x po2 product is a mux as wide as the po2
+    operand: gate bits 4 for quantized_po2(4), not its fixed-point width 8 (1.34 pJ); the
+    product and accumulator still take the fixed-point view (8 and 8 + 3 bits)."""
+    po2, rpo2, b, t = (qtype_of(q) for q in ("quantized_po2(4)", "quantized_relu_po2(4)",
+                                              "binary", "ternary"))
+    for w, x in ((po2, b), (b, po2)):
+        m = multiplier(w, x)
+        assert (m.kind, m.gate_factor, m.gate_bits, m.output.bits) == ("mux", 0.3, 4, 8)
+    m = multiplier(rpo2, t)  # unsigned po2 x signed ternary: one more bit in the product
+    assert (m.kind, m.gate_factor, m.gate_bits, m.output.bits) == ("mux", 0.6, 4, 16)
+    lc = cost(nn.Sequential(QActivation("binary"), QDense(
+        8, 4, bias=False, kernel_quantizer="quantized_po2(4)")), (8,)).layers[1]
+    assert str(lc.accumulator) == "sfix11.6"
+    assert lc.energy["op_cost"] == pytest.approx(32 * (0.3 * fpm_add(4) + fpm_add(11)))
+    assert round(lc.energy["op_cost"], 2) == 1.22

@@ -159,10 +159,11 @@ def multiplier(w: QType, x: QType) -> Multiplier:
         sel, other = (w, x) if w.mode in (TERNARY, BINARY) else (x, w)
         if other.mode in (TERNARY, BINARY):  # ternary x binary / ternary x ternary
             other = QType(FIXED, 2, 1, True)
+        gate = other.bits  # the other operand's width (a po2 one's own, as QTools)
         other = other.to_fixed()
         extra = 1 if (not other.signed and sel.signed) else 0
         out = QType(FIXED, other.bits + extra, other.int_bits, other.signed or sel.signed)
-        return Multiplier("mux", out, 0.3 if sel.mode == BINARY else 0.6, other.bits)
+        return Multiplier("mux", out, 0.3 if sel.mode == BINARY else 0.6, gate)
     if w.mode == PO2 and x.mode == PO2:
         b = max(w.bits, x.bits) + 1
         return Multiplier("adder", QType(PO2, b, b, w.signed or x.signed), 1.0, b)
