@@ -464,3 +464,26 @@ def test_mux_gate_bits_of_a_po2_operand_are_its_own_width():
     assert str(lc.accumulator) == "sfix11.6"
     assert lc.energy["op_cost"] == pytest.approx(32 * (0.3 * fpm_add(4) + fpm_add(11)))
     assert round(lc.energy["op_cost"], 2) == 1.22
+
+
+def test_binary_products_are_one_bit_wide():
+    """(spec §4.3/§4.4, QTools' XorGate, Mux and accumulator) binary x binary (xor) is 1 bit
+    wide, so 8 of them accumulate in 1 + 3 bits (it was a 2-bit count: 5 bits, 0.53 pJ); a
+    ternary weight's mux on a binary input gates the binary's 1 bit (was 2; accumulator 5).
+    A binary weight on a ternary input gates the ternary's 2 bits, as before."""
+    def layer(inp, kq):
+        m = nn.Sequential(QActivation(inp), QDense(8, 4, bias=False, kernel_quantizer=kq))
+        return cost(m, (8,)).layers[1]
+
+    xor = layer("binary", "binary")
+    assert (xor.multiplier, str(xor.accumulator)) == ("xor", "sfix4.4")
+    assert xor.energy["op_cost"] == pytest.approx(32 * (0.3 * fpm_add(1) + fpm_add(4)))
+    assert round(xor.energy["op_cost"], 2) == 0.43
+    m = multiplier(qtype_of("ternary"), qtype_of("binary"))
+    assert (m.kind, m.gate_factor, m.gate_bits, m.output.bits) == ("mux", 0.6, 1, 1)
+    tb = layer("binary", "ternary")
+    assert str(tb.accumulator) == "sfix4.4"
+    assert tb.energy["op_cost"] == pytest.approx(32 * (0.6 * fpm_add(1) + fpm_add(4)))
+    m = multiplier(qtype_of("binary"), qtype_of("ternary"))
+    assert (m.kind, m.gate_factor, m.gate_bits, m.output.bits) == ("mux", 0.3, 2, 2)
+    assert str(layer("ternary", "binary").accumulator) == "sfix5.4"

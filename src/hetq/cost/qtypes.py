@@ -157,8 +157,10 @@ def multiplier(w: QType, x: QType) -> Multiplier:
         if w.mode == BINARY and x.mode == BINARY:
             return Multiplier("xor", QType(BINARY, 1, 1, True), 0.3, 1)
         sel, other = (w, x) if w.mode in (TERNARY, BINARY) else (x, w)
-        if other.mode in (TERNARY, BINARY):  # ternary x binary / ternary x ternary
+        if other.mode == TERNARY:  # binary x ternary / ternary x ternary: a 2-bit value
             other = QType(FIXED, 2, 1, True)
+        elif other.mode == BINARY:  # ternary (weight) x binary: the binary's 1 bit (QTools)
+            other = _fixed_view(other)
         gate = other.bits  # the other operand's width (a po2 one's own, as QTools)
         other = other.to_fixed()
         extra = 1 if (not other.signed and sel.signed) else 0
@@ -186,9 +188,7 @@ def accumulator(mult: QType, n_add: int) -> QType:
     """Sum of `n_add` products: + ceil(log2 n_add) bits (po2 products converted first)."""
     if mult.mode == FLOAT:
         return mult
-    m = mult.to_fixed()
-    if m.mode != FIXED:  # binary x binary -> a 2-bit signed count
-        m = QType(FIXED, 2, 1, True)
+    m = _fixed_view(mult)  # binary x binary (xor): 1 bit, as QTools
     lg = math.ceil(math.log2(n_add)) if n_add > 1 else 0
     return QType(FIXED, m.bits + lg, m.int_bits + lg, m.signed)
 
