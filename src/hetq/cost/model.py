@@ -10,8 +10,9 @@ Layer rules (hetq's choices where QTools has none are marked *):
   folded dense/conv batch norm*: the folded weights with the layer's quantizers;
   QActivation / float activations: the quantizer's type (float activations: fp32 in a trial,
       the reference accumulator type in reference mode or with `float_as`), no operations;
-  an unquantized dense/conv layer in a trial: fp32 weights, or with `float_as` (QTools'
-      hybrid models) weights of that type and reference-accumulator outputs;
+  an unquantized dense/conv layer in a trial: fp32 weights (hetq's default, deliberately;
+      QTools: quantized_bits(8,0,1)), or with `float_as` (QTools' hybrid models) weights of
+      that type and reference-accumulator outputs;
   dense: a Linear acts on the last axis, once per position along the others;
   batch norm (unfolded)*: one multiply (by gamma/sqrt(var), gamma's type or fp32) and one add
       (beta's type) per element; an unquantized one with `float_as` as the weight layers

@@ -148,7 +148,9 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
         float_as: for a model as quantized (reference None), the type of an unquantized
             layer's weights, whose outputs (and float activations') are then
             `reference_accumulator`, as QTools costs hybrid models (the search passes its
-            --reference: a layer it leaves float costs as in the reference); None: fp32.
+            --reference: a layer it leaves float costs as in the reference). None (the
+            default): unquantized layers and quantizers cost as fp32, a deliberate difference
+            from QTools, which costs them as quantized_bits(8,0,1).
     """
     check_module(model, "cost")
     input_shape = _input_shape(model) if input_shape is None else as_input_shape(input_shape)
