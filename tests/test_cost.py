@@ -363,6 +363,42 @@ def test_bad_input_shapes_and_type_names_are_clear_errors(tmp_path, capsys):
     assert cost(m, (16,)).summary()["energy_pj"] > 0  # the right shape still works
 
 
+def test_a_model_differing_only_in_its_settings_or_forward_gets_its_own_trace():
+    """The trace cache was keyed on names, types and weight shapes only: a stride-2 model
+    costed after a stride-1 one got its 6x6 shapes (648 MACs instead of 162), and a model
+    whose forward calls the same layers in another order got the first one's order."""
+    from hetq.quant.pooling import QGlobalAveragePooling2d
+
+    k = dict(kernel_quantizer="quantized_bits(4,0,1)", bias_quantizer="quantized_bits(4,0,1)")
+
+    def strided(stride):
+        return nn.Sequential(QConv2d(1, 2, 3, stride=stride, **k),
+                             QGlobalAveragePooling2d(average_quantizer="quantized_bits(8,0,1)"))
+
+    for first, second in ((1, 2), (2, 1)):
+        cost(strided(first), (1, 8, 8))
+        rep = cost(strided(second), (1, 8, 8))
+        side = 6 if second == 1 else 3
+        assert [lc.op_count for lc in rep.layers] == [side * side * 2 * 9, side * side * 2]
+        assert rep.layers[1].accumulator.bits == accumulator(rep.layers[0].output,
+                                                             side * side).bits
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = QDense(4, 4, **k), QDense(4, 4, **k)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class Reversed(Net):
+        def forward(self, x):
+            return self.a(self.b(x))
+
+    assert [lc.name for lc in cost(Net(), (4,)).layers] == ["a", "b"]
+    assert [lc.name for lc in cost(Reversed(), (4,)).layers] == ["b", "a"]
+
+
 def test_cli_warnings_are_one_line(capsys):
     """A warning under the CLI reads like its errors: one line naming the command, without
     the file and source line Python's default format adds."""

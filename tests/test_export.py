@@ -205,6 +205,32 @@ def test_model_with_input_quantizer_needs_no_input_type():
     assert eng.compare(torch.randn(100, 4) * 8).exact
 
 
+def _strided(stride):
+    torch.manual_seed(0)
+    return nn.Sequential(
+        QConv2d(1, 2, 3, stride=stride, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                bias_quantizer="quantized_bits(4,0,alpha=1)"),
+        QGlobalAveragePooling2d(average_quantizer="quantized_bits(8,0,alpha=1)")).eval()
+
+
+def test_a_model_differing_only_in_its_settings_gets_its_own_trace():
+    """The trace cache was keyed on names, types and weight shapes only: after a stride-1
+    model, a stride-2 one (or one given another stride in place) reused its trace, and the
+    engine pooled over the wrong area (50 of 50 samples wrong; exact in a fresh process)."""
+    x = torch.randn(50, 1, 8, 8)
+    t = "ap_fixed<8,3,AP_RND_CONV,AP_SAT>"
+    for first, second in ((1, 2), (2, 1)):
+        IntegerModel(_strided(first), (1, 8, 8), t)
+        eng = IntegerModel(_strided(second), (1, 8, 8), t)
+        assert eng.steps[1].detail["area"] == (36 if second == 1 else 9)
+        rep = eng.compare(x)
+        assert rep.exact and rep.samples == 50, rep.line()
+    m = _strided(1)
+    IntegerModel(m, (1, 8, 8), t)
+    m[0].stride = (2, 2)  # the same model, changed in place
+    assert IntegerModel(m, (1, 8, 8), t).compare(x).exact
+
+
 # -- bad input -------------------------------------------------------------------------------
 def test_float_input_is_a_clear_error():
     with pytest.raises(ExportError, match=r"fc1: the model's input is float.*input_type"):

@@ -3,12 +3,19 @@
 One forward pass on a zero tensor with forward hooks records which leaf modules run, in what
 order, on what shapes. Types are then propagated along that order (a chain, as in the jet
 and CNN models; branching graphs are traced in call order too, each layer taking the type of
-the previously executed layer). Traces are cached per architecture (module types, weight
-shapes, input shape), so repeated cost calls inside a search skip the forward pass.
+the previously executed layer). Traces are cached per architecture, so repeated cost calls
+inside a search (new weights and quantizers, the same layers) skip the forward pass. The key
+holds everything the trace depends on: the input shape, each module's name, class and the
+class's forward (an instance's own forward and hooks too), parameter and buffer shapes, and
+its settings (stride, padding, pooling sizes, ... : its plain attributes), leaving out only the
+quantizers inside hetq layers (elementwise: they change no shape and no call). A model with a
+setting the key cannot hold by value (a tensor attribute, say) is traced every time.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +49,57 @@ def leaf_modules(model: nn.Module) -> dict[int, str]:
     return out
 
 
-def _signature(model: nn.Module, input_shape) -> tuple:
-    return (tuple(input_shape),) + tuple(
-        (n, type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False)))
-        for n, m in model.named_modules() if n)
+_PLAIN = (int, float, bool, str, type(None), torch.dtype, torch.device)
+_CODE = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
+
+
+class _Unkeyable(Exception):
+    """A setting the cache key cannot hold by value: trace that model every time."""
+
+
+def _value(v):
+    if isinstance(v, _PLAIN):
+        return v
+    if isinstance(v, (tuple, list)):  # (torch.Size is a tuple)
+        return (type(v).__name__,) + tuple(_value(e) for e in v)
+    if isinstance(v, _CODE):
+        return v  # by identity: the same function object runs the same code
+    raise _Unkeyable
+
+
+def _settings(m: nn.Module) -> tuple:
+    """The module's own plain attributes (stride, padding, kernel_size, ...); a hetq layer's
+    quantizer slots are left out (quantizers are elementwise: no shape or call depends on
+    them, and a search changes them every trial)."""
+    skip = {f"{f}_quantizer" for f in m.quantizer_fields} if isinstance(m, QLayer) else ()
+    return tuple((k, _value(v)) for k, v in sorted(vars(m).items())
+                 if k[0] != "_" and k != "training" and k not in skip)
+
+
+def _shapes(tensors: dict) -> tuple:
+    return tuple((k, None if t is None else tuple(t.shape)) for k, t in tensors.items())
+
+
+def _module_key(m: nn.Module, name: str, key: list) -> None:
+    cls = type(m)
+    d = vars(m)
+    key.append((name, cls, getattr(cls, "forward", None), _shapes(d["_parameters"]),
+                _shapes(d["_buffers"]), tuple(d["_forward_pre_hooks"].values()),
+                tuple(d["_forward_hooks"].values()), _settings(m)))
+    if not isinstance(m, QLayer):  # (a hetq layer's children are its quantizers)
+        for n, c in d["_modules"].items():
+            if c is not None:
+                _module_key(c, f"{name}.{n}" if name else n, key)
+
+
+def _signature(model: nn.Module, input_shape) -> tuple | None:
+    """The cache key of `model`'s trace on `input_shape`; None if it cannot be keyed."""
+    key: list = [tuple(input_shape)]
+    try:
+        _module_key(model, "", key)
+    except _Unkeyable:
+        return None
+    return tuple(key)
 
 
 def as_input_shape(input_shape) -> tuple[int, ...]:
@@ -72,7 +126,8 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
     input_shape = as_input_shape(input_shape)
     key = _signature(model, input_shape)
     modules = dict(model.named_modules())
-    if key not in _CACHE:
+    calls = _CACHE.get(key) if key is not None else None
+    if calls is None:
         calls: list[tuple[str, tuple, tuple]] = []
         names = leaf_modules(model)
         hooks = []
@@ -102,5 +157,6 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
             model.train(was)
             for h in hooks:
                 h.remove()
-        _CACHE[key] = calls
-    return [Node(n, modules[n], i, o) for n, i, o in _CACHE[key]]
+        if key is not None:
+            _CACHE[key] = calls
+    return [Node(n, modules[n], i, o) for n, i, o in calls]
