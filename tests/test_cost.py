@@ -209,6 +209,56 @@ def test_unknown_layer_warns_and_unsupported_quantizer_errors():
         cost(bad)
 
 
+def test_a_forward_outside_its_layers_and_layers_without_a_tensor_output_warn():
+    """What a forward does outside its layers (F.relu, a residual `+ x`) and layers whose
+    output is no tensor (an LSTM's tuple) were left out of the cost without a word."""
+    import torch.nn.functional as F
+
+    k = dict(kernel_quantizer="quantized_bits(4,0,1)", bias_quantizer="quantized_bits(4,0,1)")
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = QDense(4, 4, **k), QDense(4, 3, **k)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x)) + x)
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.fc = nn.GRU(4, 4, batch_first=True), QDense(4, 3, **k)
+
+        def forward(self, x):
+            return self.fc(self.gru(x)[0][:, -1])
+
+    class Chained(Residual):  # the same layers one after another: nothing to say
+        def forward(self, x):
+            return self.fc2(self.fc1(x))
+
+    def warned(m, shape):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            rep = cost(m, shape)
+        return rep, [str(x.message) for x in w]
+
+    rep, msgs = warned(Residual(), (4,))
+    assert [lc.name for lc in rep.layers] == ["fc1", "fc2"]
+    assert msgs == ["cost model: the forward of Residual does more than call its layers one "
+                    "after another (the input of 'fc2' is not the output of 'fc1'); what it "
+                    "does outside its layers (functional calls, additions, concatenations, ...) "
+                    "is not costed, and each layer is costed on the type of the layer called "
+                    "before it"]
+    rep, msgs = warned(Recurrent(), (5, 4))
+    assert [lc.name for lc in rep.layers] == ["fc"]
+    assert msgs[0] == ("cost model: layer 'gru' (GRU) returns a tuple, not a tensor; it is left "
+                       "out of the cost (no rule: recurrent layers such as LSTM and GRU are not "
+                       "costed)")
+    assert "(the input of 'fc' is not the output of 'gru')" in msgs[1] and len(msgs) == 2
+    rep, msgs = warned(Chained(), (4,))
+    assert [lc.name for lc in rep.layers] == ["fc1", "fc2"] and msgs == []
+
+
 def test_cost_cli(tmp_path, capsys):
     out = tmp_path / "new" / "c.json"  # its folder is made
     torch.manual_seed(0)  # (the same initial weights as below, so the same EBOPs)

@@ -356,6 +356,84 @@ def test_unquantized_batchnorm_is_named():
         IntegerModel(m, (4,), IN16)
 
 
+def test_a_forward_that_is_not_its_layers_one_after_another_is_refused():
+    """The engine runs the traced layers one after another: what a forward did outside them
+    (F.relu and a residual `+ x`, a parent's arithmetic, torch.cat, a reshape, an LSTM's
+    tuple) was dropped without a word, and the engine computed another function (100 of 100
+    samples wrong) or failed inside torch on its first run."""
+    import torch.nn.functional as F
+
+    k = dict(kernel_quantizer="quantized_bits(4,0,alpha=1)",
+             bias_quantizer="quantized_bits(4,0,alpha=1)")
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = QDense(4, 4, **k), QDense(4, 3, **k)
+
+        def forward(self, x):
+            return self.fc2(F.relu(self.fc1(x)) + x)
+
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = QDense(4, 4, **k)
+
+        def forward(self, x):
+            return self.fc(x) * 2
+
+    class Concat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = QDense(4, 2, **k), QDense(4, 2, **k)
+
+        def forward(self, x):
+            return torch.cat([self.a(x), self.b(x)], dim=1)
+
+    class Reshaped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = QConv2d(1, 2, 3, **k), QDense(8, 3, **k)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.fc = nn.LSTM(4, 4, batch_first=True), QDense(4, 3, **k)
+
+        def forward(self, x):
+            return self.fc(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(1)
+    for m, shape, why in (
+            (Residual(), (4,), "the input of 'fc2' is not the output of 'fc1'"),
+            (nn.Sequential(QDense(4, 4, **k), Doubled()), (4,),
+             "the model's output is not the output of '1.fc'"),
+            (Concat(), (4,), "the input of 'b' is not the output of 'a'"),
+            (Reshaped(), (1, 4, 4), "the output of 'conv' is reshaped from (2, 2, 2) to (8,) "
+                                    "before 'fc'"),
+            (Recurrent(), (5, 4), "'lstm' (LSTM) returns a tuple, not a tensor")):
+        with pytest.raises(ExportError, match=rf"^{type(m).__name__}: its forward does more "
+                                              "than call its layers one after another "
+                                              rf"\({re.escape(why)}\), which the export "
+                                              "cannot follow; write it as a chain of layers"):
+            IntegerModel(m.eval(), shape, IN16)
+
+    class Nested(nn.Module):  # not an nn.Sequential, but its layers one after another
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(QDense(4, 4, **k), nn.ReLU(inplace=True))
+            self.head = QDense(4, 3, **k)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    eng = _check(Nested(), (4,))
+    assert [s.name for s in eng.steps] == ["body.0", "body.1", "head"]
+
+
 def test_dense_on_sequences_tensor_alpha_and_scales_off_the_grid():
     """A dense layer on an (L, features) input added its bias along axis 1 instead of the
     last: NOT bit-exact, or a shape error from inside (after a Conv1d); a tensor alpha on an

@@ -1,15 +1,21 @@
 """Trace a model once: the leaf modules in call order with their input/output shapes.
 
-One forward pass on a zero tensor with forward hooks records which leaf modules run, in what
-order, on what shapes. Types are then propagated along that order (a chain, as in the jet
-and CNN models; branching graphs are traced in call order too, each layer taking the type of
-the previously executed layer). Traces are cached per architecture, so repeated cost calls
-inside a search (new weights and quantizers, the same layers) skip the forward pass. The key
-holds everything the trace depends on: the input shape, each module's name, class and the
-class's forward (an instance's own forward and hooks too), parameter and buffer shapes, and
-its settings (stride, padding, pooling sizes, ... : its plain attributes), leaving out only the
-quantizers inside hetq layers (elementwise: they change no shape and no call). A model with a
-setting the key cannot hold by value (a tensor attribute, say) is traced every time.
+One forward pass on a fixed random sample with forward hooks records which leaf modules run,
+in what order, on what shapes. Types are then propagated along that order (a chain, as in the
+jet and CNN models; branching graphs are traced in call order too, each layer taking the type
+of the previously executed layer). The same pass checks that this order is the model (`Chain`):
+each layer takes the previous one's output and the model returns the last one's. What a
+forward does outside its layers (F.relu, a residual `+ x`, torch.cat, a parent's own
+arithmetic) breaks that, and so does a layer whose output is no tensor (LSTM, GRU), which the
+trace leaves out. The integer engine refuses such models; the cost model warns.
+
+Traces are cached per architecture, so repeated cost calls inside a search (new weights and
+quantizers, the same layers) skip the forward pass. The key holds everything the trace
+depends on: the input shape, each module's name, class and the class's forward (an
+instance's own forward and hooks too), parameter and buffer shapes, and its settings (stride,
+padding, pooling sizes, ... : its plain attributes), leaving out only the quantizers inside
+hetq layers (elementwise: they change no shape and no call). A model with a setting the key
+cannot hold by value (a tensor attribute, say) is traced every time.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from torch import nn
 
 from ..quant.layers import QLayer
 
-_CACHE: dict[tuple, list[tuple[str, tuple, tuple]]] = {}
+_CACHE: dict[tuple, tuple[list[tuple[str, tuple, tuple]], Chain]] = {}
 
 
 @dataclass
@@ -121,42 +127,124 @@ def as_input_shape(input_shape) -> tuple[int, ...]:
     return ints
 
 
-def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
-    """Leaf modules of `model` in execution order, with shapes (batch dimension dropped)."""
+@dataclass(frozen=True)
+class Chain:
+    """Whether running the traced layers one after another is the model's forward, as seen on
+    the traced sample: each layer takes the previous one's output (the first, the model's
+    input) and the model returns the last one's."""
+
+    left_out: tuple[str, ...] = ()  # layers whose output is no tensor (LSTM, GRU: a tuple)
+    detour: str | None = None  # where the data first goes another way, e.g. through F.relu
+    reshape: str | None = None  # where a layer's output is first reshaped before the next
+
+    def broken(self) -> str | None:
+        """What breaks the chain (the first of those), or None."""
+        return self.left_out[0] if self.left_out else self.detour or self.reshape
+
+
+class _Recorder:
+    """Forward (pre-)hooks that record the leaf calls and check that they form a chain."""
+
+    def __init__(self, x: torch.Tensor):
+        self.calls: list[tuple[str, tuple, tuple]] = []
+        self.left_out: list[str] = []
+        self.detour: str | None = None
+        self.reshape: str | None = None
+        self.prev: torch.Tensor | None = x.clone()
+        self.prev_name = "the model's input"
+
+    def before(self, name, mod, args, kwargs):
+        if self.detour is not None:
+            return
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if not isinstance(x, torch.Tensor):
+            self.detour = (f"{name!r} is called with {len(args)} positional and {len(kwargs)} "
+                           "keyword arguments, not one tensor")
+        elif not _same_values(x, self.prev):
+            self.detour = f"the input of {name!r} is not {self.prev_name}"
+        elif x.shape != self.prev.shape and self.reshape is None:
+            self.reshape = (f"{self.prev_name} is reshaped from {tuple(self.prev.shape[1:])} to "
+                            f"{tuple(x.shape[1:])} before {name!r}")
+
+    def after(self, name, mod, args, kwargs, out):
+        self.prev_name = f"the output of {name!r}"
+        if not isinstance(out, torch.Tensor):
+            self.left_out.append(f"{name!r} ({type(mod).__name__}) returns a "
+                                 f"{type(out).__name__}, not a tensor")
+            self.prev = None
+            return
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor):
+            self.calls.append((name, tuple(x.shape[1:]), tuple(out.shape[1:])))
+        self.prev = out.detach().clone()  # (as returned: the next op may change it in place)
+
+    def end(self, y) -> Chain:
+        # (only the values count here: a reshaped output compares the same)
+        if self.detour is None and not (isinstance(y, torch.Tensor)
+                                        and _same_values(y, self.prev)):
+            self.detour = f"the model's output is not {self.prev_name}"
+        return Chain(tuple(self.left_out), self.detour, self.reshape)
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """The same values, sample by sample, in the same order (shapes aside), NaN equal NaN."""
+    if b is None or a.dtype != b.dtype or a.shape[:1] != b.shape[:1] or a.numel() != b.numel():
+        return False
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return torch.equal(a, b) or (a.is_floating_point() and bool(
+        torch.isclose(a, b, rtol=0, atol=0, equal_nan=True).all()))
+
+
+def _record(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list, Chain]:
+    names = leaf_modules(model)
+    hooks = []
+    was = model.training
+    model.eval()
+    try:
+        p = next(model.parameters(), None)
+        dev = p.device if p is not None else "cpu"
+        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        # a fixed random sample (not zeros: an added input or a ReLU outside the layers
+        # would change nothing on zeros), without touching the global random stream
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn((2, *input_shape), generator=g).to(device=dev, dtype=dt)
+        rec = _Recorder(x)
+        for n, m in model.named_modules():
+            if id(m) in names and n == names[id(m)]:
+                hooks.append(m.register_forward_pre_hook(
+                    lambda mod, a, k, n=n: rec.before(n, mod, a, k), with_kwargs=True))
+                hooks.append(m.register_forward_hook(
+                    lambda mod, a, k, o, n=n: rec.after(n, mod, a, k, o), with_kwargs=True))
+        with torch.no_grad():
+            try:
+                y = model(x)
+            except RuntimeError as e:  # e.g. a Linear layer of another width
+                raise ValueError(f"the model does not run on inputs of shape "
+                                 f"{tuple(input_shape)} (batch dimension excluded): "
+                                 f"{str(e).splitlines()[0]}") from None
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return rec.calls, rec.end(y)
+
+
+def traced(model: nn.Module, input_shape, *, fresh: bool = False) -> tuple[list[Node], Chain]:
+    """The leaf modules of `model` in execution order, with shapes (batch dimension dropped),
+    and whether they form a chain (`Chain`); `fresh`: trace again rather than reuse a cached
+    trace of the same architecture (another model's weights)."""
     input_shape = as_input_shape(input_shape)
     key = _signature(model, input_shape)
     modules = dict(model.named_modules())
-    calls = _CACHE.get(key) if key is not None else None
-    if calls is None:
-        calls: list[tuple[str, tuple, tuple]] = []
-        names = leaf_modules(model)
-        hooks = []
-
-        def hook(mod, inp, out, name=None):
-            x = inp[0] if inp else None
-            if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
-                calls.append((name, tuple(x.shape[1:]), tuple(out.shape[1:])))
-
-        for n, m in model.named_modules():
-            if id(m) in names and n == names[id(m)]:
-                hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: hook(mod, i, o, n)))
-        was = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                p = next(model.parameters(), None)
-                dev = p.device if p is not None else "cpu"
-                dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-                try:
-                    model(torch.zeros((1, *input_shape), device=dev, dtype=dt))
-                except RuntimeError as e:  # e.g. a Linear layer of another width
-                    raise ValueError(f"the model does not run on inputs of shape "
-                                     f"{tuple(input_shape)} (batch dimension excluded): "
-                                     f"{str(e).splitlines()[0]}") from None
-        finally:
-            model.train(was)
-            for h in hooks:
-                h.remove()
+    hit = _CACHE.get(key) if key is not None and not fresh else None
+    if hit is None:
+        hit = _record(model, input_shape)
         if key is not None:
-            _CACHE[key] = calls
-    return [Node(n, modules[n], i, o) for n, i, o in calls]
+            _CACHE[key] = hit
+    calls, chain = hit
+    return [Node(n, modules[n], i, o) for n, i, o in calls], chain
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[Node]:
+    """Leaf modules of `model` in execution order, with shapes (batch dimension dropped)."""
+    return traced(model, input_shape)[0]

@@ -24,7 +24,11 @@ Layer rules (hetq's choices where QTools has none are marked *):
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
       Dropout and Identity cost nothing and are transparent (a model starting or ending with
       one has the next or previous layer as its input or output layer);
-  any other layer: a warning naming it, then pass-through.
+  any other layer: a warning naming it, then pass-through;
+  a layer whose output is no tensor (LSTM, GRU: a tuple): a warning naming it, left out;
+  a forward that does more than call its layers one after another (F.relu, a residual `+ x`,
+      torch.cat, a parent's own arithmetic): a warning naming the first such place; those
+      operations are not costed (layers take the type of the layer called before).
 EBOPs* (weights only; biases in ebops_bias): the sum over nonzero weights of weight bits x
 input bits, element by element where the weight quantizer is per channel or per weight and
 where a QActivation with per-feature bits feeds a dense layer (otherwise the widest type).
@@ -52,7 +56,7 @@ from ..quant.layers import QActivation, QDepthwiseConv2d, QLayer, QSeparableConv
 from ..quant.norm import QBatchNorm, _FoldedBatchnorm
 from ..quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
 from .energy import acc_energy, fp_add, fpm_add, fpm_mul, mem_access, op_energy
-from .graph import trace
+from .graph import traced
 from .qtypes import FLOAT, FP32, NAMED, QType, accumulator, adder, multiplier, qtype_of
 
 FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Softmax, nn.Hardswish,
@@ -360,7 +364,16 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
 
 
 def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[LayerCost]:
-    nodes = trace(model, tuple(input_shape))
+    nodes, chain = traced(model, tuple(input_shape))
+    for left_out in chain.left_out:
+        warnings.warn(f"cost model: layer {left_out}; it is left out of the cost (no rule: "
+                      "recurrent layers such as LSTM and GRU are not costed)", stacklevel=3)
+    if chain.detour is not None:
+        warnings.warn(f"cost model: the forward of {type(model).__name__} does more than call "
+                      f"its layers one after another ({chain.detour}); what it does outside "
+                      "its layers (functional calls, additions, concatenations, ...) is not "
+                      "costed, and each layer is costed on the type of the layer called before "
+                      "it", stacklevel=3)
     if not nodes:
         return []
     real = [n for n in nodes if not isinstance(n.module, TRANSPARENT)] or nodes

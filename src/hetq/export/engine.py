@@ -1,8 +1,10 @@
 """Integer engine: a trained hetq model run on integer codes with ap_fixed semantics.
 
 `IntegerModel(model, input_shape, input_type=...)` compiles a model into a chain of integer
-steps (`hetq.export.steps`). Every tensor between steps is an int64 tensor of codes plus a
-`FixedType` (value = code * 2**-frac):
+steps (`hetq.export.steps`), one layer after another in the order its forward calls them: a
+model whose forward does anything else (F.relu, a residual `+ x`, torch.cat, a reshape or
+arithmetic outside its layers, an LSTM's tuple) is refused (`hetq.cost.graph.Chain`). Every
+tensor between steps is an int64 tensor of codes plus a `FixedType` (value = code * 2**-frac):
 
 * the input is cast to `input_type` (or to the model's first `QActivation`);
 * dense / conv1d / conv2d / depthwise / separable / folded batch-norm layers multiply integer
@@ -35,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cost.graph import as_input_shape, trace
+from ..cost.graph import as_input_shape, traced
 from ..quant.base import check_module
 from ..quant.fixed import FixedType, smallest_fixed_type
 from ..quant.layers import (
@@ -346,9 +348,16 @@ class IntegerModel:
         self.input_shape = as_input_shape(input_shape)
         # float64 copy: the reference computation and the source of the integer weights
         self.model = copy.deepcopy(model).double().eval()
-        nodes = trace(self.model, self.input_shape)
+        # traced afresh: the chain check is on this model's own weights
+        nodes, chain = traced(self.model, self.input_shape, fresh=True)
         if not nodes:
             raise ExportError("the model has no layers to export")
+        if chain.broken() is not None:
+            raise ExportError(
+                f"{type(model).__name__}: its forward does more than call its layers one after "
+                f"another ({chain.broken()}), which the export cannot follow; write it as a "
+                "chain of layers (e.g. an nn.Sequential of hetq layers, nn.Flatten for a "
+                "reshape)")
         if isinstance(input_type, str):
             input_type = FixedType.parse(input_type)
         elif input_type is not None and not isinstance(input_type, FixedType):
