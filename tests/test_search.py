@@ -1304,3 +1304,32 @@ def test_a_resume_that_reads_other_data_is_refused(tmp_path, monkeypatch):
         run_search(cfg(trials=3, data="jets-sim:data/j.npz"), out, progress=False)
     _, study = load_run(out)
     assert len(completed(study)) == 2
+
+
+def test_progress_export_and_retrain_do_not_copy_the_whole_study(tmp_path, monkeypatch):
+    """study.trials and study.best_trials deep-copy every trial: the progress line of a Pareto
+    search and a population search's per-trial callback called them after every trial (1 s
+    per trial at 5,000 trials), and export/retrain's trial lookup twice per command."""
+    from hetq.search.driver import _best_line
+    from hetq.search.results import trial_number
+    from hetq.search.retrain import retrain
+
+    study = run_search(cfg(objective="pareto", goal="ebops", trials=3), tmp_path / "p",
+                       progress=False)
+    values = [tuple(t.values) for t in completed(study)]
+    n_front = len(study.best_trials)
+
+    def copies(self):
+        raise AssertionError("the whole study was deep-copied")
+
+    monkeypatch.setattr(optuna.study.Study, "trials", property(copies))
+    monkeypatch.setattr(optuna.study.Study, "best_trials", property(copies))
+    ctx = type("Ctx", (), {"config": cfg(objective="pareto")})()
+    assert _best_line(study, ctx) == f"{n_front} on the front" and len(values) == 3
+    with pytest.raises(ValueError, match=r"is a Pareto search: no single best trial; give a "
+                                         r"trial number \(--trial N\), one of its front's"):
+        trial_number(study, "best", tmp_path / "p")
+    assert trial_model(tmp_path / "p", 2) is not None
+    retrain(tmp_path / "p", 2, epochs=1, progress=False)
+    ran = run_search(cfg(population=2, trials=2), tmp_path / "q", progress=True)
+    assert len(completed(ran)) == 2

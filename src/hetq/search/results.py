@@ -95,7 +95,8 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
                          "(--min-reduction / --max-loss), so there is no best one; give "
                          f"--trial N (`hetq report {out}` lists the front of the others)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
-        front = sorted(t.number for t in study.best_trials)
+        from .objectives import pareto_front
+        front = sorted(done[i].number for i in pareto_front([tuple(t.values) for t in done]))
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
                          f"report {out}` shows their accuracy and costs)")
@@ -113,17 +114,24 @@ def trial_model(out: str | Path, number: int | str, storage: str | None = None):
     return study_trial_model(out, config, study, trial_number(study, number, out))
 
 
+def study_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial `number` of `study`, read-only (not `study.trials[number]`, which deep-copies
+    every trial: seconds at 10,000 trials), or a ValueError naming the trials there are."""
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
+                         f"{len(trials) - 1})" if trials else
+                         f"trial {number} does not exist (the study has no trials yet)")
+    return trials[number]
+
+
 def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study,
                       number: int):
     """`trial_model` with the run's config and study already loaded (`load_run`)."""
     from ..train.checkpoint import load
 
-    if not 0 <= number < len(study.trials):
-        raise ValueError(f"trial {number} does not exist (the study has trials 0 to "
-                         f"{len(study.trials) - 1})" if study.trials else
-                         f"trial {number} does not exist (the study has no trials yet)")
+    t = study_trial(study, number)
     path = trial_path(out, study.study_name, number)
-    t = study.trials[number]
     if path.exists():
         try:
             return load(path)

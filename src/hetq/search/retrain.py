@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from .results import load_run, study_trial_model, trial_number
+from .results import load_run, study_trial, study_trial_model, trial_number
 from .sparsity import MagnitudePruner
 
 
@@ -27,7 +27,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     model = study_trial_model(run, config, study, number)  # (refuses a trial not there)
     path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
                      overwrite=overwrite)
-    t = study.trials[number]
+    t = study_trial(study, number)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
     data = get_dataset(config.data)
     before = evaluate(model, data, device="cpu")
