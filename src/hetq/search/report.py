@@ -34,17 +34,21 @@ def _write_page(path: Path, page: str) -> Path:
     return write_whole(path, lambda tmp: tmp.write_text(page))
 
 
-def write_html_report(run: str | Path, storage: str | None = None) -> Path:
+def write_html_report(run: str | Path, storage: str | None = None, *, loaded=None,
+                      rows: list | None = None) -> Path:
+    """The HTML report of search run `run`; `loaded`: its (config, study) from `load_run`
+    and `rows` its `front_rows`, when the caller has them (each load reads the whole
+    study: seconds at 10,000 trials)."""
     from .objectives import COST_KEYS
-    from .results import format_table, load_run, pareto_rows
+    from .results import format_table, front_rows, load_run
 
     run = Path(run)
-    config, study = load_run(run, storage)
+    config, study = loaded or load_run(run, storage)
     goal = COST_KEYS[config.goal]
     done = [t for t in study.get_trials(deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,))
             if "costs" in t.user_attrs]
-    rows = pareto_rows(run, storage)
+    rows = front_rows(config, study) if rows is None else rows
     plt = _plt()
     # Pareto plot (a log axis has no place for a trial that costs nothing)
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -53,9 +53,13 @@ def load_run(out: str | Path, storage: str | None = None):
 
 def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
     """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
+    return front_rows(*load_run(out, storage))
+
+
+def front_rows(config: SearchConfig, study: optuna.Study) -> list[dict[str, Any]]:
+    """`pareto_rows` of a run already loaded (`load_run`): each load reads the whole study."""
     from .objectives import pareto_front
 
-    config, study = load_run(out, storage)
     goal_key = COST_KEYS[config.goal]
     trials = [t for t in study.get_trials(deepcopy=False,
                                           states=(optuna.trial.TrialState.COMPLETE,))
