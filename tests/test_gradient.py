@@ -1026,3 +1026,18 @@ def test_search_cli_distils_from_a_wider_teacher(tmp_path, capsys, runs_kwargs):
         SearchConfig(teacher_widths=[8, 0])
     with pytest.raises(ValueError, match=r"distill=1.5; expected a weight in \(0, 1\]"):
         SearchConfig(distill=1.5)
+
+
+def test_saved_front_points_are_read_back_in_number_order(tmp_path):
+    """point_NNN files were read back in name order: point_1000 came between point_100 and
+    point_101 once a front had more than 1,000 points."""
+    from torch import nn
+
+    from hetq.search.gradient import saved_gradient_rows
+    from hetq.train.checkpoint import save_module
+
+    for k in (2, 100, 101, 999, 1000):
+        save_module(tmp_path / "gradient" / f"point_{k:03d}.pt", nn.Linear(1, 1), metrics={
+            "test": {"accuracy": 0.5}, "ebops": k, "val_accuracy": 0.5, "epoch": k, "beta": 0.0,
+            "polished": False, "costs": {"energy_pj": 1.0, "lut": 1.0}})
+    assert [r.ebops for r in saved_gradient_rows(tmp_path)] == [2, 100, 101, 999, 1000]

@@ -33,7 +33,11 @@ def saved_gradient_rows(out) -> list[GradientRow]:
     from ...train.checkpoint import read
 
     rows = []
-    for path in sorted((Path(out) / "gradient").glob("point_*.pt")):
+    def number(path):  # (by number: point_1000 after point_999, not after point_100)
+        n = path.stem.removeprefix("point_")
+        return (0, int(n)) if n.isdigit() else (1, path.name)
+
+    for path in sorted((Path(out) / "gradient").glob("point_*.pt"), key=number):
         m = read(path)["metrics"]
         p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
                        polished=m["polished"])
