@@ -1091,3 +1091,101 @@ def test_a_checkpoint_of_a_class_this_program_lacks_says_what_to_do(tmp_path):
             f"{tmp_path / 'my.pt'} stores a model of class MyNet from module ") + r"\S*__main__, "
             + re.escape("which this program does not define; define or import that class")):
         load(tmp_path / "my.pt")
+
+
+def test_confident_scores_do_not_tie_and_rescaled_logits_score_the_same():
+    """Scores were softmax probabilities in float32: beyond a logit margin of about 17 they
+    round to exactly 1, one tie block right where TPR at FPR = 1e-2 is measured. Multiplying
+    the logits by 30 (the same ranking) took TPR@FPR=0.01 from 0.49 to 0.10."""
+    from torch import nn
+
+    from hetq.data import Dataset
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 2)).astype(np.float32)
+    y = (X[:, 0] + 0.7 * X[:, 1] + rng.normal(size=3000) > 0).astype(np.int64)
+    d = Dataset.from_splits("t", {s: (X, y) for s in ("train", "val", "test")}, ["a", "b"],
+                            ["a", "b"], standardize=False)
+
+    def model(scale):
+        m = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]) * scale)
+        return m
+
+    base = evaluate(model(1), d)
+    lo = X[:, 0].astype(np.float64)  # the exact one-vs-rest log-odds of class b: 2 x0
+    assert base["auc_b"] == pytest.approx(auc(lo, y == 1), abs=1e-12)
+    assert base["tpr@fpr=0.01_b"] == pytest.approx(tpr_at_fpr(lo, y == 1), abs=1e-12)
+    for scale in (30, 100):
+        m = evaluate(model(scale), d)
+        assert m["auc_b"] == base["auc_b"] and m["tpr@fpr=0.01_b"] == base["tpr@fpr=0.01_b"]
+        assert m["accuracy"] == base["accuracy"]
+
+
+def test_tied_logits_keep_their_argmax_and_ties_in_scores():
+    from hetq.train.metrics import log_odds
+
+    logits = torch.tensor([[1.0, 3.0, 3.0, -2.0], [0.5, 0.5, 0.5, 0.5], [2.0, -1.0, 7.0, 7.0]])
+    s = log_odds(logits)
+    assert s.dtype == torch.float64
+    assert torch.equal(s.argmax(1), logits.argmax(1))
+    assert s[0, 1] == s[0, 2] and s[2, 2] == s[2, 3] and len(set(s[1].tolist())) == 1
+    p = torch.softmax(logits.double(), 1)
+    assert torch.allclose(s, torch.log(p / (1 - p)))
+
+
+def test_validation_in_fit_runs_in_eval_mode():
+    """fit's validation loss ran in train mode: dropout on, and batch norm moving its running
+    statistics with the validation data (the stored best state carried them)."""
+    from torch import nn
+
+    from hetq.train.loop import evaluate_tensors
+
+    d = get_dataset("synthetic:n=600,features=4,classes=2")
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
+                      nn.Linear(8, 2)).train()
+    before = m[1].running_mean.clone()
+    Xv, yv = d.tensors("val")
+    a = evaluate_tensors(m, Xv, yv, Classify(), d)
+    b = evaluate_tensors(m, Xv, yv, Classify(), d)
+    assert a == b and a["loss"] == evaluate(m, d, "val")["loss"]
+    assert torch.equal(m[1].running_mean, before) and m.training
+
+
+def test_nan_scores_are_refused_and_infinite_ones_tie():
+    """NaN scores were each their own threshold, in input order (AUC 0.75 or 0.50 for the same
+    data shuffled); tied infinite scores (an overflowing reconstruction error) likewise."""
+    with pytest.raises(ValueError, match=re.escape(
+            "2 of 4 scores are NaN (the first: sample 0); a ROC needs numbers")):
+        auc(np.array([np.nan, np.nan, 0.5, 0.1]), np.array([1, 0, 1, 0]))
+    s = np.array([np.inf, np.inf, 0.0, 0.1])
+    # (the tie at inf: one positive, one negative, in either order -> the same ROC)
+    assert auc(s, np.array([1, 0, 1, 0])) == auc(s[[1, 0, 2, 3]], np.array([0, 1, 1, 0])) == 0.375
+    out = torch.tensor([[1e20, 0.0], [1e20, 0.0], [0.0, 0.0], [0.1, 0.0]])
+    sc = Anomaly().scores(out, torch.zeros(4, 2)).numpy()
+    assert np.isfinite(sc).all()  # (float64: no overflow to inf)
+    from torch import nn
+
+    m = nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight.fill_(float("nan"))
+    d = get_dataset("synthetic:n=600,features=2,classes=2")
+    with pytest.raises(ValueError, match=r"the model gives NaN outputs for \d+ of \d+ samples"):
+        evaluate(m, d)
+
+
+def test_metrics_table_finds_the_tpr_of_class_names_with_underscores():
+    from hetq.train.metrics import classification_metrics
+    from hetq.train.report import metrics_table
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 500)
+    scores = rng.normal(size=(500, 3)) + np.eye(3)[y]
+    cl = ["b_jet", "c_jet", "light"]
+    m = classification_metrics(scores, y, cl)
+    table = metrics_table({**m, "loss": 0.5}, cl)
+    assert "tpr@fpr=0.01" in table.splitlines()[1].split()[-1]
+    row = next(line for line in table.splitlines() if line.split()[0] == "b_jet")
+    assert row.split()[-1] == f"{m['tpr@fpr=0.01_b_jet']:.4f}" != "0.0000"

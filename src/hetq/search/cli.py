@@ -154,9 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--objective", default="forgiving", choices=["forgiving", "pareto"],
                    help="forgiving factor score (one value) or a (metric, cost) Pareto front")
     s.add_argument("--metric", default="accuracy",
-                   help="validation metric to keep high: accuracy, auc_CLASS, "
-                        "tpr@fpr=0.01_CLASS, ... (any key `hetq evaluate` prints; "
-                        "default %(default)s)")
+                   help="validation metric to keep high: accuracy, auc_CLASS, auc_mean, "
+                        "tpr@fpr=0.01_CLASS or tpr@fpr=0.01_mean (CLASS: a class name of "
+                        "--data, e.g. t; default %(default)s)")
     s.add_argument("--delta-p", type=float, default=8.0,
                    help="forgiving factor: %% of the metric traded for every --rate-fold "
                         "cost saving (default %(default)s)")

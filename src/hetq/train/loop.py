@@ -135,16 +135,25 @@ def _train_val_tensors(data, task, device):
 
 @torch.no_grad()
 def predict_scores(model, X: torch.Tensor, task, batch_size: int = 8192):
-    """Scores of `model` on X (eval mode), in batches."""
+    """Scores of `model` on X (eval mode), in batches, as float64; a ValueError if the model
+    gives NaN for some samples (they have no rank: every metric of them would be noise)."""
     was = model.training
     model.eval()
     outs = []
-    for i in range(0, X.shape[0], batch_size):
-        xb = X[i:i + batch_size]
-        out = model(xb)
-        outs.append(task.scores(out, xb).float().cpu())
-    model.train(was)
-    return torch.cat(outs).numpy() if outs else np.zeros((0,))
+    try:
+        with torch.no_grad():
+            for i in range(0, X.shape[0], batch_size):
+                xb = X[i:i + batch_size]
+                outs.append(task.scores(model(xb), xb).double().cpu())
+    finally:
+        model.train(was)
+    s = torch.cat(outs).numpy() if outs else np.zeros((0,))
+    bad = np.isnan(s).reshape(len(s), -1).any(axis=1) if s.size else np.zeros(0, bool)
+    if bad.any():
+        raise ValueError(f"the model gives NaN outputs for {int(bad.sum())} of {len(s)} "
+                         f"samples (the first: sample {int(np.flatnonzero(bad)[0])}); its "
+                         "metrics would be meaningless (a diverged training, or NaN inputs)")
+    return s
 
 
 @torch.no_grad()
@@ -264,12 +273,16 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             if pruner is not None:
                 pruner.on_epoch_end(epoch)
             train_loss = float(total) / n
-            val = evaluate_tensors(model, Xva, yva, task, data)
-            row = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
-            res.history.append(row)
-            if not math.isfinite(train_loss):
+            if not math.isfinite(train_loss):  # (before validation: it refuses NaN outputs)
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss "
                                          f"{train_loss}); lower the learning rate")
+            try:
+                val = evaluate_tensors(model, Xva, yva, task, data)
+            except ValueError as e:  # NaN outputs on the validation data only
+                raise FloatingPointError(f"training diverged at epoch {epoch} ({e}); lower "
+                                         "the learning rate") from None
+            row = {"epoch": epoch, "loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+            res.history.append(row)
             if val["loss"] < res.best_val_loss:
                 res.best_val_loss, res.best_epoch = val["loss"], epoch
                 if restore_best:
@@ -303,7 +316,14 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
 
 
 def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:
-    scores = predict_scores(model, X, task)
-    m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
-    m["loss"] = _val_loss(model, X, y, task)
+    """Metrics and loss in eval mode (the loss in train mode, as fit's validation had it, ran
+    dropout and moved batch-norm statistics with the validation data)."""
+    was = model.training
+    model.eval()
+    try:
+        scores = predict_scores(model, X, task)
+        m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
+        m["loss"] = _val_loss(model, X, y, task)
+    finally:
+        model.train(was)
     return m

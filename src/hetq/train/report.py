@@ -12,7 +12,10 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
     if task == "classify":
         lines.append(f"accuracy {m.get('accuracy', float('nan')):.4f}   loss "
                      f"{m.get('loss', float('nan')):.4f}")
-        fpr_key = next((k.rsplit("_", 1)[0] for k in m if k.startswith("tpr@fpr=")), None)
+        # (the key's prefix, by the class names: a class 'b_jet' made rsplit('_') give
+        # 'tpr@fpr=0.01_b', and every TPR printed as 0)
+        fpr_key = next((k[:-len(c) - 1] for k in m if k.startswith("tpr@fpr=")
+                        for c in [*classes, "mean"] if k.endswith(f"_{c}")), None)
         lines.append(f"{'class':>6}  {'AUC':>7}  {fpr_key or 'tpr':>14}")
         for c in classes:
             if f"auc_{c}" in m:

@@ -11,10 +11,9 @@ Losses and metrics are plain callables, so a search can optimise any metric a ta
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
-from .metrics import auc, classification_metrics, tpr_at_fpr
+from .metrics import auc, classification_metrics, log_odds, tpr_at_fpr
 
 
 class Classify:
@@ -31,7 +30,7 @@ class Classify:
         return F.cross_entropy(out, y)
 
     def scores(self, out, x):
-        return torch.softmax(out, dim=1)
+        return log_odds(out)  # (float64; the softmax probability's ranking, never saturated)
 
     def check_output(self, out, x, n_classes: int, named: bool = False) -> None:
         """The model's output on x must hold one logit per class: exactly n_classes when the
@@ -80,7 +79,8 @@ class Anomaly:
         return F.mse_loss(out, x)
 
     def scores(self, out, x):
-        return ((out - x) ** 2).flatten(1).mean(1)
+        # (float64: float16's squares overflow from an error of about 300 per element)
+        return ((out.double() - x.double()) ** 2).flatten(1).mean(1)
 
     def check_output(self, out, x, n_classes: int, named: bool = False) -> None:
         """The model must reconstruct its input (an autoencoder)."""

@@ -18,7 +18,7 @@ from ..loop import (
     check_hyperparameters,
     resolve_device,
 )
-from ..metrics import classification_metrics, per_class_metrics
+from ..metrics import classification_metrics, log_odds, per_class_metrics
 from ..tasks import Classify
 from .layers import Population
 
@@ -395,8 +395,8 @@ def _validate(pop: Population, Xva, yva, yva_np, task, classes, how: str
         acc = (logits.argmax(-1) == yva).float().mean(1).tolist()
         return [{"accuracy": a, "loss": v} for a, v in zip(acc, loss)]
     if classify:
-        probs = torch.softmax(torch.cat(outs, 1), dim=-1).float().cpu()
-        res = _classification_metrics(probs, yva_np, classes, task.fpr)
+        scores = log_odds(torch.cat(outs, 1)).cpu()  # (as Classify.scores: float64 log-odds)
+        res = _classification_metrics(scores, yva_np, classes, task.fpr)
     else:
         res = []
         for r in range(Ka):
@@ -408,22 +408,24 @@ def _validate(pop: Population, Xva, yva, yva_np, task, classes, how: str
     return res
 
 
-def _classification_metrics(probs: torch.Tensor, y: np.ndarray, classes: list[str],
+def _classification_metrics(scores: torch.Tensor, y: np.ndarray, classes: list[str],
                             fpr: float) -> list[dict[str, float]]:
-    """`hetq.train.metrics.classification_metrics` of K members, probs [K, N, C].
+    """`hetq.train.metrics.classification_metrics` of K members, scores [K, N, C].
 
     Its cost is sorting: 2 C stable argsorts of N scores per member. Here one multi-threaded
     `torch.sort` orders every member's class scores; the metric functions then get presorted
     columns, where their own stable argsort is nearly free. The ROC points sit at the last
     index of each distinct score, which the order within ties does not change, so the values
-    are exactly those of `classification_metrics`."""
-    if not torch.isfinite(probs).all():  # NaN sorts differently in torch and numpy
-        return [classification_metrics(p.numpy(), y, classes, fpr) for p in probs]
-    srt = torch.sort(probs.transpose(1, 2), dim=-1, descending=True)
+    are exactly those of `classification_metrics`. A member with NaN scores (a diverged one,
+    which fails) gets a NaN accuracy only."""
+    if not torch.isfinite(scores).all():  # NaN sorts differently in torch and numpy
+        return [{"accuracy": float("nan")} if torch.isnan(p).any() else
+                classification_metrics(p.numpy(), y, classes, fpr) for p in scores]
+    srt = torch.sort(scores.transpose(1, 2), dim=-1, descending=True)
     values, order = srt.values.numpy(), srt.indices.numpy()
-    pred = probs.argmax(-1).numpy()
+    pred = scores.argmax(-1).numpy()
     out = []
-    for r in range(probs.shape[0]):
+    for r in range(scores.shape[0]):
         m = {"accuracy": float((pred[r] == y).mean())}
         m.update(per_class_metrics(lambda k, lab, r=r: (values[r, k], lab[order[r, k]]),
                                    y, classes, fpr))
