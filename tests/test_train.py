@@ -1189,3 +1189,24 @@ def test_metrics_table_finds_the_tpr_of_class_names_with_underscores():
     assert "tpr@fpr=0.01" in table.splitlines()[1].split()[-1]
     row = next(line for line in table.splitlines() if line.split()[0] == "b_jet")
     assert row.split()[-1] == f"{m['tpr@fpr=0.01_b_jet']:.4f}" != "0.0000"
+
+
+def test_fit_gives_the_global_random_stream_back_and_presets_are_copies():
+    """fit seeded torch's global generator for its stochastic quantizers and left it so:
+    every model built after a fit with the default seed started from the same weights. And
+    preset() handed out the registry's own dict, so a caller's tweak changed it for all."""
+    from hetq.train.population import fit_population
+
+    d = get_dataset("synthetic:n=600,features=16,classes=5")
+    torch.manual_seed(123)
+    m = build("jet_mlp", widths=[4])
+    state = torch.get_rng_state()
+    fit(m, d, epochs=1, progress=False, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)
+    ms = [build("jet_mlp", widths=[4]), build("jet_mlp", widths=[4])]
+    state = torch.get_rng_state()
+    fit_population(ms, d, epochs=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    p = preset("q6")
+    p["Linear"]["kernel"] = "quantized_bits(2,0,alpha=1)"
+    assert preset("q6")["Linear"]["kernel"] != "quantized_bits(2,0,alpha=1)"

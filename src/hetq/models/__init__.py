@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from torch import nn
 
 from .cnn import cnn_digits
@@ -43,7 +45,7 @@ def preset(name: str) -> dict:
     key = _key(name)
     if key not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
-    return PRESETS[key]
+    return copy.deepcopy(PRESETS[key])  # (a copy: a caller's tweak stays the caller's)
 
 
 __all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "jet_autoencoder", "jet_mlp", "preset",

@@ -9,6 +9,7 @@ metrics)` — the hook through which a search prunes hopeless trials (it may rai
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -245,7 +246,8 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     if pruner is not None:
         pruner.attach(opt)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # stochastic quantizers draw from the global generator
+    rng = contextlib.ExitStack()  # (closed in the finally below)
+    rng.enter_context(seeded(seed, dev))
     res = TrainResult()
     best_state = None
     bar = None
@@ -302,6 +304,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             raise
         res.interrupted = True
     finally:
+        rng.close()
         if bar is not None:
             bar.close()
         if pruner is not None:
@@ -313,6 +316,17 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     res.seconds = time.perf_counter() - t0
     model.eval()
     return res
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device):
+    """The global random generators seeded with `seed` inside the block (stochastic
+    quantizers draw from them), and given back as they were after it: fit used to leave them
+    reseeded, so every model built after a fit with the default seed started the same."""
+    dev = torch.device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:

@@ -17,6 +17,7 @@ from ..loop import (
     as_dataset,
     check_hyperparameters,
     resolve_device,
+    seeded,
 )
 from ..metrics import classification_metrics, log_odds, per_class_metrics
 from ..tasks import Classify
@@ -236,123 +237,126 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     lr_tables = [_lr_table(v, epochs, schedule) for v in lrs]
     opt = _Adam(pop.stacked_parameters(), decoupled=optimizer == "adamw")
     gens = {s: torch.Generator().manual_seed(s) for s in sorted(set(seeds))}
-    torch.manual_seed(seeds[0])  # stochastic quantizers draw from the global generator
-    results = [MemberResult() for _ in range(K)]
-    best: list[dict | None] = [None] * K
-    final: list[dict | None] = [None] * K
-    n = Xtr.shape[0]
-    t0 = time.perf_counter()
-    fast_ce = type(task) is Classify  # its loss is _cross_entropy's
+    # stochastic quantizers draw from the global generators: seeded for the training, then
+    # given back as they were (the caller's random stream is not reseeded)
+    with seeded(seeds[0], dev):
+        results = [MemberResult() for _ in range(K)]
+        best: list[dict | None] = [None] * K
+        final: list[dict | None] = [None] * K
+        n = Xtr.shape[0]
+        t0 = time.perf_counter()
+        fast_ce = type(task) is Classify  # its loss is _cross_entropy's
 
-    def finish(r: int, k: int, restore: bool) -> None:
-        res = results[k]
-        state = best[k] if restore and restore_best and best[k] is not None \
-            else pop.member_state(r)
-        masks = sparse.member_masks(pop, r)
-        if restore and restore_best and best[k] is not None:
-            for name, mask in masks.items():  # MagnitudePruner.apply() after the restore
-                state[f"{name}.weight"] = state[f"{name}.weight"] * mask
-        final[k] = state
-        res.state = state
-        res.seconds = time.perf_counter() - t0
-        w = {name: state[f"{name}.weight"] for name in masks}
-        res.sparsity = {name: float((v == 0).float().mean()) for name, v in w.items()}
+        def finish(r: int, k: int, restore: bool) -> None:
+            res = results[k]
+            state = best[k] if restore and restore_best and best[k] is not None \
+                else pop.member_state(r)
+            masks = sparse.member_masks(pop, r)
+            if restore and restore_best and best[k] is not None:
+                for name, mask in masks.items():  # MagnitudePruner.apply() after the restore
+                    state[f"{name}.weight"] = state[f"{name}.weight"] * mask
+            final[k] = state
+            res.state = state
+            res.seconds = time.perf_counter() - t0
+            w = {name: state[f"{name}.weight"] for name in masks}
+            res.sparsity = {name: float((v == 0).float().mean()) for name, v in w.items()}
 
-    for epoch in range(epochs):
-        if pop.size == 0:
-            break
-        ids = list(pop.ids)
-        Ka = len(ids)
-        pop.train()
-        neg_steps, decay = opt.plan([lr_tables[k][epoch] for k in ids], [wds[k] for k in ids],
-                                    (n + batch_size - 1) // batch_size)
-        # one permutation per distinct seed, from that seed's generator (members only leave,
-        # so each generator has drawn one permutation per epoch, as in `fit`)
-        perms = {s: torch.randperm(n, generator=gens[s]) for s in sorted({seeds[k] for k in ids})}
-        shared = len(perms) == 1
-        perm = next(iter(perms.values())) if shared else \
-            torch.stack([perms[seeds[k]] for k in ids])
-        perm = perm.to(dev)
-        total = torch.zeros(Ka, device=dev)
-        for j, i in enumerate(range(0, n, batch_size)):
-            if shared:
-                idx = perm[i:i + batch_size]
-                xb, yb = Xtr[idx], ytr[idx]
-            else:
-                idx = perm[:, i:i + batch_size]
-                xb, yb = Xtr[idx], ytr[idx]  # [Ka, B, ...], [Ka, B]
-            B = idx.shape[-1]
-            out = pop(xb, per_member=not shared)
-            if fast_ce and len(set(pop.n_out)) == 1:
-                per = _cross_entropy(out, yb)
-            else:
-                per = torch.stack([task.loss(out[r, :, :pop.n_out[r]],
-                                             xb if shared else xb[r],
-                                             yb if shared else yb[r]) for r in range(Ka)])
-            opt.zero_grad()
-            per.sum().backward()
-            opt.step(neg_steps[j], decay)
-            if sparse.masks:
-                sparse.apply(pop)
-            total += per.detach() * B
-        sparse.on_epoch_end(pop, epoch)
-        train_loss = (total / n).tolist()
-        vals = _validate(pop, Xva, yva, yva_np, task, classes, val_metrics)
-        stop_rows = []
-        for r, k in enumerate(ids):
-            res, val = results[k], vals[r]
-            res.history.append({"epoch": epoch, "loss": train_loss[r],
-                                **{f"val_{a}": b for a, b in val.items()}})
-            if not math.isfinite(train_loss[r]):
-                res.diverged = True
-                res.stop_reason = f"training loss {train_loss[r]} at epoch {epoch}"
-                stop_rows.append((r, False))
-                continue
-            if val["loss"] < res.best_val_loss:
-                res.best_val_loss, res.best_epoch = val["loss"], epoch
-                if restore_best:
-                    best[k] = pop.member_state(r)
-            if report is not None:
-                try:
-                    stop = bool(report(k, epoch, val))
-                    why = f"report returned True after epoch {epoch}"
-                except Exception as e:  # noqa: BLE001 - fit's report raises to stop a trial
-                    stop, why = True, f"report raised {e!r} after epoch {epoch}"
-                if stop:
-                    res.stopped_by_report, res.stop_reason = True, why
+        for epoch in range(epochs):
+            if pop.size == 0:
+                break
+            ids = list(pop.ids)
+            Ka = len(ids)
+            pop.train()
+            neg_steps, decay = opt.plan([lr_tables[k][epoch] for k in ids], [wds[k] for k in ids],
+                                        (n + batch_size - 1) // batch_size)
+            # one permutation per distinct seed, from that seed's generator (members only leave,
+            # so each generator has drawn one permutation per epoch, as in `fit`)
+            perms = {s: torch.randperm(n, generator=gens[s])
+                     for s in sorted({seeds[k] for k in ids})}
+            shared = len(perms) == 1
+            perm = next(iter(perms.values())) if shared else \
+                torch.stack([perms[seeds[k]] for k in ids])
+            perm = perm.to(dev)
+            total = torch.zeros(Ka, device=dev)
+            for j, i in enumerate(range(0, n, batch_size)):
+                if shared:
+                    idx = perm[i:i + batch_size]
+                    xb, yb = Xtr[idx], ytr[idx]
+                else:
+                    idx = perm[:, i:i + batch_size]
+                    xb, yb = Xtr[idx], ytr[idx]  # [Ka, B, ...], [Ka, B]
+                B = idx.shape[-1]
+                out = pop(xb, per_member=not shared)
+                if fast_ce and len(set(pop.n_out)) == 1:
+                    per = _cross_entropy(out, yb)
+                else:
+                    per = torch.stack([task.loss(out[r, :, :pop.n_out[r]],
+                                                 xb if shared else xb[r],
+                                                 yb if shared else yb[r]) for r in range(Ka)])
+                opt.zero_grad()
+                per.sum().backward()
+                opt.step(neg_steps[j], decay)
+                if sparse.masks:
+                    sparse.apply(pop)
+                total += per.detach() * B
+            sparse.on_epoch_end(pop, epoch)
+            train_loss = (total / n).tolist()
+            vals = _validate(pop, Xva, yva, yva_np, task, classes, val_metrics)
+            stop_rows = []
+            for r, k in enumerate(ids):
+                res, val = results[k], vals[r]
+                res.history.append({"epoch": epoch, "loss": train_loss[r],
+                                    **{f"val_{a}": b for a, b in val.items()}})
+                if not math.isfinite(train_loss[r]):
+                    res.diverged = True
+                    res.stop_reason = f"training loss {train_loss[r]} at epoch {epoch}"
                     stop_rows.append((r, False))
                     continue
-            if pats[k] is not None and epoch - res.best_epoch >= pats[k]:
-                res.stopped_early = True
-                res.stop_reason = f"no better validation loss for {pats[k]} epoch(s)"
-                stop_rows.append((r, True))
-        for r, restore in stop_rows:
-            finish(r, ids[r], restore)
-        if stop_rows:  # re-pack: the stopped members leave the stack and the optimiser
-            gone = {r for r, _ in stop_rows}
-            rows = [r for r in range(Ka) if r not in gone]
-            sparse.keep(rows)
-            if rows:
-                pop.keep(rows)
-                opt.keep(rows, pop.stacked_parameters())
-            else:
-                pop.ids = []  # nobody left; the stack is rebuilt or dropped below
-    for r, k in enumerate(pop.ids):
-        finish(r, k, True)
-    if given_pop:  # every member back in the stack, with its final weights
-        ms = []
-        for k in range(K):
-            m = copy.deepcopy(pop.templates[k])
-            m.load_state_dict(final[k])
-            ms.append(m)
-        pop._stack(ms, list(range(K)))
-        pop.to(dev)
-    else:
-        for k, m in enumerate(models):
-            m.load_state_dict(final[k])
-            m.eval()
-    pop.eval()
-    return results
+                if val["loss"] < res.best_val_loss:
+                    res.best_val_loss, res.best_epoch = val["loss"], epoch
+                    if restore_best:
+                        best[k] = pop.member_state(r)
+                if report is not None:
+                    try:
+                        stop = bool(report(k, epoch, val))
+                        why = f"report returned True after epoch {epoch}"
+                    except Exception as e:  # noqa: BLE001 - fit's report raises to stop a trial
+                        stop, why = True, f"report raised {e!r} after epoch {epoch}"
+                    if stop:
+                        res.stopped_by_report, res.stop_reason = True, why
+                        stop_rows.append((r, False))
+                        continue
+                if pats[k] is not None and epoch - res.best_epoch >= pats[k]:
+                    res.stopped_early = True
+                    res.stop_reason = f"no better validation loss for {pats[k]} epoch(s)"
+                    stop_rows.append((r, True))
+            for r, restore in stop_rows:
+                finish(r, ids[r], restore)
+            if stop_rows:  # re-pack: the stopped members leave the stack and the optimiser
+                gone = {r for r, _ in stop_rows}
+                rows = [r for r in range(Ka) if r not in gone]
+                sparse.keep(rows)
+                if rows:
+                    pop.keep(rows)
+                    opt.keep(rows, pop.stacked_parameters())
+                else:
+                    pop.ids = []  # nobody left; the stack is rebuilt or dropped below
+        for r, k in enumerate(pop.ids):
+            finish(r, k, True)
+        if given_pop:  # every member back in the stack, with its final weights
+            ms = []
+            for k in range(K):
+                m = copy.deepcopy(pop.templates[k])
+                m.load_state_dict(final[k])
+                ms.append(m)
+            pop._stack(ms, list(range(K)))
+            pop.to(dev)
+        else:
+            for k, m in enumerate(models):
+                m.load_state_dict(final[k])
+                m.eval()
+        pop.eval()
+        return results
 
 
 def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
