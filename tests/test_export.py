@@ -953,3 +953,17 @@ def test_a_batchnorm_scale_that_rounds_differently_in_float32_is_refused():
         bn.weight.fill_(0.2)  # no tie: exported and exact
     eng = IntegerModel(m, (1,))
     assert eng.compare(torch.linspace(-3, 3, 50)[:, None]).exact
+
+
+def test_a_model_left_in_train_mode_with_stochastic_weights_exports():
+    """A model left in train mode (a custom training loop's end) with stochastic_ternary
+    weights was refused: 'quantized weights differ between float32 and float64 ... (a scale
+    tie); retrain briefly' -- its train-mode quantizer drew new weights each call."""
+    torch.manual_seed(0)
+    m = nn.Sequential(QActivation("quantized_bits(8,3)"),
+                      QDense(6, 4, kernel_quantizer="stochastic_ternary(alpha=1)",
+                             bias_quantizer="quantized_bits(8,2,alpha=1)"),
+                      QActivation("quantized_relu(6,0)"))
+    m.train()
+    eng = IntegerModel(m, (6,))
+    assert m.training and eng.compare(torch.randn(200, 6) * 3).exact

@@ -1210,3 +1210,12 @@ def test_fit_gives_the_global_random_stream_back_and_presets_are_copies():
     p = preset("q6")
     p["Linear"]["kernel"] = "quantized_bits(2,0,alpha=1)"
     assert preset("q6")["Linear"]["kernel"] != "quantized_bits(2,0,alpha=1)"
+
+
+def test_a_tensor_given_as_data_is_refused_by_name():
+    """fit(model, torch.tensor(X)) got past the check (a tensor has a .split method) and
+    failed inside torch: 'split_with_sizes(): argument 'split_sizes' ... not str'."""
+    for data in (torch.zeros(10, 16), np.zeros((10, 16))):
+        with pytest.raises(ValueError, match="data must be a hetq Dataset with train/val/test "
+                                             f"splits.*; got {type(data).__name__}"):
+            fit(build("jet_mlp", widths=[4]), data, epochs=1, progress=False)

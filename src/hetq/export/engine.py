@@ -397,7 +397,16 @@ class IntegerModel:
         self.output_type = t
 
     def _check_weights(self, model):
-        """The float32 model's quantized weights equal the float64 copy's (same export)."""
+        """The float32 model's quantized weights equal the float64 copy's (same export), both
+        in eval mode (a model left in train mode draws stochastic quantizers afresh)."""
+        was = model.training
+        model.eval()
+        try:
+            self._compare_weights(model)
+        finally:
+            model.train(was)
+
+    def _compare_weights(self, model):
         ref = dict(self.model.named_modules())
         for name, m in model.named_modules():
             if isinstance(m, QLayer) and name:

@@ -479,7 +479,8 @@ class Progress:
         best = _best_line(study, self.ctx)
         line = f"trial {done}/{self.budget} #{trial.number} {state}"
         if m is not None and c is not None:
-            line += f" {self.ctx.config.metric}={m:.4f} {self.ctx.config.goal}={_fmt_cost(c)}"
+            line += (f" val {self.ctx.config.metric}={m:.4f} "
+                     f"{self.ctx.config.goal}={_fmt_cost(c)}")
         print(f"{line} | best: {best} | ETA {eta:.0f}s", flush=True)
 
 

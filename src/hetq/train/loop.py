@@ -73,7 +73,8 @@ def as_dataset(data):
 
 
 def _split_tensors(data, split, task, device):
-    if isinstance(data, str) or not callable(getattr(data, "split", None)):
+    if isinstance(data, (str, torch.Tensor, np.ndarray)) or \
+            not callable(getattr(data, "split", None)):  # (a tensor has a .split of its own)
         raise ValueError("data must be a hetq Dataset with train/val/test splits, e.g. "
                          "hetq.data.get_dataset('jets-sim') or Dataset.from_splits(name, "
                          f"{{'train': (X, y), 'val': ..., 'test': ...}}, features, classes); "
