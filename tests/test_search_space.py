@@ -249,3 +249,74 @@ def test_resize_conv_to_dense_selects_channel_columns():
     assert r.conv.out_channels == 2 and r.bn.num_features == 2 and r.fc.in_features == 18
     x = torch.randn(4, 2, 3, 3)
     assert torch.allclose(r(x), m(x), atol=1e-5)
+
+
+def _zeroed(m, keep):
+    """`m` with the output units each layer does not keep set to zero (weights and bias)."""
+    import copy
+
+    import torch
+
+    from hetq.models.resize import _unit_weight
+
+    z = copy.deepcopy(m)
+    with torch.no_grad():
+        for name, units in keep.items():
+            layer = dict(z.named_modules())[name]
+            drop = [j for j in range(_unit_weight(layer).shape[0]) if j not in units]
+            _unit_weight(layer)[drop] = 0
+            if layer.bias is not None:
+                layer.bias[drop] = 0
+    return z
+
+
+def test_width_search_resizes_separable_convolutions_and_keeps_the_layer_types():
+    """Width search on cnn_digits failed every trial ('cannot resize the input of layer
+    'dense': 512 inputs after 18 outputs'): the separable convolution was no resizable layer.
+    And resizing gave plain nn.Linear / nn.Conv2d back, without the hetq layer's quantizers,
+    in float32 whatever the model's dtype."""
+    import torch
+
+    from hetq.models import cnn_digits
+    from hetq.models.resize import _unit_scores, _weight_layers, resize_model
+    from hetq.quant.layers import QConv2d, QDense, QSeparableConv2d
+
+    torch.manual_seed(0)
+    f = nn.Sequential(OrderedDict([  # float (no quantizers): the zeroed copy is exact
+        ("conv", QConv2d(1, 6, 3)), ("act1", nn.ReLU()),
+        ("sepconv", QSeparableConv2d(6, 8, 3, depth_multiplier=2)), ("act2", nn.ReLU()),
+        ("flatten", nn.Flatten()), ("dense", QDense(8 * 4 * 4, 3))])).double().eval()
+    r = resize_model(f, {"conv": 0.5, "sepconv": 0.5})
+    assert (r.conv.out_channels, r.sepconv.in_channels, r.sepconv.out_channels) == (3, 3, 4)
+    assert tuple(r.sepconv.depthwise_weight.shape) == (6, 1, 3, 3)
+    assert tuple(r.sepconv.pointwise_weight.shape) == (4, 6, 1, 1)
+    assert r.dense.in_features == 4 * 4 * 4
+    assert type(r.conv) is QConv2d and type(r.sepconv) is QSeparableConv2d
+    assert r.dense.weight.dtype == torch.float64
+    chain = _weight_layers(f)
+    keep = {n: torch.topk(_unit_scores(chain, k), w).indices.sort().values.tolist()
+            for k, (n, w) in enumerate([("conv", 3), ("sepconv", 4)])}
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(r(x), _zeroed(f, keep)(x), atol=1e-12)
+    q = resize_model(cnn_digits(), {"conv": 0.5})
+    assert str(q.conv.kernel_quantizer) == str(cnn_digits().conv.kernel_quantizer)
+    assert q(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    widths = SearchSpace(cnn_digits(), tune_filters="layer").width_params
+    assert sorted(widths) == ["width/conv", "width/sepconv"]
+
+
+def test_width_search_refuses_layers_registered_out_of_call_order():
+    """A model registering its output layer first had that layer offered for resizing and
+    the real hidden layer left out."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head, self.fc1, self.act = nn.Linear(8, 5), nn.Linear(8, 8), nn.ReLU()
+
+        def forward(self, x):
+            return self.head(self.act(self.fc1(x)))
+
+    with pytest.raises(ValueError, match=r"width search: the model's layers are registered in "
+                                         r"the order \['head', 'fc1'\] but its forward calls "
+                                         r"them in the order \['fc1', 'head'\]"):
+        SearchSpace(Net(), tune_filters="layer")

@@ -99,7 +99,7 @@ class CostReport:
         return self.table()
 
 
-def _input_shape(model: nn.Module):
+def infer_input_shape(model: nn.Module):
     """A dense model's input size; for an image model the one square (C, S, S) with S <= 64
     that the model accepts (a flatten into a dense layer fixes it)."""
     for m in model.modules():
@@ -153,7 +153,7 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
             from QTools, which costs them as quantized_bits(8,0,1).
     """
     check_module(model, "cost")
-    input_shape = _input_shape(model) if input_shape is None else as_input_shape(input_shape)
+    input_shape = infer_input_shape(model) if input_shape is None else as_input_shape(input_shape)
     s = Settings(qtype_of(source_quantizer) if reference is None else qtype_of(reference),
                  qtype_of(reference) if reference else None, qtype_of(reference_accumulator),
                  weights_on_memory, activations_on_memory, float(min_sram_size), rd_wr_on_io)

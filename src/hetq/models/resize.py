@@ -14,9 +14,12 @@ initialisation.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
+
+from ..quant.layers import QSeparableConv2d
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -32,9 +35,93 @@ def new_width(n: int, multiplier: float) -> int:
     return max(int(n * multiplier), 1)
 
 
+RESIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, QSeparableConv2d)
+
+
 def _weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.modules.batchnorm._BatchNorm))]
+            if isinstance(m, (*RESIZABLE, nn.modules.batchnorm._BatchNorm))]
+
+
+def resizable_layers(model: nn.Module) -> list[str]:
+    """The layers whose width `resize_model` can change, in module order (the last one is
+    the output layer, which a width search leaves as it is)."""
+    return [n for n, m in _weight_layers(model) if isinstance(m, RESIZABLE)]
+
+
+def _sizes(m: nn.Module) -> tuple[int, int]:
+    """(inputs, outputs): features of a Linear, channels of a convolution."""
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    return m.in_channels, m.out_channels
+
+
+def _unit_weight(m: nn.Module) -> torch.Tensor:
+    """The weight whose rows are the layer's output units, and whose columns its inputs (a
+    separable convolution's pointwise weight, its inputs in blocks of depth_multiplier)."""
+    return m.pointwise_weight if isinstance(m, QSeparableConv2d) else m.weight
+
+
+def _init(shape, like: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """PyTorch's default initialisation of a Linear/Conv weight or bias (uniform within
+    1/sqrt(fan_in)), in `like`'s dtype and device."""
+    bound = 1.0 / math.sqrt(max(fan_in, 1))
+    return torch.empty(shape, dtype=like.dtype, device=like.device).uniform_(-bound, bound)
+
+
+def _resized(m: nn.Module, units: torch.Tensor, in_cols: torch.Tensor, in_new: int,
+             out_new: int) -> nn.Module:
+    """A copy of layer `m` (same class and quantizers, dtype and device) with `out_new`
+    outputs, the kept `units` first, and `in_new` inputs, the kept input columns `in_cols`
+    first; new entries initialised as PyTorch does."""
+    new = copy.deepcopy(m)
+    if isinstance(m, QSeparableConv2d):
+        dm = m.depth_multiplier
+        rows = (in_cols.view(-1, 1) * dm + torch.arange(dm).view(1, -1)).reshape(-1)
+        dw = _init((in_new * dm, *m.depthwise_weight.shape[1:]), m.depthwise_weight,
+                   m.depthwise_weight[0].numel())
+        dw[:len(rows)] = m.depthwise_weight[rows]
+        new.depthwise_weight = nn.Parameter(dw)
+        w, cols, width_in = m.pointwise_weight, rows, in_new * dm
+    else:
+        w, cols, width_in = m.weight, in_cols, in_new
+    shape = (out_new, width_in, *w.shape[2:])
+    fan_in = shape[1] * int(torch.Size(shape[2:]).numel())
+    nw = _init(shape, w, fan_in)
+    nw[:len(units), :len(cols)] = w[units][:, cols]
+    if isinstance(m, QSeparableConv2d):
+        new.pointwise_weight = nn.Parameter(nw)
+    else:
+        new.weight = nn.Parameter(nw)
+    if m.bias is not None:
+        b = _init((out_new,), m.bias, fan_in)
+        b[:len(units)] = m.bias[units]
+        new.bias = nn.Parameter(b)
+    if isinstance(m, nn.Linear):
+        new.in_features, new.out_features = in_new, out_new
+    else:
+        new.in_channels, new.out_channels = in_new, out_new
+    return new
+
+
+def _resized_norm(m: nn.modules.batchnorm._BatchNorm, units: torch.Tensor,
+                  n_new: int) -> nn.Module:
+    """A copy of batch norm `m` for `n_new` channels, the kept `units` first (new channels:
+    scale 1, shift 0, mean 0, variance 1)."""
+    new = copy.deepcopy(m)
+    fresh = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+    for attr, fill in fresh.items():
+        t = getattr(m, attr)
+        if t is None:
+            continue
+        v = torch.full((n_new,), fill, dtype=t.dtype, device=t.device)
+        v[:len(units)] = t[units]
+        if isinstance(t, nn.Parameter):
+            setattr(new, attr, nn.Parameter(v))
+        else:
+            setattr(new, attr, v)
+    new.num_features = n_new
+    return new
 
 
 def _in_columns(units: torch.Tensor, in_old: int, prev_out: int) -> torch.Tensor:
@@ -47,7 +134,7 @@ def _in_columns(units: torch.Tensor, in_old: int, prev_out: int) -> torch.Tensor
 def _unit_scores(chain, k: int) -> torch.Tensor:
     """Importance of each output unit of weight layer chain[k] (see the module docstring)."""
     _, m = chain[k]
-    w = m.weight.detach().flatten(1)
+    w = _unit_weight(m).detach().flatten(1)
     score = w.norm(dim=1)
     j = k + 1
     if j < len(chain) and isinstance(chain[j][1], nn.modules.batchnorm._BatchNorm):
@@ -59,7 +146,7 @@ def _unit_scores(chain, k: int) -> torch.Tensor:
             score = score * scale
         j += 1
     if j < len(chain):
-        nxt = chain[j][1].weight.detach()
+        nxt = _unit_weight(chain[j][1]).detach()
         n_out = score.numel()
         in_old = nxt.shape[1]
         if in_old % n_out == 0:
@@ -71,8 +158,10 @@ def _unit_scores(chain, k: int) -> torch.Tensor:
 def resize_model(model: nn.Module, widths: dict[str, float], keep: str = "magnitude") -> nn.Module:
     """A copy of `model` with the units/filters of the named layers scaled by `widths`.
 
-    Supports chains of nn.Linear / nn.Conv1d / nn.Conv2d (in module order), with batch norms
-    between them and a Flatten from convolutions to dense layers. Multipliers of 1 are no-ops.
+    Supports chains of nn.Linear / nn.Conv1d / nn.Conv2d / QSeparableConv2d and their hetq
+    forms (in module order), with batch norms between them and a Flatten from convolutions to
+    dense layers; a resized layer keeps its class, quantizers, dtype and device. Multipliers of
+    1 are no-ops.
     keep: which units a narrower layer keeps, "magnitude" (default) or "first".
     """
     if keep not in ("magnitude", "first"):
@@ -89,14 +178,13 @@ def resize_model(model: nn.Module, widths: dict[str, float], keep: str = "magnit
     prev_out_old = prev_out_new = None
     with torch.no_grad():
         for k, (name, m) in enumerate(chain):
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-                is_lin = isinstance(m, nn.Linear)
-                in_old = m.in_features if is_lin else m.in_channels
-                out_old = m.out_features if is_lin else m.out_channels
+            if isinstance(m, RESIZABLE):
+                in_old, out_old = _sizes(m)
                 in_cols = torch.arange(in_old)
                 in_new = in_old
                 if prev_out_old is not None and prev_out_new != prev_out_old:
-                    if in_old % prev_out_old:
+                    if in_old % prev_out_old or (in_old != prev_out_old
+                                                 and not isinstance(m, nn.Linear)):
                         raise ValueError(f"cannot resize the input of layer {name!r}: "
                                          f"{in_old} inputs after {prev_out_old} outputs")
                     in_new = in_old // prev_out_old * prev_out_new  # Flatten keeps H*W
@@ -108,23 +196,10 @@ def resize_model(model: nn.Module, widths: dict[str, float], keep: str = "magnit
                 if in_new == in_old and out_new == out_old:
                     prev_out_old, prev_out_new, prev_units = out_old, out_new, units
                     continue
-                if is_lin:
-                    new = nn.Linear(in_new, out_new, bias=m.bias is not None)
-                else:
-                    if m.groups != 1:
-                        raise ValueError(f"cannot resize grouped convolution {name!r}")
-                    new = type(m)(in_new, out_new, m.kernel_size, m.stride, m.padding,
-                                  m.dilation, 1, m.bias is not None, m.padding_mode)
-                src = m.weight[units][:, in_cols]
-                new.weight[:src.shape[0], :src.shape[1]] = src
-                if m.bias is not None:
-                    new.bias[:len(units)] = m.bias[units]
-                _set_module(model, name, new)
+                if getattr(m, "groups", 1) != 1:
+                    raise ValueError(f"cannot resize grouped convolution {name!r}")
+                _set_module(model, name, _resized(m, units, in_cols, in_new, out_new))
                 prev_out_old, prev_out_new, prev_units = out_old, out_new, units
             elif prev_out_new is not None and prev_out_new != m.num_features:
-                new = type(m)(prev_out_new, m.eps, m.momentum, m.affine, m.track_running_stats)
-                for attr in ("weight", "bias", "running_mean", "running_var"):
-                    if getattr(m, attr) is not None:
-                        getattr(new, attr)[:len(prev_units)] = getattr(m, attr)[prev_units]
-                _set_module(model, name, new)
+                _set_module(model, name, _resized_norm(m, prev_units, prev_out_new))
     return model

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import nn
 
+from ..models.resize import resizable_layers
 from ..quant import get_quantizer
 
 # AutoQKeras' default candidates with their bit cost (spec §5.2), written with the alpha they
@@ -162,6 +163,29 @@ def _layer_slots(model: nn.Module) -> list[LayerSlot]:
     return slots
 
 
+def _check_call_order(model: nn.Module, layers: list[str]) -> None:
+    """Width search resizes a chain in module order: the forward must call `layers` in that
+    order (a model registering its output layer first would have it resized)."""
+    from ..cost.graph import trace
+    from ..cost.report import infer_input_shape
+
+    try:
+        shape = infer_input_shape(model)
+    except ValueError:  # (an image model of several sizes: its order is not checked)
+        return
+    order = ("width search resizes the layers in the order they are registered, which must "
+             "be the order the forward calls them; register them in call order (e.g. an "
+             "nn.Sequential), or search without --tune-filters")
+    try:
+        called = [n.name for n in trace(model, shape) if n.name in layers]
+    except ValueError:  # the first layer registered does not take the model's input
+        raise ValueError(f"width search: the model does not run on inputs of its first "
+                         f"registered layer {layers[0]!r}, shape {shape}; {order}") from None
+    if called != layers:
+        raise ValueError(f"width search: the model's layers are registered in the order "
+                         f"{layers} but its forward calls them in the order {called}; {order}")
+
+
 def _canonical(spec: str) -> str:
     try:
         return str(get_quantizer(spec))
@@ -221,8 +245,11 @@ class SearchSpace:
         self.width_params: dict[str, tuple[list[str], tuple[float, ...]]] = {}
         if tune_filters != "none":
             exc = re.compile(tune_filters_exceptions) if tune_filters_exceptions else None
-            tunable = [s.name for s in weight_slots[:-1]
-                       if not (exc and exc.match(s.name))]
+            # every layer resize_model can resize (a separable convolution too), but the
+            # output layer, the last of them in the order the forward calls them
+            resizable = resizable_layers(model)
+            _check_call_order(model, resizable)
+            tunable = [n for n in resizable[:-1] if not (exc and exc.match(n))]
             if tunable:
                 mults = tuple(float(m) for m in width_multipliers)
                 if tune_filters == "layer":
