@@ -575,3 +575,30 @@ def test_binary_products_are_one_bit_wide():
     m = multiplier(qtype_of("binary"), qtype_of("ternary"))
     assert (m.kind, m.gate_factor, m.gate_bits, m.output.bits) == ("mux", 0.3, 2, 2)
     assert str(layer("ternary", "binary").accumulator) == "sfix5.4"
+
+
+def test_per_feature_input_widths_pass_a_flatten_that_changes_nothing():
+    """A Flatten of (N, F) inputs between a per-feature QActivation and a dense layer made
+    every feature cost the widest feature's bits (864 EBOPs instead of 324)."""
+    from hetq.quant.fixed_point import quantized_relu
+
+    for mid in (nn.Identity(), nn.Flatten()):
+        m = nn.Sequential(
+            QActivation(quantized_relu(bits=torch.tensor([2.0, 2, 2, 12]),
+                                       integer=torch.tensor([1.0, 1, 1, 1]))), mid,
+            QDense(4, 3, kernel_quantizer="quantized_bits(6,0,alpha=1)",
+                   bias_quantizer="quantized_bits(6,0,alpha=1)"))
+        with torch.no_grad():
+            m[2].weight.fill_(0.5)
+        assert cost(m, (4,)).summary()["ebops"] == 3 * (2 + 2 + 2 + 12) * 6
+
+
+def test_the_type_of_tensor_valued_bits_and_integer_holds_every_member():
+    """(8, 0) and (4, 3) members were typed sfix8.3 (the largest bits and the largest integer
+    apart), which holds neither 7 fractional bits nor, so, the (8, 0) member."""
+    from hetq.cost.qtypes import qtype_of
+    from hetq.quant.fixed_point import quantized_bits
+
+    t = qtype_of(quantized_bits(bits=torch.tensor([[8.0], [4.0]]),
+                                integer=torch.tensor([[0.0], [3.0]])))
+    assert str(t) == "sfix11.3"

@@ -387,7 +387,8 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
             for node in nodes:
                 lc = _layer(node, x_t, ctx)
                 out.append(lc)
-                if isinstance(node.module, TRANSPARENT):
+                if isinstance(node.module, TRANSPARENT) or (
+                        isinstance(node.module, nn.Flatten) and node.in_shape == node.out_shape):
                     continue  # (a per-feature input width passes through too)
                 x_t = lc.output
                 ctx.x_bits = _feature_bits(node.module, lc.output, settings)

@@ -109,9 +109,14 @@ def qtype_of(q) -> QType:
         return FP32
     bits = int(round(q.bits_value)) if hasattr(q, "bits_value") else 32
     if name in ("quantized_bits", "quantized_relu"):
-        # tensor-valued (per-channel / per-weight) parameters: the widest member's type
-        bits = int(_largest(q.bits))
+        # tensor-valued (per-channel / per-weight) parameters: the type holding every
+        # member, the most integer bits and the most bits below them (the largest bits and
+        # the largest integer apart fell short: (8,0) and (4,3) are not held by 8 bits, 3
+        # integer)
+        import torch
+
         integer = int(_largest(q.integer))
+        bits = integer + int(_largest(torch.as_tensor(q.bits) - torch.as_tensor(q.integer)))
     if name in ("quantized_bits",):
         return QType(FIXED, bits, integer, bool(q.keep_negative))
     if name == "quantized_relu":
