@@ -15,8 +15,11 @@ b_x input bits):
   Latency: 1 cycle for the products plus ceil(log2(fan-in) / ADDER_LEVELS_PER_CYCLE) cycles
   for the adder tree per layer, at a 200 MHz clock (5 ns).
 The constants are fitted to the published Coelho et al. 2021 figures (anchors.md: BF and Q6
-jet taggers, VU9P, 200 MHz): see `calibrate()` and benchmarks/cost_calibration.py, which print
-the fit error. EBOPs (HGQ) are reported next to it; HGQ's rule of thumb EBOPs ~ LUT + 55 DSP.
+jet taggers, VU9P, 200 MHz): benchmarks/cost_calibration.py prints the fit error. EBOPs
+(HGQ) are reported next to it. HGQ's rule of thumb EBOPs ~ LUT + 55 DSP is for HGQ's own
+EBOPs and its per-weight designs: for those two dense-layer taggers (hls4ml latency strategy,
+uniform types) hetq's EBOPs are about 4x the published LUT + 55 DSP, so EBOPs compare designs
+with one another here, not with a LUT budget.
 """
 
 from __future__ import annotations
