@@ -320,3 +320,15 @@ def test_width_search_refuses_layers_registered_out_of_call_order():
                                          r"the order \['head', 'fc1'\] but its forward calls "
                                          r"them in the order \['fc1', 'head'\]"):
         SearchSpace(Net(), tune_filters="layer")
+
+
+def test_new_width_has_no_float_artefact_and_refuses_bad_multipliers():
+    """100 x 0.29 is 28.999999999999996 in floating point: int() gave 28 units; 0, a
+    negative or NaN multiplier gave 1 unit or a raw OverflowError."""
+    from hetq.models.resize import new_width, resize_model
+
+    assert [new_width(100, 0.29), new_width(64, 0.5), new_width(3, 0.1)] == [29, 32, 1]
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="expected a number > 0"):
+            resize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
+                         {"0": bad})

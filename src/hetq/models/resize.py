@@ -31,8 +31,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def new_width(n: int, multiplier: float) -> int:
-    """The resized unit count, max(int(n * f), 1) as in AutoQKeras."""
-    return max(int(n * multiplier), 1)
+    """The resized unit count, max(int(n * f), 1) as in AutoQKeras, less its float artefact
+    (100 * 0.29 is 28.999999999999996 in floating point: 29 units here, not 28)."""
+    if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)
+            and multiplier > 0):
+        raise ValueError(f"width multiplier {multiplier!r}; expected a number > 0")
+    return max(int(n * multiplier + 1e-9), 1)
 
 
 RESIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, QSeparableConv2d)
