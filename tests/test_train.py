@@ -1219,3 +1219,16 @@ def test_a_tensor_given_as_data_is_refused_by_name():
         with pytest.raises(ValueError, match="data must be a hetq Dataset with train/val/test "
                                              f"splits.*; got {type(data).__name__}"):
             fit(build("jet_mlp", widths=[4]), data, epochs=1, progress=False)
+
+
+def test_a_float64_model_trains_and_evaluates_on_float64_inputs():
+    """fit/evaluate of a .double() model failed: 'the model does not take the samples of ...
+    (shape (16,)): ... must have the same dtype' (cost and IntegerModel took it)."""
+    d = get_dataset("synthetic:n=900,features=16,classes=5")
+    torch.manual_seed(0)
+    m = quantize_model(build("jet_mlp", widths=[8]), preset("q6")).double()
+    res = fit(m, d, epochs=2, progress=False)
+    assert len(res.history) == 2 and m.fc1.weight.dtype == torch.float64
+    m32 = quantize_model(build("jet_mlp", widths=[8]), preset("q6"))
+    m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    assert evaluate(m, d)["accuracy"] == evaluate(m32, d)["accuracy"]

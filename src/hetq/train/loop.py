@@ -72,7 +72,14 @@ def as_dataset(data):
     return data
 
 
-def _split_tensors(data, split, task, device):
+def _float_dtype(model) -> torch.dtype:
+    """The dtype of the model's floating-point parameters (the data is given it: a float64
+    model took float32 data and failed with a shape-style message), float32 if none."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
+
+
+def _split_tensors(data, split, task, device, dtype=None):
     if isinstance(data, (str, torch.Tensor, np.ndarray)) or \
             not callable(getattr(data, "split", None)):  # (a tensor has a .split of its own)
         raise ValueError("data must be a hetq Dataset with train/val/test splits, e.g. "
@@ -81,8 +88,10 @@ def _split_tensors(data, split, task, device):
                          f"got {type(data).__name__}")
     X, y = data.split(split)
     X, y = task.select(X, y, split, getattr(data, "classes", None))
-    return torch.from_numpy(np.ascontiguousarray(X)).to(device), \
-        torch.from_numpy(np.ascontiguousarray(y)).to(device)
+    X = torch.from_numpy(np.ascontiguousarray(X))
+    if dtype is not None and X.is_floating_point():
+        X = X.to(dtype)
+    return X.to(device), torch.from_numpy(np.ascontiguousarray(y)).to(device)
 
 
 def check_hyperparameters(lr: float, weight_decay: float, patience: int | None,
@@ -126,10 +135,11 @@ def check_model_fits(model, X: torch.Tensor, task, data) -> None:
         task.check_classes(getattr(data, "classes", None) or [])
 
 
-def _train_val_tensors(data, task, device):
-    """(Xtr, ytr, Xva, yva) on `device`; an empty training split is an error."""
-    Xtr, ytr = _split_tensors(data, "train", task, device)
-    Xva, yva = _split_tensors(data, "val", task, device)
+def _train_val_tensors(data, task, device, dtype=None):
+    """(Xtr, ytr, Xva, yva) on `device` (inputs of `dtype`); an empty training split is an
+    error."""
+    Xtr, ytr = _split_tensors(data, "train", task, device, dtype)
+    Xva, yva = _split_tensors(data, "val", task, device, dtype)
     if Xtr.shape[0] == 0:
         raise ValueError("the training split is empty")
     return Xtr, ytr, Xva, yva
@@ -182,7 +192,7 @@ def evaluate(model, data, split: str = "test", task=None, device=None,
     else:
         dev = resolve_device(device)
         model = model.to(dev)
-    X, y = _split_tensors(data, split, task, dev)
+    X, y = _split_tensors(data, split, task, dev, _float_dtype(model))
     check_model_fits(model, X, task, data)
     was = model.training
     model.eval()
@@ -229,7 +239,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)
-    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev, _float_dtype(model))
     check_model_fits(model, Xtr, task, data)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adam":
