@@ -967,3 +967,20 @@ def test_a_model_left_in_train_mode_with_stochastic_weights_exports():
     m.train()
     eng = IntegerModel(m, (6,))
     assert m.training and eng.compare(torch.randn(200, 6) * 3).exact
+
+
+def test_float_activations_and_an_input_quantizer_that_is_no_cast_are_named_as_such():
+    """QActivation('relu') was refused as 'has no finite set of output values (e.g. alpha=
+    'auto' statistics)'; a model starting with QActivation(quantized_bits(8,0,alpha=2)) was
+    told to start with a QActivation(quantized_bits(...))."""
+    K = dict(kernel_quantizer="quantized_bits(4,0,alpha=1)",
+             bias_quantizer="quantized_bits(4,0,alpha=1)")
+    with pytest.raises(ExportError, match=re.escape(
+            "2: the activation relu is float (not quantized); give it a quantizer")):
+        IntegerModel(nn.Sequential(QActivation("quantized_bits(6,2)"), QDense(3, 3, **K),
+                                   QActivation("relu")).eval(), (3,))
+    with pytest.raises(ExportError, match=re.escape(
+            "0: the input quantizer quantized_bits(8,0,alpha=2) is not a plain fixed-point "
+            "cast")):
+        IntegerModel(nn.Sequential(QActivation("quantized_bits(8,0,alpha=2)"),
+                                   QDense(3, 3, **K)).eval(), (3,))

@@ -119,6 +119,10 @@ def _element_type(q, what: str) -> FixedType:
     if ft is None:
         vals = q.values() if hasattr(q, "values") else None
         if vals is None:
+            if getattr(q, "kind", None) == "float":  # QActivation("relu"), activation="tanh"
+                raise ExportError(f"{what}: the activation {q} is float (not quantized); "
+                                  "give it a quantizer, e.g. quantized_relu(6,0) for relu or "
+                                  "quantized_tanh(8) for tanh")
             raise ExportError(f"{what}: quantizer {q} has no finite set of output values "
                               "(e.g. alpha='auto' statistics); it cannot run as a table")
         ft = smallest_fixed_type(vals)
@@ -378,6 +382,12 @@ class IntegerModel:
                 # (rounding it to the finest grid first, then to its own, rounds twice: 0.26
                 # became 0.25 there, then a tie going to 0 in a 0.5 grid, not 0.5)
                 self._feature_cast = q
+            if input_type is None and q is not None and getattr(q, "kind", None) != "float":
+                raise ExportError(  # (the model does start with a QActivation)
+                    f"{first.name}: the input quantizer {q} is not a plain fixed-point cast "
+                    "(quantized_bits with alpha=1, or quantized_relu), so it cannot set the "
+                    "input precision; give one (input_type='ap_fixed<16,6,AP_RND_CONV,AP_SAT>',"
+                    " CLI --input-type) or start the model with such a cast")
             if input_type is None:
                 raise ExportError(
                     f"{first.name}: the model's input is float; give an input precision "
