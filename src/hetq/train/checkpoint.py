@@ -20,7 +20,23 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
          quant_config: Any = "auto", widths: dict | None = None, data=None,
          metrics: dict | None = None, task: str = "classify", fold_batchnorm: bool = False,
          extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically (temporary file, then rename)."""
+    """Write a checkpoint of `model` to `path` atomically (temporary file, then rename); `load`
+    rebuilds it. Returns the path.
+
+    Args:
+        model_name: the zoo name that builds the architecture (`hetq.models.build`, e.g.
+            "jet_mlp"); for a model of your own class use `save_module`.
+        model_kwargs: the keywords that name needs (e.g. {"widths": [32, 16]}).
+        quant_config: the model's quantization config ("auto": read from its layers; None:
+            float).
+        widths: width multipliers the model was resized with (a search trial's).
+        data: the Dataset it was trained on: its standardisation (mean/std) is stored, so that
+            `hetq evaluate` and export standardise new data the same way.
+        metrics: any JSON-able metrics to keep with it (e.g. {"test": evaluate(...)}).
+        task: "classify" or "anomaly". fold_batchnorm: the model was quantized with
+            quantize_model(..., fold_batchnorm=True) (load rebuilds it so).
+        extra: more JSON-able entries for the checkpoint dict.
+    """
     from .. import __version__
     from ..quant.base import check_module
     from ..quant.convert import QuantConfig, get_quantization_config

@@ -214,8 +214,18 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     'jets-sim'); returns the history.
 
     Args:
+        model: any nn.Module (float or hetq-quantized), trained on `device`; it is left in
+            eval mode, with the best validation epoch's weights when `restore_best`.
+        data: a `hetq.data.Dataset` (train/val/test splits) or a `--data` spec string; the
+            inputs come in the dtype of the model's parameters.
+        epochs: full passes over the training split (an integer >= 1).
+        batch_size: samples per optimiser step (the batches are in-memory slices).
         lr: the learning rate (1e-3 here, the usual Adam rate for fine-tuning; `hetq train`
             uses 3e-3 by default, for training from scratch).
+        device: "cpu", "cuda", "cuda:N" or "mps"; the model is moved there.
+        task: `hetq.train.Classify()` (default: cross-entropy; accuracy, AUC, TPR@FPR) or
+            `hetq.train.Anomaly(background=...)` (an autoencoder's reconstruction).
+        progress: a progress bar per epoch (a plain line every 30 s in a log).
         optimizer: "adam" or "adamw". schedule: "cosine" (per epoch) or "none".
         patience: stop after this many epochs without a better validation loss (None: never).
         seed: fixes the batch order (model initialisation is the caller's: seed before build).
