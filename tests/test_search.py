@@ -1350,3 +1350,15 @@ def test_report_reads_the_study_once(tmp_path, capsys, monkeypatch):
     assert main(["report", str(tmp_path / "s")]) == 0
     assert "HTML report: " in capsys.readouterr().out and (tmp_path / "s" / "report.html").exists()
     assert len(opened) == 1
+
+
+def test_an_unknown_search_setting_is_named_with_the_near_ones():
+    """SearchConfig(trails=8) raised Python's bare "__init__() got an unexpected keyword
+    argument 'trails'"."""
+    import dataclasses
+
+    with pytest.raises(ValueError, match=re.escape(
+            "unknown search setting(s) ['trails'] ('trails': did you mean 'trials'?); known: "
+            "model, ")):
+        SearchConfig(trails=8)
+    assert dataclasses.replace(cfg(), trials=7).trials == 7

@@ -269,3 +269,28 @@ class SearchConfig:
                              "mapping); delete it and rerun the search's command (its study "
                              "keeps its own copy of the settings and checks them)")
         return cls.from_dict(d)
+
+
+def _named_settings(init):
+    """SearchConfig's generated __init__, with a setting it does not know named (and the
+    near ones listed) rather than Python's bare 'unexpected keyword argument'."""
+    import difflib
+    import functools
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kw):
+        known = [f.name for f in fields(SearchConfig)]
+        unknown = sorted(set(kw) - set(known))
+        if unknown:
+            near = {u: difflib.get_close_matches(u, known, n=2) for u in unknown}
+            hint = "; ".join(f"{u!r}: did you mean {' or '.join(map(repr, m))}?"
+                             for u, m in near.items() if m)
+            raise ValueError(f"unknown search setting(s) {unknown}" + (f" ({hint})" if hint
+                                                                       else "")
+                             + f"; known: {', '.join(known)}")
+        init(self, *args, **kw)
+
+    return __init__
+
+
+SearchConfig.__init__ = _named_settings(SearchConfig.__init__)
