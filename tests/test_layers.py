@@ -456,3 +456,12 @@ def test_a_type_key_that_names_only_layers_hetq_cannot_quantize_is_said():
     with warnings.catch_warnings():  # a regex that also quantizes a layer is not warned about
         warnings.simplefilter("error")
         quantize_model(f, {".*": {"kernel": "quantized_bits(4,0,alpha=1)"}})
+
+
+def test_an_empty_config_is_warned_about():
+    """quantize_model(model, {}) returned the float model without a word."""
+    with pytest.warns(UserWarning, match=re.escape(
+            "quantize_model: the quantization config is empty, so the model is returned "
+            "unquantized")):
+        m = quantize_model(nn.Sequential(nn.Linear(2, 2)), {})
+    assert type(m[0]) is nn.Linear

@@ -433,6 +433,9 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     """
     check_module(float_model, "quantize_model")
     config = as_config(config)
+    if not config.entries and not fold_batchnorm:  # (folding alone changes the model)
+        warnings.warn("quantize_model: the quantization config is empty, so the model is "
+                      "returned unquantized (a copy)", stacklevel=2)
     model = float_model if inplace else copy.deepcopy(float_model)
     used: set[str] = set()
     acted: set[str] = set()  # keys that quantized (or folded, or left float on purpose) a layer
