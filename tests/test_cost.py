@@ -602,3 +602,16 @@ def test_the_type_of_tensor_valued_bits_and_integer_holds_every_member():
     t = qtype_of(quantized_bits(bits=torch.tensor([[8.0], [4.0]]),
                                 integer=torch.tensor([[0.0], [3.0]])))
     assert str(t) == "sfix11.3"
+
+
+def test_a_float_activation_fused_into_a_weight_layer_keeps_the_accumulator_type():
+    """QDense(..., activation='relu') made the layer's output fp32, so the next layer was
+    costed as an fp32 multiply (27.6 pJ instead of about 0.5); QTools keeps the accumulator
+    type."""
+    qb = "quantized_bits(4,0,1,alpha=1)"
+    m = nn.Sequential(QActivation("quantized_bits(8,2)"),
+                      QDense(4, 3, kernel_quantizer=qb, bias_quantizer=qb, activation="relu"),
+                      QDense(3, 2, kernel_quantizer=qb, bias_quantizer=qb))
+    layers = cost(m, (4,)).layers
+    assert str(layers[1].output) == str(layers[1].accumulator) == "sfix14.5"
+    assert layers[2].multiplier == "mul" and str(layers[2].input) == "sfix14.5"

@@ -3,7 +3,8 @@ model size in bits, EBOPs and the FPGA estimate, in one pass over the traced lay
 
 Layer rules (hetq's choices where QTools has none are marked *):
   dense / conv1d* / conv2d / depthwise: multiplier(weight, input) -> accumulator
-      (+ceil(log2 fan-in)) -> + bias (adder rule) -> output (or the fused activation's type);
+      (+ceil(log2 fan-in)) -> + bias (adder rule) -> output (or the fused activation's type;
+      a float one keeps the accumulator's, as QTools);
       op count = MACs (conv: Ho Wo Co Kh Kw Ci / groups; depthwise: Ho Wo Co Kh Kw*);
   separable conv*: the depthwise part, then the optional depthwise activation, then the
       pointwise 1x1 part with the bias; energies and counts add up;
@@ -200,9 +201,16 @@ def _mac_part(lc: LayerCost, ctx: _Ctx, x_t: QType, wq, bq, w: torch.Tensor,
     est = layer_estimate(w, w_t, acc, positions, n_add, wb, xb)
     for k, v in est.items():
         lc.fpga[k] = lc.fpga.get(k, 0) + v
-    if out_q is not None:
-        return NAMED_OUT(out_q, s)
-    return acc
+    return _fused(out_q, acc, s)
+
+
+def _fused(q, acc: QType, s: Settings) -> QType:
+    """Output type of a weight layer with built-in activation `q`: its type; a float one
+    (activation="relu") keeps the accumulator's type, as QTools does (it was fp32, which
+    made the next layer an fp32 multiply)."""
+    if q is None or (getattr(q, "kind", None) == "float" and s.reference is None):
+        return acc
+    return NAMED_OUT(q, s)
 
 
 def _element_bits(w: torch.Tensor, wq, w_t: QType, x_t: QType,
@@ -245,7 +253,7 @@ def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
                       out_q=q["depthwise_activation"] if q["depthwise_activation"] else None)
         t = _mac_part(lc, ctx, t, q["pointwise"], q["bias"], ws["pointwise"], ws.get("bias"),
                       m.pointwise_weight.shape[1], positions)
-        lc.output = NAMED_OUT(q["activation"], ctx.s) if q["activation"] else t
+        lc.output = _fused(q["activation"], t, ctx.s)
         lc.precision = _precision(m)
     else:
         if isinstance(m, QLayer):
@@ -269,7 +277,7 @@ def _weight_layer(node, m, x_t, ctx: _Ctx) -> LayerCost:
             # matrix-vector product (it counted one, whatever the input's shape)
             positions = _numel(out_shape[:-1])
         t = _mac_part(lc, ctx, x_t, wq, bq, w, b, n_add, positions)
-        lc.output = NAMED_OUT(act_q, ctx.s) if act_q is not None else t
+        lc.output = _fused(act_q, t, ctx.s)
     _io_energy(lc, node, ctx)
     return lc
 
