@@ -1008,7 +1008,11 @@ def test_ctrl_c_while_the_gradient_runs_start_is_an_interruption(tmp_path):
     # (a worker stopped while it starts may print its own start-up traceback from
     # multiprocessing, on a loaded machine, even after this process has ended; the search
     # itself ends as interrupted, with neither a broken pool nor a half-started executor)
-    assert proc.returncode == 130 and "interrupted" in out.splitlines(), out
+    # (on a loaded machine the signal may come once the runs train: then the front reached
+    # is saved, which is an interruption too)
+    lines = out.splitlines()
+    assert proc.returncode == 130 and ("interrupted" in lines or "gradient strategy: "
+                                       "interrupted; saving the front reached so far" in lines), out
     assert "BrokenProcessPool" not in out and "cannot join thread" not in out, out
 
 
