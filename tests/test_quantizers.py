@@ -769,3 +769,14 @@ def test_no_silent_auto_po2_switch_in_layers():
     w = layer.quantized_weights()["kernel"]
     assert torch.equal(w * 8, torch.round(w * 8))
     assert torch.equal(w, q("quantized_bits(4,0)")(layer.weight))
+
+
+def test_stochastic_po2_values_include_the_exponent_just_below_eps():
+    """A magnitude just above eps (1e-7) rounds stochastically down to 2**-24, which values()
+    (the export's table of reachable outputs) left out (found by the property test)."""
+    q = get_quantizer("quantized_po2(6,0.25,use_stochastic_rounding=True,"
+                      "quadratic_approximation=False)")
+    q.train()
+    torch.manual_seed(0)
+    out = set(q(torch.tensor([0.0, 1e-07] * 500)).tolist())
+    assert 2.0 ** -24 in out and out <= set(q.values().tolist())

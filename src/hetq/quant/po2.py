@@ -132,17 +132,23 @@ class _Po2Base(Quantizer):
     def _magnitudes(self) -> torch.Tensor:
         """All reachable output magnitudes (float64, ascending): the exponents min_exp ..
         the exponent of max_value (or max_exp), even ones only with quadratic_approximation.
-        Stochastic rounding may also round max_value up to the next (even) exponent."""
+        Stochastic rounding may also round max_value up to the next (even) exponent, and a
+        magnitude just above eps down to the exponent below it."""
         # eps: the smallest magnitude not sent to min_exp, whose exponent may lie below eps
         cands = [0.0, EPS] + [math.ldexp(1.0, e) for e in range(self.min_exp, self.max_exp + 1)]
         mv = self.max_value
         if mv is not None:
             cands.append(float(mv))
         e = self._exponent(torch.tensor(cands, dtype=torch.float64), stochastic=False)
-        if self._stochastic_rounds() and mv is not None and mv >= EPS:
+        if self._stochastic_rounds():
             k = 2 if self.quadratic_approximation else 1
-            top = min(max(k * math.ceil(math.log2(mv) / k), self.min_exp), self.max_exp)
-            e = torch.cat([e, torch.tensor([float(top)], dtype=e.dtype)])
+            # a magnitude just above eps may round down to the (even) exponent below eps,
+            # which no candidate above reaches (those below eps go to min_exp)
+            extra = [k * math.floor(math.log2(EPS) / k)]
+            if mv is not None and mv >= EPS:
+                extra.append(k * math.ceil(math.log2(mv) / k))
+            extra = [min(max(x, self.min_exp), self.max_exp) for x in extra]
+            e = torch.cat([e, torch.tensor([float(x) for x in extra], dtype=e.dtype)])
         return torch.exp2(torch.unique(e))
 
     def _signed_values(self) -> bool:  # pragma: no cover - per subclass
