@@ -195,7 +195,7 @@ def quantize_zoo_model(model, model_name: str, preset: str | None, config: str |
         raise ValueError(f"--preset {preset}: {model_name} has its quantizers built in "
                          f"({', '.join(built_in)}), so it cannot be a float model; leave out "
                          "--preset for the model as built")
-    if qc.entries or config:
+    if qc.entries:  # (an empty --config is refused just below, without quantize's warning)
         model = quantize_model(model, qc)
     if config:
         check_quantizes(model, qc, config)
