@@ -994,8 +994,12 @@ def test_ctrl_c_while_the_gradient_runs_start_is_an_interruption(tmp_path):
            "--model-widths", "8", "--epochs", "100000", "--runs", "2", "--float-epochs", "2",
            "--time-budget", "20", "--data", "synthetic:n=600,seed=1", "--out", "g",
            "--no-progress"]
+    # (SIGINT as a terminal leaves it: a suite started in the background by a
+    # non-interactive shell, e.g. `cmd &`, passes SIGINT on ignored, and Python then keeps
+    # ignoring it, so the search ran to its end and this failed with exit status 0)
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while len(_children(proc.pid)) < 2 and time.time() < deadline:  # just spawned
