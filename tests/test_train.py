@@ -1240,3 +1240,21 @@ def test_a_float64_model_trains_and_evaluates_on_float64_inputs():
     m32 = quantize_model(build("jet_mlp", widths=[8]), preset("q6"))
     m32.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
     assert evaluate(m, d)["accuracy"] == evaluate(m32, d)["accuracy"]
+
+
+def test_data_without_class_names_still_get_per_class_metrics():
+    """Dataset.from_splits(..., classes=None) gave accuracy only: no AUC, no TPR at FPR,
+    which the README promises for every classifier."""
+    from hetq.data import Dataset
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 600)
+    d = Dataset.from_splits("u", {s: (X, y) for s in ("train", "val", "test")}, [], None)
+    torch.manual_seed(0)
+    m = build("jet_mlp", widths=[4], n_out=3)
+    res = fit(m, d, epochs=1, progress=False)
+    assert sorted(evaluate(m, d)) == [
+        "accuracy", "auc_0", "auc_1", "auc_2", "auc_mean", "loss", "tpr@fpr=0.01_0",
+        "tpr@fpr=0.01_1", "tpr@fpr=0.01_2", "tpr@fpr=0.01_mean"]
+    assert "val_auc_mean" in res.history[0]

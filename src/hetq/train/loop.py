@@ -72,6 +72,15 @@ def as_dataset(data):
     return data
 
 
+def class_names(data) -> list[str]:
+    """The data's class names; for data without names ("0", "1", ...) by label, so that the
+    per-class metrics (AUC, TPR at FPR) are there too (they were left out)."""
+    names = list(getattr(data, "classes", None) or [])
+    if names or not hasattr(data, "n_classes"):
+        return names
+    return [str(k) for k in range(data.n_classes)]
+
+
 def _float_dtype(model) -> torch.dtype:
     """The dtype of the model's floating-point parameters (the data is given it: a float64
     model took float32 data and failed with a shape-style message), float32 if none."""
@@ -198,7 +207,7 @@ def evaluate(model, data, split: str = "test", task=None, device=None,
     model.eval()
     try:
         scores = predict_scores(model, X, task, batch_size)
-        m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
+        m = task.metrics(scores, y.cpu().numpy(), class_names(data))
         m["loss"] = _val_loss(model, X, y, task, batch_size)
     finally:
         model.train(was)
@@ -357,7 +366,7 @@ def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:
     model.eval()
     try:
         scores = predict_scores(model, X, task)
-        m = task.metrics(scores, y.cpu().numpy(), list(getattr(data, "classes", [])))
+        m = task.metrics(scores, y.cpu().numpy(), class_names(data))
         m["loss"] = _val_loss(model, X, y, task)
     finally:
         model.train(was)

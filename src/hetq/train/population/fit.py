@@ -16,6 +16,7 @@ from ..loop import (
     _train_val_tensors,
     as_dataset,
     check_hyperparameters,
+    class_names,
     resolve_device,
     seeded,
 )
@@ -232,7 +233,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     dev = resolve_device(device)
     pop.to(dev)
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
-    classes = list(getattr(data, "classes", []))
+    classes = class_names(data)
     yva_np = yva.cpu().numpy()
     lr_tables = [_lr_table(v, epochs, schedule) for v in lrs]
     opt = _Adam(pop.stacked_parameters(), decoupled=optimizer == "adamw")
