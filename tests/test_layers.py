@@ -465,3 +465,17 @@ def test_an_empty_config_is_warned_about():
             "unquantized")):
         m = quantize_model(nn.Sequential(nn.Linear(2, 2)), {})
     assert type(m[0]) is nn.Linear
+
+
+def test_a_weight_quantizer_without_negative_values_is_warned_about():
+    """{'kernel': 'quantized_relu(4,0)'} set every negative weight to 0 without a word."""
+    with pytest.warns(UserWarning, match=re.escape(
+            "layer '0': kernel quantizer quantized_relu(4,0) has no negative values, so every "
+            "negative kernel weight becomes 0")):
+        quantize_model(nn.Sequential(nn.Linear(2, 2)),
+                       {"Linear": {"kernel": "quantized_relu(4,0)"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_model(nn.Sequential(nn.Linear(2, 2)),
+                       {"Linear": {"kernel": "quantized_bits(4,0,1)",
+                                   "bias": "quantized_bits(4,0,1)"}})

@@ -348,10 +348,28 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
     else:
         raise ValueError(f"layer {name!r} ({type(m).__name__}) cannot be quantized; quantizable "
                          f"types: {QUANTIZABLE_TYPES}")
+    _warn_unsigned_weights(name, new)
     new.load_state_dict(m.state_dict(), strict=False)
     new.to(next(iter(m.parameters())).device if any(True for _ in m.parameters()) else "cpu")
     new.train(m.training)
     return new
+
+
+def _warn_unsigned_weights(name: str, layer: nn.Module) -> None:
+    """A weight quantizer with no negative values (quantized_relu on a kernel, say) sets every
+    negative weight to 0: legal, and almost always a slip, so it is said."""
+    for f in ("kernel", "depthwise", "pointwise", "bias"):
+        q = getattr(layer, "quantizers", {}).get(f)
+        if q is None or not hasattr(q, "min"):
+            continue
+        try:
+            lowest = float(q.min())
+        except (TypeError, ValueError, RuntimeError):  # (tensor-valued parameters)
+            continue
+        if lowest >= 0:
+            warnings.warn(f"layer {name!r}: {f} quantizer {q} has no negative values, so every "
+                          f"negative {f} weight becomes 0; use a signed quantizer (e.g. "
+                          "quantized_bits(4,0,1)) unless that is meant", stacklevel=4)
 
 
 def _requantize(name: str, m: QLayer, f: dict) -> nn.Module:
