@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..quant.base import eval_mode
 from ..quant.layers import QLayer
 
 _CACHE: dict[tuple, tuple[list[tuple[str, tuple, tuple]], Chain]] = {}
@@ -198,8 +199,6 @@ def _same_values(a: torch.Tensor, b: torch.Tensor | None) -> bool:
 def _record(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list, Chain]:
     names = leaf_modules(model)
     hooks = []
-    was = model.training
-    model.eval()
     try:
         p = next(model.parameters(), None)
         dev = p.device if p is not None else "cpu"
@@ -215,7 +214,7 @@ def _record(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list, Chain
                     lambda mod, a, k, n=n: rec.before(n, mod, a, k), with_kwargs=True))
                 hooks.append(m.register_forward_hook(
                     lambda mod, a, k, o, n=n: rec.after(n, mod, a, k, o), with_kwargs=True))
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             try:
                 y = model(x)
             except RuntimeError as e:  # e.g. a Linear layer of another width
@@ -223,7 +222,6 @@ def _record(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[list, Chain
                                  f"{tuple(input_shape)} (batch dimension excluded): "
                                  f"{str(e).splitlines()[0]}") from None
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return rec.calls, rec.end(y)

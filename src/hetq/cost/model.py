@@ -53,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..quant.base import eval_mode
 from ..quant.layers import QActivation, QDepthwiseConv2d, QLayer, QSeparableConv2d
 from ..quant.norm import QBatchNorm, _FoldedBatchnorm
 from ..quant.pooling import QAveragePooling2d, QGlobalAveragePooling2d
@@ -388,20 +389,16 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
     ctx = _Ctx(settings, real[0].name, real[-1].name)
     x_t = settings.source
     out = []
-    was = model.training
-    model.eval()  # the deployed weights: stochastic quantizers round deterministically
-    try:
-        with torch.no_grad():
-            for node in nodes:
-                lc = _layer(node, x_t, ctx)
-                out.append(lc)
-                if isinstance(node.module, TRANSPARENT) or (
-                        isinstance(node.module, nn.Flatten) and node.in_shape == node.out_shape):
-                    continue  # (a per-feature input width passes through too)
-                x_t = lc.output
-                ctx.x_bits = _feature_bits(node.module, lc.output, settings)
-    finally:
-        model.train(was)
+    # eval: the deployed weights (stochastic quantizers round deterministically)
+    with torch.no_grad(), eval_mode(model):
+        for node in nodes:
+            lc = _layer(node, x_t, ctx)
+            out.append(lc)
+            if isinstance(node.module, TRANSPARENT) or (
+                    isinstance(node.module, nn.Flatten) and node.in_shape == node.out_shape):
+                continue  # (a per-feature input width passes through too)
+            x_t = lc.output
+            ctx.x_bits = _feature_bits(node.module, lc.output, settings)
     return out
 
 

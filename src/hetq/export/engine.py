@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cost.graph import as_input_shape, traced
-from ..quant.base import check_module
+from ..quant.base import check_module, eval_mode
 from ..quant.fixed import FixedType, smallest_fixed_type
 from ..quant.layers import (
     QActivation,
@@ -395,7 +395,8 @@ class IntegerModel:
                     "start the model with a QActivation(quantized_bits(...)) input quantizer")
         self.input_type = _exact(input_type, "the input type",
                                  "give a narrower input_type, CLI --input-type")
-        self._check_weights(model)
+        with eval_mode(model):
+            self._check_weights(model)
         self.steps: list[Step] = []
         self.step_inputs: list[FixedType] = []
         t = input_type
@@ -407,16 +408,9 @@ class IntegerModel:
         self.output_type = t
 
     def _check_weights(self, model):
-        """The float32 model's quantized weights equal the float64 copy's (same export), both
-        in eval mode (a model left in train mode draws stochastic quantizers afresh)."""
-        was = model.training
-        model.eval()
-        try:
-            self._compare_weights(model)
-        finally:
-            model.train(was)
-
-    def _compare_weights(self, model):
+        """The float32 model's quantized weights equal the float64 copy's (same export); the
+        caller puts the model in eval mode (in train mode it draws stochastic quantizers
+        afresh)."""
         ref = dict(self.model.named_modules())
         for name, m in model.named_modules():
             if isinstance(m, QLayer) and name:

@@ -15,6 +15,7 @@ so they follow `.to(device)` and appear in `state_dict()`.
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import math
 import re
@@ -461,6 +462,18 @@ def check_whole(name: str, what: str, value: Any) -> None:
         whole = False
     if not whole:
         raise ValueError(f"{name}: {what} must be a whole number, got {value!r}")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode inside the block, back in the mode it had after it (also when the
+    block raises)."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
 
 
 def check_module(model: Any, who: str) -> nn.Module:

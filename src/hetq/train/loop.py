@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..quant.base import check_module
+from ..quant.base import check_module, eval_mode
 from .tasks import Classify
 
 
@@ -129,16 +129,12 @@ def check_model_fits(model, X: torch.Tensor, task, data) -> None:
     """Run two samples through `model`: a model that cannot take `data`'s samples, or whose
     output does not suit `task`, is a ValueError naming both (instead of a shape error from
     inside torch in the first training step)."""
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = model(X[:2])
     except RuntimeError as e:
         raise ValueError(f"the model does not take the samples of {data.name} (shape "
                          f"{tuple(X.shape[1:])}): {str(e).splitlines()[0]}") from None
-    finally:
-        model.train(was)
     task.check_output(out, X[:2], data.n_classes, bool(getattr(data, "classes", None)))
     if hasattr(task, "check_classes"):
         task.check_classes(getattr(data, "classes", None) or [])
@@ -158,16 +154,11 @@ def _train_val_tensors(data, task, device, dtype=None):
 def predict_scores(model, X: torch.Tensor, task, batch_size: int = 8192):
     """Scores of `model` on X (eval mode), in batches, as float64; a ValueError if the model
     gives NaN for some samples (they have no rank: every metric of them would be noise)."""
-    was = model.training
-    model.eval()
     outs = []
-    try:
-        with torch.no_grad():
-            for i in range(0, X.shape[0], batch_size):
-                xb = X[i:i + batch_size]
-                outs.append(task.scores(model(xb), xb).double().cpu())
-    finally:
-        model.train(was)
+    with eval_mode(model):
+        for i in range(0, X.shape[0], batch_size):
+            xb = X[i:i + batch_size]
+            outs.append(task.scores(model(xb), xb).double().cpu())
     s = torch.cat(outs).numpy() if outs else np.zeros((0,))
     bad = np.isnan(s).reshape(len(s), -1).any(axis=1) if s.size else np.zeros(0, bool)
     if bad.any():
@@ -203,15 +194,7 @@ def evaluate(model, data, split: str = "test", task=None, device=None,
         model = model.to(dev)
     X, y = _split_tensors(data, split, task, dev, _float_dtype(model))
     check_model_fits(model, X, task, data)
-    was = model.training
-    model.eval()
-    try:
-        scores = predict_scores(model, X, task, batch_size)
-        m = task.metrics(scores, y.cpu().numpy(), class_names(data))
-        m["loss"] = _val_loss(model, X, y, task, batch_size)
-    finally:
-        model.train(was)
-    return m
+    return evaluate_tensors(model, X, y, task, data, batch_size)
 
 
 def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 1024,
@@ -359,15 +342,11 @@ def seeded(seed: int, device):
         yield
 
 
-def evaluate_tensors(model, X, y, task, data) -> dict[str, float]:
+def evaluate_tensors(model, X, y, task, data, batch_size: int = 8192) -> dict[str, float]:
     """Metrics and loss in eval mode (the loss in train mode, as fit's validation had it, ran
     dropout and moved batch-norm statistics with the validation data)."""
-    was = model.training
-    model.eval()
-    try:
-        scores = predict_scores(model, X, task)
+    with eval_mode(model):
+        scores = predict_scores(model, X, task, batch_size)
         m = task.metrics(scores, y.cpu().numpy(), class_names(data))
-        m["loss"] = _val_loss(model, X, y, task)
-    finally:
-        model.train(was)
+        m["loss"] = _val_loss(model, X, y, task, batch_size)
     return m

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..quant.base import eval_mode
 from ..quant.convert import ACTIVATION_MODULES, QuantConfig, quantize_model
 from ..quant.observers import MinMaxObserver, get_integer_bits
 
@@ -40,12 +41,10 @@ def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
         elif quantize_activations and isinstance(m, (nn.ReLU, nn.ReLU6)):
             obs = observers[name] = MinMaxObserver()
             hooks.append(m.register_forward_hook(lambda mod, inp, out, o=obs: o(out)))
-    was = model.training
-    model.eval()
     try:
-        model(calibration)
+        with eval_mode(model):
+            model(calibration)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     for name, obs in observers.items():

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...quant.base import eval_mode
 from .model import GradientBitsMLP, _ActQ, _DenseQ, _int_bits, _round_f
 
 
@@ -33,11 +34,8 @@ def _targets(X: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None,
         return y
     if not (0.0 < distill <= 1.0):
         raise ValueError(f"distill must be in (0, 1], got {distill}")
-    was = teacher.training
-    teacher.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(teacher):
         logits = torch.cat([teacher(X[i:i + 8192]) for i in range(0, len(X), 8192)]).float()
-    teacher.train(was)
     if logits.dim() != 2 or logits.shape[0] != len(X) or int(y.max()) >= logits.shape[1]:
         raise ValueError(f"the teacher gives outputs of shape {tuple(logits.shape)} for "
                          f"{len(X)} rows; expected ({len(X)}, classes >= {int(y.max()) + 1})")
