@@ -79,24 +79,21 @@ def _resized(m: nn.Module, units: torch.Tensor, in_cols: torch.Tensor, in_new: i
     outputs, the kept `units` first, and `in_new` inputs, the kept input columns `in_cols`
     first; new entries initialised as PyTorch does."""
     new = copy.deepcopy(m)
-    if isinstance(m, QSeparableConv2d):
-        dm = m.depth_multiplier
-        rows = (in_cols.view(-1, 1) * dm + torch.arange(dm).view(1, -1)).reshape(-1)
+    sep = isinstance(m, QSeparableConv2d)
+    dm = m.depth_multiplier if sep else 1
+    # a separable convolution's depthwise channels and pointwise columns: each input's dm
+    cols = _in_columns(in_cols, m.in_channels * dm, m.in_channels) if sep else in_cols
+    if sep:
         dw = _init((in_new * dm, *m.depthwise_weight.shape[1:]), m.depthwise_weight,
                    m.depthwise_weight[0].numel())
-        dw[:len(rows)] = m.depthwise_weight[rows]
+        dw[:len(cols)] = m.depthwise_weight[cols]
         new.depthwise_weight = nn.Parameter(dw)
-        w, cols, width_in = m.pointwise_weight, rows, in_new * dm
-    else:
-        w, cols, width_in = m.weight, in_cols, in_new
-    shape = (out_new, width_in, *w.shape[2:])
+    w = _unit_weight(m)
+    shape = (out_new, in_new * dm, *w.shape[2:])
     fan_in = shape[1] * int(torch.Size(shape[2:]).numel())
     nw = _init(shape, w, fan_in)
     nw[:len(units), :len(cols)] = w[units][:, cols]
-    if isinstance(m, QSeparableConv2d):
-        new.pointwise_weight = nn.Parameter(nw)
-    else:
-        new.weight = nn.Parameter(nw)
+    setattr(new, "pointwise_weight" if sep else "weight", nn.Parameter(nw))
     if m.bias is not None:
         b = _init((out_new,), m.bias, fan_in)
         b[:len(units)] = m.bias[units]
