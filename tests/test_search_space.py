@@ -320,6 +320,8 @@ def test_width_search_refuses_layers_registered_out_of_call_order():
                                          r"the order \['head', 'fc1'\] but its forward calls "
                                          r"them in the order \['fc1', 'head'\]"):
         SearchSpace(Net(), tune_filters="layer")
+    with pytest.raises(ValueError, match=r"registered in the order \['head', 'fc1'\]"):
+        SearchSpace(Net(), tune_filters="layer", input_shape=(8,))  # (the data's shape)
 
 
 def test_new_width_has_no_float_artefact_and_refuses_bad_multipliers():

@@ -146,13 +146,14 @@ def _check_metric(metric: str, data) -> None:
                          f"one of {', '.join(sorted(names))}")
 
 
-def _space(config: SearchConfig, model: torch.nn.Module) -> SearchSpace:
-    """The search space of `model` under `config`, its blocks (if any) checked."""
+def _space(config: SearchConfig, model: torch.nn.Module, input_shape) -> SearchSpace:
+    """The search space of `model` under `config` (samples of `input_shape`: the data's), its
+    blocks (if any) checked."""
     from .blocks import assign_blocks
 
     space = SearchSpace(model, config.quantization_config, config.limit, config.tune_filters,
                         config.width_multipliers, config.tune_filters_exceptions,
-                        config.sparsity, config.learning_rates)
+                        config.sparsity, config.learning_rates, input_shape)
     if config.blocks:
         assign_blocks(space, config.blocks)
     return space
@@ -175,10 +176,11 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
 
         with warnings.catch_warnings():  # a bad space is an error before any training
             warnings.simplefilter("ignore")  # (its warnings come again with the real space)
-            _space(config, build_model(config.model, **config.model_kwargs))
+            _space(config, build_model(config.model, **config.model_kwargs),
+                   data.input_shape)
         float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
                                              "the float reference", progress)
-    space = _space(config, float_model)
+    space = _space(config, float_model, data.input_shape)
     reference = {"metrics": ref, "test": evaluate(float_model, data, split="test", device="cpu"),
                  "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)

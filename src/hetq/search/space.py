@@ -163,16 +163,20 @@ def _layer_slots(model: nn.Module) -> list[LayerSlot]:
     return slots
 
 
-def _check_call_order(model: nn.Module, layers: list[str]) -> None:
+def _check_call_order(model: nn.Module, layers: list[str],
+                      shape: Sequence[int] | None) -> None:
     """Width search resizes a chain in module order: the forward must call `layers` in that
-    order (a model registering its output layer first would have it resized)."""
+    order (a model registering its output layer first would have it resized). `shape`: one
+    sample's (the data's), else inferred from the model."""
     from ..cost.graph import trace
     from ..cost.report import infer_input_shape
 
-    try:
-        shape = infer_input_shape(model)
-    except ValueError:  # (an image model of several sizes: its order is not checked)
-        return
+    if shape is None:
+        try:
+            shape = infer_input_shape(model)
+        except ValueError:  # (an image model of several sizes: its order is not checked)
+            return
+    shape = tuple(shape)
     order = ("width search resizes the layers in the order they are registered, which must "
              "be the order the forward calls them; register them in call order (e.g. an "
              "nn.Sequential), or search without --tune-filters")
@@ -207,6 +211,8 @@ class SearchSpace:
             weight layer (the classifier) is always excepted.
         sparsity: choices of the fraction of weights pruned per weight layer (None: no pruning).
         learning_rates: choices of learning rate (None: not searched).
+        input_shape: one sample's shape (the data's), for the width search's check that the
+            forward calls the layers in their registered order (None: inferred).
     """
 
     def __init__(self, model: nn.Module, quantization_config: Mapping | None = None,
@@ -214,7 +220,8 @@ class SearchSpace:
                  width_multipliers: Sequence[float] = DEFAULT_WIDTH_MULTIPLIERS,
                  tune_filters_exceptions: str | None = None,
                  sparsity: Sequence[float] | None = None,
-                 learning_rates: Sequence[float] | None = None):
+                 learning_rates: Sequence[float] | None = None,
+                 input_shape: Sequence[int] | None = None):
         if tune_filters not in ("none", "layer", "block"):
             raise ValueError(f"tune_filters={tune_filters!r}; expected 'none', 'layer' or 'block'")
         qc = {k: dict(v) for k, v in DEFAULT_QUANTIZATION_CONFIG.items()}
@@ -248,7 +255,7 @@ class SearchSpace:
             # every layer resize_model can resize (a separable convolution too), but the
             # output layer, the last of them in the order the forward calls them
             resizable = resizable_layers(model)
-            _check_call_order(model, resizable)
+            _check_call_order(model, resizable, input_shape)
             tunable = [n for n in resizable[:-1] if not (exc and exc.match(n))]
             if tunable:
                 mults = tuple(float(m) for m in width_multipliers)
