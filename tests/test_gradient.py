@@ -397,6 +397,18 @@ def test_polish_keeps_the_bits_and_never_raises_ebops():
         polish(g, res.front[0], data, epochs=0)
 
 
+def test_training_and_polish_give_the_global_random_stream_back():
+    """train_gradient and polish seeded torch's global generator and left it so: every model
+    built after them started from the same weights."""
+    data, f = _small_setup()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    g, res = train_gradient(f, data, epochs=2, batch_size=512, progress=False, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    polish(g, res.front[-1], data, epochs=1, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_polish_front_starts_with_the_most_accurate(monkeypatch):
     import hetq.search.gradient.training as gm
 

@@ -1362,3 +1362,20 @@ def test_an_unknown_search_setting_is_named_with_the_near_ones():
             "model, ")):
         SearchConfig(trails=8)
     assert dataclasses.replace(cfg(), trials=7).trials == 7
+
+
+def test_a_search_gives_the_global_random_stream_back(tmp_path):
+    """The search seeded torch's global generator to build its float model and each
+    candidate, and left it seeded: a model a script built after `run_search` started from
+    the same weights whatever came before. The gradient strategy's search, too."""
+    from hetq.search.gradient import run_gradient_strategy
+
+    for population in (1, 2):
+        torch.manual_seed(7)
+        state = torch.get_rng_state()
+        run_search(cfg(trials=2, population=population), tmp_path / f"p{population}",
+                   progress=False)
+        assert torch.equal(torch.get_rng_state(), state)
+    run_gradient_strategy(cfg(strategy="gradient", epochs=1, float_epochs=1), tmp_path / "g",
+                          progress=False)
+    assert torch.equal(torch.get_rng_state(), state)

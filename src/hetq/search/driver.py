@@ -35,6 +35,7 @@ import optuna
 import torch
 
 from ..cli import deferred_signals
+from ..train.loop import keeps_global_rng
 from .build import build_candidate
 from .config import SearchConfig
 from .engine import (
@@ -539,6 +540,7 @@ def start_run(config: SearchConfig, out: Path, progress: bool = True,
         raise
 
 
+@keeps_global_rng
 def run_search(config: SearchConfig, out: str | Path, storage: str | None = None,
                workers: int = 1, progress: bool = True,
                devices: list[str] | None = None) -> optuna.Study:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import numbers
 import time
@@ -340,6 +341,18 @@ def seeded(seed: int, device):
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def keeps_global_rng(fn):
+    """`fn` (a search, a gradient training) seeds torch's global CPU generator for its own
+    work; its caller gets the generator back as it was (every model built after one used to
+    start from the same weights)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def evaluate_tensors(model, X, y, task, data, batch_size: int = 8192) -> dict[str, float]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ...cli import interrupts_save, saved_after_interruption
+from ...train.loop import keeps_global_rng
 from .convert import to_hetq_model
 from .runs import train_gradient_runs
 from .training import FrontPoint
@@ -73,6 +74,7 @@ def _teacher(config, out, data, progress: bool) -> nn.Module:
     return teacher
 
 
+@keeps_global_rng
 def run_gradient_strategy(config, out, progress: bool = True,
                           time_budget: float | None = None) -> list[GradientRow]:
     """Float model (trained or reused from the run folder), one HGQ-style training, then each

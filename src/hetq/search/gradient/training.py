@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...quant.base import eval_mode
+from ...train.loop import keeps_global_rng
 from .model import GradientBitsMLP, _ActQ, _DenseQ, _int_bits, _round_f
 
 
@@ -158,6 +159,7 @@ def loss_step(model: GradientBitsMLP):
     return fwd_bwd
 
 
+@keeps_global_rng
 def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
                    lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
                    bits_lr: float | None = None, per_neuron: bool = True, seed: int = 0,
@@ -349,6 +351,7 @@ class Polished(list):
     interrupted = False
 
 
+@keeps_global_rng
 def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10,
            lr: float = 1e-3, batch_size: int = 1024, seed: int = 0,
            deadline: float | None = None, teacher: nn.Module | None = None,
