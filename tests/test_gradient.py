@@ -409,6 +409,53 @@ def test_training_and_polish_give_the_global_random_stream_back():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_training_and_polish_save_the_front_they_reached(tmp_path, monkeypatch):
+    """A front file holds the front so far: written when the first point comes, then at most
+    every save_every seconds, and at the end; it reads back as the same points, and a
+    model rebuilt from its structure takes their states."""
+    import hetq.files
+    from hetq.search.gradient.training import read_front_file
+
+    data, f = _small_setup()
+    writes = []
+    real = hetq.files.write_whole
+    monkeypatch.setattr(hetq.files, "write_whole",
+                        lambda path, write: writes.append(path) or real(path, write))
+    path = tmp_path / "fronts" / "run_0.pt"
+    g, res = train_gradient(f, data, epochs=6, batch_size=256, beta0=1e-4, beta1=1e-2,
+                            bits_lr=0.05, progress=False, front_file=path, save_every=1e9)
+    assert writes == [path, path]  # the first point at once, then the end's
+    structure, points = read_front_file(path)
+    assert structure == g.structure and structure["learn_integer"] is True
+    assert [(p.epoch, p.ebops, p.val_accuracy) for p in points] == \
+        [(p.epoch, p.ebops, p.val_accuracy) for p in res.front]
+    X, _ = data.tensors("train")
+    r = GradientBitsMLP.rebuild(f, X, structure)
+    for p, q in zip(points, res.front):
+        assert all(torch.equal(p.state[k], q.state[k]) for k in q.state)
+        r.load_state_dict(p.state)
+        assert r.ebops() == p.ebops
+    writes.clear()
+    polished = polish_front(g, res.front, data, epochs=2, lr=3e-3, progress=False,
+                            front_file=tmp_path / "fronts" / "polished.pt", save_every=0.0)
+    assert len(writes) >= sum(p.polished for p in polished) >= 1  # one per better point
+    _, points = read_front_file(tmp_path / "fronts" / "polished.pt")
+    assert [(p.ebops, p.val_accuracy, p.polished) for p in points] == \
+        [(p.ebops, p.val_accuracy, p.polished) for p in polished]
+    # a front file that cannot be written: a warning, and training goes on
+    (tmp_path / "file").write_text("")
+    with pytest.warns(UserWarning, match=r"could not save the front so far to .*file/run_0\.pt "
+                                         r"\(.*\); training goes on, its front is kept in "
+                                         r"memory"):
+        _, res2 = train_gradient(f, data, epochs=2, batch_size=512, progress=False,
+                                 front_file=tmp_path / "file" / "run_0.pt", save_every=0.0)
+    assert res2.front
+    (tmp_path / "junk.pt").write_bytes(b"not a front")
+    with pytest.raises(ValueError, match=r"junk\.pt is not a readable gradient-strategy front "
+                                         r"file \("):
+        read_front_file(tmp_path / "junk.pt")
+
+
 def test_polish_front_starts_with_the_most_accurate(monkeypatch):
     import hetq.search.gradient.training as gm
 

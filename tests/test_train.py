@@ -981,6 +981,71 @@ def test_sigterm_to_a_gradient_search_saves_the_fronts_of_its_worker_processes(t
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+@pytest.mark.parametrize("killed", ["all", "one run"])
+def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, capsys, killed):
+    """SIGKILL (out of memory, a node lost) to `hetq search --strategy gradient` lost the
+    whole run: the front was saved only at its end or on Ctrl-C/SIGTERM. Each run now saves
+    its front while it trains; `hetq report` says what to do, and the same command saves
+    those points and exits 130 instead of training again. One training process killed
+    alone: the search stops and says where the fronts are."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from hetq.search.gradient.runs import read_front_dir
+
+    cmd = ["search", "--strategy", "gradient", "--model-widths", "8", "--epochs", "100000",
+           "--runs", "2", "--float-epochs", "2", "--time-budget", "120",
+           "--data", "synthetic:n=600,seed=1", "--out", str(tmp_path / "g"), "--no-progress"]
+    saved = tmp_path / "g" / "gradient.progress"
+    proc = subprocess.Popen([sys.executable, "-m", "hetq.cli", *cmd], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not all((saved / f"run_{r}.pt").exists() for r in (0, 1)):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        if killed == "all":
+            os.killpg(proc.pid, signal.SIGKILL)  # every process, no handler runs
+            proc.wait(timeout=30)
+        else:
+            runs = [k for k in _children(proc.pid)  # (not multiprocessing's resource tracker)
+                    if b"resource_tracker" not in open(f"/proc/{k}/cmdline", "rb").read()]
+            os.kill(runs[0], signal.SIGKILL)
+            assert proc.wait(timeout=60) == 1
+            assert ("a gradient-strategy training process ended abruptly (killed, or out of "
+                    "memory?); the runs still going were stopped; the fronts the runs had "
+                    f"saved are in {saved}: the same command run again saves them as its "
+                    "front") in proc.stdout.read()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert not (tmp_path / "g" / "gradient").exists()
+    assert main(["report", str(tmp_path / "g")]) == 2
+    assert ("ended without saving its front (killed?); run the same `hetq search` command "
+            "again to save the front it had reached") in capsys.readouterr().err
+    float_model = hetq.load(tmp_path / "g" / "float.pt")
+    data = get_dataset("synthetic:n=600,seed=1")
+    _, front = read_front_dir(saved, float_model, data.tensors("train")[0])
+    assert front and {p.run for p in front} <= {0, 1}
+    t0 = time.time()
+    assert main(cmd) == 130  # saved, not trained again (the budget is 120 s)
+    out = capsys.readouterr().out
+    assert time.time() - t0 < 60
+    assert (f"the last run here ended without saving its front (killed?); saved the "
+            f"{len(front)} points its training had reached to {tmp_path / 'g' / 'gradient'}. "
+            "Run the same command again to train anew (that replaces them).") in out
+    assert not saved.exists()
+    points = sorted((tmp_path / "g" / "gradient").glob("point_*.pt"))
+    assert len(points) == len(front)
+    for path, p in zip(points, front):  # each recovered point as trained
+        m = hetq.load(path)
+        assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(p.val_accuracy)
+    assert main(["report", str(tmp_path / "g")]) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
 def test_ctrl_c_while_the_gradient_runs_start_is_an_interruption(tmp_path):
     """Ctrl-C in a terminal reaches the whole process group. While the --runs processes were
     still importing (before they ignore it), one died of it, and the search ended in a

@@ -213,6 +213,9 @@ class GradientBitsMLP(nn.Module):
                                      ("activations", activations, ACT_GRANULARITIES)):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r}; expected one of {', '.join(allowed)}")
+        self._settings = dict(f0=float(f0), bias_frac=int(bias_frac), per_neuron=bool(per_neuron),
+                              input_quantile=input_quantile, act_quantile=act_quantile,
+                              granularity=granularity, activations=activations)
         per_neuron = per_neuron and activations != "layer"
         self.granularity, self.activations = granularity, activations
         mods = [m for m in float_model.children()]
@@ -254,6 +257,28 @@ class GradientBitsMLP(nn.Module):
 
     def forward(self, x):
         return self.body(self.inq(x))
+
+    @property
+    def structure(self) -> dict:
+        """What `rebuild` needs besides a float model and data to make a model that takes
+        this one's states: the constructor's settings and whether the neurons' integer bits
+        are learned (plain values: they are saved with the front files)."""
+        learned = any(hasattr(m, "i") for m in self.body if isinstance(m, _ActQ))
+        return {**self._settings, "learn_integer": learned}
+
+    @classmethod
+    def rebuild(cls, float_model: nn.Module, x_train: torch.Tensor,
+                structure: dict) -> GradientBitsMLP:
+        """A model of the given `structure` (see `structure`) from `float_model`; its
+        `load_state_dict` takes the states of the model that structure came from."""
+        settings = dict(structure)
+        learn = settings.pop("learn_integer", False)
+        model = cls(float_model, x_train, **settings)
+        if learn:
+            for m in model.body:
+                if isinstance(m, _ActQ):
+                    m.learn_integer()
+        return model
 
     @torch.no_grad()
     def calibrate(self, x: torch.Tensor):

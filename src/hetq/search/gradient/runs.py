@@ -11,6 +11,7 @@ from torch import nn
 
 from .model import GradientBitsMLP
 from .training import (
+    FrontPoint,
     GradientResult,
     ParetoCheckpoints,
     interrupt_workers,
@@ -36,6 +37,36 @@ def _one_run(float_model, data, threads: int, kwargs: dict, submitted: float | N
         return train_gradient(float_model, data, progress=False, **kwargs)
 
 
+POLISHED = "polished.pt"  # the polish's front file in a front_dir
+
+
+def read_front_dir(folder, float_model: nn.Module, x_train: torch.Tensor
+                   ) -> tuple[GradientBitsMLP, list[FrontPoint]] | None:
+    """The merged front saved in `folder` by `train_gradient_runs(front_dir=folder)` (the
+    runs' fronts and the polish's, as far as each got), with a model of their structure
+    built from `float_model` (the one they trained from) and rows of its training data;
+    None when the folder holds no front file."""
+    from pathlib import Path
+
+    from .training import read_front_file
+
+    files = sorted(Path(folder).glob("run_[0-9]*.pt")) + sorted(Path(folder).glob(POLISHED))
+    keeper, model, first = ParetoCheckpoints(), None, None
+    for path in files:
+        structure, points = read_front_file(path)
+        if model is None:
+            model, first = GradientBitsMLP.rebuild(copy.deepcopy(float_model).cpu(), x_train,
+                                                   structure), (path, structure)
+        elif structure != first[1]:
+            raise ValueError(f"{path} holds points of another model structure than "
+                             f"{first[0]} ({structure} against {first[1]})")
+        for p in points:
+            if path.name != POLISHED:
+                p.run = int(path.stem.removeprefix("run_"))
+            keeper.offer(p)
+    return None if model is None else (model, keeper.points)
+
+
 def default_workers(runs: int) -> int:
     """Processes `train_gradient_runs` uses by default: one per run, at most one per core."""
     import os
@@ -46,7 +77,7 @@ def default_workers(runs: int) -> int:
 def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                         workers: int | None = None, seed: int = 0, progress: bool = True,
                         polish_epochs: int = 0, polish_lr: float = 1e-3,
-                        polish_time: float | None = None,
+                        polish_time: float | None = None, front_dir=None,
                         **kwargs) -> tuple[GradientBitsMLP, GradientResult]:
     """`runs` independent `train_gradient` runs (seeds seed, seed + 1, ...) in `workers`
     processes at once, one torch thread each (default: one process per run, at most one per
@@ -62,7 +93,10 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     their bits (Adam, `polish_lr`), most accurate first, in the same processes, for at most
     `polish_time` seconds (None: every point), plus whatever of time_budget the runs left
     when `stop_below` ended them early.
-    Ctrl-C stops every run; the fronts reached so far are merged and returned."""
+    Ctrl-C stops every run; the fronts reached so far are merged and returned.
+    front_dir: a folder where each run saves the front it reached so far while it trains
+    (run_R.pt; see `train_gradient`'s front_file) and the polish its merged front
+    (polished.pt): `read_front_dir` gets them back after a kill."""
     import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -80,7 +114,17 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
     if polish_epochs < 0:
         raise ValueError(f"polish_epochs must be >= 0, got {polish_epochs}")
     polish_kw = dict(epochs=polish_epochs, lr=polish_lr, progress=progress,
-                     **{k: kwargs[k] for k in ("teacher", "distill") if k in kwargs})
+                     **{k: kwargs[k] for k in ("teacher", "distill", "save_every")
+                        if k in kwargs})
+    if front_dir is not None:
+        from pathlib import Path
+
+        front_dir = Path(front_dir)
+        polish_kw["front_file"] = front_dir / POLISHED
+
+    def run_file(r):
+        return {} if front_dir is None else {"front_file": front_dir / f"run_{r}.pt"}
+
     budget = kwargs.get("time_budget")
     waves = -(-runs // workers)  # runs one after another in each process
 
@@ -92,7 +136,8 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         return polish_time + spare
 
     if runs == 1 and workers == 1:
-        model, res = train_gradient(float_model, data, seed=seed, progress=progress, **kwargs)
+        model, res = train_gradient(float_model, data, seed=seed, progress=progress,
+                                    **run_file(0), **kwargs)
         if polish_epochs and res.front and not res.interrupted:
             res.front = polish_front(model, res.front, data, seconds=polish_seconds(),
                                      **polish_kw)
@@ -113,7 +158,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
             with spawning():
                 for r in range(runs):
                     futs[pool.submit(_one_run, float_model, data, threads,
-                                     {**kwargs, "seed": seed + r},
+                                     {**kwargs, "seed": seed + r, **run_file(r)},
                                      now if r < workers else None)] = r
         except KeyboardInterrupt:
             interrupted = True
@@ -142,9 +187,12 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                             interrupted = True
                     if interrupted:  # (that worker's run is lost; the others' fronts stay)
                         continue
-                    raise CommandFailed("a gradient-strategy training process ended "
-                                        "abruptly (killed, or out of memory?); the runs "
-                                        "still going were stopped") from None
+                    raise CommandFailed(
+                        "a gradient-strategy training process ended abruptly (killed, or out "
+                        "of memory?); the runs still going were stopped"
+                        + ("" if front_dir is None else
+                           f"; the fronts the runs had saved are in {front_dir}: the same "
+                           "command run again saves them as its front")) from None
                 bar.update(1)
             bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
         bar.close()

@@ -1,5 +1,7 @@
 """`hetq search --strategy gradient`: float model, training runs, the front as hetq
-checkpoints under <out>/gradient/, and its table."""
+checkpoints under <out>/gradient/, and its table. While the runs train, their fronts so far
+are saved under <out>/gradient.progress/ (removed once the front is saved); after a kill,
+the same command saves those as the front instead of training."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from torch import nn
 from ...cli import interrupts_save, saved_after_interruption
 from ...train.loop import keeps_global_rng
 from .convert import to_hetq_model
-from .runs import train_gradient_runs
+from .runs import read_front_dir, train_gradient_runs
 from .training import FrontPoint
+
+PROGRESS = "gradient.progress"  # <out>/gradient.progress: the fronts saved during training
 
 
 @dataclass
@@ -45,6 +49,10 @@ def saved_gradient_rows(out) -> list[GradientRow]:
         rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
                                 m["costs"]["lut"], str(path)))
     if not rows:
+        if any((Path(out) / PROGRESS).glob("*.pt")):
+            raise ValueError(f"{out} is a gradient-strategy run that ended without saving its "
+                             f"front (killed?); run the same `hetq search` command again to "
+                             f"save the front it had reached (kept in {Path(out) / PROGRESS})")
         raise ValueError(f"{out} is a gradient-strategy run without front points yet (no "
                          f"{Path(out) / 'gradient' / 'point_NNN.pt'}); run it to the end first")
     return rows
@@ -82,9 +90,6 @@ def run_gradient_strategy(config, out, progress: bool = True,
     <out>/gradient/. Prints the front table."""
     from pathlib import Path
 
-    from ...cost import cost
-    from ...train import evaluate
-    from ...train.checkpoint import save_module
     from ..driver import changed_settings, start_run
 
     out = Path(out)
@@ -103,6 +108,19 @@ def run_gradient_strategy(config, out, progress: bool = True,
                                      for k, v in changed.items())
                          + "); use another --out")
     ctx = start_run(config, out, progress)
+    running = out / PROGRESS  # the fronts saved while training (removed once saved below)
+    recovered = read_front_dir(running, ctx.float_model, ctx.data.tensors("train")[0])
+    if recovered is not None:  # an earlier run here was killed before it saved its front
+        rows, earlier = _save_front(*recovered, ctx, config, out)
+        shutil.rmtree(running, ignore_errors=True)
+        print(f"{out}: the last run here ended without saving its front (killed?); saved "
+              f"the {len(rows)} points its training had reached to {out / 'gradient'}"
+              + (f" (replacing the {earlier} points there)" if earlier else "")
+              + ". Run the same command again to train anew (that replaces them).")
+        saved_after_interruption()  # (not a finished search: exit status 130)
+        if progress:
+            print(format_gradient_table(rows))
+        return rows
     teacher = _teacher(config, out, ctx.data, progress) if config.teacher_widths else None
     t0 = time.time()
     budget = time_budget if time_budget is not None else config.time_budget
@@ -117,33 +135,15 @@ def run_gradient_strategy(config, out, progress: bool = True,
             stop_below=config.stop_below, input_quantile=config.input_quantile,
             act_quantile=config.act_quantile, learn_integer=config.learn_integer,
             teacher=teacher, distill=config.distill, granularity=config.granularity,
-            activations=config.activation_granularity, progress=progress)
+            activations=config.activation_granularity, front_dir=running, progress=progress)
         guard.hold()  # the points are saved whatever comes now (SIGKILL aside)
         if res.interrupted:
             print("gradient strategy: interrupted; saving the front reached so far")
             saved_after_interruption()
-        rows = []
-        shape = ctx.data.input_shape
-        # the points go to a new folder that then replaces <out>/gradient whole: an earlier
-        # run's front (a rerun here reuses the float model) leaves no stale point files, and
-        # stays as it was if this fails before the swap
-        dest, part = out / "gradient", out / "gradient.partial"
-        shutil.rmtree(part, ignore_errors=True)
-        for k, p in enumerate(res.front):
-            m = to_hetq_model(g, p.state)
-            acc = evaluate(m, ctx.data)["accuracy"]
-            s = cost(m, shape, source_quantizer=config.source_quantizer).summary()
-            name = f"point_{k:03d}.pt"
-            save_module(part / name, m, data=ctx.data, metrics={
-                "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
-                "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
-            rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
-        part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
-        earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
-        shutil.rmtree(dest, ignore_errors=True)
-        part.rename(dest)
+        rows, earlier = _save_front(g, res.front, ctx, config, out)
+    shutil.rmtree(running, ignore_errors=True)
     if earlier:
-        print(f"replaced the earlier front in {dest} ({earlier} points)")
+        print(f"replaced the earlier front in {out / 'gradient'} ({earlier} points)")
     if progress:
         print("(epoch: where the point was saved during training; p: its weights then "
               "polished at frozen bits)")
@@ -156,6 +156,35 @@ def run_gradient_strategy(config, out, progress: bool = True,
               f"{ref if ref is None else round(ref, 4)}")
         print(format_gradient_table(rows))
     return rows
+
+
+def _save_front(g, front, ctx, config, out) -> tuple[list[GradientRow], int]:
+    """Each point of `front` as an ordinary hetq model in <out>/gradient/point_NNN.pt, with
+    its test accuracy and costs; returns the rows and how many points the folder held
+    before. The points go to a new folder that then replaces <out>/gradient whole: an
+    earlier run's front (a rerun here reuses the float model) leaves no stale point files,
+    and stays as it was if this fails before the swap."""
+    from ...cost import cost
+    from ...train import evaluate
+    from ...train.checkpoint import save_module
+
+    rows = []
+    dest, part = out / "gradient", out / "gradient.partial"
+    shutil.rmtree(part, ignore_errors=True)
+    for k, p in enumerate(front):
+        m = to_hetq_model(g, p.state)
+        acc = evaluate(m, ctx.data)["accuracy"]
+        s = cost(m, ctx.data.input_shape, source_quantizer=config.source_quantizer).summary()
+        name = f"point_{k:03d}.pt"
+        save_module(part / name, m, data=ctx.data, metrics={
+            "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
+            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
+    part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
+    earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
+    shutil.rmtree(dest, ignore_errors=True)
+    part.rename(dest)
+    return rows, earlier
 
 
 def format_gradient_table(rows: list[GradientRow]) -> str:

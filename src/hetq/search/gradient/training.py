@@ -8,7 +8,7 @@ import copy
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,62 @@ class ParetoCheckpoints:
         return True
 
 
+FRONT_SAVE_EVERY = 30.0  # seconds between two writes of a front file during training
+
+
+class FrontFile:
+    """The front reached so far, written to `path` (whole or not at all) when it first has
+    points, then at most every `every` seconds while it changes, and at the end
+    (`update(force=True)`): a training killed outright (SIGKILL, out of memory) loses at most
+    that much. `read_front_file` reads it back. Nothing is
+    written when `path` is None. A write that fails (full disk) is warned about once and
+    training goes on."""
+
+    FORMAT = "hetq gradient front 1"
+
+    def __init__(self, path, model: GradientBitsMLP, every: float = FRONT_SAVE_EVERY):
+        from pathlib import Path
+
+        self.path = None if path is None else Path(path)
+        self.model, self.every = model, every
+        self.last, self.dirty, self.warned = -math.inf, False, False  # (the first: at once)
+
+    def update(self, points: list[FrontPoint], epochs: int, force: bool = False) -> None:
+        if self.path is None or not self.dirty:
+            return
+        if not force and time.time() - self.last < self.every:
+            return
+        from ...files import write_whole
+
+        payload = {"format": self.FORMAT, "structure": self.model.structure, "epochs": epochs,
+                   "points": [{f.name: getattr(p, f.name) for f in fields(FrontPoint)}
+                              for p in points]}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_whole(self.path, lambda tmp: torch.save(payload, tmp))
+        except OSError as e:
+            if not self.warned:
+                import warnings
+
+                warnings.warn(f"could not save the front so far to {self.path} ({e}); "
+                              "training goes on, its front is kept in memory", stacklevel=3)
+                self.warned = True
+        self.last, self.dirty = time.time(), False
+
+
+def read_front_file(path) -> tuple[dict, list[FrontPoint]]:
+    """(structure, points) of a `FrontFile`; a file that is not one is named in a
+    ValueError."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != FrontFile.FORMAT:
+            raise ValueError(f"format {payload.get('format')!r}")
+        return payload["structure"], [FrontPoint(**p) for p in payload["points"]]
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable gradient-strategy front file "
+                         f"({type(e).__name__}: {e})") from None
+
+
 def ebops_target_at(frac: float, start: float, knee: float, end: float,
                     knee_time: float) -> float:
     """The EBOPs target of the controller at `frac` (0..1) of training: log-linear from
@@ -170,8 +226,13 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                    act_quantile: float | None = 0.99, learn_integer: bool = True,
                    teacher: nn.Module | None = None, distill: float = 1.0,
                    granularity: str = "weight", activations: str = "neuron",
+                   front_file=None, save_every: float = FRONT_SAVE_EVERY,
                    progress: bool = True) -> tuple[GradientBitsMLP, GradientResult]:
     """Train bit-widths and weights together; returns the model and the Pareto snapshots.
+
+    front_file: a path where the front reached so far is saved while it changes, at most
+    every `save_every` seconds, and at the end (`FrontFile`; `read_front_file`), so that a
+    training killed outright loses at most that much.
 
     bits_lr: Adam learning rate of the frac-bit parameters (default `lr`); one bit moves
     after about 1/bits_lr steps, so short runs want a larger one.
@@ -239,13 +300,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         calib = Xtr[pick]
     # learned integer bits start from the act_quantile range (from the largest value if None)
     start_q = 1.0 if (learn_integer and act_quantile is None) else act_quantile
-    model = GradientBitsMLP(float_model.cpu(), Xtr, f0=f0, per_neuron=per_neuron,
-                            input_quantile=input_quantile, act_quantile=start_q,
-                            granularity=granularity, activations=activations)
-    if learn_integer:
-        for m in model.modules():
-            if isinstance(m, _ActQ):
-                m.learn_integer()
+    model = GradientBitsMLP.rebuild(float_model.cpu(), Xtr, dict(
+        f0=f0, per_neuron=per_neuron, input_quantile=input_quantile, act_quantile=start_q,
+        granularity=granularity, activations=activations, learn_integer=learn_integer))
     opt = bits_optimizer(model, lr, bits_lr)
     gen = torch.Generator().manual_seed(seed)
     n = len(Xtr)
@@ -255,6 +312,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     total = epochs * steps_per_epoch
     keeper = ParetoCheckpoints()
     history = []
+    saver = FrontFile(front_file, model, save_every)
 
     fwd_bwd = loss_step(model)
     step_fn = torch.compile(fwd_bwd) if compile else fwd_bwd
@@ -319,7 +377,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             acc = _val_accuracy(model, Xva, yva)
             eb = model.ebops()
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
-            keeper.offer(FrontPoint(ep, beta, acc, eb), model)
+            if keeper.offer(FrontPoint(ep, beta, acc, eb), model):
+                saver.dirty = True
+            saver.update(keeper.points, len(history))
             bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points), refresh=False)
             bar.update(1)
             if time_budget is not None and time.time() - t0 > time_budget:
@@ -332,6 +392,10 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         interrupted = True
         model.eval()
     bar.close()
+    try:
+        saver.update(keeper.points, len(history), force=True)
+    except KeyboardInterrupt:  # (a second Ctrl-C: the front is still returned)
+        interrupted = True
     return model, GradientResult(keeper.points, history, time.time() - t0, interrupted,
                                  stopped_early, diverged)
 
@@ -492,13 +556,15 @@ def interrupt_workers(pool, queued=()) -> None:
 def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
                  epochs: int = 10, lr: float = 1e-3, seconds: float | None = None,
                  pool=None, progress: bool = True, teacher: nn.Module | None = None,
-                 distill: float = 1.0) -> Polished:
+                 distill: float = 1.0, front_file=None,
+                 save_every: float = FRONT_SAVE_EVERY) -> Polished:
     """`polish` each front point, most accurate first (in `pool`'s processes when given),
     until `seconds` are spent; returns the Pareto front of the original and polished points.
     Most accurate first: with a time limit, the near-chance points at the cheap end of a
     front (many, and of no use) are the ones left out. Ctrl-C (or SIGTERM under
     `interrupts_save`) stops it: the points polished so far, and the best state of those in
-    progress, are kept, and the result's `interrupted` is True."""
+    progress, are kept, and the result's `interrupted` is True. front_file: as
+    `train_gradient`'s, the polished front so far."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     from ...progress import bar as progress_bar
@@ -509,6 +575,13 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     keeper = ParetoCheckpoints()
     for p in todo:
         keeper.offer(p)
+    saver = FrontFile(front_file, gmodel, save_every)
+
+    def offer(point):
+        if keeper.offer(point):
+            saver.dirty = True
+        saver.update(keeper.points, 0)
+
     bar = progress_bar(total=len(todo), disable=not progress, desc="polishing the front",
                        unit="point")
     pending = set()
@@ -518,28 +591,32 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
             for p in todo:
                 if deadline is not None and time.time() >= deadline:
                     break
-                keeper.offer(polish(gmodel, p, data, **kw))
+                offer(polish(gmodel, p, data, **kw))
                 bar.update(1)
         else:
             pending = {pool.submit(_polish_one, gmodel, p, data, kw) for p in todo}
             while pending:
                 done, pending = wait(pending, timeout=5.0, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    keeper.offer(fut.result())
+                    offer(fut.result())
                     bar.update(1)
     except KeyboardInterrupt as e:  # keep the points polished so far; drop the queued ones
         out.interrupted = True
         if isinstance(e, PolishInterrupted):
-            keeper.offer(e.point)
+            saver.dirty |= keeper.offer(e.point)
         if pool is not None:  # the running ones return their best within an epoch
             interrupt_workers(pool, pending)
             running = [f for f in pending if not f.cancelled()]
             try:
                 for fut in (wait(running, timeout=30.0)[0] if running else ()):
                     if fut.exception() is None:
-                        keeper.offer(fut.result())
+                        saver.dirty |= keeper.offer(fut.result())
             except KeyboardInterrupt:  # (a second Ctrl-C: what is kept so far is returned)
                 pass
     bar.close()
+    try:
+        saver.update(keeper.points, 0, force=True)
+    except KeyboardInterrupt:  # (a second Ctrl-C: the front is still returned)
+        out.interrupted = True
     out.extend(keeper.points)
     return out
