@@ -1043,6 +1043,13 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
         m = hetq.load(path)
         assert evaluate(m, data, split="val")["accuracy"] == pytest.approx(p.val_accuracy)
     assert main(["report", str(tmp_path / "g")]) == 0
+    if killed == "all":  # a front file that cannot be read is named, with the way out
+        saved.mkdir()
+        (saved / "run_0.pt").write_bytes(b"\0" * 10)
+        assert main(cmd) == 2
+        assert (f"{saved / 'run_0.pt'} is not a readable gradient-strategy front file (" in
+                (err := capsys.readouterr().err)) and \
+            f"; remove {saved} to train anew without the points saved there" in err
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")

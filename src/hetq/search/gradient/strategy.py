@@ -109,7 +109,11 @@ def run_gradient_strategy(config, out, progress: bool = True,
                          + "); use another --out")
     ctx = start_run(config, out, progress)
     running = out / PROGRESS  # the fronts saved while training (removed once saved below)
-    recovered = read_front_dir(running, ctx.float_model, ctx.data.tensors("train")[0])
+    try:
+        recovered = read_front_dir(running, ctx.float_model, ctx.data.tensors("train")[0])
+    except ValueError as e:
+        raise ValueError(f"{e}; remove {running} to train anew without the points saved "
+                         "there") from None
     if recovered is not None:  # an earlier run here was killed before it saved its front
         rows, earlier = _save_front(*recovered, ctx, config, out)
         shutil.rmtree(running, ignore_errors=True)
