@@ -263,3 +263,50 @@ def test_a_configuration_that_costs_nothing_is_not_swept():
     front = sweep(omegas, costs, n=20)
     assert [a.cost for a in front][:1] != [0.0] and all(a.cost > 0 for a in front)
     assert front[-1].params == {"g0": "a2", "g1": "b2"}
+
+
+def test_the_sweep_starts_from_the_cheapest_configuration_that_computes_something():
+    """With EBOPs or LUTs the cheapest configuration costs 0 (a dead network), and the sweep
+    fell back to linear budgets from 0: its first budget gave nothing, and the cheap end of
+    the front was never reached (a 116k-EBOPs first configuration where TPE found 49k).
+    --prior-configs 1 gave no configuration at all. Budgets are now log-spaced from the
+    cheapest live configuration; n=1 is the unconstrained optimum; DSP costs of 0 are
+    ordinary; max_cost caps the budgets; NaN budgets and a bad n are refused."""
+    omegas = {"g0": {"zero": 10.0, "a": 1.0, "a2": 0.5, "a3": 0.2},
+              "g1": {"zero": 10.0, "b": 1.0, "b2": 0.25, "b3": 0.1}}
+    costs = {"g0": {"zero": 0.0, "a": 1.0, "a2": 10.0, "a3": 100.0},
+             "g1": {"zero": 0.0, "b": 1.0, "b2": 10.0, "b3": 100.0}}
+    front = sweep(omegas, costs, n=5)
+    # budgets log-spaced from 1 (a or b alone: the cheapest live configuration) to 200 (a3
+    # and b3: the optimum); at 14.1, a + b2 (Omega 1.25) beats a2 + b (1.5)
+    assert [round(a.budget, 2) for a in front] == [1.0, 3.76, 14.14, 53.18, 200.0]
+    assert [a.cost for a in front] == [1.0, 2.0, 11.0, 20.0, 200.0]
+    assert sweep(omegas, costs, n=1)[0].params == {"g0": "a3", "g1": "b3"}
+    capped = sweep(omegas, costs, n=5, max_cost=20.0)
+    assert max(a.budget for a in capped) == 20.0 and max(a.cost for a in capped) <= 20.0
+    assert sweep(omegas, costs, n=5, max_cost=0.5) == []  # only the dead network fits
+    # DSPs: 0 is an ordinary cost, and the least-Omega configuration at 0 is the answer
+    dsp = {g: dict.fromkeys(ch, 0.0) for g, ch in omegas.items()}
+    assert [a.params for a in sweep(omegas, dsp, n=4, zero_is_dead=False)] == \
+        [{"g0": "a3", "g1": "b3"}]
+    assert sweep(omegas, dsp, n=4) == []
+    for n in (0, -3, 2.5, "3", True):
+        with pytest.raises(ValueError, match=rf"sweep: n={n!r}; expected a number of budgets"):
+            sweep(omegas, costs, n=n)
+    with pytest.raises(ValueError, match=r"sweep: budget nan is not a number"):
+        sweep(omegas, costs, budgets=[float("nan")])
+
+
+def test_hessian_prior_checks_samples_and_gives_the_random_stream_back():
+    from hetq.data import get_dataset
+
+    data = get_dataset("synthetic:n=600,seed=3")
+    f = build("jet_mlp", widths=[8])
+    space = SearchSpace(f)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ValueError, match=rf"hessian_prior: samples={bad!r}; expected"):
+            hessian_prior(space, f, data, goal="ebops", n=3, samples=bad)
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    pr = hessian_prior(space, f, data, goal="ebops", n=3, samples=128, max_iter=10)
+    assert torch.equal(torch.get_rng_state(), state) and pr.allocations

@@ -647,6 +647,13 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     for argv, msg in (
             (["--blocks", "fc", "--population", "2"], "--blocks: a block-wise search runs "
              "one study per block, one trial at a time; it does not take --population"),
+            (["--blocks", "fc", "--strategy", "hessian"], "--blocks: a block-wise search runs "
+             "one study per block, one trial at a time; it does not take --strategy hessian"),
+            (["--prior", "hessian", "--model", "cnn_digits", "--data", "digits"],
+             "--prior hessian takes Hessian traces on the float model, and the zoo model "
+             "'cnn_digits' is quantized already (layers 'conv' (QConv2d), 'act1' "
+             "(QActivation), 'sepconv' (QSeparableConv2d), ...); use a float model such as "
+             "jet_mlp, or another strategy"),
             (["--population", "2", "--workers", "2"], "population training (--population 2) "
              "trains its batches in one process; use --workers 1 with it"),
             (["--workers", "2", "--devices", ""], "--devices '': expected comma-separated CUDA "
@@ -1379,3 +1386,54 @@ def test_a_search_gives_the_global_random_stream_back(tmp_path):
     run_gradient_strategy(cfg(strategy="gradient", epochs=1, float_epochs=1), tmp_path / "g",
                           progress=False)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_hessian_strategy_trials_cost_what_the_ilp_budgeted(tmp_path, capsys):
+    """The ILP's cost table costed a layer the search leaves float (here the output layer,
+    which --limit does not name) as fp32, while the trials cost it as the reference does:
+    budgets of 940-1945 pJ for trials of 212-1247 pJ. With --min-reduction, budgets above
+    its cost limit made trials infeasible before they trained. Fewer --trials than
+    configurations said nothing of the ones left queued."""
+    from hetq.cli import main
+
+    limit = tmp_path / "limit.yaml"
+    limit.write_text("fc.*: [8, 8, 8]\nrelu.*: [8]\n")
+    out = tmp_path / "h"
+    base = ["search", "--strategy", "hessian", "--goal", "energy", "--objective", "pareto",
+            "--limit", str(limit), "--data", DATA, "--float-epochs", "2", "--epochs", "1",
+            "--prior-configs", "4"]
+    assert main([*base, "--out", str(out), "--trials", "6", "--no-progress"]) == 0
+    _, study = load_run(out)
+    ilp = [t for t in completed(study) if "hessian_budget" in t.user_attrs]
+    assert len(ilp) >= 2
+    for t in ilp:  # (each configuration within its budget, as the trials are costed)
+        assert t.user_attrs["costs"]["energy_pj"] <= t.user_attrs["hessian_budget"] + 1.0
+    assert max(t.user_attrs["hessian_budget"] for t in ilp) == pytest.approx(
+        max(t.user_attrs["costs"]["energy_pj"] for t in ilp), abs=1.0)
+    capsys.readouterr()
+    out2 = tmp_path / "h2"
+    assert main([*base, "--out", str(out2), "--trials", "1", "--min-reduction", "10"]) == 0
+    text = capsys.readouterr().out
+    _, study = load_run(out2)
+    ref = study.user_attrs["reference"]["costs"]["energy_pj"]
+    budgets = [t.user_attrs["hessian_budget"] for t in study.trials
+               if "hessian_budget" in t.user_attrs]
+    assert budgets and max(budgets) == pytest.approx(ref / 10)
+    assert f"within --min-reduction's cost limit {ref / 10:.4g}" in text
+    assert ("note: --trials 1 trains only the first 1 of them; the others stay queued in "
+            "the study for a resumed search with more --trials") in text
+
+
+def test_grid_sampler_runs_and_a_grid_too_large_is_refused_before_training(tmp_path):
+    """--sampler grid failed every search ('the grid sampler needs a search space'); given
+    the space, the default jet_mlp space's 2.4e8 combinations were listed up front and the
+    process was killed for memory."""
+    study = run_search(cfg(sampler="grid", trials=3, model_kwargs={"widths": [4]}),
+                       tmp_path / "g", progress=False)
+    done = completed(study)
+    assert len(done) == 3 and len({tuple(sorted(t.params.items())) for t in done}) == 3
+    with pytest.raises(ValueError, match=r"the grid sampler tries every combination, and this "
+                                         r"search space has 8\.3e\+06 \(11 parameters with 7, "
+                                         r"2, 6, .*\); at most 1,000,000 can be listed"):
+        run_search(cfg(sampler="grid"), tmp_path / "big", progress=False)
+    assert not (tmp_path / "big" / "float.pt").exists()

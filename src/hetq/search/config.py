@@ -211,6 +211,8 @@ class SearchConfig:
         if self.blocks:  # (each block runs a study of its own, trial by trial)
             extra = [opt for opt, on in (("--warm-start", bool(self.warm_start)),
                                          ("--prior hessian", self.prior == "hessian"),
+                                         (f"--strategy {self.strategy}",
+                                          self.strategy in ("hessian", "gradient")),
                                          ("--population", self.population > 1)) if on]
             if extra:
                 raise ValueError(f"search blocks: a block-wise search runs one study per "

@@ -177,8 +177,23 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
 
         with warnings.catch_warnings():  # a bad space is an error before any training
             warnings.simplefilter("ignore")  # (its warnings come again with the real space)
-            _space(config, build_model(config.model, **config.model_kwargs),
-                   data.input_shape)
+            model = build_model(config.model, **config.model_kwargs)
+            space = _space(config, model, data.input_shape)
+        if "hessian" in (config.strategy, config.prior):  # (traces need a float model)
+            from ..quant.layers import QLayer
+
+            quantized = [f"{n!r} ({type(m).__name__})" for n, m in model.named_modules()
+                         if isinstance(m, QLayer)]
+            if quantized:
+                which = ("--strategy hessian" if config.strategy == "hessian"
+                         else "--prior hessian")
+                raise ValueError(f"{which} takes Hessian traces on the float model, and the "
+                                 f"zoo model {config.model!r} is quantized already (layers "
+                                 f"{', '.join(quantized[:3])}"
+                                 f"{', ...' if len(quantized) > 3 else ''}); use a float "
+                                 "model such as jet_mlp, or another strategy")
+        if config.sampler == "grid" and config.strategy != "gradient":  # (too large a grid)
+            make_sampler("grid", search_space=space.distributions())
         float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
                                              "the float reference", progress)
     space = _space(config, float_model, data.input_shape)
@@ -361,10 +376,11 @@ def sampler_seed(seed: int | None, n_trials: int, stream: int) -> int | None:
 
 
 def open_study(config: SearchConfig, out: Path, storage: str | None, create: bool = True,
-               stream: int = 0):
+               stream: int = 0, search_space: dict | None = None):
     """The search's study (created if `create`), with its sampler seeded by `sampler_seed`:
     `stream` tells apart the processes that work on it (0: the search's own, i: its i-th
-    worker process, a random one for `hetq worker` elsewhere)."""
+    worker process, a random one for `hetq worker` elsewhere). search_space: the Optuna
+    distributions of the space, which the grid sampler needs."""
     quiet_optuna()
     st = make_storage(storage, out)
     directions = ["maximize", "minimize"] if config.objective == "pareto" else ["maximize"]
@@ -376,7 +392,7 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
     def sampler(seed):
         return make_sampler(sampler_name, seed, config.objective == "pareto",
                             constraints_func=_constraints_func if active else None,
-                            search_space=None)
+                            search_space=search_space)
 
     pruner = make_pruner(config.pruner, config.epochs)
     if create:
@@ -451,12 +467,6 @@ def check_data(study: optuna.Study, ctx: SearchContext) -> None:
                          f"{study.study_name!r} was started with (a relative path read from "
                          "another folder, or a file changed since?); give the same data, or "
                          "start another search (--out, --study)")
-
-
-def _grid_fix(study, ctx):
-    if ctx.config.sampler == "grid":
-        study.sampler = make_sampler("grid", ctx.config.seed,
-                                     search_space=ctx.space.distributions())
 
 
 class Progress:
@@ -580,10 +590,9 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     ctx = start_run(config, out, progress, storage)
     if config.blocks:
         return _run_blocks(config, ctx, out, storage, workers, progress)
-    study = open_study(config, out, storage)
+    study = open_study(config, out, storage, search_space=ctx.space.distributions())
     check_data(study, ctx)
     study.set_user_attr("reference", ctx.reference)
-    _grid_fix(study, ctx)
     _seed_warm_start(study, ctx, warm)
     _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
@@ -634,7 +643,7 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         ctx.space = BlockView(full_space, set(block["params"]), dict(sched.state["frozen"]),
                               later)
         bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
-        study = open_study(bcfg, out, storage)
+        study = open_study(bcfg, out, storage, search_space=ctx.space.distributions())
         check_data(study, ctx)
         study.set_user_attr("reference", ctx.reference)
         if k < sched.state["next_block"]:
@@ -713,8 +722,8 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     # machine of its own), so that no two workers draw the same configurations
     stream = int(os.environ.get("HETQ_WORKER_INDEX") or 0) or \
         int.from_bytes(os.urandom(4), "little") + 1000
-    study = open_study(config, out, storage, create=False, stream=stream)
-    _grid_fix(study, ctx)
+    study = open_study(config, out, storage, create=False, stream=stream,
+                       search_space=ctx.space.distributions())
     ran = run_worker(study, make_objective(ctx), config.trials,
                      on_trial_end=Progress(ctx, config.trials, progress),
                      recover=recover_dead_trials)
@@ -780,8 +789,14 @@ def _seed_hessian_prior(study, ctx, progress):
     from .hessian import hessian_prior
 
     goal = cfg.goal if cfg.goal in ("energy", "bits", "ebops", "lut") else "energy"
+    # the costs as the trials are costed (`measure_costs`: a layer left float as in the
+    # reference); with --min-reduction, budgets above its cost limit would be infeasible
+    limit = None
+    if cfg.min_reduction is not None and goal == cfg.goal:
+        limit = ctx.reference["costs"][ctx.goal_key] / float(cfg.min_reduction)
     pr = hessian_prior(ctx.space, ctx.float_model, ctx.data, goal=goal, n=cfg.prior_configs,
-                       seed=cfg.seed, source_quantizer=cfg.source_quantizer)
+                       seed=cfg.seed, max_cost=limit, source_quantizer=cfg.source_quantizer,
+                       float_as=cfg.reference)
     for params, a in zip(pr.params, pr.allocations):
         budget = float(a.budget) if math.isfinite(a.budget) else None
         study.enqueue_trial(dict(params), user_attrs={"hessian_budget": budget,
@@ -790,5 +805,11 @@ def _seed_hessian_prior(study, ctx, progress):
                                           "seconds": pr.seconds})
     if progress:
         t = ", ".join(f"{k} {v:.1f} s" for k, v in pr.seconds.items())
-        print(f"Hessian prior: {len(pr.allocations)} ILP configurations enqueued ({t})",
+        k = len(pr.allocations)
+        print(f"Hessian prior: {k} ILP configuration{'s' * (k != 1)} enqueued ({t})"
+              + (f"; within --min-reduction's cost limit {limit:.4g}" if limit else ""),
               flush=True)
+        if k > cfg.trials:
+            print(f"note: --trials {cfg.trials} trains only the first {cfg.trials} of them; "
+                  "the others stay queued in the study for a resumed search with more "
+                  "--trials", flush=True)

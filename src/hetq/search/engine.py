@@ -9,6 +9,7 @@ the budget are failed at once and tagged `overflow` (they never train).
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from .config import PRUNERS, SAMPLERS
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 TRIAL_ERRORS = (FloatingPointError, ValueError, RuntimeError)  # failures of one candidate
 MAX_CONSECUTIVE_FAILURES = 5
+
+
+MAX_GRID = 1_000_000  # combinations the grid sampler may list
 
 
 def make_sampler(name: str, seed: int | None = None, multi_objective: bool = False,
@@ -45,6 +49,13 @@ def _make_sampler(name, seed, search_space, constraints_func):
         if not search_space:
             raise ValueError("the grid sampler needs a search space")
         grid = {k: list(d.choices) for k, d in search_space.items()}
+        size = math.prod(len(v) for v in grid.values())
+        if size > MAX_GRID:  # (Optuna lists every combination up front: out of memory)
+            raise ValueError(f"the grid sampler tries every combination, and this search "
+                             f"space has {size:.3g} ({len(grid)} parameters with "
+                             f"{', '.join(str(len(v)) for v in grid.values())} choices); "
+                             f"at most {MAX_GRID:,} can be listed. Narrow the space (--limit, "
+                             "--quantization-config) or use another --sampler")
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -123,6 +124,21 @@ class _Problem:
     def min_cost(self) -> float:
         return self.table(self.solve(self.cost))
 
+    def min_live_cost(self, scale: float) -> float | None:
+        """The cost of the cheapest configuration that costs more than nothing; None if
+        every one costs nothing (or less than a thousandth of `scale`, the optimum's cost).
+        Asked as cost >= floor, the floor rising from a millionth of `scale` while the
+        solver's tolerance lets a configuration of cost 0 pass it."""
+        floor = 1e-6 * max(abs(scale), 1e-300)
+        for _ in range(4):
+            choice = self.solve(self.cost, [(-self.cost, self.table.const - floor)])
+            if choice is None:
+                return None
+            if self.table(choice) > 0:
+                return self.table(choice)
+            floor *= 10
+        return None
+
 
 def allocate(omegas: Mapping[str, Mapping[str, float]], costs, budget: float) -> dict[str, str]:
     """The choice per group minimising sum Omega subject to cost <= budget (an ILP, solved
@@ -159,26 +175,53 @@ class Allocation:
 
 
 def sweep(omegas: Mapping[str, Mapping[str, float]], costs, n: int = 12,
-          budgets: Iterable[float] | None = None) -> list[Allocation]:
+          budgets: Iterable[float] | None = None, *, zero_is_dead: bool = True,
+          max_cost: float | None = None) -> list[Allocation]:
     """Distinct ILP configurations over `n` budgets, log-spaced from the cheapest
-    configuration's cost to the cost of the unconstrained optimum (or the given `budgets`;
-    ones below the cheapest configuration are skipped); returned by increasing cost with
-    strictly decreasing Omega (dominated ones dropped). A configuration that costs nothing
-    (EBOPs or LUTs: every weight rounds to zero) computes nothing, and is left out: its
-    trial was a dead network that the forgiving factor could not even score."""
+    configuration's cost to the cost of the unconstrained optimum (n=1: that optimum alone;
+    or the given `budgets`; ones below the cheapest configuration are skipped); returned by
+    increasing cost with strictly decreasing Omega (dominated ones dropped).
+    zero_is_dead: a configuration that costs nothing (EBOPs or LUTs: every weight rounds to
+    zero) computes nothing: it is left out, and the sweep starts from the cheapest one that
+    costs more than nothing (its trial was a dead network that the forgiving factor could not
+    even score). False for costs where 0 is ordinary (DSPs: small products go to LUTs).
+    max_cost: the sweep's budgets end there instead, if lower (a hard cost constraint of the
+    search: configurations above it would be infeasible trials)."""
     prob = _Problem(omegas, costs)
     if budgets is None:
-        lo = prob.min_cost()
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"sweep: n={n!r}; expected a number of budgets >= 1")
         hi = prob.table(prob.best())
-        budgets = np.geomspace(lo, hi, n) if lo > 0 and hi > lo else np.linspace(lo, hi, n)
+        if max_cost is not None:
+            if not float(max_cost) > 0:  # (NaN too)
+                raise ValueError(f"sweep: max_cost={max_cost!r}; expected a cost > 0")
+            hi = min(hi, float(max_cost))
+        lo = prob.min_live_cost(hi) if zero_is_dead else prob.min_cost()
+        if lo is None or lo > hi:
+            return []  # (no configuration that computes something fits max_cost)
+        if n == 1:
+            budgets = [hi]
+        else:
+            budgets = np.geomspace(lo, hi, n) if 0 < lo < hi else np.linspace(lo, hi, n)
+    else:
+        budgets = list(budgets)
+        for b in budgets:
+            try:
+                bad = math.isnan(float(b))
+            except (TypeError, ValueError):
+                bad = True
+            if bad:
+                raise ValueError(f"sweep: budget {b!r} is not a number; expected cost limits "
+                                 "(inf: no limit)")
     found = {}
     for b in budgets:
         choice = prob.best(float(b))
-        if choice is None or prob.table(choice) <= 0:
+        if choice is None or (zero_is_dead and prob.table(choice) <= 0):
             continue
         key = tuple(sorted(choice.items()))
         if key not in found:
-            found[key] = Allocation(choice, prob.omega_of(choice), prob.table(choice), float(b))
+            found[key] = Allocation(choice, prob.omega_of(choice), float(prob.table(choice)),
+                                    float(b))
     front: list[Allocation] = []
     for a in sorted(found.values(), key=lambda a: (a.cost, a.omega)):
         if not front or a.omega < front[-1].omega:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...quant import get_quantizer
+from ...train.loop import keeps_global_rng
 from ..build import build_candidate
 from ..space import Candidate, SearchSpace
 from .costs import CostTable, cost_table
@@ -143,11 +145,14 @@ def _subset(data, samples: int, seed: int):
     return x, y
 
 
+@keeps_global_rng
 def hessian_prior(space: SearchSpace, float_model: nn.Module, data, goal: str = "energy",
                   n: int = 12, *, loss_fn: Callable = F.cross_entropy, samples: int = 2048,
                   batch_size: int | None = None, input_shape=None, tol: float = 1e-3,
-                  max_iter: int = 200, seed: int = 0, **cost_kwargs) -> HessianPrior:
-    """Traces on `samples` training samples, sensitivities, the cost table and an ILP sweep.
+                  max_iter: int = 200, seed: int = 0, max_cost: float | None = None,
+                  **cost_kwargs) -> HessianPrior:
+    """Traces on `samples` training samples, sensitivities, the cost table and an ILP sweep
+    (`sweep`; with goal "dsp" a configuration that costs nothing is not left out).
 
     Args:
         space: the search space (built from `float_model`).
@@ -155,10 +160,15 @@ def hessian_prior(space: SearchSpace, float_model: nn.Module, data, goal: str = 
         data: a hetq Dataset (its train split) or an (x, y) pair of tensors.
         goal: "energy", "bits", "ebops", "lut" or "dsp".
         n: number of budgets in the sweep (distinct configurations may be fewer).
+        samples: how many training samples (at most) the traces are taken on.
+        max_cost: the sweep's budgets end there (a hard cost limit of the search).
         loss_fn: loss_fn(model(x), y), a batch mean.
         batch_size: split the samples into batches (None: one batch).
         cost_kwargs: passed to `hetq.cost.cost` (e.g. source_quantizer="int8").
     """
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+        raise ValueError(f"hessian_prior: samples={samples!r}; expected a number of training "
+                         "samples >= 1")
     t0 = time.perf_counter()
     x, y = _subset(data, samples, seed)
     bs = batch_size or len(x)
@@ -172,7 +182,7 @@ def hessian_prior(space: SearchSpace, float_model: nn.Module, data, goal: str = 
         input_shape = getattr(data, "input_shape", None) or tuple(x.shape[1:])
     costs = cost_table(space, float_model, goal, input_shape, seed=seed, **cost_kwargs)
     t3 = time.perf_counter()
-    allocs = sweep(omegas, costs, n)
+    allocs = sweep(omegas, costs, n, zero_is_dead=goal != "dsp", max_cost=max_cost)
     t4 = time.perf_counter()
     return HessianPrior(space, allocs, traces, omegas, costs,
                         {"traces": t1 - t0, "sensitivities": t2 - t1, "costs": t3 - t2,
