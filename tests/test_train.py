@@ -981,13 +981,16 @@ def test_sigterm_to_a_gradient_search_saves_the_fronts_of_its_worker_processes(t
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
-@pytest.mark.parametrize("killed", ["all", "one run"])
+@pytest.mark.parametrize("killed", ["all", "one run", "the parent"])
 def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, capsys, killed):
     """SIGKILL (out of memory, a node lost) to `hetq search --strategy gradient` lost the
     whole run: the front was saved only at its end or on Ctrl-C/SIGTERM. Each run now saves
     its front while it trains; `hetq report` says what to do, and the same command saves
     those points and exits 130 instead of training again. One training process killed
-    alone: the search stops and says where the fronts are."""
+    alone: the search stops and says where the fronts are (it hung when the other's front
+    was too large for the pipe: it took the pool's SIGTERM as Ctrl-C and waited to send
+    it back). The parent alone: its training processes die with it (they trained on,
+    orphaned, and rewrote the saved fronts after a rerun had recovered them)."""
     import os
     import signal
     import subprocess
@@ -995,7 +998,8 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
 
     from hetq.search.gradient.runs import read_front_dir
 
-    cmd = ["search", "--strategy", "gradient", "--model-widths", "8", "--epochs", "100000",
+    cmd = ["search", "--strategy", "gradient", "--model-widths", "128", "64", "--epochs",
+           "100000",
            "--runs", "2", "--float-epochs", "2", "--time-budget", "120",
            "--data", "synthetic:n=600,seed=1", "--out", str(tmp_path / "g"), "--no-progress"]
     saved = tmp_path / "g" / "gradient.progress"
@@ -1006,12 +1010,21 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
         while not all((saved / f"run_{r}.pt").exists() for r in (0, 1)):
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
             time.sleep(0.05)
+        runs = [k for k in _children(proc.pid)  # (not multiprocessing's resource tracker)
+                if b"resource_tracker" not in open(f"/proc/{k}/cmdline", "rb").read()]
+        assert len(runs) == 2
         if killed == "all":
             os.killpg(proc.pid, signal.SIGKILL)  # every process, no handler runs
             proc.wait(timeout=30)
+        elif killed == "the parent":
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            deadline = time.time() + 10
+            while any(_proc_stat(k)[:1] not in ([], ["Z"]) for k in runs):
+                assert time.time() < deadline, [_proc_stat(k) for k in runs]
+                time.sleep(0.05)
         else:
-            runs = [k for k in _children(proc.pid)  # (not multiprocessing's resource tracker)
-                    if b"resource_tracker" not in open(f"/proc/{k}/cmdline", "rb").read()]
+            assert (saved / "run_1.pt").stat().st_size > 70_000  # more than a pipe holds
             os.kill(runs[0], signal.SIGKILL)
             assert proc.wait(timeout=60) == 1
             assert ("a gradient-strategy training process ended abruptly (killed, or out of "

@@ -17,6 +17,7 @@ from .training import (
     interrupt_workers,
     polish_front,
     quiet_worker,
+    read_front_file,
     spawning,
     train_gradient,
 )
@@ -47,8 +48,6 @@ def read_front_dir(folder, float_model: nn.Module, x_train: torch.Tensor
     built from `float_model` (the one they trained from) and rows of its training data;
     None when the folder holds no front file."""
     from pathlib import Path
-
-    from .training import read_front_file
 
     files = sorted(Path(folder).glob("run_[0-9]*.pt")) + sorted(Path(folder).glob(POLISHED))
     keeper, model, first = ParetoCheckpoints(), None, None
@@ -151,7 +150,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                        desc=f"gradient bits: {runs} runs in {workers} processes"
                             + (f", {budget:.0f} s each" if budget else ""))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=quiet_worker) as pool:
+                             initializer=quiet_worker, initargs=(os.getpid(),)) as pool:
         now = time.time()
         futs, interrupted = {}, False
         try:  # (the processes start here: a Ctrl-C meanwhile is raised as `spawning` ends)
@@ -163,6 +162,22 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
         except KeyboardInterrupt:
             interrupted = True
             interrupt_workers(pool, futs)  # (runs still queued do not start)
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # (all started)
+        lost = []  # runs whose results never came back (a worker process died)
+
+        def broken() -> CommandFailed:
+            """A worker died: the pool sent SIGTERM to the others, which take it as Ctrl-C:
+            they saved their fronts (front_dir) and wait to send them back, which nobody
+            reads any more, and the pool's clean-up would wait for them forever."""
+            for proc in procs:
+                proc.kill()
+            return CommandFailed(
+                "a gradient-strategy training process ended abruptly (killed, or out of "
+                "memory?); the runs still going were stopped"
+                + ("" if front_dir is None else
+                   f"; the fronts the runs had saved are in {front_dir}: the same command "
+                   "run again saves them as its front"))
+
         pending = set(futs)
         while pending:
             try:
@@ -185,17 +200,15 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                             time.sleep(2.0)
                         except KeyboardInterrupt:
                             interrupted = True
-                    if interrupted:  # (that worker's run is lost; the others' fronts stay)
-                        continue
-                    raise CommandFailed(
-                        "a gradient-strategy training process ended abruptly (killed, or out "
-                        "of memory?); the runs still going were stopped"
-                        + ("" if front_dir is None else
-                           f"; the fronts the runs had saved are in {front_dir}: the same "
-                           "command run again saves them as its front")) from None
+                    if not interrupted:
+                        raise broken() from None
+                    lost.append(futs[fut])  # (its front: from front_dir, below)
+                    continue
                 bar.update(1)
             bar.set_postfix(elapsed=f"{time.time() - t0:.0f}s")
         bar.close()
+        if lost:  # (after Ctrl-C: the pool's clean-up must not wait for them)
+            broken()
         keeper = ParetoCheckpoints()
         history = []
         for r in sorted(results):
@@ -203,14 +216,23 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 p.run = r
                 keeper.offer(p)
             history += [{**h, "run": r} for h in results[r][1].history]
+        for r in lost:  # what those runs had saved
+            path = None if front_dir is None else front_dir / f"run_{r}.pt"
+            if path is not None and path.exists():
+                for p in read_front_file(path)[1]:
+                    p.run = r
+                    keeper.offer(p)
         if not results:  # interrupted before any run started
             raise KeyboardInterrupt
         model = results[min(results)][0]  # every run builds the same structure
         interrupted = interrupted or any(res.interrupted for _, res in results.values())
         front = keeper.points
         if polish_epochs and front and not interrupted:
-            front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
-                                 **polish_kw)
+            try:
+                front = polish_front(model, front, data, pool=pool, seconds=polish_seconds(),
+                                     **polish_kw)
+            except BrokenProcessPool:
+                raise broken() from None
             interrupted = front.interrupted
     if front:
         model.load_state_dict(front[-1].state)
