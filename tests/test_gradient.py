@@ -1076,8 +1076,9 @@ def test_search_cli_distils_from_a_wider_teacher(tmp_path, capsys, runs_kwargs):
     capsys.readouterr()
     # a rerun in that folder reuses the teacher; another one is refused
     assert main(args + ["--teacher-widths", "12"]) == 2
-    assert "teacher.pt is a teacher 'jet_mlp' with {'widths': [12, 6]}, now 'jet_mlp' with " \
-           "{'widths': [12]}" in capsys.readouterr().err
+    assert "teacher.pt is a teacher 'jet_mlp' with {'n_in': 16, 'n_out': 5, 'widths': [12, 6]}, " \
+           "now 'jet_mlp' with {'n_in': 16, 'n_out': 5, 'widths': [12]}" in \
+           capsys.readouterr().err
     # without --teacher-widths, the labels
     assert main(args) == 0 and seen["teacher"] is None
     with pytest.raises(ValueError, match=r"teacher_widths=\[8, 0\]; expected a list of "

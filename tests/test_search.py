@@ -1437,3 +1437,25 @@ def test_grid_sampler_runs_and_a_grid_too_large_is_refused_before_training(tmp_p
                                          r"2, 6, .*\); at most 1,000,000 can be listed"):
         run_search(cfg(sampler="grid"), tmp_path / "big", progress=False)
     assert not (tmp_path / "big" / "float.pt").exists()
+
+
+def test_a_search_sizes_the_zoo_model_to_its_data(tmp_path):
+    """`hetq train` built the jet MLP for the data's features and classes; a search always
+    built the 16-input, 5-class one, and on other data failed inside torch ('mat1 and mat2
+    shapes cannot be multiplied (2x7 and 16x6)'), with every strategy."""
+    import shutil
+
+    from hetq.search.gradient import run_gradient_strategy
+
+    data = "synthetic:n=600,seed=3,features=7,classes=3"
+    study = run_search(cfg(data=data, trials=2), tmp_path / "o", progress=False)
+    assert len(completed(study)) == 2
+    config, study = load_run(tmp_path / "o")
+    shutil.rmtree(tmp_path / "o" / "trials")  # (rebuilt from the study's weights)
+    m = trial_model(tmp_path / "o", 1)
+    assert (m.fc1.in_features, m.output.out_features) == (7, 3)
+    rows = run_gradient_strategy(cfg(data=data, strategy="gradient", epochs=2,
+                                     float_epochs=1, model_kwargs={"widths": [8]}),
+                                 tmp_path / "g", progress=False)
+    m = hetq_load(rows[-1].path)
+    assert m(torch.zeros(2, 7)).shape == (2, 3)

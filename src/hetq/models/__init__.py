@@ -40,6 +40,20 @@ def widths_kwargs(name: str, widths) -> dict:
     return {"widths": list(widths)}
 
 
+def data_kwargs(name: str, data) -> dict:
+    """`build` keywords that fit zoo model `name` to `data` (a hetq Dataset): its feature
+    count, class count or image size, for the models that take them."""
+    key = _key(name)
+    if key == "jet_mlp":
+        return {"n_in": data.n_features, "n_out": data.n_classes}
+    if key == "jet_autoencoder":
+        return {"n_in": data.n_features}
+    if key == "cnn_digits":
+        return {"in_channels": data.input_shape[0], "image_size": data.input_shape[-1],
+                "n_classes": data.n_classes}
+    return {}
+
+
 def preset(name: str) -> dict:
     """The quantization config of jet_mlp preset `name` (case-insensitive: 'Q6' is 'q6')."""
     key = _key(name)
@@ -48,5 +62,6 @@ def preset(name: str) -> dict:
     return copy.deepcopy(PRESETS[key])  # (a copy: a caller's tweak stays the caller's)
 
 
-__all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "jet_autoencoder", "jet_mlp", "preset",
+__all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "data_kwargs", "jet_autoencoder",
+           "jet_mlp", "preset",
            "resize_model", "widths_kwargs"]

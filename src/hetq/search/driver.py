@@ -109,6 +109,15 @@ def reference_costs(model: torch.nn.Module, config: SearchConfig, data) -> dict[
     return rep.summary()
 
 
+def model_kwargs(config: SearchConfig, data) -> dict:
+    """The zoo model's `build` keywords: sized to `data` (features, classes) where the model
+    takes them, then `config.model_kwargs` (which win). A search used to build the default
+    16-input, 5-class jet MLP whatever the data, and failed on other data inside torch."""
+    from ..models import data_kwargs
+
+    return {**data_kwargs(config.model, data), **config.model_kwargs}
+
+
 def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict, what: str,
                       progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """`config.model` with `model_kwargs`, trained in float (config.float_epochs, batch_size,
@@ -177,7 +186,7 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
 
         with warnings.catch_warnings():  # a bad space is an error before any training
             warnings.simplefilter("ignore")  # (its warnings come again with the real space)
-            model = build_model(config.model, **config.model_kwargs)
+            model = build_model(config.model, **model_kwargs(config, data))
             space = _space(config, model, data.input_shape)
         if "hessian" in (config.strategy, config.prior):  # (traces need a float model)
             from ..quant.layers import QLayer
@@ -194,7 +203,7 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
                                  "model such as jet_mlp, or another strategy")
         if config.sampler == "grid" and config.strategy != "gradient":  # (too large a grid)
             make_sampler("grid", search_space=space.distributions())
-        float_model, ref = train_float_model(config, data, float_path, config.model_kwargs,
+        float_model, ref = train_float_model(config, data, float_path, model_kwargs(config, data),
                                              "the float reference", progress)
     space = _space(config, float_model, data.input_shape)
     reference = {"metrics": ref, "test": evaluate(float_model, data, split="test", device="cpu"),
@@ -354,7 +363,7 @@ def _save_trial_checkpoint(ctx, number, model, candidate, metrics, costs):
     from ..train.checkpoint import save
 
     path = trial_path(ctx.out, ctx.config.study_name, number)
-    save(path, model, model_name=ctx.config.model, model_kwargs=ctx.config.model_kwargs,
+    save(path, model, model_name=ctx.config.model, model_kwargs=model_kwargs(ctx.config, ctx.data),
          quant_config=candidate.quant_config, widths=candidate.widths, data=ctx.data,
          metrics={**metrics, "costs": costs})
 

@@ -149,9 +149,13 @@ def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study
     if "weights" not in t.user_attrs:
         raise ValueError(f"trial {number} has no stored weights (state {t.state.name})")
     from ..models import build as build_model
+    from ..train.checkpoint import read
 
     cand = Candidate.from_dict(t.user_attrs["candidate"])
-    model = build_candidate(build_model(config.model, **config.model_kwargs), cand)
+    # (as the float model was built: its size follows the data)
+    float_path = Path(out) / "float.pt"
+    kwargs = read(float_path).get("model_kwargs") if float_path.exists() else None
+    model = build_candidate(build_model(config.model, **(kwargs or config.model_kwargs)), cand)
     model.load_state_dict(unpack_state(t.user_attrs["weights"]))
     return model.eval()
 

@@ -20,6 +20,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     from ..train import evaluate, fit
     from ..train.checkpoint import check_new, save
     from ..train.report import metrics_table
+    from .driver import model_kwargs
     from .space import Candidate
 
     config, study = load_run(run, storage)
@@ -51,7 +52,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
                   f"({start['val']['loss']:.5f}; best {val['loss']:.5f}): the trial's weights "
                   "are kept")
         after = evaluate(model, data, device="cpu")
-        save(path, model, model_name=config.model, model_kwargs=config.model_kwargs,
+        save(path, model, model_name=config.model, model_kwargs=model_kwargs(config, data),
              quant_config=cand.quant_config, widths=cand.widths, data=data,
              metrics={"test": after, "before": before})
     print(f"trial {number}: test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}")

@@ -121,22 +121,11 @@ def _task_extra(task) -> dict | None:
     return {"background": list(task.background)} if task.name == "anomaly" else None
 
 
-def _model_kwargs(model: str, data) -> dict:
-    if model == "jet_mlp":
-        return {"n_in": data.n_features, "n_out": data.n_classes}
-    if model == "jet_autoencoder":
-        return {"n_in": data.n_features}
-    if model == "cnn_digits":
-        return {"in_channels": data.input_shape[0], "image_size": data.input_shape[-1],
-                "n_classes": data.n_classes}
-    return {}
-
-
 def _train(a) -> int:
     import torch
 
     from ..data import get_dataset
-    from ..models import build, widths_kwargs
+    from ..models import build, data_kwargs, widths_kwargs
     from .checkpoint import check_new, save
     from .loop import check_model_fits, evaluate, fit, resolve_device
     from .report import metrics_table
@@ -149,7 +138,7 @@ def _train(a) -> int:
     check_output(out, "--out", folder=True)
     check_new(out / "model.pt", overwrite=a.overwrite)
     data = get_dataset(a.data, progress=not a.no_progress)
-    kwargs = {**_model_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
+    kwargs = {**data_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}
     torch.manual_seed(a.seed)
     model = build(a.model, **kwargs)
     if a.init:

@@ -62,14 +62,16 @@ def _teacher(config, out, data, progress: bool) -> nn.Module:
     """The float teacher of a distilled gradient search: `config.model` with hidden widths
     `config.teacher_widths`, trained like the float reference and saved as
     <out>/teacher.pt, which a rerun in that folder reuses."""
+    from ...models import data_kwargs
     from ...train.checkpoint import load, read
-    from ..driver import train_float_model
+    from ..driver import model_kwargs, train_float_model
 
     path = out / "teacher.pt"
-    kwargs = {**config.model_kwargs, "widths": list(config.teacher_widths)}
+    kwargs = {**model_kwargs(config, data), "widths": list(config.teacher_widths)}
     if path.exists():
         ckpt = read(path)
-        if (ckpt.get("model"), ckpt.get("model_kwargs")) != (config.model, kwargs):
+        saved = {**data_kwargs(config.model, data), **(ckpt.get("model_kwargs") or {})}
+        if (ckpt.get("model"), saved) != (config.model, kwargs):
             raise ValueError(f"{path} is a teacher {ckpt.get('model')!r} with "
                              f"{ckpt.get('model_kwargs')!r}, now {config.model!r} with "
                              f"{kwargs!r}; use another --out")
