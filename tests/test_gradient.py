@@ -445,7 +445,7 @@ def test_training_and_polish_save_the_front_they_reached(tmp_path, monkeypatch):
     # a front file that cannot be written: a warning, and training goes on
     (tmp_path / "file").write_text("")
     with pytest.warns(UserWarning, match=r"could not save the front so far to .*file/run_0\.pt "
-                                         r"\(.*\); training goes on, its front is kept in "
+                                         r"\(.*\); the work goes on, its front is kept in "
                                          r"memory"):
         _, res2 = train_gradient(f, data, epochs=2, batch_size=512, progress=False,
                                  front_file=tmp_path / "file" / "run_0.pt", save_every=0.0)
@@ -637,10 +637,42 @@ def test_diverged_training_stops_with_a_warning_and_keeps_its_front(monkeypatch)
 
 
 def test_rejects_non_mlp():
-    data, _ = _small_setup()
+    """Models the strategy cannot take are named: a bias-free Linear failed with
+    "'NoneType' object has no attribute 'detach'", ReLU, ReLU trained and then failed to
+    export (KeyError 'w'), Linear, Linear and too few outputs failed inside torch."""
+    from torch.nn import Linear, ReLU, Sequential, Tanh
+
+    data, f = _small_setup()
     X, _ = data.tensors("train")
-    with pytest.raises(ValueError, match="Linear/ReLU"):
-        GradientBitsMLP(torch.nn.Sequential(torch.nn.Tanh()), X)
+    what = ("the gradient strategy needs an MLP of Linear layers (with biases) and ReLUs, "
+            "Linear, ReLU, Linear, ..., Linear; ")
+    for model, msg in (
+            (Sequential(Tanh()), "0: Tanh is not supported by the gradient strategy (Linear "
+                                 "and ReLU layers only)"),
+            (Sequential(Linear(16, 8, bias=False), ReLU(), Linear(8, 5)),
+             what + "0 has no bias (nn.Linear(..., bias=False))"),
+            (Sequential(Linear(16, 8), ReLU(), ReLU(), Linear(8, 5)),
+             what + "layer 2 (2) is a ReLU where a Linear was expected"),
+            (Sequential(Linear(16, 8), Linear(8, 5)),
+             what + "layer 1 (1) is a Linear where a ReLU was expected"),
+            (Sequential(Linear(16, 8), ReLU()),
+             what + "it ends with 1 (ReLU) instead of a Linear (the outputs)"),
+            (Sequential(Linear(7, 8), ReLU(), Linear(8, 5)),
+             "0 takes 7 inputs, but the data have 16 features"),
+            (Sequential(Linear(16, 8), ReLU(), Linear(9, 5)),
+             "2 takes 9 inputs, but the layer before gives 8"),
+            (Sequential(), what + "got a Sequential without layers")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            GradientBitsMLP(model, X)
+    with pytest.raises(ValueError, match=re.escape(
+            "the model gives 3 outputs, and the data have 5 classes; build it with one output "
+            "per class")):
+        train_gradient(Sequential(Linear(16, 8), ReLU(), Linear(8, 3)), data, epochs=1,
+                       progress=False)
+    for kw, msg in (({"batch_size": 0}, "batch_size=0; expected a number of rows >= 1"),
+                    ({"time_budget": 0}, "time_budget=0; expected seconds > 0")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            train_gradient(f, data, epochs=1, progress=False, **kw)
 
 
 def test_strategy_writes_loadable_front_checkpoints(tmp_path):
@@ -671,6 +703,27 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     data = get_dataset("synthetic")
     m = load(rows[-1].path)  # an ordinary hetq model in a checkpoint
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)
+
+
+def test_an_interruption_before_the_first_point_keeps_the_earlier_front(tmp_path, capsys,
+                                                                        monkeypatch):
+    """Ctrl-C or SIGTERM before a rerun's first epoch ended replaced the earlier front with
+    an empty one."""
+    import hetq.search.gradient.strategy as G
+    from hetq.search.config import SearchConfig
+    from hetq.search.gradient import GradientResult, run_gradient_strategy
+
+    cfg = SearchConfig(data="synthetic:n=600,seed=1", strategy="gradient", epochs=2,
+                       float_epochs=1, batch_size=256, model_kwargs={"widths": [8]})
+    rows = run_gradient_strategy(cfg, tmp_path, progress=False)
+    before = sorted(p.name for p in (tmp_path / "gradient").iterdir())
+    assert rows and len(before) == len(rows)
+    monkeypatch.setattr(G, "train_gradient_runs", lambda *a, **k: (
+        None, GradientResult([], [], 0.1, interrupted=True)))
+    assert run_gradient_strategy(cfg, tmp_path, progress=False) == []
+    assert (f"gradient strategy: interrupted before its first front point; the earlier front "
+            f"in {tmp_path / 'gradient'} is kept") in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == before
 
 
 @pytest.fixture
@@ -1101,3 +1154,11 @@ def test_saved_front_points_are_read_back_in_number_order(tmp_path):
             "test": {"accuracy": 0.5}, "ebops": k, "val_accuracy": 0.5, "epoch": k, "beta": 0.0,
             "polished": False, "costs": {"energy_pj": 1.0, "lut": 1.0}})
     assert [r.ebops for r in saved_gradient_rows(tmp_path)] == [2, 100, 101, 999, 1000]
+    # a later run's front, saved while it trained and then killed, is pointed out
+    (tmp_path / "gradient.progress").mkdir()
+    (tmp_path / "gradient.progress" / "run_0.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"gradient\.progress holds the front of a later run "
+                                         r"that ended without saving it \(killed\?\); these are "
+                                         r"the earlier run's points\. Run the same `hetq "
+                                         r"search` command again to save that front"):
+        assert len(saved_gradient_rows(tmp_path)) == 5

@@ -649,6 +649,9 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
              "one study per block, one trial at a time; it does not take --population"),
             (["--blocks", "fc", "--strategy", "hessian"], "--blocks: a block-wise search runs "
              "one study per block, one trial at a time; it does not take --strategy hessian"),
+            (["--strategy", "gradient", "--model", "cnn_digits", "--data", "digits"],
+             "conv: QConv2d is not supported by the gradient strategy (Linear and ReLU "
+             "layers only)"),
             (["--prior", "hessian", "--model", "cnn_digits", "--data", "digits"],
              "--prior hessian takes Hessian traces on the float model, and the zoo model "
              "'cnn_digits' is quantized already (layers 'conv' (QConv2d), 'act1' "
@@ -1386,6 +1389,12 @@ def test_a_search_gives_the_global_random_stream_back(tmp_path):
     run_gradient_strategy(cfg(strategy="gradient", epochs=1, float_epochs=1), tmp_path / "g",
                           progress=False)
     assert torch.equal(torch.get_rng_state(), state)
+    # (run_search ran an Optuna search for it, in a folder that could not be read back)
+    with pytest.raises(ValueError, match=r"run_search runs the optuna and hessian strategies; "
+                                         r"strategy='gradient' is run by hetq\.search\.gradient"
+                                         r"\.run_gradient_strategy\(config, out\)"):
+        run_search(cfg(strategy="gradient"), tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_hessian_strategy_trials_cost_what_the_ilp_budgeted(tmp_path, capsys):

@@ -1035,6 +1035,11 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
         proc.kill()
         proc.stdout.close()
     assert not (tmp_path / "g" / "gradient").exists()
+    # a rerun with other settings would save that front under a search.yaml of its own
+    assert main([*cmd, "--seed", "7"]) == 2
+    assert (f"{tmp_path / 'g'} holds the front of a run that was killed before it saved it, "
+            "with other settings (seed: 0, now 7); run the same command as then to save that "
+            f"front, or remove {saved} to train anew without it") in capsys.readouterr().err
     assert main(["report", str(tmp_path / "g")]) == 2
     assert ("ended without saving its front (killed?); run the same `hetq search` command "
             "again to save the front it had reached") in capsys.readouterr().err
@@ -1047,7 +1052,8 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
     out = capsys.readouterr().out
     assert time.time() - t0 < 60
     assert (f"the last run here ended without saving its front (killed?); saved the "
-            f"{len(front)} points its training had reached to {tmp_path / 'g' / 'gradient'}. "
+            f"{len(front)} point{'s' * (len(front) != 1)} its training had reached to "
+            f"{tmp_path / 'g' / 'gradient'}. "
             "Run the same command again to train anew (that replaces them).") in out
     assert not saved.exists()
     points = sorted((tmp_path / "g" / "gradient").glob("point_*.pt"))

@@ -256,9 +256,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "steps per second after ~30 s of compiling; worth it from a few "
                         "hundred epochs; needs a C++ compiler, falls back with a warning)")
     s.add_argument("--stop-below", type=float, default=None, metavar="ACC",
-                   help="gradient strategy: a run stops once its validation accuracy "
-                        "has stayed below ACC for 5 epochs in the second half "
-                        "of training; with --time-budget the time left goes to the polish")
+                   help="gradient strategy: a run stops once half of its training is done "
+                        "and its validation accuracy was below ACC in each of its last 5 "
+                        "epochs")
     s.add_argument("--input-quantile", type=_input_quantile, default=SearchConfig.input_quantile,
                    metavar="Q", help="gradient strategy: each input feature's integer bits "
                    "cover this quantile of |x| on the training data, larger values saturate "

@@ -569,6 +569,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         raise ValueError(f"run_search needs a SearchConfig (e.g. hetq.SearchConfig(trials=8), "
                          f"or SearchConfig.from_dict(d) for a dict); got "
                          f"{type(config).__name__}")
+    if config.strategy == "gradient":  # (it used to run an Optuna search under that name)
+        raise ValueError("run_search runs the optuna and hessian strategies; strategy="
+                         "'gradient' is run by hetq.search.gradient.run_gradient_strategy("
+                         "config, out), as `hetq search --strategy gradient` does")
     if workers > 1 and config.population > 1:
         raise ValueError(f"population training (--population {config.population}) trains its "
                          "batches in one process; use --workers 1 with it")

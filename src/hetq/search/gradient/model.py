@@ -193,6 +193,37 @@ class _DenseQ(nn.Module):
         return F.linear(x, self.qweight(), self.qbias())
 
 
+def check_mlp(float_model: nn.Module, n_features: int | None = None) -> None:
+    """A ValueError naming what is wrong unless `float_model` is an MLP the gradient strategy
+    takes: Linear layers with biases, each but the last followed by one ReLU, each taking
+    the previous one's outputs (and `n_features` inputs, when given)."""
+    what = ("the gradient strategy needs an MLP of Linear layers (with biases) and ReLUs, "
+            "Linear, ReLU, Linear, ..., Linear")
+    items = list(float_model.named_children())
+    if not items:
+        raise ValueError(f"{what}; got a {type(float_model).__name__} without layers")
+    prev = n_features
+    for k, (n, m) in enumerate(items):
+        want = nn.Linear if k % 2 == 0 else nn.ReLU
+        if not isinstance(m, want):
+            if not isinstance(m, (nn.Linear, nn.ReLU)):
+                raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
+                                 "strategy (Linear and ReLU layers only)")
+            raise ValueError(f"{what}; layer {k} ({n}) is a {type(m).__name__} where a "
+                             f"{want.__name__} was expected")
+        if isinstance(m, nn.Linear):
+            if m.bias is None:
+                raise ValueError(f"{what}; {n} has no bias (nn.Linear(..., bias=False))")
+            if prev is not None and m.in_features != prev:
+                raise ValueError(f"{n} takes {m.in_features} inputs, but "
+                                 + (f"the data have {prev} features" if k == 0 else
+                                    f"the layer before gives {prev}"))
+            prev = m.out_features
+    if not isinstance(items[-1][1], nn.Linear):
+        raise ValueError(f"{what}; it ends with {items[-1][0]} "
+                         f"({type(items[-1][1]).__name__}) instead of a Linear (the outputs)")
+
+
 class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths.
 
@@ -218,11 +249,9 @@ class GradientBitsMLP(nn.Module):
                               granularity=granularity, activations=activations)
         per_neuron = per_neuron and activations != "layer"
         self.granularity, self.activations = granularity, activations
+        check_mlp(float_model, x_train.shape[1])
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
-        if not mods or not isinstance(mods[0], nn.Linear):
-            raise ValueError("the gradient strategy needs an MLP of Linear/ReLU layers starting "
-                             f"with a Linear; got {type(mods[0]).__name__ if mods else 'nothing'}")
         for name, q in (("input_quantile", input_quantile), ("act_quantile", act_quantile)):
             if q is not None and not (0.0 < float(q) <= 1.0):
                 raise ValueError(f"{name}={q!r}; expected a fraction in (0, 1], e.g. 0.99 "

@@ -14,6 +14,7 @@ from torch import nn
 from ...cli import interrupts_save, saved_after_interruption
 from ...train.loop import keeps_global_rng
 from .convert import to_hetq_model
+from .model import check_mlp
 from .runs import read_front_dir, train_gradient_runs
 from .training import FrontPoint
 
@@ -48,6 +49,12 @@ def saved_gradient_rows(out) -> list[GradientRow]:
                        polished=m["polished"])
         rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
                                 m["costs"]["lut"], str(path)))
+    if rows and any((Path(out) / PROGRESS).glob("*.pt")):
+        import warnings
+
+        warnings.warn(f"{Path(out) / PROGRESS} holds the front of a later run that ended "
+                      "without saving it (killed?); these are the earlier run's points. Run "
+                      "the same `hetq search` command again to save that front", stacklevel=2)
     if not rows:
         if any((Path(out) / PROGRESS).glob("*.pt")):
             raise ValueError(f"{out} is a gradient-strategy run that ended without saving its "
@@ -92,6 +99,7 @@ def run_gradient_strategy(config, out, progress: bool = True,
     <out>/gradient/. Prints the front table."""
     from pathlib import Path
 
+    from ...models import build
     from ..driver import changed_settings, start_run
 
     out = Path(out)
@@ -100,6 +108,15 @@ def run_gradient_strategy(config, out, progress: bool = True,
     if "strategy" in changed:  # its study and trials would stay, under a gradient search.yaml
         raise ValueError(f"{out} holds a search with --strategy {changed['strategy']}; use "
                          "another --out for the gradient strategy")
+    running = out / PROGRESS  # the fronts saved while training (removed once saved below)
+    if changed and any(running.glob("*.pt")):  # (its search.yaml would describe others)
+        raise ValueError(f"{out} holds the front of a run that was killed before it saved it, "
+                         "with other settings ("
+                         + ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}"
+                                     for k, v in changed.items())
+                         + "); run the same command as then to save that front, or remove "
+                         f"{running} to train anew without it")
+    check_mlp(build(config.model, **config.model_kwargs))  # (before the float training)
     # the float model saved there is reused: it must be the same model on the same data,
     # trained as long (a changed --float-epochs was ignored, and search.yaml then said it)
     changed = {k: v for k, v in changed.items()
@@ -110,7 +127,6 @@ def run_gradient_strategy(config, out, progress: bool = True,
                                      for k, v in changed.items())
                          + "); use another --out")
     ctx = start_run(config, out, progress)
-    running = out / PROGRESS  # the fronts saved while training (removed once saved below)
     try:
         recovered = read_front_dir(running, ctx.float_model, ctx.data.tensors("train")[0])
     except ValueError as e:
@@ -120,8 +136,8 @@ def run_gradient_strategy(config, out, progress: bool = True,
         rows, earlier = _save_front(*recovered, ctx, config, out)
         shutil.rmtree(running, ignore_errors=True)
         print(f"{out}: the last run here ended without saving its front (killed?); saved "
-              f"the {len(rows)} points its training had reached to {out / 'gradient'}"
-              + (f" (replacing the {earlier} points there)" if earlier else "")
+              f"the {_points(len(rows))} its training had reached to {out / 'gradient'}"
+              + (f" (replacing the {_points(earlier)} there)" if earlier else "")
               + ". Run the same command again to train anew (that replaces them).")
         saved_after_interruption()  # (not a finished search: exit status 130)
         if progress:
@@ -144,12 +160,17 @@ def run_gradient_strategy(config, out, progress: bool = True,
             activations=config.activation_granularity, front_dir=running, progress=progress)
         guard.hold()  # the points are saved whatever comes now (SIGKILL aside)
         if res.interrupted:
-            print("gradient strategy: interrupted; saving the front reached so far")
             saved_after_interruption()
+            if not res.front and (out / "gradient").is_dir():
+                print("gradient strategy: interrupted before its first front point; the "
+                      f"earlier front in {out / 'gradient'} is kept")
+                shutil.rmtree(running, ignore_errors=True)
+                return []
+            print("gradient strategy: interrupted; saving the front reached so far")
         rows, earlier = _save_front(g, res.front, ctx, config, out)
     shutil.rmtree(running, ignore_errors=True)
     if earlier:
-        print(f"replaced the earlier front in {out / 'gradient'} ({earlier} points)")
+        print(f"replaced the earlier front in {out / 'gradient'} ({_points(earlier)})")
     if progress:
         print("(epoch: where the point was saved during training; p: its weights then "
               "polished at frozen bits)")
@@ -162,6 +183,10 @@ def run_gradient_strategy(config, out, progress: bool = True,
               f"{ref if ref is None else round(ref, 4)}")
         print(format_gradient_table(rows))
     return rows
+
+
+def _points(n: int) -> str:
+    return f"{n} point{'s' * (n != 1)}"
 
 
 def _save_front(g, front, ctx, config, out) -> tuple[list[GradientRow], int]:

@@ -130,7 +130,7 @@ class FrontFile:
                 import warnings
 
                 warnings.warn(f"could not save the front so far to {self.path} ({e}); "
-                              "training goes on, its front is kept in memory", stacklevel=3)
+                              "the work goes on, its front is kept in memory", stacklevel=3)
                 self.warned = True
         self.last, self.dirty = time.time(), False
 
@@ -247,9 +247,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     steps per second on one CPU thread for the jet MLP, after a compilation of about 30 s
     that counts against time_budget; the clock ramp starts after it). Only full batches are
     used then (one shape). If compiling fails, training goes on eagerly with a warning.
-    stop_below: stop once the validation accuracy has stayed below this for 5 epochs in the
-    second half of training (beta only grows: the model is past the part of the front that
-    is wanted); `GradientResult.stopped_early` says so.
+    stop_below: stop once half of training is done and the validation accuracy was below
+    this in each of the last 5 epochs (beta only grows: the model is past the part of the
+    front that is wanted); `GradientResult.stopped_early` says so.
     learn_integer: the hidden neurons' integer bits are trained too (`_ActQ.learn_integer`),
     starting from the act_quantile range. On the simulated jets (16-32-16-5, 245 s) it raised
     the hypervolume from 0.582-0.599 to 0.613-0.634 (5 runs each), mostly below 600 EBOPs
@@ -282,6 +282,10 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     data = as_dataset(data)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; expected a number of rows >= 1")
+    if time_budget is not None and not float(time_budget) > 0:
+        raise ValueError(f"time_budget={time_budget!r}; expected seconds > 0 (None: no limit)")
     if not (0 < beta0 <= beta1):
         raise ValueError(f"need 0 < beta0 <= beta1, got beta0={beta0}, beta1={beta1}")
     if target is not None:
@@ -293,6 +297,11 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     torch.manual_seed(seed)
     task = Classify()
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, "cpu")
+    last = [m for m in float_model.modules() if isinstance(m, nn.Linear)][-1:]
+    classes = int(max(int(ytr.max()), int(yva.max()))) + 1
+    if last and last[0].out_features < classes:
+        raise ValueError(f"the model gives {last[0].out_features} outputs, and the data have "
+                         f"{classes} classes; build it with one output per class")
     Ttr = _targets(Xtr, ytr, teacher, distill)
     calib = None  # rows for the per-epoch quantile ranges (only without learned integers)
     if act_quantile is not None and not learn_integer:
