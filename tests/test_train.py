@@ -501,6 +501,25 @@ def test_evaluate_runs_the_model_where_it_is(jets):
         evaluate(m, jets, device="cpu")  # asked for: moved there
 
 
+def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsys):
+    """hetq export compared a model trained on other data on jets-sim (the default --data),
+    standardised anew, where hetq evaluate refuses the mismatch: now the same check, and
+    the checkpoint's own standardisation."""
+    data = get_dataset("synthetic:n=600,seed=1")
+    m = build("jet_mlp", widths=[4])
+    q = quantize_model(m, preset("q6"))
+    ckpt = tmp_path / "q.pt"
+    save(ckpt, q, model_name="jet_mlp", model_kwargs={"widths": [4]}, quant_config=preset("q6"),
+         data=data)
+    assert main(["export", str(ckpt), "--samples", "50"]) == 2
+    assert (f"jets-sim has other features than the data {ckpt} was trained on (synthetic): "
+            "'x0' against 'zlogz' at position 0") in capsys.readouterr().err
+    assert main(["export", str(ckpt), "--samples", "50", "--data", "synthetic:n=600,seed=1",
+                 "--input-type", "ap_fixed<16,6>"]) \
+        == 0
+    assert "samples     50  mismatches     0" in capsys.readouterr().out
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     """A file where an output folder goes (or another file-system error) is a one-line
     error naming the path, not an OSError traceback."""

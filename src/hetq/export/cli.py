@@ -146,7 +146,8 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
 def _export(a) -> int:
     import torch
 
-    from ..data import get_dataset
+    from ..data import get_dataset_for
+    from ..train.checkpoint import read
 
     model, label = resolve_source(a.source, a.trial, a.storage)
     if a.qonnx:  # before the engine check and the C simulation
@@ -159,7 +160,14 @@ def _export(a) -> int:
             earlier_project(a.hls4ml)
         except ValueError as e:
             raise ValueError(f"--hls4ml {e}") from None
-    data = get_dataset(a.data)
+    # a checkpoint's own data standardisation (as `hetq evaluate`), and its features and
+    # classes checked against --data's (a model trained on other data was compared on
+    # jets-sim, the default, without a word)
+    src = Path(a.source)
+    if src.is_dir() and a.trial is None:
+        src = src / "model.pt"
+    norm = read(src).get("normalization") if src.is_file() else None
+    data = get_dataset_for(a.data, norm, label)
     x, _ = data.tensors("test")
     if a.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {a.samples}")
