@@ -310,3 +310,18 @@ def test_hessian_prior_checks_samples_and_gives_the_random_stream_back():
     state = torch.get_rng_state()
     pr = hessian_prior(space, f, data, goal="ebops", n=3, samples=128, max_iter=10)
     assert torch.equal(torch.get_rng_state(), state) and pr.allocations
+
+
+def test_the_solver_prints_nothing_on_stdout(capfd):
+    """HiGHS printed 'HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();' to the process's stdout on this instance (Omegas over 8 decades),
+    into the middle of the search's output."""
+    import json
+    from pathlib import Path
+
+    case = json.loads((Path(__file__).parent / "highs_diagnostic_case.json").read_text())
+    print("before", flush=True)
+    choice = allocate(case["omegas"], case["costs"], case["budget"])
+    print("after", flush=True)
+    assert capfd.readouterr().out == "before\nafter\n"
+    assert choice == _brute(case["omegas"], CostTable(case["costs"]), case["budget"])

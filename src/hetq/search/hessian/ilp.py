@@ -2,14 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from .costs import CostTable
+
+
+@contextlib.contextmanager
+def _solver_output_hidden():
+    """File descriptor 1 points at /dev/null inside: HiGHS (C++) prints some diagnostics
+    to the process's stdout (descriptor 1, whatever Python's sys.stdout is) whatever its
+    options say, and they landed in the middle of the search's output. Python's own stdout
+    is flushed first."""
+    try:
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    try:
+        saved = os.dup(1)
+    except OSError:  # (no descriptor 1)
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class _Problem:
@@ -96,8 +123,9 @@ class _Problem:
             cons.append(LinearConstraint(coef[None, :] / s, -np.inf, ub / s))
         s = self._scale(objective) if objective is self.omega else \
             max(np.abs(objective).max(), 1e-300)
-        res = milp(objective / s, constraints=cons, integrality=self.integrality,
-                   bounds=Bounds(0, 1), options={"mip_rel_gap": 1e-9})
+        with _solver_output_hidden():
+            res = milp(objective / s, constraints=cons, integrality=self.integrality,
+                       bounds=Bounds(0, 1), options={"mip_rel_gap": 1e-9})
         if res.x is None:
             return None
         chosen = np.round(res.x[:len(self.x)]).astype(bool)
