@@ -813,7 +813,10 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     # trials-based commands explain where a gradient run's models are
     assert main(["retrain", str(out), "--trial", "0"]) == 2
     assert (f"{out} is a gradient-strategy run: it has no trials, but front points "
-            f"{out / 'gradient' / 'point_NNN.pt'}") in capsys.readouterr().err
+            f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists them; `hetq "
+            "export`, `hetq evaluate` and `hetq cost` take one of those files; there is "
+            "nothing to retrain: the strategy fine-tunes them at their bits itself, "
+            "--polish-epochs)") in capsys.readouterr().err
     assert main(["worker", "--study", "hetq", "--out", str(out), "--no-progress"]) == 2
     assert capsys.readouterr().err.endswith(
         f"{out} is a gradient-strategy run: it trains within its own `hetq search` (--runs "

@@ -27,7 +27,9 @@ def gradient_run_error(out: str | Path) -> ValueError:
     out = Path(out)
     return ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
                       f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists them; "
-                      "`hetq export` takes one of those files)")
+                      "`hetq export`, `hetq evaluate` and `hetq cost` take one of those files; "
+                      "there is nothing to retrain: the strategy fine-tunes them at their "
+                      "bits itself, --polish-epochs)")
 
 
 def load_run(out: str | Path, storage: str | None = None):
