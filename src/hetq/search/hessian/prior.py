@@ -118,8 +118,9 @@ class HessianPrior:
 
 def prior_params(space: SearchSpace, choice: Mapping[str, str]) -> dict[str, Any]:
     """A full Optuna parameter dict for an ILP choice: quantizer parameters as chosen, width
-    parameters at the space's default (what the traces and costs were computed for); sparsity
-    and learning rate are left for the sampler."""
+    parameters at 1.0 when the space offers it, else at its first multiplier (the widths the
+    cost table was computed at; the traces are the float model's, at its own widths);
+    sparsity and learning rate are left for the sampler."""
     out = dict(choice)
     for n, (_, mults) in space.width_params.items():
         out[n] = 1.0 if 1.0 in mults else mults[0]
