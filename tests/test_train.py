@@ -300,6 +300,16 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
 
 
+def test_train_says_a_model_with_built_in_quantizers_is_not_float(tmp_path, capsys):
+    """hetq train --model cnn_digits printed 'float' on its first line, for a model whose
+    layers are quantized as built."""
+    assert main(["train", "--model", "cnn_digits", "--data", "digits", "--epochs", "1",
+                 "--no-progress", "--out", str(tmp_path / "c")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("cnn_digits on Dataset('digits'") and \
+        first.endswith(", as built (its own quantizers)")
+
+
 def test_save_refuses_a_checkpoint_that_load_could_not_rebuild(tmp_path):
     """A hand-built nn.Sequential saved as model_name='jet_mlp' (or an unknown name) was
     written without a word; load then failed with 'Missing key(s) in state_dict'."""

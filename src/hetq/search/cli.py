@@ -191,7 +191,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     s.add_argument("--seed", type=int, default=0,
                    help="seed of the sampler and the training (default %(default)s)")
-    s.add_argument("--limit", help="YAML file with the `limit` map (spec §5.3)")
+    s.add_argument("--limit", help="YAML file mapping layer names, name regexes or layer "
+                        "types to the most bits searched, [kernel, bias, activation] for weight "
+                        "layers and [activation] for activations, e.g. 'fc.*: [8, 8, 8]' and "
+                        "'ReLU: [4]' (AutoQKeras' limit; see hetq.search.space)")
     s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
     s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
                    help="also search widths: one multiplier per layer, or one shared by all "

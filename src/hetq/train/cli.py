@@ -29,7 +29,8 @@ def _common(p):
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a float or quantized model (QAT)",
                        description="Train a model from the zoo with a quantization preset or "
-                                   "config; writes OUT/model.pt, OUT/metrics.json, OUT/roc.png.")
+                                   "config; writes OUT/model.pt, OUT/metrics.json and, for "
+                                   "classification, OUT/roc.png.")
     t.add_argument("--model", type=name_type, default="jet_mlp",
                    help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (default %(default)s)")
     t.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "--bits wide, integer bits from the ranges seen on "
                                   "--calibration training samples. Prints the test metrics and "
                                   "writes the quantized checkpoint.",
-                                  "hetq ptq runs/float --bits 8"))
+                                  "hetq ptq runs/train --bits 8"))
     q.add_argument("checkpoint", help="a float hetq checkpoint (model.pt, or its folder)")
     q.add_argument("--bits", type=int, default=8,
                    help="total width (2 to 32) of every weight, bias and activation type, integer "
@@ -126,6 +127,7 @@ def _train(a) -> int:
 
     from ..data import get_dataset
     from ..models import build, data_kwargs, widths_kwargs
+    from ..quant.layers import QLayer
     from .checkpoint import check_new, save
     from .loop import check_model_fits, evaluate, fit, resolve_device
     from .report import metrics_table
@@ -145,7 +147,10 @@ def _train(a) -> int:
         _init_weights(model, a.init)
     model, qc = quantize_zoo_model(model, a.model, a.preset, a.config)
     check_model_fits(model, data.tensors("train")[0][:2], task, data)
-    print(f"{a.model} on {data!r}, {'quantization ' + (a.preset or a.config) if qc else 'float'}")
+    kind = ("quantization " + (a.preset or a.config) if qc else
+            "as built (its own quantizers)" if any(isinstance(m, QLayer) for m in model.modules())
+            else "float")
+    print(f"{a.model} on {data!r}, {kind}")
     # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
     with interrupts_save() as guard:
         res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,

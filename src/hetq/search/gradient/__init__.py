@@ -7,8 +7,9 @@ the rounded f; the gradient reaches f through a surrogate of the quantization er
 (d err / d f = -ln 2 * err, the error shrinking by half per extra bit; a value clipped at
 the top of its range gives f no gradient, since more bits do not shrink that error). Integer
 bits come from the values (weights) or from ranges: inputs from a quantile of the training
-data, activations from a quantile recomputed after every epoch (or HGQ1's tracked maxima),
-values above the range saturating. The loss is
+data; activations are trained (`learn_integer`, the default), starting from a quantile of
+their values, or else come from a quantile recomputed after every epoch (or HGQ1's tracked
+maxima); values above the range saturate. The loss is
 cross-entropy + beta * EBOPs, with EBOPs differentiable in f and beta ramped geometrically
 from `beta0` to `beta1` over training; a weight whose f drops below its magnitude's exponent
 rounds to zero and stops costing anything, so pruning is learned too; so does an input
