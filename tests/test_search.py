@@ -647,6 +647,9 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
     for argv, msg in (
             (["--blocks", "fc", "--population", "2"], "--blocks: a block-wise search runs "
              "one study per block, one trial at a time; it does not take --population"),
+            (["--sampler", "grid", "--population", "2"], "--sampler 'grid' tries each "
+             "combination once, one trial at a time; it does not take population=2 "
+             "(--population)"),
             (["--blocks", "fc", "--strategy", "hessian"], "--blocks: a block-wise search runs "
              "one study per block, one trial at a time; it does not take --strategy hessian"),
             (["--strategy", "gradient", "--model", "cnn_digits", "--data", "digits"],
@@ -1468,3 +1471,73 @@ def test_a_search_sizes_the_zoo_model_to_its_data(tmp_path):
                                  tmp_path / "g", progress=False)
     m = hetq_load(rows[-1].path)
     assert m(torch.zeros(2, 7)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "auc_mean"])
+def test_population_members_with_nan_outputs_fail_alone(tmp_path, metric):
+    """A member whose last step left NaN weights behind a finite training loss crashed the
+    whole search in its evaluation ('the model gives NaN outputs'), leaving its batch
+    RUNNING, and every rerun crashed the same way; with another metric than accuracy it was
+    recorded PRUNED (its metrics lacked the metric, and the report raised)."""
+    study = run_search(cfg(population=2, trials=4, sampler="random", epochs=1,
+                           learning_rates=[1e-3, 1e30], metric=metric, limit=None,
+                           float_epochs=2, batch_size=1024),
+                       tmp_path / "p", progress=False)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and "PRUNED" not in states and "RUNNING" not in states
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed and all(t.params["lr"] == 1e30 for t in failed)
+    assert all("diverged" in t.user_attrs["error"] or "NaN" in t.user_attrs["error"]
+               for t in failed)
+
+
+def test_population_keeps_the_budget_exact_when_other_workers_run_trials(tmp_path):
+    """A population batch asked min(k, budget - done) trials, ignoring the trials other
+    processes (`hetq worker`) were running: 5 of 4 trials."""
+    import threading
+
+    from hetq.search.driver import build_context, open_study, run_population_worker
+
+    config = cfg(population=2, trials=2)
+    ctx = build_context(config, tmp_path, progress=False)
+    study = open_study(config, tmp_path, None)
+    foreign = [study.ask(), study.ask()]  # another worker's two trials, running
+
+    def finish_them():
+        time.sleep(1.5)
+        for t in foreign:
+            study.tell(t, 0.5)
+
+    th = threading.Thread(target=finish_them)
+    th.start()
+    run_population_worker(study, ctx, 2, 2)
+    th.join()
+    states = [(t.state.name, bool(t.user_attrs.get("overflow"))) for t in study.trials]
+    assert [s for s in states if s[0] == "COMPLETE"] == [("COMPLETE", False)] * 2
+    assert all(s == ("FAIL", True) for s in states[2:]) and len(states) >= 4
+
+
+def test_warm_start_leaves_out_values_the_new_search_does_not_offer(tmp_path):
+    """Warm rows from a search over other sparsities, learning rates or width multipliers
+    failed every trial ("'0.5' not in (0.0, 0.25)"), then the search ('5 trials in a row
+    failed'); with --population the first one ended it. Those values are now left to the
+    sampler, as other quantizers already were."""
+    from hetq.search.space import Candidate, SearchSpace
+
+    run_search(cfg(objective="pareto", trials=3, sparsity=[0.5], learning_rates=[1e-2],
+                   width_multipliers=[2.0]), tmp_path / "a", progress=False)
+    for population in (1, 2):
+        study = run_search(cfg(trials=3, sparsity=[0.0, 0.25], learning_rates=[1e-3],
+                               width_multipliers=[1.0], population=population,
+                               warm_start=[str(tmp_path / "a")]),
+                           tmp_path / f"b{population}", progress=False)
+        warm = [t for t in study.trials if t.user_attrs.get("warm_start")]
+        assert warm and all(t.state.name == "COMPLETE" for t in study.trials)
+        for t in warm:
+            assert t.params["lr"] == 1e-3 and set(t.params) >= {"lr"}
+            assert all(v in (0.0, 0.25) for k, v in t.params.items()
+                       if k.startswith("sparsity/"))
+    space = SearchSpace(build_context(cfg(), tmp_path / "c", progress=False).float_model,
+                        sparsity=[0.0, 0.25])
+    c = Candidate({}, widths={}, sparsity={"fc1": 0.5})
+    assert not any(k.startswith("sparsity/") for k in space.params_of(c))

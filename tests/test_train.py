@@ -1170,6 +1170,41 @@ def test_sigterm_to_a_search_ends_its_worker_processes_too(tmp_path):
     assert kids and not [k for k in kids if running(k)]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")
+def test_sigkill_to_a_search_ends_its_worker_processes_too(tmp_path):
+    """SIGKILL to `hetq search --workers 2` left its workers running the study on, orphaned
+    (a rerun meanwhile started two more)."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import time
+
+    cmd = [sys.executable, "-m", "hetq.cli", "search", "--workers", "2", "--trials", "500",
+           "--epochs", "300", "--float-epochs", "1", "--data", "synthetic:n=600,seed=1",
+           "--out", "s", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    kids = []
+    try:
+        deadline = time.time() + 120
+        while not (len(kids) >= 2 and min(_cpu_seconds(k) for k in kids) > 2.0):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+            kids[:] = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 15
+        while [k for k in kids if _proc_stat(k)[:1] not in ([], ["Z"])]:
+            assert time.time() < deadline, [_proc_stat(k)[:2] for k in kids]
+            time.sleep(0.2)
+    finally:
+        proc.kill()
+        for k in kids:  # (orphans of a failed run are not left behind)
+            with contextlib.suppress(OSError):
+                os.kill(k, signal.SIGKILL)
+
+
 def test_python_dash_m_hetq_is_the_hetq_command():
     import subprocess
 

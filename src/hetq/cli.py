@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import textwrap
@@ -59,6 +60,23 @@ def interrupts_save(signals=(signal.SIGTERM,)):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: this process is killed (SIGKILL) when `parent` ends, however it ends (a worker
+    process of a search: one whose parent was killed outright used to work on, orphaned).
+    Elsewhere nothing is done."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # (it died before the prctl: nobody is left to signal it)
+        os._exit(1)
 
 
 _INTERRUPTED = {"saved": False}

@@ -208,6 +208,12 @@ class SearchConfig:
             if v is not None and not isinstance(v, dict):
                 raise ValueError(f"search {name}: expected a mapping such as {example}; got a "
                                  f"{type(v).__name__}")
+        # (the grid sampler stops the study from inside a trial's run, which a population's
+        # batched tell() is not)
+        if self.population > 1 and self.sampler == "grid":
+            raise ValueError("search sampler 'grid' tries each combination once, one trial "
+                             f"at a time; it does not take population={self.population} "
+                             "(--population)")
         if self.blocks:  # (each block runs a study of its own, trial by trial)
             extra = [opt for opt, on in (("--warm-start", bool(self.warm_start)),
                                          ("--prior hessian", self.prior == "hessian"),

@@ -40,7 +40,10 @@ from .build import build_candidate
 from .config import SearchConfig
 from .engine import (
     MAX_CONSECUTIVE_FAILURES,
+    TRIAL_ERRORS,
     SearchFailed,
+    _fail_stale,
+    counted_before,
     make_pruner,
     make_sampler,
     n_counted,
@@ -294,11 +297,21 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                                "stopping")
         recover_dead_trials(study)  # (a batch whose process died: queued again)
         n = min(k, budget - n_counted(study))
-        trials = [study.ask() for _ in range(n)]
+        trials = []
+        for t in (study.ask() for _ in range(n)):
+            if counted_before(study, t.number) >= budget:  # (`hetq worker`s run trials too)
+                t.set_user_attr("overflow", True)
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            else:
+                trials.append(t)
+        if not trials:  # the last trials run elsewhere: wait for them (or their failure)
+            _fail_stale(study)
+            time.sleep(1.0)
+            continue
         cands, models = [], []
 
         def report(j, epoch, val, trials=trials):
-            if cfg.objective == "pareto":
+            if cfg.objective == "pareto" or not math.isfinite(val.get(cfg.metric, math.nan)):
                 return False  # Optuna prunes single objectives only
             trials[j].report(float(val[cfg.metric]), epoch)
             return trials[j].should_prune()
@@ -334,10 +347,17 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
                 failures += 1
             else:
-                failures = 0
-                metrics = {"val": evaluate(m, ctx.data, split="val", device="cpu"),
-                           "test": evaluate(m, ctx.data, split="test", device="cpu")}
-                study.tell(t, finish(t, c, m, metrics, measure_costs(m, cfg, ctx.data)))
+                try:  # (as a single trial's error: that trial fails, the search goes on)
+                    metrics = {"val": evaluate(m, ctx.data, split="val", device="cpu"),
+                               "test": evaluate(m, ctx.data, split="test", device="cpu")}
+                    values = finish(t, c, m, metrics, measure_costs(m, cfg, ctx.data))
+                except TRIAL_ERRORS as e:
+                    t.set_user_attr("error", f"{type(e).__name__}: {e}")
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                    failures += 1
+                else:
+                    failures = 0
+                    study.tell(t, values)
             ran += 1
             if on_trial_end is not None:
                 # (not study.trials[...]: that deep-copies every trial of the study)
@@ -694,7 +714,8 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
         cmd.append("--no-progress")
     procs = []
     for i in range(workers):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HETQ_WORKER_INDEX": str(i + 1)}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HETQ_WORKER_INDEX": str(i + 1),
+               "HETQ_PARENT_PID": str(os.getpid())}  # (a worker dies with its search)
         if devices:
             env["HETQ_DEVICE"] = f"cuda:{devices[i % len(devices)]}"
         procs.append(subprocess.Popen(cmd, env=env))

@@ -396,7 +396,9 @@ class SearchSpace:
         return Candidate(qc, widths, sparsity, lr)
 
     def params_of(self, candidate: Candidate) -> dict[str, Any]:
-        """Inverse of `candidate()`: the parameter dict that yields `candidate` (warm starts)."""
+        """Inverse of `candidate()`: the parameter dict that yields `candidate` (warm starts).
+        Values this space does not offer (another search's quantizers, width multipliers,
+        sparsities or learning rates) are left out, for the sampler to choose."""
         out = {}
         for p in self.params:
             layer, fld = p.targets[0]
@@ -405,13 +407,13 @@ class SearchSpace:
                 spec = _canonical(spec)
                 if spec in p.choices:
                     out[p.name] = spec
-        for n, (layers, _) in self.width_params.items():
-            if layers[0] in candidate.widths:
+        for n, (layers, mults) in self.width_params.items():
+            if candidate.widths.get(layers[0]) in mults:
                 out[n] = candidate.widths[layers[0]]
-        for n, (layer, _) in self.sparsity_params.items():
-            if layer in candidate.sparsity:
+        for n, (layer, choices) in self.sparsity_params.items():
+            if candidate.sparsity.get(layer) in choices:
                 out[n] = candidate.sparsity[layer]
-        if self.learning_rates and candidate.lr is not None:
+        if self.learning_rates and candidate.lr in self.learning_rates:
             out["lr"] = candidate.lr
         return out
 

@@ -513,34 +513,15 @@ def _polish_one(gmodel, point, data, kwargs: dict):
             return e.point
 
 
-def _die_with(parent: int) -> None:
-    """Linux: this process is killed (SIGKILL) when `parent` ends, however it ends. A worker
-    whose parent was killed outright used to train on, orphaned, rewriting the run's saved
-    fronts after a rerun had recovered them, then hung writing its result to nobody."""
-    import ctypes
-    import os
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # (it died before the prctl: nobody is left to signal it)
-        os._exit(1)
-
-
 def quiet_worker(parent: int | None = None):
     """Initializer of the worker processes: between tasks a worker ignores Ctrl-C and
     SIGTERM (one dying there would break the pool, and with it the other runs' results);
     its tasks take either as Ctrl-C, once (`interrupts_save`). parent: the pid of the
     process that started it; the worker dies with it."""
-    from ...cli import ignore_signal
+    from ...cli import die_with_parent, ignore_signal
 
     if parent is not None:
-        _die_with(parent)
+        die_with_parent(parent)
     signal.signal(signal.SIGINT, ignore_signal)
     signal.signal(signal.SIGTERM, ignore_signal)
     if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (`spawning`): from

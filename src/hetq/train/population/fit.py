@@ -308,9 +308,13 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                 res, val = results[k], vals[r]
                 res.history.append({"epoch": epoch, "loss": train_loss[r],
                                     **{f"val_{a}": b for a, b in val.items()}})
-                if not math.isfinite(train_loss[r]):
+                if not math.isfinite(train_loss[r]) or not math.isfinite(val["loss"]):
+                    # (a last step can leave non-finite weights behind a finite loss: the
+                    # validation outputs are then NaN)
                     res.diverged = True
-                    res.stop_reason = f"training loss {train_loss[r]} at epoch {epoch}"
+                    res.stop_reason = (f"training loss {train_loss[r]} at epoch {epoch}"
+                                       if not math.isfinite(train_loss[r]) else
+                                       f"validation loss {val['loss']} at epoch {epoch}")
                     stop_rows.append((r, False))
                     continue
                 if val["loss"] < res.best_val_loss:
