@@ -660,6 +660,8 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
              "'cnn_digits' is quantized already (layers 'conv' (QConv2d), 'act1' "
              "(QActivation), 'sepconv' (QSeparableConv2d), ...); use a float model such as "
              "jet_mlp, or another strategy"),
+            (["--blocks", "fc", "--workers", "2"], "block-wise search runs with one worker "
+             "per block; use --workers 1"),
             (["--population", "2", "--workers", "2"], "population training (--population 2) "
              "trains its batches in one process; use --workers 1 with it"),
             (["--workers", "2", "--devices", ""], "--devices '': expected comma-separated CUDA "
@@ -1541,3 +1543,23 @@ def test_warm_start_leaves_out_values_the_new_search_does_not_offer(tmp_path):
                         sparsity=[0.0, 0.25])
     c = Candidate({}, widths={}, sparsity={"fc1": 0.5})
     assert not any(k.startswith("sparsity/") for k in space.params_of(c))
+
+
+def test_options_noted_as_unused_are_not_the_runs_settings(tmp_path, capsys):
+    """`--delta-p` with --objective pareto (or --beta0 with an Optuna search) was noted as
+    not used, yet recorded in search.yaml: the same search without it was refused as one
+    with 'other settings (delta_p)'. Empty --sparsity / --learning-rates lists are refused."""
+    from hetq.cli import main
+
+    base = ["search", "--data", DATA, "--float-epochs", "1", "--epochs", "1", "--objective",
+            "pareto", "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main([*base, "--trials", "2", "--delta-p", "3", "--beta0", "1e-5"]) == 0
+    err = capsys.readouterr().err
+    assert "not used: --delta-p" in err and "does not use --beta0" in err
+    assert SearchConfig.load(tmp_path / "s" / "search.yaml").delta_p == SearchConfig().delta_p
+    assert main([*base, "--trials", "3"]) == 0
+    assert len(completed(load_run(tmp_path / "s")[1])) == 3
+    for opt in ("--sparsity", "--learning-rates"):
+        with pytest.raises(SystemExit):
+            main([*base, opt])
+        assert f"{opt}: expected at least one argument" in capsys.readouterr().err

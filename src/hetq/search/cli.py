@@ -102,6 +102,16 @@ FIELD_OPTIONS = {"max_metric_loss": "--max-loss", "source_quantizer": "--source"
                  "--compile", "model_kwargs": "--model-widths"}
 
 
+def _without(cfg: SearchConfig, options: list[str]) -> SearchConfig:
+    """`cfg` with the fields of `options` (e.g. --delta-p, --runs) at their defaults."""
+    import dataclasses
+
+    default = SearchConfig()
+    by_option = {option_name(f.name): f.name for f in dataclasses.fields(SearchConfig)}
+    reset = {by_option[o]: getattr(default, by_option[o]) for o in options if o in by_option}
+    return dataclasses.replace(cfg, **reset) if reset else cfg
+
+
 def option_name(field: str) -> str:
     return FIELD_OPTIONS.get(field, "--" + field.replace("_", "-"))
 
@@ -204,9 +214,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="width choices (default 0.5 0.75 1 1.5 2)")
     s.add_argument("--tune-filters-exceptions", default=None,
                    help="regex of layers whose width stays (the output layer always does)")
-    s.add_argument("--sparsity", type=float, nargs="*", default=None,
+    s.add_argument("--sparsity", type=float, nargs="+", default=None,
                    help="searchable pruning fractions, e.g. 0 0.25 0.5")
-    s.add_argument("--learning-rates", type=float, nargs="*", default=None,
+    s.add_argument("--learning-rates", type=float, nargs="+", default=None,
                    help="searchable learning rates of the trials, e.g. 1e-3 3e-3 "
                         "(default: --lr only)")
     s.add_argument("--warm-start", nargs="*", default=[], metavar="RUN",
@@ -409,6 +419,9 @@ def _search(a) -> int:
     unused = unused_options(a)
     if unused:
         print(f"note: not used: {'; '.join(unused)}", file=sys.stderr)
+    # and not recorded as the run's settings either: a rerun without them (the same search)
+    # was refused as one with "other settings"
+    cfg = _without(cfg, [o.split()[0] for o in ignored + unused])
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy
 

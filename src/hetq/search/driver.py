@@ -593,6 +593,8 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         raise ValueError("run_search runs the optuna and hessian strategies; strategy="
                          "'gradient' is run by hetq.search.gradient.run_gradient_strategy("
                          "config, out), as `hetq search --strategy gradient` does")
+    if workers > 1 and config.blocks:  # (it was said after the float training)
+        raise ValueError("block-wise search runs with one worker per block; use --workers 1")
     if workers > 1 and config.population > 1:
         raise ValueError(f"population training (--population {config.population}) trains its "
                          "batches in one process; use --workers 1 with it")
