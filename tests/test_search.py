@@ -1563,3 +1563,45 @@ def test_options_noted_as_unused_are_not_the_runs_settings(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([*base, opt])
         assert f"{opt}: expected at least one argument" in capsys.readouterr().err
+
+
+def test_block_wise_search_reruns_reports_and_workers(tmp_path, capsys, monkeypatch):
+    """A finished block-wise search rerun with more --trials did nothing without a word and
+    rewrote its finished blocks' stored settings; interrupted in its first block, `hetq
+    report` said there was no study; a `hetq worker` could join one block's study and fill
+    it with trials of the whole, unfrozen space."""
+    import json
+
+    import hetq.search.driver as D
+    from hetq.search.driver import run_worker_process
+
+    blocks = ["^(fc1|relu1)$", "^(fc2|relu2|fc3|relu3|output)$"]
+    out = tmp_path / "b"
+    run_search(cfg(trials=2, blocks=blocks), out, progress=False)
+    run_search(cfg(trials=4, blocks=blocks), out, progress=True)
+    assert (f"note: the block-wise search in {out} has finished all 2 blocks; more --trials do "
+            "not reopen them") in capsys.readouterr().out
+    storage = make_storage(None, out)
+    for b in (0, 1):
+        s = optuna.load_study(study_name=f"hetq_block{b}", storage=storage)
+        assert s.user_attrs["hetq_config"]["trials"] == 2 and len(completed(s)) == 2
+    with pytest.raises(ValueError, match="study 'hetq_block1' is one block of a block-wise "
+                                         "search, .*; a worker cannot join it"):
+        run_worker_process(tmp_path / "w", "hetq_block1", str(out / "study.journal"),
+                           progress=False)
+    # interrupted in its first block, after one trial: the report shows that block's trials
+    real, calls = D.run_candidate, []
+
+    def stop_after_one(*a, **k):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(D, "run_candidate", stop_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg(trials=3, blocks=blocks), tmp_path / "i", progress=False)
+    state = json.loads((tmp_path / "i" / "scheduler.json").read_text())
+    assert state["current_study"] == "hetq_block0" and state["final_study"] is None
+    config, study = load_run(tmp_path / "i")
+    assert study.study_name == "hetq_block0" and len(pareto_rows(tmp_path / "i")) == 1

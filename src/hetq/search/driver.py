@@ -664,6 +664,10 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
     per_layer = {lc.name: lc.total for lc in ref.layers}
     plan = schedule(ctx.space, config.blocks, config.schedule_block, per_layer, config.trials)
     sched = Scheduler(out)
+    if sched.state["next_block"] >= len(plan) and progress:
+        print(f"note: the block-wise search in {out} has finished all {len(plan)} blocks; "
+              "more --trials do not reopen them (each froze its best configuration for the "
+              "next); use another --out for a new search", flush=True)
     study = None
     full_space = ctx.space
     # a layer no block matches is searched in none: it stays float (it used to get the first
@@ -678,11 +682,16 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         ctx.space = BlockView(full_space, set(block["params"]), dict(sched.state["frozen"]),
                               later)
         bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
-        study = open_study(bcfg, out, storage, search_space=ctx.space.distributions())
+        finished = k < sched.state["next_block"]  # (in an earlier run: its settings stay)
+        study = open_study(bcfg, out, storage, create=not finished,
+                           search_space=ctx.space.distributions())
         check_data(study, ctx)
+        if finished:
+            continue
         study.set_user_attr("reference", ctx.reference)
-        if k < sched.state["next_block"]:
-            continue  # finished in an earlier run
+        study.set_user_attr("hetq_block", block["index"])  # (`hetq worker` cannot join it)
+        sched.state["current_study"] = name  # (what `hetq report` shows until it finishes)
+        sched.save()
         if progress:
             print(f"block {k + 1}/{len(plan)} {block['pattern']!r}: layers {block['layers']}, "
                   f"{block['trials']} trials", flush=True)
@@ -742,6 +751,11 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
         raise ValueError(f"{out} is a gradient-strategy run: it trains within its own `hetq "
                          "search` (--runs processes), and has no study for workers to join")
     study = existing_study(study_name, storage, out, hint)
+    if study.user_attrs.get("hetq_block") is not None:
+        raise ValueError(f"study {study_name!r} is one block of a block-wise search, which "
+                         "searches its blocks one after another within its own `hetq search` "
+                         "(each with the earlier blocks' choices frozen); a worker cannot join "
+                         "it")
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
         import dataclasses

@@ -44,12 +44,20 @@ def load_run(out: str | Path, storage: str | None = None):
     check_run_storage(out, storage)
     quiet_optuna()
     name = config.study_name
+    hint = ("if the search ran with --storage, give the same --storage" if storage is None
+            else "check --storage")
     if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
         import json
 
-        name = json.loads((out / "scheduler.json").read_text()).get("final_study") or name
-    study = existing_study(name, storage, out, "if the search ran with --storage, give the "
-                            "same --storage" if storage is None else "check --storage")
+        state = json.loads((out / "scheduler.json").read_text())
+        current, final = state.get("current_study"), state.get("final_study")
+        if current and current != final:  # a block under way (interrupted, or running)
+            study = existing_study(current, storage, out, hint)
+            if final is None or study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                return config, study  # (its trials are whole models: the earlier blocks'
+        name = final or name                 # choices frozen in them)
+    study = existing_study(name, storage, out, hint)
     return config, study
 
 
