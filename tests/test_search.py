@@ -1605,3 +1605,20 @@ def test_block_wise_search_reruns_reports_and_workers(tmp_path, capsys, monkeypa
     assert state["current_study"] == "hetq_block0" and state["final_study"] is None
     config, study = load_run(tmp_path / "i")
     assert study.study_name == "hetq_block0" and len(pareto_rows(tmp_path / "i")) == 1
+
+
+def test_a_retried_trial_keeps_where_its_configuration_came_from():
+    """A Hessian-prior or warm-start configuration queued again after an interruption lost
+    its hessian_budget / warm_start tags (the benchmark's count of ILP configurations, and
+    the report, then missed it)."""
+    from hetq.search.engine import retry_later
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0}, user_attrs={"hessian_budget": 12.5, "hessian_omega": 0.1})
+    t = study.ask()
+    t.suggest_float("x", 0.0, 2.0)
+    assert retry_later(study, t)
+    again = study.ask()
+    assert again.params == {} and again.user_attrs == {
+        "hessian_budget": 12.5, "hessian_omega": 0.1, "retry_of": 0, "seed_trial": 0}

@@ -631,7 +631,10 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     _seed_warm_start(study, ctx, warm)
     _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
-    if progress and done:
+    if progress and done >= config.trials:  # (a rerun with fewer --trials)
+        print(f"the study already has {done} finished trials (--trials {config.trials}): "
+              "nothing to run", flush=True)
+    elif progress and done:
         print(f"resuming: {done}/{config.trials} trials already done", flush=True)
     if workers <= 1 and config.population > 1:
         run_population_worker(study, ctx, config.trials, config.population,

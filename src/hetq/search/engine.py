@@ -97,6 +97,9 @@ class _TrialInterrupted(BaseException):
         self.trial, self.interruption = trial, interruption
 
 
+ORIGIN_TAGS = ("warm_start", "hessian_budget", "hessian_omega")  # set when enqueued
+
+
 def retry_later(study: optuna.Study, trial) -> bool:
     """Fail a trial that did not finish (its worker died, or was interrupted) and queue its
     configuration again (`retry_of`), so that a worker or the resumed search trains it.
@@ -105,7 +108,9 @@ def retry_later(study: optuna.Study, trial) -> bool:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except Exception:
         return False
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+    # (where it came from stays: a warm start's or the Hessian prior's configuration)
+    tags = {k: v for k, v in trial.user_attrs.items() if k in ORIGIN_TAGS}
+    study.enqueue_trial(trial.params, user_attrs={**tags, "retry_of": trial.number,
                                                   "seed_trial": seed_number(trial)},
                         skip_if_exists=False)
     return True
