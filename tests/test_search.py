@@ -1622,3 +1622,29 @@ def test_a_retried_trial_keeps_where_its_configuration_came_from():
     again = study.ask()
     assert again.params == {} and again.user_attrs == {
         "hessian_budget": 12.5, "hessian_omega": 0.1, "retry_of": 0, "seed_trial": 0}
+
+
+def test_messages_for_a_missing_settings_file_and_an_early_interruption(tmp_path, capsys,
+                                                                        monkeypatch):
+    """A run folder whose search.yaml was removed was called 'not a search run folder',
+    though its study was there; Ctrl-C during the float training said 'its finished trials
+    are kept' when there were none."""
+    import hetq.search.driver as D
+    from hetq.cli import main
+
+    out = tmp_path / "s"
+    run_search(cfg(trials=2), out, progress=False)
+    (out / "search.yaml").unlink()
+    with pytest.raises(ValueError, match=r"has a study \(study\.journal\) but no search\.yaml, "
+                                         r"the settings it was run with; restore it \(or rerun "
+                                         r"the same `hetq search"):
+        load_run(out)
+    assert len(completed(run_search(cfg(trials=2), out, progress=False))) == 2  # (as said)
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(D, "train_float_model", ctrl_c)
+    assert main(["search", "--data", DATA, "--out", str(tmp_path / "f"), "--no-progress"]) == 130
+    assert ("search stopped while it trained its float model: nothing is kept yet; rerun the "
+            "same command to start it") in capsys.readouterr().err

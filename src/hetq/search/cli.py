@@ -437,6 +437,10 @@ def _search(a) -> int:
             study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
                                progress=not a.no_progress, devices=devices)
         except KeyboardInterrupt:
+            if not (Path(a.out) / "float.pt").exists():  # (no trial has run yet)
+                print("search stopped while it trained its float model: nothing is kept yet; "
+                      "rerun the same command to start it", file=sys.stderr, flush=True)
+                raise
             print(f"search stopped: its finished trials are kept in "
                   f"{a.storage and redact(a.storage) or a.out}; rerun the same command to "
                   "resume it", file=sys.stderr, flush=True)

@@ -37,6 +37,10 @@ def load_run(out: str | Path, storage: str | None = None):
     search ran with one; the last block's study for a block-wise search)."""
     out = Path(out)
     if not (out / "search.yaml").exists():
+        if (out / "study.journal").exists():  # (the settings file was removed)
+            raise ValueError(f"{out} has a study (study.journal) but no search.yaml, the "
+                             "settings it was run with; restore it (or rerun the same `hetq "
+                             f"search --out {out}` command, which writes it again)")
         raise ValueError(f"{out} is not a search run folder (no search.yaml)")
     config = SearchConfig.load(out / "search.yaml")
     if config.strategy == "gradient":
@@ -113,7 +117,7 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
         front = sorted(done[i].number for i in pareto_front([tuple(t.values) for t in done]))
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
-                         f"report {out}` shows their accuracy and costs)")
+                         f"report {out}` shows their metrics and costs)")
     try:
         return study.best_trial.number
     except (RuntimeError, ValueError) as e:
