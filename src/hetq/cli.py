@@ -54,7 +54,9 @@ def interrupts_save(signals=(signal.SIGTERM,)):
             state["armed"] = False
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = {s: signal.signal(s, handler) for s in signals} if main else {}
+    # (a signal the process inherited as ignored stays ignored: `nohup`, `cmd &` in a script)
+    previous = {s: signal.signal(s, handler) for s in signals
+                if signal.getsignal(s) is not signal.SIG_IGN} if main else {}
     try:
         yield Guard
     finally:

@@ -86,9 +86,12 @@ class CostReport:
             r = reference.summary()["energy_pj"]
             line += f", reference {r / 1e6:.6f} uJ, reduction {r / max(t['energy_pj'], 1):.2f}x"
         lines.append(line)
+        # (not the sum of the bits column: that counts each layer's parameters and output,
+        # a float one as 32 bits; AutoQKeras' size counts a float tensor as 8 bits)
         lines.append(f"total bits {t['bits']:.0f} (parameters {t['param_bits']:.0f}, "
-                     f"activations {t['act_bits']:.0f}); EBOPs {t['ebops']:.0f} "
-                     f"(+{t['ebops_bias']:.0f} bias)")
+                     f"activations {t['act_bits']:.0f}: AutoQKeras' model size, a float "
+                     f"tensor as 8 bits; the rows' bits count float as 32); EBOPs "
+                     f"{t['ebops']:.0f} (+{t['ebops_bias']:.0f} bias)")
         lines.append(f"LUT {t['lut']:.0f}, DSP {t['dsp']:.0f}, FF {t['ff']:.0f}, latency "
                      f"{t['cycles']:.0f} cycles ({t['latency_ns']:.0f} ns at 200 MHz)")
         lines.append(ENERGY_LABEL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 from pathlib import Path
 
 from .results import load_run, study_trial, study_trial_model, trial_number
@@ -36,8 +37,10 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
              "state": copy.deepcopy(model.state_dict())}
     # the trial's pruned weights stay zero (they grew back, and the model cost more)
     pruner = MagnitudePruner.keeping(model, cand.sparsity) if cand.sparsity else None
-    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
-    with interrupts_save() as guard:
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved,
+    # and a second one cannot cut the saving short (it left a stale roc.png beside the
+    # new model)
+    with interrupts_save((signal.SIGINT, signal.SIGTERM)) as guard:
         res = fit(model, data, epochs=epochs, lr=lr or config.lr / 3, batch_size=config.batch_size,
                   seed=config.seed, device=config.device, progress=progress, interruptible=True,
                   pruner=pruner)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 from pathlib import Path
 
 from ..cli import (
@@ -151,8 +152,10 @@ def _train(a) -> int:
             "as built (its own quantizers)" if any(isinstance(m, QLayer) for m in model.modules())
             else "float")
     print(f"{a.model} on {data!r}, {kind}")
-    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved
-    with interrupts_save() as guard:
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the best epoch so far is saved,
+    # and a second one cannot cut the saving short (it left a stale roc.png beside the
+    # new model)
+    with interrupts_save((signal.SIGINT, signal.SIGTERM)) as guard:
         res = fit(model, data, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                   patience=a.patience, device=a.device, task=task, progress=not a.no_progress,
                   interruptible=True)

@@ -6,6 +6,7 @@ the same command saves those as the front instead of training."""
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 
@@ -147,8 +148,10 @@ def run_gradient_strategy(config, out, progress: bool = True,
     t0 = time.time()
     budget = time_budget if time_budget is not None else config.time_budget
     target = tuple(config.ebops_target) if config.ebops_target else None
-    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the front reached is saved
-    with interrupts_save() as guard:
+    # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the front reached is saved,
+    # and a second one cannot cut the saving short (it left a stale roc.png beside the
+    # new model)
+    with interrupts_save((signal.SIGINT, signal.SIGTERM)) as guard:
         g, res = train_gradient_runs(
             ctx.float_model, ctx.data, runs=config.gradient_runs, epochs=config.epochs,
             batch_size=config.batch_size, lr=config.lr, beta0=config.beta0, beta1=config.beta1,
