@@ -759,6 +759,10 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
                                               "expression"),
                     ({"limit": {5: [4]}}, "limit key 5: expected a layer name, regex, type or "
                                           "'default'"),
+                    # (the warning that explains it used to be hidden)
+                    ({"limit": {"nosuchlayer": [4, 8, 4]}}, "search space is empty: every field "
+                     r"has a single choice .*; search space: limit key 'nosuchlayer' matches "
+                     "no layer"),
                     ({"blocks": ["^fc", "^nomatch"]}, "block regex '\\^nomatch' matches no "
                                                       "layer")):
         with pytest.raises(ValueError, match=msg):

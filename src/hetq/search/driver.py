@@ -187,10 +187,17 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
     else:
         from ..models import build as build_model
 
-        with warnings.catch_warnings():  # a bad space is an error before any training
-            warnings.simplefilter("ignore")  # (its warnings come again with the real space)
+        # a bad space is an error before any training; its warnings come again with the real
+        # space, unless it is refused here: then they explain the error (a --limit key that
+        # matches no layer left 'every field has a single choice' unexplained)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
             model = build_model(config.model, **model_kwargs(config, data))
-            space = _space(config, model, data.input_shape)
+            try:
+                space = _space(config, model, data.input_shape)
+            except ValueError as e:
+                notes = list(dict.fromkeys(str(w.message) for w in said))
+                raise ValueError("; ".join([str(e), *notes])) from None
         if "hessian" in (config.strategy, config.prior):  # (traces need a float model)
             from ..quant.layers import QLayer
 
