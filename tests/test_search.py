@@ -375,6 +375,16 @@ def test_constraints_that_no_trial_meets_are_reported(tmp_path):
     assert 0 < len(feasible) < 4  # (reductions of about 30 to 47 here)
     rows = pareto_rows(loose)
     assert {r["trial"] for r in rows} <= feasible and all(r["feasible"] for r in rows)
+    # and the table and the HTML report say so (the plot drew the trials that miss them,
+    # which can lie above the front, like any other)
+    config, _ = load_run(loose)
+    assert "constraints --min-reduction 40: the front of the trials that meet them" in \
+        format_table(rows, config)
+    from hetq.search.report import write_html_report
+
+    page = write_html_report(loose).read_text()
+    assert (f"; constraints --min-reduction 40: {len(feasible)} of 4 trials meet them. "
+            in " ".join(page.split()))
 
 
 def test_multi_objective_search_returns_a_front(tmp_path):

@@ -54,9 +54,18 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     fig, ax = plt.subplots(figsize=(6, 4))
     plotted = [t for t in done if t.user_attrs["costs"][goal] > 0]
     front = [r for r in rows if r["costs"][goal] > 0]
-    ax.scatter([t.user_attrs["costs"][goal] for t in plotted],
-               [t.user_attrs["metrics"]["val"][config.metric] for t in plotted], s=12,
-               c="grey", label="trials")
+    # trials that miss --min-reduction / --max-loss drawn apart: they may lie above the front,
+    # which is of those that meet them (when any does)
+    meet = [t.user_attrs.get("feasible") is not False for t in plotted]
+    for pts, style in (([t for t, ok in zip(plotted, meet) if ok],
+                        dict(c="grey", label="trials")),
+                       ([t for t, ok in zip(plotted, meet) if not ok],
+                        dict(facecolors="none", edgecolors="grey",
+                             label="trials missing the constraints"))):
+        if pts:
+            ax.scatter([t.user_attrs["costs"][goal] for t in pts],
+                       [t.user_attrs["metrics"]["val"][config.metric] for t in pts], s=12,
+                       **style)
     ax.plot([r["costs"][goal] for r in front],
             [r["metrics"]["val"][config.metric] for r in front], "o-", c="C3",
             label="Pareto front")
@@ -99,12 +108,18 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     ax.legend(fontsize=7)
     _save(plt, fig, run / "precision.png")
     table = format_table(rows, config, study.user_attrs.get("reference"))
+    limits = ", ".join(f"{opt} {v:g}" for opt, v in (
+        ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
+        if v is not None)
+    n_meet = sum(t.user_attrs.get("feasible") is not False for t in done)
+    constraints = (f"; constraints {limits}: {n_meet} of {len(done)} trials meet them"
+                   if limits else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
 <p>{len(done)} completed trials of {config.trials}; goal {config.goal}, objective
-{config.objective}, sampler {config.sampler}. Costs are estimates (QTools 45 nm energy model,
-hetq FPGA estimate).</p>
+{config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are estimates
+(QTools 45 nm energy model, hetq FPGA estimate).</p>
 <h2>Pareto front</h2><img src="pareto.png">{
         f"<p>({len(done) - len(plotted)} trial(s) at 0 {goal}, every weight rounded to zero, "
         "are left out of the plot; the table lists them.)</p>" if len(plotted) < len(done)

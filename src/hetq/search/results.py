@@ -211,12 +211,14 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         if widths:
             quant += f" | widths {widths}"
         lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant, r.get("score")))
+    limits = ", ".join(f"{opt} {v:g}" for opt, v in (
+        ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
+        if v is not None)
     if any(r.get("feasible") is False for r in rows):
-        limits = ", ".join(f"{opt} {v:g}" for opt, v in (
-            ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
-            if v is not None)
         lines.append(f"no trial meets the constraints ({limits}): the rows above are the "
                      "front of the trials that do not")
+    elif limits and rows:  # (the trials that miss them are not on this front)
+        lines.append(f"constraints {limits}: the front of the trials that meet them")
     if best is not None:
         lines.append("* the best forgiving-factor score: the trial `--trial best` picks")
     lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
