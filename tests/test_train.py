@@ -1444,3 +1444,35 @@ def test_a_second_ctrl_c_cannot_cut_the_saving_short():
             assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    """hetq report in a read-only run folder failed with 'Read-only file system:
+    RUN/.pareto.png.11939.part', the name of an internal temporary file."""
+    from hetq.files import write_whole
+
+    (tmp_path / "afile").write_text("")
+    target = tmp_path / "afile" / "pareto.png"
+    with pytest.raises(NotADirectoryError) as e:
+        write_whole(target, lambda tmp: tmp.write_text("x"))
+    assert e.value.filename == str(target) and ".part" not in str(e.value)
+
+
+def test_cost_of_a_zoo_model_is_the_same_each_run_and_small_cli_slips_are_named(capsys):
+    """hetq cost --model built the model with unseeded random weights: EBOPs and LUTs (which
+    count nonzero weights) differed from run to run. A zoo model's name given as the
+    checkpoint said only 'checkpoint not found'; --background '' (an unset variable)
+    silently became q,g."""
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(len(outs))  # (whatever the caller's generator holds)
+        assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--json", "-"]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1]
+    assert main(["cost", "jet_mlp"]) == 2
+    assert capsys.readouterr().err.endswith("checkpoint not found: jet_mlp (jet_mlp is a zoo "
+                                            "model: give it as --model jet_mlp)\n")
+    assert main(["train", "--task", "anomaly", "--model", "jet_autoencoder", "--background",
+                 "", "--epochs", "1", "--out", "/nonexistent/x"]) == 2
+    assert "--background '': expected class names separated by commas" in \
+        capsys.readouterr().err

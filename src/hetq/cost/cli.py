@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "from the first layer of a dense model)")
     c.add_argument("--source", default="int8", help="input type: int8, fp32 or a quantizer")
     c.add_argument("--reference", default=None,
-                   help="add a reference column: int8, int16, int32, fp16 or fp32")
+                   help="add a reference column: every layer costed as this type (int8, "
+                        "int16, int32, fp16, fp32 or a quantizer string)")
     c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"],
                    help="where weights and activations are read from, for the energy "
                         "(QTools' modes; fixed: no memory cost; default %(default)s)")
@@ -65,8 +66,11 @@ def _cost(a) -> int:
         model = build_from(ckpt)
         label = a.checkpoint
     elif a.model:
+        import torch
+
         from ..quant.layers import QLayer
 
+        torch.manual_seed(0)  # (its weights decide EBOPs and LUTs: the same on every run)
         model = build(a.model, **widths_kwargs(a.model, a.model_widths))
         model, _ = quantize_zoo_model(model, a.model, a.preset, a.config)
         built_in = any(isinstance(m, QLayer) for m in model.modules())

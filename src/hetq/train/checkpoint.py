@@ -132,7 +132,11 @@ def read(path: str | Path) -> dict:
     (FOLDER/model.pt is read)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        from ..models import MODELS
+
+        hint = (f" ({path.name} is a zoo model: give it as --model {path.name})"
+                if str(path).strip().lower() in MODELS else "")
+        raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
     if path.is_dir():
         if (path / "model.pt").is_file():
             path = path / "model.pt"

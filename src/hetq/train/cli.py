@@ -110,7 +110,7 @@ def _task(args, ckpt: dict | None = None):
         return get_task(name or "classify")
     if ckpt:
         background = ",".join(ckpt.get("background") or ("q", "g"))
-    background = (background or "q,g").split(",")
+    background = ("q,g" if background is None else background).split(",")
     if not all(c.strip() for c in background):
         raise ValueError(f"--background {','.join(background)!r}: expected class names "
                          "separated by commas, e.g. q,g")
