@@ -365,10 +365,10 @@ def test_evaluate_and_ptq_standardise_the_data_as_the_checkpoint_was_trained(tmp
     for argv, msg in (
             (["evaluate", str(out), "--data", "synthetic:classes=5"],
              f"synthetic has other features than the data {out} was trained on (jets-sim): "
-             "'zlogz' against 'x0' at position 0"),
+             "'x0' where it had 'zlogz', at position 0"),
             (["ptq", str(out), "--data", "digits"],
-             f"digits has other classes than the data {out} was trained on (jets-sim): 'g' "
-             "against '0' at position 0")):
+             f"digits has other classes than the data {out} was trained on (jets-sim): '0' "
+             "where it had 'g', at position 0")):
         assert main(argv) == 2
         assert capsys.readouterr().err == f"hetq {argv[0]}: error: {msg}\n"
     assert not (out / "ptq8.pt").exists()
@@ -523,7 +523,7 @@ def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsy
          data=data)
     assert main(["export", str(ckpt), "--samples", "50"]) == 2
     assert (f"jets-sim has other features than the data {ckpt} was trained on (synthetic): "
-            "'x0' against 'zlogz' at position 0") in capsys.readouterr().err
+            "'zlogz' where it had 'x0', at position 0") in capsys.readouterr().err
     assert main(["export", str(ckpt), "--samples", "50", "--data", "synthetic:n=600,seed=1",
                  "--input-type", "ap_fixed<16,6>"]) \
         == 0

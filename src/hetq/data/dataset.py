@@ -154,9 +154,10 @@ class Dataset:
         for what, theirs, ours in (("features", norm.get("features"), self.features),
                                    ("classes", norm.get("classes"), self.classes)):
             if theirs and ours and list(theirs) != list(ours):
-                diff = next((f"{a!r} against {b!r} at position {i}" for i, (a, b) in
+                # (this data's first, as the sentence names it first)
+                diff = next((f"{b!r} where it had {a!r}, at position {i}" for i, (a, b) in
                              enumerate(zip(theirs, ours)) if a != b),
-                            f"{len(theirs)} against {len(ours)}")
+                            f"{len(ours)} where it had {len(theirs)}")
                 raise ValueError(f"{self.name} has other {what} than the data {label} was "
                                  f"trained on ({norm.get('name', '?')}): {diff}")
         mean = None if norm.get("mean") is None else np.asarray(norm["mean"], np.float32)
