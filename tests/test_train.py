@@ -1476,3 +1476,34 @@ def test_cost_of_a_zoo_model_is_the_same_each_run_and_small_cli_slips_are_named(
                  "", "--epochs", "1", "--out", "/nonexistent/x"]) == 2
     assert "--background '': expected class names separated by commas" in \
         capsys.readouterr().err
+
+
+def test_seed_range_interrupted_flag_and_report_counts(tmp_path, capsys, monkeypatch):
+    """A seed above 2**63 - 1 failed with 'Overflow when unpacking long long'; metrics.json
+    did not say that training was interrupted; the HTML report counted neither pruned nor
+    failed trials."""
+    import hetq.train.loop as T
+    from hetq.search import SearchConfig, run_search
+    from hetq.search.report import write_html_report
+
+    for cmd in ("train", "search"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--seed", str(2 ** 63)])
+        assert "--seed: expected an integer from 0 to 2**63 - 1, got '9223372036854775808'" \
+            in capsys.readouterr().err
+    real = T.fit
+
+    def interrupted(*a, **k):
+        res = real(*a, **{**k, "epochs": 1})
+        res.interrupted = True
+        return res
+
+    monkeypatch.setattr(T, "fit", interrupted)
+    assert main(["train", "--data", "synthetic:n=600,seed=1", "--epochs", "3", "--out",
+                 str(tmp_path / "t"), "--no-progress"]) == 130
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["interrupted"] is True
+    run_search(SearchConfig(data="synthetic:n=600,seed=1", trials=3, epochs=1, float_epochs=1,
+                            learning_rates=[1e-3, 1e38], sampler="random", seed=4),
+               tmp_path / "s", progress=False)
+    page = " ".join(write_html_report(tmp_path / "s").read_text().split())
+    assert re.search(r"\d+ completed trials of 3 \(\d+ failed\);", page), page[:400]

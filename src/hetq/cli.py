@@ -135,6 +135,18 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seed_int(text: str) -> int:
+    """argparse type: a random seed, 0 <= seed < 2**63 (what torch.manual_seed takes; a larger
+    one failed with 'Overflow when unpacking long long')."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
+    return v
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (learning rates, ...)."""
     try:

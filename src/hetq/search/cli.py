@@ -8,7 +8,14 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli import describe, interrupts_save, name_type, positive_float, positive_int
+from ..cli import (
+    describe,
+    interrupts_save,
+    name_type,
+    positive_float,
+    positive_int,
+    seed_int,
+)
 from .config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
 
 
@@ -199,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--lr", type=float, default=3e-3,
                    help="Adam learning rate of the float model and the trials (default "
                         "%(default)s)")
-    s.add_argument("--seed", type=int, default=0,
+    s.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the sampler and the training (default %(default)s)")
     s.add_argument("--limit", help="YAML file mapping layer names, name regexes or layer "
                         "types to the most bits searched, [kernel, bias, activation] for weight "

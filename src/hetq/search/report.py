@@ -112,12 +112,18 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
         ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
         if v is not None)
     n_meet = sum(t.user_attrs.get("feasible") is not False for t in done)
+    counts = {state: sum(1 for t in study.get_trials(deepcopy=False, states=(state,))
+                         if not t.user_attrs.get("overflow"))  # (never trained)
+              for state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
+    others = ", ".join(f"{n} {state.name.lower().replace('fail', 'failed')}"
+                       for state, n in counts.items() if n)
+    others = f" ({others})" if others else ""
     constraints = (f"; constraints {limits}: {n_meet} of {len(done)} trials meet them"
                    if limits else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
-<p>{len(done)} completed trials of {config.trials}; goal {config.goal}, objective
+<p>{len(done)} completed trials of {config.trials}{others}; goal {config.goal}, objective
 {config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are estimates
 (QTools 45 nm energy model, hetq FPGA estimate).</p>
 <h2>Pareto front</h2><img src="pareto.png">{

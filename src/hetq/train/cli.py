@@ -17,6 +17,7 @@ from ..cli import (
     positive_int,
     quantize_zoo_model,
     saved_after_interruption,
+    seed_int,
 )
 
 
@@ -54,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=positive_int, default=None,
                    help="stop after this many epochs without a better validation loss "
                         "(default: never; the best epoch's weights are kept either way)")
-    t.add_argument("--seed", type=int, default=0,
+    t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the initial weights and the batch order (default %(default)s)")
     t.add_argument("--init", default=None, help="start from this checkpoint's float weights")
     t.add_argument("--out", default="runs/train",
@@ -172,8 +173,10 @@ def _train(a) -> int:
              # --preset / --config changed (None: the model as built)
              quant_config="auto" if a.model != "cnn_digits" else qc,
              extra=_task_extra(task))
-        (out / "metrics.json").write_text(json.dumps({"test": metrics, "history": res.history},
-                                                     indent=1))
+        (out / "metrics.json").write_text(json.dumps(
+            {"test": metrics, "history": res.history,
+             "interrupted": res.interrupted},  # (the best of the epochs it finished)
+            indent=1))
         n = len(res.history)
         print(f"trained {n} epoch{'' if n == 1 else 's'} in {res.seconds:.1f} s (best epoch "
               f"{res.best_epoch})")
