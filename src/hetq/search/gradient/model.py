@@ -263,15 +263,12 @@ class GradientBitsMLP(nn.Module):
                            integer.max() if activations == "layer" else integer)
         layers = OrderedDict()
         width = x_train.shape[1]
-        for n, m in zip(names, mods):
+        for n, m in zip(names, mods):  # (Linear, ReLU, ..., Linear: `check_mlp`)
             if isinstance(m, nn.Linear):
                 layers[n] = _DenseQ(m, f0, bias_frac, granularity)
                 width = m.out_features
-            elif isinstance(m, nn.ReLU):
-                layers[n] = _ActQ(width, f0, per_neuron)
             else:
-                raise ValueError(f"{n}: {type(m).__name__} is not supported by the gradient "
-                                 "strategy (Linear and ReLU layers only)")
+                layers[n] = _ActQ(width, f0, per_neuron)
         self.body = nn.Sequential(layers)
         # None: each neuron's range is the largest value of the last epoch (HGQ1's
         # ResetMinMax); a fraction: that quantile on a calibration sample, set by `calibrate`

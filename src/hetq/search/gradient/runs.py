@@ -217,7 +217,7 @@ def train_gradient_runs(float_model: nn.Module, data, *, runs: int = 1,
                 keeper.offer(p)
             history += [{**h, "run": r} for h in results[r][1].history]
         for r in lost:  # what those runs had saved
-            path = None if front_dir is None else front_dir / f"run_{r}.pt"
+            path = run_file(r).get("front_file")
             if path is not None and path.exists():
                 for p in read_front_file(path)[1]:
                     p.run = r

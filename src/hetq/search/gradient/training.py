@@ -110,10 +110,14 @@ class FrontFile:
 
         self.path = None if path is None else Path(path)
         self.model, self.every = model, every
-        self.last, self.dirty, self.warned = -math.inf, False, False  # (the first: at once)
+        self.last, self.warned = -math.inf, False  # (the first: at once)
+        self.saved: tuple[FrontPoint, ...] = ()  # the points last written (kept: no id reuse)
 
     def update(self, points: list[FrontPoint], epochs: int, force: bool = False) -> None:
-        if self.path is None or not self.dirty:
+        """Write `points` unless they are the ones written last, or (unless `force`) the
+        last write is less than `every` seconds old."""
+        if self.path is None or (len(points) == len(self.saved)
+                                 and all(p is q for p, q in zip(points, self.saved))):
             return
         if not force and time.time() - self.last < self.every:
             return
@@ -132,7 +136,7 @@ class FrontFile:
                 warnings.warn(f"could not save the front so far to {self.path} ({e}); "
                               "the work goes on, its front is kept in memory", stacklevel=3)
                 self.warned = True
-        self.last, self.dirty = time.time(), False
+        self.last, self.saved = time.time(), tuple(points)
 
 
 def read_front_file(path) -> tuple[dict, list[FrontPoint]]:
@@ -386,8 +390,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             acc = _val_accuracy(model, Xva, yva)
             eb = model.ebops()
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
-            if keeper.offer(FrontPoint(ep, beta, acc, eb), model):
-                saver.dirty = True
+            keeper.offer(FrontPoint(ep, beta, acc, eb), model)
             saver.update(keeper.points, len(history))
             bar.set_postfix(acc=f"{acc:.4f}", ebops=eb, front=len(keeper.points), refresh=False)
             bar.update(1)
@@ -590,8 +593,7 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     saver = FrontFile(front_file, gmodel, save_every)
 
     def offer(point):
-        if keeper.offer(point):
-            saver.dirty = True
+        keeper.offer(point)
         saver.update(keeper.points, 0)
 
     bar = progress_bar(total=len(todo), disable=not progress, desc="polishing the front",
@@ -615,14 +617,14 @@ def polish_front(gmodel: GradientBitsMLP, points: list[FrontPoint], data, *,
     except KeyboardInterrupt as e:  # keep the points polished so far; drop the queued ones
         out.interrupted = True
         if isinstance(e, PolishInterrupted):
-            saver.dirty |= keeper.offer(e.point)
+            keeper.offer(e.point)
         if pool is not None:  # the running ones return their best within an epoch
             interrupt_workers(pool, pending)
             running = [f for f in pending if not f.cancelled()]
             try:
                 for fut in (wait(running, timeout=30.0)[0] if running else ()):
                     if fut.exception() is None:
-                        saver.dirty |= keeper.offer(fut.result())
+                        keeper.offer(fut.result())
             except KeyboardInterrupt:  # (a second Ctrl-C: what is kept so far is returned)
                 pass
     bar.close()
