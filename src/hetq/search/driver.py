@@ -43,6 +43,7 @@ from .engine import (
     TRIAL_ERRORS,
     SearchFailed,
     _fail_stale,
+    check_grid,
     counted_before,
     make_pruner,
     make_sampler,
@@ -211,8 +212,8 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
                                  f"{', '.join(quantized[:3])}"
                                  f"{', ...' if len(quantized) > 3 else ''}); use a float "
                                  "model such as jet_mlp, or another strategy")
-        if config.sampler == "grid" and config.strategy != "gradient":  # (too large a grid)
-            make_sampler("grid", search_space=space.distributions())
+        if config.sampler == "grid" and config.strategy != "gradient":
+            check_grid(space.distributions())
         float_model, ref = train_float_model(config, data, float_path, model_kwargs(config, data),
                                              "the float reference", progress)
     space = _space(config, float_model, data.input_shape)

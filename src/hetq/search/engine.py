@@ -28,6 +28,19 @@ MAX_CONSECUTIVE_FAILURES = 5
 MAX_GRID = 1_000_000  # combinations the grid sampler may list
 
 
+def check_grid(search_space: dict) -> None:
+    """A ValueError unless the grid sampler can list every combination of `search_space`
+    (Optuna lists them all up front: the default jet_mlp space's 2.4e8 ran out of memory)."""
+    sizes = [len(d.choices) for d in search_space.values()]
+    size = math.prod(sizes)
+    if size > MAX_GRID:
+        raise ValueError(f"the grid sampler tries every combination, and this search space "
+                         f"has {size:.3g} ({len(sizes)} parameters with "
+                         f"{', '.join(map(str, sizes))} choices); at most {MAX_GRID:,} can be "
+                         "listed. Narrow the space (--limit, --quantization-config) or use "
+                         "another --sampler")
+
+
 def make_sampler(name: str, seed: int | None = None, multi_objective: bool = False,
                  search_space: dict | None = None, constraints_func=None):
     """An Optuna sampler by name: tpe (Bayesian), random, grid, gp (Gaussian-process bandit,
@@ -48,14 +61,8 @@ def _make_sampler(name, seed, search_space, constraints_func):
     if name == "grid":
         if not search_space:
             raise ValueError("the grid sampler needs a search space")
+        check_grid(search_space)
         grid = {k: list(d.choices) for k, d in search_space.items()}
-        size = math.prod(len(v) for v in grid.values())
-        if size > MAX_GRID:  # (Optuna lists every combination up front: out of memory)
-            raise ValueError(f"the grid sampler tries every combination, and this search "
-                             f"space has {size:.3g} ({len(grid)} parameters with "
-                             f"{', '.join(str(len(v)) for v in grid.values())} choices); "
-                             f"at most {MAX_GRID:,} can be listed. Narrow the space (--limit, "
-                             "--quantization-config) or use another --sampler")
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints_func)

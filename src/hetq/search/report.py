@@ -40,7 +40,7 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     and `rows` its `front_rows`, when the caller has them (each load reads the whole
     study: seconds at 10,000 trials)."""
     from .objectives import COST_KEYS
-    from .results import format_table, front_rows, load_run
+    from .results import constraint_options, format_table, front_rows, load_run
 
     run = Path(run)
     config, study = loaded or load_run(run, storage)
@@ -108,15 +108,14 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     ax.legend(fontsize=7)
     _save(plt, fig, run / "precision.png")
     table = format_table(rows, config, study.user_attrs.get("reference"))
-    limits = ", ".join(f"{opt} {v:g}" for opt, v in (
-        ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
-        if v is not None)
+    limits = constraint_options(config)
     n_meet = sum(t.user_attrs.get("feasible") is not False for t in done)
-    counts = {state: sum(1 for t in study.get_trials(deepcopy=False, states=(state,))
-                         if not t.user_attrs.get("overflow"))  # (never trained)
-              for state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)}
-    others = ", ".join(f"{n} {state.name.lower().replace('fail', 'failed')}"
-                       for state, n in counts.items() if n)
+    ended = [t.state for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
+        if not t.user_attrs.get("overflow")]  # (overflow trials never trained)
+    others = ", ".join(f"{n} {word}" for state, word in (
+        (optuna.trial.TrialState.PRUNED, "pruned"), (optuna.trial.TrialState.FAIL, "failed"))
+        if (n := ended.count(state)))
     others = f" ({others})" if others else ""
     constraints = (f"; constraints {limits}: {n_meet} of {len(done)} trials meet them"
                    if limits else "")

@@ -174,6 +174,13 @@ def study_trial_model(out: str | Path, config: SearchConfig, study: optuna.Study
     return model.eval()
 
 
+def constraint_options(config: SearchConfig) -> str:
+    """The search's hard constraints as options, e.g. '--min-reduction 40' ('' for none)."""
+    return ", ".join(f"{opt} {v:g}" for opt, v in (
+        ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
+        if v is not None)
+
+
 def format_table(rows: list[dict[str, Any]], config: SearchConfig,
                  reference: dict | None = None) -> str:
     """The Pareto table: metric, energy, bits, EBOPs, LUT/DSP and each layer's quantizers;
@@ -211,9 +218,7 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         if widths:
             quant += f" | widths {widths}"
         lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant, r.get("score")))
-    limits = ", ".join(f"{opt} {v:g}" for opt, v in (
-        ("--min-reduction", config.min_reduction), ("--max-loss", config.max_metric_loss))
-        if v is not None)
+    limits = constraint_options(config)
     if any(r.get("feasible") is False for r in rows):
         lines.append(f"no trial meets the constraints ({limits}): the rows above are the "
                      "front of the trials that do not")
