@@ -1507,3 +1507,20 @@ def test_seed_range_interrupted_flag_and_report_counts(tmp_path, capsys, monkeyp
                tmp_path / "s", progress=False)
     page = " ".join(write_html_report(tmp_path / "s").read_text().split())
     assert re.search(r"\d+ completed trials of 3 \(\d+ failed\);", page), page[:400]
+
+
+def test_the_license_pyproject_declares_ships_with_the_package():
+    """pyproject says Apache-2.0; the licence text itself is in the repository and listed in
+    `license-files`, so wheels and sdists carry it (PEP 639)."""
+    import hashlib
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "Apache-2.0"
+    assert project["license-files"] == ["LICENSE"]
+    text = (root / "LICENSE").read_bytes()
+    # the Apache Software Foundation's LICENSE-2.0.txt, byte for byte
+    assert hashlib.md5(text).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"
