@@ -1448,6 +1448,10 @@ def test_hessian_strategy_trials_cost_what_the_ilp_budgeted(tmp_path, capsys):
                if "hessian_budget" in t.user_attrs]
     assert budgets and max(budgets) == pytest.approx(ref / 10)
     assert f"within --min-reduction's cost limit {ref / 10:.4g}" in text
+    info = study.user_attrs["hessian_prior"]  # the traces' precision is told and recorded
+    n = info["trace_iterations"]
+    assert info["traces_converged"] and 20 <= n < 200
+    assert f"traces from {n} Hutchinson samples;" in text
     assert ("note: --trials 1 trains only the first 1 of them; the others stay queued in "
             "the study for a resumed search with more --trials") in text
 

@@ -848,6 +848,7 @@ def _seed_hessian_prior(study, ctx, progress):
             study.user_attrs.get("hessian_prior") is not None:
         return
     from .hessian import hessian_prior
+    from .hessian.traces import TRACE_TOL
 
     goal = cfg.goal if cfg.goal in ("energy", "bits", "ebops", "lut") else "energy"
     # the costs as the trials are costed (`measure_costs`: a layer left float as in the
@@ -862,12 +863,18 @@ def _seed_hessian_prior(study, ctx, progress):
         budget = float(a.budget) if math.isfinite(a.budget) else None
         study.enqueue_trial(dict(params), user_attrs={"hessian_budget": budget,
                                                       "hessian_omega": float(a.omega)})
+    tr = pr.traces
     study.set_user_attr("hessian_prior", {"configs": len(pr.allocations),
-                                          "seconds": pr.seconds})
+                                          "seconds": pr.seconds,
+                                          "trace_iterations": tr.iterations,
+                                          "traces_converged": tr.converged})
     if progress:
         t = ", ".join(f"{k} {v:.1f} s" for k, v in pr.seconds.items())
         k = len(pr.allocations)
-        print(f"Hessian prior: {k} ILP configuration{'s' * (k != 1)} enqueued ({t})"
+        print(f"Hessian prior: {k} ILP configuration{'s' * (k != 1)} enqueued ({t}); "
+              f"traces from {tr.iterations} Hutchinson samples"
+              + ("" if tr.converged else " (the limit; some standard errors are still "
+                 f"above {TRACE_TOL:.0%})")
               + (f"; within --min-reduction's cost limit {limit:.4g}" if limit else ""),
               flush=True)
         if k > cfg.trials:

@@ -6,8 +6,8 @@
    Rademacher vectors v (entries +-1), with H v from double back-propagation (no Hessian is
    materialised). Each tensor gets its own product H_TT v (its Hessian block alone: the
    cross-block terms of one product over all tensors vanish on average but would swamp small
-   tensors such as biases in variance). Iterations stop when every running mean moved by
-   less than `tol` (relative) in one iteration.
+   tensors such as biases in variance). Iterations stop when every estimate's standard
+   error is below `tol` (relative, default 5%).
    Activation traces are per sample: tr(H_aa) / numel(a) x batch size, i.e. the trace of one
    sample's loss w.r.t. its own activations, per element. `top_eigenvalue`: the largest
    eigenvalue of each tensor's Hessian block by power iteration.

@@ -19,7 +19,7 @@ from ..build import build_candidate
 from ..space import Candidate, SearchSpace
 from .costs import CostTable, cost_table
 from .ilp import Allocation, sweep
-from .traces import Traces, _as_batches, hessian_traces
+from .traces import TRACE_TOL, Traces, _as_batches, hessian_traces
 
 
 # -- sensitivities -----------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def _subset(data, samples: int, seed: int):
 @keeps_global_rng
 def hessian_prior(space: SearchSpace, float_model: nn.Module, data, goal: str = "energy",
                   n: int = 12, *, loss_fn: Callable = F.cross_entropy, samples: int = 2048,
-                  batch_size: int | None = None, input_shape=None, tol: float = 1e-3,
+                  batch_size: int | None = None, input_shape=None, tol: float = TRACE_TOL,
                   max_iter: int = 200, seed: int = 0, max_cost: float | None = None,
                   **cost_kwargs) -> HessianPrior:
     """Traces on `samples` training samples, sensitivities, the cost table and an ILP sweep
