@@ -847,12 +847,12 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--float-epochs", "1", "--out",
                  str(out), "--no-progress"]) == 2
-    assert ("holds a float model for other settings (model_kwargs: {'widths': [8, 4]}, now "
-            "{'widths': [8, 8]})") in capsys.readouterr().err
+    assert ("holds a float model for other settings (--model-widths: 8 4, now 8 8); use "
+            "another --out") in capsys.readouterr().err
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--float-epochs", "5", "--out",
                  str(out), "--no-progress"]) == 2
-    assert "holds a float model for other settings (float_epochs: 1, now 5)" in \
+    assert "holds a float model for other settings (--float-epochs: 1, now 5)" in \
         capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["search", "--strategy", "gradient", "--model-widths", "8", "0"])

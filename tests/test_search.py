@@ -546,8 +546,9 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
             "(rerun the same `hetq search` command to resume it)\n")
     with pytest.raises(ValueError) as e:
         run_search(cfg(trials=9, epochs=3), out, progress=False)
-    assert str(e.value) == (f"{out} holds a search with other settings (epochs); use another "
-                            "--out, or the same settings to resume (--trials may change)")
+    assert str(e.value) == (f"{out} holds a search with other settings (epochs: 2, now 3); use "
+                            "another --out, or the same settings to resume (--trials may "
+                            "change)")
 
 
 def test_a_worker_ends_at_once_on_sigterm_other_commands_take_it_as_ctrl_c(monkeypatch):
@@ -982,7 +983,8 @@ def test_more_trials_on_resume_reach_the_workers_and_shared_studies_keep_their_s
 
     run_search(cfg(trials=1, study_name="s"), tmp_path / "a", storage=db, progress=False)
     with pytest.raises(ValueError, match=r"study 's' in .*db.journal was made by a search with "
-                                         r"other settings \(epochs\); give another --study"):
+                                         r"other settings \(epochs: 2, now 3\); give another "
+                                         r"--study"):
         run_search(cfg(trials=2, epochs=3, study_name="s"), tmp_path / "b", storage=db,
                    progress=False)
     assert not (tmp_path / "b" / "float.pt").exists()  # refused before any training
@@ -1008,7 +1010,9 @@ def test_a_run_folder_keeps_its_storage_and_a_worker_its_own_search(tmp_path, ca
     other = tmp_path / "other"
     run_search(cfg(trials=1, epochs=3, study_name="o"), other, storage=db, progress=False)
     with pytest.raises(ValueError, match=r"holds a search with other settings than study "
-                                         r"'hetq' \(epochs, study_name\)"):
+                                         r"'hetq' \(epochs 3 there, 2 in the study, study_name "
+                                         r"'o' there, 'hetq' in the study\); give that "
+                                         r"search's run folder"):
         run_worker_process(other, "hetq", db, progress=False)
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -1053,7 +1057,7 @@ def test_a_damaged_search_yaml_is_a_clear_error_and_is_written_whole(tmp_path):
     with pytest.raises(ValueError, match=r"search.yaml is not readable YAML \(while parsing"):
         load_run(out)
     (out / "search.yaml").unlink()  # the advice: the study's own copy still checks a rerun
-    with pytest.raises(ValueError, match=r"other settings \(epochs\)"):
+    with pytest.raises(ValueError, match=r"other settings \(epochs: 2, now 3\)"):
         run_search(cfg(trials=1, epochs=3), out, progress=False)
     (out / "search.yaml").write_text(saved)
 
@@ -1577,6 +1581,14 @@ def test_options_noted_as_unused_are_not_the_runs_settings(tmp_path, capsys):
     assert SearchConfig.load(tmp_path / "s" / "search.yaml").delta_p == SearchConfig().delta_p
     assert main([*base, "--trials", "3"]) == 0
     assert len(completed(load_run(tmp_path / "s")[1])) == 3
+    # a rerun with other settings names them as typed, with both values (it said
+    # "(epochs, max_metric_loss)", the fields of SearchConfig)
+    capsys.readouterr()
+    assert main([*base, "--epochs", "2", "--max-loss", "0.05", "--model-widths", "8", "4"]) == 2
+    assert capsys.readouterr().err == (
+        f"hetq search: error: {tmp_path / 's'} holds a search with other settings (--epochs: "
+        "1, now 2, --max-loss: (none), now 0.05, --model-widths: (default), now 8 4); use another "
+        "--out, or the same settings to resume (--trials may change)\n")
     for opt in ("--sparsity", "--learning-rates"):
         with pytest.raises(SystemExit):
             main([*base, opt])

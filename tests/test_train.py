@@ -1067,7 +1067,7 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
     # a rerun with other settings would save that front under a search.yaml of its own
     assert main([*cmd, "--seed", "7"]) == 2
     assert (f"{tmp_path / 'g'} holds the front of a run that was killed before it saved it, "
-            "with other settings (seed: 0, now 7); run the same command as then to save that "
+            "with other settings (--seed: 0, now 7); run the same command as then to save that "
             f"front, or remove {saved} to train anew without it") in capsys.readouterr().err
     assert main(["report", str(tmp_path / "g")]) == 2
     assert ("ended without saving its front (killed?); run the same `hetq search` command "

@@ -123,12 +123,25 @@ def option_name(field: str) -> str:
     return FIELD_OPTIONS.get(field, "--" + field.replace("_", "-"))
 
 
+def option_value(v) -> str:
+    """A setting's value as its option is typed: --model-widths 8 4, --sparsity 0 0.5."""
+    if isinstance(v, dict) and set(v) <= {"widths"}:  # (--model-widths; none: the default)
+        v = v.get("widths", "(default)")
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
+        return " ".join(str(x) for x in v) if v else "(none)"
+    return "(none)" if v is None else str(v)
+
+
 @contextlib.contextmanager
 def option_names():
     """SearchConfig's errors ("search max_metric_loss=5.0; expected ...") as the command
     line's ("--max-loss 5.0; expected ...")."""
+    from .driver import OtherSettings
+
     try:
         yield
+    except OtherSettings as e:  # each setting named by its option, with the values
+        raise ValueError(e.render(option_name, option_value)) from None
     except ValueError as e:
         msg = re.sub(r"^search (\w+)([=: ])",
                      lambda m: option_name(m[1]) + (" " if m[2] == "=" else m[2]), str(e))
@@ -432,7 +445,8 @@ def _search(a) -> int:
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy
 
-        rows = run_gradient_strategy(cfg, a.out, progress=not a.no_progress)
+        with option_names():
+            rows = run_gradient_strategy(cfg, a.out, progress=not a.no_progress)
         if a.no_progress:  # with progress on, the strategy prints the table itself
             print(format_gradient_table(rows))
         return 0
@@ -441,8 +455,9 @@ def _search(a) -> int:
     # it started end too (they used to run on, orphaned); finished trials are in the study
     with interrupts_save():
         try:
-            study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
-                               progress=not a.no_progress, devices=devices)
+            with option_names():
+                study = run_search(cfg, a.out, storage=a.storage, workers=a.workers,
+                                   progress=not a.no_progress, devices=devices)
         except KeyboardInterrupt:
             if not (Path(a.out) / "float.pt").exists():  # (no trial has run yet)
                 print("search stopped while it trained its float model: nothing is kept yet; "
@@ -460,7 +475,8 @@ def _search(a) -> int:
 def _worker(a) -> int:
     from .driver import run_worker_process
 
-    run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
+    with option_names():
+        run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
     return 0
 
 

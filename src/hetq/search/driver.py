@@ -451,20 +451,50 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
     return study
 
 
+class OtherSettings(ValueError):
+    """A run folder or study holds a search with other settings. `changes` maps each setting
+    (a SearchConfig field) to (its value there, its value here); `render(name)` gives the
+    message with every setting named by `name(field)` and its values written by `value`
+    (the command line: its options, as typed)."""
+
+    def __init__(self, template: str, changes: dict[str, tuple[Any, Any]],
+                 item: str = "{name}: {old}, now {new}"):
+        self.template, self.changes, self.item = template, dict(changes), item
+        super().__init__(self.render())
+
+    def render(self, name=str, value=repr) -> str:
+        def brief(v) -> str:
+            r = value(v)
+            return r if len(r) <= 60 else r[:57] + "..."
+
+        items = ", ".join(self.item.format(name=name(k), old=brief(old), new=brief(new))
+                          for k, (old, new) in self.changes.items())
+        return self.template.replace("{settings}", items)
+
+
+def _changes(old: dict[str, Any], config: SearchConfig,
+             skip: tuple[str, ...] = ("trials",)) -> dict[str, tuple[Any, Any]]:
+    """{setting: (value in `old`, value in `config`)} for each that differs (as stored),
+    leaving out `skip` (a resumed search may ask for more --trials)."""
+    new = json.loads(json.dumps(config.to_dict()))
+    return {k: (old.get(k), new.get(k)) for k in _differences(old, new) if k not in skip}
+
+
 def _study_settings(study: optuna.Study, config: SearchConfig, storage: str | None,
                     out: Path) -> list[str]:
     """The settings in which `config` differs from those `study` was made with (["new"] for
     a study without them). Anything but --trials is refused: two searches that share a
     --storage and --study mixed their trials (and references) in one front."""
     stored = study.user_attrs.get("hetq_config")
-    changed = _differences(stored, config.to_dict()) if stored is not None else ["new"]
-    other = [k for k in changed if k not in ("trials", "new")]
+    if stored is None:
+        return ["new"]
+    other = _changes(stored, config)
     if other:
-        raise ValueError(
+        raise OtherSettings(
             f"study {study.study_name!r} in {redact(storage) if storage else out} was made by "
-            f"a search with other settings ({', '.join(other)}); give another --study, or "
-            "the same settings to resume it (--trials may change)")
-    return changed
+            "a search with other settings ({settings}); give another --study, or the same "
+            "settings to resume it (--trials may change)", other)
+    return _differences(stored, config.to_dict())
 
 
 def check_study_settings(config: SearchConfig, out: Path, storage: str | None) -> None:
@@ -558,6 +588,14 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
+def folder_changes(config: SearchConfig, out: Path,
+                   skip: tuple[str, ...] = ("trials",)) -> dict[str, tuple[Any, Any]]:
+    """{setting: (value in the run folder's search.yaml, in `config`)} for each that
+    differs, but `skip` ({} when there is no search.yaml yet)."""
+    path = out / "search.yaml"
+    return _changes(SearchConfig.load(path).to_dict(), config, skip) if path.exists() else {}
+
+
 def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
     """The settings in which `config` differs from the run folder's search.yaml, each with
     its old value, sorted by name ({} when there is none yet)."""
@@ -608,11 +646,11 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                          "batches in one process; use --workers 1 with it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    changed = changed_settings(config, out)
-    if set(changed) - {"trials"}:  # (a resumed search may ask for more trials)
-        raise ValueError(f"{out} holds a search with other settings "
-                         f"({', '.join(k for k in changed if k != 'trials')}); use another "
-                         "--out, or the same settings to resume (--trials may change)")
+    other = folder_changes(config, out)
+    if other:  # (a resumed search may ask for more trials)
+        raise OtherSettings(f"{out} holds a search with other settings ({{settings}}); use "
+                            "another --out, or the same settings to resume (--trials may "
+                            "change)", other)
     warm = []  # (folder, its front), read before the float model is trained and recorded
     for folder in config.warm_start:
         try:
@@ -802,11 +840,12 @@ def _check_worker_folder(study: optuna.Study, out: Path, storage: str | None) ->
     config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
     check_run_storage(out, storage)
     if (out / "search.yaml").exists():
-        changed = set(changed_settings(config, out)) - {"trials"}
-        if changed:
-            raise ValueError(f"--out {out} holds a search with other settings than study "
-                             f"{study.study_name!r} ({', '.join(sorted(changed))}); give that "
-                             "search's run folder, or an empty one")
+        other = folder_changes(config, out)
+        if other:
+            raise OtherSettings(f"--out {out} holds a search with other settings than study "
+                                f"{study.study_name!r} ({{settings}}); give that search's run "
+                                "folder, or an empty one", other,
+                                item="{name} {old} there, {new} in the study")
     elif (out / "float.pt").exists():
         raise ValueError(f"--out {out} holds a float.pt but no search.yaml, so nothing tells "
                          f"whether it is study {study.study_name!r}'s float model; give the "

@@ -101,31 +101,28 @@ def run_gradient_strategy(config, out, progress: bool = True,
     from pathlib import Path
 
     from ...models import build
-    from ..driver import changed_settings, start_run
+    from ..driver import OtherSettings, folder_changes, start_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    changed = changed_settings(config, out)
+    changed = folder_changes(config, out, skip=())
     if "strategy" in changed:  # its study and trials would stay, under a gradient search.yaml
-        raise ValueError(f"{out} holds a search with --strategy {changed['strategy']}; use "
+        raise ValueError(f"{out} holds a search with --strategy {changed['strategy'][0]}; use "
                          "another --out for the gradient strategy")
-    def differences(changed):
-        return ", ".join(f"{k}: {v!r}, now {getattr(config, k)!r}" for k, v in changed.items())
-
     running = out / PROGRESS  # the fronts saved while training (removed once saved below)
     if changed and any(running.glob("*.pt")):  # (its search.yaml would describe others)
-        raise ValueError(f"{out} holds the front of a run that was killed before it saved it, "
-                         f"with other settings ({differences(changed)}); run the same command "
-                         f"as then to save that front, or remove {running} to train anew "
-                         "without it")
+        raise OtherSettings(f"{out} holds the front of a run that was killed before it saved "
+                            "it, with other settings ({settings}); run the same command as "
+                            f"then to save that front, or remove {running} to train anew "
+                            "without it", changed)
     check_mlp(build(config.model, **config.model_kwargs))  # (before the float training)
     # the float model saved there is reused: it must be the same model on the same data,
     # trained as long (a changed --float-epochs was ignored, and search.yaml then said it)
     changed = {k: v for k, v in changed.items()
                if k in ("model", "model_kwargs", "data", "float_epochs")}
     if changed and (out / "float.pt").exists():
-        raise ValueError(f"{out} holds a float model for other settings "
-                         f"({differences(changed)}); use another --out")
+        raise OtherSettings(f"{out} holds a float model for other settings ({{settings}}); "
+                            "use another --out", changed)
     ctx = start_run(config, out, progress)
     try:
         recovered = read_front_dir(running, ctx.float_model, ctx.data.tensors("train")[0])
