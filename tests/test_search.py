@@ -1678,3 +1678,22 @@ def test_messages_for_a_missing_settings_file_and_an_early_interruption(tmp_path
     assert main(["search", "--data", DATA, "--out", str(tmp_path / "f"), "--no-progress"]) == 130
     assert ("search stopped while it trained its float model: nothing is kept yet; rerun the "
             "same command to start it") in capsys.readouterr().err
+
+
+def test_printed_commands_quote_paths_with_spaces(tmp_path, capsys):
+    """Commands hetq prints for copying (the dashboard, `hetq report`) split at a run
+    folder's spaces when pasted into a shell."""
+    import shlex
+
+    from hetq.cli import main
+    from hetq.search.results import gradient_run_error
+
+    out = tmp_path / "my run"
+    run_search(cfg(trials=1), out, progress=False)
+    assert main(["report", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    command = line.split(": ", 1)[1]
+    assert shlex.split(command) == ["optuna-dashboard", str(out / "study.journal")]
+    quoted = shlex.quote(str(out))
+    assert quoted.startswith("'") and f"`hetq report {quoted}` lists them" in str(
+        gradient_run_error(out))

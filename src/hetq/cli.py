@@ -181,6 +181,14 @@ def _file_on_path(p: str) -> str | None:
     return p if p and not os.path.isdir(p) else None
 
 
+def sh(path) -> str:
+    """`path` as it must be typed in a shell command that hetq prints for copying (quoted
+    when it holds spaces or other special characters)."""
+    import shlex
+
+    return shlex.quote(str(path))
+
+
 def path_problem(e: OSError) -> str:
     """One line for an OSError from the file system: what went wrong and with which path
     ("runs/x is a file, where a folder is needed" for a folder that cannot be made)."""

@@ -14,7 +14,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli import positive_int
+from .cli import positive_int, sh
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -134,5 +134,5 @@ def run(a) -> int:
     _export(out, best, data)
     print(f"\nfloat test accuracy {fm['accuracy']:.4f}, Q6 {qm['accuracy']:.4f}; "
           f"demo finished in {time.time() - t0:.0f} s; outputs in {out}/ "
-          f"(`hetq report {out / 'search'}` writes the HTML report)")
+          f"(`hetq report {sh(out / 'search')}` writes the HTML report)")
     return 0

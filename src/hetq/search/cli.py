@@ -15,6 +15,7 @@ from ..cli import (
     positive_float,
     positive_int,
     seed_int,
+    sh,
 )
 from .config import ACT_GRANULARITIES, GRANULARITIES, SearchConfig
 
@@ -512,7 +513,7 @@ def _report(a) -> int:
         path = write_html_report(a.run, a.storage, loaded=(cfg, study), rows=rows)
         print(f"HTML report: {path}")
         where = redact(a.storage) if a.storage else Path(a.run) / "study.journal"
-        print(f"dashboard (pip install optuna-dashboard): optuna-dashboard {where}")
+        print(f"dashboard (pip install optuna-dashboard): optuna-dashboard {sh(where)}")
     return 0
 
 

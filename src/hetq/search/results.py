@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from ..cli import sh
 from .build import build_candidate
 from .config import SearchConfig
 from .objectives import COST_KEYS
@@ -26,7 +27,7 @@ def gradient_run_error(out: str | Path) -> ValueError:
     """What a command that needs trials says of a gradient-strategy run folder."""
     out = Path(out)
     return ValueError(f"{out} is a gradient-strategy run: it has no trials, but front points "
-                      f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {out}` lists them; "
+                      f"{out / 'gradient' / 'point_NNN.pt'} (`hetq report {sh(out)}` lists them; "
                       "`hetq export`, `hetq evaluate` and `hetq cost` take one of those files; "
                       "there is nothing to retrain: the strategy fine-tunes them at their "
                       "bits itself, --polish-epochs)")
@@ -40,7 +41,7 @@ def load_run(out: str | Path, storage: str | None = None):
         if (out / "study.journal").exists():  # (the settings file was removed)
             raise ValueError(f"{out} has a study (study.journal) but no search.yaml, the "
                              "settings it was run with; restore it (or rerun the same `hetq "
-                             f"search --out {out}` command, which writes it again)")
+                             f"search --out {sh(out)}` command, which writes it again)")
         raise ValueError(f"{out} is not a search run folder (no search.yaml)")
     config = SearchConfig.load(out / "search.yaml")
     if config.strategy == "gradient":
@@ -111,13 +112,13 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
     if not any(t.user_attrs.get("feasible") is not False for t in done):
         raise ValueError(f"{out}: no completed trial meets the search's constraints "
                          "(--min-reduction / --max-loss), so there is no best one; give "
-                         f"--trial N (`hetq report {out}` lists the front of the others)")
+                         f"--trial N (`hetq report {sh(out)}` lists the front of the others)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         from .objectives import pareto_front
         front = sorted(done[i].number for i in pareto_front([tuple(t.values) for t in done]))
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
-                         f"report {out}` shows their metrics and costs)")
+                         f"report {sh(out)}` shows their metrics and costs)")
     try:
         return study.best_trial.number
     except (RuntimeError, ValueError) as e:

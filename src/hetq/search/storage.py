@@ -23,6 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from ..cli import sh
 from .engine import retry_later
 
 # seconds between heartbeats of a running trial, and of silence after which a trial counts as
@@ -141,7 +142,7 @@ def check_run_storage(out: Path, storage: str | None) -> None:
     if recorded and given is None:
         raise ValueError(f"{out}'s study is in {recorded}: give --storage with that URL "
                          "(and its password, if it has one)" if "://" in recorded else
-                         f"{out}'s study is in {recorded}: give --storage {recorded}")
+                         f"{out}'s study is in {recorded}: give --storage {sh(recorded)}")
     if recorded and given != recorded:
         raise ValueError(f"{out}'s study is in {recorded}, not in {given}: give that "
                          "--storage, or use another --out")
