@@ -544,6 +544,23 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
         assert capsys.readouterr().err == (
             f"hetq {argv[0]}: error: {out}: no trial has completed yet, so there is no best one "
             "(rerun the same `hetq search` command to resume it)\n")
+    # while a worker is training a trial, a resume is not the advice (it said so anyway)
+    from hetq.search.storage import worker_identity
+
+    _, study = load_run(out)
+    live = study.ask()  # (the queued trial)
+    for k, v in worker_identity().items():
+        live.set_user_attr(k, v)
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"no trial of {out} has completed yet (1 failed, 1 running, 0 queued); its search is "
+        "still running (1 trial in progress); try again when some have finished. No HTML "
+        "report was written.")
+    assert main(["export", str(out), "--trial", "best", "--input-type", "ap_fixed<16,6>"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "no best one (its search is still running (1 trial in progress); try again when some "
+        "have finished)\n")
+    study.tell(live, state=optuna.trial.TrialState.FAIL)
     with pytest.raises(ValueError) as e:
         run_search(cfg(trials=9, epochs=3), out, progress=False)
     assert str(e.value) == (f"{out} holds a search with other settings (epochs: 2, now 3); use "

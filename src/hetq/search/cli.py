@@ -503,9 +503,11 @@ def _report(a) -> int:
     print(format_table(rows, cfg, study.user_attrs.get("reference")))
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
     if "COMPLETE" not in states:  # (its plots would be empty)
+        from .storage import resume_advice
+
         print(f"\nno trial of {a.run} has completed yet ({states.count('FAIL')} failed, "
-              f"{states.count('RUNNING')} running, {states.count('WAITING')} queued); rerun "
-              "the same `hetq search` command to resume it. No HTML report was written.")
+              f"{states.count('RUNNING')} running, {states.count('WAITING')} queued); "
+              f"{resume_advice(study)}. No HTML report was written.")
         return 0
     if not a.no_html:
         from .report import write_html_report

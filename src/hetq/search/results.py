@@ -14,7 +14,14 @@ from .build import build_candidate
 from .config import SearchConfig
 from .objectives import COST_KEYS
 from .space import Candidate
-from .storage import check_run_storage, existing_study, quiet_optuna, trial_path, unpack_state
+from .storage import (
+    check_run_storage,
+    existing_study,
+    quiet_optuna,
+    resume_advice,
+    trial_path,
+    unpack_state,
+)
 
 
 def is_gradient_run(out: str | Path) -> bool:
@@ -107,8 +114,8 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
             raise ValueError(f"--trial must be a number or 'best', got {trial!r}") from None
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not done:
-        raise ValueError(f"{out}: no trial has completed yet, so there is no best one (rerun "
-                         "the same `hetq search` command to resume it)")
+        raise ValueError(f"{out}: no trial has completed yet, so there is no best one "
+                         f"({resume_advice(study)})")
     if not any(t.user_attrs.get("feasible") is not False for t in done):
         raise ValueError(f"{out}: no completed trial meets the search's constraints "
                          "(--min-reduction / --max-loss), so there is no best one; give "

@@ -204,6 +204,25 @@ def _dead(t, host: str) -> bool:
     return t.user_attrs.get("host") == host and not _pid_alive(int(t.user_attrs["pid"]))
 
 
+def still_running(study: optuna.Study) -> int:
+    """How many of the study's trials are running now: RUNNING, with a live worker (a
+    process of this host that exists, or one on another host; Optuna's heartbeat fails
+    those that stop)."""
+    host = socket.gethostname()
+    return sum(not _dead(t, host)
+               for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def resume_advice(study: optuna.Study) -> str:
+    """What to do about a search that has not finished: wait for its running trials, or
+    rerun its command."""
+    n = still_running(study)
+    if n:
+        return (f"its search is still running ({n} trial{'s' * (n != 1)} in progress); try "
+                "again when some have finished")
+    return "rerun the same `hetq search` command to resume it"
+
+
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose worker process (on this host) no longer exists, and enqueue
     their parameters again. Returns the numbers of the trials recovered."""
