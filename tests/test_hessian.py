@@ -1,6 +1,7 @@
 """Hessian-aware allocation: Hutchinson traces vs the exact Hessian, sensitivities, the exact
 cost table, the ILP against brute force, the budget sweep and the Optuna prior."""
 
+import copy
 import itertools
 
 import numpy as np
@@ -339,3 +340,37 @@ def test_the_solver_prints_nothing_on_stdout(capfd):
     print("after", flush=True)
     assert capfd.readouterr().out == "before\nafter\n"
     assert choice == _brute(case["omegas"], CostTable(case["costs"]), case["budget"])
+
+
+def test_bad_data_and_arguments_are_named_and_a_float64_model_works():
+    """Found by probing the Python API: a NaN input gave NaN traces (the ILP then blamed an
+    Omega), samples of the wrong width, a float64 model and an empty batch failed inside
+    torch, a string of activations was read letter by letter, batch_size=0 was taken as
+    one batch and top_eigenvalue(max_iter=0) gave 0.0."""
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5))
+    x, y = torch.randn(100, 6), torch.randint(0, 5, (100,))
+    f64 = copy.deepcopy(f).double()
+    a = hessian_prior(SearchSpace(f), f, (x, y), goal="ebops", n=3, max_iter=30)
+    b = hessian_prior(SearchSpace(f64), f64, (x, y), goal="ebops", n=3, max_iter=30)
+    assert [al.params for al in a.allocations] == [al.params for al in b.allocations]
+    for name, v in a.traces.params.items():
+        assert b.traces.params[name] == pytest.approx(v, rel=1e-4)
+    bad = x.clone()
+    bad[7, 2] = float("nan")
+    for call, msg in (
+            (lambda: hessian_traces(f, F.cross_entropy, (bad, y)),
+             r"batch 0 has inputs that are not finite numbers \(row 7: \[.*nan"),
+            (lambda: hessian_traces(f, F.cross_entropy, [(x, y), (x[:0], y[:0])]),
+             "batch 1 is empty"),
+            (lambda: hessian_traces(f, F.cross_entropy, (torch.randn(10, 7), y[:10])),
+             r"the model does not take these samples \(shape \(7,\)\): mat1 and mat2"),
+            (lambda: hessian_traces(f, F.cross_entropy, (x, y), activations="1"),
+             r"activations='1'; expected True, False or a list of module names, e\.g\. "
+             r"\['1'\]"),
+            (lambda: top_eigenvalue(f, F.cross_entropy, (x, y), max_iter=0),
+             r"max_iter=0; expected a whole number >= 1"),
+            (lambda: hessian_prior(SearchSpace(f), f, (x, y), goal="ebops", batch_size=0),
+             r"hessian_prior: batch_size=0; expected a number of samples >= 1")):
+        with pytest.raises(ValueError, match=msg):
+            call()

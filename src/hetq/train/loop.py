@@ -126,6 +126,24 @@ def check_hyperparameters(lr: float, weight_decay: float, patience: int | None,
                          f"{patience!r}{of}")
 
 
+def check_seed(seed) -> None:
+    """ValueError unless `seed` is a whole number from 0 to 2**63 - 1 (torch's generators
+    take that; a larger one failed inside torch with 'Overflow when unpacking long long')."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or \
+            not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+
+
+def check_counts(**counts) -> None:
+    """ValueError unless each of `counts` (epochs=..., batch_size=...) is a whole number
+    >= 1."""
+    for name, v in counts.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise ValueError(f"{name} must be a whole number, got {v!r} ({type(v).__name__})")
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+
+
 def check_model_fits(model, X: torch.Tensor, task, data) -> None:
     """Run two samples through `model`: a model that cannot take `data`'s samples, or whose
     output does not suit `task`, is a ValueError naming both (instead of a shape error from
@@ -230,13 +248,8 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             trial must not complete half-trained).
     """
     check_module(model, "fit")
-    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"{name} must be a whole number, got {v!r} ({type(v).__name__})")
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_counts(epochs=epochs, batch_size=batch_size)
+    check_seed(seed)
     check_hyperparameters(lr, weight_decay, patience)
     data = as_dataset(data)
     task = task or Classify()

@@ -91,7 +91,10 @@ def to_hetq_model(gmodel: GradientBitsMLP, state: dict | None = None) -> nn.Sequ
                 d = QDense(wq.shape[1], wq.shape[0],
                            kernel_quantizer=quantized_bits(bits=wbits, integer=wbits - 1 - frw,
                                                            alpha=1),
-                           bias_quantizer=quantized_bits(int(ib) + bfrac + 1, int(ib), alpha=1))
+                           # (at least 2 bits: quantized_bits(1, 0) is +-1, not the 0 of
+                           # biases that all round to 0 with bias_frac 0)
+                           bias_quantizer=quantized_bits(max(int(ib) + bfrac + 1, 2), int(ib),
+                                                         alpha=1))
                 d.weight.copy_(wq)
                 d.bias.copy_(bq)
                 layers[name] = d

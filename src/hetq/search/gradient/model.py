@@ -5,8 +5,10 @@ fractional bits, and its differentiable EBOPs (see `hetq.search.gradient`)."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,8 +175,9 @@ class _DenseQ(nn.Module):
 
     def __init__(self, lin: nn.Linear, f0: float, bias_frac: int, granularity: str = "weight"):
         super().__init__()
-        self.weight = nn.Parameter(lin.weight.detach().clone())
-        self.bias = nn.Parameter(lin.bias.detach().clone())
+        # float32 whatever the float model's dtype (its data are float32)
+        self.weight = nn.Parameter(lin.weight.detach().float().cpu().clone())
+        self.bias = nn.Parameter(lin.bias.detach().float().cpu().clone())
         self.f = nn.Parameter(torch.full(self.SHAPES[granularity](self.weight), float(f0)))
         self.bias_frac = bias_frac
 
@@ -224,6 +227,34 @@ def check_mlp(float_model: nn.Module, n_features: int | None = None) -> None:
                          f"({type(items[-1][1]).__name__}) instead of a Linear (the outputs)")
 
 
+@torch.no_grad()
+def check_chain(float_model: nn.Module, x: torch.Tensor) -> None:
+    """A ValueError unless `float_model` computes what its layers do one after the other on
+    a few rows of `x`: the gradient strategy rebuilds a model from its layers alone, and a
+    forward that also scales the inputs (say) was dropped without a word."""
+    p = next(float_model.parameters(), None)
+    probe = x[:16].to(dtype=_dtype(float_model), device=p.device if p is not None else None)
+    chain = probe
+    for m in float_model.children():
+        chain = m(chain)
+    try:
+        out = float_model(probe)
+    except RuntimeError as e:
+        raise ValueError(f"the model does not take rows of {x.shape[1]} features: "
+                         f"{str(e).splitlines()[0]}") from None
+    if out.shape != chain.shape or not torch.allclose(out, chain, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{type(float_model).__name__}.forward computes something other "
+                         "than its layers in order (Linear, ReLU, ..., Linear); the gradient "
+                         "strategy rebuilds the model from those layers alone and would drop "
+                         "the rest. Move that step into the data (or into an nn.Sequential "
+                         "of the layers)")
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32
+
+
 class GradientBitsMLP(nn.Module):
     """A float MLP (Linear/ReLU chain, e.g. `jet_mlp`) with trainable bit-widths.
 
@@ -240,6 +271,19 @@ class GradientBitsMLP(nn.Module):
                  act_quantile: float | None = None, granularity: str = "weight",
                  activations: str = "neuron"):
         super().__init__()
+        if isinstance(bias_frac, bool) or not isinstance(bias_frac, numbers.Integral) or \
+                bias_frac < 0:
+            raise ValueError(f"bias_frac={bias_frac!r}; expected a whole number of fractional "
+                             "bits >= 0 (biases cost no EBOPs: a fine grid is free)")
+        if isinstance(f0, bool) or not isinstance(f0, numbers.Real) or not math.isfinite(f0):
+            raise ValueError(f"f0={f0!r}; expected the starting fractional bits, a finite "
+                             "number (e.g. 6)")
+        if not torch.is_tensor(x_train):
+            x_train = torch.as_tensor(np.asarray(x_train))
+        if x_train.dim() != 2 or not x_train.is_floating_point() or len(x_train) == 0:
+            raise ValueError(f"x_train: expected a 2-D float tensor of (samples, features), got "
+                             f"{x_train.dtype} of shape {tuple(x_train.shape)}")
+        x_train = x_train.float().cpu()
         for name, value, allowed in (("granularity", granularity, GRANULARITIES),
                                      ("activations", activations, ACT_GRANULARITIES)):
             if value not in allowed:
@@ -250,6 +294,7 @@ class GradientBitsMLP(nn.Module):
         per_neuron = per_neuron and activations != "layer"
         self.granularity, self.activations = granularity, activations
         check_mlp(float_model, x_train.shape[1])
+        check_chain(float_model, x_train)
         mods = [m for m in float_model.children()]
         names = [n for n, _ in float_model.named_children()]
         for name, q in (("input_quantile", input_quantile), ("act_quantile", act_quantile)):

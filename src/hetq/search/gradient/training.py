@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import numbers
 import signal
 import time
 from dataclasses import dataclass, field, fields
@@ -35,8 +36,15 @@ def _targets(X: torch.Tensor, y: torch.Tensor, teacher: nn.Module | None,
         return y
     if not (0.0 < distill <= 1.0):
         raise ValueError(f"distill must be in (0, 1], got {distill}")
-    with torch.no_grad(), eval_mode(teacher):
-        logits = torch.cat([teacher(X[i:i + 8192]) for i in range(0, len(X), 8192)]).float()
+    p = next(teacher.parameters(), None)
+    like = {} if p is None else {"dtype": p.dtype, "device": p.device}
+    try:
+        with torch.no_grad(), eval_mode(teacher):
+            logits = torch.cat([teacher(X[i:i + 8192].to(**like)).cpu()
+                                for i in range(0, len(X), 8192)]).float()
+    except RuntimeError as e:
+        raise ValueError(f"the teacher does not take rows of {X.shape[1]} features: "
+                         f"{str(e).splitlines()[0]}") from None
     if logits.dim() != 2 or logits.shape[0] != len(X) or int(y.max()) >= logits.shape[1]:
         raise ValueError(f"the teacher gives outputs of shape {tuple(logits.shape)} for "
                          f"{len(X)} rows; expected ({len(X)}, classes >= {int(y.max()) + 1})")
@@ -219,6 +227,20 @@ def loss_step(model: GradientBitsMLP):
     return fwd_bwd
 
 
+def _check_training(epochs, batch_size, lr, seed, bits_lr=None) -> None:
+    """The errors `fit` gives for bad counts, learning rates (a negative one trained the
+    wrong way without a word) and seeds."""
+    from ...train.loop import check_counts, check_seed
+
+    check_counts(epochs=epochs, batch_size=batch_size)
+    check_seed(seed)
+    for name, v in (("lr", lr), ("bits_lr", bits_lr)):
+        if v is None and name == "bits_lr":
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < v < math.inf:
+            raise ValueError(f"{name} must be a learning rate > 0, got {v!r}")
+
+
 @keeps_global_rng
 def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_size: int = 1024,
                    lr: float = 3e-3, beta0: float = 1e-7, beta1: float = 1e-4, f0: float = 6.0,
@@ -284,10 +306,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     from ...train.loop import Classify, _train_val_tensors, as_dataset
 
     data = as_dataset(data)
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected a number of rows >= 1")
+    _check_training(epochs, batch_size, lr, seed, bits_lr=bits_lr)
     if time_budget is not None and not float(time_budget) > 0:
         raise ValueError(f"time_budget={time_budget!r}; expected seconds > 0 (None: no limit)")
     if not (0 < beta0 <= beta1):
@@ -313,7 +332,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
         calib = Xtr[pick]
     # learned integer bits start from the act_quantile range (from the largest value if None)
     start_q = 1.0 if (learn_integer and act_quantile is None) else act_quantile
-    model = GradientBitsMLP.rebuild(float_model.cpu(), Xtr, dict(
+    model = GradientBitsMLP.rebuild(float_model, Xtr, dict(
         f0=f0, per_neuron=per_neuron, input_quantile=input_quantile, act_quantile=start_q,
         granularity=granularity, activations=activations, learn_integer=learn_integer))
     opt = bits_optimizer(model, lr, bits_lr)
@@ -443,8 +462,7 @@ def polish(gmodel: GradientBitsMLP, point: FrontPoint, data, *, epochs: int = 10
     from ...train.loop import Classify, _train_val_tensors, as_dataset
 
     data = as_dataset(data)
-    if epochs < 1:
-        raise ValueError(f"polish epochs must be >= 1, got {epochs}")
+    _check_training(epochs, batch_size, lr, seed)
     torch.manual_seed(seed)
     Xtr, ytr, Xva, yva = _train_val_tensors(data, Classify(), "cpu")
     Ttr = _targets(Xtr, ytr, teacher, distill)

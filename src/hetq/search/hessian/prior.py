@@ -42,10 +42,11 @@ def _activation_io(model, batches, names) -> dict[str, list[tuple[torch.Tensor, 
             lambda m, i, o, n=n: io[n].append((pending.pop(n), o.detach().clone()))))
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    p = next(model.parameters())
     try:
         for x, _ in batches:
-            model(x.to(dev))
+            x = torch.as_tensor(x).to(p.device)
+            model(x.to(p.dtype) if x.is_floating_point() else x)
     finally:
         model.train(was_training)
         for h in hs:
@@ -170,6 +171,10 @@ def hessian_prior(space: SearchSpace, float_model: nn.Module, data, goal: str = 
     if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
         raise ValueError(f"hessian_prior: samples={samples!r}; expected a number of training "
                          "samples >= 1")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(
+            batch_size, numbers.Integral) or batch_size < 1):
+        raise ValueError(f"hessian_prior: batch_size={batch_size!r}; expected a number of "
+                         "samples >= 1, or None for one batch")
     t0 = time.perf_counter()
     x, y = _subset(data, samples, seed)
     bs = batch_size or len(x)

@@ -36,11 +36,21 @@ class Traces:
 
 
 def _as_batches(batches) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A list of (x, y) batches, each non-empty with finite inputs (a NaN gave NaN traces,
+    and the ILP then blamed an Omega)."""
     if isinstance(batches, tuple) and len(batches) == 2 and torch.is_tensor(batches[0]):
-        return [batches]
+        batches = [batches]
     out = list(batches)
     if not out:
         raise ValueError("no batches: expected (x, y) or an iterable of (x, y) pairs")
+    for k, (x, _) in enumerate(out):
+        x = torch.as_tensor(x)
+        if len(x) == 0:
+            raise ValueError(f"batch {k} is empty")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            row = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).nonzero()[0])
+            raise ValueError(f"batch {k} has inputs that are not finite numbers (row {row}: "
+                             f"{x[row].flatten()[:8].tolist()}); clean the data first")
     return out
 
 
@@ -112,9 +122,16 @@ class _Graphs:
         dev = next(model.parameters()).device
         self.params, self.act_names, self.items = params, list(acts), []
         n_total = sum(len(x) for x, _ in batches)
+        dtype = next(model.parameters()).dtype
         for x, y in batches:
-            x, y = x.to(dev), y.to(dev)
-            out, seen = _forward_capture(model, x, acts)
+            x, y = torch.as_tensor(x).to(dev), torch.as_tensor(y).to(dev)
+            if x.is_floating_point():  # (a float64 model took float32 data: a torch error)
+                x = x.to(dtype)
+            try:
+                out, seen = _forward_capture(model, x, acts)
+            except RuntimeError as e:
+                raise ValueError(f"the model does not take these samples (shape "
+                                 f"{tuple(x.shape[1:])}): {str(e).splitlines()[0]}") from None
             loss = loss_fn(out, y)
             missing = [n for n in acts if n not in seen]
             if missing:
@@ -170,6 +187,9 @@ def hessian_traces(model: nn.Module, loss_fn: Callable, batches, *, tol: float =
     _check_float(model)
     batches = _as_batches(batches)
     params = quantizable_params(model)
+    if isinstance(activations, str):  # ("fc1" was read as the modules "f", "c" and "1")
+        raise ValueError(f"activations={activations!r}; expected True, False or a list of "
+                         f"module names, e.g. [{activations!r}]")
     if activations is True or activations is False:
         acts = activation_modules(model) if activations else {}
     else:
@@ -218,6 +238,9 @@ def top_eigenvalue(model: nn.Module, loss_fn: Callable, batches, names: Iterable
                    ) -> dict[str, float]:
     """Largest-magnitude eigenvalue of each parameter's Hessian block, by power iteration
     (v <- H v / ||H v||, lambda = v^T H v; stops when lambda moves by < tol relative)."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter={max_iter!r}; expected a whole number >= 1 (0 gave every "
+                         "eigenvalue 0.0)")
     _check_float(model)
     batches = _as_batches(batches)
     allp = dict(model.named_parameters())
