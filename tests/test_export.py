@@ -906,6 +906,52 @@ def test_hls4ml_project_folder_is_replaced_whole_or_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hls", "mine"]
 
 
+def test_a_c_simulation_that_cannot_be_built_and_a_full_disk_are_named(tmp_path,
+                                                                       monkeypatch):
+    """Without g++, the hls4ml compile escaped `hetq export` (and the demo, after its whole
+    search) as a traceback, with no bit-exactness report. The QONNX file was written in
+    place: a full disk left a corrupt model.onnx where the earlier one had been."""
+    pytest.importorskip("hls4ml")
+    pytest.importorskip("qonnx")
+    import errno
+
+    import hls4ml
+    import onnx
+
+    from hetq.export.cli import export_model
+
+    def no_compiler(self):
+        raise Exception('Failed to compile project "hetq_model"')
+    monkeypatch.setattr(hls4ml.model.graph.ModelGraph, "compile", no_compiler)
+    lines = []
+    with pytest.raises(ExportError) as e:
+        export_model(jet("q6"), torch.randn(50, 16), IN16, hls4ml=tmp_path / "hls",
+                     out=lines.append)
+    assert str(e.value) == (
+        f"--hls4ml {tmp_path / 'hls'} not written: the C simulation could not be built (Failed "
+        'to compile project "hetq_model"; hls4ml compiles it with g++, which must be on the '
+        "PATH); --no-compile writes the project without it")
+    assert any("PyTorch (float64)" in ln and "bit-exact" in ln for ln in lines)
+    assert not (tmp_path / "hls").exists()
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"the earlier model")
+    real = onnx.save
+
+    def disk_full(model, f, *a, **kw):
+        with open(f, "wb") as fh:
+            fh.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(onnx, "save", disk_full)
+    with pytest.raises(OSError) as e:  # (the command prints it as one line)
+        export_model(jet("q6"), torch.randn(50, 16), IN16, qonnx=path, out=lines.append)
+    assert e.value.filename == str(path) and path.read_bytes() == b"the earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    monkeypatch.setattr(onnx, "save", real)
+    export_model(jet("q6"), torch.randn(50, 16), IN16, qonnx=path, out=lines.append)
+    assert onnx.load(str(path)).graph.node
+
+
 def test_hls4ml_rejects_conv_with_layer_name(tmp_path):
     pytest.importorskip("hls4ml")
     from hetq.export.hls import hls4ml_model

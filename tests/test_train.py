@@ -1458,6 +1458,37 @@ def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
     assert e.value.filename == str(target) and ".part" not in str(e.value)
 
 
+def _unwritable_folder() -> str:
+    """A folder that even root cannot write in (sysfs is mounted read-only in containers)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir="/sys"):
+            pass
+    except OSError:
+        return "/sys"
+    pytest.skip("no folder here that cannot be written")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(capsys):
+    """`hetq train --out` a read-only folder trained, then failed at the saving with torch's
+    RuntimeError ('open file failed', no file named): the model was lost."""
+    import torch
+
+    from hetq.cli import main
+    from hetq.files import write_whole
+
+    ro = _unwritable_folder()
+    assert main(["train", "--data", "synthetic:n=600", "--epochs", "1", "--out", f"{ro}/hetq_run",
+                 "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"hetq train: error: --out {ro}/hetq_run: {ro} cannot be written (")
+    assert "epoch" not in out  # refused before any training
+    with pytest.raises(OSError) as e:  # (it was a RuntimeError from inside torch.save)
+        write_whole(f"{ro}/model.pt", lambda tmp: torch.save({}, tmp))
+    assert e.value.filename == f"{ro}/model.pt"
+
+
 def test_cost_of_a_zoo_model_is_the_same_each_run_and_small_cli_slips_are_named(capsys):
     """hetq cost --model built the model with unseeded random weights: EBOPs and LUTs (which
     count nonzero weights) differed from run to run. A zoo model's name given as the

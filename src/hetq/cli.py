@@ -217,6 +217,19 @@ def check_output(path, option: str, folder: bool = False) -> None:
     blocking = _file_on_path(os.path.dirname(p))
     if blocking:
         raise ValueError(f"{option} {p}: {blocking} is a file, where a folder is needed")
+    # and that the nearest folder there is can be written (a read-only or foreign folder
+    # failed only at the saving, after the training)
+    import tempfile
+
+    here = p if folder and os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+    while not os.path.isdir(here):
+        here = os.path.dirname(here)
+    try:
+        with tempfile.TemporaryFile(dir=here):
+            pass
+    except OSError as e:
+        raise ValueError(f"{option} {p}: {here} cannot be written ({e.strerror or e})") \
+            from None
 
 
 def quantize_zoo_model(model, model_name: str, preset: str | None, config: str | None):

@@ -16,6 +16,9 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
+        # made here first, so that a folder that cannot be written is an OSError (torch.save
+        # raised a RuntimeError, after the work, that named no file)
+        open(tmp, "wb").close()
         write(tmp)
         os.replace(tmp, path)
     except OSError as e:  # named by the file asked for, not the temporary (a read-only folder)
@@ -25,6 +28,7 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
             raise
         raise type(e)(e.errno, e.strerror, str(path)) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (EROFS even for a file that is not there)
+            tmp.unlink(missing_ok=True)
         raise
     return path

@@ -149,7 +149,13 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
         os.makedirs(out_dir, exist_ok=True)
         report = None
         if compile:
-            hls_model.compile()
+            try:
+                hls_model.compile()
+            except Exception as e:  # (no compiler: a traceback from inside hls4ml)
+                raise ExportError(
+                    f"the C simulation could not be built ({str(e).splitlines()[0]}; "
+                    "hls4ml compiles it with g++, which must be on the PATH); --no-compile "
+                    "writes the project without it") from None
             if x is not None:
                 xg = eng.on_grid(x).numpy()
                 report = eng.compare(x, torch.from_numpy(csim_predict(hls_model, xg)),

@@ -235,8 +235,11 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
     from qonnx.transformation.infer_shapes import InferShapes
     model = ModelWrapper(model).transform(InferShapes()).model
     if path is not None:
+        from ..files import write_whole
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(path))
+        # whole or not at all: a full disk left a corrupt file where the earlier one was
+        write_whole(path, lambda tmp: onnx.save(model, str(tmp)))
     return model
 
 

@@ -173,10 +173,12 @@ def _train(a) -> int:
              # --preset / --config changed (None: the model as built)
              quant_config="auto" if a.model != "cnn_digits" else qc,
              extra=_task_extra(task))
-        (out / "metrics.json").write_text(json.dumps(
-            {"test": metrics, "history": res.history,
-             "interrupted": res.interrupted},  # (the best of the epochs it finished)
-            indent=1))
+        from ..files import write_whole
+
+        text = json.dumps({"test": metrics, "history": res.history,
+                           "interrupted": res.interrupted},  # (the best epochs' of those run)
+                          indent=1)
+        write_whole(out / "metrics.json", lambda tmp: tmp.write_text(text))
         n = len(res.history)
         print(f"trained {n} epoch{'' if n == 1 else 's'} in {res.seconds:.1f} s (best epoch "
               f"{res.best_epoch})")
