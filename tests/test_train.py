@@ -434,7 +434,7 @@ def test_ctrl_c_during_hetq_train_saves_the_best_epoch_so_far(jets, tmp_path, mo
     assert len(saved["history"]) == 2 and (out / "model.pt").exists()
 
 
-def test_demo_refuses_image_data_before_any_work(tmp_path, capsys):
+def test_demo_refuses_image_data_before_any_work(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--data", "digits", "--out", str(out), "--no-progress"]) == 2
     stdout, err = capsys.readouterr()
@@ -449,9 +449,11 @@ def test_demo_refuses_image_data_before_any_work(tmp_path, capsys):
     from hetq.search.space import DEPLOYABLE_QUANTIZATION_CONFIG
 
     (out / "search").mkdir(parents=True)
-    SearchConfig(data="jets-sim", trials=16, epochs=1, quantization_config=
-                 DEPLOYABLE_QUANTIZATION_CONFIG, float_epochs=20, batch_size=256, lr=2e-3,
-                 model_kwargs={"n_in": 16, "n_out": 5}).save(out / "search" / "search.yaml")
+    earlier = SearchConfig(data="jets-sim", trials=16, epochs=1, quantization_config=
+                           DEPLOYABLE_QUANTIZATION_CONFIG, float_epochs=20, batch_size=256,
+                           lr=2e-3, model_kwargs={"n_in": 16, "n_out": 5},
+                           source_quantizer="quantized_bits(16,5,alpha=1)")
+    earlier.save(out / "search" / "search.yaml")
     (out / "float.pt").write_bytes(b"the earlier demo's")
     assert main(["demo", "--trials", "3", "--trial-epochs", "2", "--out", str(out),
                  "--no-progress"]) == 2
@@ -460,6 +462,51 @@ def test_demo_refuses_image_data_before_any_work(tmp_path, capsys):
                    "(--trial-epochs 1, now 2); use another --out, or the same settings to "
                    "resume its search (--trials may change)\n")
     assert stdout == "" and (out / "float.pt").read_bytes() == b"the earlier demo's"
+    # settings no demo option sets (an older demo's int8 inputs, a `hetq search` run's) were
+    # listed as if --trials-style options could match them
+    import dataclasses
+
+    dataclasses.replace(earlier, epochs=5, source_quantizer="int8").save(
+        out / "search" / "search.yaml")
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"hetq demo: error: {out / 'search'} holds a search with settings this demo does not "
+        "make (source_quantizer: another hetq version's demo, or a `hetq search` run); use "
+        "another --out\n")
+    # a `hetq search` run folder: its float.pt was replaced, and the search no longer resumed
+    run = tmp_path / "s"
+    run.mkdir()
+    earlier.save(run / "search.yaml")
+    (run / "float.pt").write_bytes(b"the search's")
+    assert main(["demo", "--out", str(run), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"hetq demo: error: {run} holds a `hetq search` run; "
+                                       "the demo would replace its float.pt; use another "
+                                       "--out\n")
+    assert (run / "float.pt").read_bytes() == b"the search's"
+    # the export's places, checked at step 5 after the whole search
+    clash = tmp_path / "c"
+    (clash / "export" / "model.onnx").mkdir(parents=True)
+    assert main(["demo", "--out", str(clash), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"hetq demo: error: --out {clash}/export/model.onnx is "
+                                       "a folder; expected a file to write\n")
+    (clash / "export" / "model.onnx").rmdir()
+    (clash / "export" / "hls").mkdir()
+    (clash / "export" / "hls" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(clash), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"hetq demo: error: --out: {clash}/export/hls is not empty and holds no hls4ml "
+        "project (no hls4ml_config.yml); give a new or empty folder for the project\n")
+    assert sorted(p.name for p in clash.iterdir()) == ["export"]
+    # Ctrl-C said only "interrupted", not what a rerun keeps
+    import hetq.train
+
+    def ctrl_c(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hetq.train, "fit", ctrl_c)
+    assert main(["demo", "--out", str(tmp_path / "k"), "--no-progress"]) == 130
+    assert (f"demo stopped. A rerun of the same command trains steps 1-3 again and resumes "
+            f"the search in {tmp_path / 'k' / 'search'} (its finished trials are kept)") in \
+        capsys.readouterr().out
 
 
 def test_counts_below_one_and_bad_learning_rates_are_refused_before_any_work(jets, capsys):

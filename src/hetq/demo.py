@@ -14,7 +14,11 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli import positive_int, sh
+from .cli import check_output, positive_int, sh
+
+# the options of `hetq demo` that set a field of its search (the others are fixed)
+DEMO_OPTIONS = {"epochs": "--trial-epochs", "float_epochs": "--epochs", "data": "--data",
+                "trials": "--trials"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,16 +64,65 @@ def _export(out: Path, number: int, data) -> None:
     export_model(model, x, DEFAULT_INPUT_TYPE, **kw)
 
 
+def _preflight(out: Path, cfg) -> None:
+    """Before step 1: every output the demo writes can be written (a read-only folder, a
+    folder where model.onnx goes or a foreign folder where the hls4ml project goes failed
+    only at step 5, after the search), `out` holds no `hetq search` run (its float.pt was
+    replaced, and the search could no longer resume), and an earlier demo's search has the
+    same settings (step 4 refused it only after steps 1-3 had replaced its checkpoints)."""
+    from .search.driver import folder_changes
+
+    check_output(out, "--out", folder=True)
+    if (out / "search.yaml").exists() or (out / "study.journal").exists():
+        raise ValueError(f"{out} holds a `hetq search` run; the demo would replace its "
+                         "float.pt; use another --out")
+    check_output(out / "search", "--out", folder=True)
+    check_output(out / "export" / "model.onnx", "--out")
+    check_output(out / "export" / "hls", "--out", folder=True)
+    from .export.hls import earlier_project
+
+    try:  # (importing hls4ml is not needed for this check)
+        earlier_project(out / "export" / "hls")
+    except ValueError as e:
+        raise ValueError(f"--out: {e}") from None
+    changed = folder_changes(cfg, out / "search")
+    if not changed:
+        return
+    fixed = sorted(k for k in changed if k not in DEMO_OPTIONS)
+    if fixed:
+        raise ValueError(f"{out / 'search'} holds a search with settings this demo does not "
+                         f"make ({', '.join(fixed)}: another hetq version's demo, or a `hetq "
+                         "search` run); use another --out")
+    raise ValueError(f"{out} holds a demo run with other settings ("
+                     + ", ".join(f"{DEMO_OPTIONS[k]} {old}, now {new}"
+                                 for k, (old, new) in changed.items())
+                     + "); use another --out, or the same settings to resume its search "
+                     "(--trials may change)")
+
+
 def run(a) -> int:
+    """The demo; Ctrl-C ends it with what a rerun keeps."""
+    try:
+        return _run(a)
+    except KeyboardInterrupt:
+        search = Path(a.out) / "search"
+        print(f"\ndemo stopped. A rerun of the same command trains steps 1-3 again and resumes "
+              f"the search in {search} (its finished trials are kept)", flush=True)
+        raise
+
+
+def _run(a) -> int:
     import torch
 
     from .cost import cost
     from .data import get_dataset
+    from .export.cli import DEFAULT_INPUT_TYPE, source_quantizer
     from .models import build, preset
     from .quant.convert import quantize_model
+    from .quant.fixed import FixedType
     from .quant.summary import summary
     from .search.config import SearchConfig
-    from .search.driver import changed_settings, run_search
+    from .search.driver import run_search
     from .search.results import format_table, pareto_rows
     from .search.space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .train import evaluate, fit, save
@@ -87,17 +140,11 @@ def run(a) -> int:
     cfg = SearchConfig(data=a.data, trials=a.trials, epochs=a.trial_epochs,
                        quantization_config=DEPLOYABLE_QUANTIZATION_CONFIG,
                        float_epochs=a.epochs, batch_size=256, lr=2e-3,
-                       model_kwargs={"n_in": data.n_features, "n_out": data.n_classes})
-    # a rerun into an earlier demo's folder with other settings: refused before steps 1-3
-    # replace its checkpoints (step 4 would refuse the search only after them)
-    changed = {k: v for k, v in changed_settings(cfg, out / "search").items() if k != "trials"}
-    if changed:
-        names = {"epochs": "--trial-epochs", "float_epochs": "--epochs", "data": "--data"}
-        raise ValueError(f"{out} holds a demo run with other settings ("
-                         + ", ".join(f"{names.get(k, k)} {v}, now {getattr(cfg, k)}"
-                                     for k, v in changed.items())
-                         + "); use another --out, or the same settings to resume its search "
-                         "(--trials may change)")
+                       model_kwargs={"n_in": data.n_features, "n_out": data.n_classes},
+                       # the inputs costed as step 5 exports them (the search's default,
+                       # int8, costed other models than the export table then showed)
+                       source_quantizer=source_quantizer(FixedType.parse(DEFAULT_INPUT_TYPE)))
+    _preflight(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
     _banner(f"1. float jet tagger on {data!r}")
     torch.manual_seed(0)
