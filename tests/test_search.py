@@ -1714,3 +1714,30 @@ def test_printed_commands_quote_paths_with_spaces(tmp_path, capsys):
     quoted = shlex.quote(str(out))
     assert quoted.startswith("'") and f"`hetq report {quoted}` lists them" in str(
         gradient_run_error(out))
+
+
+def test_a_trial_models_warning_is_shown_once_per_search(monkeypatch):
+    """A kernel quantizer without negative values warned on every trial (35 copies of 4
+    warnings in 16 trials): each checkpoint save changed the warning filters, which resets
+    Python's once-per-place record."""
+    import warnings
+
+    import hetq.search.build
+    from hetq.models import build
+    from hetq.search.build import build_candidate
+    from hetq.search.space import Candidate
+
+    monkeypatch.setattr(hetq.search.build, "_SAID", set())  # (what earlier tests showed)
+    f = build("jet_mlp", widths=[8, 4])
+    unsigned = Candidate({"fc2": {"kernel": "quantized_relu(4,0)"}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            build_candidate(f, unsigned)
+            with warnings.catch_warnings():  # (what a checkpoint save does)
+                warnings.simplefilter("ignore")
+        build_candidate(f, Candidate({"fc1": {"kernel": "quantized_relu(4,0)"}}))
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 2 and texts[0].startswith("layer 'fc2': kernel quantizer "
+                                                  "quantized_relu(4,0) has no negative values")
+    assert texts[1].startswith("layer 'fc1': kernel quantizer")
