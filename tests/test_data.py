@@ -672,3 +672,34 @@ def test_train_refuses_an_existing_out_before_downloading(tmp_path, monkeypatch,
                      str(tmp_path / "out")]) == 2
     assert "already exists (from an earlier run)" in capsys.readouterr().err
     assert srv.requests == []
+
+
+def test_a_read_only_cache_keeps_the_checksum_message_and_an_unchecked_download_warns(
+        tmp_path, monkeypatch):
+    """In a read-only shared cache, a damaged file said only 'Permission denied' (from the
+    deletion), hiding the checksum mismatch; a download that neither a length nor an md5
+    checks (a cut at a line end parses as a smaller data set) passed without a word."""
+    from pathlib import Path
+
+    arff = make_arff()
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, arff, md5="0" * 32))
+    real_unlink = Path.unlink
+
+    def read_only(self, missing_ok=False):
+        if self.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, missing_ok=missing_ok)
+    with srv:
+        monkeypatch.setattr(Path, "unlink", read_only)
+        with pytest.raises(ValueError, match=r"checksum mismatch for .* expected md5 0{32} "
+                                             r"\(OpenML\), got [0-9a-f]{32}; they could not be "
+                                             r"deleted \(a read-only cache\?\)"):
+            download_jets(cache=tmp_path, api=f"{srv.url}/api", progress=False)
+        monkeypatch.setattr(Path, "unlink", real_unlink)
+        desc = json.loads(srv.files["/api/data/42468"])
+        del desc["data_set_description"]["md5_checksum"]
+        srv.files["/api/data/42468"] = json.dumps(desc).encode()
+        with pytest.warns(UserWarning, match="OpenML's description gives no md5, so the "
+                                             "download could not be checked"):
+            download_jets(cache=tmp_path / "b", api=f"{srv.url}/api", progress=False)

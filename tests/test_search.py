@@ -1741,3 +1741,19 @@ def test_a_trial_models_warning_is_shown_once_per_search(monkeypatch):
     assert len(texts) == 2 and texts[0].startswith("layer 'fc2': kernel quantizer "
                                                   "quantized_relu(4,0) has no negative values")
     assert texts[1].startswith("layer 'fc1': kernel quantizer")
+
+
+def test_a_replaced_float_model_is_named_not_a_key_error(tmp_path):
+    """`hetq demo` into a search's folder replaced its float.pt (with test metrics only);
+    the resumed search then failed with KeyError: 'accuracy'."""
+    from hetq.train import save
+
+    out = tmp_path / "s"
+    run_search(cfg(trials=1), out, progress=False)
+    ctx = build_context(cfg(trials=1), out, progress=False)
+    save(out / "float.pt", ctx.float_model, model_name="jet_mlp",
+         model_kwargs=cfg().model_kwargs, data=ctx.data, metrics={"test": {"accuracy": 0.5}})
+    with pytest.raises(ValueError, match=re.escape(
+            f"{out / 'float.pt'} holds no validation accuracy, which this search's float model "
+            "has: it was replaced")):
+        run_search(cfg(trials=2), out, progress=False)

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -244,22 +245,40 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     try:
         url, md5 = _description(desc_path.read_bytes())
     except ValueError as e:
-        desc_path.unlink(missing_ok=True)  # (asked anew next time)
+        _discard(desc_path)  # (asked anew next time)
         raise ValueError(f"unexpected OpenML description at {api}/data/{OPENML_ID} ({e}); it "
                          f"was not kept{MANUAL}") from None
     dest = d / "hls4ml_lhc_jets_hlf.arff"
+    new = not dest.exists()
     path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
                  manual_hint=MANUAL)
     got = file_digest(path, "md5") if md5 else None
     if md5 and got != md5:
         # the description goes too: if OpenML has replaced the file since it was cached, its
         # old md5 would refuse every new download
-        path.unlink(missing_ok=True)  # (another process may have deleted it first)
-        desc_path.unlink(missing_ok=True)
+        gone = all([_discard(path), _discard(desc_path)])
         raise ValueError(f"checksum mismatch for {path} (from {url}): expected md5 {md5} "
-                         f"(OpenML), got {got}; the file and OpenML's description of it were "
-                         "deleted, so the next run downloads both anew")
+                         f"(OpenML), got {got}; " + (
+                             "the file and OpenML's description of it were deleted, so the "
+                             "next run downloads both anew" if gone else
+                             "they could not be deleted (a read-only cache?): delete them, or "
+                             "give another cache folder (HETQ_CACHE)"))
+    if new and not md5 and sha256 is None:
+        warnings.warn(f"{url}: OpenML's description gives no md5, so the download could not "
+                      f"be checked (a transfer cut short at a line end parses as a smaller "
+                      f"data set); pass sha256=..., or compare {path}'s size with OpenML's",
+                      stacklevel=2)
     return path
+
+
+def _discard(path: Path) -> bool:
+    """Delete `path` if it is there; False when it cannot be (a read-only cache: the
+    message about the file is then kept, not replaced by 'Permission denied')."""
+    try:
+        path.unlink(missing_ok=True)  # (another process may have deleted it first)
+    except OSError:
+        return False
+    return True
 
 
 def load_jets(source: str | Path | None = None, standardize: bool = True, *,
@@ -277,7 +296,10 @@ def load_jets(source: str | Path | None = None, standardize: bool = True, *,
             raise
         # a download that is not the data set (a proxy's HTML page, say, where OpenML gives
         # no checksum) would fail the same way on every run: it is not kept
-        path.unlink(missing_ok=True)
+        if not _discard(path):
+            raise ValueError(f"{e}; the downloaded file could not be deleted (a read-only "
+                             f"cache?): delete it, or give another cache folder "
+                             f"(HETQ_CACHE){MANUAL}") from None
         raise ValueError(f"{e}; the downloaded file was deleted, so the next run downloads "
                          f"it anew{MANUAL}") from None
     bad = ~np.isfinite(X)  # (checked before the shuffled split: the file's row, not a split's)

@@ -185,6 +185,10 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
     if float_path.exists():
         float_model = load(float_path)
         ref = torch.load(float_path, map_location="cpu", weights_only=False).get("metrics", {})
+        if config.strategy != "gradient" and config.metric not in ref:  # (a KeyError later)
+            raise ValueError(f"{float_path} holds no validation {config.metric}, which this "
+                             "search's float model has: it was replaced (by `hetq demo` into "
+                             "this folder, say); restore it, or use another --out")
     else:
         from ..models import build as build_model
 
