@@ -1757,3 +1757,27 @@ def test_a_replaced_float_model_is_named_not_a_key_error(tmp_path):
             f"{out / 'float.pt'} holds no validation accuracy, which this search's float model "
             "has: it was replaced")):
         run_search(cfg(trials=2), out, progress=False)
+
+
+def test_a_worker_finds_its_study_without_study(tmp_path, capsys):
+    """`hetq worker` required --study even where the run folder or the storage can only
+    mean one study."""
+    from hetq.cli import main
+    from hetq.search.driver import default_study, open_study
+
+    out = tmp_path / "r"
+    run_search(cfg(trials=1, study_name="jets1"), out, progress=False)
+    open_study(cfg(trials=2, study_name="jets1"), out, None)  # one more trial for a worker
+    assert main(["worker", "--out", str(out), "--no-progress"]) == 0
+    assert "study 'jets1' has 2 of its 2" in capsys.readouterr().out
+    db = str(tmp_path / "db.journal")
+    run_search(cfg(trials=1, study_name="a"), tmp_path / "a", storage=db, progress=False)
+    assert default_study(None, db) == "a"
+    run_search(cfg(trials=1, study_name="b"), tmp_path / "b", storage=db, progress=False)
+    assert main(["worker", "--storage", db, "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"hetq worker: error: {db} holds 2 studies (a, b); "
+                                       "give --study NAME\n")
+    assert main(["worker", "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("hetq worker: error: give --study NAME, or --out the "
+                                       "search's run folder (its search.yaml names the "
+                                       "study)\n")

@@ -355,8 +355,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "dies.",
                                   "hetq worker --storage postgresql://user@db-host/hetq "
                                   "--study jets1"))
-    w.add_argument("--study", required=True, help="name of the study to join (hetq search "
-                                                   "--study)")
+    w.add_argument("--study", default=None,
+                   help="name of the study to join (hetq search --study; default: the one "
+                        "--out's search.yaml names, else the only one in --storage)")
     w.add_argument("--storage", default=None, help=STORAGE_HELP)
     w.add_argument("--out", default=None,
                    help="run folder: the journal (without --storage) and this machine's trial "
@@ -474,10 +475,11 @@ def _search(a) -> int:
 
 
 def _worker(a) -> int:
-    from .driver import run_worker_process
+    from .driver import default_study, run_worker_process
 
+    study = a.study or default_study(a.out, a.storage)
     with option_names():
-        run_worker_process(a.out, a.study, a.storage, progress=not a.no_progress)
+        run_worker_process(a.out, study, a.storage, progress=not a.no_progress)
     return 0
 
 

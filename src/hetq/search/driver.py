@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -789,6 +790,27 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
         for p in procs:
             p.terminate()
         raise
+
+
+def default_study(out: str | Path | None, storage: str | None) -> str:
+    """The study a `hetq worker` without --study joins: the one the run folder `out` records
+    (its search.yaml), else the only one in `storage`; a ValueError names the choices."""
+    if out and (Path(out) / "search.yaml").exists():
+        return SearchConfig.load(Path(out) / "search.yaml").study_name
+    if storage is None:
+        raise ValueError("give --study NAME, or --out the search's run folder (its search.yaml "
+                         "names the study)")
+    quiet_optuna()
+    names = optuna.get_all_study_names(storage=make_storage(storage, out))
+    # (a block-wise search's studies, NAME_block<N>, are not for workers)
+    names = [n for n in names if not re.fullmatch(r".*_block\d+", n)] or names
+    if len(names) == 1:
+        return names[0]
+    where = redact(storage)
+    if not names:
+        raise ValueError(f"no study in {where}; start one with `hetq search --storage ...`")
+    raise ValueError(f"{where} holds {len(names)} studies ({', '.join(sorted(names))}); give "
+                     "--study NAME")
 
 
 def run_worker_process(out: str | Path | None, study_name: str, storage: str | None,
