@@ -761,6 +761,14 @@ def test_warm_start_enqueues_the_earlier_front_first(tmp_path):
     assert [t.user_attrs.get("warm_start") for t in seeded] == [str(tmp_path / "a")] * len(front)
     assert [Candidate.from_dict(t.user_attrs["candidate"]) for t in seeded] == front
     assert "warm_start" not in trials[-1].user_attrs  # then the sampler's own
+    # the same front given twice (or a copy of its folder) is enqueued once; it was trained
+    # twice
+    import shutil
+
+    shutil.copytree(tmp_path / "a", tmp_path / "a2")
+    twice = run_search(cfg(trials=1, warm_start=[str(tmp_path / "a"), str(tmp_path / "a2")]),
+                       tmp_path / "d", progress=False)
+    assert twice.user_attrs["warm_started"] == len(front)
     out = tmp_path / "c"
     with pytest.raises(ValueError, match=r"--warm-start .*nosuch: .*not a search run folder"):
         run_search(cfg(warm_start=[str(tmp_path / "nosuch")]), out, progress=False)

@@ -897,12 +897,17 @@ def _seed_warm_start(study, ctx, warm: list[tuple[str, list[dict]]]):
     --warm-start run folder with its Pareto rows (`_warm_rows`)."""
     if not warm or study.user_attrs.get("warm_started"):
         return
-    n = 0
+    n, seen = 0, set()
     for folder, rows in warm:
         for row in rows[:5]:
-            cand = Candidate.from_dict(row["candidate"])
-            study.enqueue_trial(ctx.space.params_of(cand), user_attrs={"warm_start": folder})
-            n += 1
+            params = ctx.space.params_of(Candidate.from_dict(row["candidate"]))
+            key = json.dumps(params, sort_keys=True)
+            # the same configuration from two folders (one search given twice, a copy) was
+            # trained twice; nothing this space offers is no warm start
+            if params and key not in seen:
+                seen.add(key)
+                study.enqueue_trial(params, user_attrs={"warm_start": folder})
+                n += 1
     study.set_user_attr("warm_started", n)
 
 
