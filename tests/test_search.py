@@ -1789,3 +1789,19 @@ def test_a_worker_finds_its_study_without_study(tmp_path, capsys):
     assert capsys.readouterr().err == ("hetq worker: error: give --study NAME, or --out the "
                                        "search's run folder (its search.yaml names the "
                                        "study)\n")
+
+
+def test_the_table_shows_the_searched_metric_on_the_test_split_too():
+    """With --metric auc_mean the table put validation auc_mean beside test accuracy."""
+    from hetq.search.results import format_table
+
+    row = {"trial": 3, "metrics": {"val": {"auc_mean": 0.9, "accuracy": 0.7},
+                                   "test": {"auc_mean": 0.8125, "accuracy": 0.625}},
+           "costs": {"energy_pj": 10.0, "bits": 100, "ebops": 50, "lut": 1, "dsp": 0},
+           "candidate": {"quant_config": {"fc1": {"kernel": "quantized_bits(4,0,1)"}}}}
+    lines = format_table([row], cfg(metric="auc_mean", objective="pareto")).splitlines()
+    assert lines[0].startswith("trial   val auc_mean  test auc_mean  energy pJ")
+    assert lines[2].startswith("    3         0.9000         0.8125         10")
+    lines = format_table([row], cfg(objective="pareto")).splitlines()
+    assert lines[0].startswith("trial   val accuracy  test acc  energy pJ")
+    assert lines[2].startswith("    3         0.7000    0.6250         10")
