@@ -136,6 +136,10 @@ def test_an_anomaly_checkpoint_keeps_its_background(tmp_path, capsys):
     assert table.split("\n", 1)[1] == trained_table.split("\n", 1)[1]
     signals = [ln.split()[0] for ln in table.splitlines()[3:] if ln.strip()]
     assert signals == ["g", "q", "w", "z"]
+    assert main(["evaluate", str(out), "--split", "val"]) == 0  # (a header without rows)
+    assert capsys.readouterr().out.splitlines()[2:] == [
+        "no signal samples in this split: an anomaly model's train and val splits keep the "
+        "background only; its signal efficiencies are on the test split"]
     model = hetq.load(out)
     assert torch.load(out / "model.pt", weights_only=False)["background"] == ["t"]
     data = get_dataset("jets-sim")

@@ -24,10 +24,15 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
             lines.append(f"{'mean':>6}  {m['auc_mean']:7.4f}  {m.get(f'{fpr_key}_mean', 0):14.4f}")
     else:
         lines.append(f"background reconstruction loss {m.get('bg_loss', float('nan')):.5f}")
+        signals = [c for c in classes if f"sig_eff_{c}" in m]
+        if not signals:  # (the header alone, with no rows, was printed)
+            lines.append("no signal samples in this split: an anomaly model's train and val "
+                         "splits keep the background only; its signal efficiencies are on "
+                         "the test split")
+            return "\n".join(lines)
         lines.append(f"{'signal':>6}  {'AUC':>7}  {'sig eff @ bkg eff 1e-2':>24}")
-        for c in classes:
-            if f"sig_eff_{c}" in m:
-                lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m[f'sig_eff_{c}']:24.4f}")
+        for c in signals:
+            lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m[f'sig_eff_{c}']:24.4f}")
     return "\n".join(lines)
 
 
