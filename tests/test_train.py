@@ -572,13 +572,13 @@ def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsy
     ckpt = tmp_path / "q.pt"
     save(ckpt, q, model_name="jet_mlp", model_kwargs={"widths": [4]}, quant_config=preset("q6"),
          data=data)
-    assert main(["export", str(ckpt), "--samples", "50"]) == 2
+    assert main(["export", str(ckpt), "--samples", "50", "--data", "jets-sim"]) == 2
     assert (f"jets-sim has other features than the data {ckpt} was trained on (synthetic): "
             "'zlogz' where it had 'x0', at position 0") in capsys.readouterr().err
-    assert main(["export", str(ckpt), "--samples", "50", "--data", "synthetic:n=600,seed=1",
-                 "--input-type", "ap_fixed<16,6>"]) \
-        == 0
-    assert "samples     50  mismatches     0" in capsys.readouterr().out
+    for data in (["--data", "synthetic:n=600,seed=1"], []):  # (default: the checkpoint's)
+        assert main(["export", str(ckpt), "--samples", "50", *data,
+                     "--input-type", "ap_fixed<16,6>"]) == 0
+        assert "samples     50  mismatches     0" in capsys.readouterr().out
 
 
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
@@ -1606,3 +1606,42 @@ def test_the_license_pyproject_declares_ships_with_the_package():
     text = (root / "LICENSE").read_bytes()
     # the Apache Software Foundation's LICENSE-2.0.txt, byte for byte
     assert hashlib.md5(text).hexdigest() == "3b83ef96387f14655fc854ddc3c6bd57"
+
+
+def test_evaluate_and_ptq_default_to_the_data_the_checkpoint_was_trained_on(
+        tmp_path, capsys, monkeypatch):
+    """`hetq evaluate` of a model trained on digits (or a file, or synthetic data) compared
+    it on jets-sim, the default, and refused it; a cnn_digits checkpoint trained with
+    --preset q6 warned about the preset's 'ReLU' key on every load."""
+    import warnings
+    from pathlib import Path
+
+    from hetq.data import get_dataset
+
+    npz = tmp_path / "jets.npz"  # a part of the built-in sample
+    with np.load(Path(hetq.__file__).parent / "data" / "jets_sim_small.npz") as z:
+        np.savez(npz, **{k: (z[k][:6000] if k in ("X", "y", "split") else z[k])
+                         for k in z.files})
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "m"
+    assert main(["train", "--data", "jets-sim:jets.npz", "--model-widths", "8", "--epochs",
+                 "1", "--out", str(out), "--no-progress"]) == 0
+    trained = capsys.readouterr().out
+    assert torch.load(out / "model.pt", weights_only=False)["normalization"]["spec"] == \
+        f"jets-sim:{npz}"
+    monkeypatch.chdir(Path(hetq.__file__).parent)  # (the path is kept absolute)
+    assert main(["evaluate", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0] == f"{out} on jets-sim (test split)"
+    assert table.split("\n", 1)[1] in trained  # the same rows as after training
+    assert len(get_dataset(f"jets-sim:{npz}").y_test) != len(get_dataset("jets-sim").y_test)
+    assert main(["ptq", str(out), "--bits", "8"]) == 0
+    capsys.readouterr()
+    digits = tmp_path / "d"
+    assert main(["train", "--model", "cnn_digits", "--data", "digits", "--preset", "q6",
+                 "--epochs", "1", "--out", str(digits), "--no-progress"]) == 0
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the 'ReLU' key warned on every load)
+        assert main(["evaluate", str(digits)]) == 0
+    assert capsys.readouterr().out.startswith(f"{digits} on digits (test split)")

@@ -24,6 +24,18 @@ SPECS = ("jets-sim", "jets-sim:PATH", "jets", "jets:PATH", "digits",
 
 
 def get_dataset(spec: str, *, progress: bool = True, **kw) -> Dataset:
+    """See `_get_dataset`; the data set also records `spec` (a path made absolute), which
+    checkpoints keep, so that `hetq evaluate` and the like default to the same data."""
+    ds = _get_dataset(spec, progress=progress, **kw)
+    name, colon, arg = spec.partition(":")
+    name = name.strip().lower()
+    if name in ("jets-sim", "jets") and arg:
+        arg = str(Path(arg).expanduser().resolve())
+    ds.spec = name + colon + arg
+    return ds
+
+
+def _get_dataset(spec: str, *, progress: bool = True, **kw) -> Dataset:
     """The data set named by `spec`, one of `SPECS`: 'jets-sim' (the built-in simulated
     jets sample) or 'jets-sim:PATH' (a simulated jets .npz), 'jets' (the real jets,
     downloaded once and cached) or 'jets:PATH' (a local copy), 'digits', or
@@ -91,11 +103,14 @@ def _synthetic_options(spec: str, arg: str) -> dict:
     return opts
 
 
-def get_dataset_for(spec: str, norm: dict | None, label: str = "the checkpoint") -> Dataset:
+def get_dataset_for(spec: str | None, norm: dict | None,
+                    label: str = "the checkpoint") -> Dataset:
     """`get_dataset(spec)` standardised as a checkpoint's training data were (`norm`, the
     checkpoint's "normalization"), not with the train split of `spec`: a model evaluated on
     another file of the same features sees the inputs it was trained for. Checks that the
     features and classes are the same (`Dataset.as_trained`)."""
+    if spec is None:  # the data the checkpoint was trained on (older ones: jets-sim)
+        spec = (norm or {}).get("spec") or "jets-sim"
     if not norm:
         return get_dataset(spec)
     return get_dataset(spec, standardize=False).as_trained(norm, label)

@@ -140,7 +140,8 @@ class Dataset:
     def normalization(self) -> dict:
         return {"mean": None if self.mean is None else self.mean.tolist(),
                 "std": None if self.std is None else self.std.tolist(),
-                "features": self.features, "classes": self.classes, "name": self.name}
+                "features": self.features, "classes": self.classes, "name": self.name,
+                "spec": getattr(self, "spec", None)}
 
     def as_trained(self, norm: dict | None, label: str = "the checkpoint") -> Dataset:
         """This data standardised as the model's training data were (`norm`: a checkpoint's

@@ -36,8 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hls4ml backend of the project (default %(default)s)")
     e.add_argument("--no-compile", action="store_true",
                    help="write the hls4ml project without building the C simulation")
-    e.add_argument("--data", default="jets-sim",
-                   help="data set whose test split is compared (default %(default)s)")
+    e.add_argument("--data", default=None,
+                   help="data set whose test split is compared (default: the data the model "
+                        "was trained on)")
     e.add_argument("--samples", type=int, default=5000,
                    help="test samples compared (0: all; default %(default)s)")
     e.set_defaults(func=_export)
@@ -167,7 +168,12 @@ def _export(a) -> int:
     if src.is_dir() and a.trial is None:
         src = src / "model.pt"
     norm = read(src).get("normalization") if src.is_file() else None
-    data = get_dataset_for(a.data, norm, label)
+    spec = a.data
+    if spec is None and src.is_dir() and (src / "search.yaml").exists():  # a search's trial
+        from ..search.config import SearchConfig
+
+        spec = SearchConfig.load(src / "search.yaml").data
+    data = get_dataset_for(spec, norm, label)
     x, _ = data.tensors("test")
     if a.samples < 0:
         raise ValueError(f"--samples must be >= 0, got {a.samples}")
@@ -175,7 +181,7 @@ def _export(a) -> int:
         x = x[: a.samples]
     first = next((m for m in model.modules() if hasattr(m, "in_features")), None)
     if first is not None and x.dim() == 2 and first.in_features != x.shape[1]:
-        raise ValueError(f"{label} takes {first.in_features} inputs but {a.data} has "
+        raise ValueError(f"{label} takes {first.in_features} inputs but {data.name} has "
                          f"{x.shape[1]} features")
     print(f"exporting {label}")
     res = export_model(model.cpu().eval(), x.to(torch.float32), a.input_type, a.qonnx,

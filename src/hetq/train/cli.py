@@ -21,9 +21,14 @@ from ..cli import (
 )
 
 
-def _common(p):
-    p.add_argument("--data", default="jets-sim", help="jets-sim | jets-sim:PATH | jets | "
-                   "jets:PATH | digits | synthetic (see hetq.data; default %(default)s)")
+def _common(p, checkpoint: bool = False):
+    if checkpoint:  # (evaluate, ptq: the data the checkpoint was trained on)
+        p.add_argument("--data", default=None, help="jets-sim | jets-sim:PATH | jets | "
+                       "jets:PATH | digits | synthetic (see hetq.data; default: the data the "
+                       "checkpoint was trained on)")
+    else:
+        p.add_argument("--data", default="jets-sim", help="jets-sim | jets-sim:PATH | jets | "
+                       "jets:PATH | digits | synthetic (see hetq.data; default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -73,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("checkpoint", help="a hetq checkpoint (model.pt, or its folder)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="default %(default)s")
-    _common(e)
+    _common(e, checkpoint=True)
     e.set_defaults(func=_evaluate)
 
     q = sub.add_parser("ptq", help="post-training fixed-point quantization of a float model",
@@ -93,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "ptqBITS.pt next to the input); an existing checkpoint is refused "
                         "before any work")
     q.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
-    _common(q)
+    _common(q, checkpoint=True)
     q.set_defaults(func=_ptq)
 
 
