@@ -117,6 +117,19 @@ def test_limit_max_bits_regex_groups_and_types():
     assert same.params[0].choices == by_name["fc1/kernel"].choices
 
 
+def test_limit_default_only_pads_and_quantizes_no_layer_itself():
+    """AutoQKeras (spec 5.3): layers whose type no key names and whose name no key matches
+    stay float; "default" only pads the type keys' short lists. Here every layer no key
+    matched was searched under "default"."""
+    space = SearchSpace(mlp(), limit={"Linear": [8, 8, 4], "default": [2, 2, 2]})
+    assert {p.name for p in space.params} == {f"{n}/{f}" for n in ("fc1", "fc2", "fc3",
+                                                                   "output")
+                                              for f in ("kernel", "bias")}
+    padded = SearchSpace(mlp(), limit={"Linear": [2], "default": [8, 4, 4]})
+    bias = {p.name: p for p in padded.params}["fc1/bias"]  # padded from "default": <= 4 bits
+    assert set(bias.choices) == {"quantized_bits(4,0,1)", "quantized_po2(4,8)"}
+
+
 def test_limit_key_matching_nothing_warns():
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")

@@ -6,7 +6,7 @@ multipliers, sparsities and a learning rate, from which the trial model is built
 
 `limit` (AutoQKeras semantics, spec §5.3, with two quirks fixed):
     keys   exact layer names, name regexes (`re.match`), layer types ("Linear", "Dense",
-           "Conv2d", "ReLU", "Activation", ...) or "default";
+           "Conv2d", "ReLU", "Activation", ...) or "default" (which only pads, below);
     values [kernel, bias, activation] for weight layers (a depthwise/separable layer reads
            kernel for depthwise and pointwise), [activation] for activation layers (the last
            entry is used); each entry is a maximum bit count (candidates with bits <= it) or
@@ -15,9 +15,9 @@ multipliers, sparsities and a learning rate, from which the trial model is built
     Layers matched by a regex share one choice per field (one Optuna parameter
     `<regex>/<field>`); every other layer gets its own (`<layer>/<field>`). A single candidate
     is fixed (no parameter). Layers matched by no key stay float.
-Precedence: exact name, then the first matching regex in dict order, then type, then
-"default". Fixed quirks of the reference: type keys are never also tried as regexes, and a
-layer whose name contains "kernel" or "bias" is not mis-classified.
+Precedence: exact name, then the first matching regex in dict order, then type; "default"
+matches no layer itself. Fixed quirks of the reference: type keys are never also tried as
+regexes, and a layer whose name contains "kernel" or "bias" is not mis-classified.
 """
 
 from __future__ import annotations
@@ -291,8 +291,8 @@ class SearchSpace:
                 return k, True
         if type_keys:
             return type_keys[0], False
-        if "default" in self.limit:
-            return "default", False
+        # ("default" only pads the lists of type keys: a layer no other key matches stays
+        # float, as in AutoQKeras; it was searched here)
         return None, False
 
     def _entry(self, key, slot: LayerSlot, field_index: int):
