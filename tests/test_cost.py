@@ -117,6 +117,24 @@ def test_bits_goal_counts():
                    "total": 4389 * 8 + 144 * 8}
 
 
+def test_bits_goal_counts_activations_as_the_reference_does():
+    """Spec 5.4: a linear activation counts 0, softmax and sigmoid output_bits, every other
+    non-linear activation ref_bits. Linear counted ref_bits, softmax given as a string
+    (QActivation("softmax"), QDense(activation="softmax")) too, and ELU, Softplus, ...
+    counted nothing."""
+    for model, acts in (
+            (nn.Sequential(nn.Linear(4, 10), QActivation("linear")), 32),
+            (nn.Sequential(QDense(4, 10, activation="linear")), 32),
+            (nn.Sequential(nn.Linear(4, 10), QActivation("softmax")), 32 + 10 * 4),
+            (nn.Sequential(QDense(4, 10, activation="softmax")), 32 + 10 * 4),
+            (nn.Sequential(nn.Linear(4, 10), nn.Softmax(-1)), 32 + 10 * 4),
+            (nn.Sequential(nn.Linear(4, 10), nn.ELU()), 32 + 10 * 8),
+            (nn.Sequential(nn.Linear(4, 10), nn.Softplus()), 32 + 10 * 8),
+            (nn.Sequential(nn.Linear(4, 10), QActivation("tanh")), 32 + 10 * 8),
+            (nn.Sequential(nn.Linear(4, 10), QActivation("quantized_relu(4,0)")), 32 + 40)):
+        assert model_bits(model, (4,), output_bits=4)["activations"] == acts, model
+
+
 def test_ebops_per_weight_and_per_feature_types():
     """Tensor-valued quantizers (as the gradient strategy exports) count element by element:
     each nonzero weight's width times its input feature's width, and each multiplier's

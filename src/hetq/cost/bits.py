@@ -4,9 +4,9 @@ parameters: weight layers: sum over weight tensors of (elements x quantizer bits
             for unquantized tensors (the reference model has every tensor at `ref_bits`);
             batch norm: ref_bits x C x (1 + affine) (QBatchNorm: 6 C + 5 C as in the reference).
 activations: the model input: input_bits x size; activation layers (QActivation: its bits;
-            float activations: ref_bits; softmax/sigmoid: output_bits); a weight layer's own
-            fused activation quantizer likewise (per-feature bits: feature by feature);
-            linear outputs count 0.
+            float activations, any torch one: ref_bits; softmax/sigmoid: output_bits;
+            linear: 0); a weight layer's own fused activation likewise (per-feature bits:
+            feature by feature); linear outputs count 0.
 """
 
 from __future__ import annotations
@@ -20,7 +20,27 @@ from ..quant.norm import QBatchNorm
 from .graph import trace
 
 OUTPUT_ACTS = (nn.Softmax, nn.Sigmoid)
-FLOAT_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Hardswish, nn.GELU, nn.SiLU)
+OUTPUT_NAMES = ("softmax", "sigmoid")  # float activations by name (QActivation("softmax"))
+LINEAR_NAMES = ("linear", None)
+
+
+def _float_activation(m: nn.Module) -> bool:
+    """A torch activation module (ELU, Softplus, ... too: the reference counts every
+    non-linear activation, not a list of them)."""
+    return type(m).__module__ == "torch.nn.modules.activation" and \
+        not isinstance(m, (nn.MultiheadAttention, *OUTPUT_ACTS))
+
+
+def _act_bits(q, shape, ref_bits: int, output_bits: int, reference: bool) -> int:
+    """An activation's output bits as the reference counts them: a linear one 0, softmax
+    and sigmoid `output_bits`, others their quantizer's bits (`ref_bits` unquantized)."""
+    if getattr(q, "kind", None) == "float":
+        name = getattr(q, "name", None)
+        if name in LINEAR_NAMES:
+            return 0
+        if name in OUTPUT_NAMES:
+            return math.prod(shape) * output_bits
+    return _bits(q, shape, ref_bits, reference)
 
 
 def _bits(q, shape, ref_bits: int, reference: bool) -> int:
@@ -58,13 +78,14 @@ def model_bits(model: nn.Module, input_shape, input_bits: int = 8, output_bits: 
                     params += _bits(q[fld], t.shape, ref_bits, reference)
             act = q.get("activation")
             if act is not None:
-                acts += _bits(act, node.out_shape, ref_bits, reference)
+                acts += _act_bits(act, node.out_shape, ref_bits, output_bits, reference)
         elif isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             params += ref_bits * sum(p.numel() for p in m.parameters(recurse=False))
         elif isinstance(m, QActivation):
-            acts += _bits(m.activation_quantizer, node.out_shape, ref_bits, reference)
+            acts += _act_bits(m.activation_quantizer, node.out_shape, ref_bits, output_bits,
+                              reference)
         elif isinstance(m, OUTPUT_ACTS):
             acts += size * output_bits
-        elif isinstance(m, FLOAT_ACTS):
+        elif _float_activation(m):
             acts += size * ref_bits
     return {"parameters": params, "activations": acts, "total": params + acts}
