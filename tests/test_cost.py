@@ -633,3 +633,17 @@ def test_a_float_activation_fused_into_a_weight_layer_keeps_the_accumulator_type
     layers = cost(m, (4,)).layers
     assert str(layers[1].output) == str(layers[1].accumulator) == "sfix14.5"
     assert layers[2].multiplier == "mul" and str(layers[2].input) == "sfix14.5"
+
+
+def test_quantized_tanh_leaves_its_integer_bits_unset_as_the_reference():
+    """Spec 4.2: quantized_tanh's int_bits are left unset (-1; JSON 0), which sets the
+    widths of what it feeds: here a 24-bit accumulator (it was 23) and op cost 22.0."""
+    m = nn.Sequential(QActivation("quantized_tanh(8)"),
+                      QDense(16, 5, kernel_quantizer="quantized_bits(8,0,1)",
+                             bias_quantizer="quantized_bits(8,7,1)"))
+    assert qtype_of("quantized_tanh(8)").to_dict() == {
+        "quantizer_type": "fixed", "bits": 8, "int_bits": 0, "is_signed": True}
+    lc = cost(m, (16,)).layers[1]
+    assert lc.accumulator.to_dict() == {"quantizer_type": "fixed", "bits": 24, "int_bits": 9,
+                                        "is_signed": True}
+    assert lc.energy["op_cost"] == pytest.approx(80 * (0.2 + 0.075))

@@ -124,7 +124,7 @@ def qtype_of(q) -> QType:
             return QType(BINARY01, 1, 1, False)
         return QType(FIXED, bits, integer, bool(q.negative_slope))
     if name == "quantized_tanh":
-        return QType(FIXED, bits, 0, True)
+        return QType(FIXED, bits, -1, True)  # (the reference leaves its int_bits unset: -1)
     if name in ("quantized_po2", "quantized_relu_po2"):
         return QType(PO2, bits, bits, name == "quantized_po2",
                      float(q.max_value) if q.max_value else -1.0)
