@@ -780,3 +780,38 @@ def test_stochastic_po2_values_include_the_exponent_just_below_eps():
     torch.manual_seed(0)
     out = set(q(torch.tensor([0.0, 1e-07] * 500)).tolist())
     assert 2.0 ** -24 in out and out <= set(q.values().tolist())
+
+
+def test_quantized_relu_gradient_is_one_on_zero_to_max_in_both_paths():
+    """Spec 1.3: gradient 1 on (0, max], 0 at and below 0, 0 above the max. The fast path
+    (hardtanh) gave 0 at the max, the general one (clamp) 1 at 0."""
+    from hetq.quant import quantized_relu
+
+    for q in (quantized_relu(4, 2), quantized_relu(4, 2, use_stochastic_rounding=True).eval()):
+        x = torch.tensor([-1.0, 0.0, 0.5, 3.75, 3.8, 9.0], requires_grad=True)
+        y = q(x)
+        y.sum().backward()
+        assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+        assert y.tolist() == [0.0, 0.0, 0.5, 3.75, 3.75, 3.75]
+
+
+def test_use_ste_false_keeps_the_graph_and_po2_qnoise_is_checked():
+    """Spec 1.0: with use_ste=False the gradient is (1 - qnoise_factor): 0 at 1, but the
+    output stays attached (backward() failed with 'does not require grad'); po2 quantizers
+    took qnoise_factor=3."""
+    from hetq.quant import get_quantizer
+
+    for spec in ("quantized_bits(4,0,1,use_ste=False)", "quantized_relu(4,0,use_ste=False)",
+                 "quantized_po2(4,use_ste=False)"):
+        q = get_quantizer(spec)
+        x = torch.tensor([0.3, -0.6, float("inf")], requires_grad=True)
+        y = q(x)
+        assert y.requires_grad and bool(torch.isfinite(y).all())
+        y.sum().backward()
+        assert x.grad.tolist() == [0.0, 0.0, 0.0]
+        assert torch.equal(y.detach()[:2], get_quantizer(spec.replace(",use_ste=False", ""))(
+            x.detach()[:2]))
+    for spec in ("quantized_po2(4,qnoise_factor=3)", "quantized_relu_po2(4,qnoise_factor=-2)"):
+        with pytest.raises(ValueError, match=r"qnoise_factor=-?\d; expected a fraction in "
+                                             r"\[0, 1\]"):
+            get_quantizer(spec)

@@ -432,6 +432,13 @@ def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return q.detach() + (x - x.detach())
 
 
+def no_gradient(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Forward value exactly `q`, gradient 0 to `x` but attached to it: QKeras' use_ste=False
+    at qnoise_factor 1, (1 - 1) x + Q(x). (A detached `q` made backward() fail with 'does
+    not require grad'.) Infinite inputs keep `q` finite."""
+    return q.detach() + torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+
+
 def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
     """Raise ValueError unless `bits` (number or tensor) is >= minimum everywhere."""
     lo = float(bits.min()) if isinstance(bits, torch.Tensor) else bits

@@ -10,9 +10,18 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .base import EPS, Quantizer, check_bits, check_qnoise, check_whole, exp2, register, ste
+from .base import (
+    EPS,
+    Quantizer,
+    check_bits,
+    check_qnoise,
+    check_whole,
+    exp2,
+    no_gradient,
+    register,
+    ste,
+)
 from .fixed import FixedType
 from .scale import least_squares_scale, po2, reduce_axes
 
@@ -225,11 +234,11 @@ class quantized_bits(Quantizer):
         with torch.no_grad():
             xq = self._auto(x) if isinstance(self.alpha, str) else self._fixed(x)
         q = self.qnoise_factor
+        if not self.use_ste:  # gradient 1 - q
+            return (1 - q) * x + q * xq if q != 1.0 else no_gradient(x, xq)
         if q != 1.0:
-            if not self.use_ste:
-                return (1 - q) * x + q * xq
             xq = (1 - q) * x + q * xq
-        return ste(x, xq) if self.use_ste else xq
+        return ste(x, xq)
 
     # -- type information ----------------------------------------------------------------
     def fixed_type(self) -> FixedType | None:
@@ -351,11 +360,11 @@ class quantized_relu(Quantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.fast_constants()
         if c:
-            # surrogate clip(x, 0, top) (hardtanh: a fused kernel with a cheap backward), plus
-            # the rounding as a detached correction; clipping first equals QKeras'
-            # round-then-clip because 0 and top are on the grid
+            # surrogate relu(x) up to top, then top (QKeras': gradient 1 on (0, top], which
+            # hardtanh's (0, top) missed at top), plus the rounding as a detached correction;
+            # clipping first equals QKeras' round-then-clip because 0 and top are on the grid
             inv, step, top = c
-            xu = F.hardtanh(x, 0.0, top)
+            xu = torch.where(x <= top, torch.relu(x), top)
             xd = xu.detach()
             return (xd * inv).round_().mul_(step).add_(xu - xd)
         slope = self.negative_slope
@@ -392,7 +401,8 @@ class quantized_relu(Quantizer):
                 xr = torch.where(x > 0, x, slope * x) if slope else torch.relu(x)
                 xu = torch.where(x <= top, xr, top)
             else:
-                xu = torch.clamp(x, 0.0, top) if not slope else torch.where(
+                # (not clamp(x, 0, top): its gradient is 1 at 0 too, where QKeras' is 0)
+                xu = torch.where(x <= top, torch.relu(x), top) if not slope else torch.where(
                     x <= top, torch.where(x > 0, x, slope * x), top)
         elif self.relu_upper_bound is not None:
             xu = torch.clamp(x, max=self.relu_upper_bound)
@@ -400,11 +410,11 @@ class quantized_relu(Quantizer):
         else:
             xu = torch.where(x > 0, x, slope * x) if slope else torch.relu(x)
         q = self.qnoise_factor
+        if not self.use_ste:  # gradient (1 - q) d xu
+            return (1 - q) * xu + q * xq if q != 1.0 else no_gradient(xu, xq)
         if q != 1.0:
-            if not self.use_ste:
-                return (1 - q) * xu + q * xq
             xq = (1 - q) * xu.detach() + q * xq
-        return ste(xu, xq) if self.use_ste else xq
+        return ste(xu, xq)
 
     def _clips_at_bound(self) -> bool:
         """QKeras clips the output at relu_upper_bound when is_quantized_clip is off."""

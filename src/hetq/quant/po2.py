@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .base import EPS, Quantizer, check_bits, exp2, register, ste
+from .base import EPS, Quantizer, check_bits, check_qnoise, exp2, no_gradient, register, ste
 from .fixed import FixedType, smallest_fixed_type
 
 
@@ -47,6 +47,7 @@ class _Po2Base(Quantizer):
     def _init_common(self, bits, max_value, use_stochastic_rounding, quadratic_approximation,
                      log2_rounding, qnoise_factor, use_ste):
         check_bits(self.name, bits, 1 + self.value_sign_bits)
+        check_qnoise(self.name, qnoise_factor)  # (3 or -2 mixed the values without a word)
         if max_value is not None:
             if isinstance(max_value, bool) or not isinstance(max_value,
                                                              (int, float, torch.Tensor)):
@@ -184,11 +185,11 @@ class _Po2Base(Quantizer):
     def _finish(self, x: torch.Tensor, xu: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
         """qnoise mixing and the straight-through gradient of the surrogate `xu`."""
         q = self.qnoise_factor
+        if not self.use_ste:  # gradient (1 - q) * d xu
+            return (1 - q) * xu + q * xq if q != 1.0 else no_gradient(xu, xq)
         if q != 1.0:
-            if not self.use_ste:
-                return (1 - q) * xu + q * xq  # gradient (1 - q) * d xu
             xq = (1 - q) * xu.detach() + q * xq
-        return ste(xu, xq) if self.use_ste else xq
+        return ste(xu, xq)
 
 
 @register
