@@ -479,3 +479,24 @@ def test_a_weight_quantizer_without_negative_values_is_warned_about():
         quantize_model(nn.Sequential(nn.Linear(2, 2)),
                        {"Linear": {"kernel": "quantized_bits(4,0,1)",
                                    "bias": "quantized_bits(4,0,1)"}})
+
+
+def test_a_qkeras_entry_without_a_kernel_quantizer_leaves_its_layers_float():
+    """Spec 3.1: model_quantize leaves a Dense/Conv whose entry has no kernel quantizer as it
+    is; a QKeras-spelled {bias_quantizer: ...} made a QDense with a float kernel. hetq's own
+    spelling, {bias: ...}, still quantizes the bias alone."""
+    from hetq.quant.layers import QDense
+
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q = quantize_model(m, {"QDense": {"bias_quantizer": "quantized_bits(4)"},
+                               "QActivation": {"relu": "quantized_relu(4)"}})
+    assert type(q[0]) is nn.Linear and type(q[2]) is nn.Linear
+    assert type(q[1]).__name__ == "QActivation"
+    assert [str(w.message) for w in caught] == [
+        "quantization config key 'QDense' gives no kernel_quantizer, so its weight layers stay "
+        "float, as QKeras' model_quantize leaves them: 0, 2 (hetq's own spelling, {bias: ...}, "
+        "quantizes the bias alone)"]
+    own = quantize_model(m, {"Linear": {"bias": "quantized_bits(4)"}})
+    assert isinstance(own[0], QDense) and own[0].quantizers["kernel"] is None

@@ -22,7 +22,9 @@ QKeras configs (`model_quantize`'s, and `get_quantization_dictionary` /
 `_quantizer`), "None" is no quantizer, `units`/`filters` are checked against the layer's size
 (not stored), and an activation entry may be a map by activation function,
 `{"QActivation": {"relu": "quantized_relu(4)"}}`, which converts only the activations it
-lists (names relu, relu6, leakyrelu, tanh, sigmoid, hard_swish, softmax, linear).
+lists (names relu, relu6, leakyrelu, tanh, sigmoid, hard_swish, softmax, linear). As in
+`model_quantize`, a QKeras-spelt entry without a kernel quantizer leaves the Dense/Conv layers
+it matches float (with a warning); hetq's own spelling, {bias: ...}, quantizes the bias alone.
 """
 
 from __future__ import annotations
@@ -119,6 +121,9 @@ class QuantConfig:
         self.entries: dict[str, dict[str, Any]] = {}
         self.sizes: dict[str, dict[str, int]] = {}  # QKeras units/filters, checked on use
         self.plain: set[str] = set()  # keys given a bare quantizer string (activations only)
+        # keys spelt as QKeras (kernel_quantizer, ...) without a kernel quantizer: QKeras'
+        # model_quantize leaves the weight layers they match as they are (spec 3.1)
+        self.kernelless: set[str] = set()
         if entries is not None and not isinstance(entries, Mapping):
             raise ValueError("a quantization config maps layer names or types to quantizers "
                              f"(e.g. {{Linear: {{kernel: 'quantized_bits(6,0,1)'}}}}); got a "
@@ -133,6 +138,10 @@ class QuantConfig:
                 raise ValueError(f"quantization config key {key!r}: expected a quantizer string "
                                  f"or a {{field: quantizer}} map, got {value!r}")
             self.entries[str(key)] = self._fields(str(key), value)
+            fields = self.entries[str(key)]
+            if any(str(f).endswith("_quantizer") for f in value) and \
+                    not ({"kernel", "depthwise"} & set(fields)):
+                self.kernelless.add(str(key))
 
     def _fields(self, key: str, value: dict) -> dict[str, Any]:
         """`value`'s fields in hetq's spelling (QKeras's `<field>_quantizer` accepted, "None"
@@ -458,6 +467,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     used: set[str] = set()
     acted: set[str] = set()  # keys that gave some layer its quantizers
     left_float: dict[str, list[str]] = {}
+    left_as_is: dict[str, list[str]] = {}  # weight layers of a kernel-less QKeras entry
     modules = dict(model.named_modules())
     folds = _fold_pairs(model, config) if fold_batchnorm else {}
     skip: set[str] = set()
@@ -498,12 +508,22 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             if next(m.children(), None) is None:
                 left_float.setdefault(key, []).append(f"{name} ({type(m).__name__})")
             continue
+        if key in config.kernelless and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            left_as_is.setdefault(key, []).append(name)
+            continue
         acted.add(key)
         new = _convert(name, m, fields)
         if new is not None:
             _set(model, name, new)
             skip.add(name)
+    for key, names in left_as_is.items():
+        warnings.warn(f"quantization config key {key!r} gives no kernel_quantizer, so its "
+                      f"weight layers stay float, as QKeras' model_quantize leaves them: "
+                      f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''} (hetq's "
+                      "own spelling, {bias: ...}, quantizes the bias alone)", stacklevel=2)
     for key in config.entries:
+        if key in left_as_is and key not in acted:
+            continue
         if key not in used:
             warnings.warn(f"quantization config key {key!r} {_unused(key, modules)}",
                           stacklevel=2)
