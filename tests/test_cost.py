@@ -222,8 +222,8 @@ def test_unknown_layer_warns_and_unsupported_quantizer_errors():
         rep = cost(m)
     assert any("no rule for layer '1' (Weird)" in str(x.message) for x in w)
     assert len(rep.layers) == 3
-    bad = nn.Sequential(QDense(4, 2, kernel_quantizer="quantized_ulaw(8)"))
-    with pytest.raises(ValueError, match="no rule for quantizer quantized_ulaw"):
+    bad = nn.Sequential(QDense(4, 2, kernel_quantizer="quantized_sigmoid(8)"))
+    with pytest.raises(ValueError, match="no rule for quantizer quantized_sigmoid"):
         cost(bad)
 
 
@@ -647,3 +647,13 @@ def test_quantized_tanh_leaves_its_integer_bits_unset_as_the_reference():
     assert lc.accumulator.to_dict() == {"quantizer_type": "fixed", "bits": 24, "int_bits": 9,
                                         "is_signed": True}
     assert lc.energy["op_cost"] == pytest.approx(80 * (0.2 + 0.075))
+
+
+def test_quantized_ulaw_is_costed_as_signed_fixed_point():
+    """Spec 4.2: quantized_ulaw is fixed point (mode 0) of its bits and integer, signed; the
+    cost model refused it."""
+    assert qtype_of("quantized_ulaw(8,2)").to_dict() == {
+        "quantizer_type": "fixed", "bits": 8, "int_bits": 3, "is_signed": True}
+    m = nn.Sequential(QDense(16, 8, kernel_quantizer="quantized_bits(4,0,1)",
+                             activation="quantized_ulaw(8)"))
+    assert str(cost(m, (16,)).layers[0].output) == "sfix8.0"

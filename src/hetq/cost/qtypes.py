@@ -125,6 +125,8 @@ def qtype_of(q) -> QType:
         return QType(FIXED, bits, integer, bool(q.negative_slope))
     if name == "quantized_tanh":
         return QType(FIXED, bits, -1, True)  # (the reference leaves its int_bits unset: -1)
+    if name == "quantized_ulaw":  # fixed point of its bits and integer, signed (spec 4.2)
+        return QType(FIXED, bits, int(round(float(q.integer))), True)
     if name in ("quantized_po2", "quantized_relu_po2"):
         return QType(PO2, bits, bits, name == "quantized_po2",
                      float(q.max_value) if q.max_value else -1.0)
@@ -136,8 +138,8 @@ def qtype_of(q) -> QType:
         return QType(BINARY, 1, 1, True)
     raise UnsupportedQuantizer(
         f"the cost model has no rule for quantizer {q} (supported: quantized_bits, "
-        "quantized_relu, quantized_tanh, quantized_po2, quantized_relu_po2, binary, ternary "
-        "and their stochastic versions)")
+        "quantized_relu, quantized_tanh, quantized_ulaw, quantized_po2, quantized_relu_po2, "
+        "binary, ternary and their stochastic versions)")
 
 
 # -- operators ------------------------------------------------------------------------------
