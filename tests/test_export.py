@@ -1030,3 +1030,52 @@ def test_float_activations_and_an_input_quantizer_that_is_no_cast_are_named_as_s
             "cast")):
         IntegerModel(nn.Sequential(QActivation("quantized_bits(8,0,alpha=2)"),
                                    QDense(3, 3, **K)).eval(), (3,))
+
+
+def test_a_cast_after_a_tiny_accumulator_does_not_abort_the_c_simulation(tmp_path):
+    """A layer whose weights quantize to (nearly) 0 has an accumulator such as ap_fixed<2,-6>;
+    its cast to ap_fixed<4,1> reads a rounding bit above that type's top, and the C
+    simulation's ap_types failed an assertion that killed the process (SIGABRT: no report,
+    a half-written project left). The layer before is now widened by sign extension."""
+    pytest.importorskip("hls4ml")
+    import subprocess
+    import sys
+
+    from hetq.export.hls import layer_list
+
+    script = f"""
+import torch
+from torch import nn
+from hetq.quant.layers import QActivation, QDense
+from hetq.export import IntegerModel
+from hetq.export.hls import export_hls4ml
+torch.manual_seed(0)
+m = nn.Sequential(QActivation("quantized_bits(8,2,alpha=1)"),
+                  QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)", bias=False),
+                  QActivation("quantized_bits(4,0,alpha=1)")).eval()
+with torch.no_grad():
+    m[1].weight.mul_(0.01)
+eng = IntegerModel(m, (4,))
+print(str(eng.steps[1].out_type))
+_, rep = export_hls4ml(eng, {str(tmp_path / "hls")!r}, torch.randn(200, 4))
+print(rep.line())
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-500:]
+    acc, line = r.stdout.splitlines()[-2:]
+    assert acc == "ap_fixed<2,-6>" and line.endswith("mismatches     0  max |diff| 0  bit-exact")
+    # the widened types, and an input type that is itself too narrow is refused by name
+    torch.manual_seed(0)
+    m = nn.Sequential(QActivation("quantized_bits(8,2,alpha=1)"),
+                      QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)", bias=False),
+                      QActivation("quantized_bits(4,0,alpha=1)")).eval()
+    with torch.no_grad():
+        m[1].weight.mul_(0.01)
+    _, prec = layer_list(IntegerModel(m, (4,)))
+    assert prec["layer_1"]["Precision"]["accum"] == "ap_fixed<6,-2>"  # was ap_fixed<2,-6>
+    assert prec["layer_1"]["Precision"]["result"] == "ap_fixed<6,-2>"
+    with pytest.raises(ExportError, match=r"0: the input type ap_fixed<2,-6> has 5 fraction "
+                                          r"bits below .* give a wider --input-type"):
+        layer_list(IntegerModel(nn.Sequential(QActivation("quantized_bits(4,0,alpha=1)")),
+                                (4,), "ap_fixed<2,-6>"))

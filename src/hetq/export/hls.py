@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..quant.fixed import FixedType
 from .engine import IntegerModel, check_engine
 from .steps import CastStep, ExportError, KeepStep, WeightStep
 
@@ -59,6 +60,8 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     prec = {"x_in": {"Precision": {"result": str(eng.input_type)}}}
     width = eng.input_shape[0]
     used = set()
+    # the last layer's (name, precision keys, type): a cast from it may need it wider
+    prev = ("x_in", ("result",), eng.input_type)
     for step in eng.steps:
         name = hls_name(step.name)
         if name in used:
@@ -83,14 +86,17 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
             layers.append(layer)
             prec[name] = {"Precision": p, "ReuseFactor": 1, "Strategy": "Latency"}
             width = n_out
+            prev = (name, ("accum", "result"), step.out_type)
         elif isinstance(step, CastStep) or (isinstance(step, KeepStep)
                                             and step.kind == "relu"):
             # relu for unsigned types (negative values saturate to 0 either way) and float
             # ReLU; a signed cast is hls4ml's linear activation with a result type
             act = "relu" if (step.kind == "relu" or not step.out_type.signed) else "linear"
+            _room_to_round(prec, prev, step)
             layers.append({"class_name": "Activation", "name": name, "activation": act,
                            "n_in": width})
             prec[name] = {"Precision": {"result": str(step.out_type)}}
+            prev = (name, ("result",), step.out_type)
         elif isinstance(step, KeepStep) and step.kind in ("identity", "dropout", "flatten"):
             used.discard(name)
         else:
@@ -100,6 +106,26 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
                               "export (it supports MLPs: dense + quantized_bits/relu); the "
                               f"integer engine still runs it{hint}")
     return layers, prec
+
+
+def _room_to_round(prec: dict, prev: tuple, step) -> None:
+    """Widen the layer before a cast whose rounding reads a bit above the input type's top
+    (its fraction bits beyond the output's are at least its width: a layer whose weights all
+    quantize to 0 has an accumulator such as ap_fixed<2,-4>, cast to ap_fixed<4,1>): the
+    C simulation's ap_types then failed an assertion ('Attempting to read bit beyond MSB')
+    that killed the process. Sign extension to more integer bits keeps every value."""
+    name, keys, t = prev
+    out = step.out_type
+    if t is None or t.frac - out.frac < t.width:
+        return
+    if name == "x_in":  # (a wider input type would saturate raw inputs differently)
+        raise ExportError(f"{step.name}: the input type {t} has {t.frac - out.frac} fraction "
+                          f"bits below {out}'s but is only {t.width} bits wide, which the "
+                          "hls4ml C types cannot round; give a wider --input-type")
+    w = t.frac - out.frac + 1
+    wide = FixedType(w, w - t.frac, t.signed, t.rounding, t.overflow)
+    for k in keys:
+        prec[name]["Precision"][k] = str(wide)
 
 
 def hls4ml_model(eng: IntegerModel, out_dir: str | Path, backend: str = "Vivado",
