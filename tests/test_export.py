@@ -1079,3 +1079,44 @@ print(rep.line())
                                           r"bits below .* give a wider --input-type"):
         layer_list(IntegerModel(nn.Sequential(QActivation("quantized_bits(4,0,alpha=1)")),
                                 (4,), "ap_fixed<2,-6>"))
+
+
+def test_qonnx_per_feature_inputs_raw_all_negative_binary_weights_and_huge_input_fractions():
+    """Found by a probe of the export: (1) a per-feature input quantizer's QONNX graph put a
+    Quant to the finest grid before it, rounding raw inputs twice (0.26 -> 0.25 -> 0 in a 0.5
+    grid), which the check, fed on-grid inputs, did not see; (2) binary weights that are all
+    -1 got a 1-bit signed type, which QONNX refused with advice the user could not follow;
+    (3) an input type with ~100 fraction bits ended in an OverflowError traceback."""
+    pytest.importorskip("qonnx")
+    import numpy as np
+
+    from hetq.export.qonnx import check_qonnx, run_qonnx, to_qonnx
+    from hetq.quant.fixed_point import quantized_bits
+
+    m = nn.Sequential(QActivation(quantized_bits(torch.tensor([3.0, 6.0]),
+                                                 torch.tensor([1.0, 1.0]), alpha=1)),
+                      QDense(2, 1, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    with torch.no_grad():
+        m[1].weight.copy_(torch.tensor([[0.5, 0.25]]))
+        m[1].bias.zero_()
+    eng = IntegerModel(m, (2,))
+    x = torch.tensor([[0.26, 0.26], [1.26, 0.1]], dtype=torch.float64)
+    with torch.no_grad():
+        expect = m.double()(x).flatten().tolist()
+    assert expect == [0.3125, 0.78125] == eng(x).flatten().tolist()
+    assert np.asarray(run_qonnx(to_qonnx(eng), x.numpy())).flatten().tolist() == expect
+
+    neg = nn.Sequential(QActivation("quantized_bits(6,2,alpha=1)"),
+                        QDense(3, 1, bias=False, kernel_quantizer="binary(alpha=1)")).eval()
+    with torch.no_grad():
+        neg[1].weight.copy_(-torch.rand(1, 3))
+    e2 = IntegerModel(neg, (3,))
+    assert check_qonnx(e2, to_qonnx(e2), torch.randn(50, 3)).exact
+
+    wide = nn.Sequential(QDense(2, 1, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                                bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    with pytest.raises(ExportError, match=r"0: the exact accumulator: ap_fixed<1\d\d,-?\d> is "
+                                          r"1\d\d bits wide; the integer engine is exact up to "
+                                          r"53-bit types"):
+        IntegerModel(wide, (2,), "ap_fixed<16,-100,AP_RND_CONV,AP_SAT>")

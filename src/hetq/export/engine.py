@@ -31,6 +31,7 @@ on the input grid. Float32 evaluation is exact too while every accumulator fits 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -187,7 +188,8 @@ def _acc_type(name, w_codes, w_type, b_codes, b_type, in_type, reduce_dims) -> F
     sh = float(1 << (frac - in_type.frac - w_type.frac))
     hi, lo = hi * sh, lo * sh
     if b_codes is not None:
-        b = (b_codes * (1 << (frac - b_type.frac))).to(torch.float64)
+        # (in float64: an int64 shift overflowed for inputs with ~60 more fraction bits)
+        b = b_codes.to(torch.float64) * math.ldexp(1.0, frac - b_type.frac)
         hi, lo = hi + b, lo + b
     return _exact(type_for_range(int(lo.min()), int(hi.max()), frac),
                   f"{name}: the exact accumulator", "narrow the input or weight types")

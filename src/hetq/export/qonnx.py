@@ -157,6 +157,8 @@ class _Builder:
             raise ExportError(f"{base}: weights of type {ft} need more than float32's 24-bit "
                               "mantissa, which QONNX's initializers and Quant nodes use; "
                               "narrow the weight type to 24 bits or fewer")
+        if ft.signed and ft.width == 1:  # (weights all -1, binary say: the same values in 2
+            ft = FixedType(2, ft.integer + 1, True)  # bits, which a Quant node can express)
         grid = FixedType(ft.width, ft.integer, ft.signed, "RND_CONV", "SAT")
         return self.quant(self.const(base, vals), grid, base, values_checked=True,
                           float32=float32)
@@ -173,7 +175,10 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
         widest = max([eng.input_type.width] + [s.out_type.width for s in eng.steps])
         dtype = np.float32 if widest <= 24 else np.float64
     b = _Builder(dtype)
-    x = b.quant("global_in", eng.input_type, "input")
+    # a per-feature input quantizer (the gradient strategy's) is the first step itself: a
+    # Quant to the finest grid before it rounded raw inputs twice, as the engine does not
+    x = "global_in" if eng._feature_cast is not None else \
+        b.quant("global_in", eng.input_type, "input")
     for i, step in enumerate(eng.steps):
         nm = step.name.replace(".", "_")
         if isinstance(step, WeightStep):
