@@ -601,16 +601,6 @@ def folder_changes(config: SearchConfig, out: Path,
     return _changes(SearchConfig.load(path).to_dict(), config, skip) if path.exists() else {}
 
 
-def changed_settings(config: SearchConfig, out: Path) -> dict[str, Any]:
-    """The settings in which `config` differs from the run folder's search.yaml, each with
-    its old value, sorted by name ({} when there is none yet)."""
-    path = out / "search.yaml"
-    if not path.exists():
-        return {}
-    old = SearchConfig.load(path).to_dict()
-    return {k: old.get(k) for k in _differences(old, config.to_dict())}
-
-
 def start_run(config: SearchConfig, out: Path, progress: bool = True,
               storage: str | None = None) -> SearchContext:
     """Record `config` as the run folder's search.yaml (and a database `storage`'s URL) and
