@@ -232,8 +232,11 @@ def check_chain(float_model: nn.Module, x: torch.Tensor) -> None:
     """A ValueError unless `float_model` computes what its layers do one after the other on
     a few rows of `x`: the gradient strategy rebuilds a model from its layers alone, and a
     forward that also scales the inputs (say) was dropped without a word."""
+    from ...train.loop import _float_dtype
+
     p = next(float_model.parameters(), None)
-    probe = x[:16].to(dtype=_dtype(float_model), device=p.device if p is not None else None)
+    probe = x[:16].to(dtype=_float_dtype(float_model),
+                      device=p.device if p is not None else None)
     chain = probe
     for m in float_model.children():
         chain = m(chain)
@@ -248,11 +251,6 @@ def check_chain(float_model: nn.Module, x: torch.Tensor) -> None:
                          "strategy rebuilds the model from those layers alone and would drop "
                          "the rest. Move that step into the data (or into an nn.Sequential "
                          "of the layers)")
-
-
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return p.dtype if p is not None else torch.float32
 
 
 class GradientBitsMLP(nn.Module):
