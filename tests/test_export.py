@@ -3,6 +3,7 @@
 import re
 import shutil
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -1032,6 +1033,17 @@ def test_float_activations_and_an_input_quantizer_that_is_no_cast_are_named_as_s
                                    QDense(3, 3, **K)).eval(), (3,))
 
 
+def tiny_accumulator_model() -> nn.Module:
+    """Weights that quantize to nearly 0: an accumulator of ap_fixed<2,-6>, then a cast."""
+    torch.manual_seed(0)
+    m = nn.Sequential(QActivation("quantized_bits(8,2,alpha=1)"),
+                      QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)", bias=False),
+                      QActivation("quantized_bits(4,0,alpha=1)")).eval()
+    with torch.no_grad():
+        m[1].weight.mul_(0.01)
+    return m
+
+
 def test_a_cast_after_a_tiny_accumulator_does_not_abort_the_c_simulation(tmp_path):
     """A layer whose weights quantize to (nearly) 0 has an accumulator such as ap_fixed<2,-6>;
     its cast to ap_fixed<4,1> reads a rounding bit above that type's top, and the C
@@ -1044,18 +1056,13 @@ def test_a_cast_after_a_tiny_accumulator_does_not_abort_the_c_simulation(tmp_pat
     from hetq.export.hls import layer_list
 
     script = f"""
+import sys
 import torch
-from torch import nn
-from hetq.quant.layers import QActivation, QDense
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_export import tiny_accumulator_model
 from hetq.export import IntegerModel
 from hetq.export.hls import export_hls4ml
-torch.manual_seed(0)
-m = nn.Sequential(QActivation("quantized_bits(8,2,alpha=1)"),
-                  QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)", bias=False),
-                  QActivation("quantized_bits(4,0,alpha=1)")).eval()
-with torch.no_grad():
-    m[1].weight.mul_(0.01)
-eng = IntegerModel(m, (4,))
+eng = IntegerModel(tiny_accumulator_model(), (4,))
 print(str(eng.steps[1].out_type))
 _, rep = export_hls4ml(eng, {str(tmp_path / "hls")!r}, torch.randn(200, 4))
 print(rep.line())
@@ -1066,13 +1073,7 @@ print(rep.line())
     acc, line = r.stdout.splitlines()[-2:]
     assert acc == "ap_fixed<2,-6>" and line.endswith("mismatches     0  max |diff| 0  bit-exact")
     # the widened types, and an input type that is itself too narrow is refused by name
-    torch.manual_seed(0)
-    m = nn.Sequential(QActivation("quantized_bits(8,2,alpha=1)"),
-                      QDense(4, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)", bias=False),
-                      QActivation("quantized_bits(4,0,alpha=1)")).eval()
-    with torch.no_grad():
-        m[1].weight.mul_(0.01)
-    _, prec = layer_list(IntegerModel(m, (4,)))
+    _, prec = layer_list(IntegerModel(tiny_accumulator_model(), (4,)))
     assert prec["layer_1"]["Precision"]["accum"] == "ap_fixed<6,-2>"  # was ap_fixed<2,-6>
     assert prec["layer_1"]["Precision"]["result"] == "ap_fixed<6,-2>"
     with pytest.raises(ExportError, match=r"0: the input type ap_fixed<2,-6> has 5 fraction "
