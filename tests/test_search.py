@@ -344,6 +344,30 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
     plan = schedule(ctx.space, config.blocks, "sequential", {}, 4)
     assert "width/block" in plan[0]["params"] and "width/block" not in plan[1]["params"]
     assert all(p.startswith(("fc1/", "relu1/", "width/")) for p in plan[0]["params"])
+    # --learning-rates: no block searched lr (it belongs to no layer), and every trial
+    # trained at --lr without a word; the first block searches it, the later ones keep it
+    config = cfg(trials=3, learning_rates=[1e-3, 3e-2],
+                 blocks=["^(fc1|relu1)$", "^(fc2|relu2|fc3|relu3|output)$"])
+    study = run_search(config, tmp_path / "lr", progress=False)
+    state = json.loads((tmp_path / "lr" / "scheduler.json").read_text())
+    assert state["frozen"]["lr"] in (1e-3, 3e-2)
+    assert {t.user_attrs["candidate"]["lr"] for t in completed(study)} == {state["frozen"]["lr"]}
+
+
+def test_a_block_freezes_its_best_trial_among_those_that_meet_the_constraints():
+    """The best of all trials was frozen, one that missed --min-reduction: then no trial of
+    the later blocks met it."""
+    from types import SimpleNamespace
+
+    from hetq.search.driver import block_best
+
+    def t(n, value, feasible):
+        return SimpleNamespace(number=n, value=value, values=[value], user_attrs={
+            "feasible": feasible})
+    done = [t(0, 0.42, False), t(1, 0.40, True), t(2, 0.39, True)]
+    for objective in ("forgiving", "pareto"):
+        assert block_best(done, objective).number == 1
+        assert block_best([done[0]], objective).number == 0  # none meets them: the best
 
 
 def test_constraints_that_no_trial_meets_are_reported(tmp_path):

@@ -94,6 +94,10 @@ def schedule(space: SearchSpace, blocks: list[str], order: str, layer_cost: dict
     for b in plan:
         b["params"] = [n for n in b["params"] if n not in taken]
         taken.update(b["params"])
+    # parameters of no layer (--learning-rates' lr) are searched by the first block, then
+    # frozen like the others (no block had them: every trial trained at --lr, unsaid)
+    if plan:
+        plan[0]["params"] += sorted(n for n in space.distributions() if n not in taken)
     return plan
 
 

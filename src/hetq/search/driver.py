@@ -749,8 +749,7 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         if not done:
             raise RuntimeError(f"block {block['pattern']!r} finished no trial")
-        best = max(done, key=lambda t: t.value) if config.objective != "pareto" else max(
-            done, key=lambda t: t.values[0])
+        best = block_best(done, config.objective)
         sched.state["frozen"].update({n: best.params[n] for n in block["params"]
                                       if n in best.params})
         sched.state["next_block"] = k + 1
@@ -758,6 +757,14 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         sched.save()
     ctx.space = full_space
     return study
+
+
+def block_best(done: list, objective: str):
+    """The trial a finished block freezes: the best (score, or the metric of a Pareto search)
+    of those that meet --min-reduction / --max-loss, as --trial best picks; the best of all
+    froze one that misses them, and then no later block's trial met them."""
+    pool = [t for t in done if t.user_attrs.get("feasible") is not False] or done
+    return max(pool, key=lambda t: t.value if objective != "pareto" else t.values[0])
 
 
 def _spawn_workers(config, out, storage, workers, progress, devices=None):
