@@ -298,10 +298,8 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
     (seed `config.seed`); a pruned member (per-epoch report to the study's pruner) leaves the
     population at once; each member prunes to its own sampled sparsity with the schedule of
     the sequential path. Returns the number of trials run."""
-    from ..train import evaluate
-    from ..train.population import fit_population
+    from optuna.storages._heartbeat import get_heartbeat_thread
 
-    cfg = ctx.config
     finish = make_objective(ctx).finish
     ran = failures = 0
     while n_counted(study) < budget:
@@ -309,56 +307,86 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             raise SearchFailed(f"{failures} trials in a row failed (their training diverged); "
                                "stopping")
         recover_dead_trials(study)  # (a batch whose process died: queued again)
-        n = min(k, budget - n_counted(study))
+        _fail_stale(study)  # (and one on another host, by the database's heartbeat)
+        running = len(study.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.RUNNING,)))
+        n = min(k, budget - n_counted(study) - running)
+        if n < 1:  # the last trials run elsewhere: wait for them (or their failure); asking
+            time.sleep(1.0)  # here added an 'overflow' FAIL trial every second
+            continue
+        with warnings.catch_warnings():  # (the batch records its own heartbeats, below)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            asked = [study.ask() for _ in range(n)]
         trials = []
-        for t in (study.ask() for _ in range(n)):
+        for t in asked:
             if counted_before(study, t.number) >= budget:  # (`hetq worker`s run trials too)
                 t.set_user_attr("overflow", True)
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
             else:
                 trials.append(t)
-        if not trials:  # the last trials run elsewhere: wait for them (or their failure)
-            _fail_stale(study)
-            time.sleep(1.0)
+        if not trials:
             continue
-        cands, models = [], []
-
-        def report(j, epoch, val, trials=trials):
-            if cfg.objective == "pareto" or not math.isfinite(val.get(cfg.metric, math.nan)):
-                return False  # Optuna prunes single objectives only
-            trials[j].report(float(val[cfg.metric]), epoch)
-            return trials[j].should_prune()
-
-        try:
+        with contextlib.ExitStack() as beats:  # a database's heartbeat for each trial: a
+            # batch whose process died is failed and retried from any host (without it, a
+            # resume on another host waited for its RUNNING trials for ever)
             for t in trials:
-                for key, v in worker_identity().items():
-                    t.set_user_attr(key, v)
-                c = ctx.space.suggest(t)
-                t.set_user_attr("candidate", c.to_dict())
-                cands.append(c)
-                torch.manual_seed(cfg.seed + seed_number(t))  # (as `run_candidate` does)
-                models.append(build_candidate(ctx.float_model, c))
-            res = fit_population(models, ctx.data, epochs=cfg.epochs,
-                                 batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],
-                                 seed=cfg.seed, report=report,
-                                 sparsity=[c.sparsity or None for c in cands],
-                                 device=cfg.device)
-        except (KeyboardInterrupt, OSError):  # Ctrl-C, a full disk: the batch is queued again
-            retry_all_later(study, trials)
-            raise
-        except BaseException:  # an error of the batch itself fails its trials (they were
-            with deferred_signals(signal.SIGINT, signal.SIGTERM), \
-                    contextlib.suppress(OSError):  # left RUNNING for good)
-                for t in trials:
-                    study.tell(t, state=optuna.trial.TrialState.FAIL)
-            raise
+                beats.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
+            outcomes = _run_batch(study, ctx, trials, finish, on_trial_end)
+        for failed in outcomes:
+            ran += 1
+            failures = failures + 1 if failed else 0
+    return ran
+
+
+def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
+    """Train `trials` as one population and tell each its result; whether each failed.
+    Ctrl-C or a file-system error at any point queues the trials not yet told again (those
+    of the evaluation phase were left RUNNING: a rerun in the same process, a notebook's,
+    then waited for them for ever)."""
+    from ..train import evaluate
+    from ..train.population import fit_population
+
+    cfg = ctx.config
+    cands, models, outcomes = [], [], []
+
+    def report(j, epoch, val):
+        if cfg.objective == "pareto" or not math.isfinite(val.get(cfg.metric, math.nan)):
+            return False  # Optuna prunes single objectives only
+        trials[j].report(float(val[cfg.metric]), epoch)
+        return trials[j].should_prune()
+
+    try:
+        for t in trials:
+            for key, v in worker_identity().items():
+                t.set_user_attr(key, v)
+            c = ctx.space.suggest(t)
+            t.set_user_attr("candidate", c.to_dict())
+            cands.append(c)
+            torch.manual_seed(cfg.seed + seed_number(t))  # (as `run_candidate` does)
+            models.append(build_candidate(ctx.float_model, c))
+        res = fit_population(models, ctx.data, epochs=cfg.epochs,
+                             batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],
+                             seed=cfg.seed, report=report,
+                             sparsity=[c.sparsity or None for c in cands],
+                             device=cfg.device)
+    except (KeyboardInterrupt, OSError):  # Ctrl-C, a full disk: the batch is queued again
+        retry_all_later(study, trials)
+        raise
+    except BaseException:  # an error of the batch itself fails its trials (they were
+        with deferred_signals(signal.SIGINT, signal.SIGTERM), \
+                contextlib.suppress(OSError):  # left RUNNING for good)
+            for t in trials:
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+        raise
+    try:
         for t, c, m, r in zip(trials, cands, models, res):
             if r.stopped_by_report:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                outcomes.append(False)
             elif r.diverged:  # as `fit` raising FloatingPointError in a single trial
                 t.set_user_attr("error", "training diverged (non-finite loss)")
                 study.tell(t, state=optuna.trial.TrialState.FAIL)
-                failures += 1
+                outcomes.append(True)
             else:
                 try:  # (as a single trial's error: that trial fails, the search goes on)
                     metrics = {"val": evaluate(m, ctx.data, split="val", device="cpu"),
@@ -367,15 +395,19 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
                 except TRIAL_ERRORS as e:
                     t.set_user_attr("error", f"{type(e).__name__}: {e}")
                     study.tell(t, state=optuna.trial.TrialState.FAIL)
-                    failures += 1
+                    outcomes.append(True)
                 else:
-                    failures = 0
                     study.tell(t, values)
-            ran += 1
+                    outcomes.append(False)
             if on_trial_end is not None:
                 # (not study.trials[...]: that deep-copies every trial of the study)
                 on_trial_end(study, study.get_trials(deepcopy=False)[t.number])
-    return ran
+    except (KeyboardInterrupt, OSError):  # the trials not told yet: queued again
+        now = study.get_trials(deepcopy=False)
+        retry_all_later(study, [t for t in trials
+                                if now[t.number].state == optuna.trial.TrialState.RUNNING])
+        raise
+    return outcomes
 
 
 def _check_population(config: SearchConfig) -> None:
