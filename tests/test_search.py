@@ -1668,6 +1668,8 @@ def test_block_wise_search_reruns_reports_and_workers(tmp_path, capsys, monkeypa
                                          "search, .*; a worker cannot join it"):
         run_worker_process(tmp_path / "w", "hetq_block1", str(out / "study.journal"),
                            progress=False)
+    with pytest.raises(ValueError, match=r"is a block-wise search, .*; a worker cannot join"):
+        D.default_study(out, None)  # (`hetq worker --out RUN`: 'no study hetq' was said)
     # interrupted in its first block, after one trial: the report shows that block's trials
     real, calls = D.run_candidate, []
 

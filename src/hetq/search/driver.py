@@ -825,7 +825,12 @@ def default_study(out: str | Path | None, storage: str | None) -> str:
     """The study a `hetq worker` without --study joins: the one the run folder `out` records
     (its search.yaml), else the only one in `storage`; a ValueError names the choices."""
     if out and (Path(out) / "search.yaml").exists():
-        return SearchConfig.load(Path(out) / "search.yaml").study_name
+        config = SearchConfig.load(Path(out) / "search.yaml")
+        if config.blocks:  # (its studies are NAME_block<N>: 'no study NAME' was said)
+            raise ValueError(f"{out} is a block-wise search, which searches its blocks one "
+                             "after another within its own `hetq search`; a worker cannot "
+                             "join it")
+        return config.study_name
     if storage is None:
         raise ValueError("give --study NAME, or --out the search's run folder (its search.yaml "
                          "names the study)")
