@@ -1880,3 +1880,15 @@ def test_a_population_batch_keeps_heartbeats_and_requeues_its_untold_trials(
     monkeypatch.setattr(driver, "measure_costs", real_costs)
     study = run_search(config, tmp_path / "p", progress=False)  # (it hung here)
     assert len(completed(study)) == 6
+
+
+def test_a_block_with_nothing_to_search_trains_once(tmp_path, capsys):
+    """A block whose fields each have one choice (--limit) trained that one configuration
+    its whole trial budget, without a word."""
+    limit = {"Linear": [4, 4], "^relu[12]$": [4],
+             "output": [["quantized_bits(4,0,1,alpha=1.0)"], ["quantized_bits(8,3,1)"], 8]}
+    study = run_search(cfg(trials=3, limit=limit, blocks=["^(fc|relu)", "^output$"]),
+                       tmp_path / "b", progress=True)
+    assert "block 2/2 '^output$': layers ['output'], nothing to search (each field has one " \
+           "choice): 1 trial" in capsys.readouterr().out
+    assert len(completed(study)) == 1

@@ -757,7 +757,10 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         later = {n for b in plan[k + 1:] for n in b["layers"]} | unmatched
         ctx.space = BlockView(full_space, set(block["params"]), dict(sched.state["frozen"]),
                               later)
-        bcfg = dataclasses.replace(config, study_name=name, trials=block["trials"], blocks=None)
+        # a block with nothing to search (each field one choice) trains its one
+        # configuration once (it trained it block["trials"] times)
+        n_trials = block["trials"] if block["params"] else 1
+        bcfg = dataclasses.replace(config, study_name=name, trials=n_trials, blocks=None)
         finished = k < sched.state["next_block"]  # (in an earlier run: its settings stay)
         study = open_study(bcfg, out, storage, create=not finished,
                            search_space=ctx.space.distributions())
@@ -770,7 +773,8 @@ def _run_blocks(config, ctx, out, storage, workers, progress):
         sched.save()
         if progress:
             print(f"block {k + 1}/{len(plan)} {block['pattern']!r}: layers {block['layers']}, "
-                  f"{block['trials']} trials", flush=True)
+                  + (f"{n_trials} trials" if block["params"] else
+                     "nothing to search (each field has one choice): 1 trial"), flush=True)
         bctx = dataclasses.replace(ctx, config=bcfg)
         if workers <= 1:
             run_worker(study, make_objective(bctx), bcfg.trials,
