@@ -442,8 +442,8 @@ def test_malformed_jet_files_name_the_file_and_row(tmp_path):
     cases = {"empty.csv": ("", "empty file; expected a header row with the feature names and "
                                "'class', then the data rows"),
              "head.csv": (head + "\n", "no data rows"),
-             "short.csv": (f"{head}\n{good}\n1,2,3\n", "data row 2 has 3 fields; expected at "
-                                                        "least 17"),
+             "short.csv": (f"{head}\n{good}\n1,2,3\n", "data row 2 has 3 fields; the header "
+                                                        "has 17"),
              "text.csv": (f"{head}\n{good}\n{good.replace('3.0', 'x')}\n",
                           "data row 2: could not convert string to float: 'x'"),
              "label.csv": (f"{head}\n{good}\n{good[:-1]}zz\n", "data row 2: unknown jet class "
@@ -703,3 +703,58 @@ def test_a_read_only_cache_keeps_the_checksum_message_and_an_unchecked_download_
         with pytest.warns(UserWarning, match="OpenML's description gives no md5, so the "
                                              "download could not be checked"):
             download_jets(cache=tmp_path / "b", api=f"{srv.url}/api", progress=False)
+
+
+def test_data_layer_slips_found_by_a_probe(tmp_path):
+    """A CSV row with an extra field (a decimal comma) was read with its values shifted;
+    negative labels, labels only val/test have, float64 values beyond float32 and val/test
+    samples of another shape passed `from_splits` (and failed later inside torch or numpy);
+    an HDF5 't_allpar_new' group and a 0-d 'classes' array were tracebacks; a NaN split
+    value was counted in 0 rows."""
+    from hetq.data import Dataset
+    from hetq.data.jets import parse_file
+
+    rows = [",".join(["class", *FEATURES])]
+    rows += [",".join(["g"] + ["0.5"] * 16), ",".join(["q", "0,126"] + ["0.5"] * 15)]
+    (tmp_path / "j.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"j.csv: data row 2 has 18 fields; the header has 17"):
+        parse_file(tmp_path / "j.csv")
+
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    y = np.arange(30) % 3
+
+    def splits(Xs=X, ys=y):
+        return {"train": (Xs[:10], ys[:10]), "val": (Xs[10:20], ys[10:20]),
+                "test": (Xs[20:], ys[20:])}
+    for ys, msg in ((y - 1, r"d \(train split\): labels must be class indices >= 0, "
+                            r"found \[-1\]"),
+                    (np.where(np.arange(30) >= 20, 5, y),
+                     r"d: the test split has label 5, which the train split never has")):
+        with pytest.raises(ValueError, match=msg):
+            Dataset.from_splits("d", splits(ys=ys))
+    big = X.copy()
+    big[25, 1] = 1e39
+    with pytest.raises(ValueError, match=r"d \(test split\): 1 feature values beyond float32's "
+                                         r"range \(about 3.4e38\), first at \(row, column\) "
+                                         r"\(5, 1\)"):
+        Dataset.from_splits("d", splits(Xs=big), standardize=False)
+    s = splits()
+    s["val"] = (X[10:20, :3], y[10:20])
+    with pytest.raises(ValueError, match=r"d \(val split\): samples of shape \(3,\); the train "
+                                         r"split's are \(4,\)"):
+        Dataset.from_splits("d", s, standardize=False)
+
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "g.z", "w") as f:
+        f.create_group("t_allpar_new").create_dataset("table", data=np.zeros(3))
+    with pytest.raises(ValueError, match=r"g.z: 't_allpar_new' is a group; expected"):
+        parse_file(tmp_path / "g.z")
+    arrays = dict(np.load(EMBEDDED).items())
+    np.savez(tmp_path / "c.npz", **{**arrays, "classes": np.array("gqtwz")})
+    with pytest.raises(ValueError, match=r"c.npz: classes has shape \(\); expected a list"):
+        load_jets_sim(tmp_path / "c.npz")
+    split = arrays["split"].astype(float)
+    split[:3] = np.nan
+    np.savez(tmp_path / "n.npz", **{**arrays, "split": split})
+    with pytest.raises(ValueError, match=r"split has values \[nan\] in 3 rows"):
+        load_jets_sim(tmp_path / "n.npz")

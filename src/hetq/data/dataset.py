@@ -36,19 +36,32 @@ def validate_arrays(X, y, n_classes: int | None = None, name: str = "data",
         pos = np.argwhere(bad)[:5].tolist()
         raise ValueError(f"{name}: {int(bad.sum())} NaN/inf feature values, first at "
                          f"(row, column) {', '.join(str(tuple(p[:2])) for p in pos)}")
+    with np.errstate(over="ignore"):  # (float64 values beyond float32's range became inf)
+        X32 = X.astype(np.float32)
+    big = ~np.isfinite(X32)
+    if big.any():
+        pos = np.argwhere(big)[:5].tolist()
+        raise ValueError(f"{name}: {int(big.sum())} feature values beyond float32's range "
+                         f"(about 3.4e38), first at (row, column) "
+                         f"{', '.join(str(tuple(p[:2])) for p in pos)}; rescale them")
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise ValueError(f"{name}: labels must be integers, got non-integer values "
                              f"{np.unique(y[~np.isfinite(y) | (y != np.round(y))])[:5].tolist()}")
     elif y.dtype.kind not in "iub":
         raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and y.size and float(np.abs(y).max()) >= 2 ** 62:
+        raise ValueError(f"{name}: labels must be class indices, got {float(np.abs(y).max())}")
     y = y.astype(np.int64)
+    if (y < 0).any():  # (a negative label failed inside torch, 'Target -1 is out of bounds')
+        raise ValueError(f"{name}: labels must be class indices >= 0, found "
+                         f"{sorted(set(y[y < 0].tolist()))[:10]}")
     if n_classes is not None:
         bad_y = (y < 0) | (y >= n_classes)
         if bad_y.any():
             raise ValueError(f"{name}: labels must be in 0..{n_classes - 1}, found "
                              f"{sorted(set(y[bad_y].tolist()))[:10]}")
-    return X.astype(np.float32), y
+    return X32, y
 
 
 @dataclass
@@ -85,6 +98,18 @@ class Dataset:
             except (TypeError, ValueError):
                 raise ValueError(f"{name}: splits[{s!r}] must be an (X, y) pair") from None
             arrays[s] = validate_arrays(X, y, n_classes, f"{name} ({s} split)")
+            if s != "train" and arrays[s][0].shape[1:] != arrays["train"][0].shape[1:]:
+                raise ValueError(f"{name} ({s} split): samples of shape "
+                                 f"{arrays[s][0].shape[1:]}; the train split's are "
+                                 f"{arrays['train'][0].shape[1:]}")
+        if n_classes is None and len(arrays["train"][1]):  # (labels only val or test have
+            top = {s: int(a[1].max()) for s, a in arrays.items() if len(a[1])}  # failed in torch)
+            if top["train"] < max(top.values()):
+                s = max(top, key=top.get)
+                raise ValueError(f"{name}: the {s} split has label {top[s]}, which the "
+                                 f"train split never has (its labels go to "
+                                 f"{top['train']}); give the classes "
+                                 "(classes=[...]) or train on every class")
         if features and len(features) != arrays["train"][0].shape[1]:
             raise ValueError(f"{name}: {len(features)} feature names for "
                              f"{arrays['train'][0].shape[1]} features per sample")

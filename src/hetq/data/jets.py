@@ -86,15 +86,15 @@ def _labels(values, path: Path | None = None) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-def _table(path: Path, table: list[list[str]], fi: list[int], ci: int):
-    """(X, y) from the parsed data rows; a bad row is named by its number (1 = first)."""
+def _table(path: Path, table: list[list[str]], fi: list[int], ci: int, width: int):
+    """(X, y) from the parsed data rows, each of `width` fields (the header's: a row with
+    more, a decimal comma say, was read shifted); a bad row is named by its number."""
     if not table:
         raise ValueError(f"{path}: no data rows")
-    width = max(fi + [ci]) + 1
     X = np.empty((len(table), len(fi)), dtype=np.float32)
     for n, r in enumerate(table):
-        if len(r) < width:
-            raise ValueError(f"{path}: data row {n + 1} has {len(r)} fields; expected at least "
+        if len(r) != width:
+            raise ValueError(f"{path}: data row {n + 1} has {len(r)} fields; the header has "
                              f"{width}")
         try:
             X[n] = [float(r[i]) for i in fi]
@@ -104,7 +104,7 @@ def _table(path: Path, table: list[list[str]], fi: list[int], ci: int):
 
 
 def _columns(header: list[str], path: Path) -> tuple[list[int], int]:
-    names = [h.strip().strip("'\"") for h in header]
+    names = [str(h).strip().strip("'\"") for h in header]
     missing = [f for f in FEATURES if f not in names]
     if missing or "class" not in names:
         need = missing + ([] if 'class' in names else ['class'])
@@ -134,7 +134,8 @@ def parse_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not in_data:
         raise ValueError(f"{path}: not an ARFF file (no @data section)")
     fi, ci = _columns(header, path)
-    return _table(path, list(csv.reader(rows, quotechar="'", skipinitialspace=True)), fi, ci)
+    return _table(path, list(csv.reader(rows, quotechar="'", skipinitialspace=True)), fi, ci,
+                  len(header))
 
 
 def parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +145,7 @@ def parse_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: empty file; expected a header row with the feature names "
                          "and 'class', then the data rows")
     fi, ci = _columns(header, path)
-    return _table(path, [r for r in reader if r], fi, ci)
+    return _table(path, [r for r in reader if r], fi, ci, len(header))
 
 
 def parse_parquet(path: Path):
@@ -171,6 +172,9 @@ def parse_hdf5(path: Path):
     with f:
         if "t_allpar_new" not in f:
             raise ValueError(f"{path}: no 't_allpar_new' tree; found {list(f.keys())}")
+        if not isinstance(f["t_allpar_new"], h5py.Dataset):  # (pandas' to_hdf writes a group)
+            raise ValueError(f"{path}: 't_allpar_new' is a group; expected the Zenodo file's "
+                             "table of named columns (j_zlogz, ..., j_g, ..., j_t)")
         t = f["t_allpar_new"][()]
     names = t.dtype.names or ()
     missing = [f"j_{c}" for c in FEATURES + CLASSES if f"j_{c}" not in names]
@@ -327,9 +331,16 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
         raise ValueError(f"{p}: not a jets_sim file (missing {sorted(missing)})")
     try:
         X, y, split = d["X"], d["y"], d["split"]
-        features = [str(f) for f in d["features"]] if "features" in d.files else FEATURES
-        classes = [str(c) for c in d["classes"]] if "classes" in d.files else CLASSES
+        names = {}
+        for key, default in (("features", FEATURES), ("classes", CLASSES)):
+            a = d[key] if key in d.files else np.asarray(default)
+            if a.ndim != 1:  # (a 0-d array was a TypeError traceback)
+                raise ValueError(f"{p}: {key} has shape {a.shape}; expected a list of names")
+            names[key] = [str(v) for v in a]
+        features, classes = names["features"], names["classes"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. object arrays
+        if str(e).startswith(str(p)):
+            raise
         raise ValueError(f"{p}: unreadable jets_sim array ({e})") from None
     if X.ndim != 2 or y.ndim != 1:
         raise ValueError(f"{p}: X has shape {X.shape} and y {y.shape}; expected X with one row "
@@ -341,7 +352,7 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
     other = np.setdiff1d(np.unique(split), [0, 1, 2])
     if other.size:  # (those rows would silently belong to no split)
         raise ValueError(f"{p}: split has values {other[:5].tolist()} in "
-                         f"{int(np.isin(split, other).sum())} rows; expected 0 (train), 1 "
+                         f"{int((~np.isin(split, [0, 1, 2])).sum())} rows; expected 0 (train), 1 "
                          "(validation) or 2 (test)")
     splits = {s: (X[split == i], y[split == i]) for i, s in enumerate(("train", "val", "test"))}
     return Dataset.from_splits("jets-sim", splits, features, classes, standardize)
