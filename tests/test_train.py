@@ -1645,3 +1645,51 @@ def test_evaluate_and_ptq_default_to_the_data_the_checkpoint_was_trained_on(
         warnings.simplefilter("error")  # (the 'ReLU' key warned on every load)
         assert main(["evaluate", str(digits)]) == 0
     assert capsys.readouterr().out.startswith(f"{digits} on digits (test split)")
+
+
+def test_one_command_at_a_time_writes_a_folder(tmp_path, capsys):
+    """Two `hetq train --out X` at once both passed the 'already holds a model.pt' check
+    and the later model replaced the first; two gradient searches, hls4ml exports or demos
+    in one folder replaced or deleted each other's files; a search started meanwhile with
+    other settings replaced float.pt before it was refused. Now a folder lock: the second
+    command is refused by name (a search's setup waits for it, then checks)."""
+    import os
+    import threading
+    import time
+
+    from hetq.files import folder_lock, lock_holder
+
+    out = tmp_path / "t"
+    with folder_lock(out):
+        who = lock_holder(out)
+        assert who.startswith(f"pid {os.getpid()}: hetq")
+        assert main(["train", "--data", "synthetic:n=600", "--epochs", "1", "--out", str(out),
+                     "--no-progress"]) == 2
+        assert capsys.readouterr().err == (f"hetq train: error: {out} is in use by another "
+                                           f"hetq command ({who}); wait for it to finish, or "
+                                           "give another --out\n")
+        with pytest.raises(ValueError, match="is in use by another hetq command"):
+            with folder_lock(out):
+                pass
+        from hetq.search.config import SearchConfig
+        from hetq.search.gradient import run_gradient_strategy
+
+        with pytest.raises(ValueError, match=f"{out} is in use by another hetq command"):
+            run_gradient_strategy(SearchConfig(strategy="gradient"), out, progress=False)
+    assert lock_holder(out) is None and not out.exists()  # (made by the lock, and removed)
+    released = []
+
+    def hold():
+        with folder_lock(out, wait=True):
+            ready.set()
+            time.sleep(0.5)
+            released.append(time.monotonic())
+    ready = threading.Event()
+    th = threading.Thread(target=hold)
+    th.start()
+    ready.wait()
+    with folder_lock(out, wait=True):  # a search's setup: waits for the other, then goes on
+        assert released and time.monotonic() >= released[0]
+    th.join()
+    assert f"{out} is in use by another hetq command" in capsys.readouterr().err
+    assert not out.exists()

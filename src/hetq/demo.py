@@ -101,9 +101,14 @@ def _preflight(out: Path, cfg) -> None:
 
 
 def run(a) -> int:
-    """The demo; Ctrl-C ends it with what a rerun keeps."""
+    """The demo, one per --out at a time (two at once failed together at step 5); Ctrl-C
+    ends it with what a rerun keeps."""
+    from .files import folder_lock
+
     try:
-        return _run(a)
+        check_output(a.out, "--out", folder=True)
+        with folder_lock(a.out):
+            return _run(a)
     except KeyboardInterrupt:
         search = Path(a.out) / "search"
         print(f"\ndemo stopped. A rerun of the same command trains steps 1-3 again and resumes "

@@ -32,3 +32,84 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
             tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+LOCK_NAME = ".hetq.lock"
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """Who holds `folder`'s lock (see `folder_lock`), or None when nobody does."""
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+        return None
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
+                lock_name: str = LOCK_NAME, label: str | Path | None = None):
+    """Hold `folder`'s exclusive lock (a `.hetq.lock` file in it, locked with flock: the
+    kernel releases it when the process dies) for the block. Held by another hetq command:
+    a ValueError naming it (`wait`: a note, then wait for it). Two commands writing one
+    folder at once replaced each other's files (a model.pt, a front, a float.pt) without a
+    word. The lock file goes when the lock does, and a folder made here that holds nothing
+    else is removed again. `lock_name`, `label`: another lock file in `folder`, and what the
+    message names."""
+    import fcntl
+    import sys
+
+    folder = Path(folder)
+    path = folder / lock_name
+    made = said = False
+    while True:
+        if not folder.is_dir():  # (or made again: the holder waited for removed it)
+            folder.mkdir(parents=True, exist_ok=True)
+            made = True
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # (the folder went between the two lines)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            who = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                os.close(fd)
+                raise ValueError(f"{label or folder} is in use by another hetq command "
+                                 f"({who}); wait for it to finish, or give another "
+                                 f"{option}") from None
+            if not said:
+                print(f"{label or folder} is in use by another hetq command ({who}); waiting "
+                      "for it", file=sys.stderr, flush=True)
+                said = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # (the holder removed the file as it let go: lock the new one instead)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        me = f"pid {os.getpid()}: {' '.join(['hetq', *sys.argv[1:3]])}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # (only if empty)

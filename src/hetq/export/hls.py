@@ -162,8 +162,18 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
     compare its outputs with the engine. Returns (hls_model, BitExactReport or None).
     `out_dir` must be new, empty, or an earlier project (`earlier_project`), which is
     replaced once the new one is complete; if the export fails, it is left as it was."""
+    from ..files import folder_lock
+
     check_engine(eng, "export_hls4ml")
     out_dir = Path(out_dir)
+    # one export per project folder at a time (two built the C simulation in one folder:
+    # one failed to link, blamed g++, and deleted the other's finished project)
+    with folder_lock(out_dir.parent, "--hls4ml", lock_name=f".{out_dir.name}.hetq.lock",
+                     label=out_dir):
+        return _export_hls4ml(eng, out_dir, x, backend, compile, **kw)
+
+
+def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
     earlier = earlier_project(out_dir)
     existed = out_dir.is_dir()
     aside = out_dir.with_name(out_dir.name + ".previous") if earlier else None

@@ -36,6 +36,7 @@ import optuna
 import torch
 
 from ..cli import deferred_signals
+from ..files import folder_lock
 from ..train.loop import keeps_global_rng
 from .build import build_candidate
 from .config import SearchConfig
@@ -673,36 +674,41 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                          "batches in one process; use --workers 1 with it")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    other = folder_changes(config, out)
-    if other:  # (a resumed search may ask for more trials)
-        raise OtherSettings(f"{out} holds a search with other settings ({{settings}}); use "
-                            "another --out, or the same settings to resume (--trials may "
-                            "change)", other)
-    warm = []  # (folder, its front), read before the float model is trained and recorded
-    for folder in config.warm_start:
-        try:
-            warm.append((folder, _warm_rows(folder, storage)))
-        except ValueError as e:
-            raise ValueError(f"--warm-start {folder}: {e}") from None
-    if config.strategy != "gradient":  # a bad or missing device: before the float training
-        from ..train.loop import resolve_device
+    # the checks and the setup (float model, study) one process at a time: a second search
+    # started meanwhile with other settings passed the checks, then replaced float.pt (and
+    # search.yaml) before the study refused it; one with the same settings now waits, then
+    # shares the study (as a worker does)
+    with folder_lock(out, wait=True):
+        other = folder_changes(config, out)
+        if other:  # (a resumed search may ask for more trials)
+            raise OtherSettings(f"{out} holds a search with other settings ({{settings}}); use "
+                                "another --out, or the same settings to resume (--trials may "
+                                "change)", other)
+        warm = []  # (folder, its front), read before the float model is trained and recorded
+        for folder in config.warm_start:
+            try:
+                warm.append((folder, _warm_rows(folder, storage)))
+            except ValueError as e:
+                raise ValueError(f"--warm-start {folder}: {e}") from None
+        if config.strategy != "gradient":  # a bad or missing device: before the float training
+            from ..train.loop import resolve_device
 
-        resolve_device(config.device)
-    if config.population > 1:  # a model population training cannot stack: before it, too
-        _check_population(config)
-    check_run_storage(out, storage)
-    if not config.blocks:  # (a bad URL or an unreachable server, too: before any training)
-        check_study_settings(config, out, storage)
-    elif storage is not None:
-        make_storage(storage, out)
-    ctx = start_run(config, out, progress, storage)
-    if config.blocks:
-        return _run_blocks(config, ctx, out, storage, workers, progress)
-    study = open_study(config, out, storage, search_space=ctx.space.distributions())
-    check_data(study, ctx)
-    study.set_user_attr("reference", ctx.reference)
-    _seed_warm_start(study, ctx, warm)
-    _seed_hessian_prior(study, ctx, progress)
+            resolve_device(config.device)
+        if config.population > 1:  # a model population training cannot stack: before it, too
+            _check_population(config)
+        check_run_storage(out, storage)
+        if not config.blocks:  # (a bad URL or an unreachable server, too: before any training)
+            check_study_settings(config, out, storage)
+        elif storage is not None:
+            make_storage(storage, out)
+        ctx = start_run(config, out, progress, storage)
+        if config.blocks:
+            return _run_blocks(config, ctx, out, storage, workers, progress)
+        study = open_study(config, out, storage, search_space=ctx.space.distributions())
+        check_data(study, ctx)
+        study.set_user_attr("reference", ctx.reference)
+        _seed_warm_start(study, ctx, warm)
+        _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
     if progress and done >= config.trials:  # (a rerun with fewer --trials)
         print(f"the study already has {done} finished trials (--trials {config.trials}): "
@@ -863,23 +869,10 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     if is_gradient_run(out):
         raise ValueError(f"{out} is a gradient-strategy run: it trains within its own `hetq "
                          "search` (--runs processes), and has no study for workers to join")
-    study = existing_study(study_name, storage, out, hint)
-    if study.user_attrs.get("hetq_block") is not None:
-        raise ValueError(f"study {study_name!r} is one block of a block-wise search, which "
-                         "searches its blocks one after another within its own `hetq search` "
-                         "(each with the earlier blocks' choices frozen); a worker cannot join "
-                         "it")
-    config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
-    if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
-        import dataclasses
-
-        config = dataclasses.replace(config, device=os.environ["HETQ_DEVICE"])
-    from ..train.loop import resolve_device
-
-    resolve_device(config.device)  # a device this machine lacks: one error, not failed trials
-    out.mkdir(parents=True, exist_ok=True)
-    _check_worker_folder(study, out, storage)
-    ctx = build_context(config, out, progress=False)
+    # (a search still setting up there, its float model say, is waited for: the worker said
+    # there was no study)
+    with folder_lock(out, wait=True):
+        study, ctx, config = _join(out, study_name, storage, hint)
     check_data(study, ctx)
     # this process's sampler stream: its index among a search's --workers, else random (a
     # machine of its own), so that no two workers draw the same configurations
@@ -894,6 +887,26 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
     print(f"worker: ran {ran} trial{'s' * (ran != 1)} here; study {study_name!r} has {done} of "
           f"its {config.trials}" + (" (it was complete already)" if not ran else ""))
     return ran
+
+
+def _join(out: Path, study_name: str, storage: str | None, hint: str):
+    """(study, context, settings) of the study a worker joins, its run folder checked."""
+    study = existing_study(study_name, storage, out, hint)
+    if study.user_attrs.get("hetq_block") is not None:
+        raise ValueError(f"study {study_name!r} is one block of a block-wise search, which "
+                         "searches its blocks one after another within its own `hetq search` "
+                         "(each with the earlier blocks' choices frozen); a worker cannot join "
+                         "it")
+    config = SearchConfig.from_dict(study.user_attrs["hetq_config"])
+    if os.environ.get("HETQ_DEVICE"):  # this worker's GPU (hetq search --devices)
+        import dataclasses
+
+        config = dataclasses.replace(config, device=os.environ["HETQ_DEVICE"])
+    from ..train.loop import resolve_device
+
+    resolve_device(config.device)  # a device this machine lacks: one error, not failed trials
+    _check_worker_folder(study, out, storage)
+    return study, build_context(config, out, progress=False), config
 
 
 def _check_worker_folder(study: optuna.Study, out: Path, storage: str | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from ..cli import sh
+from ..files import lock_holder
 from .build import build_candidate
 from .config import SearchConfig
 from .objectives import COST_KEYS
@@ -58,6 +59,10 @@ def load_run(out: str | Path, storage: str | None = None):
     name = config.study_name
     hint = ("if the search ran with --storage, give the same --storage" if storage is None
             else "check --storage")
+    busy = lock_holder(out)
+    if busy:  # (it said there was no study while the search trained its float model)
+        hint = (f"the search in {out} is still setting up ({busy}: its float model, say); "
+                "try again once its trials have started")
     if config.blocks and (out / "scheduler.json").exists():  # block-wise: the last block's study
         import json
 

@@ -130,6 +130,16 @@ def _task_extra(task) -> dict | None:
 
 
 def _train(a) -> int:
+    from ..files import folder_lock
+
+    check_output(a.out, "--out", folder=True)
+    # one `hetq train` per --out at a time (a second one, started meanwhile, passed the
+    # "already holds a model.pt" check, and the later model replaced the first unsaid)
+    with folder_lock(a.out):
+        return _train_locked(a)
+
+
+def _train_locked(a) -> int:
     import torch
 
     from ..data import get_dataset

@@ -37,8 +37,11 @@ def saved_gradient_rows(out) -> list[GradientRow]:
     (`<out>/gradient/point_NNN.pt`), cheapest first."""
     from pathlib import Path
 
+    from ...files import lock_holder
     from ...train.checkpoint import read
 
+    busy = lock_holder(out)  # (a live run's saved progress was taken for a killed one's)
+    running = f"; the run in {out} is still training ({busy})" if busy else ""
     rows = []
     def number(path):  # (by number: point_1000 after point_999, not after point_100)
         n = path.stem.removeprefix("point_")
@@ -50,13 +53,19 @@ def saved_gradient_rows(out) -> list[GradientRow]:
                        polished=m["polished"])
         rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
                                 m["costs"]["lut"], str(path)))
-    if rows and any((Path(out) / PROGRESS).glob("*.pt")):
+    if rows and busy:
+        import warnings
+
+        warnings.warn(f"these are the earlier run's points{running}", stacklevel=2)
+    elif rows and any((Path(out) / PROGRESS).glob("*.pt")):
         import warnings
 
         warnings.warn(f"{Path(out) / PROGRESS} holds the front of a later run that ended "
                       "without saving it (killed?); these are the earlier run's points. Run "
                       "the same `hetq search` command again to save that front", stacklevel=2)
     if not rows:
+        if busy:
+            raise ValueError(f"{out} has no front points yet{running}")
         if any((Path(out) / PROGRESS).glob("*.pt")):
             raise ValueError(f"{out} is a gradient-strategy run that ended without saving its "
                              f"front (killed?); run the same `hetq search` command again to "
@@ -97,7 +106,16 @@ def run_gradient_strategy(config, out, progress: bool = True,
                           time_budget: float | None = None) -> list[GradientRow]:
     """Float model (trained or reused from the run folder), one HGQ-style training, then each
     Pareto point as an ordinary hetq model: test accuracy, cost, checkpoint under
-    <out>/gradient/. Prints the front table."""
+    <out>/gradient/. Prints the front table. One at a time per folder: a second one started
+    meanwhile is refused (it took the first one's live front as a killed run's, and the two
+    replaced each other's points)."""
+    from ...files import folder_lock
+
+    with folder_lock(out):
+        return _run_gradient_strategy(config, out, progress, time_budget)
+
+
+def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientRow]:
     from pathlib import Path
 
     from ...models import build
