@@ -1892,3 +1892,36 @@ def test_a_block_with_nothing_to_search_trains_once(tmp_path, capsys):
     assert "block 2/2 '^output$': layers ['output'], nothing to search (each field has one " \
            "choice): 1 trial" in capsys.readouterr().out
     assert len(completed(study)) == 1
+
+
+def test_a_journal_lock_dies_with_its_process(tmp_path):
+    """Optuna's journal lock was a file made with O_EXCL: a search killed with `kill -9`
+    while it held it left it behind, and the resume waited 30 s, printing Optuna's
+    warnings, before it broke it. The lock is now an flock, which the kernel releases."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "k"
+    run_search(cfg(trials=1), out, progress=False)
+    journal = str(out / "study.journal")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hetq.search.storage import "
+         f"FlockJournalLock as L; L({journal!r}).acquire(); print('held', flush=True); "
+         "time.sleep(60)"], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd = os.open(journal + ".flock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):  # held by the other process
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free at once
+        os.close(fd)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    assert not (out / "study.journal.lock").exists()
+    assert len(completed(run_search(cfg(trials=2), out, progress=False))) == 2

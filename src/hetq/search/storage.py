@@ -15,6 +15,7 @@ import base64
 import io
 import os
 import socket
+import threading
 import zlib
 from datetime import datetime
 from pathlib import Path
@@ -46,9 +47,9 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
         else:
             path = Path(storage.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileBackend
 
-        lock = JournalFileOpenLock(str(path))
+        lock = FlockJournalLock(str(path))
         repair_journal(path, lock)
         backend = JournalFileBackend(str(path), lock_obj=lock)
         try:
@@ -79,6 +80,38 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
             "running and reachable, the user/password and database exist, and the driver is "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or hetq[postgres])."
         ) from None
+
+
+class FlockJournalLock:
+    """The journal's lock, an flock on `<journal>.flock`, which the kernel releases when its
+    process dies. Optuna's lock file (O_EXCL) stayed after a `kill -9`, and the next run
+    waited 30 s, printing Optuna's warnings, before it broke it. For one machine's
+    processes, as a journal is (several machines share a database). It has the methods of
+    Optuna's journal file locks (acquire, release), whose base class is private."""
+
+    def __init__(self, filepath: str):
+        self._path = filepath + ".flock"
+        self._fd: int | None = None
+        self._thread = threading.Lock()  # (one process's threads share this object)
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self._thread.acquire()
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # (closing releases the flock)
+            self._thread.release()
 
 
 def repair_journal(path: Path, lock) -> int:
