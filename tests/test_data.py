@@ -758,3 +758,15 @@ def test_data_layer_slips_found_by_a_probe(tmp_path):
     np.savez(tmp_path / "n.npz", **{**arrays, "split": split})
     with pytest.raises(ValueError, match=r"split has values \[nan\] in 3 rows"):
         load_jets_sim(tmp_path / "n.npz")
+
+
+def test_bytes_labels_and_a_file_too_small_to_split(tmp_path):
+    """A bytes class column (parquet, HDF5) was refused as the unknown label "b'q'"; a file
+    of 3 rows ended in 'the splits have no samples' without naming the file."""
+    from hetq.data.jets import _labels
+
+    assert _labels([b"q", b"'t'", "z"]).tolist() == [1, 2, 4]
+    rows = [",".join([*FEATURES, "class"])] + [",".join(["0.5"] * 16 + [c]) for c in "gqt"]
+    (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"tiny.csv \(3 rows\): jets: the .* split"):
+        load_jets(tmp_path / "tiny.csv")

@@ -78,6 +78,8 @@ def _labels(values, path: Path | None = None) -> np.ndarray:
     idx = {c: i for i, c in enumerate(CLASSES)}
     out = []
     for n, v in enumerate(values):
+        if isinstance(v, bytes):  # (a parquet or HDF5 column of bytes: b'q' was unknown)
+            v = v.decode("utf-8", "replace")
         v = str(v).strip().strip("'\"")
         if v not in idx:
             where = f"{path}: data row {n + 1}: " if path else ""
@@ -311,7 +313,10 @@ def load_jets(source: str | Path | None = None, standardize: bool = True, *,
         r, c = (int(v) for v in np.argwhere(bad)[0])
         raise ValueError(f"{path}: {int(bad.sum())} NaN/inf feature values, the first in data "
                          f"row {r + 1} ({FEATURES[c]})")
-    return _dataset_from_arrays("jets", X, y, standardize)
+    try:
+        return _dataset_from_arrays("jets", X, y, standardize)
+    except ValueError as e:  # (too few rows: 'the splits have no samples' named no file)
+        raise ValueError(f"{path} ({len(y)} rows): {e}") from None
 
 
 def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> Dataset:
