@@ -70,9 +70,9 @@ def _preflight(out: Path, cfg) -> None:
     only at step 5, after the search), `out` holds no `hetq search` run (its float.pt was
     replaced, and the search could no longer resume), and an earlier demo's search has the
     same settings (step 4 refused it only after steps 1-3 had replaced its checkpoints)."""
-    from .search.driver import folder_changes
+    from .search.driver import OtherSettings, folder_changes
 
-    check_output(out, "--out", folder=True)
+    # (`out` itself: checked by `run`, before its lock made the folder)
     if (out / "search.yaml").exists() or (out / "study.journal").exists():
         raise ValueError(f"{out} holds a `hetq search` run; the demo would replace its "
                          "float.pt; use another --out")
@@ -93,11 +93,10 @@ def _preflight(out: Path, cfg) -> None:
         raise ValueError(f"{out / 'search'} holds a search with settings this demo does not "
                          f"make ({', '.join(fixed)}: another hetq version's demo, or a `hetq "
                          "search` run); use another --out")
-    raise ValueError(f"{out} holds a demo run with other settings ("
-                     + ", ".join(f"{DEMO_OPTIONS[k]} {old}, now {new}"
-                                 for k, (old, new) in changed.items())
-                     + "); use another --out, or the same settings to resume its search "
-                     "(--trials may change)")
+    raise ValueError(OtherSettings(
+        f"{out} holds a demo run with other settings ({{settings}}); use another --out, or "
+        "the same settings to resume its search (--trials may change)", changed,
+        item="{name} {old}, now {new}").render(DEMO_OPTIONS.get, str))
 
 
 def run(a) -> int:

@@ -37,6 +37,11 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
 LOCK_NAME = ".hetq.lock"
 
 
+def _holder(fd: int) -> str:
+    """What the holder of a lock file wrote in it (its pid and command)."""
+    return os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+
+
 def lock_holder(folder: str | Path) -> str | None:
     """Who holds `folder`'s lock (see `folder_lock`), or None when nobody does."""
     import fcntl
@@ -50,7 +55,7 @@ def lock_holder(folder: str | Path) -> str | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            return _holder(fd)
         return None
     finally:
         os.close(fd)
@@ -83,7 +88,7 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            who = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            who = _holder(fd)
             if not wait:
                 os.close(fd)
                 raise ValueError(f"{label or folder} is in use by another hetq command "

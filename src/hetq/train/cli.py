@@ -153,8 +153,7 @@ def _train_locked(a) -> int:
         raise ValueError("give either --preset or --config, not both")
     task = _task(a)
     resolve_device(a.device)  # a bad or missing device: said before the data are loaded
-    out = Path(a.out)  # (refused before a download of the data, too)
-    check_output(out, "--out", folder=True)
+    out = Path(a.out)  # (checked by `_train` before the lock, and before a download)
     check_new(out / "model.pt", overwrite=a.overwrite)
     data = get_dataset(a.data, progress=not a.no_progress)
     kwargs = {**data_kwargs(a.model, data), **widths_kwargs(a.model, a.model_widths)}

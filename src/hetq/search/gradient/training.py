@@ -230,15 +230,14 @@ def loss_step(model: GradientBitsMLP):
 def _check_training(epochs, batch_size, lr, seed, bits_lr=None) -> None:
     """The errors `fit` gives for bad counts, learning rates (a negative one trained the
     wrong way without a word) and seeds."""
-    from ...train.loop import check_counts, check_seed
+    from ...train.loop import check_counts, check_hyperparameters, check_seed
 
     check_counts(epochs=epochs, batch_size=batch_size)
     check_seed(seed)
-    for name, v in (("lr", lr), ("bits_lr", bits_lr)):
-        if v is None and name == "bits_lr":
-            continue
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 < v < math.inf:
-            raise ValueError(f"{name} must be a learning rate > 0, got {v!r}")
+    check_hyperparameters(lr, 0.0, None)
+    if bits_lr is not None and (isinstance(bits_lr, bool) or not isinstance(
+            bits_lr, numbers.Real) or not 0.0 < bits_lr < math.inf):
+        raise ValueError(f"bits_lr must be a learning rate > 0, got {bits_lr!r}")
 
 
 @keeps_global_rng
