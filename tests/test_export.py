@@ -3,8 +3,8 @@
 import re
 import shutil
 from collections import OrderedDict
-from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -1050,28 +1050,12 @@ def test_a_cast_after_a_tiny_accumulator_does_not_abort_the_c_simulation(tmp_pat
     simulation's ap_types failed an assertion that killed the process (SIGABRT: no report,
     a half-written project left). The layer before is now widened by sign extension."""
     pytest.importorskip("hls4ml")
-    import subprocess
-    import sys
+    from hetq.export.hls import export_hls4ml, layer_list
 
-    from hetq.export.hls import layer_list
-
-    script = f"""
-import sys
-import torch
-sys.path.insert(0, {str(Path(__file__).parent)!r})
-from test_export import tiny_accumulator_model
-from hetq.export import IntegerModel
-from hetq.export.hls import export_hls4ml
-eng = IntegerModel(tiny_accumulator_model(), (4,))
-print(str(eng.steps[1].out_type))
-_, rep = export_hls4ml(eng, {str(tmp_path / "hls")!r}, torch.randn(200, 4))
-print(rep.line())
-"""
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-500:]
-    acc, line = r.stdout.splitlines()[-2:]
-    assert acc == "ap_fixed<2,-6>" and line.endswith("mismatches     0  max |diff| 0  bit-exact")
+    eng = IntegerModel(tiny_accumulator_model(), (4,))
+    _, rep = export_hls4ml(eng, tmp_path / "hls", torch.randn(200, 4))
+    assert str(eng.steps[1].out_type) == "ap_fixed<2,-6>"
+    assert rep.line().endswith("mismatches     0  max |diff| 0  bit-exact")
     # the widened types, and an input type that is itself too narrow is refused by name
     _, prec = layer_list(IntegerModel(tiny_accumulator_model(), (4,)))
     assert prec["layer_1"]["Precision"]["accum"] == "ap_fixed<6,-2>"  # was ap_fixed<2,-6>
@@ -1121,3 +1105,34 @@ def test_qonnx_per_feature_inputs_raw_all_negative_binary_weights_and_huge_input
                                           r"1\d\d bits wide; the integer engine is exact up to "
                                           r"53-bit types"):
         IntegerModel(wide, (2,), "ap_fixed<16,-100,AP_RND_CONV,AP_SAT>")
+
+
+def test_the_c_simulation_runs_in_a_child_and_its_abort_is_a_named_error():
+    """A failed assertion in hls4ml's C types aborts the process running the C simulation;
+    it ran in this one, and the export, its report and a notebook's kernel died with it."""
+    import os
+
+    from hetq.export.hls import in_child
+
+    y = in_child(lambda: np.arange(6.0).reshape(2, 3) / 3, "sim")
+    assert y.dtype == np.float64 and y.tolist() == [[0, 1 / 3, 2 / 3], [1, 4 / 3, 5 / 3]]
+    with pytest.raises(ExportError, match=r"^sim was killed by SIGABRT \(its own message"):
+        in_child(os.abort, "sim")
+    with pytest.raises(ExportError, match=r"^sim failed: ZeroDivisionError: division by zero$"):
+        in_child(lambda: 1 / 0, "sim")
+    with pytest.raises(ExportError, match=r"^sim ended without a result \(exit status 3\)$"):
+        in_child(lambda: os._exit(3), "sim")
+
+
+@needs_gxx
+def test_an_abort_in_the_c_simulation_leaves_the_process_and_no_project(tmp_path, monkeypatch):
+    """The tiny-accumulator cast above, with its widening switched off, still aborts inside
+    ap_types: the export now raises ExportError and removes the half-written project."""
+    pytest.importorskip("hls4ml")
+    import hetq.export.hls as hls
+
+    monkeypatch.setattr(hls, "_room_to_round", lambda *a: None)
+    with pytest.raises(ExportError, match="hls4ml's C simulation was killed by SIGABRT"):
+        hls.export_hls4ml(IntegerModel(tiny_accumulator_model(), (4,)), tmp_path / "hls",
+                          torch.randn(200, 4))
+    assert not (tmp_path / "hls").exists()

@@ -12,9 +12,14 @@ activations (casts) and float ReLU. Other steps raise `ExportError` naming the l
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
+import pickle
 import re
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,9 +156,59 @@ def hls4ml_model(eng: IntegerModel, out_dir: str | Path, backend: str = "Vivado"
 
 
 def csim_predict(hls_model, x: np.ndarray) -> np.ndarray:
-    """Run the compiled C simulation (double interface: exact for wide logits)."""
-    y = hls_model.predict(np.ascontiguousarray(x, dtype=np.float64))
-    return np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+    """Run the compiled C simulation (double interface: exact for wide logits) in a child
+    process: a failed assertion in hls4ml's C types aborts the process that runs it, and in
+    this one it took the whole export (and a notebook's kernel) with it."""
+    def run():
+        y = hls_model.predict(np.ascontiguousarray(x, dtype=np.float64))
+        return np.asarray(y, dtype=np.float64).reshape(len(x), -1)
+    return in_child(run, "hls4ml's C simulation")
+
+
+def in_child(fn, what: str):
+    """`fn()` run in a forked child, its result sent back by pickle; ExportError naming the
+    signal when the child dies (abort, segfault), or naming the exception it raised. Runs in
+    this process where there is no fork (Windows)."""
+    if not hasattr(os, "fork"):  # pragma: no cover - POSIX here
+        return fn()
+    for stream in (sys.stdout, sys.stderr):  # (else the child's copy is written twice)
+        stream.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's exit handlers
+        try:
+            os.close(r)
+            faulthandler.disable()  # (its dump of this child's stack would only confuse)
+            try:
+                payload = ("ok", fn())
+            except BaseException as e:
+                payload = ("error", f"{type(e).__name__}: {e}")
+            with os.fdopen(w, "wb") as f:
+                pickle.dump(payload, f)
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+    except BaseException:  # Ctrl-C: the child goes too
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        raise ExportError(f"{what} was killed by {signal.Signals(sig).name} (its own message, "
+                          "if any, is printed above, e.g. a failed assertion in hls4ml's C "
+                          "types)")
+    if not data:
+        raise ExportError(f"{what} ended without a result (exit status "
+                          f"{os.waitstatus_to_exitcode(status)})")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise ExportError(f"{what} failed: {value}")
+    return value
 
 
 def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None = None,
