@@ -195,6 +195,60 @@ def test_folded_dense_batchnorm_quantizes_folded_weights():
     assert torch.equal(m.quantized_weights()["kernel"], qf("quantized_bits(6,2,alpha=1)", w))
 
 
+def test_folded_batchnorm_without_a_bias_and_batch_norm_arguments_are_checked():
+    """Found by a probe: bias=False was ignored (a random trainable bias stayed, 0.32 off the
+    float Linear(bias=False) + BN); momentum=None failed in training with a TypeError; a
+    training batch of one sample ran silently (variance 0, output beta, the running variance
+    pulled towards 0), where torch's BatchNorm refuses it."""
+    torch.manual_seed(0)
+    lin, bn = nn.Linear(4, 3, bias=False), nn.BatchNorm1d(3, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2)
+        bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    for m in (QDenseBatchnorm(4, 3, bias=False), QConv2dBatchnorm(4, 3, 1, bias=False)):
+        assert m.bias is None and "bias" not in m.state_dict()
+    m = QDenseBatchnorm(4, 3, bias=False)
+    m.load_state_dict({"weight": lin.weight, "gamma": bn.weight, "beta": bn.bias,
+                       "running_mean": bn.running_mean, "running_var": bn.running_var},
+                      strict=False)
+    x = torch.randn(10, 4)
+    assert torch.allclose(m.eval()(x), nn.Sequential(lin, bn).eval()(x), atol=1e-6)
+    for make in (lambda: QBatchNorm(3, momentum=None), lambda: QDenseBatchnorm(4, 3, momentum=2),
+                 lambda: QConv2dBatchnorm(4, 3, 1, momentum="0.1")):
+        with pytest.raises(ValueError, match=r"momentum=.*expected a number in \[0, 1\]"):
+            make()
+    for layer, x1 in ((QBatchNorm(3), torch.randn(1, 3)), (QDenseBatchnorm(4, 3),
+                                                         torch.randn(1, 4))):
+        before = layer.running_var.clone()
+        with pytest.raises(ValueError, match=r"a training batch of shape \(1, 3\) has one "
+                                             r"value per channel"):
+            layer.train()(x1)
+        assert torch.equal(layer.running_var, before)
+    with pytest.raises(ValueError, match=r"^QBatchNorm: input of shape \(5, 4\); expected "
+                                         r"\(N, 3, ...\)$"):
+        QBatchNorm(3).train()(torch.randn(5, 4))
+
+
+def test_converting_a_batch_norm_without_running_statistics_is_refused():
+    """A float BN with track_running_stats=False normalises each batch by itself, also in
+    eval; its quantized form used running statistics 0 and 1 (output mean -0.285 for ~0)."""
+    for fold in (False, True):
+        m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False))
+        with pytest.raises(ValueError, match=r"layer '1': a BatchNorm1d with "
+                                             r"track_running_stats=False normalises"):
+            quantize_model(m, {"Dense": {"kernel": "quantized_bits(6,0)"},
+                               "BatchNorm1d": {"gamma": "quantized_bits(8,2)"}},
+                           fold_batchnorm=fold)
+    m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=None))
+    with pytest.warns(UserWarning, match=r"layer '1': momentum=None \(a cumulative average\) "
+                                         r"continues as momentum=0.01"):
+        q = quantize_model(m, {"Dense": {"kernel": "quantized_bits(6,0)"}},
+                           fold_batchnorm=True)
+    assert q[0].momentum == 0.01
+
+
 def test_pooling_layers():
     x = torch.arange(32, dtype=torch.float32).view(1, 2, 4, 4) / 8
     p = QAveragePooling2d(2, average_quantizer="quantized_bits(8,0,1)")

@@ -342,8 +342,8 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         allowed = ("gamma", "beta", "mean", "variance", "inverse")
         _check_fields(name, m, f, allowed)
-        new = QBatchNorm(m.num_features, m.eps, m.momentum if m.momentum is not None else 0.01,
-                         m.affine, g("gamma"), g("beta"), g("mean"), g("variance"), g("inverse"))
+        new = QBatchNorm(m.num_features, m.eps, _bn_momentum(name, m), m.affine, g("gamma"),
+                         g("beta"), g("mean"), g("variance"), g("inverse"))
     elif isinstance(m, nn.AvgPool2d):
         _check_fields(name, m, f, ("average", "activation"))
         return QAveragePooling2d(m.kernel_size, m.stride, m.padding, g("average"),
@@ -414,16 +414,32 @@ def _fold_pairs(model: nn.Module, config: QuantConfig) -> dict[str, tuple[str, s
     return pairs
 
 
-def _fold(name: str, lin: nn.Module, bn: nn.Module, f: dict) -> nn.Module:
+def _bn_momentum(name: str, bn: nn.Module) -> float:
+    """The momentum a quantized batch norm continues with; a float BN that keeps no running
+    statistics is refused (it normalises each batch by its own moments, also in eval)."""
+    if not bn.track_running_stats or bn.running_mean is None:
+        raise ValueError(f"layer {name!r}: a {type(bn).__name__} with track_running_stats="
+                         "False normalises every batch with its own statistics, also in eval; "
+                         "a quantized batch norm (and the hardware) uses running statistics: "
+                         "train the float model with track_running_stats=True")
+    if bn.momentum is None:
+        warnings.warn(f"layer {name!r}: momentum=None (a cumulative average) continues as "
+                      "momentum=0.01 in quantization-aware training", stacklevel=4)
+        return 0.01
+    return bn.momentum
+
+
+def _fold(name: str, lin: nn.Module, bn_name: str, bn: nn.Module, f: dict) -> nn.Module:
     _check_fields(name, lin, f, ("kernel", "bias", "activation"))
     g = f.get
+    momentum = _bn_momentum(bn_name, bn)
     if isinstance(lin, nn.Linear):
         new = QDenseBatchnorm(lin.in_features, lin.out_features, True, g("kernel"), g("bias"),
-                              g("activation"), bn.eps, bn.momentum or 0.01)
+                              g("activation"), bn.eps, momentum)
     else:
         new = QConv2dBatchnorm(lin.in_channels, lin.out_channels, lin.kernel_size, lin.stride,
                                lin.padding, lin.dilation, lin.groups, True, g("kernel"),
-                               g("bias"), g("activation"), bn.eps, bn.momentum or 0.01)
+                               g("bias"), g("activation"), bn.eps, momentum)
     with torch.no_grad():
         new.weight.copy_(lin.weight)
         new.bias.copy_(lin.bias if lin.bias is not None else torch.zeros_like(new.bias))
@@ -480,7 +496,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             fields = fields or {}
             if key:
                 used.add(key)
-            _set(model, name, _fold(name, m, modules[bn_name], fields))
+            _set(model, name, _fold(name, m, bn_name, modules[bn_name], fields))
             _set(model, bn_name, nn.Identity())
             skip.add(bn_name)
             continue

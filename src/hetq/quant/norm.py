@@ -26,6 +26,28 @@ from torch import nn
 from .layers import QLayer, _qw
 
 
+def _check_momentum(layer: str, momentum) -> None:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
+            or not 0 <= momentum <= 1:
+        raise ValueError(f"{layer}: momentum={momentum!r}; expected a number in [0, 1] (the "
+                         "running statistics' update weight; a cumulative average, "
+                         "momentum=None, is not supported)")
+
+
+def _batch_count(layer: nn.Module, y: torch.Tensor) -> float:
+    """Values per channel in a training batch; one is refused (as torch's BatchNorm does):
+    its variance is 0, the output is beta and the running variance is pulled towards 0."""
+    if y.dim() < 2 or y.shape[1] != layer.running_mean.numel():
+        raise ValueError(f"{type(layer).__name__}: input of shape {tuple(y.shape)}; expected "
+                         f"(N, {layer.running_mean.numel()}, ...)")
+    n = y.numel() / y.shape[1]
+    if n <= 1:
+        raise ValueError(f"{type(layer).__name__}: a training batch of shape "
+                         f"{tuple(y.shape)} has one value per channel; batch norm needs more "
+                         "(a last batch of one sample: drop it or change the batch size)")
+    return n
+
+
 class QBatchNorm(QLayer, nn.modules.batchnorm._BatchNorm):
     """Batch norm over (N, C) or (N, C, ...) with quantizable gamma/beta/mean/variance."""
 
@@ -34,6 +56,7 @@ class QBatchNorm(QLayer, nn.modules.batchnorm._BatchNorm):
     def __init__(self, num_features, eps=1e-3, momentum=0.01, affine=True, gamma_quantizer=None,
                  beta_quantizer=None, mean_quantizer=None, variance_quantizer=None,
                  inverse_quantizer=None):
+        _check_momentum("QBatchNorm", momentum)
         nn.modules.batchnorm._BatchNorm.__init__(self, num_features, eps, momentum, affine, True)
         if inverse_quantizer is not None and (gamma_quantizer or variance_quantizer):
             raise ValueError("QBatchNorm: inverse_quantizer excludes gamma_quantizer and "
@@ -50,11 +73,11 @@ class QBatchNorm(QLayer, nn.modules.batchnorm._BatchNorm):
         mean = x.mean(dim=dims)
         var = x.var(dim=dims, unbiased=False)
         if self.training:
-            n = x.numel() / x.shape[1]
+            n = _batch_count(self, x)
             with torch.no_grad():
                 m = self.momentum
                 self.running_mean.mul_(1 - m).add_(m * mean)
-                self.running_var.mul_(1 - m).add_(m * var * n / max(n - 1, 1))
+                self.running_var.mul_(1 - m).add_(m * var * n / (n - 1))
                 self.num_batches_tracked += 1
             return mean, var
         return self.running_mean, self.running_var
@@ -94,6 +117,7 @@ class _FoldedBatchnorm(QLayer):
     FOLDING_MODES = ("ema_stats_folding", "batch_stats_folding")
 
     def _init_bn(self, num_features, eps, momentum, ema_freeze_delay, folding_mode):
+        _check_momentum(type(self).__name__, momentum)
         if folding_mode not in self.FOLDING_MODES:
             raise ValueError(f"folding_mode={folding_mode!r}; expected one of "
                              f"{', '.join(self.FOLDING_MODES)}")
@@ -138,10 +162,10 @@ class _FoldedBatchnorm(QLayer):
             bmean = y.mean(dim=dims)
             bvar = y.var(dim=dims, unbiased=False)
             with torch.no_grad():
-                n = y.numel() / y.shape[1]
+                n = _batch_count(self, y)
                 m = self.momentum
                 self.running_mean.mul_(1 - m).add_(m * bmean)
-                self.running_var.mul_(1 - m).add_(m * bvar * n / max(n - 1, 1))
+                self.running_var.mul_(1 - m).add_(m * bvar * n / (n - 1))
         mv_inv = self.gamma * torch.rsqrt(self.running_var + self.eps)
         if bn_training and self.folding_mode == "batch_stats_folding":
             inv = self.gamma * torch.rsqrt(bvar + self.eps)
@@ -175,7 +199,7 @@ class QDenseBatchnorm(_FoldedBatchnorm, nn.Linear):
     def __init__(self, in_features, out_features, bias=True, kernel_quantizer=None,
                  bias_quantizer=None, activation=None, eps=1e-3, momentum=0.01,
                  ema_freeze_delay=None, folding_mode="ema_stats_folding"):
-        nn.Linear.__init__(self, in_features, out_features, True)  # b_fold always exists
+        nn.Linear.__init__(self, in_features, out_features, bias)  # (b_fold always exists)
         self._init_bn(out_features, eps, momentum, ema_freeze_delay, folding_mode)
         self._init_quantizers(kernel=kernel_quantizer, bias=bias_quantizer, activation=activation)
 
@@ -191,7 +215,7 @@ class QConv2dBatchnorm(_FoldedBatchnorm, nn.Conv2d):
                  activation=None, eps=1e-3, momentum=0.01, ema_freeze_delay=None,
                  folding_mode="ema_stats_folding"):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride, padding,
-                           dilation, groups, True)  # b_fold always exists
+                           dilation, groups, bias)  # (b_fold always exists)
         self._init_bn(out_channels, eps, momentum, ema_freeze_delay, folding_mode)
         self._init_quantizers(kernel=kernel_quantizer, bias=bias_quantizer, activation=activation)
 

@@ -216,6 +216,15 @@ def evaluate(model, data, split: str = "test", task=None, device=None,
     return evaluate_tensors(model, X, y, task, data, batch_size)
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each training batch; a last batch of one sample joins the one before
+    (batch norm cannot train on one sample: torch's refuses it, and its variance is 0)."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 1024,
         lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0,
         schedule: str = "cosine", patience: int | None = None, seed: int = 0,
@@ -289,8 +298,8 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             model.train()
             perm = torch.randperm(n, generator=gen).to(dev)
             total = torch.zeros((), device=dev)
-            for i in range(0, n, batch_size):
-                idx = perm[i:i + batch_size]
+            for i, j in batch_bounds(n, batch_size):
+                idx = perm[i:j]
                 xb, yb = Xtr[idx], ytr[idx]
                 loss = task.loss(model(xb), xb, yb)
                 opt.zero_grad(set_to_none=True)
