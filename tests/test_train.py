@@ -341,6 +341,50 @@ def test_save_refuses_a_checkpoint_that_load_could_not_rebuild(tmp_path):
     assert torch.equal(load(tmp_path / "zoo.pt")(x), zoo.eval()(x))
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_is_a_named_error(tmp_path, capsys):
+    """A checkpoint edited by hand or damaged (tensors missing, renamed or mis-shaped, or its
+    model entries gone) ended `hetq evaluate` and `load` in load_state_dict's RuntimeError or
+    a KeyError traceback."""
+    from hetq.train.checkpoint import load
+
+    save(tmp_path / "ok.pt", build("jet_mlp"), model_name="jet_mlp")
+    ckpt = torch.load(tmp_path / "ok.pt", weights_only=False)
+    cases = {"missing": lambda c: c["state_dict"].pop("fc1.weight"),
+             "shape": lambda c: c["state_dict"].__setitem__("fc1.bias", torch.zeros(3)),
+             "entries": lambda c: c.pop("model")}
+    for name, edit in cases.items():
+        c = {**ckpt, "state_dict": dict(ckpt["state_dict"])}
+        edit(c)
+        torch.save(c, tmp_path / f"{name}.pt")
+    with pytest.raises(ValueError, match=r"missing.pt: the checkpoint's weights do not fit its "
+                                         r"model 'jet_mlp' \(Missing key\(s\) in state_dict: "
+                                         r'"fc1.weight"'):
+        load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match=r"entries.pt: the checkpoint lacks its 'model' entries "
+                                         r"\(and stores no module\)"):
+        load(tmp_path / "entries.pt")
+    assert main(["evaluate", str(tmp_path / "shape.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hetq evaluate: error: ") and "Traceback" not in err
+    assert "shape.pt: the checkpoint's weights do not fit its model 'jet_mlp' (size mismatch " \
+        "for fc1.bias" in err
+
+
+def test_a_last_training_batch_of_one_sample_joins_the_one_before():
+    """Batch norm cannot train on one sample (now refused); fit's last batch could be one."""
+    from torch import nn
+
+    from hetq.train.loop import batch_bounds
+
+    assert batch_bounds(9, 4) == [(0, 4), (4, 9)]
+    assert batch_bounds(8, 4) == [(0, 4), (4, 8)] and batch_bounds(1, 4) == [(0, 1)]
+    assert batch_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    data = get_dataset("jets-sim")
+    n = len(data.X_train)
+    m = nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+    fit(m, data, epochs=1, batch_size=n - 1, progress=False)  # (torch refused the 1-sample batch)
+
+
 def test_evaluate_and_ptq_standardise_the_data_as_the_checkpoint_was_trained(tmp_path, capsys):
     """evaluate and ptq standardised --data with that data's own train split, not the
     statistics the model was trained with: the same test jets scored 0.62 from the built-in

@@ -63,7 +63,7 @@ def _cost(a) -> int:
         from ..train.checkpoint import build_from, read
 
         ckpt = read(a.checkpoint)
-        model = build_from(ckpt)
+        model = build_from(ckpt, a.checkpoint)
         label = a.checkpoint
     elif a.model:
         import torch

@@ -82,7 +82,7 @@ def _check_rebuilds(ckpt: dict, model: nn.Module) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (a config key matching no layer: not the point)
-            build_from(ckpt)
+            _build(ckpt)
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         why = load_problem(e)
         why = why if len(why) <= 160 else why[:157] + "..."
@@ -164,12 +164,27 @@ def read(path: str | Path) -> dict:
     return ckpt
 
 
-def build_from(ckpt: dict) -> nn.Module:
+def build_from(ckpt: dict, path: str | Path | None = None) -> nn.Module:
+    """The model of a checkpoint read by `read`; ValueError (naming `path` where given) when
+    its entries or weights do not make one."""
+    where = f"{path}: " if path is not None else ""
+    if ckpt.get("module") is not None:
+        return ckpt["module"].eval()
+    missing = [k for k in ("model", "model_kwargs", "state_dict") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{where}the checkpoint lacks its {', '.join(map(repr, missing))} "
+                         "entries (and stores no module); it was not written by hetq's save")
+    try:
+        return _build(ckpt)
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        raise ValueError(f"{where}the checkpoint's weights do not fit its model "
+                         f"{ckpt['model']!r} ({load_problem(e)})") from None
+
+
+def _build(ckpt: dict) -> nn.Module:
     from ..models import build, resize_model
     from ..quant.convert import quantize_model
 
-    if ckpt.get("module") is not None:
-        return ckpt["module"].eval()
     model = build(ckpt["model"], **ckpt["model_kwargs"])
     if ckpt.get("widths"):
         model = resize_model(model, ckpt["widths"])
@@ -188,4 +203,4 @@ def build_from(ckpt: dict) -> nn.Module:
 
 def load(path: str | Path) -> nn.Module:
     """The model stored in a checkpoint, in eval mode."""
-    return build_from(read(path))
+    return build_from(read(path), path)

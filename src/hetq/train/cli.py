@@ -213,7 +213,7 @@ def _init_weights(model, path) -> None:
     ckpt = read(path)
     state = ckpt.get("state_dict")
     if state is None:  # a stored module (e.g. a gradient-strategy point)
-        state = build_from(ckpt).state_dict()
+        state = build_from(ckpt, path).state_dict()
     try:
         res = model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape
@@ -244,7 +244,7 @@ def _evaluate(a) -> int:
     from .report import metrics_table
 
     ckpt = read(a.checkpoint)
-    model = build_from(ckpt)
+    model = build_from(ckpt, a.checkpoint)
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
     task = _task(a, ckpt)
     m = evaluate(model, data, a.split, task, a.device)
@@ -268,7 +268,7 @@ def _ptq(a) -> int:
     folder = out.is_dir() or (a.out or "").endswith(("/", os.sep))  # (--out new/: a folder)
     out = check_new(out / name if folder else out, overwrite=a.overwrite)
     ckpt = read(a.checkpoint)
-    model = build_from(ckpt)
+    model = build_from(ckpt, a.checkpoint)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
         raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
     if ckpt.get("model") is None:  # a stored module that no zoo name rebuilds
