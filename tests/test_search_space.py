@@ -347,3 +347,53 @@ def test_new_width_has_no_float_artefact_and_refuses_bad_multipliers():
         with pytest.raises(ValueError, match="expected a number > 0"):
             resize_model(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)),
                          {"0": bad})
+
+
+def test_resize_model_carries_folded_batch_norms_and_refuses_what_it_cannot_resize():
+    """Found by a probe: a folded batch norm's gamma, beta and statistics kept the old width
+    (the forward then failed on 64 against 32); quantizers with per-unit values were left
+    behind the same way; multipliers for layers without a resizable width (a ReLU, a BN) or
+    for the output layer (the class count: 10 became 5 on cnn_digits) and True were taken."""
+    import torch
+
+    from hetq.models.resize import resize_model
+    from hetq.quant.convert import quantize_model
+
+    torch.manual_seed(0)
+    m = nn.Sequential(OrderedDict(fc1=nn.Linear(16, 8), bn1=nn.BatchNorm1d(8),
+                                  relu1=nn.ReLU(), output=nn.Linear(8, 5)))
+    with torch.no_grad():
+        m.bn1.weight.uniform_(0.5, 2)
+        m.bn1.running_var.uniform_(0.5, 2)
+        m.bn1.running_mean.uniform_(-1, 1)
+    q = quantize_model(m, {"Dense": {"kernel": "quantized_bits(8,2)"}},
+                       fold_batchnorm=True).eval()
+    r = resize_model(q, {"fc1": 0.5}).eval()
+    assert r.fc1.weight.shape == (4, 16) and r.fc1.gamma.shape == (4,)
+    assert r.fc1.running_var.shape == (4,) and r.output.weight.shape == (5, 4)
+    kept = [int(i) for i in range(8) if any(torch.equal(r.fc1.weight[j], q.fc1.weight[i])
+                                            for j in range(4))]
+    assert len(kept) == 4
+    for k, i in enumerate(kept):  # each kept unit takes its own batch norm values along
+        assert r.fc1.gamma[k] == q.fc1.gamma[i] and r.fc1.running_var[k] == q.fc1.running_var[i]
+        assert r.fc1.running_mean[k] == q.fc1.running_mean[i]
+    x = torch.randn(6, 16)
+    assert r(x).shape == (6, 5)
+    full = q.fc1(x)[:, kept]  # the kept units compute what they computed before
+    assert torch.equal(r.fc1(x), full)
+    bad = {"relu1": (0.5, r"layer 'relu1' \(ReLU\), whose width is not resizable; resizable: "
+                          r"fc1$"),
+           "bn1": (2, r"layer 'bn1' \(BatchNorm1d\), whose width is not resizable"),
+           "output": (0.5, r"for the output layer 'output': its width is the number of "
+                           r"outputs"),
+           "fc1": (True, r"width multiplier True; expected a number > 0")}
+    for name, (f, msg) in bad.items():
+        with pytest.raises(ValueError, match=msg):
+            resize_model(m, {name: f})
+    from hetq.quant import quantized_relu
+
+    pn = quantize_model(m, {"Dense": {"kernel": "quantized_bits(8,2)",
+                                      "activation": quantized_relu(torch.full((8,), 4.0), 0)}})
+    with pytest.raises(ValueError, match=r"quantizer fc1.activation_quantizer holds per-unit "
+                                         r"values \(bits of shape \(8,\)\)"):
+        resize_model(pn, {"fc1": 0.5})

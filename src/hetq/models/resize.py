@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..quant.layers import QSeparableConv2d
+from ..quant.norm import _FoldedBatchnorm
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -33,8 +34,8 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 def new_width(n: int, multiplier: float) -> int:
     """The resized unit count, max(int(n * f), 1) as in AutoQKeras, less its float artefact
     (100 * 0.29 is 28.999999999999996 in floating point: 29 units here, not 28)."""
-    if not (isinstance(multiplier, (int, float)) and math.isfinite(multiplier)
-            and multiplier > 0):
+    if isinstance(multiplier, bool) or not (isinstance(multiplier, (int, float))
+                                            and math.isfinite(multiplier) and multiplier > 0):
         raise ValueError(f"width multiplier {multiplier!r}; expected a number > 0")
     return max(int(n * multiplier + 1e-9), 1)
 
@@ -102,7 +103,23 @@ def _resized(m: nn.Module, units: torch.Tensor, in_cols: torch.Tensor, in_new: i
         new.in_features, new.out_features = in_new, out_new
     else:
         new.in_channels, new.out_channels = in_new, out_new
+    if isinstance(m, _FoldedBatchnorm):  # its batch norm's per-unit values go with the units
+        _resize_norm_values(m, new, units, out_new, {"gamma": 1.0, "beta": 0.0,
+                                                     "running_mean": 0.0, "running_var": 1.0})
     return new
+
+
+def _resize_norm_values(m: nn.Module, new: nn.Module, units: torch.Tensor, n_new: int,
+                        fresh: dict[str, float]) -> None:
+    """`new`'s per-channel tensors named in `fresh` for `n_new` channels: `m`'s kept `units`
+    first, new channels filled with their `fresh` value."""
+    for attr, fill in fresh.items():
+        t = getattr(m, attr)
+        if t is None:
+            continue
+        v = torch.full((n_new,), fill, dtype=t.dtype, device=t.device)
+        v[:len(units)] = t[units]
+        setattr(new, attr, nn.Parameter(v) if isinstance(t, nn.Parameter) else v)
 
 
 def _resized_norm(m: nn.modules.batchnorm._BatchNorm, units: torch.Tensor,
@@ -110,19 +127,26 @@ def _resized_norm(m: nn.modules.batchnorm._BatchNorm, units: torch.Tensor,
     """A copy of batch norm `m` for `n_new` channels, the kept `units` first (new channels:
     scale 1, shift 0, mean 0, variance 1)."""
     new = copy.deepcopy(m)
-    fresh = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
-    for attr, fill in fresh.items():
-        t = getattr(m, attr)
-        if t is None:
-            continue
-        v = torch.full((n_new,), fill, dtype=t.dtype, device=t.device)
-        v[:len(units)] = t[units]
-        if isinstance(t, nn.Parameter):
-            setattr(new, attr, nn.Parameter(v))
-        else:
-            setattr(new, attr, v)
+    _resize_norm_values(m, new, units, n_new, {"weight": 1.0, "bias": 0.0,
+                                               "running_mean": 0.0, "running_var": 1.0})
     new.num_features = n_new
     return new
+
+
+def _check_no_unit_state(model: nn.Module) -> None:
+    """Quantizers with per-unit or per-weight values (tensor bits, per-channel alpha) have
+    the old layer's shape, which a resize would leave behind (the forward then failed on
+    mismatched sizes): resize the float model, then quantize it (as checkpoints do)."""
+    from ..quant.base import Quantizer
+
+    for name, q in model.named_modules():
+        if not isinstance(q, Quantizer):
+            continue
+        for t_name, t in (*q.named_parameters(recurse=False), *q.named_buffers(recurse=False)):
+            if t.numel() > 1:
+                raise ValueError(f"resize_model: quantizer {name} holds per-unit values "
+                                 f"({t_name} of shape {tuple(t.shape)}), which a resize cannot "
+                                 "carry over; resize the float model, then quantize it")
 
 
 def _in_columns(units: torch.Tensor, in_old: int, prev_out: int) -> torch.Tensor:
@@ -137,6 +161,8 @@ def _unit_scores(chain, k: int) -> torch.Tensor:
     _, m = chain[k]
     w = _unit_weight(m).detach().flatten(1)
     score = w.norm(dim=1)
+    if isinstance(m, _FoldedBatchnorm):  # the folded weight's rows: W scaled by gamma / sigma
+        score = score * (m.gamma.detach().abs() * (m.running_var.detach() + m.eps).rsqrt())
     j = k + 1
     if j < len(chain) and isinstance(chain[j][1], nn.modules.batchnorm._BatchNorm):
         bn = chain[j][1]
@@ -167,13 +193,23 @@ def resize_model(model: nn.Module, widths: dict[str, float], keep: str = "magnit
     """
     if keep not in ("magnitude", "first"):
         raise ValueError(f"keep={keep!r}; expected 'magnitude' or 'first'")
-    if not any(f != 1.0 for f in widths.values()):
-        return copy.deepcopy(model)
-    model = copy.deepcopy(model)
     names = dict(model.named_modules())
-    for n in widths:
+    layers = resizable_layers(model)
+    for n, f in widths.items():
+        new_width(1, f)  # (the value's check)
         if n not in names:
             raise ValueError(f"width multiplier for unknown layer {n!r}")
+        if f != 1 and n not in layers:
+            raise ValueError(f"width multiplier {f} for layer {n!r} "
+                             f"({type(names[n]).__name__}), whose width is not resizable; "
+                             f"resizable: {', '.join(layers[:-1]) or '(none)'}")
+        if f != 1 and n == layers[-1]:
+            raise ValueError(f"width multiplier {f} for the output layer {n!r}: its width is "
+                             "the number of outputs (classes), which stays as it is")
+    if not any(f != 1.0 for f in widths.values()):
+        return copy.deepcopy(model)
+    _check_no_unit_state(model)
+    model = copy.deepcopy(model)
     chain = _weight_layers(model)
     prev_units = None  # kept old units of the previous weight layer (None: all of them)
     prev_out_old = prev_out_new = None
