@@ -657,3 +657,24 @@ def test_quantized_ulaw_is_costed_as_signed_fixed_point():
     m = nn.Sequential(QDense(16, 8, kernel_quantizer="quantized_bits(4,0,1)",
                              activation="quantized_ulaw(8)"))
     assert str(cost(m, (16,)).layers[0].output) == "sfix8.0"
+
+
+def test_batch_norm_with_an_inverse_quantizer_or_no_affine_costs_what_it_stores():
+    """An inverse quantizer replaces gamma and variance by one scale of its type: it was
+    ignored (gamma and variance as fp32, the multiply a float one, 608 bits for 8 channels).
+    affine=False stores no gamma or beta: they were counted (640 bits either way)."""
+    from hetq.quant.norm import QBatchNorm
+
+    bn = QBatchNorm(8, inverse_quantizer="quantized_bits(6,2,alpha=1)",
+                    beta_quantizer="quantized_bits(8,3,alpha=1)",
+                    mean_quantizer="quantized_bits(8,3,alpha=1)")
+    x = QActivation("quantized_bits(8,3,alpha=1)")
+    lc = cost(nn.Sequential(x, bn), (8,)).layers[1]
+    assert lc.param_bits == 8 * (6 + 8 + 8) == 176
+    assert lc.multiplier == "mul" and lc.weight == QType("fixed", 6, 2, True)
+    assert lc.output == adder(multiplier(QType("fixed", 6, 2, True), x_t := lc.input).output,
+                              QType("fixed", 8, 3, True)) and x_t.bits == 8
+    plain = cost(nn.Sequential(QBatchNorm(8)), (8,)).layers[0]
+    bare = cost(nn.Sequential(QBatchNorm(8, affine=False)), (8,)).layers[0]
+    assert (plain.param_bits, bare.param_bits) == (8 * 4 * 32, 8 * 2 * 32)
+    assert bare.energy["parameters"] == pytest.approx(2 * mem_access(8 * 32, "sram"))

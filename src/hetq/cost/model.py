@@ -15,9 +15,12 @@ Layer rules (hetq's choices where QTools has none are marked *):
       QTools: quantized_bits(8,0,1)), or with `float_as` (QTools' hybrid models) weights of
       that type and reference-accumulator outputs;
   dense: a Linear acts on the last axis, once per position along the others;
-  batch norm (unfolded)*: one multiply (by gamma/sqrt(var), gamma's type or fp32) and one add
-      (beta's type) per element; an unquantized one with `float_as` as the weight layers
-      (parameters of that type, reference-accumulator outputs);
+  batch norm (unfolded)*: one multiply (by the precomputed gamma/sqrt(var + eps): the inverse
+      quantizer's type, else gamma's or fp32) and one add (beta's type) per element; the
+      stored parameters counted (inverse or gamma and variance, beta and mean; affine=False
+      stores no gamma and beta); QTools costs a divider gamma / stddev first; an unquantized
+      one with `float_as` as the weight layers (parameters of that type,
+      reference-accumulator outputs);
   average pooling*: an accumulator over the window on the input type, then a multiplier by
       the average quantizer's type (or fp32); global average pooling likewise over H*W,
       adaptive average pooling over PyTorch's windows (H/Ho x W/Wo where they divide; else
@@ -304,13 +307,23 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         _io_energy(lc, node, ctx)
         return lc
     if isinstance(m, (QBatchNorm, nn.modules.batchnorm._BatchNorm)):
+        # y = x * scale + shift, the scale gamma / sqrt(var + eps) precomputed per channel
+        # (at the inverse quantizer's type where there is one, else the gamma's); QTools
+        # instead costs a divider gamma / stddev before the multiplier (see the README)
         q = m.quantizers if isinstance(m, QBatchNorm) else {}
         fields = ("gamma", "beta", "mean", "variance")
         g_t, be_t, mean_t, var_t = (_wtype(q.get(f), s) for f in fields)
+        stored = {"gamma": g_t, "beta": be_t, "mean": mean_t, "variance": var_t}
+        if q.get("inverse") is not None:  # (it excludes the gamma and variance quantizers)
+            g_t = _wtype(q["inverse"], s)
+            stored = {"inverse": g_t, "beta": be_t, "mean": mean_t}
+        if not m.affine:
+            stored.pop("gamma", None)
+            stored.pop("beta")
         mult = multiplier(g_t, x_t)
         out = adder(mult.output, be_t)
         if s.reference is not None or (s.float_as is not None
-                                       and not any(q.get(f) for f in fields)):
+                                       and not any(q.get(f) for f in (*fields, "inverse"))):
             out = s.reference_accumulator
         lc = LayerCost(node.name, type(m).__name__, x_t, out, weight=g_t, bias=be_t,
                        multiplier=mult.kind, include=("parameters",),
@@ -319,7 +332,7 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
         lc.op_count = n
         lc.energy["op_cost"] = n * op_energy(mult, out)
         c = m.num_features
-        for t in (g_t, be_t, mean_t, var_t):  # each parameter at its own type
+        for t in stored.values():  # each stored parameter at its own type
             lc.energy["parameters"] += ctx.mem(c * t.bits, s.weights_on_memory)
             lc.param_bits += c * t.bits
         _io_energy(lc, node, ctx)
