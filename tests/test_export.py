@@ -1136,3 +1136,20 @@ def test_an_abort_in_the_c_simulation_leaves_the_process_and_no_project(tmp_path
         hls.export_hls4ml(IntegerModel(tiny_accumulator_model(), (4,)), tmp_path / "hls",
                           torch.randn(200, 4))
     assert not (tmp_path / "hls").exists()
+
+
+def test_folded_weights_too_fine_for_float32_are_refused_with_what_helps():
+    """A folded batch norm's weights gamma / sigma * W are computed in float32; on a 24-bit
+    grid a few round differently than in float64, and the refusal blamed a scale tie and
+    advised fixed scales, which the model already had. It now says what helps."""
+    torch.manual_seed(0)
+    m = build("jet_mlp", batchnorm=True).train()
+    for _ in range(5):
+        m(torch.randn(256, 16))
+    kq = "quantized_bits(24,5,alpha=1)"
+    q = quantize_model(m, {"Dense": {"kernel": kq, "bias": kq}}, fold_batchnorm=True).eval()
+    with pytest.raises(ExportError, match=r"^fc1.kernel: quantized weights differ between "
+                                          r"float32 and float64 evaluation \(\d+ of 1024 folded "
+                                          r"weights gamma / sigma \* W round differently: .* use "
+                                          r"fewer kernel bits, or a float64 model"):
+        IntegerModel(q, (16,), "ap_fixed<16,6>")

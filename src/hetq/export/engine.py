@@ -429,9 +429,16 @@ class IntegerModel:
                                 f"{name}.{f}: quantizer {m.quantizers.get(f)} gives weights on "
                                 "no fixed-point grid (a scale that is not a power of two); use "
                                 "alpha=1, a power-of-two alpha or alpha='auto_po2'")
+                        n = int((a[f].detach().double() != b[f].detach()).sum())
+                        if isinstance(m, _FoldedBatchnorm):  # (its fixed scales are no help)
+                            why = (f"{n} of {a[f].numel()} folded weights gamma / sigma * W "
+                                   "round differently: their float32 product is too coarse "
+                                   "for this grid; use fewer kernel bits, or a float64 model "
+                                   "(model.double())")
+                        else:
+                            why = "a scale tie; retrain briefly or use fixed scales"
                         raise ExportError(f"{name}.{f}: quantized weights differ between "
-                                          "float32 and float64 evaluation (a scale tie); "
-                                          "retrain briefly or use fixed scales")
+                                          f"float32 and float64 evaluation ({why})")
             if isinstance(m, QBatchNorm) and name and m.quantizers["inverse"] is not None:
                 # its folded scale is rounded too (without an inverse quantizer it is on no
                 # grid, which the layer's steps refuse by name)
