@@ -678,3 +678,125 @@ def test_batch_norm_with_an_inverse_quantizer_or_no_affine_costs_what_it_stores(
     bare = cost(nn.Sequential(QBatchNorm(8, affine=False)), (8,)).layers[0]
     assert (plain.param_bits, bare.param_bits) == (8 * 4 * 32, 8 * 2 * 32)
     assert bare.energy["parameters"] == pytest.approx(2 * mem_access(8 * 32, "sram"))
+
+
+def test_per_channel_integer_bits_at_one_width_cost_as_that_width():
+    """quantized_bits(8, integer=[[0],[3]]) and the same with bits=[[8],[8]] give the same
+    weights; the scalar-bits form was costed at the 11-bit type covering both channels (528
+    EBOPs, 104 row bits against 80 in the total, 4.60 pJ), the tensor form at 8 bits each."""
+    from hetq.quant.fixed_point import quantized_bits
+
+    torch.manual_seed(0)
+    ints = torch.tensor([[0.0], [3.0]])
+    rows = []
+    for kq in (quantized_bits(8, ints, 1, alpha=1),
+               quantized_bits(torch.tensor([[8.0], [8.0]]), ints, 1, alpha=1)):
+        torch.manual_seed(0)
+        m = nn.Sequential(QDense(4, 2, kernel_quantizer=kq, bias_quantizer="quantized_bits(8,3,1)"))
+        lc = cost(m, (4,)).layers[0]
+        rows.append((lc.ebops, lc.param_bits, round(lc.total, 3)))
+    assert rows[0] == rows[1] == (384, 80, 3.554)
+    # a per-feature integer on an activation: the next layer multiplies 8-bit features
+    act = QActivation(quantized_bits(8, torch.tensor([0.0, 1, 2, 3]), 1, alpha=1))
+    m = nn.Sequential(act, QDense(4, 2, kernel_quantizer="quantized_bits(4,0,1)"))
+    nn.init.constant_(m[1].weight, 0.5)
+    assert cost(m, (4,)).layers[1].ebops == 4 * 2 * 4 * 8  # (was 4 * 2 * 4 * 11)
+
+
+def test_cost_json_replaces_an_earlier_report_but_not_a_checkpoint(tmp_path, capsys):
+    """`hetq cost v.pt --json v.pt` replaced the checkpoint being costed with the JSON; the
+    report is also written whole now (it was written in place)."""
+    from hetq.train import save
+
+    ckpt = tmp_path / "v.pt"
+    save(ckpt, quantize_model(build("jet_mlp"), preset("q6")), model_name="jet_mlp",
+         quant_config=preset("q6"))
+    before = ckpt.read_bytes()
+    assert main(["cost", str(ckpt), "--json", str(ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"hetq cost: error: --json {ckpt} exists and holds no JSON (a checkpoint?); it is not "
+        "replaced: remove it or give another path")
+    assert ckpt.read_bytes() == before
+    out = tmp_path / "c.json"
+    out.write_text('{"old": 1}')
+    assert main(["cost", str(ckpt), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["totals"]["ebops"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.json", "v.pt"]  # no temporary
+
+
+def test_a_float16_source_counts_16_bits_and_an_activation_name_is_no_source():
+    """`--source fp16` counted the input as 32 bits in the model size (its EBOPs used 16), and
+    `--source relu` was costed as fp32 under the heading 'input relu'."""
+    m = quantize_model(build("jet_mlp"), preset("q6"))
+    act = {src: cost(m, (16,), source_quantizer=src).summary()["act_bits"]
+           for src in ("fp16", "fp32", "int16")}
+    assert act["fp32"] - act["fp16"] == 16 * 16 and act["fp16"] == act["int16"]
+    for bad, what in (("relu", "source_quantizer"), ("softmax", "reference")):
+        kw = {"source_quantizer": bad} if what == "source_quantizer" else {"reference": bad}
+        with pytest.raises(ValueError, match=rf"^{what} '{bad}' is a float activation, not a "
+                                             r"number type; expected int8, int16, int32, fp16, "
+                                             r"fp32 or a quantizer"):
+            cost(m, (16,), **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cost_of_a_model_on_the_gpu_equals_its_cost_on_the_cpu():
+    """The FPGA estimate combined CPU bit tensors with the weights' device."""
+    m = quantize_model(build("jet_mlp"), preset("q6"))
+    on_cpu = cost(m, (16,)).summary()
+    assert cost(m.cuda(), (16,)).summary() == on_cpu
+    assert next(m.parameters()).is_cuda  # (the caller's model stays where it was)
+
+
+def test_cost_cli_float_as_gives_the_searchs_figures_for_a_hybrid_model(tmp_path, capsys):
+    """A search costs the layers a trial leaves float as its --reference type; `hetq cost`
+    had no way to give those figures (827 pJ in hetq cost against the table's 91)."""
+    config = {"fc1": {"kernel": "quantized_bits(4,0,1)", "bias": "quantized_bits(4,0,1)"}}
+    torch.manual_seed(0)
+    m = quantize_model(build("jet_mlp"), config)
+    want = cost(m, (16,), float_as="int8").summary()
+    assert want["energy_pj"] < cost(m, (16,)).summary()["energy_pj"] / 3
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    torch.manual_seed(0)
+    assert main(["cost", "--model", "jet_mlp", "--config", str(path), "--float-as", "int8",
+                 "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["totals"] == json.loads(json.dumps(want))
+
+
+def test_input_shape_inference_of_separable_and_head_first_models_and_wide_names():
+    """A model starting with a QSeparableConv2d was taken as dense (the first Linear's
+    inputs) and failed with 'does not run on inputs of shape (144,)'; a model whose head is
+    registered before its body failed the same way, neither message naming input_shape. A
+    type name over 17 characters (QGlobalAveragePooling2d) pushed its row out of line."""
+    from hetq.quant.layers import QSeparableConv2d
+    from hetq.quant.pooling import QGlobalAveragePooling2d
+
+    m = nn.Sequential(QSeparableConv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+    from hetq.cost.report import infer_input_shape
+
+    assert infer_input_shape(m) == (1, 8, 8) and cost(m).layers[0].ebops > 0
+
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out, self.body = nn.Linear(8, 5), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.body(x)))
+
+    with pytest.raises(ValueError, match=r"^cannot infer the input shape: the model does not "
+                                         r"run on \(8,\), the inputs of its first dense layer; "
+                                         r"pass input_shape \(CLI: --input-shape\)$"):
+        cost(HeadFirst())
+    with pytest.warns(UserWarning, match="does more than call its layers"):
+        assert cost(HeadFirst(), (16,)).summary()["energy_pj"] > 0
+    g = nn.Sequential(QConv2d(1, 4, 3, kernel_quantizer="quantized_bits(4,0,1)"),
+                      QGlobalAveragePooling2d(), nn.Linear(4, 2))
+    lines = cost(g, (1, 6, 6)).table().splitlines()
+    head, rows = lines[0], lines[2:5]
+    col = head.index("precision")
+    assert all(r[col - 1] == " " and r[col] != " " for r in rows), lines[:5]
+    assert rows[1].split()[1] == "QGlobalAveragePooling2d"

@@ -35,8 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "from the first layer of a dense model)")
     c.add_argument("--source", default="int8", help="input type: int8, fp32 or a quantizer")
     c.add_argument("--reference", default=None,
-                   help="add a reference column: every layer costed as this type (int8, "
-                        "int16, int32, fp16, fp32 or a quantizer string)")
+                   help="add a reference column (QTools' reference mode): every weight costed "
+                        "as this type (int8, int16, int32, fp16, fp32 or a quantizer string), "
+                        "accumulators and activations as int32")
+    c.add_argument("--float-as", default=None, metavar="TYPE",
+                   help="cost the model's unquantized layers with weights of this type and "
+                        "int32 outputs, as QTools costs hybrid models and as a search with "
+                        "--reference TYPE costs its trials (default: fp32)")
     c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"],
                    help="where weights and activations are read from, for the energy "
                         "(QTools' modes; fixed: no memory cost; default %(default)s)")
@@ -81,10 +86,11 @@ def _cost(a) -> int:
     to_stdout = a.json == "-"
     if a.json and not to_stdout:  # before the table: a path that cannot be written fails
         check_output(a.json, "--json")  # with nothing printed
+        _check_replaceable(a.json)
     shape = a.input_shape
     kw = dict(source_quantizer=a.source, weights_on_memory=a.memory,
               activations_on_memory=a.memory)
-    rep = cost(model, shape, **kw)
+    rep = cost(model, shape, float_as=a.float_as, **kw)
     ref = cost(model, shape, reference=a.reference, **kw) if a.reference else None
     if a.json:
         text = rep.to_json(None if to_stdout else a.json,
@@ -97,3 +103,17 @@ def _cost(a) -> int:
     if a.json:
         print(f"JSON: {a.json}")
     return 0
+
+
+def _check_replaceable(path: str) -> None:
+    """An existing --json file is replaced only when it holds JSON (an earlier report): a
+    slip such as `--json model.pt` replaced the checkpoint being costed."""
+    import os
+
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head and not head.startswith((b"{", b"[")):
+        raise ValueError(f"--json {path} exists and holds no JSON (a checkpoint?); it is not "
+                         "replaced: remove it or give another path")

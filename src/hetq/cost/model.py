@@ -416,12 +416,12 @@ def layer_costs(model: nn.Module, input_shape, settings: Settings) -> list[Layer
 
 
 def _feature_bits(m, out_t: QType, s: Settings) -> torch.Tensor | None:
-    """Per-feature widths of a QActivation with a tensor-valued bits parameter (what the
-    next dense layer multiplies by, feature by feature), else None."""
+    """Per-feature widths of a tensor-valued QActivation (per-feature bits, or per-feature
+    integer bits at one width: what the next dense layer multiplies by, feature by
+    feature), else None."""
     if s.reference is not None or not isinstance(m, QActivation) or out_t.mode == FLOAT:
         return None
-    v = getattr(m.activation_quantizer, "bits", None)
-    if v is None or isinstance(v, (int, float)):
-        return None
-    t = torch.as_tensor(v, dtype=torch.float64).flatten()
-    return t if t.numel() > 1 else None
+    q = m.activation_quantizer
+    shape = q.tensor_shape() if hasattr(q, "tensor_shape") else None
+    e = q.bits_elements(shape) if shape is not None else None
+    return e.flatten() if e is not None and e.numel() > 1 else None

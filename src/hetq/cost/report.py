@@ -14,7 +14,7 @@ from torch import nn
 from ..quant.base import check_module
 from .graph import as_input_shape, trace
 from .model import LayerCost, Settings, layer_costs
-from .qtypes import qtype_of
+from .qtypes import NAMED, qtype_of
 
 ENERGY_LABEL = "energy: QTools-equivalent 45 nm Horowitz model (estimate)"
 FPGA_LABEL = ("LUT/DSP/FF/latency: hetq estimate for the hls4ml latency strategy "
@@ -60,20 +60,25 @@ class CostReport:
                 reference: tuple[str, CostReport] | None = None) -> str:
         text = json.dumps(self.to_dict(reference), indent=1)
         if path:
+            from ..files import write_whole
+
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(text)
+            write_whole(path, lambda tmp: tmp.write_text(text))  # (never half a file)
         return text
 
     def table(self, reference: CostReport | None = None) -> str:
         ref = {lc.name: lc.total for lc in reference.layers} if reference else {}
-        head = f"{'layer':<10} {'type':<17} {'precision':<44} {'energy pJ':>11}"
+        # (columns as wide as the longest name: QGlobalAveragePooling2d pushed its row out)
+        nw = max([10] + [len(lc.name) for lc in self.layers])
+        tw = max([17] + [len(lc.type) for lc in self.layers])
+        head = f"{'layer':<{nw}} {'type':<{tw}} {'precision':<44} {'energy pJ':>11}"
         if reference:
             head += f" {'ref pJ':>11}"
         head += f" {'bits':>8} {'EBOPs':>9} {'LUT':>8} {'DSP':>6}"
         lines = [head, "-" * len(head)]
         for lc in self.layers:
             prec = lc.precision if len(lc.precision) <= 44 else lc.precision[:41] + "..."
-            row = f"{lc.name:<10} {lc.type:<17} {prec:<44} {lc.total:11.2f}"
+            row = f"{lc.name:<{nw}} {lc.type:<{tw}} {prec:<44} {lc.total:11.2f}"
             if reference:
                 row += f" {ref.get(lc.name, math.nan):11.2f}"
             row += (f" {lc.param_bits + lc.act_bits:8d} {lc.ebops:9d} "
@@ -102,13 +107,20 @@ class CostReport:
         return self.table()
 
 
-def infer_input_shape(model: nn.Module):
-    """A dense model's input size; for an image model the one square (C, S, S) with S <= 64
-    that the model accepts (a flatten into a dense layer fixes it)."""
+def infer_input_shape(model: nn.Module, check: bool = True):
+    """A dense model's input size (`check`: that the model runs on it); for an image model
+    the one square (C, S, S) with S <= 64 that the model accepts (a flatten into a dense
+    layer fixes it)."""
+    from ..quant.layers import QSeparableConv2d
+
     for m in model.modules():
         if isinstance(m, nn.Linear):
+            if check and not _accepts(model, (m.in_features,)):  # (a head defined first)
+                raise ValueError(f"cannot infer the input shape: the model does not run on "
+                                 f"({m.in_features},), the inputs of its first dense layer; "
+                                 "pass input_shape (CLI: --input-shape)")
             return (m.in_features,)
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, QSeparableConv2d)):
             fits = [s for s in range(1, 65) if _accepts(model, (m.in_channels, s, s))]
             if len(fits) == 1:
                 return (m.in_channels, fits[0], fits[0])
@@ -134,6 +146,16 @@ def _accepts(model: nn.Module, shape: tuple[int, ...]) -> bool:
     return True
 
 
+def _named_type(q, what: str):
+    """qtype_of(q); a float activation's name (relu, softmax, linear) is refused: as a type
+    it is read as fp32, and `--source relu` was costed as fp32 under the heading 'relu'."""
+    t = qtype_of(q)
+    if isinstance(q, str) and q not in NAMED and t.mode == "float":
+        raise ValueError(f"{what} {q!r} is a float activation, not a number type; expected "
+                         f"{', '.join(NAMED)} or a quantizer such as quantized_bits(8,0,1)")
+    return t
+
+
 def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
          reference_accumulator="int32", weights_on_memory="sram", activations_on_memory="sram",
          min_sram_size=0, rd_wr_on_io=False, float_as=None) -> CostReport:
@@ -156,17 +178,20 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
             from QTools, which costs them as quantized_bits(8,0,1).
     """
     check_module(model, "cost")
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        import copy  # (a model left on the GPU by fit: the counts are made on the CPU)
+
+        model = copy.deepcopy(model).cpu()
     input_shape = infer_input_shape(model) if input_shape is None else as_input_shape(input_shape)
-    s = Settings(qtype_of(source_quantizer) if reference is None else qtype_of(reference),
-                 qtype_of(reference) if reference else None, qtype_of(reference_accumulator),
+    s = Settings(_named_type(source_quantizer, "source_quantizer"),
+                 _named_type(reference, "reference") if reference else None,
+                 _named_type(reference_accumulator, "reference_accumulator"),
                  weights_on_memory, activations_on_memory, float(min_sram_size), rd_wr_on_io)
-    if reference is not None:
-        s.source = qtype_of(source_quantizer)
-    elif float_as is not None:
-        s.float_as = qtype_of(float_as)
+    if reference is None and float_as is not None:
+        s.float_as = _named_type(float_as, "float_as")
     from .bits import model_bits
 
-    ib = 32 if s.source.mode == "float" else s.source.bits
+    ib = s.source.bits  # (fp16: 16; it counted every float input as 32 bits)
     size = model_bits(model, input_shape, input_bits=ib, reference=reference is not None,
                       ref_bits=8 if reference is None else s.reference.bits)
     return CostReport(layer_costs(model, input_shape, s), s, size)

@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli import check_output
+from ..cli import check_output, sh
 
 DEFAULT_INPUT_TYPE = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
 
@@ -137,7 +137,8 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
     for r in reports:
         out("  " + r.line())
     out("")
-    out("cost of the exported model:")
+    out(f"cost of the exported model (input {eng.input_type}, as "
+        f"--source {sh(source_quantizer(eng.input_type))} in hetq cost):")
     out(rep_cost.table())
     if failed:
         raise ExportError("; ".join(failed))

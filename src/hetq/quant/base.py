@@ -173,16 +173,34 @@ class Quantizer(nn.Module):
         return float(b.max()) if isinstance(b, torch.Tensor) else float(b)
 
     def bits_elements(self, shape) -> torch.Tensor | None:
-        """Each element's own bits, as float64 broadcast to `shape`, where `bits` is
-        tensor-valued (per channel, per weight, per feature) and broadcasts to `shape`;
-        None for scalar bits (or a shape it does not broadcast to)."""
+        """Each element's own bits, as float64 broadcast to `shape`, where the quantizer is
+        tensor-valued (per channel, per weight, per feature) and broadcasts to `shape`: its
+        `bits`, or scalar `bits` with another tensor-valued argument (a per-channel integer:
+        each element is `bits` wide, where one type for all of them is wider); None for a
+        scalar quantizer (or a shape it does not broadcast to)."""
         b = getattr(self, "bits", None)
-        if not isinstance(b, torch.Tensor) or b.dim() == 0:
+        if b is None:
+            return None
+        if isinstance(b, torch.Tensor) and b.dim() > 0:
+            b = b.detach().double()
+        elif self.tensor_shape() is not None:
+            b = torch.tensor(float(b), dtype=torch.float64)
+        else:
             return None
         try:
-            return torch.broadcast_to(b.detach().double(), tuple(shape))
+            b = torch.broadcast_to(b, tuple(shape))
+            if (s := self.tensor_shape()) is not None:
+                torch.broadcast_shapes(s, tuple(shape))  # (its arguments broadcast too)
+            return b
         except RuntimeError:
             return None
+
+    def tensor_shape(self) -> tuple[int, ...] | None:
+        """The broadcast shape of the quantizer's tensor-valued arguments (more than one
+        element), or None when they are all scalars."""
+        shapes = [tuple(t.shape) for t in (*self.parameters(recurse=False),
+                                           *self.buffers(recurse=False)) if t.numel() > 1]
+        return tuple(torch.broadcast_shapes(*shapes)) if shapes else None
 
     def bits_total(self, shape) -> float:
         """Bits of a whole tensor of `shape` under this quantizer: each element at its own

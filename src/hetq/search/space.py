@@ -173,7 +173,7 @@ def _check_call_order(model: nn.Module, layers: list[str],
 
     if shape is None:
         try:
-            shape = infer_input_shape(model)
+            shape = infer_input_shape(model, check=False)  # (checked below, in its words)
         except ValueError:  # (an image model of several sizes: its order is not checked)
             return
     shape = tuple(shape)
