@@ -294,8 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     # once a closed pipe (`hetq report RUN | head`) cuts the output, the work still ends;
     # SIGTERM (kill, a batch system's limit) stops any command as Ctrl-C does, so that its
     # clean-up runs (a download's part file, a trial queued again) and it exits with 130
-    with surviving_closed_output(), interrupts_save():
-        return _main(argv)
+    from . import files  # (what a folder's lock says holds it: `hetq worker --out X`, where
+    #                       python -m hetq.search.worker's argv gave `hetq --out X`)
+    files.COMMAND = ["hetq", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        with surviving_closed_output(), interrupts_save():
+            return _main(argv)
+    finally:
+        files.COMMAND = None
 
 
 def _main(argv: list[str] | None) -> int:

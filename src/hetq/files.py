@@ -35,6 +35,18 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 
 LOCK_NAME = ".hetq.lock"
+COMMAND: list[str] | None = None  # the hetq command line, as `hetq.cli.main` was given it
+
+
+def _me() -> str:
+    """This process as a folder's lock names it: its pid and whole command (it held only the
+    first two words: 'hetq train --epochs')."""
+    import shlex
+    import sys
+
+    words = COMMAND or ["hetq", *sys.argv[1:]]
+    me = f"pid {os.getpid()}: {shlex.join(words)}"
+    return me if len(me) <= 290 else me[:287] + "..."
 
 
 def _holder(fd: int) -> str:
@@ -63,14 +75,16 @@ def lock_holder(folder: str | Path) -> str | None:
 
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
-                lock_name: str = LOCK_NAME, label: str | Path | None = None):
+                lock_name: str = LOCK_NAME, label: str | Path | None = None,
+                quiet: bool = False):
     """Hold `folder`'s exclusive lock (a `.hetq.lock` file in it, locked with flock: the
     kernel releases it when the process dies) for the block. Held by another hetq command:
     a ValueError naming it (`wait`: a note, then wait for it). Two commands writing one
     folder at once replaced each other's files (a model.pt, a front, a float.pt) without a
     word. The lock file goes when the lock does, and a folder made here that holds nothing
     else is removed again. `lock_name`, `label`: another lock file in `folder`, and what the
-    message names."""
+    message names; `quiet`: wait without the note (a search's own workers, which wait for
+    each other)."""
     import fcntl
     import sys
 
@@ -94,7 +108,7 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
                 raise ValueError(f"{label or folder} is in use by another hetq command "
                                  f"({who}); wait for it to finish, or give another "
                                  f"{option}") from None
-            if not said:
+            if not said and not quiet:
                 print(f"{label or folder} is in use by another hetq command ({who}); waiting "
                       "for it", file=sys.stderr, flush=True)
                 said = True
@@ -107,9 +121,8 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
             break
         os.close(fd)
     try:
-        me = f"pid {os.getpid()}: {' '.join(['hetq', *sys.argv[1:3]])}"
         os.ftruncate(fd, 0)
-        os.pwrite(fd, me.encode(), 0)
+        os.pwrite(fd, _me().encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):

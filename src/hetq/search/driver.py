@@ -871,7 +871,8 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
                          "search` (--runs processes), and has no study for workers to join")
     # (a search still setting up there, its float model say, is waited for: the worker said
     # there was no study)
-    with folder_lock(out, wait=True):
+    # (a search's own --workers wait for each other without a note: it read as a stranger)
+    with folder_lock(out, wait=True, quiet=bool(os.environ.get("HETQ_WORKER_INDEX"))):
         study, ctx, config = _join(out, study_name, storage, hint)
     check_data(study, ctx)
     # this process's sampler stream: its index among a search's --workers, else random (a
