@@ -1925,3 +1925,14 @@ def test_a_journal_lock_dies_with_its_process(tmp_path):
         holder.stdout.close()
     assert not (out / "study.journal.lock").exists()
     assert len(completed(run_search(cfg(trials=2), out, progress=False))) == 2
+
+
+def test_blocks_without_a_regex_is_an_error(capsys):
+    """`hetq search --blocks --trials 1` ran an ordinary search without a word."""
+    from hetq.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["search", "--blocks", "--trials", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "hetq search: error: argument --blocks: expected at least one argument")

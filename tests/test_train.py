@@ -124,8 +124,9 @@ def test_an_anomaly_checkpoint_keeps_its_background(tmp_path, capsys):
     from hetq.train.loop import predict_scores
 
     out = tmp_path / "a"
-    args = ["--model", "jet_autoencoder", "--task", "anomaly", "--model-widths", "4", "2", "4",
-            "--epochs", "1", "--no-progress"]
+    # (no --model: the anomaly task's default is the autoencoder; it was jet_mlp, refused)
+    args = ["--task", "anomaly", "--model-widths", "4", "2", "4", "--epochs", "1",
+            "--no-progress"]
     (out).mkdir()
     (out / "roc.png").write_bytes(b"an earlier classifier's curves")
     assert main(["train", *args, "--background", "t", "--out", str(out), "--overwrite"]) == 0
@@ -141,7 +142,8 @@ def test_an_anomaly_checkpoint_keeps_its_background(tmp_path, capsys):
         "no signal samples in this split: an anomaly model's train and val splits keep the "
         "background only; its signal efficiencies are on the test split"]
     model = hetq.load(out)
-    assert torch.load(out / "model.pt", weights_only=False)["background"] == ["t"]
+    saved = torch.load(out / "model.pt", weights_only=False)
+    assert saved["background"] == ["t"] and saved["model"] == "jet_autoencoder"
     data = get_dataset("jets-sim")
     task = Anomaly(background=("t",))
     m = evaluate(model, data, task=task)
@@ -1737,3 +1739,47 @@ def test_one_command_at_a_time_writes_a_folder(tmp_path, capsys):
     th.join()
     assert f"{out} is in use by another hetq command" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_folder_lock_names_the_whole_command_and_sibling_workers_wait_quietly(
+        tmp_path, capsys, monkeypatch):
+    """The lock named 'hetq train --epochs' (two words of the command); a search's own
+    --workers, waiting for each other's setup, each printed 'in use by another hetq
+    command (pid N: hetq --out X)', a stranger's note for its sibling."""
+    import os
+    import threading
+    import time
+
+    from hetq import files
+    from hetq.files import folder_lock, lock_holder
+
+    out = tmp_path / "my runs"
+    monkeypatch.setattr(files, "COMMAND", ["hetq", "train", "--epochs", "3", "--out", str(out)])
+    with folder_lock(out):
+        assert lock_holder(out) == (f"pid {os.getpid()}: hetq train --epochs 3 --out "
+                                    f"'{out}'")
+    monkeypatch.setattr(files, "COMMAND", ["hetq", "train", "--config", "x" * 400])
+    with folder_lock(out):
+        who = lock_holder(out)
+        assert len(who) == 290 and who.endswith("xxx...")
+    monkeypatch.setattr(files, "COMMAND", None)
+    ready = threading.Event()
+
+    def hold():
+        with folder_lock(out, wait=True):
+            ready.set()
+            time.sleep(0.3)
+    th = threading.Thread(target=hold)
+    th.start()
+    ready.wait()
+    with folder_lock(out, wait=True, quiet=True):
+        pass
+    th.join()
+    assert capsys.readouterr().err == ""
+    # and main() names its own command while it runs, then no longer
+    seen = []
+    monkeypatch.setattr("hetq.train.cli._train_locked",
+                        lambda a: seen.append(lock_holder(a.out)) or 0)
+    assert main(["train", "--out", str(out), "--epochs", "2"]) == 0
+    assert seen == [f"pid {os.getpid()}: hetq train --out '{out}' --epochs 2"]
+    assert files.COMMAND is None

@@ -23,7 +23,7 @@ DEMO_OPTIONS = {"epochs": "--trial-epochs", "float_epochs": "--epochs", "data": 
 
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="train float and Q6 jet taggers, cost them, run a short "
-                                    "search (built-in data)",
+                                    "search, export the best bit-exactly (built-in data)",
                        description=__doc__.split("\n", 1)[1].strip()
                        + "\n\nexample:\n  hetq demo --out runs/demo",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

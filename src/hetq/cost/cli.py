@@ -26,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--model", type=name_type, default=None,
                    help="zoo model instead of a checkpoint")
     c.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
-                   help="with --model jet_mlp/jet_autoencoder: its hidden layer widths")
+                   help="with --model jet_mlp/jet_autoencoder: its hidden layer widths (default "
+                        "64 32 32 and 32 8 32)")
     c.add_argument("--preset", type=name_type, default=None,
-                   help="with --model: float | bf | q6")
+                   help="with --model: float | bf | q6 (default: none, the model as built)")
     c.add_argument("--config", default=None, help="quantization config .yaml/.json")
     c.add_argument("--input-shape", type=_shape, default=None,
                    help="input size without the batch dimension, e.g. 16 or 1,8,8 (default: "

@@ -1,11 +1,5 @@
-"""`hetq export`: integer engine check, QONNX file, hls4ml project with C-sim check, cost table.
-
-    hetq export runs/demo/q6.pt --input-type 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>' \\
-        --qonnx out/model.onnx --hls4ml out/hls
-
-The source is a checkpoint, or a search run folder with `--trial N` (`--trial best`: the
-study's best trial). Inputs for the comparison are the test split of `--data`.
-"""
+"""`hetq export`: integer engine check, QONNX file, hls4ml project with C-sim check, cost table
+(the command's help: DESCRIPTION)."""
 
 from __future__ import annotations
 
@@ -16,11 +10,22 @@ from pathlib import Path
 from ..cli import check_output, sh
 
 DEFAULT_INPUT_TYPE = "ap_fixed<16,6,AP_RND_CONV,AP_SAT>"
+DESCRIPTION = """\
+Run a model on the integer engine, write it as a QONNX graph and/or an hls4ml project, check
+each against the engine sample by sample (bit-exactness report), then print its cost.
+
+example:
+  hetq export runs/demo/q6.pt --input-type 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>' \\
+      --qonnx out/model.onnx --hls4ml out/hls
+
+The source is a checkpoint, or a search run folder with --trial N (--trial best: the study's
+best trial). The inputs compared are the test split of --data."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="bit-exact export: integer engine, QONNX, hls4ml C-sim",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=DESCRIPTION,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("source", help="checkpoint (.pt, or the folder `hetq train` wrote), or a "
                                   "search run folder (with --trial)")
     e.add_argument("--trial", default=None, help="trial number in a search run, or 'best'")
@@ -37,8 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-compile", action="store_true",
                    help="write the hls4ml project without building the C simulation")
     e.add_argument("--data", default=None,
-                   help="data set whose test split is compared (default: the data the model "
-                        "was trained on)")
+                   help="jets-sim | jets-sim:PATH | jets | jets:PATH | digits | synthetic: the "
+                        "data whose test split is compared (default: the data the model was "
+                        "trained on)")
     e.add_argument("--samples", type=int, default=5000,
                    help="test samples compared (0: all; default %(default)s)")
     e.set_defaults(func=_export)

@@ -249,7 +249,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in --out)")
     s.add_argument("--study", default="hetq", help="study name")
     s.add_argument("--workers", type=positive_int, default=1, help="local worker processes")
-    s.add_argument("--blocks", nargs="*", default=None,
+    s.add_argument("--blocks", nargs="+", default=None, metavar="REGEX",
                    help="block-wise search: one layer-name regex per block (a layer no "
                         "block matches stays float)")
     s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"],

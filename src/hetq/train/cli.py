@@ -38,13 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a model from the zoo with a quantization preset or "
                                    "config; writes OUT/model.pt, OUT/metrics.json and, for "
                                    "classification, OUT/roc.png.")
-    t.add_argument("--model", type=name_type, default="jet_mlp",
-                   help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (default %(default)s)")
+    t.add_argument("--model", type=name_type, default=None,
+                   help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (with --data digits) "
+                        "(default jet_mlp; with --task anomaly jet_autoencoder)")
     t.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
                    help="hidden layer widths of jet_mlp (default 64 32 32) or jet_autoencoder "
                         "(default 32 8 32)")
     t.add_argument("--preset", type=name_type, default=None,
-                   help="float | bf | q6 (jet_mlp presets)")
+                   help="float | bf | q6 (jet_mlp presets; default: none, a float model unless "
+                        "--config)")
     t.add_argument("--config", default=None, help="quantization config (.yaml/.json)")
     t.add_argument("--task", default="classify", choices=["classify", "anomaly"],
                    help="classify: cross-entropy on the labels; anomaly: an autoencoder "
@@ -131,6 +133,9 @@ def _task_extra(task) -> dict | None:
 
 def _train(a) -> int:
     from ..files import folder_lock
+
+    if a.model is None:  # (the anomaly task needs a model that reconstructs its input)
+        a.model = "jet_autoencoder" if a.task == "anomaly" else "jet_mlp"
 
     check_output(a.out, "--out", folder=True)
     # one `hetq train` per --out at a time (a second one, started meanwhile, passed the
@@ -248,7 +253,8 @@ def _evaluate(a) -> int:
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
     task = _task(a, ckpt)
     m = evaluate(model, data, a.split, task, a.device)
-    print(f"{a.checkpoint} on {data.name} ({a.split} split)")
+    where = f" ({a.data.split(':', 1)[1]})" if a.data and ":" in a.data else ""
+    print(f"{a.checkpoint} on {data.name}{where} ({a.split} split)")
     print(metrics_table(m, data.classes, task.name))
     return 0
 

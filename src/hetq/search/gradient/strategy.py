@@ -195,7 +195,8 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
         print(f"\ngradient strategy: {len(res.history)} epochs"
               + (" (--stop-below ended training early)" if res.stopped_early else "")
               + (", then the polish," if config.polish_epochs else "")
-              + f" in {res.seconds:.1f} s; front of {len(rows)} points "
+              + f" in {res.seconds:.1f} s; front of {len(rows)} "
+              f"point{'s' if len(rows) != 1 else ''} "
               f"(total {time.time() - t0:.1f} s); float test accuracy "
               f"{ref if ref is None else round(ref, 4)}")
         print(format_gradient_table(rows))
