@@ -15,8 +15,7 @@ Run a model on the integer engine, write it as a QONNX graph and/or an hls4ml pr
 each against the engine sample by sample (bit-exactness report), then print its cost.
 
 example:
-  hetq export runs/demo/q6.pt --input-type 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>' \\
-      --qonnx out/model.onnx --hls4ml out/hls
+  hetq export runs/demo/q6.pt --input-type 'ap_fixed<16,6,AP_RND_CONV,AP_SAT>' --hls4ml out/hls
 
 The source is a checkpoint, or a search run folder with --trial N (--trial best: the study's
 best trial). The inputs compared are the test split of --data."""
