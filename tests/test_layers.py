@@ -554,3 +554,179 @@ def test_a_qkeras_entry_without_a_kernel_quantizer_leaves_its_layers_float():
         "quantizes the bias alone)"]
     own = quantize_model(m, {"Linear": {"bias": "quantized_bits(4)"}})
     assert isinstance(own[0], QDense) and own[0].quantizers["kernel"] is None
+
+
+def _trained_bn_model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU())
+    for _ in range(5):
+        m(torch.randn(64, 4) * 2 + 1)
+    return m.eval()
+
+
+def test_conversion_keeps_mode_dtype_device_freezing_and_padding():
+    """Found by a probe of conversion: folded layers and new activation quantizers came back
+    in training mode inside an eval model (batch statistics used and moved at inference,
+    stochastic quantizers drawn afresh: 0.7 off the float model); a float64 model came back
+    float32; frozen weights trainable; a circular-padded depthwise or reflect-padded folded
+    convolution zero-padded (1.2 off)."""
+    m = _trained_bn_model()
+    x = torch.randn(16, 4)
+    q = quantize_model(m, {}, fold_batchnorm=True)
+    assert not q.training and not q[0].training
+    stats = q[0].running_mean.clone()
+    assert torch.allclose(q(x), m(x), atol=1e-5) and torch.equal(q[0].running_mean, stats)
+    r = quantize_model(nn.Sequential(nn.ReLU()).eval(),
+                       {"ReLU": "quantized_relu(3,0,use_stochastic_rounding=True)"})
+    xs = torch.linspace(0.01, 0.99, 8)
+    assert not r[0].training and not r[0].activation_quantizer.training
+    assert torch.equal(r(xs), r(xs))
+    d = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)).double().eval()
+    d[0].weight.requires_grad_(False)
+    qd = quantize_model(d, {"Linear": {"kernel": "quantized_bits(8,2,alpha=1)"}})
+    assert qd[0].weight.dtype == torch.float64 and qd[1].running_var.dtype == torch.float64
+    assert qd(x.double()).dtype == torch.float64
+    assert not qd[0].weight.requires_grad and qd[0].bias.requires_grad
+    torch.manual_seed(1)
+    for conv, mode in ((nn.Conv2d(3, 6, 3, padding=1, groups=3, padding_mode="circular"),
+                        "circular"), (nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"),
+                                      "reflect")):
+        f = nn.Sequential(conv, nn.BatchNorm2d(conv.out_channels)).eval()
+        key = "DepthwiseConv2d" if mode == "circular" else "Conv2d"
+        qc = quantize_model(f, {key: {"kernel": None}}, fold_batchnorm=True)
+        assert qc[0].padding_mode == mode
+        xi = torch.randn(2, 3, 5, 5)
+        assert torch.allclose(qc(xi), f(xi), atol=1e-5)
+
+
+def test_conversion_of_shared_layers_exact_names_and_bias_less_layers():
+    """A module used twice was converted under its first name only (the other use float, the
+    weights untied); a name key '1' also took '10' and '11' as a regex, so a config of exact
+    names (get_quantization_config's) did not reproduce its model (0.148 off); a type key's
+    bias quantizer failed on any layer without a bias (QKeras sets it to None there)."""
+    lin = nn.Linear(4, 4)
+    q = quantize_model(nn.Sequential(lin, nn.ReLU(), lin),
+                       {"Linear": {"kernel": "quantized_bits(2,0,alpha=1)"}})
+    assert type(q[2]).__name__ == "QDense" and q[0] is q[2]
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(*[nn.Linear(4, 4) for _ in range(12)]).eval()
+    one = quantize_model(make(), {"1": {"kernel": "quantized_bits(2,0,alpha=1)"}})
+    assert [n for n, m in one.named_children() if type(m).__name__ == "QDense"] == ["1"]
+    again = quantize_model(make(), get_quantization_config(one))
+    x = torch.randn(5, 4)
+    assert torch.equal(again(x), one(x))
+    assert len(quantize_model(make(), {"^1": {"kernel": "quantized_bits(2,0,alpha=1)"}})
+               .state_dict()) == len(make().state_dict())  # (a regex: 1, 10, 11; no buffers)
+    nb = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2))
+    kq = "quantized_bits(4,0,1)"
+    qb = quantize_model(nb, {"QDense": {"kernel_quantizer": kq, "bias_quantizer": kq}})
+    assert qb[0].bias_quantizer is None and str(qb[1].bias_quantizer) == kq
+    with pytest.raises(ValueError, match=r"layer '0' \(Linear\) has no 'bias' field"):
+        quantize_model(nb, {"0": {"kernel": kq, "bias": kq}})
+    with pytest.raises(ValueError, match=r"layer '0' \(QDense\) has no 'bias' field"):
+        quantize_model(qb, {"0": {"bias": kq}})
+
+
+def test_conversion_refuses_lost_weights_and_leaves_what_it_cannot_replace():
+    """weight_norm's parametrization kept the weights under other names: the QDense kept its
+    random initialisation (0.49 off) without a word. A Linear subclass with its own forward
+    was replaced (its forward lost); an nn.MultiheadAttention's out_proj got a quantizer it
+    never runs. A model that is one Linear came back float."""
+    from torch.nn.utils import parametrizations
+
+    m = nn.Sequential(parametrizations.weight_norm(nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match=r"layer '0' \(ParametrizedLinear\) does not store its "
+                                         r"weight under that name .*remove_parametrizations"):
+        quantize_model(m, {"Linear": {"kernel": "quantized_bits(4,0,1)"}})
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Att(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att, self.fc = nn.MultiheadAttention(4, 1), nn.Linear(4, 4)
+
+    with pytest.warns(UserWarning, match=r"layer '0' is a Scaled, a Linear with its own "
+                                         r"forward.* it stays as it is"):
+        q = quantize_model(nn.Sequential(Scaled(4, 4), nn.Linear(4, 2)),
+                           {"Linear": {"kernel": "quantized_bits(4,0,1)"}})
+    assert type(q[0]) is Scaled and type(q[1]).__name__ == "QDense"
+    with pytest.warns(UserWarning, match=r"layer 'att.out_proj' is read directly by its "
+                                         r"nn.MultiheadAttention"):
+        qa = quantize_model(Att(), {"Linear": {"kernel": "quantized_bits(4,0,1)"}})
+    assert type(qa.att.out_proj).__name__ == "NonDynamicallyQuantizableLinear"
+    assert type(qa.fc).__name__ == "QDense"
+    torch.manual_seed(0)
+    leaf = nn.Linear(4, 3)
+    ql = quantize_model(leaf, {"Linear": {"kernel": "quantized_bits(4,0,1)"}})
+    assert type(ql).__name__ == "QDense" and torch.equal(ql.weight, leaf.weight)
+
+
+def test_quant_config_round_trips_keep_its_meaning_and_config_files_are_strict(tmp_path):
+    """to_yaml wrote a kernel-less QKeras entry in hetq's spelling (which quantizes the bias
+    alone) and dropped its units check, while __eq__ said the two were equal; a quantizer
+    object in a config was one object shared by every layer; a key given twice in a YAML or
+    JSON file was last-wins; a flow map split a quantizer at its commas with no hint;
+    QKeras's folded layer keys matched nothing; the Identity fold_batchnorm leaves was made
+    an activation quantizer by an Activation key."""
+    from hetq.quant import quantized_bits
+
+    qc = QuantConfig({"QDense": {"bias_quantizer": "quantized_bits(4,0,1)"},
+                      "fc1": {"kernel_quantizer": "quantized_bits(4,0,1)", "units": 32}})
+    back = QuantConfig.from_yaml(qc.to_yaml())
+    assert back.kernelless == qc.kernelless == {"QDense"} and back.sizes == {"fc1": {"units": 32}}
+    shared = quantized_bits(4, 0, 1, alpha="auto_po2")
+    q = quantize_model(nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)),
+                       {"Linear": {"kernel": shared}})
+    assert q[0].kernel_quantizer is not q[1].kernel_quantizer
+    (tmp_path / "d.yaml").write_text("Dense: {kernel: 'quantized_bits(4,0,1)'}\n"
+                                     "Dense: {kernel: 'quantized_bits(8,0,1)'}\n")
+    with pytest.raises(ValueError, match=r"d.yaml: not valid YAML: line 2, column 1: key "
+                                         r"'Dense' is given twice in one map"):
+        QuantConfig.load(tmp_path / "d.yaml")
+    (tmp_path / "d.json").write_text('{"Dense": {}, "Dense": {"kernel": null}}')
+    with pytest.raises(ValueError, match=r"key 'Dense' is given twice in one object"):
+        QuantConfig.load(tmp_path / "d.json")
+    (tmp_path / "f.yaml").write_text("Dense: {kernel: quantized_bits(4,0,1)}\n")
+    with pytest.raises(ValueError, match=r"quote the quantizer, \{kernel: 'quantized_bits"):
+        QuantConfig.load(tmp_path / "f.yaml")
+    m = _trained_bn_model()
+    cfg = {"QDenseBatchnorm": {"kernel_quantizer": "quantized_bits(8,2,alpha=1)",
+                               "folding_mode": "batch_stats_folding"},
+           "Activation": "quantized_relu(6,2)"}
+    qf = quantize_model(m, cfg, fold_batchnorm=True)
+    assert str(qf[0].kernel_quantizer) == "quantized_bits(8,2,alpha=1)"
+    assert qf[0].folding_mode == "batch_stats_folding" and type(qf[1]) is nn.Identity
+    assert type(qf[2]).__name__ == "QActivation"
+    with pytest.raises(ValueError, match=r"folding_mode='fold'; expected one of"):
+        QuantConfig({"QDenseBatchnorm": {"folding_mode": "fold"}})
+    with pytest.raises(ValueError, match=r"key '1': that batch norm is folded into '0'"):
+        quantize_model(m, {"1": {"gamma": "quantized_bits(8,2)"}}, fold_batchnorm=True)
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("quantized_ulaw(8,0,0,u=0)", r"u=0; expected a finite number > 0"),
+    ("quantized_hswish(4,0,relu_upper_bound=0)", r"relu_upper_bound=0; expected"),
+    ("quantized_bits(4,0,1,alpha=[0 1])", r"alpha=.*expected a scale > 0"),
+    ("quantized_bits(4,0,1,alpha=True)", r"alpha=True; expected a scale > 0"),
+    ("quantized_bits(4,0,1,keep_negative=2)", r"keep_negative=2; expected True or False"),
+    ("quantized_bits(4,0,1,scale_axis=1.5)", r"scale_axis=1.5; expected an axis"),
+    ("quantized_bits(4,0,1,alpha='auto',min_po2_exponent=-3)",
+     r"min/max_po2_exponent need alpha='auto_po2', got alpha='auto'"),
+    ("binary(alpha=0)", r"binary: alpha=0; expected a scale > 0"),
+    ("ternary(alpha=-1)", r"ternary: alpha=-1; expected a scale > 0"),
+    ("ternary(threshold=-1)", r"threshold=-1; expected a finite number >= 0"),
+    ("stochastic_ternary(temperature=0)", r"temperature=0; expected a finite number > 0"),
+    ("quantized_relu(4,0,use_sigmoid=2)", r"use_sigmoid=2; expected True or False"),
+    ("quantized_relu(4,0,relu_upper_bound=-1)", r"relu_upper_bound=-1; expected"),
+    ("quantized_relu(1,0,negative_slope=0.5)", r"leaves no bits for the positive values"),
+])
+def test_quantizer_arguments_that_gave_nan_zeros_or_flipped_signs_are_refused(spec, msg):
+    """Found by the conversion probe: each of these was taken, and gave NaN outputs, zeros,
+    flipped signs or an error only at forward time."""
+    with pytest.raises(ValueError, match=msg):
+        get_quantizer(spec)

@@ -99,7 +99,9 @@ def _type_names(m: nn.Module) -> set[str]:
         names.add("Conv1d")
     elif isinstance(m, nn.Conv2d):
         names.add("Conv2d")
-    if isinstance(m, (*ACTIVATION_MODULES, QActivation)):
+    if isinstance(m, (*ACTIVATION_MODULES, QActivation)) and type(m) is not nn.Identity:
+        # (an Identity is a placeholder more often than a linear activation: a skip, the
+        # batch norm fold_batchnorm removed; QKeras' 'linear' name still selects it)
         names.add("Activation")
     if isinstance(m, nn.modules.batchnorm._BatchNorm):
         names.add("BatchNorm")
@@ -124,6 +126,7 @@ class QuantConfig:
         # keys spelt as QKeras (kernel_quantizer, ...) without a kernel quantizer: QKeras'
         # model_quantize leaves the weight layers they match as they are (spec 3.1)
         self.kernelless: set[str] = set()
+        self.fold_args: dict[str, dict[str, Any]] = {}  # QKeras folding_mode, ema_freeze_delay
         if entries is not None and not isinstance(entries, Mapping):
             raise ValueError("a quantization config maps layer names or types to quantizers "
                              f"(e.g. {{Linear: {{kernel: 'quantized_bits(6,0,1)'}}}}); got a "
@@ -156,6 +159,9 @@ class QuantConfig:
                     raise ValueError(f"quantization config key {key!r}: {fld}={spec!r} is not "
                                      "a layer size") from None
                 continue
+            if fld in FOLD_ARGS:
+                self.fold_args.setdefault(key, {})[fld] = _fold_arg(key, fld, spec)
+                continue
             name = fld[:-len("_quantizer")] if fld.endswith("_quantizer") else fld
             if name not in FIELDS and name not in ACTIVATION_NAMES:
                 raise ValueError(f"quantization config key {key!r}: unknown field {fld!r}; "
@@ -172,7 +178,13 @@ class QuantConfig:
                 try:  # parsed here so that the message says where the spec is
                     get_quantizer(spec)
                 except ValueError as e:
-                    raise ValueError(f"quantization config key {key!r}: {fld}: {e}") from None
+                    hint = ""
+                    if isinstance(spec, str) and spec.count("(") > spec.count(")"):
+                        hint = (" (a YAML flow map, {kernel: quantized_bits(4,0,1)}, splits "
+                                "at the commas: quote the quantizer, "
+                                "{kernel: 'quantized_bits(4,0,1)'})")
+                    raise ValueError(f"quantization config key {key!r}: {fld}: {e}{hint}") \
+                        from None
             out[name] = None if spec == "None" else spec
         by_name = [f for f in out if f in ACTIVATION_NAMES]
         if by_name and len(by_name) != len(out):
@@ -183,16 +195,23 @@ class QuantConfig:
         return out
 
     # -- lookup ----------------------------------------------------------------------------
-    def lookup(self, name: str, module: nn.Module) -> tuple[str | None, dict[str, Any] | None]:
-        """(key, fields) of the entry that applies to layer `name`, or (None, None)."""
+    def lookup(self, name: str, module: nn.Module, layer_names=()) -> tuple[str | None,
+                                                                          dict[str, Any] | None]:
+        """(key, fields) of the entry that applies to layer `name`, or (None, None). A key
+        that is the name of one of `layer_names` (the model's) is that layer's alone, not
+        also a regex: '1' took '10' and '11' too, so a config of exact names (as
+        get_quantization_config writes) did not reproduce its model."""
         if name in self.entries:
             return name, self.entries[name]
         types = _type_names(module)
         for key, value in self.entries.items():
             if TYPE_ALIASES.get(key, key) in types:
                 return key, value
+            if isinstance(module, nn.Identity) and TYPE_ALIASES.get(key) == "Activation" \
+                    and "linear" in value:  # (an Identity only by QKeras' 'linear' name)
+                return key, value
         for key, value in self.entries.items():
-            if key in _ALL_TYPE_KEYS:
+            if key in _ALL_TYPE_KEYS or key in layer_names:
                 continue
             try:
                 if re.match(key, name):
@@ -211,8 +230,15 @@ class QuantConfig:
                 return spec
             return str(get_quantizer(spec) if isinstance(spec, Mapping) else spec)
 
-        return {k: None if k in self.plain and v == {"activation": None} else
-                {f: text(s) for f, s in v.items()} for k, v in self.entries.items()}
+        def fields(k, v):
+            # a QKeras-spelt entry without a kernel stays so (hetq's spelling quantizes the
+            # bias alone), and its units/filters check stays
+            suffix = "_quantizer" if k in self.kernelless else ""
+            return {**{f + suffix: text(s) for f, s in v.items()}, **self.sizes.get(k, {}),
+                    **self.fold_args.get(k, {})}
+
+        return {k: None if k in self.plain and v == {"activation": None} else fields(k, v)
+                for k, v in self.entries.items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> QuantConfig:
@@ -231,9 +257,11 @@ class QuantConfig:
     @classmethod
     def from_json(cls, text: str) -> QuantConfig:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_json_keys)
         except json.JSONDecodeError as e:
             raise ValueError(f"not valid JSON: {e}") from None
+        except ValueError as e:
+            raise ValueError(f"not valid as a config: {e}") from None
         return cls(data)
 
     def save(self, path: str | Path) -> None:
@@ -266,10 +294,47 @@ class QuantConfig:
         return f"QuantConfig({{{body}}})"
 
 
+def _fold_arg(key: str, fld: str, value):
+    """A folded layer's setting from a config (QKeras's QDenseBatchnorm fields)."""
+    from .norm import _FoldedBatchnorm
+
+    if fld == "folding_mode" and value not in _FoldedBatchnorm.FOLDING_MODES:
+        raise ValueError(f"quantization config key {key!r}: folding_mode={value!r}; expected "
+                         f"one of {', '.join(_FoldedBatchnorm.FOLDING_MODES)}")
+    if fld == "ema_freeze_delay" and value is not None and (
+            isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"quantization config key {key!r}: ema_freeze_delay={value!r}; "
+                         "expected a whole number of training steps, or None")
+    return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, a key given twice in one map refused (it kept the last one: two
+    `Dense:` entries, the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one map", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_keys(pairs):
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key {twice[0]!r} is given twice in one object")
+    return dict(pairs)
+
+
 def parse_yaml(text: str):
     """yaml.safe_load, its errors as one line: "not valid YAML: line L, column C: problem"."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -277,6 +342,8 @@ def parse_yaml(text: str):
 
 
 _ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | {
+    "QDenseBatchnorm", "DenseBatchnorm", "QConv2DBatchnorm", "QConv2dBatchnorm",
+    "Conv2DBatchnorm"} | {
     c.__name__ for c in (nn.Linear, nn.Conv1d, nn.Conv2d, *ACTIVATION_MODULES, nn.BatchNorm1d,
                          nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)}
 
@@ -338,7 +405,7 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
         _check_fields(name, m, f, ("activation",))
         if g("activation") is None:
             return None
-        return QActivation(g("activation"))
+        return _finish(name, m, QActivation(g("activation")))
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         allowed = ("gamma", "beta", "mean", "variance", "inverse")
         _check_fields(name, m, f, allowed)
@@ -346,23 +413,49 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
                          g("beta"), g("mean"), g("variance"), g("inverse"))
     elif isinstance(m, nn.AvgPool2d):
         _check_fields(name, m, f, ("average", "activation"))
-        return QAveragePooling2d(m.kernel_size, m.stride, m.padding, g("average"),
-                                 g("activation"))
+        return _finish(name, m, QAveragePooling2d(m.kernel_size, m.stride, m.padding,
+                                                  g("average"), g("activation")))
     elif isinstance(m, nn.AdaptiveAvgPool2d):
         if m.output_size not in (1, (1, 1)):
             raise ValueError(f"layer {name!r}: only AdaptiveAvgPool2d(1) converts to "
                              "QGlobalAveragePooling2d (it flattens to (N, C))")
         _check_fields(name, m, f, ("average", "activation"))
-        return QGlobalAveragePooling2d(g("average"), g("activation"))
+        return _finish(name, m, QGlobalAveragePooling2d(g("average"), g("activation")))
     else:
         raise ValueError(f"layer {name!r} ({type(m).__name__}) cannot be quantized; quantizable "
                          f"types: {QUANTIZABLE_TYPES}")
     _warn_unsigned_weights(name, new)
-    new.load_state_dict(m.state_dict(), strict=False)
-    new.to(next(iter(m.parameters())).device if any(True for _ in m.parameters()) else "cpu")
-    new.train(m.training)
-    return new
+    state = m.state_dict()
+    lost = [k for k in new.state_dict() if k not in state and not k.startswith(
+        tuple(f"{f}_quantizer." for f in FIELDS))]
+    if lost:  # (a parametrization, weight_norm say, stores them under other names)
+        raise ValueError(f"layer {name!r} ({type(m).__name__}) does not store its "
+                         f"{', '.join(lost)} under that name (its state holds "
+                         f"{', '.join(list(state)[:4])}: a parametrization such as weight_norm?); "
+                         "remove it (torch.nn.utils.parametrize.remove_parametrizations) "
+                         "before quantizing: its weights would be lost")
+    new.load_state_dict(state, strict=False)
+    return _finish(name, m, new)
 
+
+def _finish(name: str, m: nn.Module, new: nn.Module) -> nn.Module:
+    """`new`, the replacement of `m`, on `m`'s device and floating dtype, in its train/eval
+    mode (a layer made in training mode inside an eval model drew stochastic quantizers and
+    moved batch-norm statistics at inference), its parameters frozen where `m`'s were."""
+    like = next((t for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()), None)
+    if like is not None:
+        new.to(device=like.device, dtype=like.dtype)
+    new.train(m.training)
+    old = dict(m.named_parameters())
+    for pname, p in new.named_parameters():
+        if pname in old:
+            p.requires_grad_(old[pname].requires_grad)
+    if getattr(m, "padding_mode", "zeros") != getattr(new, "padding_mode", "zeros"):
+        if not isinstance(new, nn.Conv2d):
+            raise ValueError(f"layer {name!r}: padding_mode={m.padding_mode!r} is not "
+                             f"supported by {type(new).__name__}")
+        new.padding_mode = m.padding_mode  # (its forward pads by it; it was left 'zeros')
+    return new
 
 def _warn_unsigned_weights(name: str, layer: nn.Module) -> None:
     """A weight quantizer with no negative values (quantized_relu on a kernel, say) sets every
@@ -385,10 +478,14 @@ def _requantize(name: str, m: QLayer, f: dict) -> nn.Module:
     """Replace the quantizers of an already-quantized layer (fields not given are kept)."""
     from .base import get_quantizer
 
-    _check_fields(name, m, f, m.quantizer_fields)
+    fields = m.quantizer_fields
+    if getattr(m, "bias", True) is None and not getattr(m, "folded_bias", False):
+        fields = tuple(x for x in fields if x != "bias")  # (it was accepted, and did nothing)
+    _check_fields(name, m, f, fields)
     new = copy.deepcopy(m)
     for fld, spec in f.items():
         setattr(new, f"{fld}_quantizer", get_quantizer(spec))
+    new.train(m.training)  # (a new quantizer starts in training mode)
     return new
 
 
@@ -448,7 +545,7 @@ def _fold(name: str, lin: nn.Module, bn_name: str, bn: nn.Module, f: dict) -> nn
             new.beta.copy_(bn.bias)
         new.running_mean.copy_(bn.running_mean)
         new.running_var.copy_(bn.running_var)
-    return new
+    return _finish(name, lin, new)
 
 
 def _set(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -480,29 +577,53 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         warnings.warn("quantize_model: the quantization config is empty, so the model is "
                       "returned unquantized (a copy)", stacklevel=2)
     model = float_model if inplace else copy.deepcopy(float_model)
+    if next(model.children(), None) is None and _quantizable(model):
+        return _quantize_leaf(model, config)
     used: set[str] = set()
     acted: set[str] = set()  # keys that gave some layer its quantizers
     left_float: dict[str, list[str]] = {}
     left_as_is: dict[str, list[str]] = {}  # weight layers of a kernel-less QKeras entry
-    modules = dict(model.named_modules())
+    # every path to every module: one used twice (tied weights, `self.a = self.b = lin`) was
+    # converted under its first name only, the other use left float and untied
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names = set(modules)
     folds = _fold_pairs(model, config) if fold_batchnorm else {}
+    folded_bns = {bn: lin for lin, (bn, _) in folds.items()}
+    for bn, lin in folded_bns.items():
+        if bn in config.entries:  # (it was dropped, said as 'another key takes precedence')
+            raise ValueError(f"quantization config key {bn!r}: that batch norm is folded into "
+                             f"{lin!r} (fold_batchnorm=True); give the folded layer's "
+                             f"quantizers under {lin!r}")
+    done: dict[int, nn.Module] = {}  # id of a converted module: its replacement
     skip: set[str] = set()
     for name, m in list(modules.items()):
         if not name or name in skip or any(name.startswith(s + ".") for s in skip):
             continue
-        key, fields = config.lookup(name, m)
+        if id(m) in done:  # another name of a module converted already: the same new one
+            _set(model, name, done[id(m)])
+            skip.add(name)
+            continue
+        key, fields = config.lookup(name, m, names)
         if name in folds:
+            if key is None or key not in (name, *FOLDED_KEYS):
+                key, fields = _folded_key(config, m) or (key, fields)
             bn_name, _ = folds[name]
-            fields = fields or {}
+            fields = _fresh(fields or {})
             if key:
                 used.add(key)
-            _set(model, name, _fold(name, m, bn_name, modules[bn_name], fields))
+            new = _fold(name, m, bn_name, modules[bn_name], fields)
+            for attr, v in config.fold_args.get(key, {}).items():
+                setattr(new, attr, v)
+            _set(model, name, new)
+            done[id(m)] = new
             _set(model, bn_name, nn.Identity())
             skip.add(bn_name)
             continue
         if key is None:
             continue
         used.add(key)
+        if key != name and _not_replaceable(name, m, modules):
+            continue
         if key in config.plain and fields == {"activation": None}:
             skip.add(name)  # `key: null` (QKeras: None): the layer stays float
             continue
@@ -528,9 +649,14 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             left_as_is.setdefault(key, []).append(name)
             continue
         acted.add(key)
-        new = _convert(name, m, fields)
+        if key != name and getattr(m, "bias", True) is None:
+            # a type or regex key's bias quantizer does not apply to a layer without a bias
+            # (QKeras sets it to None there); an exact name asking for one is an error
+            fields = {f: v for f, v in fields.items() if f != "bias"}
+        new = _convert(name, m, _fresh(fields))
         if new is not None:
             _set(model, name, new)
+            done[id(m)] = new
             skip.add(name)
     for key, names in left_as_is.items():
         warnings.warn(f"quantization config key {key!r} gives no kernel_quantizer, so its "
@@ -552,17 +678,75 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     return model
 
 
+def _fresh(fields: dict) -> dict:
+    """`fields` with quantizer objects copied: one object given in a config was shared by
+    every layer it matched (an auto_po2 scale of one layer's shape, bits set on one layer
+    changing all)."""
+    return {f: copy.deepcopy(v) if isinstance(v, nn.Module) else v for f, v in fields.items()}
+
+
+# QKeras's folded layer types: their keys select the Linear / Conv2d of a folded pair
+FOLDED_KEYS = {"QDenseBatchnorm": nn.Linear, "DenseBatchnorm": nn.Linear,
+               "QConv2DBatchnorm": nn.Conv2d, "QConv2dBatchnorm": nn.Conv2d,
+               "Conv2DBatchnorm": nn.Conv2d}
+FOLD_ARGS = ("folding_mode", "ema_freeze_delay")  # QKeras's settings of a folded layer
+
+
+def _folded_key(config: QuantConfig, m: nn.Module):
+    """(key, fields) of the first folded-type key (QDenseBatchnorm, ...) for a folded pair's
+    weight layer `m`, or None."""
+    for key, value in config.entries.items():
+        if key in FOLDED_KEYS and isinstance(m, FOLDED_KEYS[key]):
+            return key, value
+    return None
+
+
+def _not_replaceable(name: str, m: nn.Module, modules: dict) -> bool:
+    """Whether a type or regex key must leave `m` as it is, with a warning: a subclass of a
+    quantizable layer with its own forward (replacing it lost that forward), or a layer
+    inside an nn.MultiheadAttention (which reads its weights directly, so a quantizer on
+    them would never run)."""
+    parent = modules.get(name.rpartition(".")[0]) if "." in name else None
+    why = None
+    if isinstance(parent, nn.MultiheadAttention):
+        why = "is read directly by its nn.MultiheadAttention, so a quantizer would never run"
+    else:
+        for base in (nn.Linear, nn.Conv1d, nn.Conv2d):
+            if isinstance(m, base) and not isinstance(m, QLayer) and \
+                    type(m).forward is not base.forward:
+                why = (f"is a {type(m).__name__}, a {base.__name__} with its own forward, "
+                       "which a quantized layer would replace")
+    if why:
+        warnings.warn(f"quantize_model: layer {name!r} {why}; it stays as it is", stacklevel=4)
+    return why is not None
+
+
+def _quantize_leaf(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """quantize_model of a model that is one layer (an nn.Linear): it came back float."""
+    key, fields = config.lookup("", model)
+    if key is None:
+        warnings.warn(f"quantize_model: no key of the config matches the "
+                      f"{type(model).__name__} the model is; it is returned as it is",
+                      stacklevel=3)
+        return model
+    new = _convert(type(model).__name__, model, _fresh(fields))
+    return model if new is None else new
+
+
 def _unused(key: str, modules: dict[str, nn.Module]) -> str:
     """Why a config key quantized nothing: no layer matches it, or the layers it matches
     were taken by a key that comes first (exact name, then type in the config's order, then
     regex); "matches no layer" said the former for both."""
+    if key in FOLDED_KEYS:
+        return ("matches no folded layer (a QKeras folded type: it selects a Linear or "
+                "Conv2d followed by a BatchNorm, with fold_batchnorm=True)")
     if key in _ALL_TYPE_KEYS:
         hits = [n for n, m in modules.items()
                 if n and TYPE_ALIASES.get(key, key) in _type_names(m) and _quantizable(m)]
     else:
         try:
-            hits = [n for n, m in modules.items() if n and re.match(key, n)
-                    and (n == key or _quantizable(m))]
+            hits = [n for n, m in modules.items() if n and (n == key or (
+                key not in modules and re.match(key, n) and _quantizable(m)))]
         except re.error as e:
             return f"is neither a layer name or type nor a valid regular expression ({e})"
     if not hits:

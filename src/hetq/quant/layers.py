@@ -37,7 +37,8 @@ class QLayer:
                 raise ValueError(f"{type(self).__name__} has no {fld!r} quantizer; its fields are "
                                  f"{', '.join(self.quantizer_fields)}")
             q = _q(spec)
-            if fld == "bias" and q is not None and getattr(self, "bias", None) is None:
+            if fld == "bias" and q is not None and getattr(self, "bias", None) is None \
+                    and not getattr(self, "folded_bias", False):
                 raise ValueError(f"{type(self).__name__}: bias_quantizer={spec!r} given but the "
                                  "layer has no bias (bias=False)")
             setattr(self, f"{fld}_quantizer", q)

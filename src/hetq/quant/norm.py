@@ -114,6 +114,7 @@ class _FoldedBatchnorm(QLayer):
     """Shared folding logic; subclasses provide `_op(x, w)` and the weight layout."""
 
     quantizer_fields = ("kernel", "bias", "activation")
+    folded_bias = True  # (its bias quantizer quantizes b_fold, which bias=False layers have too)
     FOLDING_MODES = ("ema_stats_folding", "batch_stats_folding")
 
     def _init_bn(self, num_features, eps, momentum, ema_freeze_delay, folding_mode):
