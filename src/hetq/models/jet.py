@@ -1,8 +1,9 @@
 """The paper's jet tagger and an anomaly-detection autoencoder for the same 16 features.
 
 Presets (quantization configs for `jet_mlp`, keys are layer types):
-  "bf": the paper's baseline, 16-bit fixed point everywhere: ap_fixed<16,6> weights, biases and
-        activations (quantized_bits(16,5,alpha=1), quantized_relu(16,6)).
+  "bf": the paper's baseline, 16-bit fixed point everywhere: ap_fixed<16,6> weights and
+        biases (quantized_bits(16,5,alpha=1)) and ap_ufixed<16,6> ReLU activations
+        (quantized_relu(16,6): unsigned, up to 64 - 2**-10).
   "q6": uniform 6-bit QKeras model: quantized_bits(6,0,alpha=1) weights and biases,
         quantized_relu(6,0) activations (hls4ml tutorial part 4).
 """

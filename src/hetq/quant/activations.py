@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .base import Quantizer, check_bits, exp2, register, ste
+from .base import Quantizer, check_bits, check_positive, exp2, register, ste
 from .fixed import FixedType
 from .fixed_point import SIGMOIDS, _largest, stochastic_or_plain_round
 
@@ -120,6 +120,7 @@ class quantized_ulaw(Quantizer):
         super().__init__()
         check_bits(self.name, bits, 2)
         _check_sigmoid(self.name, sigmoid)
+        check_positive(self.name, "u", u)  # (0 gave NaN, -1 a math domain error at forward)
         for key, value in dict(bits=bits, integer=integer, symmetric=symmetric, u=u,
                                sigmoid=sigmoid).items():
             self._set_arg(key, value)

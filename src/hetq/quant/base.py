@@ -477,6 +477,29 @@ def check_qnoise(name: str, qnoise_factor: Any) -> None:
                          "[0, 1] (1: fully quantized)")
 
 
+def check_positive(name: str, what: str, value: Any, zero: bool = False) -> None:
+    """Raise ValueError unless `value` (a number, or a non-empty tensor / list) is finite and
+    > 0 everywhere (`zero`: >= 0); a bool is no number here. (0, negative and empty scales,
+    bounds and temperatures were taken, and gave NaN, zeros or flipped signs.)"""
+    ok = not isinstance(value, (bool, str, bytes))
+    if ok:
+        try:
+            t = torch.as_tensor(value, dtype=torch.float64)
+            ok = t.numel() > 0 and bool(torch.isfinite(t).all()) and bool(
+                ((t >= 0) if zero else (t > 0)).all())
+        except (TypeError, ValueError, RuntimeError):
+            ok = False
+    if not ok:
+        raise ValueError(f"{name}: {what}={value!r}; expected a finite number "
+                         f"{'>= 0' if zero else '> 0'} (or one per channel)")
+
+
+def check_flag(name: str, what: str, value: Any) -> None:
+    """Raise ValueError unless `value` is True/False or 0/1 (keep_negative=2 was taken)."""
+    if not (isinstance(value, (bool, int)) and value in (0, 1)):
+        raise ValueError(f"{name}: {what}={value!r}; expected True or False (or 1 / 0)")
+
+
 def check_whole(name: str, what: str, value: Any) -> None:
     """Raise ValueError unless `value` (number or tensor) is a whole number everywhere: a
     width of 4.5 bits has no fixed-point type (and QKeras would quietly use 2**3.5 levels)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import EPS, Quantizer, register, ste
+from .base import EPS, Quantizer, check_positive, register, ste
 from .fixed import FixedType
 from .fixed_point import _log2_int
 from .scale import least_squares_scale, po2, reduce_axes
@@ -41,6 +41,12 @@ _ALPHAS = "None, a number, a tensor, 'auto' or 'auto_po2'"
 def _check_alpha(name, alpha):
     if isinstance(alpha, str) and alpha not in ("auto", "auto_po2"):
         raise ValueError(f"{name}: alpha={alpha!r}; expected {_ALPHAS}")
+    if alpha is not None and not isinstance(alpha, str):  # (0 gave zeros, -1 flipped signs)
+        try:
+            check_positive(name, "alpha", alpha)
+        except ValueError:
+            raise ValueError(f"{name}: alpha={alpha!r}; expected a scale > 0 (a number or "
+                             "one per channel), None, 'auto' or 'auto_po2'") from None
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -165,6 +171,7 @@ class stochastic_binary(binary):
 
     def __init__(self, alpha=None, temperature=6.0, use_real_sigmoid=True):
         super().__init__(False, alpha)
+        check_positive(self.name, "temperature", temperature)
         self.temperature = temperature
         self.use_real_sigmoid = use_real_sigmoid
 
@@ -197,6 +204,8 @@ class ternary(Quantizer):
         if isinstance(alpha, str) and threshold is not None:
             raise ValueError(f"{self.name}: threshold must be None with alpha={alpha!r} (the "
                              "threshold follows the fitted scale)")
+        if threshold is not None:  # (a negative one mapped 0 to 1)
+            check_positive(self.name, "threshold", threshold, zero=True)
         for key, value in dict(alpha=alpha, threshold=threshold,
                                use_stochastic_rounding=use_stochastic_rounding,
                                number_of_unrolls=number_of_unrolls).items():
@@ -268,6 +277,7 @@ class stochastic_ternary(ternary):
     def __init__(self, alpha=None, threshold=None, temperature=8.0, use_real_sigmoid=True,
                  number_of_unrolls=5):
         super().__init__(alpha, threshold, False, number_of_unrolls)
+        check_positive(self.name, "temperature", temperature)
         self.temperature = temperature
         self.use_real_sigmoid = use_real_sigmoid
 

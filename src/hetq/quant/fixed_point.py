@@ -15,6 +15,8 @@ from .base import (
     EPS,
     Quantizer,
     check_bits,
+    check_flag,
+    check_positive,
     check_qnoise,
     check_whole,
     exp2,
@@ -133,18 +135,27 @@ class quantized_bits(Quantizer):
                     "(2**bits - 2 = 0; QKeras returns NaN); use bits >= 2, or "
                     f"binary(alpha={alpha!r}) for a scaled sign, or bits=1 with alpha=None or "
                     "a number")
-        elif (min_po2_exponent is not None or max_po2_exponent is not None):
-            raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2'")
+        if (min_po2_exponent is not None or max_po2_exponent is not None) and \
+                alpha != "auto_po2":
+            raise ValueError(f"{self.name}: min/max_po2_exponent need alpha='auto_po2', got "
+                             f"alpha={alpha!r}")
         if post_training_scale is not None and not isinstance(alpha, str):
             raise ValueError(f"{self.name}: post_training_scale needs alpha='auto' or 'auto_po2'")
         if (min_po2_exponent is not None and max_po2_exponent is not None
                 and min_po2_exponent > max_po2_exponent):
             raise ValueError(f"{self.name}: min_po2_exponent={min_po2_exponent} is above "
                              f"max_po2_exponent={max_po2_exponent}")
-        if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and \
-                not 0 < alpha < math.inf:
-            raise ValueError(f"{self.name}: alpha={alpha!r}; expected a scale > 0 (or None, "
-                             "'auto', 'auto_po2')")
+        if alpha is not None and not isinstance(alpha, str):
+            try:  # (a number or one per channel; 0, negative, empty or True was taken)
+                check_positive(self.name, "alpha", alpha)
+            except ValueError:
+                raise ValueError(f"{self.name}: alpha={alpha!r}; expected a scale > 0 (or "
+                                 "one per channel, or None, 'auto', 'auto_po2')") from None
+        check_flag(self.name, "keep_negative", keep_negative)
+        if scale_axis is not None and (isinstance(scale_axis, bool)
+                                       or not isinstance(scale_axis, int)):
+            raise ValueError(f"{self.name}: scale_axis={scale_axis!r}; expected an axis "
+                             "(a whole number) or None")
         if symmetric not in (0, 1):  # (True and False included)
             raise ValueError(f"{self.name}: symmetric={symmetric!r}; expected 0 or 1")
         check_qnoise(self.name, qnoise_factor)
@@ -290,6 +301,10 @@ class quantized_hswish(quantized_bits):
                  scale_axis=None, qnoise_factor=1.0, relu_shift=3, relu_upper_bound=6):
         super().__init__(bits, integer, symmetric, True, alpha, use_stochastic_rounding,
                          scale_axis, qnoise_factor)
+        check_positive(self.name, "relu_upper_bound", relu_upper_bound)  # (0 gave NaN)
+        if isinstance(relu_shift, bool) or not isinstance(relu_shift, (int, float)) or \
+                not math.isfinite(relu_shift):
+            raise ValueError(f"{self.name}: relu_shift={relu_shift!r}; expected a number")
         self.relu_shift = relu_shift
         self.relu_upper_bound = relu_upper_bound
 
@@ -340,6 +355,13 @@ class quantized_relu(Quantizer):
         if sigmoid not in SIGMOIDS:
             raise ValueError(f"{self.name}: sigmoid={sigmoid!r} not one of {sorted(SIGMOIDS)}")
         check_qnoise(self.name, qnoise_factor)
+        check_flag(self.name, "use_sigmoid", use_sigmoid)
+        if relu_upper_bound is not None:
+            check_positive(self.name, "relu_upper_bound", relu_upper_bound)
+        if negative_slope and float(torch.as_tensor(bits).min()) < 2:
+            raise ValueError(f"{self.name}: bits={bits!r} with negative_slope="
+                             f"{negative_slope!r} leaves no bits for the positive values (the "
+                             "slope takes one); use bits >= 2")
         for key, value in dict(
             bits=bits, integer=integer, use_sigmoid=use_sigmoid, negative_slope=negative_slope,
             use_stochastic_rounding=use_stochastic_rounding, relu_upper_bound=relu_upper_bound,
