@@ -286,11 +286,12 @@ def test_non_finite_inputs_empty_batches_and_other_outputs_are_named(tmp_path):
 
 
 def test_types_wider_than_the_engine_computes_exactly_are_named():
-    """A 100-bit weight type (e.g. `hetq ptq --bits 100`) failed with an OverflowError from
-    inside the type's cast; types over 53 bits are now an ExportError naming them."""
-    wide = quantize_model(build("jet_mlp"), {"fc1": {"kernel": "quantized_bits(100,0,1)"}})
-    with pytest.raises(ExportError, match=r"fc1.kernel: ap_fixed<100,1,AP_RND_CONV,AP_SAT_SYM> is "
-                                          r"100 bits wide; the integer engine is exact up to "
+    """A 100-bit weight type failed with an OverflowError from inside the type's cast (such
+    a quantizer is now refused: at most 64 bits); types over 53 bits are an ExportError
+    naming them."""
+    wide = quantize_model(build("jet_mlp"), {"fc1": {"kernel": "quantized_bits(60,0,1)"}})
+    with pytest.raises(ExportError, match=r"fc1.kernel: ap_fixed<60,1,AP_RND_CONV,AP_SAT_SYM> is "
+                                          r"60 bits wide; the integer engine is exact up to "
                                           r"53-bit types \(narrow the quantizer\)"):
         IntegerModel(wide, (16,), IN16)
     with pytest.raises(ExportError, match=r"the input type: ap_fixed<60,6> is 60 bits wide; .*"

@@ -208,6 +208,8 @@ tensor_families = st.sampled_from([  # (name, scalar arguments, has integer, fix
 def test_tensor_bits_and_integer_equal_scalar_rows(fam, rows, xs):
     name, args, has_integer, fixed = fam
     rows = [(b, min(i, b - 1)) for b, i in rows]
+    if "po2" in name:  # (more bits give exponents beyond float32's range: refused)
+        rows = [(min(b, 8), i) for b, i in rows]
     x = torch.tensor(xs).repeat(len(rows), 1)
     kw = {**fixed, "bits": torch.tensor([float(b) for b, _ in rows]).view(-1, 1)}
     if has_integer:

@@ -462,7 +462,14 @@ def check_bits(name: str, bits: Any, minimum: int = 1) -> None:
     lo = float(bits.min()) if isinstance(bits, torch.Tensor) else bits
     if isinstance(lo, bool) or not isinstance(lo, (int, float)) or lo < minimum:
         raise ValueError(f"{name}: bits must be >= {minimum}, got {bits!r}")
+    hi = float(bits.max()) if isinstance(bits, torch.Tensor) else bits
+    if hi > MAX_BITS:  # (200 bits overflowed float inside torch, blamed on the data)
+        raise ValueError(f"{name}: bits must be <= {MAX_BITS} (the widest exact integers), got "
+                         f"{bits!r}")
     check_whole(name, "bits", bits)
+
+
+MAX_BITS = 64
 
 
 def check_qnoise(name: str, qnoise_factor: Any) -> None:

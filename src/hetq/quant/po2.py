@@ -64,6 +64,12 @@ class _Po2Base(Quantizer):
             qnoise_factor=qnoise_factor, use_ste=use_ste,
         ).items():
             self._set_arg(key, value)
+        top = self.max_exp
+        top = float(top.max()) if isinstance(top, torch.Tensor) else top
+        if top > 127:  # (quantized_po2(13): 2**2047, an OverflowError traceback)
+            raise ValueError(f"{self.name}: bits={bits!r} gives exponents up to {top:g}, beyond "
+                             "float32's range (2**127); use fewer bits (power-of-two weights "
+                             "need 8 or so)")
 
     @property
     def need_exponent_sign(self):
