@@ -639,7 +639,8 @@ def test_data_set_options_are_checked_and_named():
             "the 'jets-sim' data set does not take cache; it takes standardize")):
         get_dataset("jets-sim", cache="/tmp")
     with pytest.raises(ValueError, match=re.escape(
-            "'synthetic:n=10000000000000' does not fit in memory; ask for fewer samples")):
+            "'synthetic:n=10000000000000' does not fit in memory (10000000000000 x 16 values, "
+            "1192092.9 GiB while it is made); ask for fewer samples")):
         get_dataset("synthetic:n=10000000000000")
     with pytest.raises(ValueError, match=re.escape("unknown dataset 'digits:'")):
         get_dataset("digits:")

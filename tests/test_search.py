@@ -716,8 +716,8 @@ def test_options_the_strategy_does_not_use_are_reported(tmp_path, capsys):
              "per block; use --workers 1"),
             (["--population", "2", "--workers", "2"], "population training (--population 2) "
              "trains its batches in one process; use --workers 1 with it"),
-            (["--workers", "2", "--devices", ""], "--devices '': expected comma-separated CUDA "
-             "device ids")):
+            (["--workers", "2", "--devices", ","], "--devices ',': expected comma-separated "
+             "CUDA device ids")):
         assert main(["search", *argv, "--out", str(tmp_path / "x"), "--no-progress"]) == 2
         assert msg in capsys.readouterr().err
     assert not (tmp_path / "x" / "float.pt").exists()
@@ -1936,3 +1936,73 @@ def test_blocks_without_a_regex_is_an_error(capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "hetq search: error: argument --blocks: expected at least one argument")
+
+
+def test_search_space_errors_name_real_options(tmp_path, capsys):
+    """A limit no candidate fits said '--space: no kernel candidate ...' (there is no
+    --space: "search space:" was read as a setting's name); a bad --quantization-config key
+    was named 'quantization_config key'; a config without candidates said 'fits limit None
+    (key None); candidates: {}'."""
+    from hetq.cli import main
+
+    cases = {"lim.yaml": ("--limit", "fc.*: [0, 8, 8]\n",
+                          "search space: no kernel candidate fits limit 0 for layer 'fc1'"),
+             "qc.yaml": ("--quantization-config", "kernal: {}\n",
+                         "--quantization-config key 'kernal'; expected one of"),
+             "empty.yaml": ("--quantization-config", "kernel: {}\n",
+                            "search space: the quantization config has no kernel candidates "
+                            "(layer 'fc1' needs one)")}
+    for name, (option, text, msg) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["search", option, str(tmp_path / name), "--trials", "1", "--epochs", "1",
+                     "--float-epochs", "1", "--no-progress", "--out",
+                     str(tmp_path / name[:-5])]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"hetq search: error: {msg}"), err
+
+
+def test_search_settings_refused_or_said_before_work(tmp_path, capsys):
+    """Found by a probe of the command line: --prior-configs 1000000 swept ILPs for hours
+    before its one trial; --workers 1000 started 1000 processes for one trial; a block regex
+    whose layers an earlier block took 'matched no layer'; exceptions matching nothing, or
+    width multipliers of 1 only, made the width search a silent no-op; a limit of 8.5 bits
+    was taken as 8; `hetq worker --out DIR` said 'give --out the run folder'."""
+    import warnings
+
+    from hetq.cli import main
+    from hetq.models import build
+    from hetq.search.blocks import assign_blocks
+    from hetq.search.config import SearchConfig
+    from hetq.search.space import SearchSpace
+
+    def mlp():
+        return build("jet_mlp")
+    with pytest.raises(ValueError, match=r"prior_configs=1000000; at most 1000 ILP budgets"):
+        SearchConfig(prior_configs=1_000_000)
+    space = SearchSpace(mlp())
+    with pytest.raises(ValueError, match=r"block regex 'fc1' matches only layers an earlier "
+                                         r"block takes \(fc1\)"):
+        assign_blocks(space, ["fc", "fc1"])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        SearchSpace(mlp(), tune_filters="layer", tune_filters_exceptions="nomatch")
+        SearchSpace(mlp(), tune_filters="layer", width_multipliers=(1,))
+    said = [str(x.message) for x in w]
+    assert any("tune_filters_exceptions 'nomatch' matches no resizable layer" in m
+               for m in said)
+    assert any("width multipliers of 1 only" in m for m in said)
+    with pytest.raises(ValueError, match=r"limit fc1: \[8.5, 8, 8\]; expected"):
+        SearchSpace(mlp(), limit={"fc1": [8.5, 8, 8]})
+    assert main(["worker", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"hetq worker: error: {tmp_path / 'none'} holds no search (no search.yaml): give --out "
+        "the search's run folder, or --study NAME with the search's --storage")
+
+
+def test_workers_beyond_the_trials_left_are_not_started(tmp_path, capsys):
+    from hetq.cli import main
+
+    assert main(["search", "--trials", "1", "--epochs", "1", "--float-epochs", "1",
+                 "--workers", "50", "--data", "synthetic:n=300", "--no-progress",
+                 "--out", str(tmp_path / "w")]) == 0
+    assert "note: --workers 50 for 1 trials left: starting 1" in capsys.readouterr().err

@@ -1601,9 +1601,12 @@ def test_cost_of_a_zoo_model_is_the_same_each_run_and_small_cli_slips_are_named(
     assert capsys.readouterr().err.endswith("checkpoint not found: jet_mlp (jet_mlp is a zoo "
                                             "model: give it as --model jet_mlp)\n")
     assert main(["train", "--task", "anomaly", "--model", "jet_autoencoder", "--background",
-                 "", "--epochs", "1", "--out", "/nonexistent/x"]) == 2
-    assert "--background '': expected class names separated by commas" in \
+                 ",", "--epochs", "1", "--out", "/nonexistent/x"]) == 2
+    assert "--background ',': expected class names separated by commas" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):  # (an empty value: refused by the parser, as every one)
+        main(["train", "--task", "anomaly", "--background", "", "--out", "/nonexistent/x"])
+    assert "argument --background: an empty value ''" in capsys.readouterr().err
 
 
 def test_seed_range_interrupted_flag_and_report_counts(tmp_path, capsys, monkeypatch):
@@ -1783,3 +1786,95 @@ def test_a_folder_lock_names_the_whole_command_and_sibling_workers_wait_quietly(
     assert main(["train", "--out", str(out), "--epochs", "2"]) == 0
     assert seen == [f"pid {os.getpid()}: hetq train --out '{out}' --epochs 2"]
     assert files.COMMAND is None
+
+
+def test_an_interrupt_during_start_up_exits_130_and_a_worker_keeps_sigterm_default(
+        monkeypatch, capsys):
+    """SIGTERM while the parser was built gave a `hetq.cli.Terminated` traceback and exit 1
+    (a search's 1000 workers killed at start-up printed 38 of them)."""
+    import signal
+
+    import hetq.cli as cli
+
+    def parser():
+        raise cli.Terminated()
+    monkeypatch.setattr(cli, "build_parser", parser)
+    assert cli.main(["train", "--epochs", "1"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    monkeypatch.undo()
+    seen = {}
+    monkeypatch.setattr(cli, "_main", lambda argv: seen.setdefault(
+        argv[0], signal.getsignal(signal.SIGTERM)) and 0)
+    cli.main(["worker", "--out", "x"])
+    cli.main(["train", "--out", "x"])
+    assert seen["worker"] is signal.SIG_DFL and seen["train"] is not signal.SIG_DFL
+
+
+def test_empty_option_values_are_refused(tmp_path, capsys):
+    """An unset shell variable gives `--preset ""`: it trained a float model; `--hls4ml ""`
+    skipped the export and `--out ""` wrote a whole search run into the current folder, each
+    with exit status 0."""
+    for argv, name in ((["train", "--preset", "", "--out", str(tmp_path / "t")], "--preset"),
+                       (["search", "--out", ""], "--out"),
+                       (["export", str(tmp_path), "--hls4ml", " "], "--hls4ml"),
+                       (["evaluate", ""], "checkpoint")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        hint = ", or leave the option out" if name.startswith("--") else ""
+        value = argv[argv.index(name) + 1] if name in argv else ""
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f"error: argument {name}: an empty value {value!r} (an unset shell variable?); "
+            f"give one{hint}")
+    assert not (tmp_path / "t").exists()
+
+
+def test_sizes_and_values_that_failed_late_or_deep_are_named(tmp_path, capsys, monkeypatch):
+    """Found by a probe of the command line: quantized_po2(13) ended in an OverflowError
+    traceback; quantized_bits(200,0) was blamed on the data; synthetic data of 1e8 features
+    was killed for memory; an out-of-memory model a traceback; an input shape of 1e20 an
+    overflow traceback; export's --backend/--no-compile without --hls4ml were ignored;
+    --background q,q was taken; an image file as a checkpoint gave a two-line error;
+    --trial BEST was refused."""
+    from hetq.cost import cost
+    from hetq.quant import get_quantizer
+    from hetq.search.results import trial_number
+
+    with pytest.raises(ValueError, match=r"bits=13 gives exponents up to 2047, beyond "
+                                         r"float32's range"):
+        get_quantizer("quantized_po2(13)")
+    with pytest.raises(ValueError, match=r"bits must be <= 64 .* got 200"):
+        get_quantizer("quantized_bits(200,0)")
+    with pytest.raises(ValueError, match=r"does not fit in memory \(15 x 100000000000 values"):
+        get_dataset("synthetic:features=100000000000,n=15")
+    with pytest.raises(ValueError, match=r"1e\+20 values in one sample"):
+        cost(build("jet_mlp"), (10**20,))
+    import hetq.train.cli as tcli
+
+    def oom(a):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "
+                           "40000000000 bytes.\nmore")
+    monkeypatch.setattr(tcli, "_train_locked", oom)
+    assert main(["train", "--out", str(tmp_path / "m")]) == 1
+    assert capsys.readouterr().err == (
+        "hetq train: error: out of memory (DefaultCPUAllocator: can't allocate memory: you "
+        "tried to allocate 40000000000 bytes.); a model, width or input shape too large for "
+        "this machine?\n")
+    monkeypatch.undo()
+    assert main(["export", str(tmp_path), "--backend", "Vitis", "--no-compile"]) == 2
+    assert capsys.readouterr().err == ("hetq export: error: --no-compile and --backend Vitis "
+                                       "set up the hls4ml project: give --hls4ml DIR too\n")
+    assert main(["train", "--task", "anomaly", "--background", "q,g,q",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err.endswith("--background 'q,g,q': q given twice\n")
+    png = tmp_path / "roc.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert main(["evaluate", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "is not a readable hetq checkpoint (" in err
+
+    class Study:
+        def get_trials(self, **kw):
+            return []
+    with pytest.raises(ValueError, match="no completed trial|has no|no trial"):
+        trial_number(Study(), "BEST", tmp_path)  # (taken as 'best', not refused as a number)

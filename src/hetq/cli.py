@@ -272,7 +272,27 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for command in sub.choices.values():
         show_defaults(command)
+        refuse_empty(command)
     return parser
+
+
+def refuse_empty(parser: argparse.ArgumentParser) -> None:
+    """Every option (and argument) that takes a value refuses an empty one: `--preset ""`
+    (an unset shell variable) trained a float model, `--hls4ml ""` skipped the export,
+    `--out ""` wrote a search run into the current folder, each with exit status 0."""
+    for action in parser._actions:
+        if action.nargs == 0 or isinstance(action, argparse._HelpAction):
+            continue
+        t = action.type
+        hint = ", or leave the option out" if action.option_strings else ""
+
+        def typed(text, t=t, hint=hint):
+            if isinstance(text, str) and not text.strip():
+                raise argparse.ArgumentTypeError(
+                    f"an empty value {text!r} (an unset shell variable?); give one{hint}")
+            return t(text) if t is not None else text
+        typed.__name__ = getattr(t, "__name__", "str")  # (argparse's "invalid X value")
+        action.type = typed
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> None:
@@ -296,10 +316,16 @@ def main(argv: list[str] | None = None) -> int:
     # clean-up runs (a download's part file, a trial queued again) and it exits with 130
     from . import files  # (what a folder's lock says holds it: `hetq worker --out X`, where
     #                       python -m hetq.search.worker's argv gave `hetq --out X`)
-    files.COMMAND = ["hetq", *(sys.argv[1:] if argv is None else argv)]
+    words = sys.argv[1:] if argv is None else list(argv)
+    files.COMMAND = ["hetq", *words]
+    # (a worker ends at once on SIGTERM, see _main: from the start, not only once parsed)
+    signals = () if words[:1] == ["worker"] else (signal.SIGTERM,)
     try:
-        with surviving_closed_output(), interrupts_save():
+        with surviving_closed_output(), interrupts_save(signals):
             return _main(argv)
+    except KeyboardInterrupt:  # in the start-up (the parser, before _main's own handling):
+        print("interrupted", file=sys.stderr)  # it was a traceback with exit status 1
+        return 130
     finally:
         files.COMMAND = None
 
@@ -335,6 +361,16 @@ def _main(argv: list[str] | None) -> int:
         return 2
     except (CommandFailed, FloatingPointError) as e:  # (training that diverged)
         print(f"hetq {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if not isinstance(e, MemoryError) and not any(
+                k in text for k in ("can't allocate memory", "out of memory",
+                                    "CUDA out of memory")):
+            raise
+        first = text.splitlines()[0] if text else "MemoryError"
+        print(f"hetq {args.command}: error: out of memory ({first}); a model, width or input "
+              "shape too large for this machine?", file=sys.stderr)
         return 1
     except OSError as e:  # a path it cannot write (a file where a folder goes, ...), disk full
         print(f"hetq {args.command}: error: {path_problem(e)}", file=sys.stderr)

@@ -21,6 +21,7 @@ cannot hold by value (a tensor attribute, say) is traced every time.
 from __future__ import annotations
 
 import functools
+import math
 import types
 from dataclasses import dataclass
 
@@ -125,6 +126,9 @@ def as_input_shape(input_shape) -> tuple[int, ...]:
         raise bad from None
     if not ints or any(i < 1 or i != d for i, d in zip(ints, dims)):
         raise bad
+    if math.prod(ints) > 2**31:  # (a sample of 1e20 values ended in an overflow traceback)
+        raise ValueError(f"input shape {input_shape!r}: {math.prod(ints):.3g} values in one "
+                         "sample; expected a sample of at most 2**31 values")
     return ints
 
 

@@ -100,7 +100,22 @@ def _synthetic_options(spec: str, arg: str) -> dict:
         if keys[k] in opts:
             raise ValueError(f"{k}= is given twice in {spec!r}")
         opts[keys[k]] = value
+    n, f = opts.get("n", 6000), opts.get("n_features", 16)  # (make_synthetic's defaults)
+    if n > 0 and f > 0 and n * f * 8 > _memory_bytes() / 4:  # (features=1e8: killed for memory)
+        raise ValueError(f"{spec!r} does not fit in memory ({n} x {f} values, "
+                         f"{n * f * 8 / 2**30:.1f} GiB while it is made); ask for fewer "
+                         "samples (n=) or features")
     return opts
+
+
+def _memory_bytes() -> float:
+    """This machine's memory (inf where unknown)."""
+    import os
+
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
 
 
 def get_dataset_for(spec: str | None, norm: dict | None,

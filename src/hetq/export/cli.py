@@ -156,6 +156,11 @@ def _export(a) -> int:
     from ..data import get_dataset_for
     from ..train.checkpoint import read
 
+    if not a.hls4ml and (a.no_compile or a.backend != "Vivado"):  # (silently ignored)
+        given = ["--no-compile"] * a.no_compile + [f"--backend {a.backend}"] * (
+            a.backend != "Vivado")
+        raise ValueError(f"{' and '.join(given)} set up the hls4ml project: give --hls4ml DIR "
+                         "too")
     model, label = resolve_source(a.source, a.trial, a.storage)
     if a.qonnx:  # before the engine check and the C simulation
         check_output(a.qonnx, "--qonnx")

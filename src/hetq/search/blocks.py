@@ -54,6 +54,11 @@ def assign_blocks(space: SearchSpace, blocks: list[str]) -> list[list[str]]:
                 break
     for pattern, layers in zip(blocks, out):
         if not layers:
+            taken = [s.name for s in space.slots if re.match(pattern, s.name)]
+            if taken:  # (said as 'matches no layer', which it does)
+                raise ValueError(f"block regex {pattern!r} matches only layers an earlier "
+                                 f"block takes ({', '.join(taken)}); each layer is in the "
+                                 "first block that matches it")
             raise ValueError(f"block regex {pattern!r} matches no layer; layers: "
                              f"{[s.name for s in space.slots]}")
     return out

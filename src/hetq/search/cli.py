@@ -144,8 +144,13 @@ def option_names():
     except OtherSettings as e:  # each setting named by its option, with the values
         raise ValueError(e.render(option_name, option_value)) from None
     except ValueError as e:
+        from dataclasses import fields
+
+        names = {f.name for f in fields(SearchConfig)}  # (not "search space: ...": --space)
         msg = re.sub(r"^search (\w+)([=: ])",
-                     lambda m: option_name(m[1]) + (" " if m[2] == "=" else m[2]), str(e))
+                     lambda m: option_name(m[1]) + (" " if m[2] == "=" else m[2])
+                     if m[1] in names else m[0], str(e))
+        msg = re.sub(r"^quantization_config key", "--quantization-config key", msg)
         raise ValueError(msg) from None
 
 
@@ -498,7 +503,8 @@ def _report(a) -> int:
         if not a.no_html:
             from .report import write_gradient_html_report
 
-            print(f"HTML report: {write_gradient_html_report(a.run, rows)}")
+            with _no_html_hint():
+                print(f"HTML report: {write_gradient_html_report(a.run, rows)}")
         return 0
     cfg, study = load_run(a.run, a.storage)  # (read once: a study of 10,000 trials takes s)
     rows = front_rows(cfg, study)
@@ -514,11 +520,25 @@ def _report(a) -> int:
     if not a.no_html:
         from .report import write_html_report
 
-        path = write_html_report(a.run, a.storage, loaded=(cfg, study), rows=rows)
+        with _no_html_hint():
+            path = write_html_report(a.run, a.storage, loaded=(cfg, study), rows=rows)
         print(f"HTML report: {path}")
         where = redact(a.storage) if a.storage else Path(a.run) / "study.journal"
         print(f"dashboard (pip install optuna-dashboard): optuna-dashboard {sh(where)}")
     return 0
+
+
+@contextlib.contextmanager
+def _no_html_hint():
+    """A report file that cannot be written (a read-only run folder) says that --no-html
+    prints the table without writing it."""
+    from ..cli import path_problem
+
+    try:
+        yield
+    except OSError as e:
+        raise ValueError(f"{path_problem(e)}; --no-html prints the table without writing "
+                         "the report's files") from None
 
 
 def _retrain(a) -> int:

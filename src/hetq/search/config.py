@@ -57,6 +57,8 @@ def _type_problem(annotation: str, value) -> str | None:
     return None
 
 
+MAX_PRIOR_CONFIGS = 1000
+
 @dataclass
 class SearchConfig:
     """Settings of one search (defaults: the paper's energy-goal AutoQKeras run)."""
@@ -97,7 +99,7 @@ class SearchConfig:
     device: str = "cpu"
     strategy: str = "optuna"  # optuna | hessian (ILP configs, fine-tuned) | gradient (HGQ)
     prior: str = "none"  # hessian: enqueue the ILP configurations first
-    prior_configs: int = 12  # number of ILP budgets swept
+    prior_configs: int = 12  # number of ILP budgets swept (at most MAX_PRIOR_CONFIGS)
     beta0: float = 1e-6  # gradient strategy: EBOPs penalty ramp
     beta1: float = 1e-3
     bits_lr: float | None = None
@@ -156,6 +158,11 @@ class SearchConfig:
                      "population", "gradient_runs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"search {name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.prior_configs) > MAX_PRIOR_CONFIGS:  # (1e6 budgets: ~14 h of ILPs)
+            raise ValueError(f"search prior_configs={self.prior_configs!r}; at most "
+                             f"{MAX_PRIOR_CONFIGS} ILP budgets (each is one integer program, "
+                             "~0.05 s on the jet MLP; a sweep finds fewer distinct "
+                             "configurations than budgets anyway)")
         for name in ("lr", "bits_lr"):
             v = getattr(self, name)
             if v is not None and not float(v) > 0:

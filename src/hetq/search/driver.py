@@ -723,6 +723,11 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
                    on_trial_end=Progress(ctx, config.trials, progress),
                    recover=recover_dead_trials)
     else:
+        left = max(config.trials - done, 0)
+        if workers > max(left, 1):  # (--workers 1000 for one trial started 1000 processes)
+            print(f"note: --workers {workers} for {left} trials left: starting "
+                  f"{max(left, 1)}", file=sys.stderr, flush=True)
+            workers = max(left, 1)
         codes = _spawn_workers(config, out, storage, workers, progress, devices)
         if any(codes):
             done = n_counted(study)
@@ -842,6 +847,9 @@ def default_study(out: str | Path | None, storage: str | None) -> str:
                              "join it")
         return config.study_name
     if storage is None:
+        if out:  # (it said "give --out the search's run folder", --out given)
+            raise ValueError(f"{out} holds no search (no search.yaml): give --out the "
+                             "search's run folder, or --study NAME with the search's --storage")
         raise ValueError("give --study NAME, or --out the search's run folder (its search.yaml "
                          "names the study)")
     quiet_optuna()

@@ -110,6 +110,8 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
     """The trial of `study` (the run folder `out`'s, from `load_run`) that `--trial` names: a
     number, or 'best' (the single best trial; a Pareto search has none, so its front's trials
     are listed)."""
+    if isinstance(trial, str) and trial.strip().lower() == "best":  # (BEST was refused)
+        trial = "best"
     if trial != "best":
         if isinstance(trial, float) and not trial.is_integer():
             raise ValueError(f"--trial must be a number or 'best', got {trial!r}")

@@ -257,6 +257,16 @@ class SearchSpace:
             resizable = resizable_layers(model)
             _check_call_order(model, resizable, input_shape)
             tunable = [n for n in resizable[:-1] if not (exc and exc.match(n))]
+            if exc and len(tunable) == len(resizable[:-1]):
+                warnings.warn(f"search space: tune_filters_exceptions "
+                              f"{tune_filters_exceptions!r} matches no resizable layer "
+                              f"({', '.join(resizable[:-1])})", stacklevel=3)
+            elif not tunable:
+                warnings.warn("search space: width search has no layer left to resize "
+                              "(tune_filters_exceptions takes them all)", stacklevel=3)
+            if tunable and set(width_multipliers) == {1}:
+                warnings.warn("search space: width multipliers of 1 only: the width search "
+                              "changes nothing", stacklevel=3)
             if tunable:
                 mults = tuple(float(m) for m in width_multipliers)
                 if tune_filters == "layer":
@@ -335,10 +345,13 @@ class SearchSpace:
                 entry = self._entry(key, slot, {"kernel": 0, "bias": 1}.get(fld, 2))
                 choices = self._choices(map_name, entry)
                 if not choices:
+                    have = dict(self.quantization_config[map_name])
+                    if not have:
+                        raise ValueError(f"search space: the quantization config has no "
+                                         f"{map_name} candidates (layer {slot.name!r} needs one)")
                     raise ValueError(
                         f"search space: no {map_name} candidate fits limit {entry!r} for layer "
-                        f"{slot.name!r} (key {key!r}); candidates: "
-                        f"{dict(self.quantization_config[map_name])}")
+                        f"{slot.name!r} (key {key!r}); candidates: {have}")
                 if len(choices) == 1:
                     self.fixed.append((slot.name, fld, choices[0]))
                     continue
@@ -442,7 +455,9 @@ def _checked_limit(limit: Mapping) -> dict:
     def entry_ok(e):
         if isinstance(e, bool):
             return False
-        if isinstance(e, (int, float, str)):
+        if isinstance(e, (int, float)):  # a bit count: whole, >= 0 (8.5 was taken as 8)
+            return float(e).is_integer() and e >= 0
+        if isinstance(e, str):
             return True
         return isinstance(e, (list, tuple)) and all(isinstance(c, str) for c in e)
 

@@ -157,8 +157,9 @@ def read(path: str | Path) -> dict:
             "in __main__) before loading, or save the weights instead (model.state_dict() and "
             "hetq.quant.convert.get_quantization_config(model)) and rebuild the model from them"
         ) from None
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable hetq checkpoint ({e})") from None
+    except Exception as e:  # (the first line: torch's pickle errors run to several)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable hetq checkpoint ({why})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a hetq checkpoint (format {FORMAT} expected)")
     return ckpt

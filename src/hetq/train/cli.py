@@ -122,6 +122,11 @@ def _task(args, ckpt: dict | None = None):
     if not all(c.strip() for c in background):
         raise ValueError(f"--background {','.join(background)!r}: expected class names "
                          "separated by commas, e.g. q,g")
+    names = [c.strip() for c in background]
+    if len(set(names)) != len(names):
+        twice = sorted({c for c in names if names.count(c) > 1})
+        raise ValueError(f"--background {','.join(background)!r}: {', '.join(twice)} given "
+                         "twice")
     return get_task("anomaly", background=tuple(c.strip() for c in background))
 
 
@@ -287,7 +292,9 @@ def _ptq(a) -> int:
     cfg = ptq_config(model, X[:a.calibration], a.bits)
     qmodel = quantize_model(model, cfg).eval()
     m = evaluate(qmodel, data, "test", task, a.device)
-    print(f"PTQ {a.bits} bits of {a.checkpoint}:")
+    used = min(a.calibration, len(X))
+    print(f"PTQ {a.bits} bits of {a.checkpoint} (calibrated on {used} training samples"
+          + (", all the train split has" if used < a.calibration else "") + "):")
     print(metrics_table(m, data.classes, task.name))
     save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
          quant_config=cfg, data=data, metrics={"test": m}, task=task.name,
