@@ -559,8 +559,9 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
     assert main(["report", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.rstrip().endswith(
-        f"no trial of {out} has completed yet (1 failed, 0 running, 1 queued); rerun the same "
-        "`hetq search` command to resume it. No HTML report was written.")
+        f"no trial of {out} has completed yet (0 failed, 1 interrupted and queued again, 0 "
+        "running, 1 queued); rerun the same `hetq search` command to resume it. No HTML "
+        "report was written.")  # (the interrupted trial was counted as failed)
     assert not (out / "report.html").exists() and not (out / "pareto.png").exists()
     for argv in (["retrain", str(out), "--trial", "best"],
                  ["export", str(out), "--trial", "best", "--input-type", "ap_fixed<16,6>"]):
@@ -577,9 +578,9 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
         live.set_user_attr(k, v)
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        f"no trial of {out} has completed yet (1 failed, 1 running, 0 queued); its search is "
-        "still running (1 trial in progress); try again when some have finished. No HTML "
-        "report was written.")
+        f"no trial of {out} has completed yet (0 failed, 1 interrupted and queued again, 1 "
+        "running, 0 queued); its search is still running (1 trial in progress); try again "
+        "when some have finished. No HTML report was written.")
     assert main(["export", str(out), "--trial", "best", "--input-type", "ap_fixed<16,6>"]) == 2
     assert capsys.readouterr().err.endswith(
         "no best one (its search is still running (1 trial in progress); try again when some "
@@ -941,11 +942,16 @@ def test_retrain_cli_saves_the_fine_tuned_trial_and_keeps_an_earlier_one(tmp_pat
     path.write_bytes(b"stale")
     assert main([*args, "--overwrite"]) == 0
     assert path.read_bytes() == first  # replaced (the same seed gives the same checkpoint)
-    for bad, msg in ((tmp_path, f"--out {tmp_path} is a folder; expected a file to write"),
-                     (path / "x.pt", f"--out {path / 'x.pt'}: {path} is a file, where a folder "
-                                     "is needed")):
+    for bad, msg in ((path / "x.pt", f"--out {path / 'x.pt'}: {path} is a file, where a "
+                                     "folder is needed"),):
         assert main([*args, "--out", str(bad)]) == 2
         assert capsys.readouterr().err == f"hetq retrain: error: {msg}\n"
+    # a folder (existing, or new with a trailing slash) gets the checkpoint inside, as ptq's
+    # (`--out new/` wrote a file named new)
+    (tmp_path / "old").mkdir()
+    for folder in (tmp_path / "old", str(tmp_path / "new") + "/"):
+        assert main([*args, "--out", str(folder)]) == 0
+        assert (Path(folder) / path.name).read_bytes() == first
     # --trial best (as export takes it) is the study's best trial: its checkpoint is there
     assert main([*args[:2], "--trial", "best", "--no-progress"]) == 2
     assert f"{path} already exists" in capsys.readouterr().err
@@ -2006,3 +2012,35 @@ def test_workers_beyond_the_trials_left_are_not_started(tmp_path, capsys):
                  "--workers", "50", "--data", "synthetic:n=300", "--no-progress",
                  "--out", str(tmp_path / "w")]) == 0
     assert "note: --workers 50 for 1 trials left: starting 1" in capsys.readouterr().err
+
+
+def test_trial_best_respects_the_constraints_and_the_settings_file_is_checked(tmp_path):
+    """Found by a probe of report/retrain: with the random or grid sampler (no constraints
+    function), `--trial best` was Optuna's best_trial, one that missed --min-reduction,
+    where the table marked another; a search.yaml cut short was filled with defaults (an
+    EBOPs front recomputed on energy, retrain on other data)."""
+    import optuna
+
+    from hetq.search.results import trial_number
+
+    study = optuna.create_study(direction="maximize")
+    for value, feasible in ((0.9, False), (0.7, True), (0.8, True), (0.95, False)):
+        study.add_trial(optuna.trial.create_trial(value=value,
+                                                  user_attrs={"feasible": feasible}))
+    assert trial_number(study, "best", tmp_path) == 2
+    out = tmp_path / "s"
+    run_search(cfg(trials=1), out, progress=False)
+    import dataclasses
+
+    from hetq.search.results import format_table
+
+    config, _ = load_run(out)
+    long = dataclasses.replace(config, metric="tpr@fpr=0.01_mean")
+    head, _, *rows = format_table(pareto_rows(out), long).splitlines()
+    end = head.index("val tpr@fpr=0.01_mean") + len("val tpr@fpr=0.01_mean")
+    assert rows and all(r[end - 3:end] == "nan" for r in rows if r[:5].strip().isdigit())
+    text = (out / "search.yaml").read_text()
+    (out / "search.yaml").write_text("\n".join(text.splitlines()[:3]) + "\n")
+    with pytest.raises(ValueError, match=r"search.yaml differs from the settings its study was "
+                                         r"made with \(.* in the file, .* in the study"):
+        load_run(out)

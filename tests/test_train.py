@@ -1878,3 +1878,12 @@ def test_sizes_and_values_that_failed_late_or_deep_are_named(tmp_path, capsys, m
             return []
     with pytest.raises(ValueError, match="no completed trial|has no|no trial"):
         trial_number(Study(), "BEST", tmp_path)  # (taken as 'best', not refused as a number)
+
+
+def test_ptq_of_non_finite_weights_is_named():
+    """An inf bias ended PTQ in an OverflowError traceback (math.ceil of inf)."""
+    m = build("jet_mlp")
+    with torch.no_grad():
+        m.output.bias.fill_(float("inf"))
+    with pytest.raises(ValueError, match=r"^layer 'output': its bias holds non-finite values"):
+        ptq_config(m, torch.randn(8, 16), 8)

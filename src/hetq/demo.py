@@ -127,7 +127,7 @@ def _run(a) -> int:
     from .quant.summary import summary
     from .search.config import SearchConfig
     from .search.driver import run_search
-    from .search.results import format_table, pareto_rows
+    from .search.results import format_table, pareto_rows, trial_number
     from .search.space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .train import evaluate, fit, save
     from .train.report import metrics_table
@@ -180,7 +180,7 @@ def _run(a) -> int:
     print()
     print(format_table(pareto_rows(out / "search"), cfg, study.user_attrs.get("reference")))
 
-    best = study.best_trial.number
+    best = trial_number(study, "best", out / "search")  # (the trial the table marks)
     _banner(f"5. export the best searched model (trial {best}), bit-exact check on the test set")
     _export(out, best, data)
     print(f"\nfloat test accuracy {fm['accuracy']:.4f}, Q6 {qm['accuracy']:.4f}; "

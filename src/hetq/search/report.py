@@ -110,21 +110,31 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     table = format_table(rows, config, study.user_attrs.get("reference"))
     limits = constraint_options(config)
     n_meet = sum(t.user_attrs.get("feasible") is not False for t in done)
-    ended = [t.state for t in study.get_trials(deepcopy=False, states=(
-        optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
-        if not t.user_attrs.get("overflow")]  # (overflow trials never trained)
+    trials = study.get_trials(deepcopy=False)
+    # a trial that was interrupted (Ctrl-C, a killed worker) is failed and queued again
+    # (`retry_of`): it was counted as failed
+    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    ended = ["retried" if t.number in retried else t.state for t in trials
+             if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+             and not t.user_attrs.get("overflow")]  # (overflow trials never trained)
     others = ", ".join(f"{n} {word}" for state, word in (
-        (optuna.trial.TrialState.PRUNED, "pruned"), (optuna.trial.TrialState.FAIL, "failed"))
-        if (n := ended.count(state)))
+        (optuna.trial.TrialState.PRUNED, "pruned"), (optuna.trial.TrialState.FAIL, "failed"),
+        ("retried", "interrupted and run again")) if (n := ended.count(state)))
     others = f" ({others})" if others else ""
     constraints = (f"; constraints {limits}: {n_meet} of {len(done)} trials meet them"
                    if limits else "")
+    total, where = config.trials, ""
+    if config.blocks:  # (a block's own trials, not the whole --trials: it read as unfinished)
+        total = (study.user_attrs.get("hetq_config") or {}).get("trials", total)
+        b = study.user_attrs.get("hetq_block")
+        if isinstance(b, int) and 0 <= b < len(config.blocks):
+            where = f" in the study of block {config.blocks[b]!r}"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
-<p>{len(done)} completed trials of {config.trials}{others}; goal {config.goal}, objective
-{config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are estimates
-(QTools 45 nm energy model, hetq FPGA estimate).</p>
+<p>{len(done)} completed trials of {total}{html.escape(where)}{others}; goal {config.goal},
+objective {config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are
+estimates (QTools 45 nm energy model, hetq FPGA estimate).</p>
 <h2>Pareto front</h2><img src="pareto.png">{
         f"<p>({len(done) - len(plotted)} trial(s) at 0 {goal}, every weight rounded to zero, "
         "are left out of the plot; the table lists them.)</p>" if len(plotted) < len(done)

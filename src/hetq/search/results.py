@@ -75,8 +75,24 @@ def load_run(out: str | Path, storage: str | None = None):
                 return config, study  # (its trials are whole models: the earlier blocks'
         name = final or name                 # choices frozen in them)
     study = existing_study(name, storage, out, hint)
+    if not config.blocks:
+        _check_settings_file(out, config, study)
     return config, study
 
+
+def _check_settings_file(out: Path, config: SearchConfig, study: optuna.Study) -> None:
+    """search.yaml must hold the settings the study was made with: a damaged one (cut
+    short, edited) was filled with defaults, and the report recomputed the front on energy
+    for an EBOPs search, retrain trained on other data."""
+    from .driver import OtherSettings, _changes
+
+    stored = study.user_attrs.get("hetq_config")
+    other = _changes(stored, config) if stored is not None else {}
+    if other:
+        raise OtherSettings(
+            f"{out / 'search.yaml'} differs from the settings its study was made with "
+            "({settings}); restore it (rerunning the same `hetq search` command writes it "
+            "again)", other, item="{name}: {new} in the file, {old} in the study")
 
 def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
     """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
@@ -133,11 +149,12 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
                          f"report {sh(out)}` shows their metrics and costs)")
-    try:
-        return study.best_trial.number
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{out}: no single best trial ({e}); give a trial number "
-                         "(--trial N)") from e
+    # the best of the trials that meet the constraints, as the table marks it: Optuna's
+    # best_trial knows them only through a sampler's constraints_func, which the random and
+    # grid samplers lack (retrain took a trial of 7.1x under --min-reduction 10)
+    pool = [t for t in done if t.user_attrs.get("feasible") is not False]
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(pool, key=lambda t: t.value).number
 
 
 def trial_model(out: str | Path, number: int | str, storage: str | None = None):
@@ -206,8 +223,9 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
     metric = config.metric
     test_head = "test acc" if metric == "accuracy" else "test " + metric
     tw = max(8, len(test_head))
+    vw = max(13, len("val " + metric))  # (a long metric name pushed the header out of line)
     head = (f"{'trial':>5}  {'score':>7}  " if forgiving else f"{'trial':>5}  ") + (
-        f"{'val ' + metric:>13}  {test_head:>{tw}}  {'energy pJ':>9}  "
+        f"{'val ' + metric:>{vw}}  {test_head:>{tw}}  {'energy pJ':>9}  "
         f"{'bits':>8}  {'EBOPs':>8}  {'LUT':>7}  {'DSP':>5}  quantizers")
     lines = [head, "-" * len(head)]
     scores = [r["score"] for r in rows if r.get("score") is not None
@@ -219,7 +237,7 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
             mark = "*" if best is not None and score == best else ""
             label = f"{f'{label}{mark}':>5}  " + (f"{score:7.4f}" if score is not None
                                                  else f"{'':>7}")
-        return (f"{label:>5}  {metrics['val'].get(metric, math.nan):13.4f}  "
+        return (f"{label:>5}  {metrics['val'].get(metric, math.nan):{vw}.4f}  "
                 f"{metrics['test'].get(metric, math.nan):{tw}.4f}  "
                 f"{costs.get('energy_pj', math.nan):9.0f}  {costs.get('bits', 0):8.0f}  "
                 f"{costs.get('ebops', 0):8.0f}  {costs.get('lut', 0):7.0f}  "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import signal
 from pathlib import Path
 
@@ -27,8 +28,10 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     config, study = load_run(run, storage)
     number = trial_number(study, number, run)
     model = study_trial_model(run, config, study, number)  # (refuses a trial not there)
-    path = check_new(Path(out) if out else Path(run) / f"retrain_{number:05d}.pt",
-                     overwrite=overwrite)
+    name = f"retrain_{number:05d}.pt"
+    if out and (Path(out).is_dir() or str(out).endswith(("/", os.sep))):
+        out = Path(out) / name  # (`--out dir/` wrote a file named dir, as ptq does not)
+    path = check_new(Path(out) if out else Path(run) / name, overwrite=overwrite)
     t = study_trial(study, number)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
     data = get_dataset(config.data)

@@ -35,6 +35,9 @@ def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
             for fld, t in (("kernel", m.weight), ("bias", m.bias)):
                 if t is None:
                     continue
+                if not bool(torch.isfinite(t).all()):  # (an OverflowError traceback)
+                    raise ValueError(f"layer {name!r}: its {fld} holds non-finite values "
+                                     "(inf or NaN); PTQ needs a model with finite weights")
                 i = get_integer_bits(float(t.min()), float(t.max()), bits, True, True)
                 fields[fld] = f"quantized_bits({bits},{i},alpha=1)"
             entries[name] = fields
