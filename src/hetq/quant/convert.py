@@ -11,10 +11,15 @@ A config maps keys to per-field quantizer specs:
 Keys are exact layer names (as in `named_modules()`), layer types (PyTorch class names such as
 "Linear", "Conv2d", "ReLU", "BatchNorm1d"; hetq names "QDense", "QActivation"; QKeras names
 "Dense", "Conv2D", "Activation", "BatchNormalization") or name regexes. Precedence: exact name,
-then type, then the first matching regex in the config's order. Fields: kernel, bias,
+then type, then the first matching regex in the config's order; a key that is a layer's name
+is that layer's alone, never also a regex ("fc1" does not take "fc10"). Fields: kernel, bias,
 activation, depthwise, pointwise, depthwise_activation, gamma, beta, mean, variance, average.
 Layers matched by no key stay float, and so do those whose key's value is null (QKeras'
-None); a key matching no layer is reported with a warning.
+None); a key matching no layer is reported with a warning. A type or regex key's bias
+quantizer skips layers without a bias (QKeras sets it to None there). A module used under
+several names (tied weights) becomes one quantized module under all of them. With
+fold_batchnorm, QKeras's folded types ("QDenseBatchnorm", "QConv2DBatchnorm") select the
+folded pairs, with their `folding_mode` and `ema_freeze_delay`.
 
 QKeras configs (`model_quantize`'s, and `get_quantization_dictionary` /
 `save_quantization_dict` files) work unchanged: fields may be spelt `kernel_quantizer`,
