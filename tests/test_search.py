@@ -2044,3 +2044,28 @@ def test_trial_best_respects_the_constraints_and_the_settings_file_is_checked(tm
     with pytest.raises(ValueError, match=r"search.yaml differs from the settings its study was "
                                          r"made with \(.* in the file, .* in the study"):
         load_run(out)
+
+
+def test_blocks_are_weighed_by_the_goals_own_cost(tmp_path, monkeypatch):
+    """--schedule-block cost gave each block trials by its share of the reference energy
+    whatever --goal was (and costed int8 inputs whatever --source): an EBOPs search weighed
+    its blocks by energy."""
+    import hetq.search.blocks as blocks
+    from hetq.cost import cost
+
+    seen = {}
+    real = blocks.schedule
+
+    def spy(space, patterns, order, layer_cost, trials):
+        seen.update(layer_cost)
+        return real(space, patterns, order, layer_cost, trials)
+    monkeypatch.setattr(blocks, "schedule", spy)
+    config = cfg(trials=2, epochs=1, goal="ebops", source_quantizer="int16",
+                 schedule_block="cost",
+                 blocks=["^(fc1|relu1)$", "^(fc2|relu2|fc3|relu3|output)$"])
+    run_search(config, tmp_path / "b", progress=False)
+    from hetq.train.checkpoint import load
+
+    ref = cost(load(tmp_path / "b" / "float.pt"), reference="int8", source_quantizer="int16")
+    assert seen == {lc.name: float(lc.ebops) for lc in ref.layers}
+    assert seen["fc1"] == 16 * 64 * 8 * 16  # (int8 weights times int16 inputs)

@@ -741,14 +741,28 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     return study
 
 
+def _goal_share(lc, goal: str) -> float:
+    """A layer's cost in `goal`'s terms (energy pJ, bits, EBOPs or LUTs)."""
+    if goal == "bits":
+        return float(lc.param_bits + lc.act_bits)
+    if goal == "ebops":
+        return float(lc.ebops)
+    if goal == "lut":
+        return float(lc.fpga.get("lut", 0.0))
+    return float(lc.total)
+
+
 def _run_blocks(config, ctx, out, storage, workers, progress):
     import dataclasses
 
     from ..cost import cost
     from .blocks import BlockView, Scheduler, schedule
 
-    ref = cost(ctx.float_model, reference=config.reference)
-    per_layer = {lc.name: lc.total for lc in ref.layers}
+    # each layer's share of the reference cost in the searched goal (it was energy whatever
+    # --goal, as AutoQKeras weighs blocks by the goal's own cost), with the search's inputs
+    ref = cost(ctx.float_model, reference=config.reference,
+               source_quantizer=config.source_quantizer)
+    per_layer = {lc.name: _goal_share(lc, config.goal) for lc in ref.layers}
     plan = schedule(ctx.space, config.blocks, config.schedule_block, per_layer, config.trials)
     sched = Scheduler(out)
     if sched.state["next_block"] >= len(plan) and progress:
