@@ -452,8 +452,18 @@ def test_failing_trials_are_recorded_and_repeated_failure_stops(tmp_path):
         raise ValueError("cannot build")
 
     s2 = optuna.create_study(storage=make_storage(None, tmp_path / "b"), study_name="b")
-    with pytest.raises(SearchFailed, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed"):
+    with pytest.raises(SearchFailed, match=f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed "
+                                           r"\(last: trial 4: ValueError: cannot build\)"):
         run_worker(s2, broken, budget=3)
+    # each trial keeps its error, and the advice for a study of failed trials is no rerun
+    # of the same command, which fails the same way (it was the advice)
+    from hetq.search.storage import resume_advice
+
+    assert {t.user_attrs.get("error") for t in s2.trials} == {"ValueError: cannot build"}
+    assert resume_advice(s2) == (
+        f"{MAX_CONSECUTIVE_FAILURES} of its trials failed (trial 4: ValueError: cannot "
+        "build); a rerun with the same settings fails the same way: change them (a lower "
+        "--lr, say) in another --out")
 
 
 def test_a_worker_counts_only_the_trials_it_ran_itself(tmp_path):

@@ -173,6 +173,10 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             return objective(trial)
         except (KeyboardInterrupt, OSError) as e:  # (OSError: a full disk, a read-only
             raise _TrialInterrupted(trial, e) from None  # trials/ folder: every trial's)
+        except TRIAL_ERRORS as e:  # kept with the trial: `hetq report` says why they failed
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                                if str(e) else type(e).__name__)
+            raise
 
     mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
     # workers' trials, e.g. one that overflowed the budget, land in the study meanwhile)
@@ -205,8 +209,9 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         if mine[-1].state == TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
+                why = mine[-1].user_attrs.get("error") or "see the warnings above"
                 raise SearchFailed(f"{failures} trials in a row failed (last: trial "
-                                   f"{mine[-1].number}, see the warnings above); stopping")
+                                   f"{mine[-1].number}: {why}); stopping")
         else:
             failures = 0
     return ran

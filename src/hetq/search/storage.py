@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import socket
 import threading
 import zlib
@@ -253,7 +254,26 @@ def resume_advice(study: optuna.Study) -> str:
     if n:
         return (f"its search is still running ({n} trial{'s' * (n != 1)} in progress); try "
                 "again when some have finished")
+    trials = study.get_trials(deepcopy=False)
+    failed = [(t.number, _error(t)) for t in trials
+              if t.state == TrialState.FAIL and _error(t)]
+    if failed and not any(t.state == TrialState.COMPLETE for t in trials):
+        # (a rerun was the advice, and it fails the same way)
+        number, error = failed[-1]
+        return (f"{len(failed)} of its trials failed (trial {number}: {error}); a rerun "
+                "with the same settings fails the same way: change them (a lower --lr, say) "
+                "in another --out")
     return "rerun the same `hetq search` command to resume it"
+
+
+def _error(t) -> str | None:
+    """Why trial `t` failed: hetq's note, or Optuna's (a trial's exception), first line."""
+    why = t.user_attrs.get("error") or t.system_attrs.get("fail_reason")
+    if not why:
+        return None
+    why = str(why).strip().splitlines()[0]
+    found = re.search(r"failed because of the following error: (.*)$", why)
+    return found[1] if found else why
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
