@@ -1069,8 +1069,13 @@ def test_a_run_folder_keeps_its_storage_and_a_worker_its_own_search(tmp_path, ca
     assert not (out / "study.journal").exists()
     journal_run = tmp_path / "j"
     run_search(cfg(trials=1), journal_run, progress=False)
-    with pytest.raises(ValueError, match=r"study is in its journal file .*leave --storage out"):
+    with pytest.raises(ValueError, match=r"study is in its journal file .*leave --storage out "
+                                         r"to use it, or use another --out$"):
         run_search(cfg(trials=2), journal_run, storage=db, progress=False)
+    # report, retrain and export read a run: they have no --out to change
+    with pytest.raises(ValueError, match=r"study is in its journal file .*leave --storage out "
+                                         r"to use it$"):
+        load_run(journal_run, db)
     # a worker's --out: another search's folder, or an unexplained float.pt, is refused
     other = tmp_path / "other"
     run_search(cfg(trials=1, epochs=3, study_name="o"), other, storage=db, progress=False)

@@ -54,7 +54,7 @@ def load_run(out: str | Path, storage: str | None = None):
     config = SearchConfig.load(out / "search.yaml")
     if config.strategy == "gradient":
         raise gradient_run_error(out)
-    check_run_storage(out, storage)
+    check_run_storage(out, storage, reading=True)
     quiet_optuna()
     name = config.study_name
     hint = ("if the search ran with --storage, give the same --storage" if storage is None

@@ -166,10 +166,12 @@ def _database(storage: str | None, out: Path) -> str | None:
     return redact(storage)
 
 
-def check_run_storage(out: Path, storage: str | None) -> None:
+def check_run_storage(out: Path, storage: str | None, reading: bool = False) -> None:
     """A run folder's study stays where it was started: a rerun without the database's
     --storage began a second study in a journal file, whose trials then overwrote the
-    database trials' checkpoints in trials/ (their paths are the study name and number)."""
+    database trials' checkpoints in trials/ (their paths are the study name and number).
+    `reading`: for report, retrain and export, which have no --out to change."""
+    elsewhere = "" if reading else ", or use another --out"
     rec = Path(out) / STORAGE_FILE
     recorded = rec.read_text().strip() if rec.exists() else None
     given = _database(storage, Path(out))
@@ -179,10 +181,10 @@ def check_run_storage(out: Path, storage: str | None) -> None:
                          f"{out}'s study is in {recorded}: give --storage {sh(recorded)}")
     if recorded and given != recorded:
         raise ValueError(f"{out}'s study is in {recorded}, not in {given}: give that "
-                         "--storage, or use another --out")
+                         f"--storage{elsewhere}")
     if given and not recorded and journal_path(out).exists():
         raise ValueError(f"{out}'s study is in its journal file {journal_path(out)}, not in "
-                         f"{given}: leave --storage out to use it, or use another --out")
+                         f"{given}: leave --storage out to use it{elsewhere}")
 
 
 def record_run_storage(out: Path, storage: str | None) -> None:
