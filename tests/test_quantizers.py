@@ -815,3 +815,11 @@ def test_use_ste_false_keeps_the_graph_and_po2_qnoise_is_checked():
         with pytest.raises(ValueError, match=r"qnoise_factor=-?\d; expected a fraction in "
                                              r"\[0, 1\]"):
             get_quantizer(spec)
+
+
+def test_a_zero_dim_tensor_argument_prints_as_a_number_and_parses_back_equal():
+    """A 0-dim tensor argument printed as `[4.0]` and came back of shape (1,), unequal."""
+    from hetq.quant import quantized_bits
+
+    q = quantized_bits(torch.tensor(4.0), 0, 1)
+    assert str(q) == "quantized_bits(4.0,0,1)" and get_quantizer(str(q)) == q

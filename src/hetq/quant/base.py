@@ -274,6 +274,7 @@ class Activation(nn.Module):
 
 # -- helpers shared by quantizers -------------------------------------------------------
 def _same_value(a: Any, b: Any) -> bool:
+    a, b = (x.item() if isinstance(x, torch.Tensor) and x.dim() == 0 else x for x in (a, b))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return False
@@ -292,6 +293,8 @@ def _fmt(v: Any) -> str:
     """A value as parse_spec reads it back; tensors as QKeras' `[1 2 3]`, nested with commas
     for rank >= 2 (`[[0.5],[2.0]]`)."""
     if isinstance(v, torch.Tensor):
+        if v.dim() == 0:  # (a 0-dim tensor printed as [4.0] came back of shape (1,))
+            return _fmt(v.item() + 0)
         if v.dim() >= 2:
             return "[" + ",".join(_fmt(row) for row in v) + "]"
         flat = [x + 0 for x in v.detach().cpu().flatten().tolist()]  # (+0: -0.0 prints 0.0)
