@@ -2084,3 +2084,21 @@ def test_blocks_are_weighed_by_the_goals_own_cost(tmp_path, monkeypatch):
     ref = cost(load(tmp_path / "b" / "float.pt"), reference="int8", source_quantizer="int16")
     assert seen == {lc.name: float(lc.ebops) for lc in ref.layers}
     assert seen["fc1"] == 16 * 64 * 8 * 16  # (int8 weights times int16 inputs)
+
+
+def test_the_html_report_of_an_unfinished_search_says_so(tmp_path):
+    """A killed or still running search's HTML report read as a finished one."""
+    import dataclasses
+
+    from hetq.search.config import SearchConfig
+    from hetq.search.report import write_html_report
+
+    out = tmp_path / "s"
+    run_search(cfg(trials=2), out, progress=False)
+    page = write_html_report(out).read_text()
+    assert "has not finished" not in page
+    config = SearchConfig.load(out / "search.yaml")  # (asked for more, stopped at 2)
+    dataclasses.replace(config, trials=3).save(out / "search.yaml")
+    page = write_html_report(out).read_text()
+    assert ("2 completed trials of 3" in page and "The search has not finished: rerun the "
+            "same `hetq search` command to resume it." in page)

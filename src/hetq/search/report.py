@@ -129,15 +129,23 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
         b = study.user_attrs.get("hetq_block")
         if isinstance(b, int) and 0 <= b < len(config.blocks):
             where = f" in the study of block {config.blocks[b]!r}"
+    counted = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                  for t in trials)
+    unfinished = ""
+    if counted < total:  # (a killed or still running search's report looked finished)
+        from .storage import resume_advice
+
+        unfinished = f" The search has not finished: {resume_advice(study)}."
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
 <p>{len(done)} completed trials of {total}{html.escape(where)}{others}; goal {config.goal},
 objective {config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are
-estimates (QTools 45 nm energy model, hetq FPGA estimate).</p>
+estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinished)}</p>
 <h2>Pareto front</h2><img src="pareto.png">{
         f"<p>({len(done) - len(plotted)} trial(s) at 0 {goal}, every weight rounded to zero, "
-        "are left out of the plot; the table lists them.)</p>" if len(plotted) < len(done)
+        "are left out of the plot, whose cost axis is logarithmic; the table lists those on "
+        "the front.)</p>" if len(plotted) < len(done)
         else ""}<pre>{html.escape(table)}</pre>
 <h2>Per-layer precision of the front</h2><img src="precision.png">
 <h2>History</h2><img src="history.png">
