@@ -704,6 +704,9 @@ def test_quant_config_round_trips_keep_its_meaning_and_config_files_are_strict(t
     assert type(qf[2]).__name__ == "QActivation"
     with pytest.raises(ValueError, match=r"folding_mode='fold'; expected one of"):
         QuantConfig({"QDenseBatchnorm": {"folding_mode": "fold"}})
+    # the settings round-trip through get_quantization_config (checkpoints lost them)
+    again = quantize_model(m, get_quantization_config(qf), fold_batchnorm=True)
+    assert again[0].folding_mode == "batch_stats_folding"
     with pytest.raises(ValueError, match=r"key '1': that batch norm is folded into '0'"):
         quantize_model(m, {"1": {"gamma": "quantized_bits(8,2)"}}, fold_batchnorm=True)
 

@@ -56,7 +56,7 @@ from .layers import (
     QLayer,
     QSeparableConv2d,
 )
-from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm
+from .norm import QBatchNorm, QConv2dBatchnorm, QDenseBatchnorm, _FoldedBatchnorm
 from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
 
 FIELDS = ("kernel", "bias", "activation", "depthwise", "pointwise", "depthwise_activation",
@@ -771,6 +771,11 @@ def get_quantization_config(model: nn.Module) -> QuantConfig:
                       and not isinstance(q, Activation)}
             fields.update({f: str(q) for f, q in m.quantizers.items()
                            if isinstance(q, Activation)})
+            if isinstance(m, _FoldedBatchnorm):  # (its settings, where they are not defaults)
+                if m.folding_mode != "ema_stats_folding":
+                    fields["folding_mode"] = m.folding_mode
+                if m.ema_freeze_delay is not None:
+                    fields["ema_freeze_delay"] = m.ema_freeze_delay
             if fields:
                 entries[name] = fields
     return QuantConfig(entries)
