@@ -2102,3 +2102,22 @@ def test_the_html_report_of_an_unfinished_search_says_so(tmp_path):
     page = write_html_report(out).read_text()
     assert ("2 completed trials of 3" in page and "The search has not finished: rerun the "
             "same `hetq search` command to resume it." in page)
+
+
+def test_a_worker_with_a_missing_storage_or_study_leaves_nothing_behind(tmp_path, capsys,
+                                                                        monkeypatch):
+    """`hetq worker --storage sqlite:///new.db` created the empty database, then said it held
+    no study; a worker without --out left an empty runs/ in the current folder."""
+    from hetq.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "new.db"
+    assert main(["worker", "--storage", f"sqlite:///{db}", "--study", "s1"]) == 2
+    assert capsys.readouterr().err == (f"hetq worker: error: --storage sqlite:///{db}: there "
+                                       f"is no {db}; start the search there first (`hetq "
+                                       "search --storage ...`)\n")
+    assert main(["worker", "--storage", "x.journal"]) == 2
+    assert "there is no x.journal" in capsys.readouterr().err
+    assert main(["worker", "--study", "s1"]) == 2
+    assert "no study 's1' in runs/s1/study.journal" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

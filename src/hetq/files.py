@@ -93,8 +93,11 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
     made = said = False
     while True:
         if not folder.is_dir():  # (or made again: the holder waited for removed it)
+            top = folder  # the highest folder made here (`runs/` of `runs/s1` too)
+            while not top.parent.is_dir() and top.parent != top:
+                top = top.parent
             folder.mkdir(parents=True, exist_ok=True)
-            made = True
+            made = made or top
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except FileNotFoundError:  # (the folder went between the two lines)
@@ -128,6 +131,11 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        if made:
+        if made:  # each folder made here that holds nothing, up to the highest
+            here = folder
             with contextlib.suppress(OSError):
-                folder.rmdir()  # (only if empty)
+                while True:
+                    here.rmdir()  # (only if empty)
+                    if here == made:
+                        break
+                    here = here.parent

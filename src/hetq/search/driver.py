@@ -61,6 +61,7 @@ from .sparsity import MagnitudePruner
 from .storage import (
     STORAGE_FILE,
     check_run_storage,
+    check_storage_exists,
     existing_study,
     journal_path,
     make_storage,
@@ -860,6 +861,7 @@ def default_study(out: str | Path | None, storage: str | None) -> str:
                              "after another within its own `hetq search`; a worker cannot "
                              "join it")
         return config.study_name
+    check_storage_exists(storage)
     if storage is None:
         if out:  # (it said "give --out the search's run folder", --out given)
             raise ValueError(f"{out} holds no search (no search.yaml): give --out the "
@@ -883,6 +885,7 @@ def run_worker_process(out: str | Path | None, study_name: str, storage: str | N
                        progress: bool = True) -> int:
     """Join an existing study (`hetq worker`): its settings come from the study itself."""
     quiet_optuna()
+    check_storage_exists(storage)
     hint = "start it with `hetq search` first"
     if not out and storage is None:  # the journal is in the search's folder
         hint += (f", or give the search's run folder with --out (without it the worker looks "

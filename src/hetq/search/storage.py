@@ -38,6 +38,23 @@ def journal_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "study.journal"
 
 
+def check_storage_exists(storage: str | None) -> None:
+    """For a command that joins a study (`hetq worker`): a journal file or SQLite database
+    that does not exist is a ValueError, before anything is made (a worker with a mistyped
+    path created an empty database, then said there was no study in it)."""
+    if storage is None:
+        return
+    if storage.endswith(".journal") or storage.startswith("journal:"):
+        path = Path(storage.removeprefix("journal:"))
+    elif storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///"))
+    else:
+        return
+    if not path.is_file():
+        raise ValueError(f"--storage {storage}: there is no {path}; start the search there "
+                         "first (`hetq search --storage ...`)")
+
+
 def make_storage(storage: str | None, out_dir: str | Path | None = None):
     """An Optuna storage from a URL, a journal path, or None (journal file in `out_dir`)."""
     if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
