@@ -2121,3 +2121,15 @@ def test_a_worker_with_a_missing_storage_or_study_leaves_nothing_behind(tmp_path
     assert main(["worker", "--study", "s1"]) == 2
     assert "no study 's1' in runs/s1/study.journal" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_made_before_a_setting_existed_is_still_read(tmp_path):
+    """The search.yaml check compares only the settings the study records: a run made by an
+    older hetq (without a newer field) was refused by report, retrain and export."""
+    out = tmp_path / "s"
+    study = run_search(cfg(trials=1), out, progress=False)
+    stored = dict(study.user_attrs["hetq_config"])
+    stored.pop("prior_configs")  # (as if the field did not exist when the run was made)
+    study.set_user_attr("hetq_config", stored)
+    config, _ = load_run(out)
+    assert config.prior_configs == 12

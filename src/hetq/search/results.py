@@ -87,7 +87,10 @@ def _check_settings_file(out: Path, config: SearchConfig, study: optuna.Study) -
     from .driver import OtherSettings, _changes
 
     stored = study.user_attrs.get("hetq_config")
-    other = _changes(stored, config) if stored is not None else {}
+    # (settings the study does not record, fields newer than the hetq that made it, are not
+    # held against it: such a run was read before)
+    other = {k: v for k, v in _changes(stored, config).items() if k in stored} \
+        if stored is not None else {}
     if other:
         raise OtherSettings(
             f"{out / 'search.yaml'} differs from the settings its study was made with "
