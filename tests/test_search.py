@@ -2014,6 +2014,8 @@ def test_search_settings_refused_or_said_before_work(tmp_path, capsys):
     assert any("width multipliers of 1 only" in m for m in said)
     with pytest.raises(ValueError, match=r"limit fc1: \[8.5, 8, 8\]; expected"):
         SearchSpace(mlp(), limit={"fc1": [8.5, 8, 8]})
+    with pytest.raises(ValueError, match=r"limit fc1: \[8, 8, 8, 8, 8\] has 5 entries"):
+        SearchSpace(mlp(), limit={"fc1": [8, 8, 8, 8, 8]})
     assert main(["worker", "--out", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"hetq worker: error: {tmp_path / 'none'} holds no search (no search.yaml): give --out "

@@ -472,6 +472,9 @@ def _checked_limit(limit: Mapping) -> dict:
                 raise ValueError(f"limit key {key!r} is not a layer-name regular expression "
                                  f"({e})") from None
         entries = value if isinstance(value, (list, tuple)) else [value]
+        if len(entries) > 4:  # ([kernel, bias, recurrent, activation] at most, AutoQKeras')
+            raise ValueError(f"limit {key}: {value!r} has {len(entries)} entries; expected "
+                             "[kernel, bias, activation] (AutoQKeras' RNN lists have 4)")
         if not all(entry_ok(e) for e in entries):
             raise ValueError(f"limit {key}: {value!r}; expected [kernel, bias, activation], "
                              "each a max bit count or a list of candidate quantizers, e.g. "
