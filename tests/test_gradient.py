@@ -820,6 +820,18 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert html.escape(table.strip()) in page and 'src="layers.png"' in page
     assert (out / "pareto.png").stat().st_size > 0 and (out / "layers.png").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+    assert "ended without saving" not in page and "still training" not in page
+    # a later run killed before it saved its front: the page says whose points it shows
+    from hetq.search.gradient.strategy import PROGRESS
+    from hetq.search.report import write_gradient_html_report
+
+    (out / PROGRESS).mkdir(exist_ok=True)
+    (out / PROGRESS / "run_0.pt").write_bytes(b"x")
+    with pytest.warns(UserWarning, match="ended without saving it"):
+        page = write_gradient_html_report(out).read_text()
+    assert ("A later run ended without saving its front (killed?); these are the earlier "
+            "run&#x27;s points") in page
+    shutil.rmtree(out / PROGRESS)
     assert main(["report", str(out), "--no-html", "--storage", "x.journal"]) == 0
     assert "--storage is not used" in capsys.readouterr().err
     # trials-based commands explain where a gradient run's models are

@@ -196,13 +196,22 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     ax.legend(fontsize=7, loc="lower right")
     _save(plt, fig, run / "layers.png")
     left = len(rows) - len(shown)
+    from ..files import lock_holder
+    from .gradient.strategy import PROGRESS
+
+    state = ""  # (a report of a run still training, or killed, read as a finished one)
+    if lock_holder(run):
+        state = " A later run is still training here; these are the earlier run's points."
+    elif any((run / PROGRESS).glob("*.pt")):
+        state = (" A later run ended without saving its front (killed?); these are the "
+                 "earlier run's points: rerun the same `hetq search` command to save it.")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(str(run))}</title></head><body>
 <h1>hetq search (gradient strategy): {html.escape(str(run))}</h1>
 <p>{len(rows)} points on the front; beta {config.beta0:g} to {config.beta1:g}, weight
 bit-widths per {html.escape(config.granularity)}, activations per
 {html.escape(config.activation_granularity)}, {config.gradient_runs} run(s). Costs are estimates
-(QTools 45 nm energy model, hetq FPGA estimate).</p>
+(QTools 45 nm energy model, hetq FPGA estimate).{html.escape(state)}</p>
 <h2>Front</h2><img src="pareto.png">{
         f"<p>({left} point(s) at 0 EBOPs, a constant output, are left out of the plots.)</p>"
         if left else ""}
