@@ -733,3 +733,39 @@ def test_quantizer_arguments_that_gave_nan_zeros_or_flipped_signs_are_refused(sp
     flipped signs or an error only at forward time."""
     with pytest.raises(ValueError, match=msg):
         get_quantizer(spec)
+
+
+def test_tied_modules_by_any_name_and_one_layer_models_follow_the_same_rules():
+    """Found by a regression probe: an exact key for the second name of a shared module
+    converted that name only (the weights untied); a model that is one layer skipped the
+    rules a layer inside a container follows (a bias-less Linear failed on q6's bias, a null
+    entry still quantized it, a Linear subclass lost its forward); folding settings on a
+    key that folds nothing were taken without a word."""
+    from hetq.models import preset
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+            self.b = self.a
+
+    q = quantize_model(Tied(), {"b": {"kernel": "quantized_bits(4,0,1)"}})
+    assert type(q.a).__name__ == "QDense" and q.a is q.b
+    with pytest.raises(ValueError, match=r"keys 'a', 'b' name one module"):
+        quantize_model(Tied(), {"a": {"kernel": "quantized_bits(4,0,1)"},
+                                "b": {"kernel": "quantized_bits(8,0,1)"}})
+    with pytest.warns(UserWarning, match="key 'ReLU' matches no layer"):  # (q6's ReLU key)
+        lone = quantize_model(nn.Linear(4, 3, bias=False), preset("q6"))
+    assert type(lone).__name__ == "QDense" and lone.bias_quantizer is None
+    assert type(quantize_model(nn.Linear(4, 3), {"Linear": None})) is nn.Linear
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    with pytest.warns(UserWarning, match="a Linear with its own forward"):
+        assert type(quantize_model(Scaled(4, 3), {"Linear": {"kernel": "quantized_bits(4,0,1)"}})
+                    ) is Scaled
+    with pytest.warns(UserWarning, match=r"key 'Dense': folding_mode / ema_freeze_delay set "
+                                         r"up folded batch norms"):
+        quantize_model(nn.Sequential(nn.Linear(4, 3)), {"Dense": {
+            "kernel_quantizer": "quantized_bits(4,0,1)", "folding_mode": "batch_stats_folding"}})

@@ -578,12 +578,17 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     """
     check_module(float_model, "quantize_model")
     config = as_config(config)
+    if next(float_model.children(), None) is None and _quantizable(float_model):
+        # a model that is one layer (an nn.Linear; it came back float): converted as a layer
+        # named "model" inside a container, by the same rules as any other layer
+        model = float_model if inplace else copy.deepcopy(float_model)
+        holder = nn.ModuleDict({"model": model})
+        return quantize_model(holder, config, fold_batchnorm=fold_batchnorm,
+                              inplace=True)["model"]
     if not config.entries and not fold_batchnorm:  # (folding alone changes the model)
         warnings.warn("quantize_model: the quantization config is empty, so the model is "
                       "returned unquantized (a copy)", stacklevel=2)
     model = float_model if inplace else copy.deepcopy(float_model)
-    if next(model.children(), None) is None and _quantizable(model):
-        return _quantize_leaf(model, config)
     used: set[str] = set()
     acted: set[str] = set()  # keys that gave some layer its quantizers
     left_float: dict[str, list[str]] = {}
@@ -599,7 +604,12 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             raise ValueError(f"quantization config key {bn!r}: that batch norm is folded into "
                              f"{lin!r} (fold_batchnorm=True); give the folded layer's "
                              f"quantizers under {lin!r}")
+    aliases: dict[int, list[str]] = {}  # a module's names (several: shared weights)
+    for n, mod in modules.items():
+        aliases.setdefault(id(mod), []).append(n)
+    aliases = {i: ns for i, ns in aliases.items() if len(ns) > 1}
     done: dict[int, nn.Module] = {}  # id of a converted module: its replacement
+    folded_keys: set[str | None] = set()
     skip: set[str] = set()
     for name, m in list(modules.items()):
         if not name or name in skip or any(name.startswith(s + ".") for s in skip):
@@ -609,6 +619,13 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             skip.add(name)
             continue
         key, fields = config.lookup(name, m, names)
+        exact = [n for n in aliases.get(id(m), ()) if n in config.entries]
+        if len(exact) > 1 and len({repr(config.entries[n]) for n in exact}) > 1:
+            raise ValueError(f"quantization config keys {', '.join(map(repr, exact))} name one "
+                             "module (its weights are shared): give it one entry")
+        if exact and key != name:  # (an exact key of another of its names: 'b' of a = b)
+            key, fields = exact[0], config.entries[exact[0]]
+            used.update(exact)
         if name in folds:
             if key is None or key not in (name, *FOLDED_KEYS):
                 key, fields = _folded_key(config, m) or (key, fields)
@@ -619,6 +636,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             new = _fold(name, m, bn_name, modules[bn_name], fields)
             for attr, v in config.fold_args.get(key, {}).items():
                 setattr(new, attr, v)
+            folded_keys.add(key)
             _set(model, name, new)
             done[id(m)] = new
             _set(model, bn_name, nn.Identity())
@@ -663,6 +681,12 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             _set(model, name, new)
             done[id(m)] = new
             skip.add(name)
+    for key in config.fold_args:
+        if key not in folded_keys:  # (they were taken and did nothing)
+            warnings.warn(f"quantization config key {key!r}: folding_mode / ema_freeze_delay "
+                          "set up folded batch norms (fold_batchnorm=True, a Linear or Conv2d "
+                          "followed by a BatchNorm); no layer of this key was folded, so they "
+                          "are not used", stacklevel=2)
     for key, names in left_as_is.items():
         warnings.warn(f"quantization config key {key!r} gives no kernel_quantizer, so its "
                       f"weight layers stay float, as QKeras' model_quantize leaves them: "
@@ -724,18 +748,6 @@ def _not_replaceable(name: str, m: nn.Module, modules: dict) -> bool:
     if why:
         warnings.warn(f"quantize_model: layer {name!r} {why}; it stays as it is", stacklevel=4)
     return why is not None
-
-
-def _quantize_leaf(model: nn.Module, config: QuantConfig) -> nn.Module:
-    """quantize_model of a model that is one layer (an nn.Linear): it came back float."""
-    key, fields = config.lookup("", model)
-    if key is None:
-        warnings.warn(f"quantize_model: no key of the config matches the "
-                      f"{type(model).__name__} the model is; it is returned as it is",
-                      stacklevel=3)
-        return model
-    new = _convert(type(model).__name__, model, _fresh(fields))
-    return model if new is None else new
 
 
 def _unused(key: str, modules: dict[str, nn.Module]) -> str:
