@@ -2016,6 +2016,9 @@ def test_search_settings_refused_or_said_before_work(tmp_path, capsys):
         SearchSpace(mlp(), limit={"fc1": [8.5, 8, 8]})
     with pytest.raises(ValueError, match=r"limit fc1: \[8, 8, 8, 8, 8\] has 5 entries"):
         SearchSpace(mlp(), limit={"fc1": [8, 8, 8, 8, 8]})
+    with pytest.raises(ValueError, match=r"^width multiplier 1000 makes a model of about "
+                                         r"3.07e\+09 weights \(at most 2e\+08\)"):
+        SearchSpace(mlp(), tune_filters="layer", width_multipliers=(0.5, 1000))
     assert main(["worker", "--out", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"hetq worker: error: {tmp_path / 'none'} holds no search (no search.yaml): give --out "

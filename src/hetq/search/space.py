@@ -28,9 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from ..models.resize import resizable_layers
+from ..models.resize import new_width, resizable_layers
 from ..quant import get_quantizer
 
 # AutoQKeras' default candidates with their bit cost (spec §5.2), written with the alpha they
@@ -264,6 +265,8 @@ class SearchSpace:
             elif not tunable:
                 warnings.warn("search space: width search has no layer left to resize "
                               "(tune_filters_exceptions takes them all)", stacklevel=3)
+            if tunable:  # a model too large to build: said now, not killed for memory later
+                _check_widest(model, tunable, max(float(m) for m in width_multipliers))
             if tunable and set(width_multipliers) == {1}:
                 warnings.warn("search space: width multipliers of 1 only: the width search "
                               "changes nothing", stacklevel=3)
@@ -442,6 +445,27 @@ class SearchSpace:
         for layer, fld, spec in self.fixed:
             lines.append(f"  {layer}/{fld} = {spec} (fixed)")
         return "\n".join(lines)
+
+
+MAX_WIDTH_WEIGHTS = 2 * 10**8  # weights of the widest model a width search may build
+
+
+def _check_widest(model: nn.Module, tunable: list[str], widest: float) -> None:
+    """ValueError when every tunable layer at the largest multiplier makes a model of more
+    than MAX_WIDTH_WEIGHTS weights (--width-multipliers 1000 was killed for memory after
+    the float model's training)."""
+    total, scale_in = 0, 1.0
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() < 2:
+            continue
+        scale_out = new_width(w.shape[0], widest) / w.shape[0] if name in tunable else 1.0
+        total += int(w.numel() * scale_in * scale_out)
+        scale_in = scale_out
+    if total > MAX_WIDTH_WEIGHTS:
+        raise ValueError(f"width multiplier {widest:g} makes a model of about {total:.3g} "
+                         f"weights (at most {MAX_WIDTH_WEIGHTS:.0e}); give smaller "
+                         "--width-multipliers")
 
 
 def _checked_limit(limit: Mapping) -> dict:
