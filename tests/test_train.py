@@ -1887,3 +1887,12 @@ def test_ptq_of_non_finite_weights_is_named():
         m.output.bias.fill_(float("inf"))
     with pytest.raises(ValueError, match=r"^layer 'output': its bias holds non-finite values"):
         ptq_config(m, torch.randn(8, 16), 8)
+
+
+def test_model_widths_too_large_to_build_are_refused_up_front(capsys):
+    """--model-widths 100000 100000 100000 failed to allocate 40 GB (a traceback, later the
+    one-line out-of-memory error) or was killed for memory."""
+    assert main(["cost", "--model", "jet_mlp", "--model-widths", "100000", "100000"]) == 2
+    assert capsys.readouterr().err == (
+        "hetq cost: error: --model-widths 100000 100000 makes a model of about 1e+10 weights "
+        "(at most 2e+08); give smaller widths\n")

@@ -37,7 +37,17 @@ def widths_kwargs(name: str, widths) -> dict:
     if _key(name) not in ("jet_mlp", "jet_autoencoder"):
         raise ValueError(f"--model-widths sets the hidden layers of jet_mlp or jet_autoencoder, "
                          f"not {name}")
-    return {"widths": list(widths)}
+    widths = list(widths)
+    # (100000 100000 100000 failed to allocate 40 GB, or was killed for memory)
+    weights = sum(a * b for a, b in zip(widths, widths[1:])) + 16 * widths[0]
+    if weights > MAX_WEIGHTS:
+        raise ValueError(f"--model-widths {' '.join(map(str, widths))} makes a model of about "
+                         f"{weights:.3g} weights (at most {MAX_WEIGHTS:.0e}); give smaller "
+                         "widths")
+    return {"widths": widths}
+
+
+MAX_WEIGHTS = 2 * 10**8  # (as a width search's widest model)
 
 
 def data_kwargs(name: str, data) -> dict:

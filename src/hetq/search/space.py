@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import MAX_WEIGHTS
 from ..models.resize import new_width, resizable_layers
 from ..quant import get_quantizer
 
@@ -447,7 +448,7 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-MAX_WIDTH_WEIGHTS = 2 * 10**8  # weights of the widest model a width search may build
+MAX_WIDTH_WEIGHTS = MAX_WEIGHTS  # weights of the widest model a width search may build
 
 
 def _check_widest(model: nn.Module, tunable: list[str], widest: float) -> None:
