@@ -179,18 +179,19 @@ class Quantizer(nn.Module):
         each element is `bits` wide, where one type for all of them is wider); None for a
         scalar quantizer (or a shape it does not broadcast to)."""
         b = getattr(self, "bits", None)
+        args = self.tensor_shape()
         if b is None:
             return None
         if isinstance(b, torch.Tensor) and b.dim() > 0:
             b = b.detach().double()
-        elif self.tensor_shape() is not None:
+        elif args is not None:
             b = torch.tensor(float(b), dtype=torch.float64)
         else:
             return None
         try:
             b = torch.broadcast_to(b, tuple(shape))
-            if (s := self.tensor_shape()) is not None:
-                torch.broadcast_shapes(s, tuple(shape))  # (its arguments broadcast too)
+            if args is not None:
+                torch.broadcast_shapes(args, tuple(shape))  # (its arguments broadcast too)
             return b
         except RuntimeError:
             return None
@@ -502,6 +503,18 @@ def check_positive(name: str, what: str, value: Any, zero: bool = False) -> None
     if not ok:
         raise ValueError(f"{name}: {what}={value!r}; expected a finite number "
                          f"{'>= 0' if zero else '> 0'} (or one per channel)")
+
+
+def check_scale(name: str, alpha: Any) -> None:
+    """A numeric `alpha` (a scale, or one per channel) must be > 0: 0, negative, empty or
+    True was taken (zeros, flipped signs); None and the strings are the caller's to check."""
+    if alpha is None or isinstance(alpha, str):
+        return
+    try:
+        check_positive(name, "alpha", alpha)
+    except ValueError:
+        raise ValueError(f"{name}: alpha={alpha!r}; expected a scale > 0 (a number or one per "
+                         "channel), None, 'auto' or 'auto_po2'") from None
 
 
 def check_flag(name: str, what: str, value: Any) -> None:

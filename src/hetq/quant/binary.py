@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import EPS, Quantizer, check_positive, register, ste
+from .base import EPS, Quantizer, check_positive, check_scale, register, ste
 from .fixed import FixedType
 from .fixed_point import _log2_int
 from .scale import least_squares_scale, po2, reduce_axes
@@ -41,12 +41,7 @@ _ALPHAS = "None, a number, a tensor, 'auto' or 'auto_po2'"
 def _check_alpha(name, alpha):
     if isinstance(alpha, str) and alpha not in ("auto", "auto_po2"):
         raise ValueError(f"{name}: alpha={alpha!r}; expected {_ALPHAS}")
-    if alpha is not None and not isinstance(alpha, str):  # (0 gave zeros, -1 flipped signs)
-        try:
-            check_positive(name, "alpha", alpha)
-        except ValueError:
-            raise ValueError(f"{name}: alpha={alpha!r}; expected a scale > 0 (a number or "
-                             "one per channel), None, 'auto' or 'auto_po2'") from None
+    check_scale(name, alpha)
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .base import (
     check_flag,
     check_positive,
     check_qnoise,
+    check_scale,
     check_whole,
     exp2,
     no_gradient,
@@ -145,12 +146,7 @@ class quantized_bits(Quantizer):
                 and min_po2_exponent > max_po2_exponent):
             raise ValueError(f"{self.name}: min_po2_exponent={min_po2_exponent} is above "
                              f"max_po2_exponent={max_po2_exponent}")
-        if alpha is not None and not isinstance(alpha, str):
-            try:  # (a number or one per channel; 0, negative, empty or True was taken)
-                check_positive(self.name, "alpha", alpha)
-            except ValueError:
-                raise ValueError(f"{self.name}: alpha={alpha!r}; expected a scale > 0 (or "
-                                 "one per channel, or None, 'auto', 'auto_po2')") from None
+        check_scale(self.name, alpha)
         check_flag(self.name, "keep_negative", keep_negative)
         if scale_axis is not None and (isinstance(scale_axis, bool)
                                        or not isinstance(scale_axis, int)):
