@@ -301,8 +301,6 @@ class QuantConfig:
 
 def _fold_arg(key: str, fld: str, value):
     """A folded layer's setting from a config (QKeras's QDenseBatchnorm fields)."""
-    from .norm import _FoldedBatchnorm
-
     if fld == "folding_mode" and value not in _FoldedBatchnorm.FOLDING_MODES:
         raise ValueError(f"quantization config key {key!r}: folding_mode={value!r}; expected "
                          f"one of {', '.join(_FoldedBatchnorm.FOLDING_MODES)}")
@@ -346,9 +344,13 @@ def parse_yaml(text: str):
         raise ValueError(f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
 
 
-_ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | {
-    "QDenseBatchnorm", "DenseBatchnorm", "QConv2DBatchnorm", "QConv2dBatchnorm",
-    "Conv2DBatchnorm"} | {
+# QKeras's folded layer types: their keys select the Linear / Conv2d of a folded pair
+FOLDED_KEYS = {"QDenseBatchnorm": nn.Linear, "DenseBatchnorm": nn.Linear,
+               "QConv2DBatchnorm": nn.Conv2d, "QConv2dBatchnorm": nn.Conv2d,
+               "Conv2DBatchnorm": nn.Conv2d}
+FOLD_ARGS = ("folding_mode", "ema_freeze_delay")  # QKeras's settings of a folded layer
+
+_ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | set(FOLDED_KEYS) | {
     c.__name__ for c in (nn.Linear, nn.Conv1d, nn.Conv2d, *ACTIVATION_MODULES, nn.BatchNorm1d,
                          nn.BatchNorm2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)}
 
@@ -712,13 +714,6 @@ def _fresh(fields: dict) -> dict:
     every layer it matched (an auto_po2 scale of one layer's shape, bits set on one layer
     changing all)."""
     return {f: copy.deepcopy(v) if isinstance(v, nn.Module) else v for f, v in fields.items()}
-
-
-# QKeras's folded layer types: their keys select the Linear / Conv2d of a folded pair
-FOLDED_KEYS = {"QDenseBatchnorm": nn.Linear, "DenseBatchnorm": nn.Linear,
-               "QConv2DBatchnorm": nn.Conv2d, "QConv2dBatchnorm": nn.Conv2d,
-               "Conv2DBatchnorm": nn.Conv2d}
-FOLD_ARGS = ("folding_mode", "ema_freeze_delay")  # QKeras's settings of a folded layer
 
 
 def _folded_key(config: QuantConfig, m: nn.Module):
