@@ -509,12 +509,12 @@ def _report(a) -> int:
     cfg, study = load_run(a.run, a.storage)  # (read once: a study of 10,000 trials takes s)
     rows = front_rows(cfg, study)
     print(format_table(rows, cfg, study.user_attrs.get("reference")))
+    from .storage import resume_advice, retried_numbers
+
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    retried = retried_numbers(trials)
     states = ["RETRIED" if t.number in retried else t.state.name for t in trials]
     if "COMPLETE" not in states:  # (its plots would be empty)
-        from .storage import resume_advice
-
         print(f"\nno trial of {a.run} has completed yet ({states.count('FAIL')} failed, "
               + (f"{states.count('RETRIED')} interrupted and queued again, "
                  if "RETRIED" in states else "")

@@ -110,10 +110,10 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     table = format_table(rows, config, study.user_attrs.get("reference"))
     limits = constraint_options(config)
     n_meet = sum(t.user_attrs.get("feasible") is not False for t in done)
+    from .storage import resume_advice, retried_numbers
+
     trials = study.get_trials(deepcopy=False)
-    # a trial that was interrupted (Ctrl-C, a killed worker) is failed and queued again
-    # (`retry_of`): it was counted as failed
-    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    retried = retried_numbers(trials)  # (interrupted ones were counted as failed)
     ended = ["retried" if t.number in retried else t.state for t in trials
              if t.state in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
              and not t.user_attrs.get("overflow")]  # (overflow trials never trained)
@@ -133,8 +133,6 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
                   for t in trials)
     unfinished = ""
     if counted < total:  # (a killed or still running search's report looked finished)
-        from .storage import resume_advice
-
         unfinished = f" The search has not finished: {resume_advice(study)}."
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>

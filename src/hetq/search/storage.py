@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import re
 import socket
 import threading
 import zlib
@@ -44,26 +43,31 @@ def check_storage_exists(storage: str | None) -> None:
     path created an empty database, then said there was no study in it)."""
     if storage is None:
         return
-    if storage.endswith(".journal") or storage.startswith("journal:"):
-        path = Path(storage.removeprefix("journal:"))
-    elif storage.startswith("sqlite:///"):
+    path = _journal_file(storage)
+    if path is None and storage.startswith("sqlite:///"):
         path = Path(storage.removeprefix("sqlite:///"))
-    else:
-        return
-    if not path.is_file():
+    if path is not None and not path.is_file():
         raise ValueError(f"--storage {storage}: there is no {path}; start the search there "
                          "first (`hetq search --storage ...`)")
 
 
+def _journal_file(storage: str) -> Path | None:
+    """The journal file a --storage names (a path ending in .journal, or journal:PATH), or
+    None for a database URL."""
+    if storage.endswith(".journal") or storage.startswith("journal:"):
+        return Path(storage.removeprefix("journal:"))
+    return None
+
+
 def make_storage(storage: str | None, out_dir: str | Path | None = None):
     """An Optuna storage from a URL, a journal path, or None (journal file in `out_dir`)."""
-    if storage is None or storage.endswith(".journal") or storage.startswith("journal:"):
+    if storage is None or _journal_file(storage) is not None:
         if storage is None:
             if out_dir is None:
                 raise ValueError("no storage given and no run folder to put a journal file in")
             path = journal_path(out_dir)
         else:
-            path = Path(storage.removeprefix("journal:"))
+            path = _journal_file(storage)
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
@@ -274,25 +278,21 @@ def resume_advice(study: optuna.Study) -> str:
         return (f"its search is still running ({n} trial{'s' * (n != 1)} in progress); try "
                 "again when some have finished")
     trials = study.get_trials(deepcopy=False)
-    failed = [(t.number, _error(t)) for t in trials
-              if t.state == TrialState.FAIL and _error(t)]
+    # (the error each failed trial keeps: `run_worker` and the population batches set it)
+    failed = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("error")]
     if failed and not any(t.state == TrialState.COMPLETE for t in trials):
         # (a rerun was the advice, and it fails the same way)
-        number, error = failed[-1]
-        return (f"{len(failed)} of its trials failed (trial {number}: {error}); a rerun "
-                "with the same settings fails the same way: change them (a lower --lr, say) "
-                "in another --out")
+        t = failed[-1]
+        return (f"{len(failed)} of its trials failed (trial {t.number}: "
+                f"{t.user_attrs['error']}); a rerun with the same settings fails the same "
+                "way: change them (a lower --lr, say) in another --out")
     return "rerun the same `hetq search` command to resume it"
 
 
-def _error(t) -> str | None:
-    """Why trial `t` failed: hetq's note, or Optuna's (a trial's exception), first line."""
-    why = t.user_attrs.get("error") or t.system_attrs.get("fail_reason")
-    if not why:
-        return None
-    why = str(why).strip().splitlines()[0]
-    found = re.search(r"failed because of the following error: (.*)$", why)
-    return found[1] if found else why
+def retried_numbers(trials) -> set[int]:
+    """The numbers of the trials that were interrupted (Ctrl-C, a killed worker), failed and
+    queued again: a later trial names each as its `retry_of`."""
+    return {t.user_attrs.get("retry_of") for t in trials} - {None}
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
