@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import signal
 from pathlib import Path
 
@@ -20,7 +19,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     from ..cli import interrupts_save, saved_after_interruption
     from ..data import get_dataset
     from ..train import evaluate, fit
-    from ..train.checkpoint import check_new, save
+    from ..train.checkpoint import check_new, in_folder, save
     from ..train.report import metrics_table
     from .driver import model_kwargs
     from .space import Candidate
@@ -29,9 +28,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     number = trial_number(study, number, run)
     model = study_trial_model(run, config, study, number)  # (refuses a trial not there)
     name = f"retrain_{number:05d}.pt"
-    if out and (Path(out).is_dir() or str(out).endswith(("/", os.sep))):
-        out = Path(out) / name  # (`--out dir/` wrote a file named dir, as ptq does not)
-    path = check_new(Path(out) if out else Path(run) / name, overwrite=overwrite)
+    path = check_new(in_folder(out, name) if out else Path(run) / name, overwrite=overwrite)
     t = study_trial(study, number)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
     data = get_dataset(config.data)

@@ -4,6 +4,7 @@ weights, data normalisation, task and metrics. `load(path)` rebuilds the model."
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,13 @@ def check_new(path: str | Path, *, overwrite: bool = False, option: str = "--out
         raise ValueError(f"{path} already exists (from an earlier run); give another {option}, "
                          f"or {hint} to replace it")
     return path
+
+
+def in_folder(out: str | Path, name: str) -> Path:
+    """`out`, or `out/name` where `out` names a folder: an existing one, or a new one given
+    with a trailing slash (`--out new/` wrote a file named new)."""
+    folder = Path(out).is_dir() or str(out).endswith(("/", os.sep))
+    return Path(out) / name if folder else Path(out)
 
 
 def _write(path: str | Path, ckpt: dict) -> Path:

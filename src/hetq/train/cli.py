@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -127,7 +126,7 @@ def _task(args, ckpt: dict | None = None):
         twice = sorted({c for c in names if names.count(c) > 1})
         raise ValueError(f"--background {','.join(background)!r}: {', '.join(twice)} given "
                          "twice")
-    return get_task("anomaly", background=tuple(c.strip() for c in background))
+    return get_task("anomaly", background=tuple(names))
 
 
 def _task_extra(task) -> dict | None:
@@ -268,16 +267,15 @@ def _ptq(a) -> int:
     from ..data import get_dataset_for
     from ..quant.convert import quantize_model
     from ..quant.layers import QLayer
-    from .checkpoint import build_from, check_new, read, save
+    from .checkpoint import build_from, check_new, in_folder, read, save
     from .loop import check_model_fits, evaluate, resolve_device
     from .ptq import ptq_config
     from .report import metrics_table
 
     resolve_device(a.device)  # (it evaluates there; calibration runs on the CPU)
     src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
-    out = Path(a.out) if a.out else (src / name if src.is_dir() else src.with_name(name))
-    folder = out.is_dir() or (a.out or "").endswith(("/", os.sep))  # (--out new/: a folder)
-    out = check_new(out / name if folder else out, overwrite=a.overwrite)
+    out = a.out or (src / name if src.is_dir() else src.with_name(name))
+    out = check_new(in_folder(out, name), overwrite=a.overwrite)
     ckpt = read(a.checkpoint)
     model = build_from(ckpt, a.checkpoint)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
