@@ -47,7 +47,7 @@ def widths_kwargs(name: str, widths) -> dict:
     return {"widths": widths}
 
 
-MAX_WEIGHTS = 2 * 10**8  # (as a width search's widest model)
+MAX_WEIGHTS = 2 * 10**8  # the largest model --model-widths or a width search may build
 
 
 def data_kwargs(name: str, data) -> dict:

@@ -59,6 +59,7 @@ def _type_problem(annotation: str, value) -> str | None:
 
 MAX_PRIOR_CONFIGS = 1000
 
+
 @dataclass
 class SearchConfig:
     """Settings of one search (defaults: the paper's energy-goal AutoQKeras run)."""

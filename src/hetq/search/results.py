@@ -97,6 +97,7 @@ def _check_settings_file(out: Path, config: SearchConfig, study: optuna.Study) -
             "({settings}); restore it (rerunning the same `hetq search` command writes it "
             "again)", other, item="{name}: {new} in the file, {old} in the study")
 
+
 def pareto_rows(out: str | Path, storage: str | None = None) -> list[dict[str, Any]]:
     """Rows of the (metric, cost) Pareto front of finished trials, cheapest first."""
     return front_rows(*load_run(out, storage))
@@ -152,12 +153,13 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
                          f"report {sh(out)}` shows their metrics and costs)")
-    # the best of the trials that meet the constraints, as the table marks it: Optuna's
-    # best_trial knows them only through a sampler's constraints_func, which the random and
-    # grid samplers lack (retrain took a trial of 7.1x under --min-reduction 10)
-    pool = [t for t in done if t.user_attrs.get("feasible") is not False]
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(pool, key=lambda t: t.value).number
+    # the best of the trials that meet the constraints, as the table marks it and a block
+    # freezes it: Optuna's best_trial knows them only through a sampler's constraints_func,
+    # which the random and grid samplers lack (retrain took a trial of 7.1x under
+    # --min-reduction 10)
+    from .driver import block_best
+
+    return block_best(done, "forgiving").number  # (the one single objective)
 
 
 def trial_model(out: str | Path, number: int | str, storage: str | None = None):

@@ -448,12 +448,9 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-MAX_WIDTH_WEIGHTS = MAX_WEIGHTS  # weights of the widest model a width search may build
-
-
 def _check_widest(model: nn.Module, tunable: list[str], widest: float) -> None:
     """ValueError when every tunable layer at the largest multiplier makes a model of more
-    than MAX_WIDTH_WEIGHTS weights (--width-multipliers 1000 was killed for memory after
+    than MAX_WEIGHTS weights (--width-multipliers 1000 was killed for memory after
     the float model's training)."""
     total, scale_in = 0, 1.0
     for name, m in model.named_modules():
@@ -463,9 +460,9 @@ def _check_widest(model: nn.Module, tunable: list[str], widest: float) -> None:
         scale_out = new_width(w.shape[0], widest) / w.shape[0] if name in tunable else 1.0
         total += int(w.numel() * scale_in * scale_out)
         scale_in = scale_out
-    if total > MAX_WIDTH_WEIGHTS:
+    if total > MAX_WEIGHTS:
         raise ValueError(f"width multiplier {widest:g} makes a model of about {total:.3g} "
-                         f"weights (at most {MAX_WIDTH_WEIGHTS:.0e}); give smaller "
+                         f"weights (at most {MAX_WEIGHTS:.0e}); give smaller "
                          "--width-multipliers")
 
 
