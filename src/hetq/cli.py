@@ -318,8 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     #                       python -m hetq.search.worker's argv gave `hetq --out X`)
     words = sys.argv[1:] if argv is None else list(argv)
     files.COMMAND = ["hetq", *words]
-    # (a worker ends at once on SIGTERM, see _main: from the start, not only once parsed)
-    signals = () if words[:1] == ["worker"] else (signal.SIGTERM,)
+    signals = (signal.SIGTERM,)
+    if words[:1] == ["worker"]:
+        signals = ()  # a worker ends at once on SIGTERM (its search stops it so), from the
+        # start: raised as Ctrl-C it could land inside Optuna's journal lock and leave that
+        # broken; its running trial is failed and retried by the next worker or resumed search
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         with surviving_closed_output(), interrupts_save(signals):
             return _main(argv)
@@ -341,11 +346,6 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command == "worker" and threading.current_thread() is threading.main_thread():
-        # a worker ends at once on SIGTERM (its search stops it so), as before: raised as
-        # Ctrl-C it could land inside Optuna's journal lock and leave that broken; its
-        # running trial is failed and retried by the next worker or resumed search
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     shown = warnings.formatwarning  # warnings as one line each, like the errors
     warnings.formatwarning = lambda message, category, *_a, **_k: (
         f"hetq {args.command}: warning: {message}\n")
