@@ -787,12 +787,23 @@ def test_input_shape_inference_of_separable_and_head_first_models_and_wide_names
         def forward(self, x):
             return self.out(torch.relu(self.body(x)))
 
-    with pytest.raises(ValueError, match=r"^cannot infer the input shape: the model does not "
-                                         r"run on \(8,\), the inputs of its first dense layer; "
-                                         r"pass input_shape \(CLI: --input-shape\)$"):
-        cost(HeadFirst())
+    # the head's 8 inputs do not fit; the body's 16 do (it failed on the head's alone)
+    assert infer_input_shape(HeadFirst()) == (16,)
     with pytest.warns(UserWarning, match="does more than call its layers"):
-        assert cost(HeadFirst(), (16,)).summary()["energy_pj"] > 0
+        assert cost(HeadFirst()).summary() == cost(HeadFirst(), (16,)).summary()
+
+    class Cut(nn.Module):  # runs on no dense layer's input size
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x[:, :3])
+
+    with pytest.raises(ValueError, match=r"^cannot infer the input shape: the model runs on "
+                                         r"none of its dense layers' input sizes \(4\); pass "
+                                         r"input_shape \(CLI: --input-shape\)$"):
+        cost(Cut())
     g = nn.Sequential(QConv2d(1, 4, 3, kernel_quantizer="quantized_bits(4,0,1)"),
                       QGlobalAveragePooling2d(), nn.Linear(4, 2))
     lines = cost(g, (1, 6, 6)).table().splitlines()
@@ -800,3 +811,17 @@ def test_input_shape_inference_of_separable_and_head_first_models_and_wide_names
     col = head.index("precision")
     assert all(r[col - 1] == " " and r[col] != " " for r in rows), lines[:5]
     assert rows[1].split()[1] == "QGlobalAveragePooling2d"
+
+
+def test_memory_settings_are_checked():
+    """min_sram_size=-5 and nan were taken as 0, rd_wr_on_io='yes' as True; a misspelt
+    placement failed only where a layer used it."""
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    for kw, msg in ((dict(min_sram_size=-5), "min_sram_size=-5; expected a number of bits >= 0"),
+                    (dict(min_sram_size=math.nan), "min_sram_size=nan; expected"),
+                    (dict(rd_wr_on_io="yes"), "rd_wr_on_io='yes'; expected True or False"),
+                    (dict(activations_on_memory="srm"),
+                     "activations_on_memory='srm'; expected 'sram', 'dram' or 'fixed'")):
+        with pytest.raises(ValueError, match="^" + re.escape(msg)):
+            cost(m, **kw)
+    assert cost(m, min_sram_size=2 ** 20).summary()["energy_pj"] > cost(m).summary()["energy_pj"]

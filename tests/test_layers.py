@@ -769,3 +769,51 @@ def test_tied_modules_by_any_name_and_one_layer_models_follow_the_same_rules():
                                          r"up folded batch norms"):
         quantize_model(nn.Sequential(nn.Linear(4, 3)), {"Dense": {
             "kernel_quantizer": "quantized_bits(4,0,1)", "folding_mode": "batch_stats_folding"}})
+
+
+def test_a_folded_models_config_folds_again_without_the_flag():
+    """get_quantization_config of a folded model lost the folding: re-applied without
+    fold_batchnorm=True it made a QDense and a float BN, and load_state_dict failed on
+    '0.gamma' (the README's rebuild recipe)."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+    cfg = {"Linear": {"kernel": "quantized_bits(6,0,1)", "bias": "quantized_bits(6,0,1)"},
+           "ReLU": "quantized_relu(6,2)"}
+    m = quantize_model(net(), cfg, fold_batchnorm=True)
+    c = get_quantization_config(m)
+    assert c.to_dict()["0"] == {"kernel": "quantized_bits(6,0,1)",
+                                "bias": "quantized_bits(6,0,1)",
+                                "folding_mode": "ema_stats_folding"}
+    again = quantize_model(net(), c)
+    assert isinstance(again[0], QDenseBatchnorm) and isinstance(again[1], nn.Identity)
+    again.load_state_dict(m.state_dict())
+    x = torch.randn(6, 4)
+    assert torch.equal(again.eval()(x), m.eval()(x))
+    with pytest.raises(ValueError, match="^get_quantization_config needs a torch.nn.Module, "
+                                         "got dict"):
+        get_quantization_config({})
+
+
+def test_an_activation_quantizer_of_another_function_is_said():
+    """The quantizer is the activation (QKeras's QActivation): a relu quantizer on a Tanh
+    made it a ReLU, a LeakyReLU lost its slope and a Softmax was dropped, all silently.
+    Quantizers of no particular function (binary, quantized_bits: the search's choices)
+    and matching ones are not said."""
+    m = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.125), nn.Linear(8, 8), nn.Tanh(),
+                      nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3), nn.Softmax(dim=1))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        quantize_model(m, {"Activation": "quantized_relu(6,2)"})
+    assert [str(x.message).split(":")[0] for x in w] == [
+        "layer '1' (LeakyReLU)", "layer '3' (Tanh)", "layer '7' (Softmax)"]
+    assert "gives this LeakyReLU(negative_slope=0.125) the slope 0.0" in str(w[0].message)
+    assert "makes this tanh a relu" in str(w[1].message)
+    assert "replaces the softmax" in str(w[2].message)
+    assert all(x.filename == __file__ for x in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_model(m, {"ReLU": "binary()", "Tanh": "quantized_tanh(4)",
+                           "LeakyReLU": "quantized_relu(6,2,negative_slope=0.125)",
+                           "Linear": {"kernel": "quantized_bits(4,0,1)"}})

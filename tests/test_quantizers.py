@@ -525,6 +525,11 @@ def test_numpy_arrays_lists_and_numbers_are_quantized():
     with pytest.raises(ValueError, match=r"scale_axis=5 is not an axis of a 2-d tensor "
                                          r"\(expected -2 to 1\)"):
         q("quantized_bits(4,0,alpha='auto_po2',scale_axis=5)")(torch.randn(3, 4))
+    # a 1-d tensor (one scale) took any scale_axis without a word
+    with pytest.raises(ValueError, match=r"scale_axis=5 is not an axis of a 1-d tensor "
+                                         r"\(expected -1 to 0\)"):
+        q("quantized_bits(4,0,1,alpha='auto',scale_axis=5)")(torch.randn(7))
+    assert q("quantized_bits(4,0,1,alpha='auto',scale_axis=-1)")(torch.randn(7)).shape == (7,)
 
 
 def test_equality_compares_arguments():

@@ -1896,3 +1896,61 @@ def test_model_widths_too_large_to_build_are_refused_up_front(capsys):
     assert capsys.readouterr().err == (
         "hetq cost: error: --model-widths 100000 100000 makes a model of about 1e+10 weights "
         "(at most 2e+08); give smaller widths\n")
+
+
+def test_python_api_arguments_are_checked_before_any_work(jets, tmp_path):
+    """evaluate's batch_size was unchecked (0: 'range() arg 3 must not be zero', -1: a numpy
+    AxisError from the metrics); save_module stored anything (a dict failed only at load,
+    data=np.zeros at save with an AttributeError) and save/save_module kept a misspelt
+    task; Classify/Anomaly took fpr=5 (a TPR of 1.0) and nan; a float16 model 'diverged'
+    whatever the learning rate; a frozen model and a meta-device one failed inside torch."""
+    from torch import nn
+
+    from hetq.train import save_module
+
+    model = build("jet_mlp")
+    for bs, why in ((0, "must be >= 1, got 0"), (-1, "must be >= 1, got -1"),
+                    (2.5, "must be a whole number, got 2.5")):
+        with pytest.raises(ValueError, match=f"^batch_size {re.escape(why)}"):
+            evaluate(model, jets, batch_size=bs)
+    with pytest.raises(ValueError, match="^save_module needs a torch.nn.Module, got dict"):
+        save_module(tmp_path / "x.pt", {"a": 1})
+    with pytest.raises(ValueError, match="^data must be the hetq Dataset .* got ndarray$"):
+        save_module(tmp_path / "y.pt", model, data=np.zeros(3))
+    for fn in (save_module, lambda p, m, task: save(p, m, model_name="jet_mlp", task=task)):
+        with pytest.raises(ValueError, match=r"^task='anomly'; expected 'classify' or 'anomaly'$"):
+            fn(tmp_path / "z.pt", model, task="anomly")
+    assert not list(tmp_path.iterdir())
+    for task in (Classify, Anomaly):
+        for fpr in (5, -0.5, float("nan"), 0, True):
+            with pytest.raises(ValueError, match=r"^fpr=.*; expected a false-positive rate "
+                                                 r"between 0 and 1"):
+                task(fpr=fpr)
+    with pytest.raises(ValueError, match="^fit: the model is float16, .* model.float"):
+        fit(build("jet_mlp").half(), jets, epochs=1, progress=False)
+    frozen = build("jet_mlp").requires_grad_(False)
+    with pytest.raises(ValueError, match="^fit: the Sequential has no trainable parameters"):
+        fit(frozen, jets, epochs=1, progress=False)
+    with torch.device("meta"):
+        meta = nn.Sequential(nn.Linear(16, 5))
+    for fn, who in ((lambda: fit(meta, jets, epochs=1, progress=False), "fit"),
+                    (lambda: evaluate(meta, jets), "evaluate"),
+                    (lambda: hetq.cost.cost(meta), "cost")):
+        with pytest.raises(ValueError, match=rf"^{who}: the model's tensors are on the 'meta' "
+                                             r"device .* the first: 0.weight\)"):
+            fn()
+
+
+def test_a_softmax_at_the_end_of_a_classifier_is_said(jets):
+    """A model ending in nn.Softmax trained silently on the cross-entropy of probabilities
+    (loss 1.32 where the same model without it reached 1.00)."""
+    from torch import nn
+
+    with pytest.warns(UserWarning, match=r"^classify task: the model's outputs are "
+                                         r"probabilities .* remove the softmax"):
+        evaluate(nn.Sequential(build("jet_mlp"), nn.Softmax(dim=1)), jets)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate(build("jet_mlp"), jets)  # logits: no warning

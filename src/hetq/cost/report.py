@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +116,19 @@ def infer_input_shape(model: nn.Module, check: bool = True):
 
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            if check and not _accepts(model, (m.in_features,)):  # (a head defined first)
-                raise ValueError(f"cannot infer the input shape: the model does not run on "
-                                 f"({m.in_features},), the inputs of its first dense layer; "
-                                 "pass input_shape (CLI: --input-shape)")
-            return (m.in_features,)
+            if not check:
+                return (m.in_features,)
+            # the first dense layer defined need not be the first called (a head defined
+            # first): every dense layer's input size in turn
+            sizes = dict.fromkeys(d.in_features for d in model.modules()
+                                  if isinstance(d, nn.Linear))
+            fits = next((n for n in sizes if _accepts(model, (n,))), None)
+            if fits is None:
+                raise ValueError(f"cannot infer the input shape: the model runs on none of "
+                                 f"its dense layers' input sizes "
+                                 f"({', '.join(map(str, sizes))}); pass input_shape "
+                                 "(CLI: --input-shape)")
+            return (fits,)
         if isinstance(m, (nn.Conv2d, QSeparableConv2d)):
             fits = [s for s in range(1, 65) if _accepts(model, (m.in_channels, s, s))]
             if len(fits) == 1:
@@ -156,6 +165,21 @@ def _named_type(q, what: str):
     return t
 
 
+def _check_memory(weights_on_memory, activations_on_memory, min_sram_size, rd_wr_on_io):
+    """ValueError for a memory setting `cost` would misread: a placement other than sram,
+    dram or fixed, a negative or non-finite min_sram_size (-5 and nan were taken as 0), a
+    non-bool rd_wr_on_io ('yes' was taken as True)."""
+    for name, v in (("weights_on_memory", weights_on_memory),
+                    ("activations_on_memory", activations_on_memory)):
+        if v not in ("sram", "dram", "fixed"):
+            raise ValueError(f"{name}={v!r}; expected 'sram', 'dram' or 'fixed'")
+    if isinstance(min_sram_size, bool) or not isinstance(min_sram_size, numbers.Real) or \
+            not 0 <= min_sram_size < math.inf:
+        raise ValueError(f"min_sram_size={min_sram_size!r}; expected a number of bits >= 0")
+    if not isinstance(rd_wr_on_io, bool):
+        raise ValueError(f"rd_wr_on_io={rd_wr_on_io!r}; expected True or False")
+
+
 def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", reference=None,
          reference_accumulator="int32", weights_on_memory="sram", activations_on_memory="sram",
          min_sram_size=0, rd_wr_on_io=False, float_as=None) -> CostReport:
@@ -177,11 +201,12 @@ def cost(model: nn.Module, input_shape=None, *, source_quantizer="int8", referen
             default): unquantized layers and quantizers cost as fp32, a deliberate difference
             from QTools, which costs them as quantized_bits(8,0,1).
     """
-    check_module(model, "cost")
+    check_module(model, "cost", values=True)
     if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
         import copy  # (a model left on the GPU by fit: the counts are made on the CPU)
 
         model = copy.deepcopy(model).cpu()
+    _check_memory(weights_on_memory, activations_on_memory, min_sram_size, rd_wr_on_io)
     input_shape = infer_input_shape(model) if input_shape is None else as_input_shape(input_shape)
     s = Settings(_named_type(source_quantizer, "source_quantizer"),
                  _named_type(reference, "reference") if reference else None,

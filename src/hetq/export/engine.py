@@ -350,7 +350,7 @@ class IntegerModel:
     """
 
     def __init__(self, model: nn.Module, input_shape, input_type: FixedType | str | None = None):
-        check_module(model, "IntegerModel")
+        check_module(model, "IntegerModel", values=True)
         self.input_shape = as_input_shape(input_shape)
         # float64 copy: the reference computation and the source of the integer weights
         self.model = copy.deepcopy(model).double().eval()

@@ -547,10 +547,19 @@ def eval_mode(model: nn.Module):
         model.train(was)
 
 
-def check_module(model: Any, who: str) -> nn.Module:
+def check_module(model: Any, who: str, values: bool = False) -> nn.Module:
     """`model` if it is a torch module; else a ValueError naming `who` and what it got (a
-    zoo name is pointed to `hetq.build`)."""
+    zoo name is pointed to `hetq.build`). values: `who` computes with the weights, so a
+    model on the 'meta' device (shapes only) is a ValueError too (torch's own was "Cannot
+    copy out of meta tensor" from deep inside)."""
     if isinstance(model, nn.Module):
+        if values:
+            meta = next((n for n, t in (*model.named_parameters(), *model.named_buffers())
+                         if t.is_meta), None)
+            if meta is not None:
+                raise ValueError(f"{who}: the model's tensors are on the 'meta' device (shapes "
+                                 f"without values; the first: {meta}); give them values first, "
+                                 "e.g. model.to_empty(device='cpu') and load_state_dict")
         return model
     hint = f"; build one with hetq.build({model!r})" if isinstance(model, str) else ""
     raise ValueError(f"{who} needs a torch.nn.Module, got {type(model).__name__}{hint}")

@@ -412,7 +412,9 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
         _check_fields(name, m, f, ("activation",))
         if g("activation") is None:
             return None
-        return _finish(name, m, QActivation(g("activation")))
+        new = QActivation(g("activation"))
+        _warn_function_change(name, m, new.quantizers.get("activation"))
+        return _finish(name, m, new)
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         allowed = ("gamma", "beta", "mean", "variance", "inverse")
         _check_fields(name, m, f, allowed)
@@ -443,6 +445,39 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
                          "before quantizing: its weights would be lost")
     new.load_state_dict(state, strict=False)
     return _finish(name, m, new)
+
+
+def _warn_function_change(name: str, m: nn.Module, q) -> None:
+    """A warning when the quantizer replacing activation `m` computes another function: the
+    quantizer is the activation (as in QKeras's QActivation), so a relu quantizer on a Tanh
+    made it a ReLU, and a LeakyReLU lost its slope, without a word. Quantizers that are no
+    particular function (quantized_bits, po2, binary, ternary: the search's activation
+    choices) are not said."""
+    from .activations import quantized_sigmoid, quantized_tanh
+    from .fixed_point import quantized_hswish, quantized_relu
+    from .po2 import quantized_relu_po2
+
+    kind = {nn.ReLU: "relu", nn.ReLU6: "relu", nn.LeakyReLU: "relu", nn.Tanh: "tanh",
+            nn.Sigmoid: "sigmoid", nn.Hardswish: "hard swish", nn.Softmax: "softmax"}
+    have = kind.get(type(m))
+    if isinstance(q, (quantized_relu, quantized_relu_po2)) and not isinstance(q, quantized_hswish):
+        gets = "relu"
+    else:
+        gets = next((k for c, k in ((quantized_hswish, "hard swish"), (quantized_tanh, "tanh"),
+                                     (quantized_sigmoid, "sigmoid")) if isinstance(q, c)), None)
+    why = None
+    if have == "softmax":
+        why = "replaces the softmax (its output is the quantized input, no softmax)"
+    elif have and gets and have != gets:
+        why = f"makes this {have} a {gets}"
+    elif isinstance(m, nn.LeakyReLU) and gets == "relu" and \
+            float(getattr(q, "negative_slope", 0) or 0) != m.negative_slope:
+        why = (f"gives this LeakyReLU(negative_slope={m.negative_slope}) the slope "
+               f"{float(getattr(q, 'negative_slope', 0) or 0)}")
+    if why:
+        warnings.warn(f"layer {name!r} ({type(m).__name__}): the quantizer {q} {why}; the "
+                      "quantizer is the activation function (as QKeras's QActivation)",
+                      stacklevel=4)
 
 
 def _finish(name: str, m: nn.Module, new: nn.Module) -> nn.Module:
@@ -575,7 +610,10 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         float_model: any nn.Module tree (Sequential or custom modules).
         config: QuantConfig, dict, or a path to a .yaml/.json file.
         fold_batchnorm: Linear/Conv2d followed by BatchNorm in a Sequential become one
-            QDenseBatchnorm/QConv2dBatchnorm (the BatchNorm is replaced by Identity).
+            QDenseBatchnorm/QConv2dBatchnorm (the BatchNorm is replaced by Identity). Without
+            it, only the layers whose exact-name entry has a folding setting (`folding_mode`
+            or `ema_freeze_delay`, as `get_quantization_config` writes for a folded layer)
+            are folded.
         inplace: modify `float_model` itself instead of a deep copy.
     """
     check_module(float_model, "quantize_model")
@@ -599,7 +637,9 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     # converted under its first name only, the other use left float and untied
     modules = dict(model.named_modules(remove_duplicate=False))
     names = set(modules)
-    folds = _fold_pairs(model, config) if fold_batchnorm else {}
+    folds = _fold_pairs(model, config)
+    if not fold_batchnorm:  # only layers whose own entry is a folded one's (folding_mode...)
+        folds = {n: p for n, p in folds.items() if n in config.fold_args}
     folded_bns = {bn: lin for lin, (bn, _) in folds.items()}
     for bn, lin in folded_bns.items():
         if bn in config.entries:  # (it was dropped, said as 'another key takes precedence')
@@ -770,7 +810,9 @@ def _unused(key: str, modules: dict[str, nn.Module]) -> str:
 
 def get_quantization_config(model: nn.Module) -> QuantConfig:
     """The model's quantizers as a QuantConfig keyed by layer name (re-applying it to the
-    float model reproduces `model`'s quantizers)."""
+    float model reproduces `model`'s quantizers; a folded batch norm's entry has its
+    `folding_mode`, so it is folded again)."""
+    check_module(model, "get_quantization_config")
     entries = {}
     for name, m in model.named_modules():
         if isinstance(m, QLayer) and name:
@@ -778,9 +820,8 @@ def get_quantization_config(model: nn.Module) -> QuantConfig:
                       and not isinstance(q, Activation)}
             fields.update({f: str(q) for f, q in m.quantizers.items()
                            if isinstance(q, Activation)})
-            if isinstance(m, _FoldedBatchnorm):  # (its settings, where they are not defaults)
-                if m.folding_mode != "ema_stats_folding":
-                    fields["folding_mode"] = m.folding_mode
+            if isinstance(m, _FoldedBatchnorm):  # its settings: the entry folds the layer
+                fields["folding_mode"] = m.folding_mode  # (again, without fold_batchnorm)
                 if m.ema_freeze_delay is not None:
                     fields["ema_freeze_delay"] = m.ema_freeze_delay
             if fields:

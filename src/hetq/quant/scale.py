@@ -21,11 +21,13 @@ def reduce_axes(x: torch.Tensor, scale_axis: int | None) -> tuple[int, ...] | No
     output channels), so the reduction runs over all other axes. `scale_axis` overrides the
     channel axis (QKeras uses the last axis, so pass `scale_axis=-1` for Keras-shaped data).
     """
-    if x.dim() <= 1:
+    if x.dim() == 0:
         return None
     if scale_axis is not None and not -x.dim() <= scale_axis < x.dim():
         raise ValueError(f"scale_axis={scale_axis} is not an axis of a {x.dim()}-d tensor "
                          f"(expected {-x.dim()} to {x.dim() - 1})")  # (it wrapped around)
+    if x.dim() == 1:  # (checked first: a 1-d tensor took any scale_axis without a word)
+        return None
     axis = 0 if scale_axis is None else scale_axis % x.dim()
     # negative axes, so that the reduction still means the same axes of x when a tensor-valued
     # parameter (e.g. bits of shape [K, 1, 1]) adds leading population dimensions

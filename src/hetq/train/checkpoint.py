@@ -42,7 +42,8 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
     from ..quant.base import check_module
     from ..quant.convert import QuantConfig, get_quantization_config
 
-    check_module(model, "save")
+    check_module(model, "save", values=True)
+    _check_extras(data, task)
     if quant_config == "auto":
         qc = get_quantization_config(model).to_dict()
     elif quant_config is None:
@@ -61,6 +62,16 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
     }
     _check_rebuilds(ckpt, model)
     return _write(path, ckpt)
+
+
+def _check_extras(data, task) -> None:
+    """ValueError unless `data` is None or a Dataset (its normalisation is stored) and `task`
+    a task name `load` knows (a misspelt one was stored, and evaluating failed later)."""
+    if data is not None and not callable(getattr(data, "normalization", None)):
+        raise ValueError(f"data must be the hetq Dataset the model was trained on (its "
+                         f"standardisation is stored) or None, got {type(data).__name__}")
+    if task not in ("classify", "anomaly"):
+        raise ValueError(f"task={task!r}; expected 'classify' or 'anomaly'")
 
 
 def load_problem(e: Exception) -> str:
@@ -128,7 +139,10 @@ def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict 
     """Checkpoint of a model that no registry name rebuilds (e.g. per-weight bit-widths from
     the gradient strategy): the module itself is stored (pickled; load only trusted files)."""
     from .. import __version__
+    from ..quant.base import check_module
 
+    check_module(model, "save_module", values=True)
+    _check_extras(data, task)
     ckpt = {"format": FORMAT, "hetq_version": __version__, "model": None, "module": model,
             "normalization": data.normalization() if data is not None else None,
             "task": task, "metrics": metrics or {}, **(extra or {})}

@@ -202,7 +202,8 @@ def evaluate(model, data, split: str = "test", task=None, device=None,
     'jets-sim'): the task's metrics plus `loss`. device: where to run (the model is moved
     there); None: where the model is (it used to be "cpu", which moved a GPU model off its
     GPU as a side effect)."""
-    check_module(model, "evaluate")
+    check_module(model, "evaluate", values=True)
+    check_counts(batch_size=batch_size)
     data = as_dataset(data)
     task = task or Classify()
     if device is None:
@@ -256,7 +257,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             command can still save what was trained. Off for callers that must stop (a search
             trial must not complete half-trained).
     """
-    check_module(model, "fit")
+    check_module(model, "fit", values=True)
     check_counts(epochs=epochs, batch_size=batch_size)
     check_seed(seed)
     check_hyperparameters(lr, weight_decay, patience)
@@ -264,9 +265,18 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     task = task or Classify()
     dev = resolve_device(device)
     model.to(dev)
-    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev, _float_dtype(model))
-    check_model_fits(model, Xtr, task, data)
+    dtype = _float_dtype(model)
+    if dtype == torch.float16:
+        raise ValueError("fit: the model is float16, whose range and precision are too small "
+                         "for training without loss scaling (it diverged after the first "
+                         "step, whatever the learning rate); train it in float32 (or "
+                         "bfloat16) and convert afterwards: model.float()")
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"fit: the {type(model).__name__} has no trainable parameters (all "
+                         "have requires_grad=False); unfreeze some, or evaluate it instead")
+    Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev, dtype)
+    check_model_fits(model, Xtr, task, data)
     if optimizer == "adam":
         opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     elif optimizer == "adamw":

@@ -10,26 +10,45 @@ Losses and metrics are plain callables, so a search can optimise any metric a ta
 
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from .metrics import auc, classification_metrics, log_odds, tpr_at_fpr
 
 
+def check_fpr(fpr) -> float:
+    """`fpr` as a float if it is a false-positive rate strictly between 0 and 1 (the TPR
+    metrics' working point); else a ValueError (fpr=5 gave a TPR of 1.0, nan gave nan)."""
+    if isinstance(fpr, bool) or not isinstance(fpr, numbers.Real) or not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr={fpr!r}; expected a false-positive rate between 0 and 1, "
+                         "e.g. 1e-2")
+    return float(fpr)
+
+
 class Classify:
+    """Classification: cross-entropy on the model's logits (one output per class, no softmax
+    in the model); metrics accuracy, per-class AUC and TPR at FPR = `fpr`."""
+
     name = "classify"
     primary = "accuracy"
 
     def __init__(self, fpr: float = 1e-2):
-        self.fpr = fpr
+        self.fpr = check_fpr(fpr)
 
     def select(self, X, y, split, classes=None):
+        """The samples of a split this task sees (all of them)."""
         return X, y
 
     def loss(self, out, x, y):
+        """Cross-entropy of the logits `out` against the labels `y`."""
         return F.cross_entropy(out, y)
 
     def scores(self, out, x):
+        """Per-class scores the metrics rank: the log-odds of the softmax of `out`."""
         return log_odds(out)  # (float64; the softmax probability's ranking, never saturated)
 
     def check_output(self, out, x, n_classes: int, named: bool = False) -> None:
@@ -40,18 +59,32 @@ class Classify:
             raise ValueError(f"classify task: the model gives outputs of shape "
                              f"{tuple(out.shape[1:])} per sample; the data has {n_classes} "
                              f"classes, so ({n_classes},) logits were expected")
+        p = out.detach().double()
+        if len(p) and bool(((p >= 0) & (p <= 1)).all()) and \
+                bool(torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype), atol=1e-4)):
+            warnings.warn("classify task: the model's outputs are probabilities (each row is "
+                          ">= 0 and sums to 1: a softmax at its end?); the loss is the "
+                          "cross-entropy of logits, so remove the softmax from the model "
+                          "(the metrics and the export apply it themselves)", stacklevel=2)
 
     def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
+        """Accuracy, per-class AUC and TPR at `fpr` (and their means) of `scores`."""
         return classification_metrics(scores, y, classes, self.fpr)
 
 
 class Anomaly:
+    """Anomaly detection with an autoencoder trained on the `background` classes only: the
+    loss is the reconstruction's mean squared error, the score of a sample its own; metrics
+    per signal class: efficiency at a background efficiency of `fpr`, and AUC."""
+
     name = "anomaly"
     primary = "sig_eff_mean"
 
     def __init__(self, background=("q", "g"), fpr: float = 1e-2):
+        if isinstance(background, str):
+            background = [c for c in background.split(",") if c]
         self.background = tuple(background)
-        self.fpr = fpr
+        self.fpr = check_fpr(fpr)
 
     def _bg_ids(self, classes):
         self.check_classes(classes)
@@ -76,9 +109,11 @@ class Anomaly:
         return X[keep], y[keep]
 
     def loss(self, out, x, y):
+        """Mean squared error of the reconstruction `out` of `x`."""
         return F.mse_loss(out, x)
 
     def scores(self, out, x):
+        """Each sample's mean squared reconstruction error (its anomaly score)."""
         # (float64: float16's squares overflow from an error of about 300 per element)
         return ((out.double() - x.double()) ** 2).flatten(1).mean(1)
 
@@ -90,6 +125,7 @@ class Anomaly:
                              f"{tuple(x.shape[1:])} to {tuple(out.shape[1:])}")
 
     def metrics(self, scores: np.ndarray, y: np.ndarray, classes) -> dict[str, float]:
+        """Background loss, and per signal class the efficiency at `fpr` and the AUC."""
         bg = np.isin(y, self._bg_ids(classes))
         # (evaluate adds "loss": the reconstruction loss over every sample of the split)
         out = {"bg_loss": float(scores[bg].mean()) if bg.any() else float("nan")}
@@ -111,6 +147,7 @@ class Anomaly:
 
 
 def get_task(name: str, **kw):
+    """The task called `name` ('classify' or 'anomaly'), made with the keywords `kw`."""
     if name == "classify":
         return Classify(**kw)
     if name == "anomaly":
