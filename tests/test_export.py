@@ -1057,14 +1057,43 @@ def test_a_cast_after_a_tiny_accumulator_does_not_abort_the_c_simulation(tmp_pat
     _, rep = export_hls4ml(eng, tmp_path / "hls", torch.randn(200, 4))
     assert str(eng.steps[1].out_type) == "ap_fixed<2,-6>"
     assert rep.line().endswith("mismatches     0  max |diff| 0  bit-exact")
-    # the widened types, and an input type that is itself too narrow is refused by name
+    # the widened types
     _, prec = layer_list(IntegerModel(tiny_accumulator_model(), (4,)))
     assert prec["layer_1"]["Precision"]["accum"] == "ap_fixed<6,-2>"  # was ap_fixed<2,-6>
     assert prec["layer_1"]["Precision"]["result"] == "ap_fixed<6,-2>"
-    with pytest.raises(ExportError, match=r"0: the input type ap_fixed<2,-6> has 5 fraction "
-                                          r"bits below .* give a wider --input-type"):
-        layer_list(IntegerModel(nn.Sequential(QActivation("quantized_bits(4,0,alpha=1)")),
-                                (4,), "ap_fixed<2,-6>"))
+
+
+def test_a_cast_after_a_cast_or_the_input_gets_a_widening_layer_of_its_own(tmp_path):
+    """A cast reading a rounding bit above the previous cast's top widened that cast's result
+    type, which moved its saturation bound: ap_ufixed<4,0> (top 0.9375) became
+    ap_ufixed<5,1> (top 1.9375), and the C simulation gave 140 of 500 samples wrong. Such a
+    cast, and one right after a too-narrow input type (refused before), now read through a
+    linear layer that only widens."""
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import export_hls4ml, layer_list
+
+    torch.manual_seed(0)
+    m = nn.Sequential(QDense(2, 2, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)",
+                             activation="quantized_relu(4,0)"),
+                      QActivation("quantized_relu(2,2)")).eval()
+    eng = IntegerModel(m, (2,), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+    layers, prec = layer_list(eng)
+    assert [(d["name"], d.get("activation")) for d in layers[2:]] == [
+        ("layer_0_activation", "relu"), ("layer_1_room", "linear"), ("layer_1", "relu")]
+    assert prec["layer_0_activation"]["Precision"]["result"] == \
+        "ap_ufixed<4,0,AP_RND_CONV,AP_SAT>"  # (it was widened to <5,1>)
+    assert prec["layer_1_room"]["Precision"]["result"] == "ap_ufixed<5,1,AP_RND_CONV,AP_SAT>"
+    x = torch.randn(500, 2) * 3
+    _, rep = export_hls4ml(eng, tmp_path / "hls", x)
+    assert rep.line().endswith("samples    500  mismatches     0  max |diff| 0  bit-exact")
+    narrow = IntegerModel(nn.Sequential(QActivation("quantized_bits(4,0,alpha=1)")), (4,),
+                          "ap_fixed<2,-6>")
+    layers, prec = layer_list(narrow)
+    assert [d["name"] for d in layers] == ["x_in", "layer_0_room", "layer_0"]
+    assert prec["layer_0_room"]["Precision"]["result"] == "ap_fixed<6,-2>"
+    _, rep = export_hls4ml(narrow, tmp_path / "hls2", torch.randn(200, 4) * 0.01)
+    assert rep.line().endswith("mismatches     0  max |diff| 0  bit-exact")
 
 
 def test_qonnx_per_feature_inputs_raw_all_negative_binary_weights_and_huge_input_fractions():

@@ -97,7 +97,12 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
             # relu for unsigned types (negative values saturate to 0 either way) and float
             # ReLU; a signed cast is hls4ml's linear activation with a result type
             act = "relu" if (step.kind == "relu" or not step.out_type.signed) else "linear"
-            _room_to_round(prec, prev, step)
+            room = _room_to_round(prec, prev, step)
+            if room is not None:  # a layer that only widens, between the two
+                rname = _unused_name(f"{name}_room", used)
+                layers.append({"class_name": "Activation", "name": rname,
+                               "activation": "linear", "n_in": width})
+                prec[rname] = {"Precision": {"result": str(room)}}
             layers.append({"class_name": "Activation", "name": name, "activation": act,
                            "n_in": width})
             prec[name] = {"Precision": {"result": str(step.out_type)}}
@@ -113,24 +118,38 @@ def layer_list(eng: IntegerModel) -> tuple[list[dict], dict]:
     return layers, prec
 
 
-def _room_to_round(prec: dict, prev: tuple, step) -> None:
-    """Widen the layer before a cast whose rounding reads a bit above the input type's top
-    (its fraction bits beyond the output's are at least its width: a layer whose weights all
-    quantize to 0 has an accumulator such as ap_fixed<2,-4>, cast to ap_fixed<4,1>): the
-    C simulation's ap_types then failed an assertion ('Attempting to read bit beyond MSB')
-    that killed the process. Sign extension to more integer bits keeps every value."""
+def _unused_name(name: str, used: set) -> str:
+    """`name`, or `name_2`, `name_3`, ... if it is taken; added to `used`."""
+    k, out = 1, name
+    while out in used:
+        k += 1
+        out = f"{name}_{k}"
+    used.add(out)
+    return out
+
+
+def _room_to_round(prec: dict, prev: tuple, step) -> FixedType | None:
+    """Room for a cast whose rounding reads a bit above its input type's top (its fraction
+    bits beyond the output's are at least its width: a layer whose weights all quantize to 0
+    has an accumulator such as ap_fixed<2,-4>, cast to ap_fixed<4,1>): the C simulation's
+    ap_types then failed an assertion ('Attempting to read bit beyond MSB') that killed the
+    process. A dense layer's accumulator is widened in place (sign extension to more
+    integer bits keeps every value); after the input or another cast the wider type is
+    returned, for a layer of its own between the two: widening a cast's result moved its
+    saturation bound (ap_ufixed<4,0> saturating at 0.9375 became ap_ufixed<5,1> at 1.9375,
+    and the C simulation disagreed with the model), and a wider input type would saturate
+    raw inputs differently."""
     name, keys, t = prev
     out = step.out_type
     if t is None or t.frac - out.frac < t.width:
-        return
-    if name == "x_in":  # (a wider input type would saturate raw inputs differently)
-        raise ExportError(f"{step.name}: the input type {t} has {t.frac - out.frac} fraction "
-                          f"bits below {out}'s but is only {t.width} bits wide, which the "
-                          "hls4ml C types cannot round; give a wider --input-type")
+        return None
     w = t.frac - out.frac + 1
     wide = FixedType(w, w - t.frac, t.signed, t.rounding, t.overflow)
+    if "accum" not in keys:
+        return wide
     for k in keys:
         prec[name]["Precision"][k] = str(wide)
+    return None
 
 
 def hls4ml_model(eng: IntegerModel, out_dir: str | Path, backend: str = "Vivado",
