@@ -66,6 +66,47 @@ def test_shift_codes_half_even_vectors():
     assert shift_codes(codes, 1, ft).tolist() == [0, 2, 2, 4, 0, -2, -2, 3]
 
 
+def _exact_cast(c: int, frac_in: int, ft: FixedType) -> int:
+    """The cast of code `c` (at `frac_in` frac bits) to `ft`, in exact rationals."""
+    import math
+    from fractions import Fraction
+
+    x = Fraction(c) * Fraction(2) ** (ft.frac - frac_in)
+    fl, half = math.floor(x), Fraction(1, 2)
+    r, neg = x - fl, x < 0
+    up = {"TRN": False, "TRN_ZERO": neg and r != 0, "RND": r >= half, "RND_MIN_INF": r > half,
+          "RND_INF": r > half or (r == half and not neg),
+          "RND_ZERO": r > half or (r == half and neg),
+          "RND_CONV": r > half or (r == half and fl % 2 == 1)}[ft.rounding]
+    y, lo, hi = fl + int(up), ft.min_code, ft.max_code
+    if ft.overflow == "WRAP":
+        return (y - lo) % (1 << ft.width) + lo
+    if ft.overflow == "SAT_ZERO":
+        return 0 if not lo <= y <= hi else y
+    return min(max(y, lo), hi)
+
+
+def test_shift_codes_of_any_shift_length_match_exact_arithmetic():
+    """Long shifts: codes * 2**s wrapped around int64 before the saturation (ap_fixed<8,60>
+    inputs cast to quantized_bits(8,0) gave 0 where they saturate at +-1, and a flipped
+    sign at ap_fixed<50,50>), and 1 << k for k >= 63 was an OverflowError traceback."""
+    import random
+
+    rng = random.Random(0)
+    modes = ["TRN", "TRN_ZERO", "RND", "RND_MIN_INF", "RND_INF", "RND_ZERO", "RND_CONV"]
+    for _ in range(600):
+        ft = FixedType(rng.randint(2, 53), rng.randint(-70, 70), rng.random() < 0.7,
+                       rng.choice(modes), rng.choice(["WRAP", "SAT", "SAT_SYM", "SAT_ZERO"]))
+        frac_in = rng.randint(-70, 120)
+        cs = [rng.randint(-(1 << 52), 1 << 52) >> rng.randint(0, 52) for _ in range(12)]
+        cs += [0, 1, -1, (1 << 52) - 1, -(1 << 52)]
+        got = shift_codes(torch.tensor(cs, dtype=torch.int64), frac_in, ft).tolist()
+        assert got == [_exact_cast(c, frac_in, ft) for c in cs], (ft, frac_in)
+    eng = IntegerModel(nn.Sequential(QActivation("quantized_bits(8,0)")).eval(), (1,),
+                       "ap_fixed<8,60,AP_RND_CONV,AP_SAT>")
+    assert eng(torch.tensor([[2.0 ** 58], [-2.0 ** 58]])).flatten().tolist() == [0.9921875, -1.0]
+
+
 # -- engine vs PyTorch -----------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["q6", "bf", "hetero"])
 def test_jet_mlp_bit_exact(preset):

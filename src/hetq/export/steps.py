@@ -21,11 +21,21 @@ class ExportError(ValueError):
 
 # -- integer casts ---------------------------------------------------------------------------
 def shift_codes(codes: torch.Tensor, frac_in: int, ft: FixedType) -> torch.Tensor:
-    """Codes at `frac_in` frac bits cast to `ft` (its rounding and overflow), exactly."""
+    """Codes at `frac_in` frac bits cast to `ft` (its rounding and overflow), exactly, for
+    codes below 2**60 in magnitude (types of up to 53 bits: `MAX_EXACT_BITS`). Shifts of
+    any length: codes * 2**s wrapped around int64 (ap_fixed<8,60> cast to
+    quantized_bits(8,0) gave 0 where it saturates at +-1), and 1 << k failed from k = 63."""
     k = frac_in - ft.frac
     if k <= 0:
-        y = codes * (1 << -k)
+        s = -k
+        if ft.overflow == "WRAP":  # only the low `width` bits of codes * 2**s are kept
+            y = (torch.remainder(codes, 1 << (ft.width - s)) * (1 << s) if s < ft.width
+                 else torch.zeros_like(codes))
+        else:  # a code this large saturates (or is zeroed) whatever its exact value
+            big = 1 << max(0, 61 - s)
+            y = codes.clamp(-big, big) * (1 << min(s, 61))
     else:
+        k = min(k, 62)  # (a longer shift rounds every code of < 2**60 the same way)
         q = torch.div(codes, 1 << k, rounding_mode="floor")
         r = codes - q * (1 << k)  # 0 <= r < 2**k
         half = 1 << (k - 1)
