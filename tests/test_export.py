@@ -1,5 +1,6 @@
 """Integer engine (exact vs PyTorch for every layer type), QONNX round trip, hls4ml C-sim."""
 
+import importlib.util
 import re
 import shutil
 from collections import OrderedDict
@@ -395,8 +396,27 @@ def test_unquantized_batchnorm_is_named():
     m = nn.Sequential(QDense(4, 4, kernel_quantizer="quantized_bits(6,1,alpha=1)",
                              bias_quantizer="quantized_bits(6,1,alpha=1)"), QBatchNorm(4))
     _warm_bn(m, (4,))
-    with pytest.raises(ExportError, match=r"1: batch-norm scale/shift are not on a fixed"):
+    with pytest.raises(ExportError, match=r"^1: the batch norm's beta and mean are float \(no "
+                                          r"quantizer\); give it beta_quantizer and "
+                                          r"mean_quantizer \(and an inverse_quantizer\)"):
         IntegerModel(m, (4,), IN16)
+    # an exact inverse but float beta and mean was exported with a 34-bit shift constant
+    def bn_model(**quantizers):
+        torch.manual_seed(0)
+        m = nn.Sequential(QActivation("quantized_bits(8,3)"),
+                          QBatchNorm(2, inverse_quantizer="quantized_bits(6,2,alpha=1)",
+                                     **quantizers))
+        _warm_bn(m, (2,))
+        return m
+
+    q = "quantized_bits(6,2,alpha=1)"
+    with pytest.raises(ExportError, match=r"^1: the batch norm's beta and mean are float"):
+        IntegerModel(bn_model(), (2,), IN16)
+    with pytest.raises(ExportError, match=r"^1: the batch norm's mean is float .* give it "
+                                          r"mean_quantizer \("):
+        IntegerModel(bn_model(beta_quantizer=q), (2,), IN16)
+    eng = IntegerModel(bn_model(beta_quantizer=q, mean_quantizer=q), (2,), IN16)
+    assert eng.compare(torch.randn(50, 2)).mismatched_samples == 0
 
 
 def test_a_forward_that_is_not_its_layers_one_after_another_is_refused():
@@ -1224,3 +1244,57 @@ def test_folded_weights_too_fine_for_float32_are_refused_with_what_helps():
                                           r"weights gamma / sigma \* W round differently: .* use "
                                           r"fewer kernel bits, or a float64 model"):
         IntegerModel(q, (16,), "ap_fixed<16,6>")
+
+
+def test_quantizers_whose_values_need_too_many_bits_are_named():
+    """po2 quantizers of QKeras's default 8 bits (values down to 2**-64) and a relu bound
+    that is no short binary fraction raised a bare 'values are not on a binary fixed-point
+    grid' naming no layer; a 53-bit table type was blamed on the next layer's accumulator,
+    and a po2 weight layer with a zero weight was told to use alpha='auto_po2'."""
+    def act(spec):
+        return nn.Sequential(QActivation("quantized_bits(8,3)"), QActivation(spec),
+                             QDense(3, 2, kernel_quantizer="quantized_bits(4,0,1,alpha=1)",
+                                    bias_quantizer="quantized_bits(4,0,1,alpha=1)")).eval()
+
+    with pytest.raises(ExportError, match=re.escape(
+            "1: quantizer quantized_po2(8) gives values that need more than 52 fraction bits "
+            "(a power-of-two quantizer's values span 2**-64 to 2**63, and values near 0 take "
+            "its smallest power; give it fewer bits)")):
+        IntegerModel(act("quantized_po2(8)"), (3,))
+    assert IntegerModel(act("quantized_po2(4)"), (3,)).compare(torch.randn(40, 3)).exact
+    for bound, need in ((0.3, "more than 52 fraction bits"), (2.1, "53-bit fixed point")):
+        spec = f"quantized_relu(8,2,relu_upper_bound={bound},is_quantized_clip=False)"
+        with pytest.raises(ExportError, match=re.escape(
+                f"1: quantizer {spec} gives values that need {need} (a bound or scale that is "
+                "not a short binary fraction")):
+            IntegerModel(act(spec), (3,))
+    m = nn.Sequential(QDense(3, 2, kernel_quantizer="quantized_po2(8)", bias=False)).eval()
+    with torch.no_grad():
+        m[0].weight[0, 0] = 0.0
+    with pytest.raises(ExportError, match=r"^0.kernel: quantizer quantized_po2\(8\) gives values "
+                                          r"that need more than 52 fraction bits \(a power-of-"
+                                          r"two quantizer's values span 2\*\*-64 to"):
+        IntegerModel(m, (3,), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+
+
+def test_one_element_tensor_bits_apply_to_every_feature():
+    """quantized_bits(tensor([6.]), tensor([2.])) broadcasts over the features in PyTorch;
+    the engine kept one column ((5, 1) outputs against (5, 4), or a matmul shape error in
+    the next layer), and compare broadcast the shapes instead of refusing them."""
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    from hetq.quant import quantized_bits
+
+    torch.manual_seed(0)
+    m = nn.Sequential(QDense(3, 4, kernel_quantizer="quantized_bits(6,1,alpha=1)", bias=False),
+                      QActivation(quantized_bits(torch.tensor([6.0]), torch.tensor([2.0]),
+                                                 alpha=1)),
+                      QDense(4, 2, kernel_quantizer="quantized_bits(6,1,alpha=1)", bias=False))
+    eng = IntegerModel(m.eval(), (3,), "ap_fixed<8,3,AP_RND_CONV,AP_SAT>")
+    x = torch.randn(50, 3)
+    assert eng(x).shape == (50, 2) and eng.compare(x).exact
+    if importlib.util.find_spec("qonnx"):
+        assert check_qonnx(eng, to_qonnx(eng), x).exact
+    eng.steps[-1:] = []  # (an engine that does not compute its model: refused, not compared)
+    with pytest.raises(ExportError, match=r"^the engine's outputs have shape \(50, 4\), the "
+                                          r"PyTorch model's \(50, 2\)"):
+        eng.compare(x)

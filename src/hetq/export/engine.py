@@ -107,12 +107,29 @@ def _weight_type(q, values: torch.Tensor, what: str) -> FixedType:
     if ft is not None:
         _exact(ft, what)
     if ft is None or not ft.contains(values):
-        ft = smallest_fixed_type(values)
-        if ft.width > 32:
-            raise ExportError(
-                f"{what}: quantizer {q} gives values that need {ft.width}-bit fixed point "
-                "(a scale that is not a power of two?); use alpha='auto_po2' or alpha=1")
+        ft = _values_type(q, values, what, "a scale that is not a power of two?; use "
+                                           "alpha='auto_po2' or alpha=1")
     return ft
+
+
+def _values_type(q, values: torch.Tensor, what: str, why: str) -> FixedType:
+    """The smallest fixed-point type of a quantizer's `values`; an ExportError naming the
+    layer and quantizer when they need more than 32 bits or lie on no binary grid (the
+    latter was a bare 'values are not on a binary fixed-point grid'). `why`: the likely
+    cause, for quantizers other than powers of two."""
+    try:
+        ft = smallest_fixed_type(values)
+    except ValueError:
+        ft = None
+    if ft is not None and ft.width <= 32:
+        return ft
+    need = f"{ft.width}-bit fixed point" if ft is not None else "more than 52 fraction bits"
+    if getattr(q, "kind", None) == "po2":
+        e = torch.log2(values.detach().double().abs()[values != 0])
+        span = f" span 2**{int(e.min())} to 2**{int(e.max())}, and" if e.numel() else ""
+        why = (f"a power-of-two quantizer's values{span} values near 0 take its smallest "
+               "power; give it fewer bits")
+    raise ExportError(f"{what}: quantizer {q} gives values that need {need} ({why})")
 
 
 def _element_type(q, what: str) -> FixedType:
@@ -126,7 +143,8 @@ def _element_type(q, what: str) -> FixedType:
                                   "quantized_tanh(8) for tanh")
             raise ExportError(f"{what}: quantizer {q} has no finite set of output values "
                               "(e.g. alpha='auto' statistics); it cannot run as a table")
-        ft = smallest_fixed_type(vals)
+        ft = _values_type(q, vals, what, "a bound or scale that is not a short binary "
+                                         "fraction, such as relu_upper_bound=0.3?")
     return ft
 
 
@@ -276,6 +294,15 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
             chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
         return steps
     if isinstance(m, QBatchNorm):
+        floats = [f for f in ("beta", "mean") if m.quantizers[f] is None
+                  and (f == "mean" or m.affine)]
+        if floats:  # (float32 values are dyadic, so the shift "fit" a 34-bit type)
+            are = "are" if len(floats) > 1 else "is"
+            give = " and ".join(f + "_quantizer" for f in floats)
+            raise ExportError(f"{name}: the batch norm's {' and '.join(floats)} {are} float (no "
+                              f"quantizer); give it {give} (and an inverse_quantizer), or "
+                              "fold it into the layer before "
+                              "(quantize_model(fold_batchnorm=True))")
         with torch.no_grad():
             inv, shift = m.folded_scale_shift(m.running_mean, m.running_var)
         try:
@@ -501,6 +528,10 @@ class IntegerModel:
             raise ValueError("compare needs at least one sample; got an empty batch")
         if other is None:
             theirs = self.reference(x)
+            if theirs.shape != mine.shape:  # (broadcast, they compared as if they matched)
+                raise ExportError(f"the engine's outputs have shape {tuple(mine.shape)}, the "
+                                  f"PyTorch model's {tuple(theirs.shape)}: the engine does "
+                                  "not compute this model")
         else:
             theirs = torch.as_tensor(other).detach().to(torch.float64)
             if theirs.numel() != mine.numel():

@@ -112,8 +112,14 @@ class TensorCastStep(Step):
     types: list = field(default_factory=list)
 
     def run(self, x, in_type):
+        # one type (bits of shape (1,)) is every feature's, as the quantizer broadcasts it
+        # (the engine kept only the first column)
+        types = self.types * x.shape[-1] if len(self.types) == 1 else self.types
+        if len(types) != x.shape[-1]:
+            raise ExportError(f"{self.name}: the quantizer has {len(types)} per-feature "
+                              f"types for {x.shape[-1]} features")
         cols = [shift_codes(x[..., j], in_type.frac, t) * (1 << (self.out_type.frac - t.frac))
-                for j, t in enumerate(self.types)]
+                for j, t in enumerate(types)]
         return torch.stack(cols, dim=-1)
 
 
