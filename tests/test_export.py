@@ -969,6 +969,47 @@ def test_hls4ml_project_folder_is_replaced_whole_or_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hls", "mine"]
 
 
+def test_an_export_killed_midway_leaves_a_marked_project_and_the_next_restores_the_earlier(
+        tmp_path, monkeypatch):
+    """kill -9 while an export replaced an earlier project left the new, unchecked project
+    in the folder (it looked finished) and the checked one in X.previous, which the next
+    export deleted. The unfinished project is now marked, and the next export restores the
+    earlier one (or removes an unfinished one that replaced nothing) before its own work."""
+    pytest.importorskip("hls4ml")
+    import hetq.export.hls as hls
+
+    eng = IntegerModel(jet("q6"), (16,), IN16)
+    d, aside = tmp_path / "hls", tmp_path / "hls.previous"
+    hls.export_hls4ml(eng, d, compile=False)
+    assert not (d / hls.UNFINISHED).exists()
+    checked = (d / "firmware" / "parameters.h").read_text()
+    # the state a kill -9 leaves: the earlier project aside, the new one marked unfinished
+    shutil.copytree(d, aside)
+    (d / "firmware" / "parameters.h").write_text("the unchecked model")
+    (d / hls.UNFINISHED).write_text("x")
+
+    def fails(*a, **k):
+        assert (d / hls.UNFINISHED).is_file()  # (marked while it is written)
+        raise ExportError("stopped")
+    monkeypatch.setattr(hls, "hls4ml_model", fails)
+    with pytest.warns(UserWarning, match=r"an export killed before it had checked its project "
+                                         r"left it here; the earlier project \(set aside in "
+                                         r"hls.previous\) is back"), \
+            pytest.raises(ExportError, match="stopped"):
+        hls.export_hls4ml(eng, d, compile=False)
+    assert (d / "firmware" / "parameters.h").read_text() == checked
+    assert not (d / hls.UNFINISHED).exists() and not aside.exists()
+    monkeypatch.undo()
+    shutil.rmtree(d)  # killed with no earlier project: its unfinished one is removed
+    (d / "firmware").mkdir(parents=True)
+    (d / hls.UNFINISHED).write_text("x")
+    with pytest.warns(UserWarning, match="removed the unfinished project of an export that "
+                                         "was killed"):
+        hls.export_hls4ml(eng, d, compile=False)
+    assert (d / "firmware" / "parameters.h").read_text() == checked
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hls"]
+
+
 def test_a_c_simulation_that_cannot_be_built_and_a_full_disk_are_named(tmp_path,
                                                                        monkeypatch):
     """Without g++, the hls4ml compile escaped `hetq export` (and the demo, after its whole

@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -247,16 +248,47 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
         return _export_hls4ml(eng, out_dir, x, backend, compile, **kw)
 
 
+# in the project folder while an export writes and checks it: if it stays, that export was
+# killed (kill -9, a power cut) and the project is not a checked one
+UNFINISHED = "HETQ_EXPORT_UNFINISHED.txt"
+
+
+def _recover(out_dir: Path, aside: Path) -> None:
+    """Undo what a killed export left (the lock is held, so no export runs here now): its
+    unfinished project goes, and the earlier, checked project it had set aside in `aside`
+    comes back (it stayed there, and the next export deleted it, keeping the unchecked
+    one)."""
+    unfinished = (out_dir / UNFINISHED).exists()
+    if aside.is_dir():
+        if unfinished or not out_dir.exists():
+            shutil.rmtree(out_dir, ignore_errors=True)
+            aside.rename(out_dir)
+            warnings.warn(f"{out_dir}: an export killed before it had checked its project "
+                          f"left it here; the earlier project (set aside in {aside.name}) is "
+                          "back", stacklevel=3)
+        else:  # killed after its project was complete: only the old copy was left
+            shutil.rmtree(aside)
+    elif unfinished:
+        shutil.rmtree(out_dir)
+        warnings.warn(f"{out_dir}: removed the unfinished project of an export that was "
+                      "killed", stacklevel=3)
+
+
 def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
+    aside = out_dir.with_name(out_dir.name + ".previous")
+    _recover(out_dir, aside)
     earlier = earlier_project(out_dir)
     existed = out_dir.is_dir()
-    aside = out_dir.with_name(out_dir.name + ".previous") if earlier else None
+    aside = aside if earlier else None
     if aside is not None:  # kept until the new project is complete, restored if it fails
-        shutil.rmtree(aside, ignore_errors=True)  # (left by an export that was killed)
         out_dir.rename(aside)
     try:
-        hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
         os.makedirs(out_dir, exist_ok=True)
+        (out_dir / UNFINISHED).write_text(
+            "hetq export is writing and checking this hls4ml project. If this file is still "
+            "here, that export was killed: the project is unchecked (the earlier one, if any, "
+            f"is in {out_dir.name}.previous; the next export into this folder restores it).\n")
+        hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
         report = None
         if compile:
             try:
@@ -272,6 +304,7 @@ def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
                                      f"hls4ml C-sim ({backend})")
         else:
             hls_model.write()
+        (out_dir / UNFINISHED).unlink()
     except BaseException:  # nothing half-written stays; an earlier project comes back
         shutil.rmtree(out_dir, ignore_errors=True)
         if aside is not None:
