@@ -1954,3 +1954,24 @@ def test_a_softmax_at_the_end_of_a_classifier_is_said(jets):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate(build("jet_mlp"), jets)  # logits: no warning
+
+
+def test_a_checkpoint_written_meanwhile_by_another_run_is_not_replaced(tmp_path):
+    """Two retrain (or ptq) runs given one --out both passed the check before training, and
+    the later save silently replaced the first run's model. Without --overwrite the save
+    itself no longer replaces a file: the model goes to a free name beside it."""
+    from hetq.files import write_whole
+
+    model = build("jet_mlp")
+    path = tmp_path / "rt.pt"
+    path.write_bytes(b"the other run's model")
+    with pytest.warns(UserWarning, match=rf"^{re.escape(str(path))} was written by another "
+                                         rf"run while this one worked; this model is saved "
+                                         rf"as {re.escape(str(tmp_path / 'rt-2.pt'))}$"):
+        got = save(path, model, model_name="jet_mlp", overwrite=False)
+    assert got == tmp_path / "rt-2.pt" and path.read_bytes() == b"the other run's model"
+    assert torch.equal(hetq.load(got)[0].weight, model[0].weight)
+    with pytest.raises(FileExistsError):
+        write_whole(path, lambda tmp: tmp.write_bytes(b"new"), replace=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rt-2.pt", "rt.pt"]
+    assert save(path, model, model_name="jet_mlp") == path  # (overwrite: the default)

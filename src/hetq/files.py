@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 
-def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
+def write_whole(path: str | Path, write: Callable[[Path], object],
+                replace: bool = True) -> Path:
     """`write(tmp)` to a temporary file beside `path`, then a rename onto `path`: a reader
     (a browser, a second process) or a kill mid-write never sees half a file. The temporary
     is named by this process, so two writers of one path do not clash, and it is removed
-    when anything fails (a folder at `path`, a full disk, Ctrl-C)."""
+    when anything fails (a folder at `path`, a full disk, Ctrl-C). replace=False: a file
+    at `path` is kept, and FileExistsError raised, also when another process made it in the
+    meantime (a hard link, which cannot replace)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -20,7 +24,10 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
         # raised a RuntimeError, after the work, that named no file)
         open(tmp, "wb").close()
         write(tmp)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _create(tmp, path)
     except OSError as e:  # named by the file asked for, not the temporary (a read-only folder)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
@@ -32,6 +39,20 @@ def write_whole(path: str | Path, write: Callable[[Path], object]) -> Path:
             tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _create(tmp: Path, path: Path) -> None:
+    """`tmp` renamed to `path` unless `path` exists (FileExistsError, `tmp` left)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: checked, then renamed
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(path)) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
 
 
 LOCK_NAME = ".hetq.lock"

@@ -55,9 +55,10 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
                   f"({start['val']['loss']:.5f}; best {val['loss']:.5f}): the trial's weights "
                   "are kept")
         after = evaluate(model, data, device="cpu")
-        save(path, model, model_name=config.model, model_kwargs=model_kwargs(config, data),
-             quant_config=cand.quant_config, widths=cand.widths, data=data,
-             metrics={"test": after, "before": before})
+        path = save(path, model, model_name=config.model,
+                    model_kwargs=model_kwargs(config, data), quant_config=cand.quant_config,
+                    widths=cand.widths, data=data, metrics={"test": after, "before": before},
+                    overwrite=overwrite)
     print(f"trial {number}: test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}")
     print(metrics_table(after, data.classes))
     print(f"checkpoint: {path}")

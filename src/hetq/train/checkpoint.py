@@ -20,7 +20,7 @@ FORMAT = "hetq-checkpoint-1"
 def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: dict | None = None,
          quant_config: Any = "auto", widths: dict | None = None, data=None,
          metrics: dict | None = None, task: str = "classify", fold_batchnorm: bool = False,
-         extra: dict | None = None) -> Path:
+         extra: dict | None = None, overwrite: bool = True) -> Path:
     """Write a checkpoint of `model` to `path` atomically (temporary file, then rename); `load`
     rebuilds it. Returns the path.
 
@@ -37,6 +37,9 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
         task: "classify" or "anomaly". fold_batchnorm: the model was quantized with
             quantize_model(..., fold_batchnorm=True) (load rebuilds it so).
         extra: more JSON-able entries for the checkpoint dict.
+        overwrite: False: a file at `path` is not replaced, also one another process wrote
+            while this one trained; the model then goes to a free name beside it (`path`
+            with -2, -3, ...; a warning says which) and that path is returned.
     """
     from .. import __version__
     from ..quant.base import check_module
@@ -61,7 +64,7 @@ def save(path: str | Path, model: nn.Module, *, model_name: str, model_kwargs: d
         "task": task, "metrics": metrics or {}, **(extra or {}),
     }
     _check_rebuilds(ckpt, model)
-    return _write(path, ckpt)
+    return _write(path, ckpt, overwrite)
 
 
 def _check_extras(data, task) -> None:
@@ -127,11 +130,24 @@ def in_folder(out: str | Path, name: str) -> Path:
     return Path(out) / name if folder else Path(out)
 
 
-def _write(path: str | Path, ckpt: dict) -> Path:
-    """Atomic write (`write_whole`), its folder made first."""
+def _write(path: str | Path, ckpt: dict, overwrite: bool = True) -> Path:
+    """Atomic write (`write_whole`), its folder made first; overwrite=False: to the first
+    free name of `path`, `path` with -2, -3, ... (see `save`)."""
+    import warnings
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_whole(path, lambda tmp: torch.save(ckpt, tmp))
+    for k in range(1, 1000):
+        to = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
+        try:
+            write_whole(to, lambda tmp: torch.save(ckpt, tmp), replace=overwrite)
+        except FileExistsError:
+            continue
+        if to != path:  # (two runs given one --out: the first one's model stays)
+            warnings.warn(f"{path} was written by another run while this one worked; this "
+                          f"model is saved as {to}", stacklevel=3)
+        return to
+    raise FileExistsError(f"{path} and 998 names like it already exist")
 
 
 def save_module(path: str | Path, model: nn.Module, *, data=None, metrics: dict | None = None,

@@ -294,8 +294,8 @@ def _ptq(a) -> int:
     print(f"PTQ {a.bits} bits of {a.checkpoint} (calibrated on {used} training samples"
           + (", all the train split has" if used < a.calibration else "") + "):")
     print(metrics_table(m, data.classes, task.name))
-    save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
-         quant_config=cfg, data=data, metrics={"test": m}, task=task.name,
-         extra=_task_extra(task))
+    out = save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],
+               quant_config=cfg, data=data, metrics={"test": m}, task=task.name,
+               extra=_task_extra(task), overwrite=a.overwrite)
     print(f"checkpoint: {out}")
     return 0
