@@ -1237,3 +1237,37 @@ def test_models_and_values_the_strategy_cannot_take_are_named():
     with pytest.raises(ValueError, match=r"the teacher does not take rows of 3 features: "
                                          r"mat1 and mat2 shapes cannot be multiplied"):
         train_gradient(f, data, epochs=1, teacher=nn.Linear(5, 2), progress=False)
+
+
+def test_a_recovered_front_is_merged_with_the_earlier_saved_one(tmp_path):
+    """A run killed early left a front of one epoch-0 point; the next run saved it in place
+    of the finished run's better front. Recovery now keeps the earlier points that no
+    recovered one beats, and drops the recovered points an earlier one beats."""
+    from types import SimpleNamespace
+
+    from hetq.search.gradient.strategy import _save_front, saved_gradient_rows
+
+    data = get_dataset("synthetic:n=600,seed=1")
+    torch.manual_seed(0)
+    fm = build("jet_mlp", widths=[8])
+    x = torch.as_tensor(data.tensors("train")[0])
+    g = GradientBitsMLP(fm, x)
+    ctx, config = SimpleNamespace(data=data), SimpleNamespace(source_quantizer="int8")
+
+    def point(epoch, val, ebops):
+        return FrontPoint(epoch, 1e-6, val, ebops, state=copy.deepcopy(g.state_dict()))
+
+    rows, earlier = _save_front(g, [point(2, 0.6, 5), point(1, 0.9, 10)], ctx, config, tmp_path)
+    assert earlier == 0 and [r.point.epoch for r in rows] == [2, 1]
+    rows, earlier = _save_front(g, [point(3, 0.5, 20), point(4, 0.95, 30)], ctx, config,
+                                tmp_path, merge=True)
+    assert earlier == 2
+    saved = saved_gradient_rows(tmp_path)  # epoch 3 (0.5 at 20 EBOPs) is beaten by epoch 1
+    assert [(r.point.epoch, r.point.val_accuracy, r.ebops) for r in saved] == \
+        [(2, 0.6, 5), (1, 0.9, 10), (4, 0.95, 30)]
+    assert [r.path for r in rows] == [r.path for r in saved]
+    assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == \
+        ["point_000.pt", "point_001.pt", "point_002.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gradient"]
+    rows, _ = _save_front(g, [point(5, 0.5, 20)], ctx, config, tmp_path)  # a finished run
+    assert [r.point.epoch for r in saved_gradient_rows(tmp_path)] == [5]  # replaces them

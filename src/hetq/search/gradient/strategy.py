@@ -5,10 +5,12 @@ the same command saves those as the front instead of training."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -35,8 +37,6 @@ class GradientRow:
 def saved_gradient_rows(out) -> list[GradientRow]:
     """The front of a finished gradient-strategy run, read back from its point files
     (`<out>/gradient/point_NNN.pt`), cheapest first."""
-    from pathlib import Path
-
     from ...files import lock_holder
     from ...train.checkpoint import read
 
@@ -116,8 +116,6 @@ def run_gradient_strategy(config, out, progress: bool = True,
 
 
 def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientRow]:
-    from pathlib import Path
-
     from ...models import build
     from ..driver import OtherSettings, folder_changes, start_run
 
@@ -148,11 +146,13 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
         raise ValueError(f"{e}; remove {running} to train anew without the points saved "
                          "there") from None
     if recovered is not None:  # an earlier run here was killed before it saved its front
-        rows, earlier = _save_front(*recovered, ctx, config, out)
+        rows, earlier = _save_front(*recovered, ctx, config, out, merge=True)
         shutil.rmtree(running, ignore_errors=True)
         print(f"{out}: the last run here ended without saving its front (killed?); saved "
-              f"the {_points(len(rows))} its training had reached to {out / 'gradient'}"
-              + (f" (replacing the {_points(earlier)} there)" if earlier else "")
+              f"the {_points(len(recovered[1]))} its training had reached to "
+              f"{out / 'gradient'}"
+              + (f", merged with the {_points(earlier)} there: {_points(len(rows))} on the "
+                 "front" if earlier else "")
               + ". Run the same command again to train anew (that replaces them).")
         saved_after_interruption()  # (not a finished search: exit status 130)
         if progress:
@@ -207,12 +207,15 @@ def _points(n: int) -> str:
     return f"{n} point{'s' * (n != 1)}"
 
 
-def _save_front(g, front, ctx, config, out) -> tuple[list[GradientRow], int]:
+def _save_front(g, front, ctx, config, out, merge: bool = False
+                ) -> tuple[list[GradientRow], int]:
     """Each point of `front` as an ordinary hetq model in <out>/gradient/point_NNN.pt, with
     its test accuracy and costs; returns the rows and how many points the folder held
     before. The points go to a new folder that then replaces <out>/gradient whole: an
     earlier run's front (a rerun here reuses the float model) leaves no stale point files,
-    and stays as it was if this fails before the swap."""
+    and stays as it was if this fails before the swap. merge: the earlier front's points
+    that no new one beats (validation accuracy and EBOPs) are kept with the new ones (a
+    killed run's recovered front, perhaps of one epoch-0 point, replaced a finished one)."""
     from ...cost import cost
     from ...train import evaluate
     from ...train.checkpoint import save_module
@@ -224,16 +227,43 @@ def _save_front(g, front, ctx, config, out) -> tuple[list[GradientRow], int]:
         m = to_hetq_model(g, p.state)
         acc = evaluate(m, ctx.data)["accuracy"]
         s = cost(m, ctx.data.input_shape, source_quantizer=config.source_quantizer).summary()
-        name = f"point_{k:03d}.pt"
+        name = f"new_{k:03d}.pt"
         save_module(part / name, m, data=ctx.data, metrics={
             "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
             "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
-        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(dest / name)))
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(part / name)))
     part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
     earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
+    if merge and earlier:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (its note on the unsaved front: being saved)
+            rows = _nondominated(rows + saved_gradient_rows(out))
+        rows.sort(key=lambda r: (r.ebops, -r.point.val_accuracy))  # (as a front is)
+    for k, r in enumerate(rows):
+        name = f"point_{k:03d}.pt"
+        (shutil.copyfile if Path(r.path).parent == dest else os.replace)(r.path, part / name)
+        r.path = str(dest / name)
+    for left in part.glob("new_*.pt"):  # (new points an earlier one beats)
+        left.unlink()
     shutil.rmtree(dest, ignore_errors=True)
     part.rename(dest)
     return rows, earlier
+
+
+def _nondominated(rows: list[GradientRow]) -> list[GradientRow]:
+    """The rows no other beats in validation accuracy and EBOPs (the first of equal ones)."""
+    def beats(a, b):
+        return (a.point.val_accuracy >= b.point.val_accuracy and a.ebops <= b.ebops
+                and (a.point.val_accuracy > b.point.val_accuracy or a.ebops < b.ebops))
+    keep = []
+    for k, r in enumerate(rows):
+        same = any(o.point.val_accuracy == r.point.val_accuracy and o.ebops == r.ebops
+                   for o in rows[:k])
+        if not same and not any(beats(o, r) for o in rows):
+            keep.append(r)
+    return keep
 
 
 def format_gradient_table(rows: list[GradientRow]) -> str:
