@@ -124,7 +124,9 @@ def _values_type(q, values: torch.Tensor, what: str, why: str) -> FixedType:
     if ft is not None and ft.width <= 32:
         return ft
     need = f"{ft.width}-bit fixed point" if ft is not None else "more than 52 fraction bits"
-    if getattr(q, "kind", None) == "po2":
+    if getattr(q, "name", None) == "quantized_ulaw":
+        why = "mu-law companded values are logarithms, on no short binary grid"
+    elif getattr(q, "kind", None) == "po2":
         e = torch.log2(values.detach().double().abs()[values != 0])
         span = f" span 2**{int(e.min())} to 2**{int(e.max())}, and" if e.numel() else ""
         why = (f"a power-of-two quantizer's values{span} values near 0 take its smallest "
@@ -176,7 +178,15 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
                           f"(alpha={q.alpha!r}: one scale per batch row, from its values); use a "
                           "fixed alpha for deployment (hetq search --deployable searches only "
                           "exportable activations)")
-    step = TableStep(name, "table", _element_type(q, name), {"quantizer": str(q)},
+    # the table runs in float64, so its values are listed in float64 (a float32 list of
+    # mu-law values fit a 25-bit type, and the float64 run then failed the comparison)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ft = _element_type(q, name)
+    finally:
+        torch.set_default_dtype(dtype)
+    step = TableStep(name, "table", ft, {"quantizer": str(q)},
                      quantizer=copy.deepcopy(q).double().eval())
     # its outputs over the input grid (all of it up to 16 bits, else 65,537 points across
     # it), now: not a failure on the first use (the run still checks every value)
