@@ -85,7 +85,7 @@ def _largest(v) -> float:
 
 
 class UnsupportedQuantizer(ValueError):
-    pass
+    """A quantizer the cost model has no rule for (the message names it)."""
 
 
 def qtype_of(q) -> QType:

@@ -59,6 +59,8 @@ class CostReport:
 
     def to_json(self, path: str | Path | None = None,
                 reference: tuple[str, CostReport] | None = None) -> str:
+        """The report as JSON text (`to_dict`: layers and totals, and a (type, report)
+        `reference` under "reference"), written whole to `path` if given."""
         text = json.dumps(self.to_dict(reference), indent=1)
         if path:
             from ..files import write_whole
@@ -68,6 +70,8 @@ class CostReport:
         return text
 
     def table(self, reference: CostReport | None = None) -> str:
+        """The per-layer table with totals, as `hetq cost` prints it (with a `reference`
+        report: each layer's reference energy, and the total reduction)."""
         ref = {lc.name: lc.total for lc in reference.layers} if reference else {}
         # (columns as wide as the longest name: QGlobalAveragePooling2d pushed its row out)
         nw = max([10] + [len(lc.name) for lc in self.layers])

@@ -142,11 +142,13 @@ class Dataset:
                    list(features or []), list(classes or []), mean, std)
 
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(X, y) arrays of the split `which`: "train", "val" or "test"."""
         if which not in SPLITS:
             raise ValueError(f"split {which!r}; expected one of {SPLITS}")
         return getattr(self, f"X_{which}"), getattr(self, f"y_{which}")
 
     def tensors(self, which: str, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(X, y) of the split `which` as tensors on `device`."""
         X, y = self.split(which)
         return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
 
@@ -163,6 +165,8 @@ class Dataset:
         return len(self.classes) if self.classes else int(self.y_train.max()) + 1
 
     def normalization(self) -> dict:
+        """The standardisation applied to the features ({"mean": [...], "std": [...]}, None
+        where there is none), as a checkpoint stores it."""
         return {"mean": None if self.mean is None else self.mean.tolist(),
                 "std": None if self.std is None else self.std.tolist(),
                 "features": self.features, "classes": self.classes, "name": self.name,

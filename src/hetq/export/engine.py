@@ -555,6 +555,7 @@ class IntegerModel:
                               float(diff.max()) if diff.numel() else 0.0)
 
     def layer_table(self) -> str:
+        """One row per step: its kind and input/output (and weight) fixed-point types."""
         rows = [f"{'step':<24} {'kind':<10} {'in':<32} {'out':<32} weights"]
         for s, t in zip(self.steps, self.step_inputs):
             w = ""

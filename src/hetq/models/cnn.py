@@ -27,6 +27,8 @@ from .jet import check_sizes
 
 def cnn_digits(in_channels: int = 1, image_size: int = 8, n_classes: int = 10,
                filters: int = 18, sep_filters: int = 32) -> nn.Sequential:
+    """The small quantized CNN of the QKeras examples for 8x8 digits: a ternary 3x3
+    convolution, a separable 3x3 convolution, then a dense classifier, quantized as built."""
     check_sizes("cnn_digits", in_channels=(in_channels, 1), n_classes=(n_classes, 1),
                 filters=(filters, 1), sep_filters=(sep_filters, 1),
                 image_size=(image_size, 5))  # (two valid 3x3 convolutions take 4 pixels)

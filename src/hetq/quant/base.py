@@ -36,6 +36,7 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
 
 
 def quantizer_names() -> list[str]:
+    """The names `get_quantizer` parses (quantized_bits, quantized_relu, ...), sorted."""
     return sorted(_REGISTRY)
 
 
@@ -215,9 +216,11 @@ class Quantizer(nn.Module):
         return None
 
     def max(self) -> float:
+        """The largest value the quantizer outputs."""
         raise NotImplementedError
 
     def min(self) -> float:
+        """The smallest value the quantizer outputs."""
         raise NotImplementedError
 
     def values(self) -> torch.Tensor | None:

@@ -250,6 +250,7 @@ class QuantConfig:
         return cls(d)
 
     def to_yaml(self) -> str:
+        """The config as YAML text (what `save` writes for a .yaml path)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
@@ -257,6 +258,7 @@ class QuantConfig:
         return cls(parse_yaml(text) or {})
 
     def to_json(self) -> str:
+        """The config as JSON text."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
@@ -270,8 +272,12 @@ class QuantConfig:
         return cls(data)
 
     def save(self, path: str | Path) -> None:
+        """Write the config to `path` whole: JSON for a .json path, else YAML."""
+        from ..files import write_whole
+
         p = Path(path)
-        p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml())
+        text = self.to_json() if p.suffix == ".json" else self.to_yaml()
+        write_whole(p, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> QuantConfig:
@@ -356,6 +362,8 @@ _ALL_TYPE_KEYS = set(TYPE_ALIASES) | set(TYPE_ALIASES.values()) | set(FOLDED_KEY
 
 
 def as_config(config) -> QuantConfig:
+    """`config` as a QuantConfig: one itself, a {key: fields} dict, or the path of a .yaml or
+    .json file holding one."""
     if isinstance(config, QuantConfig):
         return config
     if isinstance(config, (str, Path)):
