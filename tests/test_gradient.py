@@ -777,6 +777,7 @@ def test_search_cli_passes_bits_lr_to_training(tmp_path, capsys, runs_kwargs):
 def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(tmp_path, capsys):
     from hetq.cli import main
     from hetq.search.config import SearchConfig
+    from hetq.search.report import write_gradient_html_report
     from hetq.train.checkpoint import load
 
     out = tmp_path / "g"
@@ -821,9 +822,16 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert (out / "pareto.png").stat().st_size > 0 and (out / "layers.png").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
     assert "ended without saving" not in page and "still training" not in page
+    assert "points on the front; beta 1e-06 to 0.001, weight" in page
+    saved_cfg = (out / "search.yaml").read_text()  # (with --ebops-target the ramp is unused)
+    cfg = SearchConfig.load(out / "search.yaml")
+    cfg.ebops_target = [2000.0, 300.0]
+    cfg.save(out / "search.yaml")
+    assert ("points on the front; beta set by a controller for EBOPs from 2000 to 300 "
+            "(starting at 1e-06), weight") in write_gradient_html_report(out).read_text()
+    (out / "search.yaml").write_text(saved_cfg)
     # a later run killed before it saved its front: the page says whose points it shows
     from hetq.search.gradient.strategy import PROGRESS
-    from hetq.search.report import write_gradient_html_report
 
     (out / PROGRESS).mkdir(exist_ok=True)
     (out / PROGRESS / "run_0.pt").write_bytes(b"x")
@@ -841,6 +849,10 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
             "export`, `hetq evaluate` and `hetq cost` take one of those files; there is "
             "nothing to retrain: the strategy fine-tunes them at their bits itself, "
             "--polish-epochs)") in capsys.readouterr().err
+    for cmd in ("evaluate", "cost"):  # (they suggested float.pt, the float reference)
+        assert main([cmd, str(out)]) == 2
+        assert f"{out} is a gradient-strategy run: it has no trials, but front points " in \
+            capsys.readouterr().err
     assert main(["worker", "--study", "hetq", "--out", str(out), "--no-progress"]) == 2
     assert capsys.readouterr().err.endswith(
         f"{out} is a gradient-strategy run: it trains within its own `hetq search` (--runs "

@@ -203,10 +203,13 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     elif any((run / PROGRESS).glob("*.pt")):
         state = (" A later run ended without saving its front (killed?); these are the "
                  "earlier run's points: rerun the same `hetq search` command to save it.")
+    beta = (f"beta set by a controller for EBOPs from {config.ebops_target[0]:g} to "
+            f"{config.ebops_target[1]:g} (starting at {config.beta0:g})"
+            if config.ebops_target else f"beta {config.beta0:g} to {config.beta1:g}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(str(run))}</title></head><body>
 <h1>hetq search (gradient strategy): {html.escape(str(run))}</h1>
-<p>{len(rows)} points on the front; beta {config.beta0:g} to {config.beta1:g}, weight
+<p>{len(rows)} points on the front; {beta}, weight
 bit-widths per {html.escape(config.granularity)}, activations per
 {html.escape(config.activation_granularity)}, {config.gradient_runs} run(s). Costs are estimates
 (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(state)}</p>

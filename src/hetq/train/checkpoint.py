@@ -179,6 +179,10 @@ def read(path: str | Path) -> dict:
         if (path / "model.pt").is_file():
             path = path / "model.pt"
         else:
+            from ..search.results import gradient_run_error, is_gradient_run
+
+            if is_gradient_run(path):  # (its float.pt was suggested: the float reference)
+                raise gradient_run_error(path)
             found = sorted(p.name for p in path.glob("*.pt"))
             raise ValueError(f"{path} is a folder without a model.pt; expected a checkpoint "
                              "file" + (f", e.g. one of {', '.join(found[:5])}"

@@ -273,6 +273,6 @@ def format_gradient_table(rows: list[GradientRow]) -> str:
     for k, r in enumerate(rows):
         ep = f"{r.point.epoch}{'p' if r.point.polished else ''}"
         lines.append(f"{k:>5} {ep:>6} {r.point.val_accuracy:>8.4f} "
-                     f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.1f} "
+                     f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.0f} "
                      f"{r.lut:>7.0f}  {r.path}")
     return "\n".join(lines)
