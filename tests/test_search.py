@@ -2138,3 +2138,103 @@ def test_a_run_made_before_a_setting_existed_is_still_read(tmp_path):
     study.set_user_attr("hetq_config", stored)
     config, _ = load_run(out)
     assert config.prior_configs == 12
+
+
+def test_a_database_outage_is_ridden_out_and_a_lost_one_is_one_line(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A 2-second PostgreSQL restart killed every search and worker with a 300-line
+    traceback (Optuna's heartbeat thread died on its first error too); the password of a
+    ?password= URL was saved and printed. Shown here on SQLite, the same RDBStorage."""
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    import hetq.search.storage as st
+    from hetq.cli import main
+    from hetq.search.storage import redact
+
+    storage = make_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    real = RDBStorage.set_trial_intermediate_value
+    fails = iter([True, True, False])
+
+    def flaky(self, *a, **k):
+        if next(fails):
+            raise sqlalchemy.exc.OperationalError("UPDATE", {}, Exception("server closed"))
+        return real(self, *a, **k)
+    monkeypatch.setattr(RDBStorage, "set_trial_intermediate_value", flaky)
+    monkeypatch.setattr(st, "RETRY_SECONDS", 5.0)
+    monkeypatch.setattr(st.RetryingRDBStorage, "_said", False)
+    with pytest.warns(UserWarning, match=r"lost the connection to the study's database .*"
+                                         r"retrying for up to 5 s"):
+        trial.report(0.5, 0)  # two failures, then through
+    assert study.trials[0].intermediate_values == {0: 0.5}
+
+    def down(self, *a, **k):
+        raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("connection refused"))
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", down)
+    monkeypatch.setattr(st, "RETRY_SECONDS", 0.0)
+    storage.record_heartbeat(trial._trial_id)  # skipped, not fatal for the heartbeat thread
+    for name in ("get_all_trials", "get_study_user_attrs", "get_all_studies",
+                 "get_study_id_from_name"):  # gone for good: one line
+        monkeypatch.setattr(RDBStorage, name, down)
+    assert main(["worker", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "s",
+                 "--out", str(tmp_path / "w"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hetq worker: error: lost the connection to the study's database (") \
+        and err.endswith("run the same command again once it is back (a trial that was "
+                         "running is run again)\n") and "Traceback" not in err
+    assert redact("postgresql://u:pw@h:5/db?password=hunter2&sslmode=require") == \
+        "postgresql://u@h:5/db?sslmode=require"
+    assert redact("postgresql://u@h/db?password=x") == "postgresql://u@h/db"
+
+
+def test_a_stale_trial_is_queued_without_its_workers_identity_and_not_for_ever(tmp_path):
+    """Optuna's heartbeat retry copied every user attribute, the dead worker's host and pid
+    among them: on that host the retry looked dead while a live worker trained it, and
+    `hetq report` counted it as failed rather than retried. A configuration that kills its
+    worker was also queued again without end."""
+    from hetq.search.engine import MAX_DEATHS, retry_later, retry_stale
+    from hetq.search.storage import retried_numbers
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    t = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    t.set_user_attr("host", "vm")
+    t.set_user_attr("pid", 999999)
+    t.set_user_attr("warm_start", True)
+    study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    retry_stale(study, study.trials[0])
+    queued = study.trials[1]
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert queued.user_attrs == {"warm_start": True, "retry_of": 0, "seed_trial": 0,
+                                 "deaths": 1}
+    assert retried_numbers(study.trials) == {0}
+    for k in range(1, MAX_DEATHS):  # the retries die too
+        r = study.ask()
+        assert r.number == k and retry_later(study, study.trials[k], dead=True)
+    assert study.trials[MAX_DEATHS - 1].user_attrs["error"] == (
+        f"its worker died {MAX_DEATHS} times training this configuration (out of memory?); "
+        "it is not run again")
+    assert len(study.trials) == MAX_DEATHS  # nothing queued after the last death
+
+
+def test_a_trial_failed_under_its_worker_is_dropped_not_the_whole_search(tmp_path):
+    """After a database blip a live worker's trial was failed as stale by another process;
+    telling its result then ended the whole search ('Cannot tell a FAIL trial')."""
+    from hetq.search.engine import run_worker
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    runs = []
+
+    def objective(trial):
+        runs.append(trial.number)
+        if trial.number == 0:  # another process fails it meanwhile
+            study._storage.set_trial_state_values(trial._trial_id,
+                                                  optuna.trial.TrialState.FAIL)
+        return trial.suggest_float("x", 0, 1)
+
+    with pytest.warns(UserWarning, match=r"^trial 0 was failed by another process while this "
+                                         r"one trained it"):
+        run_worker(study, objective, budget=2)
+    assert runs == [0, 1, 2]
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]

@@ -376,6 +376,13 @@ def _main(argv: list[str] | None) -> int:
         print(f"hetq {args.command}: error: {path_problem(e)}", file=sys.stderr)
         return 2 if isinstance(e, (FileExistsError, NotADirectoryError, IsADirectoryError,
                                    PermissionError)) else 1
+    except Exception as e:  # a study's database gone for longer than its retries
+        from .search.engine import storage_lost, transient
+
+        if not transient(e):
+            raise
+        print(f"hetq {args.command}: error: {storage_lost(e)}", file=sys.stderr)
+        return 1
     finally:
         warnings.formatwarning = shown
 

@@ -107,20 +107,92 @@ class _TrialInterrupted(BaseException):
 ORIGIN_TAGS = ("warm_start", "hessian_budget", "hessian_omega")  # set when enqueued
 
 
-def retry_later(study: optuna.Study, trial) -> bool:
+def transient(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from or during) is a lost or refused
+    database connection: Optuna's StorageInternalError (a failed commit) or SQLAlchemy's
+    OperationalError / InterfaceError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, optuna.exceptions.StorageInternalError) or (
+                type(e).__module__.startswith("sqlalchemy")
+                and type(e).__name__ in ("OperationalError", "InterfaceError")):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def db_reason(e: BaseException) -> str:
+    """The first line of the database driver's own error in `e`'s chain (Optuna's
+    StorageInternalError only says that a commit failed, 'typically ... invalid data')."""
+    found, seen = None, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__module__.startswith("sqlalchemy"):
+            found = e
+            break
+        if isinstance(e, optuna.exceptions.StorageInternalError) and found is None:
+            found = e
+        e = e.__cause__ or e.__context__
+    if found is None:
+        return "?"
+    return (str(found).strip().splitlines() or [type(found).__name__])[0][:160]
+
+
+def storage_lost(e: BaseException) -> str:
+    """The one-line error for a database connection lost for good (`transient`)."""
+    why = db_reason(e)
+    return (f"lost the connection to the study's database ({why}); the finished trials are "
+            "kept there: run the same command again once it is back (a trial that was "
+            "running is run again)")
+
+
+MAX_DEATHS = 3  # a configuration whose worker died this often is not queued again
+
+
+def retry_later(study: optuna.Study, trial, dead: bool = False) -> bool:
     """Fail a trial that did not finish (its worker died, or was interrupted) and queue its
     configuration again (`retry_of`), so that a worker or the resumed search trains it.
-    False when the trial was finished already (e.g. another worker got there first)."""
+    False when the trial was finished already (e.g. another worker got there first).
+    dead: its worker died (not an interruption); after MAX_DEATHS such deaths the
+    configuration is not queued again (one that kills its worker, out of memory, say, was
+    queued for ever), and the trial's error says so."""
+    deaths = int(trial.user_attrs.get("deaths", 0)) + int(dead)
+    last = dead and deaths >= MAX_DEATHS
+    if last:  # (before it is failed: a finished trial takes no attributes)
+        with contextlib.suppress(Exception):
+            study._storage.set_trial_user_attr(
+                trial._trial_id, "error", f"its worker died {deaths} times training this "
+                "configuration (out of memory?); it is not run again")
     try:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except Exception:
         return False
-    # (where it came from stays: a warm start's or the Hessian prior's configuration)
+    if not last:
+        _queue_again(study, trial, deaths)
+    return True
+
+
+def _queue_again(study: optuna.Study, trial, deaths: int) -> None:
+    # (where it came from stays: a warm start's or the Hessian prior's configuration; not
+    # its worker's host and pid, which would make the retry look dead as soon as it runs)
     tags = {k: v for k, v in trial.user_attrs.items() if k in ORIGIN_TAGS}
     study.enqueue_trial(trial.params, user_attrs={**tags, "retry_of": trial.number,
-                                                  "seed_trial": seed_number(trial)},
+                                                  "seed_trial": seed_number(trial),
+                                                  **({"deaths": deaths} if deaths else {})},
                         skip_if_exists=False)
-    return True
+
+
+def retry_stale(study: optuna.Study, trial) -> None:
+    """The database heartbeat's callback for a trial whose worker stopped beating (failed
+    by Optuna): its configuration queued again as `retry_later` queues a dead worker's
+    (not after MAX_DEATHS deaths). Optuna's own callback copied every user attribute, the
+    dead worker's host and pid among them, so the retry looked dead (and was failed again)
+    while a live worker on that host trained it, and `hetq report` counted it as failed,
+    not retried."""
+    deaths = int(trial.user_attrs.get("deaths", 0)) + 1
+    if deaths < MAX_DEATHS:
+        _queue_again(study, trial, deaths)
 
 
 def retry_all_later(study: optuna.Study, trials) -> None:
@@ -165,7 +237,10 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
     t0 = time.monotonic()
     ran = 0
 
+    current: list[optuna.Trial] = []  # the trial this process is running
+
     def guarded(trial: optuna.Trial):
+        current[:] = [trial]
         if counted_before(study, trial.number) >= budget:
             trial.set_user_attr("overflow", True)
             raise BudgetReached
@@ -174,8 +249,9 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         except (KeyboardInterrupt, OSError) as e:  # (OSError: a full disk, a read-only
             raise _TrialInterrupted(trial, e) from None  # trials/ folder: every trial's)
         except TRIAL_ERRORS as e:  # kept with the trial: `hetq report` says why they failed
-            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
-                                if str(e) else type(e).__name__)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                                    if str(e) else type(e).__name__)
             raise
 
     mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
@@ -194,6 +270,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
             continue
         mine.clear()
+        current.clear()
         # a trial that fails (diverged training, a candidate that cannot be built) is recorded
         # as FAIL with its error by Optuna and does not count; the search goes on, unless
         # MAX_CONSECUTIVE_FAILURES in a row say something is wrong with every trial
@@ -203,6 +280,15 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         except _TrialInterrupted as e:
             retry_all_later(study, [e.trial])
             raise e.interruption from None
+        except (ValueError, RuntimeError, AssertionError):  # (Optuna's 'Should not reach.')
+            if not (current and _taken_over(study, current[0])):
+                raise
+            import warnings  # (it ended the whole command: 'Cannot tell a FAIL trial')
+
+            warnings.warn(f"trial {current[0].number} was failed by another process while "
+                          "this one trained it (its heartbeat was not recorded in time: a "
+                          "database outage?); its configuration is run again", stacklevel=2)
+            continue
         if not mine or mine[-1].user_attrs.get("overflow"):
             continue
         ran += 1
@@ -215,6 +301,15 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
         else:
             failures = 0
     return ran
+
+
+def _taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether `trial`, which this process was running when telling its result failed, was
+    finished by another (a database heartbeat's stale-trial check)."""
+    try:
+        return study._storage.get_trial(trial._trial_id).state.is_finished()
+    except Exception:
+        return False
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -25,7 +25,7 @@ import torch
 from optuna.trial import TrialState
 
 from ..cli import sh
-from .engine import retry_later
+from .engine import db_reason, retry_later, retry_stale, transient
 
 # seconds between heartbeats of a running trial, and of silence after which a trial counts as
 # dead (database storage); the environment may shorten them (tests)
@@ -87,12 +87,11 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna marks heartbeats as experimental
-            return optuna.storages.RDBStorage(
+            return RetryingRDBStorage(
                 database_url(storage),
                 heartbeat_interval=HEARTBEAT_INTERVAL,
                 grace_period=GRACE_PERIOD,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3),
+                heartbeat_stale_trial_callback=retry_stale,
                 engine_kwargs={"pool_pre_ping": True},
             )
     except Exception as e:  # sqlalchemy errors: unreachable host, bad credentials, no driver
@@ -102,6 +101,63 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
             "running and reachable, the user/password and database exist, and the driver is "
             "installed (PostgreSQL: pip install 'psycopg[binary]', or hetq[postgres])."
         ) from None
+
+
+RETRY_SECONDS = float(os.environ.get("HETQ_STORAGE_RETRY", "60"))  # a database outage
+
+
+class RetryingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's database storage, riding out a short outage (a server restart, a network
+    blip): each call retries a lost connection for up to RETRY_SECONDS before it fails, and a
+    heartbeat that cannot be recorded is skipped, not fatal. Before, a 2-second restart
+    killed every search and worker with a 300-line traceback, and Optuna's heartbeat thread
+    died on its first error, so a live worker's trial was later failed as stale."""
+
+    _said = False
+
+    def _retrying(self, call, *args, **kwargs):
+        import time
+        import warnings
+
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                return call(self, *args, **kwargs)
+            except Exception as e:
+                if not transient(e) or waited >= RETRY_SECONDS:
+                    raise
+                if not RetryingRDBStorage._said:
+                    RetryingRDBStorage._said = True
+                    warnings.warn(f"lost the connection to the study's database "
+                                  f"({db_reason(e)}); retrying for up to "
+                                  f"{RETRY_SECONDS:g} s", stacklevel=3)
+                time.sleep(delay)
+                waited += delay
+                delay = min(2 * delay, 8.0)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            self._retrying(optuna.storages.RDBStorage.record_heartbeat, trial_id)
+        except Exception as e:  # (the heartbeat thread ended on its first error)
+            if not transient(e):
+                raise
+
+
+def _retried(name: str):
+    def method(self, *args, **kwargs):
+        return self._retrying(getattr(optuna.storages.RDBStorage, name), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("create_new_trial", "set_trial_param", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+              "get_trial", "get_all_trials", "get_n_trials", "get_study_user_attrs",
+              "get_study_system_attrs", "set_study_user_attr", "get_all_studies",
+              "get_study_id_from_name", "get_study_directions", "get_best_trial",
+              "_get_stale_trial_ids"):
+    setattr(RetryingRDBStorage, _name, _retried(_name))
 
 
 class FlockJournalLock:
@@ -229,12 +285,20 @@ def database_url(url: str) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password."""
+    """The URL without its password: user:password@ or a password=... query parameter (which
+    was saved in storage.txt and printed in the dashboard line)."""
+    import re
+
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         cred, host = rest.rsplit("@", 1)
         user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}@{host}"
+        url = f"{scheme}://{user}@{host}"
+    if "?" in url:
+        base, query = url.split("?", 1)
+        kept = [p for p in re.split(r"[&;]", query)
+                if p and p.split("=", 1)[0].lower() not in ("password", "pass", "passwd")]
+        url = base + ("?" + "&".join(kept) if kept else "")
     return url
 
 
@@ -300,7 +364,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     their parameters again. Returns the numbers of the trials recovered."""
     host = socket.gethostname()
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if _dead(t, host) and retry_later(study, t)]
+            if _dead(t, host) and retry_later(study, t, dead=True)]
 
 
 def quiet_optuna():
