@@ -396,27 +396,8 @@ def test_unquantized_batchnorm_is_named():
     m = nn.Sequential(QDense(4, 4, kernel_quantizer="quantized_bits(6,1,alpha=1)",
                              bias_quantizer="quantized_bits(6,1,alpha=1)"), QBatchNorm(4))
     _warm_bn(m, (4,))
-    with pytest.raises(ExportError, match=r"^1: the batch norm's beta and mean are float \(no "
-                                          r"quantizer\); give it beta_quantizer and "
-                                          r"mean_quantizer \(and an inverse_quantizer\)"):
+    with pytest.raises(ExportError, match=r"1: batch-norm scale/shift are not on a fixed"):
         IntegerModel(m, (4,), IN16)
-    # an exact inverse but float beta and mean was exported with a 34-bit shift constant
-    def bn_model(**quantizers):
-        torch.manual_seed(0)
-        m = nn.Sequential(QActivation("quantized_bits(8,3)"),
-                          QBatchNorm(2, inverse_quantizer="quantized_bits(6,2,alpha=1)",
-                                     **quantizers))
-        _warm_bn(m, (2,))
-        return m
-
-    q = "quantized_bits(6,2,alpha=1)"
-    with pytest.raises(ExportError, match=r"^1: the batch norm's beta and mean are float"):
-        IntegerModel(bn_model(), (2,), IN16)
-    with pytest.raises(ExportError, match=r"^1: the batch norm's mean is float .* give it "
-                                          r"mean_quantizer \("):
-        IntegerModel(bn_model(beta_quantizer=q), (2,), IN16)
-    eng = IntegerModel(bn_model(beta_quantizer=q, mean_quantizer=q), (2,), IN16)
-    assert eng.compare(torch.randn(50, 2)).mismatched_samples == 0
 
 
 def test_a_forward_that_is_not_its_layers_one_after_another_is_refused():
@@ -983,12 +964,13 @@ def test_an_export_killed_midway_leaves_a_marked_project_and_the_next_restores_t
     import hetq.export.hls as hls
 
     eng = IntegerModel(jet("q6"), (16,), IN16)
-    d, aside = tmp_path / "hls", tmp_path / "hls.previous"
+    d, aside = tmp_path / "hls", tmp_path / ".hls.hetq-previous"
     hls.export_hls4ml(eng, d, compile=False)
     assert not (d / hls.UNFINISHED).exists()
     checked = (d / "firmware" / "parameters.h").read_text()
     # the state a kill -9 leaves: the earlier project aside, the new one marked unfinished
     shutil.copytree(d, aside)
+    (aside / hls.SET_ASIDE).write_text("x")
     (d / "firmware" / "parameters.h").write_text("the unchecked model")
     (d / hls.UNFINISHED).write_text("x")
 
@@ -998,11 +980,12 @@ def test_an_export_killed_midway_leaves_a_marked_project_and_the_next_restores_t
     monkeypatch.setattr(hls, "hls4ml_model", fails)
     with pytest.warns(UserWarning, match=r"an export killed before it had checked its project "
                                          r"left it here; the earlier project \(set aside in "
-                                         r"hls.previous\) is back"), \
+                                         r"\.hls\.hetq-previous\) is back"), \
             pytest.raises(ExportError, match="stopped"):
         hls.export_hls4ml(eng, d, compile=False)
     assert (d / "firmware" / "parameters.h").read_text() == checked
     assert not (d / hls.UNFINISHED).exists() and not aside.exists()
+    assert not (d / hls.SET_ASIDE).exists()
     monkeypatch.undo()
     shutil.rmtree(d)  # killed with no earlier project: its unfinished one is removed
     (d / "firmware").mkdir(parents=True)
@@ -1012,6 +995,17 @@ def test_an_export_killed_midway_leaves_a_marked_project_and_the_next_restores_t
         hls.export_hls4ml(eng, d, compile=False)
     assert (d / "firmware" / "parameters.h").read_text() == checked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hls"]
+    # a folder of the user's at that name is not taken for a set-aside project (a user's
+    # hls.previous was restored over the project, then deleted)
+    aside.mkdir()
+    (aside / "hls4ml_config.yml").write_text("mine")
+    with pytest.raises(ExportError, match=r"\.hls\.hetq-previous is in the way"):
+        hls.export_hls4ml(eng, d, compile=False)
+    assert (aside / "hls4ml_config.yml").read_text() == "mine"
+    mine = tmp_path / "hls.previous"
+    aside.rename(mine)
+    hls.export_hls4ml(eng, d, compile=False)
+    assert (mine / "hls4ml_config.yml").read_text() == "mine"
 
 
 def test_a_c_simulation_that_cannot_be_built_and_a_full_disk_are_named(tmp_path,

@@ -2187,6 +2187,16 @@ def test_a_database_outage_is_ridden_out_and_a_lost_one_is_one_line(tmp_path, mo
     assert redact("postgresql://u:pw@h:5/db?password=hunter2&sslmode=require") == \
         "postgresql://u@h:5/db?sslmode=require"
     assert redact("postgresql://u@h/db?password=x") == "postgresql://u@h/db"
+    assert redact("postgresql://h/db?sslmode=require;connect_timeout=5") == \
+        "postgresql://h/db?sslmode=require;connect_timeout=5"  # (separators kept)
+    assert redact("postgresql://h/db?password=a;sslpassword=b;x=1") == "postgresql://h/db?x=1"
+    # a folder recorded before the query password was redacted still takes its URL
+    from hetq.search.storage import STORAGE_FILE, check_run_storage
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / STORAGE_FILE).write_text("postgresql://h/db?user=u&password=s3\n")
+    check_run_storage(old, "postgresql://h/db?user=u&password=s3")
 
 
 def test_a_stale_trial_is_queued_without_its_workers_identity_and_not_for_ever(tmp_path):
@@ -2238,3 +2248,57 @@ def test_a_trial_failed_under_its_worker_is_dropped_not_the_whole_search(tmp_pat
         run_worker(study, objective, budget=2)
     assert runs == [0, 1, 2]
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+    def buggy(trial):  # an error outside the trial errors: Optuna fails the trial itself
+        trial.suggest_float("x", 0, 1)
+        raise AssertionError("a bug")
+
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 't.db'}"))
+    with pytest.raises(AssertionError, match="a bug"):  # (not taken for a takeover)
+        run_worker(study, buggy, budget=3)
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+
+
+def test_the_retrying_storage_covers_the_studys_calls_and_only_outages(tmp_path, monkeypatch):
+    """Found by a regression probe: a study calls the storage's private methods through its
+    cache (ask, get_trials, suggest were not retried); a FAIL whose commit went through
+    before the connection broke was retried into 'already finished', so retry_later
+    returned False and the configuration was never queued; a read-only SQLite file was
+    retried for a minute and called a lost connection."""
+    import sqlalchemy.exc
+    from optuna.storages import RDBStorage
+
+    import hetq.search.storage as st
+    from hetq.search.engine import retry_later, transient
+
+    monkeypatch.setattr(st, "RETRY_SECONDS", 5.0)
+    monkeypatch.setattr(st.RetryingRDBStorage, "_said", True)  # (no warning here)
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path / 's.db'}"))
+    lost = sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed"))
+    for name in ("_create_new_trial", "_get_trials", "_set_trial_param"):
+        real, once = getattr(RDBStorage, name), [True]
+
+        def flaky(self, *a, _real=real, _once=once, **k):
+            if _once.pop() if _once else False:
+                raise lost
+            return _real(self, *a, **k)
+        monkeypatch.setattr(RDBStorage, name, flaky)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    assert len(study.get_trials()) == 1
+    real_set = RDBStorage.set_trial_state_values
+    once = [True]
+
+    def commits_then_breaks(self, *a, **k):
+        out = real_set(self, *a, **k)
+        if once and once.pop():
+            raise optuna.exceptions.StorageInternalError("commit") from lost
+        return out
+    monkeypatch.setattr(RDBStorage, "set_trial_state_values", commits_then_breaks)
+    assert retry_later(study, study.trials[0])  # (it was False: nothing queued)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    ro = sqlalchemy.exc.OperationalError("UPDATE", {}, __import__("sqlite3").OperationalError(
+        "attempt to write a readonly database"))
+    locked = sqlalchemy.exc.OperationalError("UPDATE", {}, __import__("sqlite3").OperationalError(
+        "database is locked"))
+    assert not transient(ro) and transient(locked) and transient(lost)

@@ -397,3 +397,21 @@ def test_resize_model_carries_folded_batch_norms_and_refuses_what_it_cannot_resi
     with pytest.raises(ValueError, match=r"quantizer fc1.activation_quantizer holds per-unit "
                                          r"values \(bits of shape \(8,\)\)"):
         resize_model(pn, {"fc1": 0.5})
+
+
+def test_a_trial_replacing_a_tanh_by_a_relu_quantizer_is_not_warned():
+    """The space offers relu quantizers for a Tanh or LeakyReLU (as AutoQKeras does); the
+    warning for an activation quantizer of another function blamed the user for hetq's own
+    choice in every such trial. quantize_model called directly still says it."""
+    from hetq.quant.convert import quantize_model
+    from hetq.search.build import build_candidate
+
+    m = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 8), nn.LeakyReLU(0.1),
+                      nn.Linear(8, 3))
+    cand = SearchSpace(m).candidate({"1/activation": "quantized_relu(8,2)",
+                                     "3/activation": "quantized_relu(8,2)"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_candidate(m, cand)
+    with pytest.warns(UserWarning, match="makes this tanh a relu"):
+        quantize_model(m, cand.quant_config)

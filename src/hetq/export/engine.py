@@ -304,15 +304,6 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
             chain(_act_step(f"{name}.activation", m.activation_quantizer, t))
         return steps
     if isinstance(m, QBatchNorm):
-        floats = [f for f in ("beta", "mean") if m.quantizers[f] is None
-                  and (f == "mean" or m.affine)]
-        if floats:  # (float32 values are dyadic, so the shift "fit" a 34-bit type)
-            are = "are" if len(floats) > 1 else "is"
-            give = " and ".join(f + "_quantizer" for f in floats)
-            raise ExportError(f"{name}: the batch norm's {' and '.join(floats)} {are} float (no "
-                              f"quantizer); give it {give} (and an inverse_quantizer), or "
-                              "fold it into the layer before "
-                              "(quantize_model(fold_batchnorm=True))")
         with torch.no_grad():
             inv, shift = m.folded_scale_shift(m.running_mean, m.running_var)
         try:

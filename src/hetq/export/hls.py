@@ -253,16 +253,29 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
 UNFINISHED = "HETQ_EXPORT_UNFINISHED.txt"
 
 
+SET_ASIDE = "HETQ_SET_ASIDE.txt"  # in a project an export set aside (only those come back)
+
+
+def _aside(out_dir: Path) -> Path:
+    """Where an export keeps the earlier project until its own is complete (hidden, and
+    named for hetq: a user's own FOLDER.previous was taken for one and deleted)."""
+    return out_dir.with_name(f".{out_dir.name}.hetq-previous")
+
+
 def _recover(out_dir: Path, aside: Path) -> None:
     """Undo what a killed export left (the lock is held, so no export runs here now): its
     unfinished project goes, and the earlier, checked project it had set aside in `aside`
     comes back (it stayed there, and the next export deleted it, keeping the unchecked
-    one)."""
+    one). A folder at `aside` without the SET_ASIDE mark is not hetq's: an ExportError."""
     unfinished = (out_dir / UNFINISHED).exists()
+    if aside.exists() and not (aside / SET_ASIDE).is_file():
+        raise ExportError(f"{aside} is in the way (hetq keeps an earlier project there while "
+                          "it replaces it, and this one is not such a project); move it away")
     if aside.is_dir():
         if unfinished or not out_dir.exists():
             shutil.rmtree(out_dir, ignore_errors=True)
             aside.rename(out_dir)
+            (out_dir / SET_ASIDE).unlink()
             warnings.warn(f"{out_dir}: an export killed before it had checked its project "
                           f"left it here; the earlier project (set aside in {aside.name}) is "
                           "back", stacklevel=3)
@@ -275,19 +288,21 @@ def _recover(out_dir: Path, aside: Path) -> None:
 
 
 def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
-    aside = out_dir.with_name(out_dir.name + ".previous")
+    aside = _aside(out_dir)
     _recover(out_dir, aside)
     earlier = earlier_project(out_dir)
     existed = out_dir.is_dir()
     aside = aside if earlier else None
     if aside is not None:  # kept until the new project is complete, restored if it fails
         out_dir.rename(aside)
+        (aside / SET_ASIDE).write_text(f"the earlier hls4ml project of {out_dir}, kept by "
+                                       "hetq export until the new one is complete\n")
     try:
         os.makedirs(out_dir, exist_ok=True)
         (out_dir / UNFINISHED).write_text(
             "hetq export is writing and checking this hls4ml project. If this file is still "
             "here, that export was killed: the project is unchecked (the earlier one, if any, "
-            f"is in {out_dir.name}.previous; the next export into this folder restores it).\n")
+            f"is in {_aside(out_dir).name}; the next export into this folder restores it).\n")
         hls_model = hls4ml_model(eng, out_dir, backend=backend, **kw)
         report = None
         if compile:
@@ -309,6 +324,7 @@ def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
         shutil.rmtree(out_dir, ignore_errors=True)
         if aside is not None:
             aside.rename(out_dir)
+            (out_dir / SET_ASIDE).unlink(missing_ok=True)
         elif existed:
             out_dir.mkdir()
         raise

@@ -455,12 +455,16 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
     return _finish(name, m, new)
 
 
+FUNCTION_CHANGE = "the quantizer is the activation function (as QKeras's QActivation)"
+
+
 def _warn_function_change(name: str, m: nn.Module, q) -> None:
     """A warning when the quantizer replacing activation `m` computes another function: the
     quantizer is the activation (as in QKeras's QActivation), so a relu quantizer on a Tanh
     made it a ReLU, and a LeakyReLU lost its slope, without a word. Quantizers that are no
-    particular function (quantized_bits, po2, binary, ternary: the search's activation
-    choices) are not said."""
+    particular function (quantized_bits, po2, binary, ternary) are not said, nor is a
+    search's trial (`build_candidate`: the space offers relu quantizers for any
+    activation, as AutoQKeras does)."""
     from .activations import quantized_sigmoid, quantized_tanh
     from .fixed_point import quantized_hswish, quantized_relu
     from .po2 import quantized_relu_po2
@@ -483,9 +487,8 @@ def _warn_function_change(name: str, m: nn.Module, q) -> None:
         why = (f"gives this LeakyReLU(negative_slope={m.negative_slope}) the slope "
                f"{float(getattr(q, 'negative_slope', 0) or 0)}")
     if why:
-        warnings.warn(f"layer {name!r} ({type(m).__name__}): the quantizer {q} {why}; the "
-                      "quantizer is the activation function (as QKeras's QActivation)",
-                      stacklevel=4)
+        warnings.warn(f"layer {name!r} ({type(m).__name__}): the quantizer {q} {why}; "
+                      f"{FUNCTION_CHANGE}", stacklevel=4)
 
 
 def _finish(name: str, m: nn.Module, new: nn.Module) -> nn.Module:

@@ -109,15 +109,17 @@ ORIGIN_TAGS = ("warm_start", "hessian_budget", "hessian_omega")  # set when enqu
 
 def transient(e: BaseException) -> bool:
     """Whether `e` (or an exception it was raised from or during) is a lost or refused
-    database connection: Optuna's StorageInternalError (a failed commit) or SQLAlchemy's
-    OperationalError / InterfaceError."""
+    database connection, which may come back: SQLAlchemy's OperationalError or
+    InterfaceError (Optuna wraps a failed commit's in a StorageInternalError), except
+    SQLite's own errors other than a locked database (a read-only file, say, is no outage)."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, optuna.exceptions.StorageInternalError) or (
-                type(e).__module__.startswith("sqlalchemy")
-                and type(e).__name__ in ("OperationalError", "InterfaceError")):
-            return True
+        if type(e).__module__.startswith("sqlalchemy") and \
+                type(e).__name__ in ("OperationalError", "InterfaceError"):
+            orig = getattr(e, "orig", None)
+            sqlite = orig is not None and type(orig).__module__.startswith("sqlite3")
+            return not sqlite or "locked" in str(orig)
         e = e.__cause__ or e.__context__
     return False
 
@@ -237,22 +239,27 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
     t0 = time.monotonic()
     ran = 0
 
-    current: list[optuna.Trial] = []  # the trial this process is running
+    # the trial this process is running, while its objective ended as Optuna will tell it
+    # (returned a value, or raised an error of `catch`): a tell that then fails on a trial
+    # another process finished is that process's takeover, not an error of this search
+    current: list[optuna.Trial] = []
 
     def guarded(trial: optuna.Trial):
-        current[:] = [trial]
         if counted_before(study, trial.number) >= budget:
             trial.set_user_attr("overflow", True)
             raise BudgetReached
         try:
-            return objective(trial)
+            value = objective(trial)
         except (KeyboardInterrupt, OSError) as e:  # (OSError: a full disk, a read-only
             raise _TrialInterrupted(trial, e) from None  # trials/ folder: every trial's)
         except TRIAL_ERRORS as e:  # kept with the trial: `hetq report` says why they failed
+            current[:] = [trial]
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0]}"
                                     if str(e) else type(e).__name__)
             raise
+        current[:] = [trial]
+        return value
 
     mine: list[optuna.trial.FrozenTrial] = []  # the trial this process just ran (other
     # workers' trials, e.g. one that overflowed the budget, land in the study meanwhile)
@@ -281,7 +288,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             retry_all_later(study, [e.trial])
             raise e.interruption from None
         except (ValueError, RuntimeError, AssertionError):  # (Optuna's 'Should not reach.')
-            if not (current and _taken_over(study, current[0])):
+            if not (current and mine == [] and _taken_over(study, current[0])):
                 raise
             import warnings  # (it ended the whole command: 'Cannot tell a FAIL trial')
 
@@ -304,10 +311,10 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
 
 
 def _taken_over(study: optuna.Study, trial: optuna.Trial) -> bool:
-    """Whether `trial`, which this process was running when telling its result failed, was
-    finished by another (a database heartbeat's stale-trial check)."""
+    """Whether `trial`, whose objective had ended when telling its result failed, was
+    failed by another process (a database heartbeat's stale-trial check)."""
     try:
-        return study._storage.get_trial(trial._trial_id).state.is_finished()
+        return study._storage.get_trial(trial._trial_id).state == TrialState.FAIL
     except Exception:
         return False
 

@@ -119,20 +119,19 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         import time
         import warnings
 
-        delay, waited = 0.5, 0.0
+        delay, end = 0.5, time.monotonic() + RETRY_SECONDS
         while True:
             try:
                 return call(self, *args, **kwargs)
             except Exception as e:
-                if not transient(e) or waited >= RETRY_SECONDS:
+                if not transient(e) or time.monotonic() >= end:
                     raise
                 if not RetryingRDBStorage._said:
                     RetryingRDBStorage._said = True
                     warnings.warn(f"lost the connection to the study's database "
                                   f"({db_reason(e)}); retrying for up to "
                                   f"{RETRY_SECONDS:g} s", stacklevel=3)
-                time.sleep(delay)
-                waited += delay
+                time.sleep(min(delay, max(0.0, end - time.monotonic())))
                 delay = min(2 * delay, 8.0)
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -141,6 +140,30 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         except Exception as e:  # (the heartbeat thread ended on its first error)
             if not transient(e):
                 raise
+
+    def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        """As RDBStorage's, retried; a retry of a change whose commit went through before
+        the connection broke finds the trial finished already: it is done, not an error
+        (a FAIL set by `retry_later` that way returned False, and the configuration was
+        never queued again)."""
+        lost = []
+
+        def attempt(storage, *args):
+            try:
+                return optuna.storages.RDBStorage.set_trial_state_values(storage, *args)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if lost:
+                    t = optuna.storages.RDBStorage.get_trial(storage, trial_id)
+                    if t.state == state and (values is None or list(t.values or []) ==
+                                             list(values)):
+                        return True
+                raise
+            except Exception as e:
+                if transient(e):
+                    lost.append(e)
+                raise
+
+        return self._retrying(attempt, trial_id, state, values)
 
 
 def _retried(name: str):
@@ -151,12 +174,14 @@ def _retried(name: str):
     return method
 
 
-for _name in ("create_new_trial", "set_trial_param", "set_trial_state_values",
+# what Optuna's study (through its cache, `_CachedStorage`) calls; public methods that only
+# call a private one (create_new_trial, get_all_trials, ...) are retried there
+for _name in ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+              "_get_stale_trial_ids", "get_trial_id_from_study_id_trial_number", "get_trial",
               "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-              "get_trial", "get_all_trials", "get_n_trials", "get_study_user_attrs",
-              "get_study_system_attrs", "set_study_user_attr", "get_all_studies",
-              "get_study_id_from_name", "get_study_directions", "get_best_trial",
-              "_get_stale_trial_ids"):
+              "get_study_user_attrs", "get_study_system_attrs", "set_study_user_attr",
+              "set_study_system_attr", "get_all_studies", "get_study_id_from_name",
+              "get_study_name_from_id", "get_study_directions"):
     setattr(RetryingRDBStorage, _name, _retried(_name))
 
 
@@ -250,7 +275,8 @@ def check_run_storage(out: Path, storage: str | None, reading: bool = False) -> 
     `reading`: for report, retrain and export, which have no --out to change."""
     elsewhere = "" if reading else ", or use another --out"
     rec = Path(out) / STORAGE_FILE
-    recorded = rec.read_text().strip() if rec.exists() else None
+    # (redacted again: a record written before `redact` dropped ?password= holds it)
+    recorded = redact(rec.read_text().strip()) if rec.exists() else None
     given = _database(storage, Path(out))
     if recorded and given is None:
         raise ValueError(f"{out}'s study is in {recorded}: give --storage with that URL "
@@ -294,11 +320,11 @@ def redact(url: str) -> str:
         cred, host = rest.rsplit("@", 1)
         user = cred.split(":", 1)[0]
         url = f"{scheme}://{user}@{host}"
-    if "?" in url:
+    if "?" in url:  # (the other parameters and their separators as they were)
         base, query = url.split("?", 1)
-        kept = [p for p in re.split(r"[&;]", query)
-                if p and p.split("=", 1)[0].lower() not in ("password", "pass", "passwd")]
-        url = base + ("?" + "&".join(kept) if kept else "")
+        query = re.sub(r"(?i)(^|[&;])(password|pass|passwd|sslpassword)=[^&;]*", "", query)
+        query = query.lstrip("&;")
+        url = base + ("?" + query if query else "")
     return url
 
 
