@@ -681,9 +681,11 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
         export_model(m, torch.randn(300, 4) * 3, IN16, qonnx=tmp_path / "m.onnx",
                      out=lines.append)
     assert str(e.value) == (f"--qonnx {tmp_path / 'm.onnx'} not written: 1: table steps are "
-                            "not supported by the QONNX export (dense, conv, quantized_bits/"
-                            "relu, ReLU, flatten are; `hetq search --deployable` searches only "
-                            "those activations)")
+                            "not supported by the QONNX export (it covers dense and conv "
+                            "layers, activations that are plain casts (quantized_bits, "
+                            "quantized_relu), ReLU, flatten, dropout and identity); the "
+                            "integer engine still runs it; `hetq search --deployable` searches "
+                            "only exportable activations")
     engine = [ln for ln in lines if "PyTorch (float64)" in ln]
     assert len(engine) == 1 and "mismatches     0" in engine[0] and "bit-exact" in engine[0]
     assert not (tmp_path / "m.onnx").exists()
@@ -1337,3 +1339,45 @@ def test_one_element_tensor_bits_apply_to_every_feature():
     with pytest.raises(ExportError, match=r"^the engine's outputs have shape \(50, 4\), the "
                                           r"PyTorch model's \(50, 2\)"):
         eng.compare(x)
+
+
+def test_cnn_layers_that_keep_the_grid_run_and_pools_that_do_not_fit_are_refused():
+    """Found by a probe of the CNN path: Dropout2d, Unflatten and AdaptiveMaxPool2d were
+    refused by the engine as 'float ... on the datapath'; quantize_model dropped an
+    AvgPool2d's count_include_pad/ceil_mode/divisor_override (0.44 off, or another output
+    shape); fold_batchnorm skipped a Conv1d + BatchNorm1d without a word; an
+    AdaptiveAvgPool2d(1) became a (N, C) pooling before a 1x1 convolution silently."""
+    import warnings
+
+    from hetq.quant.convert import quantize_model
+
+    k = "quantized_bits(4,0,alpha=1)"
+    m = nn.Sequential(QActivation("quantized_bits(8,3)"),
+                      QConv2d(1, 4, 3, kernel_quantizer=k, bias_quantizer=k),
+                      QActivation("quantized_relu(4,2)"), nn.Dropout2d(0.3),
+                      nn.AdaptiveMaxPool2d(2), nn.Flatten(), nn.Unflatten(1, (16,)),
+                      QDense(16, 3, kernel_quantizer=k, bias_quantizer=k)).eval()
+    eng = IntegerModel(m, (1, 6, 6))
+    assert [s.kind for s in eng.steps][3:7] == ["dropout", "adaptivemaxpool2d", "flatten",
+                                                "unflatten"]
+    assert eng.compare(torch.randn(40, 1, 6, 6) * 2).exact
+    cfg = {"AvgPool2d": {"average": "quantized_bits(24,0,alpha=1)"}}
+    for pool, odd in ((nn.AvgPool2d(3, 2, 1, count_include_pad=False), "count_include_pad"),
+                      (nn.AvgPool2d(2, ceil_mode=True), "ceil_mode=True"),
+                      (nn.AvgPool2d(2, divisor_override=3), "divisor_override=3")):
+        with pytest.raises(ValueError, match=rf"^layer '1': AvgPool2d\({odd}.*\) has no "
+                                             r"quantized form"):
+            quantize_model(nn.Sequential(nn.Conv2d(3, 3, 1), pool), cfg)
+    with pytest.warns(UserWarning, match=r"^fold_batchnorm: layer '0' \(a Conv1d\) is not "
+                                         r"folded with its batch norm"):
+        quantize_model(nn.Sequential(nn.Conv1d(2, 4, 3), nn.BatchNorm1d(4)),
+                       {"Conv1d": {"kernel": k}}, fold_batchnorm=True)
+    g = {"AdaptiveAvgPool2d": {"average": "quantized_bits(24,0,alpha=1)"}}
+    with pytest.warns(UserWarning, match=r"AdaptiveAvgPool2d\(1\) becomes "
+                                         r"QGlobalAveragePooling2d, whose output is \(N, C\)"):
+        quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1),
+                                     nn.Conv2d(4, 10, 1)), g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a Flatten after it: the same model)
+        quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 2)), g)

@@ -69,7 +69,10 @@ from .steps import (
 )
 
 MAX_EXACT_BITS = 53  # codes are multiplied in float64: exact while sums stay below 2**53
-GRID_KEEPING = (nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout, nn.MaxPool1d, nn.MaxPool2d)
+# modules whose outputs are on their input's grid (dropout: every kind, an identity at
+# inference; Dropout2d and Unflatten were refused as "float ... on the datapath")
+GRID_KEEPING = (nn.ReLU, nn.Flatten, nn.Unflatten, nn.Identity, nn.modules.dropout._DropoutNd,
+                nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
 
 # -- compilation -----------------------------------------------------------------------------
@@ -361,7 +364,9 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
         out = in_type
         if isinstance(m, nn.ReLU) and in_type.signed:
             out = FixedType(max(1, in_type.width - 1), in_type.integer - 1, False)
-        steps.append(KeepStep(name, type(m).__name__.lower(), out, module=m))
+        kind = ("dropout" if isinstance(m, nn.modules.dropout._DropoutNd)
+                else type(m).__name__.lower())
+        steps.append(KeepStep(name, kind, out, module=m))
         return steps
     if isinstance(m, QLayer):
         raise ExportError(f"{name}: {type(m).__name__} is not supported by the integer engine")

@@ -29,6 +29,8 @@ from .engine import IntegerModel, check_engine
 from .steps import CastStep, ExportError, KeepStep, TensorCastStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
+QONNX_COVERS = ("it covers dense and conv layers, activations that are plain casts "
+                "(quantized_bits, quantized_relu), ReLU, flatten, dropout and identity")
 FLOAT32_BITS = 24  # float32's significand: what a Quant node's float32 output holds exactly
 ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
             "RND_ZERO": "HALF_DOWN"}
@@ -225,11 +227,14 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
             elif kind in ("identity", "dropout"):
                 continue
             else:
-                raise ExportError(f"{step.name}: {kind} is not supported by the QONNX export")
+                raise ExportError(f"{step.name}: {kind} is not supported by the QONNX export "
+                                  f"({QONNX_COVERS}); the integer engine still runs it")
         else:
+            hint = ("; `hetq search --deployable` searches only exportable activations"
+                    if step.kind == "table" else "")
             raise ExportError(f"{step.name}: {step.kind} steps are not supported by the QONNX "
-                              "export (dense, conv, quantized_bits/relu, ReLU, flatten are; "
-                              "`hetq search --deployable` searches only those activations)")
+                              f"export ({QONNX_COVERS}); the integer engine still runs "
+                              f"it{hint}")
     inp = helper.make_tensor_value_info("global_in", b.elem, ["N", *eng.input_shape])
     out = helper.make_tensor_value_info(x, b.elem, None)
     graph = helper.make_graph(b.nodes, "hetq_model", [inp], [out], initializer=b.inits)

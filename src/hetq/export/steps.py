@@ -170,15 +170,16 @@ class TableStep(Step):
 
 @dataclass
 class KeepStep(Step):
-    """ReLU, flatten, max pooling, identity: grid-preserving float modules."""
+    """ReLU, flatten/unflatten, max pooling, identity, dropout: grid-preserving float
+    modules."""
 
     module: nn.Module = None
 
     def run(self, x, in_type):
         if isinstance(self.module, nn.ReLU):
             return x.clamp_min(0)
-        if isinstance(self.module, (nn.Identity, nn.Dropout)):
-            return x
+        if isinstance(self.module, (nn.Identity, nn.modules.dropout._DropoutNd)):
+            return x  # (dropout: inference)
         return self.module(x.to(torch.float64)).to(torch.int64)
 
 

@@ -389,8 +389,10 @@ def _check_fields(name: str, module: nn.Module, fields: dict, allowed: tuple[str
                              f"to quantize; it has: {', '.join(allowed) or 'none'}")
 
 
-def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
-    """The quantized replacement of module `m` under fields `f` (None: leave it)."""
+def _convert(name: str, m: nn.Module, f: dict, modules: dict | None = None
+             ) -> nn.Module | None:
+    """The quantized replacement of module `m` under fields `f` (None: leave it); `modules`:
+    the model's, by name."""
     g = f.get
     if isinstance(m, (QLayer,)):
         return _requantize(name, m, f)
@@ -430,6 +432,14 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
                          g("beta"), g("mean"), g("variance"), g("inverse"))
     elif isinstance(m, nn.AvgPool2d):
         _check_fields(name, m, f, ("average", "activation"))
+        odd = [f"{k}={v!r}" for k, v, plain in (
+            ("count_include_pad", m.count_include_pad, True), ("ceil_mode", m.ceil_mode, False),
+            ("divisor_override", m.divisor_override, None)) if v != plain]
+        if odd:  # (they were dropped: 0.44 off, or another output shape)
+            raise ValueError(f"layer {name!r}: AvgPool2d({', '.join(odd)}) has no quantized "
+                             "form (QAveragePooling2d, as QKeras's, divides by the window "
+                             "area with padding counted and floors the output size); use the "
+                             "defaults, or leave this layer out of the config")
         return _finish(name, m, QAveragePooling2d(m.kernel_size, m.stride, m.padding,
                                                   g("average"), g("activation")))
     elif isinstance(m, nn.AdaptiveAvgPool2d):
@@ -437,6 +447,11 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
             raise ValueError(f"layer {name!r}: only AdaptiveAvgPool2d(1) converts to "
                              "QGlobalAveragePooling2d (it flattens to (N, C))")
         _check_fields(name, m, f, ("average", "activation"))
+        if _not_flattened_after(name, modules or {}):
+            warnings.warn(f"layer {name!r}: AdaptiveAvgPool2d(1) becomes "
+                          "QGlobalAveragePooling2d, whose output is (N, C), as Keras's "
+                          "GlobalAveragePooling2D, not (N, C, 1, 1): a layer after it that "
+                          "expects 4-d inputs fails", stacklevel=3)
         return _finish(name, m, QGlobalAveragePooling2d(g("average"), g("activation")))
     else:
         raise ValueError(f"layer {name!r} ({type(m).__name__}) cannot be quantized; quantizable "
@@ -453,6 +468,17 @@ def _convert(name: str, m: nn.Module, f: dict) -> nn.Module | None:
                          "before quantizing: its weights would be lost")
     new.load_state_dict(state, strict=False)
     return _finish(name, m, new)
+
+
+def _not_flattened_after(name: str, modules: dict) -> bool:
+    """Whether layer `name` is followed, in its nn.Sequential, by a layer other than an
+    nn.Flatten (False where that is not known: last in it, or in a forward of its own)."""
+    parent = modules.get(name.rpartition(".")[0]) if "." in name else modules.get("")
+    if not isinstance(parent, nn.Sequential):
+        return False
+    items = [n for n, _ in parent.named_children()]
+    k = items.index(name.rpartition(".")[2])
+    return k + 1 < len(items) and not isinstance(parent[k + 1], nn.Flatten)
 
 
 FUNCTION_CHANGE = "the quantizer is the activation function (as QKeras's QActivation)"
@@ -564,6 +590,28 @@ def _fold_pairs(model: nn.Module, config: QuantConfig) -> dict[str, tuple[str, s
     return pairs
 
 
+def _warn_unfolded(model: nn.Module, folds: dict) -> None:
+    """fold_batchnorm=True: a warning for each weight layer followed by a batch norm that is
+    not folded (a Conv1d, a grouped or depthwise Conv2d), which was skipped without a word
+    (and the export then said to quantize the model, which it was)."""
+    for pname, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        items = list(parent.named_children())
+        for (n1, m1), (_, m2) in zip(items, items[1:]):
+            full = f"{pname}.{n1}" if pname else n1
+            if full not in folds and isinstance(m1, (nn.Conv1d, nn.Conv2d)) and \
+                    not isinstance(m1, QLayer) and \
+                    isinstance(m2, nn.modules.batchnorm._BatchNorm):
+                what = (f"a {type(m1).__name__}" if isinstance(m1, nn.Conv1d) else
+                        f"a Conv2d with groups={m1.groups}")
+                warnings.warn(f"fold_batchnorm: layer {full!r} ({what}) is not folded with its "
+                              "batch norm (hetq folds Linear and Conv2d with groups=1, as "
+                              "QKeras's QDenseBatchnorm and QConv2DBatchnorm); the batch norm "
+                              "stays a layer of its own: give it quantizers (inverse, beta, "
+                              "mean) to export it", stacklevel=3)
+
+
 def _bn_momentum(name: str, bn: nn.Module) -> float:
     """The momentum a quantized batch norm continues with; a float BN that keeps no running
     statistics is refused (it normalises each batch by its own moments, also in eval)."""
@@ -649,6 +697,8 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     modules = dict(model.named_modules(remove_duplicate=False))
     names = set(modules)
     folds = _fold_pairs(model, config)
+    if fold_batchnorm:
+        _warn_unfolded(model, folds)
     if not fold_batchnorm:  # only layers whose own entry is a folded one's (folding_mode...)
         folds = {n: p for n, p in folds.items() if n in config.fold_args}
     folded_bns = {bn: lin for lin, (bn, _) in folds.items()}
@@ -729,7 +779,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
             # a type or regex key's bias quantizer does not apply to a layer without a bias
             # (QKeras sets it to None there); an exact name asking for one is an error
             fields = {f: v for f, v in fields.items() if f != "bias"}
-        new = _convert(name, m, _fresh(fields))
+        new = _convert(name, m, _fresh(fields), modules)
         if new is not None:
             _set(model, name, new)
             done[id(m)] = new
