@@ -7,8 +7,10 @@ multipliers, sparsities and a learning rate, from which the trial model is built
 `limit` (AutoQKeras semantics, spec §5.3, with two quirks fixed):
     keys   exact layer names, name regexes (`re.match`), layer types ("Linear", "Dense",
            "Conv2d", "ReLU", "Activation", ...) or "default" (which only pads, below);
-    values [kernel, bias, activation] for weight layers (a depthwise/separable layer reads
-           kernel for depthwise and pointwise), [activation] for activation layers (the last
+    values [kernel, bias, activation] for weight layers (Linear, Conv1d and Conv2d, a
+           depthwise one included; a separable convolution or a QActivation the model is
+           built with keeps its quantizers and is no slot), [activation] for activation
+           layers (the last
            entry is used); each entry is a maximum bit count (candidates with bits <= it) or
            an explicit list of quantizer strings; short lists of type keys are padded from
            "default" (8 when absent).
