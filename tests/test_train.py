@@ -302,7 +302,7 @@ def test_a_model_that_does_not_suit_the_data_or_task_is_a_clear_error(jets, tmp_
                                          r"maps samples of shape \(16,\) to \(5,\)"):
         fit(build("jet_mlp"), jets, epochs=1, task=Anomaly(), progress=False)
     assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--no-progress", "--out",
-                 str(tmp_path / "cnn")]) == 2
+                 str(tmp_path / "cnn"), "--data", "jets-sim"]) == 2
     assert "does not take the samples of jets-sim (shape (16,))" in capsys.readouterr().err
 
 
@@ -1975,3 +1975,12 @@ def test_a_checkpoint_written_meanwhile_by_another_run_is_not_replaced(tmp_path)
         write_whole(path, lambda tmp: tmp.write_bytes(b"new"), replace=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rt-2.pt", "rt.pt"]
     assert save(path, model, model_name="jet_mlp") == path  # (overwrite: the default)
+
+
+def test_train_cnn_digits_defaults_to_the_digits(tmp_path, capsys):
+    """`hetq train --model cnn_digits` without --data trained on the jets and failed with
+    'the model does not take the samples of jets-sim'."""
+    assert main(["train", "--model", "cnn_digits", "--epochs", "1", "--out",
+                 str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "cnn_digits on " in capsys.readouterr().out
+    assert hetq.load(tmp_path / "c" / "model.pt")[0].in_channels == 1
