@@ -2302,3 +2302,14 @@ def test_the_retrying_storage_covers_the_studys_calls_and_only_outages(tmp_path,
     locked = sqlalchemy.exc.OperationalError("UPDATE", {}, __import__("sqlite3").OperationalError(
         "database is locked"))
     assert not transient(ro) and transient(locked) and transient(lost)
+
+
+def test_search_cnn_digits_defaults_to_the_digits(tmp_path, capsys):
+    """`hetq search --model cnn_digits` without --data took the jets and failed."""
+    from hetq.cli import main
+
+    out = tmp_path / "c"
+    assert main(["search", "--model", "cnn_digits", "--trials", "1", "--epochs", "1",
+                 "--float-epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert SearchConfig.load(out / "search.yaml").data == "digits"
+    capsys.readouterr()

@@ -180,9 +180,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",
                    help="hidden layer widths of --model (jet_mlp default: 64 32 32); e.g. "
                         "32 16 for a smaller start of --strategy gradient")
-    s.add_argument("--data", default="jets-sim",
+    s.add_argument("--data", default=None,
                    help="jets-sim | jets-sim:PATH | jets | jets:PATH | digits | synthetic (default "
-                        "%(default)s: the built-in simulated jets sample)")
+                        "jets-sim, the built-in simulated jets sample; digits for --model "
+                        "cnn_digits)")
     s.add_argument("--out", default="runs/search", help="run folder (journal, checkpoints)")
     s.add_argument("--goal", default="energy", choices=["energy", "bits", "ebops", "lut"],
                    help="the cost searched against: QTools energy (pJ), model size in "
@@ -410,6 +411,8 @@ def _search(a) -> int:
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .storage import redact
 
+    if a.data is None:  # (cnn_digits on the jets failed: 'does not take the samples')
+        a.data = "digits" if a.model == "cnn_digits" else "jets-sim"
     qc = _load_yaml(a.quantization_config)
     if qc is None and a.deployable:
         qc = DEPLOYABLE_QUANTIZATION_CONFIG
