@@ -206,7 +206,7 @@ def test_a_bad_storage_is_refused_before_the_float_model_is_trained(tmp_path):
     with pytest.raises(ValueError, match="cannot open storage postgresql://nobody@127"):
         run_search(cfg(), tmp_path / "r", storage="postgresql://nobody@127.0.0.1:9/db",
                    progress=False)
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == []  # no float.pt, no yaml
+    assert not (tmp_path / "r").exists()  # no float.pt, no yaml, no empty folder
     with pytest.raises(ValueError) as e:  # Optuna's own sentence ends in a full stop
         make_storage("mysql://nobody@127.0.0.1:9/db")
     assert "Failed to import DB access module" in str(e.value) and ".." not in str(e.value)
@@ -838,7 +838,7 @@ def test_a_bad_search_space_is_refused_before_the_float_training(tmp_path):
                                                       "layer")):
         with pytest.raises(ValueError, match=msg):
             run_search(cfg(**kw), out, progress=False)
-        assert list(out.iterdir()) == []  # no float.pt, no search.yaml
+        assert not out.exists()  # no float.pt, no search.yaml, no empty folder
     assert len(completed(run_search(cfg(trials=1), out, progress=False))) == 1
 
 
@@ -2313,3 +2313,11 @@ def test_search_cnn_digits_defaults_to_the_digits(tmp_path, capsys):
                  "--float-epochs", "1", "--out", str(out), "--no-progress"]) == 0
     assert SearchConfig.load(out / "search.yaml").data == "digits"
     capsys.readouterr()
+    # a search refused by its checks leaves no empty --out folder behind
+    assert main(["search", "--model", "cnn_digits", "--strategy", "hessian", "--out",
+                 str(tmp_path / "runs" / "h"), "--no-progress"]) == 2
+    assert "is quantized already" in capsys.readouterr().err
+    assert main(["search", "--model", "cnn_digits", "--strategy", "gradient", "--out",
+                 str(tmp_path / "runs" / "g"), "--no-progress"]) == 2
+    assert "is not supported by the gradient strategy" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

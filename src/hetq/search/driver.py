@@ -673,8 +673,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
     if workers > 1 and config.population > 1:
         raise ValueError(f"population training (--population {config.population}) trains its "
                          "batches in one process; use --workers 1 with it")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # (made by the lock, which removes it again if the checks refuse)
     # the checks and the setup (float model, study) one process at a time: a second search
     # started meanwhile with other settings passed the checks, then replaced float.pt (and
     # search.yaml) before the study refused it; one with the same settings now waits, then

@@ -120,7 +120,6 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
     from ..driver import OtherSettings, folder_changes, start_run
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     changed = folder_changes(config, out, skip=())
     if "strategy" in changed:  # its study and trials would stay, under a gradient search.yaml
         raise ValueError(f"{out} holds a search with --strategy {changed['strategy'][0]}; use "
@@ -132,6 +131,7 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
                             f"then to save that front, or remove {running} to train anew "
                             "without it", changed)
     check_mlp(build(config.model, **config.model_kwargs))  # (before the float training)
+    out.mkdir(parents=True, exist_ok=True)  # (after the checks: a refusal left it empty)
     # the float model saved there is reused: it must be the same model on the same data,
     # trained as long (a changed --float-epochs was ignored, and search.yaml then said it)
     changed = {k: v for k, v in changed.items()
