@@ -1335,6 +1335,14 @@ def test_one_element_tensor_bits_apply_to_every_feature():
     assert eng(x).shape == (50, 2) and eng.compare(x).exact
     if importlib.util.find_spec("qonnx"):
         assert check_qonnx(eng, to_qonnx(eng), x).exact
+    one_bit = quantized_bits(torch.tensor([4.0, 1.0, 4.0]), torch.tensor([0.0, 0.0, 0.0]),
+                             alpha=1)  # (it was blamed on 'alpha=auto statistics')
+    with pytest.raises(ExportError, match=r"^1: quantizer quantized_bits\(\[4.0 1.0 4.0\].* "
+                                          r"has per-feature \(tensor\) parameters, which the "
+                                          r"integer engine runs only as plain casts"):
+        IntegerModel(nn.Sequential(QDense(3, 3, kernel_quantizer="quantized_bits(4,0,1,alpha=1)",
+                                          bias=False), QActivation(one_bit)).eval(), (3,),
+                     "ap_fixed<8,3>")
     eng.steps[-1:] = []  # (an engine that does not compute its model: refused, not compared)
     with pytest.raises(ExportError, match=r"^the engine's outputs have shape \(50, 4\), the "
                                           r"PyTorch model's \(50, 2\)"):

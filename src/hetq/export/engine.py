@@ -146,6 +146,12 @@ def _element_type(q, what: str) -> FixedType:
                 raise ExportError(f"{what}: the activation {q} is float (not quantized); "
                                   "give it a quantizer, e.g. quantized_relu(6,0) for relu or "
                                   "quantized_tanh(8) for tanh")
+            if not getattr(q, "is_scalar", True):  # (said to be 'alpha=auto statistics')
+                raise ExportError(
+                    f"{what}: quantizer {q} has per-feature (tensor) parameters, which the "
+                    "integer engine runs only as plain casts: quantized_bits with alpha 1 or "
+                    "None and every signed member of at least 2 bits, or quantized_relu "
+                    "without a slope, sigmoid or bound clip")
             raise ExportError(f"{what}: quantizer {q} has no finite set of output values "
                               "(e.g. alpha='auto' statistics); it cannot run as a table")
         ft = _values_type(q, vals, what, "a bound or scale that is not a short binary "
