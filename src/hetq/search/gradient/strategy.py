@@ -237,10 +237,13 @@ def _save_front(g, front, ctx, config, out, merge: bool = False
     if merge and earlier:
         import warnings
 
+        from ..objectives import pareto_front
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # (its note on the unsaved front: being saved)
-            rows = _nondominated(rows + saved_gradient_rows(out))
-        rows.sort(key=lambda r: (r.ebops, -r.point.val_accuracy))  # (as a front is)
+            rows += saved_gradient_rows(out)
+        # the rows no other beats in validation accuracy and EBOPs, cheapest first
+        rows = [rows[i] for i in pareto_front([(r.point.val_accuracy, r.ebops) for r in rows])]
     for k, r in enumerate(rows):
         name = f"point_{k:03d}.pt"
         (shutil.copyfile if Path(r.path).parent == dest else os.replace)(r.path, part / name)
@@ -250,20 +253,6 @@ def _save_front(g, front, ctx, config, out, merge: bool = False
     shutil.rmtree(dest, ignore_errors=True)
     part.rename(dest)
     return rows, earlier
-
-
-def _nondominated(rows: list[GradientRow]) -> list[GradientRow]:
-    """The rows no other beats in validation accuracy and EBOPs (the first of equal ones)."""
-    def beats(a, b):
-        return (a.point.val_accuracy >= b.point.val_accuracy and a.ebops <= b.ebops
-                and (a.point.val_accuracy > b.point.val_accuracy or a.ebops < b.ebops))
-    keep = []
-    for k, r in enumerate(rows):
-        same = any(o.point.val_accuracy == r.point.val_accuracy and o.ebops == r.ebops
-                   for o in rows[:k])
-        if not same and not any(beats(o, r) for o in rows):
-            keep.append(r)
-    return keep
 
 
 def format_gradient_table(rows: list[GradientRow]) -> str:
