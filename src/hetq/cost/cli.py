@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import check_output, name_type, positive_int, quantize_zoo_model
+from .energy import MEMORIES
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cost the model's unquantized layers with weights of this type and "
                         "int32 outputs, as QTools costs hybrid models and as a search with "
                         "--reference TYPE costs its trials (default: fp32)")
-    c.add_argument("--memory", default="sram", choices=["sram", "dram", "fixed"],
+    c.add_argument("--memory", default="sram", choices=list(MEMORIES),
                    help="where weights and activations are read from, for the energy "
                         "(QTools' modes; fixed: no memory cost; default %(default)s)")
     c.add_argument("--json", default=None,

@@ -39,6 +39,9 @@ def sram_word(t: float) -> float:
     return max(0.0, 9.02427321e-4 * t ** 3 - 2.68847858e-2 * t ** 2 + 2.08900804e-1 * t)
 
 
+MEMORIES = ("sram", "dram", "fixed")  # where weights and activations are placed
+
+
 def mem_access(total_bits: float, mode: str, min_sram_size: float = 0.0,
                rd_wr_on_io: bool = True) -> float:
     """Energy to read (or write) `total_bits` from memory `mode` ("dram", "sram", "fixed")."""

@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..quant.base import check_module
+from .energy import MEMORIES
 from .graph import as_input_shape, trace
 from .model import LayerCost, Settings, layer_costs
 from .qtypes import NAMED, qtype_of
@@ -175,7 +176,7 @@ def _check_memory(weights_on_memory, activations_on_memory, min_sram_size, rd_wr
     non-bool rd_wr_on_io ('yes' was taken as True)."""
     for name, v in (("weights_on_memory", weights_on_memory),
                     ("activations_on_memory", activations_on_memory)):
-        if v not in ("sram", "dram", "fixed"):
+        if v not in MEMORIES:
             raise ValueError(f"{name}={v!r}; expected 'sram', 'dram' or 'fixed'")
     if isinstance(min_sram_size, bool) or not isinstance(min_sram_size, numbers.Real) or \
             not 0 <= min_sram_size < math.inf:

@@ -50,6 +50,12 @@ def widths_kwargs(name: str, widths) -> dict:
 MAX_WEIGHTS = 2 * 10**8  # the largest model --model-widths or a width search may build
 
 
+def default_data(name: str) -> str:
+    """The data spec zoo model `name` is trained on when none is given: the digits for
+    cnn_digits (the jets failed with 'does not take the samples'), else the jets."""
+    return "digits" if _key(name) == "cnn_digits" else "jets-sim"
+
+
 def data_kwargs(name: str, data) -> dict:
     """`build` keywords that fit zoo model `name` to `data` (a hetq Dataset): its feature
     count, class count or image size, for the models that take them."""
@@ -72,6 +78,7 @@ def preset(name: str) -> dict:
     return copy.deepcopy(PRESETS[key])  # (a copy: a caller's tweak stays the caller's)
 
 
-__all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "data_kwargs", "jet_autoencoder",
+__all__ = ["MODELS", "PRESETS", "build", "cnn_digits", "data_kwargs", "default_data",
+           "jet_autoencoder",
            "jet_mlp", "preset",
            "resize_model", "widths_kwargs"]

@@ -573,43 +573,41 @@ def _quantizable(m: nn.Module) -> bool:
                           nn.modules.batchnorm._BatchNorm, nn.AvgPool2d, nn.AdaptiveAvgPool2d))
 
 
-def _fold_pairs(model: nn.Module, config: QuantConfig) -> dict[str, tuple[str, str]]:
-    """Linear/Conv2d modules directly followed by a BatchNorm inside a Sequential."""
-    pairs = {}
+def _layer_then_bn(model: nn.Module):
+    """(full name, layer, full name of the batch norm, the batch norm, the Sequential's
+    name) for each layer directly followed by a batch norm inside an nn.Sequential."""
     for pname, parent in model.named_modules():
         if not isinstance(parent, nn.Sequential):
             continue
         items = list(parent.named_children())
         for (n1, m1), (n2, m2) in zip(items, items[1:]):
-            if isinstance(m1, (nn.Linear, nn.Conv2d)) and not isinstance(m1, QLayer) and \
-                    isinstance(m2, (nn.BatchNorm1d, nn.BatchNorm2d)) and \
-                    not (isinstance(m1, nn.Conv2d) and m1.groups != 1):
-                full1 = f"{pname}.{n1}" if pname else n1
-                full2 = f"{pname}.{n2}" if pname else n2
-                pairs[full1] = (full2, pname)
-    return pairs
+            if isinstance(m2, nn.modules.batchnorm._BatchNorm):
+                yield (f"{pname}.{n1}" if pname else n1, m1,
+                       f"{pname}.{n2}" if pname else n2, m2, pname)
+
+
+def _fold_pairs(model: nn.Module, config: QuantConfig) -> dict[str, tuple[str, str]]:
+    """Linear/Conv2d modules directly followed by a BatchNorm inside a Sequential."""
+    return {full1: (full2, pname) for full1, m1, full2, bn, pname in _layer_then_bn(model)
+            if isinstance(m1, (nn.Linear, nn.Conv2d)) and not isinstance(m1, QLayer)
+            and isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d))
+            and not (isinstance(m1, nn.Conv2d) and m1.groups != 1)}
 
 
 def _warn_unfolded(model: nn.Module, folds: dict) -> None:
     """fold_batchnorm=True: a warning for each weight layer followed by a batch norm that is
     not folded (a Conv1d, a grouped or depthwise Conv2d), which was skipped without a word
     (and the export then said to quantize the model, which it was)."""
-    for pname, parent in model.named_modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        items = list(parent.named_children())
-        for (n1, m1), (_, m2) in zip(items, items[1:]):
-            full = f"{pname}.{n1}" if pname else n1
-            if full not in folds and isinstance(m1, (nn.Conv1d, nn.Conv2d)) and \
-                    not isinstance(m1, QLayer) and \
-                    isinstance(m2, nn.modules.batchnorm._BatchNorm):
-                what = (f"a {type(m1).__name__}" if isinstance(m1, nn.Conv1d) else
-                        f"a Conv2d with groups={m1.groups}")
-                warnings.warn(f"fold_batchnorm: layer {full!r} ({what}) is not folded with its "
-                              "batch norm (hetq folds Linear and Conv2d with groups=1, as "
-                              "QKeras's QDenseBatchnorm and QConv2DBatchnorm); the batch norm "
-                              "stays a layer of its own: give it quantizers (inverse, beta, "
-                              "mean) to export it", stacklevel=3)
+    for full, m1, *_ in _layer_then_bn(model):
+        if full not in folds and isinstance(m1, (nn.Conv1d, nn.Conv2d)) and \
+                not isinstance(m1, QLayer):
+            what = (f"a {type(m1).__name__}" if isinstance(m1, nn.Conv1d) else
+                    f"a Conv2d with groups={m1.groups}")
+            warnings.warn(f"fold_batchnorm: layer {full!r} ({what}) is not folded with its "
+                          "batch norm (hetq folds Linear and Conv2d with groups=1, as "
+                          "QKeras's QDenseBatchnorm and QConv2DBatchnorm); the batch norm "
+                          "stays a layer of its own: give it quantizers (inverse, beta, "
+                          "mean) to export it", stacklevel=3)
 
 
 def _bn_momentum(name: str, bn: nn.Module) -> float:
@@ -699,7 +697,7 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
     folds = _fold_pairs(model, config)
     if fold_batchnorm:
         _warn_unfolded(model, folds)
-    if not fold_batchnorm:  # only layers whose own entry is a folded one's (folding_mode...)
+    else:  # only layers whose own entry is a folded one's (folding_mode...)
         folds = {n: p for n, p in folds.items() if n in config.fold_args}
     folded_bns = {bn: lin for lin, (bn, _) in folds.items()}
     for bn, lin in folded_bns.items():

@@ -411,8 +411,10 @@ def _search(a) -> int:
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .storage import redact
 
-    if a.data is None:  # (cnn_digits on the jets failed: 'does not take the samples')
-        a.data = "digits" if a.model == "cnn_digits" else "jets-sim"
+    if a.data is None:
+        from ..models import default_data
+
+        a.data = default_data(a.model)
     qc = _load_yaml(a.quantization_config)
     if qc is None and a.deployable:
         qc = DEPLOYABLE_QUANTIZATION_CONFIG

@@ -107,35 +107,35 @@ class _TrialInterrupted(BaseException):
 ORIGIN_TAGS = ("warm_start", "hessian_budget", "hessian_omega")  # set when enqueued
 
 
+def _chain(e: BaseException | None):
+    """`e` and the exceptions it was raised from or during, outermost first."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def transient(e: BaseException) -> bool:
     """Whether `e` (or an exception it was raised from or during) is a lost or refused
     database connection, which may come back: SQLAlchemy's OperationalError or
     InterfaceError (Optuna wraps a failed commit's in a StorageInternalError), except
     SQLite's own errors other than a locked database (a read-only file, say, is no outage)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__module__.startswith("sqlalchemy") and \
-                type(e).__name__ in ("OperationalError", "InterfaceError"):
-            orig = getattr(e, "orig", None)
+    for x in _chain(e):
+        if type(x).__module__.startswith("sqlalchemy") and \
+                type(x).__name__ in ("OperationalError", "InterfaceError"):
+            orig = getattr(x, "orig", None)
             sqlite = orig is not None and type(orig).__module__.startswith("sqlite3")
             return not sqlite or "locked" in str(orig)
-        e = e.__cause__ or e.__context__
     return False
 
 
 def db_reason(e: BaseException) -> str:
     """The first line of the database driver's own error in `e`'s chain (Optuna's
     StorageInternalError only says that a commit failed, 'typically ... invalid data')."""
-    found, seen = None, set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__module__.startswith("sqlalchemy"):
-            found = e
-            break
-        if isinstance(e, optuna.exceptions.StorageInternalError) and found is None:
-            found = e
-        e = e.__cause__ or e.__context__
+    chain = list(_chain(e))
+    found = next((x for x in chain if type(x).__module__.startswith("sqlalchemy")), None) or \
+        next((x for x in chain if isinstance(x, optuna.exceptions.StorageInternalError)), None)
     if found is None:
         return "?"
     return (str(found).strip().splitlines() or [type(found).__name__])[0][:160]

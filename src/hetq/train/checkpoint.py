@@ -73,7 +73,9 @@ def _check_extras(data, task) -> None:
     if data is not None and not callable(getattr(data, "normalization", None)):
         raise ValueError(f"data must be the hetq Dataset the model was trained on (its "
                          f"standardisation is stored) or None, got {type(data).__name__}")
-    if task not in ("classify", "anomaly"):
+    from .tasks import TASKS
+
+    if task not in TASKS:
         raise ValueError(f"task={task!r}; expected 'classify' or 'anomaly'")
 
 

@@ -141,8 +141,10 @@ def _train(a) -> int:
 
     if a.model is None:  # (the anomaly task needs a model that reconstructs its input)
         a.model = "jet_autoencoder" if a.task == "anomaly" else "jet_mlp"
-    if a.data is None:  # (cnn_digits on the jets failed: 'does not take the samples')
-        a.data = "digits" if a.model == "cnn_digits" else "jets-sim"
+    if a.data is None:
+        from ..models import default_data
+
+        a.data = default_data(a.model)
 
     check_output(a.out, "--out", folder=True)
     # one `hetq train` per --out at a time (a second one, started meanwhile, passed the

@@ -146,10 +146,11 @@ class Anomaly:
         return out
 
 
+TASKS = {"classify": Classify, "anomaly": Anomaly}
+
+
 def get_task(name: str, **kw):
     """The task called `name` ('classify' or 'anomaly'), made with the keywords `kw`."""
-    if name == "classify":
-        return Classify(**kw)
-    if name == "anomaly":
-        return Anomaly(**kw)
-    raise ValueError(f"unknown task {name!r}; expected 'classify' or 'anomaly'")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected 'classify' or 'anomaly'")
+    return TASKS[name](**kw)
