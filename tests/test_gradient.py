@@ -1283,3 +1283,37 @@ def test_a_recovered_front_is_merged_with_the_earlier_saved_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gradient"]
     rows, _ = _save_front(g, [point(5, 0.5, 20)], ctx, config, tmp_path)  # a finished run
     assert [r.point.epoch for r in saved_gradient_rows(tmp_path)] == [5]  # replaces them
+
+
+def test_an_interrupted_rerun_merges_its_front_with_the_earlier_one(tmp_path, capsys,
+                                                                   monkeypatch):
+    """Ctrl-C a minute into a rerun replaced a finished run's front with the few points the
+    rerun had reached."""
+    import hetq.search.gradient.strategy as G
+    from hetq.search.config import SearchConfig
+    from hetq.search.gradient import GradientResult, run_gradient_strategy
+
+    cfg = SearchConfig(data="synthetic:n=600,seed=1", strategy="gradient", epochs=3,
+                       float_epochs=1, batch_size=256, polish_epochs=0,
+                       model_kwargs={"widths": [8]})
+    rows = run_gradient_strategy(cfg, tmp_path, progress=False)
+    assert len(rows) >= 2
+    capsys.readouterr()
+    real = G.train_gradient_runs
+    worst = min(rows, key=lambda r: r.point.val_accuracy)
+
+    def interrupted(*a, **k):  # the rerun reached one point, dominated by the earlier front
+        g, res = real(*a, **k)
+        p = copy.copy(res.front[0])
+        p.val_accuracy, p.ebops = worst.point.val_accuracy - 0.01, worst.ebops + 1
+        return g, GradientResult([p], res.history[:1], 0.1, interrupted=True)
+
+    monkeypatch.setattr(G, "train_gradient_runs", interrupted)
+    again = run_gradient_strategy(cfg, tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert (f"merged with the earlier front in {tmp_path / 'gradient'} ({len(rows)} points): "
+            f"{len(rows)} points on the front") in out, out
+    assert [(r.point.val_accuracy, r.ebops, r.test_accuracy) for r in again] == \
+        [(r.point.val_accuracy, r.ebops, r.test_accuracy) for r in rows]
+    assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == \
+        [f"point_{k:03d}.pt" for k in range(len(rows))]

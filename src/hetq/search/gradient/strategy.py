@@ -184,9 +184,14 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
                 shutil.rmtree(running, ignore_errors=True)
                 return []
             print("gradient strategy: interrupted; saving the front reached so far")
-        rows, earlier = _save_front(g, res.front, ctx, config, out)
+        # an interrupted rerun keeps the earlier front's points its own do not beat (its
+        # first minutes' points replaced a finished run's front)
+        rows, earlier = _save_front(g, res.front, ctx, config, out, merge=res.interrupted)
     shutil.rmtree(running, ignore_errors=True)
-    if earlier:
+    if earlier and res.interrupted:
+        print(f"merged with the earlier front in {out / 'gradient'} ({_points(earlier)}): "
+              f"{_points(len(rows))} on the front")
+    elif earlier:
         print(f"replaced the earlier front in {out / 'gradient'} ({_points(earlier)})")
     if progress:
         print("(epoch: where the point was saved during training; p: its weights then "
