@@ -1317,3 +1317,33 @@ def test_an_interrupted_rerun_merges_its_front_with_the_earlier_one(tmp_path, ca
         [(r.point.val_accuracy, r.ebops, r.test_accuracy) for r in rows]
     assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == \
         [f"point_{k:03d}.pt" for k in range(len(rows))]
+
+
+def test_an_unreadable_earlier_front_is_set_aside_not_lost(tmp_path, monkeypatch):
+    """A damaged earlier point file made the merge fail, and with it the saving of the
+    interrupted run's points; the earlier front is now kept aside, unread."""
+    import hetq.search.gradient.strategy as G
+    from hetq.search.config import SearchConfig
+    from hetq.search.gradient import GradientResult, run_gradient_strategy
+
+    cfg = SearchConfig(data="synthetic:n=600,seed=1", strategy="gradient", epochs=2,
+                       float_epochs=1, batch_size=256, polish_epochs=0,
+                       model_kwargs={"widths": [8]})
+    rows = run_gradient_strategy(cfg, tmp_path, progress=False)
+    (tmp_path / "gradient" / "point_000.pt").write_bytes(b"damaged")
+    before = sorted(p.name for p in (tmp_path / "gradient").iterdir())
+    real = G.train_gradient_runs
+    monkeypatch.setattr(G, "train_gradient_runs", lambda *a, **k: (
+        lambda g, res: (g, GradientResult(res.front, res.history, 0.1, interrupted=True)))(
+            *real(*a, **k)))
+    with pytest.warns(UserWarning) as seen:
+        again = run_gradient_strategy(cfg, tmp_path, progress=False)
+    aside = tmp_path / "gradient.unread"
+    assert any(str(w.message) == (
+        f"the earlier front in {tmp_path / 'gradient'} could not be read ({tmp_path / 'gradient'}"
+        "/point_000.pt is not a readable hetq checkpoint (could not find MARK)); it is kept as "
+        f"{aside}, not merged with the new points") for w in seen), [str(w.message) for w in seen]
+    assert sorted(p.name for p in aside.iterdir()) == before
+    assert len(again) == len(rows)
+    assert sorted(p.name for p in (tmp_path / "gradient").iterdir()) == \
+        [f"point_{k:03d}.pt" for k in range(len(again))]

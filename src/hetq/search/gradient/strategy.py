@@ -244,9 +244,20 @@ def _save_front(g, front, ctx, config, out, merge: bool = False
 
         from ..objectives import pareto_front
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # (its note on the unsaved front: being saved)
-            rows += saved_gradient_rows(out)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (its note on the unsaved front: being saved)
+                rows += saved_gradient_rows(out)
+        except (ValueError, KeyError, TypeError) as e:  # (a damaged or foreign point file)
+            why = e if isinstance(e, ValueError) else f"a point file lacks the front's {e}"
+            aside, k = out / "gradient.unread", 1
+            while aside.exists():
+                k += 1
+                aside = out / f"gradient.unread-{k}"
+            dest.rename(aside)
+            warnings.warn(f"the earlier front in {dest} could not be read ({why}); it is kept "
+                          f"as {aside}, not merged with the new points", stacklevel=2)
+            earlier = 0
         # the rows no other beats in validation accuracy and EBOPs, cheapest first
         rows = [rows[i] for i in pareto_front([(r.point.val_accuracy, r.ebops) for r in rows])]
     for k, r in enumerate(rows):
