@@ -615,6 +615,29 @@ def test_qonnx_conv_exact(tmp_path):
     assert check_qonnx(eng, proto, torch.randn(100, 1, 6, 6) * 2).exact
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_qonnx_conv_padding_same_and_valid_exact(tmp_path):
+    """padding='same' and 'valid' were refused by the QONNX export ('give explicit padding
+    numbers'); 'same' with an even kernel pads one more at the end, as torch does."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        QConv2d(1, 2, (4, 3), padding="same", dilation=(1, 2),
+                kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                bias_quantizer="quantized_bits(6,2,alpha=1)", activation="quantized_relu(4,1)"),
+        QConv2d(2, 2, 2, padding="valid", kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                bias_quantizer="quantized_bits(6,2,alpha=1)", activation="quantized_relu(4,1)"),
+        nn.Flatten(), QDense(50, 3, kernel_quantizer="quantized_bits(4,0,alpha=1)",
+                             bias_quantizer="quantized_bits(4,0,alpha=1)")).eval()
+    eng = IntegerModel(m, (1, 6, 6), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng, tmp_path / "s.onnx")
+    pads = [[list(a.ints) for a in n.attribute if a.name == "pads"][0]
+            for n in proto.graph.node if n.op_type == "Conv"]
+    assert pads == [[1, 2, 2, 2], [0, 0, 0, 0]]  # totals 1*(4-1) = 3 and 2*(3-1) = 4
+    assert check_qonnx(eng, proto, torch.randn(200, 1, 6, 6) * 2).exact
+
+
 @pytest.mark.parametrize("wide", [False, True])
 def test_qonnx_per_feature_types_exact(wide, tmp_path):
     """Per-feature input and neuron types (what gradient-strategy points export): each

@@ -277,12 +277,17 @@ def _flatten(b: _Builder, x: str, step: KeepStep, shape: tuple[int, ...], nm: st
 
 def _conv_attrs(step: WeightStep) -> dict:
     d = step.detail
-    if isinstance(d["padding"], str):
-        raise ExportError(f"{step.name}: padding={d['padding']!r}; give explicit padding "
-                          "numbers for the QONNX export")
-    pads = list(d["padding"])
-    return {"kernel_shape": list(step.w_codes.shape[2:]), "strides": list(d["stride"]),
-            "dilations": list(d["dilation"]), "group": d["groups"], "pads": pads + pads}
+    kernel = list(step.w_codes.shape[2:])
+    if d["padding"] == "valid":
+        begin = end = [0] * len(kernel)
+    elif d["padding"] == "same":  # (stride 1): as torch pads, the odd one at the end
+        total = [dil * (k - 1) for dil, k in zip(d["dilation"], kernel)]
+        begin = [t // 2 for t in total]
+        end = [t - b for t, b in zip(total, begin)]
+    else:
+        begin = end = list(d["padding"])
+    return {"kernel_shape": kernel, "strides": list(d["stride"]),
+            "dilations": list(d["dilation"]), "group": d["groups"], "pads": begin + end}
 
 
 def run_qonnx(model_or_path, x: np.ndarray) -> np.ndarray:
