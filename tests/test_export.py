@@ -638,6 +638,65 @@ def test_qonnx_conv_padding_same_and_valid_exact(tmp_path):
     assert check_qonnx(eng, proto, torch.randn(200, 1, 6, 6) * 2).exact
 
 
+def test_qonnx_pooling_exact(tmp_path):
+    """Max pooling (padded, ceil mode, adaptive), quantized average pooling (windows and
+    global) and Unflatten were refused by the QONNX export; each now matches the engine."""
+    pytest.importorskip("qonnx")
+    from hetq.export.qonnx import check_qonnx, to_qonnx
+    torch.manual_seed(0)
+    k = dict(kernel_quantizer="quantized_bits(4,0,alpha=1)",
+             bias_quantizer="quantized_bits(6,2,alpha=1)")
+    avg = "quantized_bits(8,0,alpha=1)"
+    windows = nn.Sequential(
+        QConv2d(1, 3, 3, padding=1, activation="quantized_bits(6,2)", **k),
+        nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),  # 7x7 -> 4x4
+        QAveragePooling2d(3, stride=1, padding=1, average_quantizer=avg,
+                          activation="quantized_bits(8,2)"),  # 1/9: not a power of two
+        nn.AdaptiveMaxPool2d(2),  # 4x4 -> 2x2
+        nn.Flatten(), nn.Unflatten(1, (3, 4)), nn.MaxPool1d(2),  # (N, 3, 2)
+        nn.Flatten(), QDense(6, 3, **k)).eval()
+    eng = IntegerModel(windows, (1, 7, 7), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng, tmp_path / "w.onnx")
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MaxPool") == 3 and ops.count("Conv") == 2 and "Reshape" in ops
+    x = torch.randn(300, 1, 7, 7) * 2
+    assert check_qonnx(eng, proto, x).exact
+    pooled = nn.Sequential(
+        QConv2d(1, 4, 3, activation="quantized_relu(5,2)", **k),
+        QGlobalAveragePooling2d(average_quantizer=avg), QDense(4, 3, **k)).eval()
+    eng = IntegerModel(pooled, (1, 6, 6), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng, tmp_path / "g.onnx")
+    assert "ReduceSum" in [n.op_type for n in proto.graph.node]
+    assert check_qonnx(eng, proto, torch.randn(300, 1, 6, 6) * 2).exact
+    gmax = nn.Sequential(QConv2d(1, 2, 3, activation="quantized_relu(5,2)", **k),
+                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), QDense(2, 2, **k)).eval()
+    eng = IntegerModel(gmax, (1, 5, 5), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng, tmp_path / "m.onnx")
+    assert "ReduceMax" in [n.op_type for n in proto.graph.node]
+    assert check_qonnx(eng, proto, torch.randn(300, 1, 5, 5) * 2).exact
+    # a float64 graph (22-bit weights: a 30-bit accumulator), 1-d pooling with dilation
+    wide = dict(k, kernel_quantizer="quantized_bits(22,0,alpha=1)")
+    m1 = nn.Sequential(QConv1d(1, 2, 3, activation="quantized_relu(5,2)", **k),
+                       nn.MaxPool1d(3, stride=2, padding=1, dilation=2), nn.AdaptiveMaxPool1d(1),
+                       nn.Flatten(), QDense(2, 2, **wide)).eval()
+    eng = IntegerModel(m1, (1, 12), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng)
+    assert proto.graph.input[0].type.tensor_type.elem_type == 11  # DOUBLE
+    assert check_qonnx(eng, proto, torch.randn(300, 1, 12) * 2).exact
+    windows[-1] = QDense(6, 3, **wide).eval()
+    eng = IntegerModel(windows, (1, 7, 7), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    proto = to_qonnx(eng)
+    assert proto.graph.input[0].type.tensor_type.elem_type == 11
+    assert check_qonnx(eng, proto, x).exact
+    uneven = nn.Sequential(QConv2d(1, 2, 3, activation="quantized_relu(5,2)", **k),
+                           nn.AdaptiveMaxPool2d(2), nn.Flatten(), QDense(8, 2, **k)).eval()
+    eng = IntegerModel(uneven, (1, 7, 7), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+    with pytest.raises(ExportError, match=r"^1: AdaptiveMaxPool2d\(output_size=2\) on inputs "
+                       r"of size \[5, 5\]: the QONNX export takes adaptive max pooling to "
+                       "sizes that divide the input"):
+        to_qonnx(eng)
+
+
 @pytest.mark.parametrize("wide", [False, True])
 def test_qonnx_per_feature_types_exact(wide, tmp_path):
     """Per-feature input and neuron types (what gradient-strategy points export): each
@@ -706,8 +765,9 @@ def test_a_format_that_cannot_express_a_layer_still_leaves_the_engine_check(tmp_
     assert str(e.value) == (f"--qonnx {tmp_path / 'm.onnx'} not written: 1: table steps are "
                             "not supported by the QONNX export (it covers dense and conv "
                             "layers, activations that are plain casts (quantized_bits, "
-                            "quantized_relu), ReLU, flatten, dropout and identity); the "
-                            "integer engine still runs it; `hetq search --deployable` searches "
+                            "quantized_relu), ReLU, max and quantized average pooling, "
+                            "flatten/unflatten, dropout and identity); the integer engine "
+                            "still runs it; `hetq search --deployable` searches "
                             "only exportable activations")
     engine = [ln for ln in lines if "PyTorch (float64)" in ln]
     assert len(engine) == 1 and "mismatches     0" in engine[0] and "bit-exact" in engine[0]

@@ -351,7 +351,8 @@ def _layer_steps(node, in_type: FixedType) -> list[Step]:
         if q is None:
             raise ExportError(f"{name}: average pooling divides by the area in float; give it "
                               "an average_quantizer (e.g. quantized_bits(8,0,alpha=1))")
-        detail = {"area": area}
+        detail = ({"area": area, "kernel": list(ks), "stride": list(stv), "padding": list(pd)}
+                  if isinstance(m, QAveragePooling2d) else {"area": area, "global": True})
         a = q(torch.tensor(1.0 / area, dtype=torch.float64))
         at = _element_type(q, f"{name}.average")
         ac = int(codes_of(a, at, f"{name}.average"))

@@ -23,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..quant.fixed import FixedType
 from .engine import IntegerModel, check_engine
-from .steps import CastStep, ExportError, KeepStep, TensorCastStep, WeightStep
+from .steps import CastStep, ExportError, KeepStep, PoolStep, TensorCastStep, WeightStep
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 QONNX_COVERS = ("it covers dense and conv layers, activations that are plain casts "
-                "(quantized_bits, quantized_relu), ReLU, flatten, dropout and identity")
+                "(quantized_bits, quantized_relu), ReLU, max and quantized average pooling, "
+                "flatten/unflatten, dropout and identity")
 FLOAT32_BITS = 24  # float32's significand: what a Quant node's float32 output holds exactly
 ROUNDING = {"RND_CONV": "ROUND", "TRN": "FLOOR", "TRN_ZERO": "DOWN", "RND_INF": "HALF_UP",
             "RND_ZERO": "HALF_DOWN"}
@@ -224,11 +226,18 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
                 x = b.node("Relu", [x], f"{nm}_relu")
             elif kind == "flatten":
                 x = _flatten(b, x, step, _shape_before(eng, i), nm)
+            elif kind == "unflatten":  # (0: the batch dimension as it is)
+                x = b.node("Reshape", [x, b.int_const(
+                    f"{nm}_shape", [0, *_shape_before(eng, i + 1)[1:]])], f"{nm}_reshape")
             elif kind in ("identity", "dropout"):
                 continue
+            elif "maxpool" in kind:
+                x = _max_pool(b, x, step, _shape_before(eng, i), nm)
             else:
                 raise ExportError(f"{step.name}: {kind} is not supported by the QONNX export "
                                   f"({QONNX_COVERS}); the integer engine still runs it")
+        elif isinstance(step, PoolStep):
+            x = _avg_pool(b, x, step, _shape_before(eng, i), nm)
         else:
             hint = ("; `hetq search --deployable` searches only exportable activations"
                     if step.kind == "table" else "")
@@ -273,6 +282,66 @@ def _flatten(b: _Builder, x: str, step: KeepStep, shape: tuple[int, ...], nm: st
         return b.node("Flatten", [x], f"{nm}_flatten", axis=1)
     target = [0] * start + [-1] + list(shape[end + 1:])
     return b.node("Reshape", [x, b.int_const(f"{nm}_shape", target)], f"{nm}_reshape")
+
+
+def _max_pool(b: _Builder, x: str, step: KeepStep, shape: tuple[int, ...], nm: str) -> str:
+    """MaxPool1d/2d as ONNX `MaxPool` (its padding, like torch's, never wins the max);
+    AdaptiveMaxPool to size 1 as a `ReduceMax` over the spatial axes, kept as size 1, and to
+    sizes that divide the input as a `MaxPool` of the quotient."""
+    m = step.module
+    dims = len(shape) - 2
+    if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
+        size = [m.output_size] * dims if isinstance(m.output_size, int) else list(m.output_size)
+        size = [n if s is None else s for s, n in zip(size, shape[2:])]
+        if m.return_indices or any(n % s for s, n in zip(size, shape[2:])):
+            raise ExportError(f"{step.name}: {m} on inputs of size {list(shape[2:])}: the QONNX "
+                              "export takes adaptive max pooling to sizes that divide the input "
+                              "(its windows then do not overlap)")
+        if all(s == 1 for s in size):  # (onnxruntime has no float64 GlobalMaxPool)
+            return b.node("ReduceMax", [x], f"{nm}_max", axes=list(range(2, len(shape))),
+                          keepdims=1)
+        k = [n // s for s, n in zip(size, shape[2:])]
+        return b.node("MaxPool", [x], f"{nm}_maxpool", kernel_shape=k, strides=k)
+    if m.return_indices:
+        raise ExportError(f"{step.name}: return_indices=True; the export takes max pooling "
+                          "that returns its values only")
+    def per_dim(v):
+        return [v] * dims if isinstance(v, int) else list(v)
+
+    pad = per_dim(m.padding)
+    return b.node("MaxPool", [x], f"{nm}_maxpool", kernel_shape=per_dim(m.kernel_size),
+                  strides=per_dim(m.stride if m.stride is not None else m.kernel_size),
+                  dilations=per_dim(m.dilation), pads=pad + pad, ceil_mode=int(m.ceil_mode))
+
+
+def _avg_pool(b: _Builder, x: str, step: PoolStep, shape: tuple[int, ...], nm: str) -> str:
+    """A quantized average pooling as the engine computes it: the window's sum (a depthwise
+    `Conv` with a kernel of ones, zero padding counted, or a `ReduceSum` for the global
+    pooling), times the quantized 1/area."""
+    from onnx import TensorProto
+
+    d = step.detail
+    if d.get("global"):
+        x = b.node("ReduceSum", [x, b.int_const(f"{nm}_axes", [2, 3])], f"{nm}_sum",
+                   keepdims=0)
+    else:
+        if step.out_type.width > FLOAT32_BITS:
+            raise ExportError(
+                f"{step.name}: the exact window sum {step.out_type} is {step.out_type.width} "
+                f"bits wide; a QONNX Conv sums exactly up to {FLOAT32_BITS} bits (float32), "
+                "and onnxruntime has no float64 Conv (narrow the input type)")
+        f32 = b.np_dtype == np.float64
+        if f32:
+            x = b.node("Cast", [x], f"{nm}_float32", to=TensorProto.FLOAT)
+        ones = b.const(f"{nm}_ones", np.ones((shape[1], 1, *d["kernel"])))
+        x = b.node("Conv", [x, ones], f"{nm}_sum", kernel_shape=d["kernel"],
+                   strides=d["stride"], pads=d["padding"] + d["padding"], group=shape[1])
+        if f32:
+            x = b.node("Cast", [x], f"{nm}_float64", to=b.elem)
+    if step.avg_type is None:
+        return x
+    return b.node("Mul", [x, b.typed_const(f"{nm}_average",
+                                           step.avg_codes * step.avg_type.step)], f"{nm}_mul")
 
 
 def _conv_attrs(step: WeightStep) -> dict:
