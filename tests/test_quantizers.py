@@ -828,3 +828,67 @@ def test_a_zero_dim_tensor_argument_prints_as_a_number_and_parses_back_equal():
 
     q = quantized_bits(torch.tensor(4.0), 0, 1)
     assert str(q) == "quantized_bits(4.0,0,1)" and get_quantizer(str(q)) == q
+
+
+def test_auto_scale_of_small_channels_is_not_floored_at_eps():
+    """alpha='auto' floored the scale at 1e-7, so a 24-bit quantizer of [0.5, -0.25, 0.1]
+    had scale 0.84 (codes 5000000...) where the spec's is 2 max|x| / L = 0.50000006."""
+    from hetq.quant import quantized_bits
+
+    q = quantized_bits(24, 0, alpha="auto")
+    x = torch.tensor([[0.5, -0.25, 0.1]], dtype=torch.float64)
+    y = q(x)
+    s = 2 * 0.5 / (2**24 - 2)
+    assert q.scale.item() == pytest.approx(s * 2**23, rel=1e-12)
+    assert (y / s).round().tolist() == [[8388607.0, -4194304.0, 1677721.0]]
+    q16 = quantized_bits(16, 0, alpha="auto")
+    y = q16(torch.tensor([[0.002, -0.0011, 0.0007]], dtype=torch.float64))
+    assert (y / (0.004 / (2**16 - 2))).round().tolist() == [[32767.0, -18022.0, 11468.0]]
+    # an all-zero channel stays 0, without nan
+    z = quantized_bits(8, 0, alpha="auto")(torch.zeros(2, 3))
+    assert z.tolist() == [[0.0] * 3] * 2
+
+
+def test_stochastic_binary_one_element_channels_keep_their_sign():
+    """The per-channel std divided by N - 1: nan on a one-element channel, and every sample
+    came out -1 (a Linear(1, 4) kernel)."""
+    from hetq.quant import stochastic_binary, stochastic_ternary
+
+    torch.manual_seed(0)
+    w = torch.tensor([[0.5], [0.3], [-0.4], [0.9]])
+    for q in (stochastic_binary("auto"), stochastic_ternary("auto")):
+        q.train()
+        mean = torch.stack([q(w) for _ in range(200)]).mean(0)
+        assert not torch.isnan(mean).any()
+        assert (torch.sign(mean) == torch.sign(w)).all(), (q, mean)
+
+
+def test_ternary_threshold_zero_keeps_zero():
+    from hetq.quant import ternary
+
+    assert ternary(threshold=0.0)(torch.tensor([0.0, -0.0, 0.2, -0.2])).tolist() == \
+        [0.0, 0.0, 1.0, -1.0]
+
+
+def test_quantized_relu_passes_nan_through_in_every_path():
+    """The fast path turned nan into the top value (0.9375), hiding a diverged model; the
+    other paths gave nan."""
+    from hetq.quant import quantized_relu
+
+    x = torch.tensor([float("nan"), 0.3, 2.0])
+    for q in (quantized_relu(4, 0), quantized_relu(4, 0, use_ste=False),
+              quantized_relu(4, 0, qnoise_factor=0.999),
+              quantized_relu(bits=torch.tensor([4.0]), integer=torch.tensor([0.0]))):
+        y = q(x)
+        assert torch.isnan(y[0]) and y[1:].tolist() == pytest.approx([0.3125, 0.9375], abs=1e-4)
+
+
+def test_relu_po2_tensor_max_value_gradient_is_one_at_the_bound():
+    """A tensor max_value gave gradient 0.5 at x == max_value (torch.minimum splits ties);
+    a scalar one gives 1."""
+    from hetq.quant import quantized_relu_po2
+
+    for mv in (4.0, torch.tensor([4.0])):
+        x = torch.tensor([4.0, 5.0, 2.0], requires_grad=True)
+        quantized_relu_po2(6, max_value=mv)(x).sum().backward()
+        assert x.grad.tolist() == [1.0, 0.0, 1.0], mv

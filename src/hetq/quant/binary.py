@@ -49,9 +49,11 @@ def _sign(x: torch.Tensor) -> torch.Tensor:
 
 
 def _channel_std(x: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel standard deviation (whole tensor for rank 1), floored at eps."""
+    """Per-output-channel standard deviation (whole tensor for rank 1) plus eps, as the
+    reference's K.std: the population's (N - 1 made a one-element channel's nan, and every
+    sample -1)."""
     axes = reduce_axes(x, None)
-    return (x.std(dim=axes, keepdim=True) if axes else x.std()).clamp_min(EPS)
+    return (x.std(dim=axes, keepdim=True, correction=0) if axes else x.std(correction=0)) + EPS
 
 
 def _sampling_sigmoid(use_real_sigmoid: bool):
@@ -240,7 +242,8 @@ class ternary(Quantizer):
                 xs = x
                 if self.use_stochastic_rounding and self.training:
                     xs = x + (torch.rand_like(x) - 0.5) * (2.0 * t)
-                q = torch.where(xs.abs() >= t, _sign(xs), torch.zeros_like(xs))
+                # (sign(0) = 0: with threshold 0, a zero stays 0, not +alpha)
+                q = torch.where(xs.abs() >= t, torch.sign(xs), torch.zeros_like(xs))
                 xq = q if self.alpha is None else self.alpha * q
         return _out_with_gradient(x, xq, self.alpha)
 

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from .base import (
-    EPS,
     Quantizer,
     check_bits,
     check_flag,
@@ -208,7 +207,9 @@ class quantized_bits(Quantizer):
                 s = 2.0 * ax.max() / levels
             else:
                 s = 2.0 * ax.amax(dim=axes, keepdim=True) / levels
-            s = s.clamp_min(EPS)
+            # an all-zero channel (codes 0 whatever s is) only; a floor at eps coarsened the
+            # grid of small channels (16 bits below max |x| = 3.3e-3)
+            s = torch.where(s > 0, s, torch.ones_like(s))
             if self.alpha == "auto_po2":
                 s = self._po2(s)
                 for _ in range(5):
@@ -382,7 +383,8 @@ class quantized_relu(Quantizer):
             # hardtanh's (0, top) missed at top), plus the rounding as a detached correction;
             # clipping first equals QKeras' round-then-clip because 0 and top are on the grid
             inv, step, top = c
-            xu = torch.where(x <= top, torch.relu(x), top)
+            # (x > top, not x <= top: a NaN stays NaN, it came out as top)
+            xu = torch.where(x > top, top, torch.relu(x))
             xd = xu.detach()
             return (xd * inv).round_().mul_(step).add_(xu - xd)
         slope = self.negative_slope
@@ -417,11 +419,11 @@ class quantized_relu(Quantizer):
         if self.is_quantized_clip:
             if isinstance(top, torch.Tensor):  # keep the slope below 0 (leaky) here too
                 xr = torch.where(x > 0, x, slope * x) if slope else torch.relu(x)
-                xu = torch.where(x <= top, xr, top)
+                xu = torch.where(x > top, top, xr)
             else:
                 # (not clamp(x, 0, top): its gradient is 1 at 0 too, where QKeras' is 0)
-                xu = torch.where(x <= top, torch.relu(x), top) if not slope else torch.where(
-                    x <= top, torch.where(x > 0, x, slope * x), top)
+                xu = torch.where(x > top, top, torch.relu(x) if not slope else
+                                 torch.where(x > 0, x, slope * x))
         elif self.relu_upper_bound is not None:
             xu = torch.clamp(x, max=self.relu_upper_bound)
             xu = torch.where(xu > 0, xu, slope * xu) if slope else torch.relu(xu)

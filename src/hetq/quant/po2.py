@@ -264,8 +264,11 @@ class quantized_relu_po2(_Po2Base):
         xu = torch.where(x > 0, x, slope * x) if slope else torch.relu(x)
         mv = self.max_value
         if mv is not None:
-            xu = torch.minimum(xu, mv.to(xu.dtype)) if isinstance(mv, torch.Tensor) else \
-                torch.clamp(xu, max=float(mv))
+            # (not torch.minimum: its gradient at x == max_value is 0.5, clamp's is 1)
+            if isinstance(mv, torch.Tensor):
+                xu = torch.where(xu > mv, mv.to(xu.dtype), xu)
+            else:
+                xu = torch.clamp(xu, max=float(mv))
         return self._finish(x, xu, xq)
 
     def min(self) -> float:
