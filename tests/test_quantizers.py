@@ -892,3 +892,14 @@ def test_relu_po2_tensor_max_value_gradient_is_one_at_the_bound():
         x = torch.tensor([4.0, 5.0, 2.0], requires_grad=True)
         quantized_relu_po2(6, max_value=mv)(x).sum().backward()
         assert x.grad.tolist() == [1.0, 0.0, 1.0], mv
+
+
+def test_very_negative_integer_bits_are_refused():
+    from hetq.quant import quantized_bits, quantized_relu
+
+    for make in (quantized_bits, quantized_relu):
+        with pytest.raises(ValueError, match=r"integer=-1100; expected >= -64 \(values below "
+                           r"2\*\*-64 underflow the float grid\)"):
+            make(8, -1100)
+    assert quantized_bits(8, -64)(torch.tensor([2.0**-70, 2.0**-73])).tolist() == [2.0**-70, 0.0]
+    assert quantized_bits(8, -4)(torch.tensor([0.03125])).item() == 0.03125

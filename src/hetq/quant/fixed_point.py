@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .base import (
+    MAX_BITS,
     Quantizer,
     check_bits,
     check_flag,
@@ -75,6 +76,10 @@ def _check_integer(name: str, bits: Any, integer: Any) -> None:
             f"{name}: integer={integer!r} > bits={bits!r}; the integer bits must fit in the width "
             "(hetq rejects this, QKeras silently accepts it)"
         )
+    lo = float(torch.as_tensor(integer).min())
+    if lo < -MAX_BITS:  # (-1100: a ZeroDivisionError; -150: nan in float32)
+        raise ValueError(f"{name}: integer={integer!r}; expected >= -{MAX_BITS} (values below "
+                         f"2**-{MAX_BITS} underflow the float grid)")
 
 
 @register
