@@ -6,10 +6,11 @@ ranges (quantized_bits(b, i, alpha=1) weights and biases, quantized_relu(b, i)
 activations), no retraining. QAT: the same b-bit quantizers, then --qat-epochs of training.
 Prints a table and writes bitwidth_scan.png.
 
-    python benchmarks/bitwidth_scan.py [--qat-epochs 8] [--out bitwidth_scan.png]
+    python benchmarks/bitwidth_scan.py [--qat-epochs 8] [--out runs/bitwidth_scan.png]
 """
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,8 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--float-epochs", type=int, default=40)
     p.add_argument("--qat-epochs", type=int, default=8)
-    p.add_argument("--out", default="bitwidth_scan.png")
+    p.add_argument("--out", default="runs/bitwidth_scan.png",
+                   help="the plot (default %(default)s: runs/ is git-ignored)")
     a = p.parse_args(argv)
     d = jets()
     torch.manual_seed(0)
@@ -56,6 +58,7 @@ def main(argv=None):
     ax.set_ylabel("test accuracy")
     ax.legend()
     fig.tight_layout()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=110)
     print(f"plot: {a.out}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from common import FULL, jets
+from hetq.cost import cost
 from hetq.export import IntegerModel
 from hetq.export.hls import export_hls4ml
 from hetq.export.qonnx import check_qonnx, to_qonnx
@@ -42,8 +43,13 @@ def check(label, model, data, tmp: Path):
     reps.append(check_qonnx(eng, to_qonnx(eng, tmp / f"{label}.onnx"), x))
     _, r = export_hls4ml(eng, tmp / f"{label}_hls", x)
     reps.append(r)
+    c = cost(model, (data.n_features,), source_quantizer="quantized_bits(16,5,alpha=1)"
+             ).summary()
     print(f"\n{label}: test accuracy {acc:.4f}, output type {eng.output_type}, "
           f"{time.time() - t0:.1f} s")
+    print(f"  cost (inputs {INPUT}): {c['ebops']:.0f} EBOPs, {c['energy_pj']:.0f} pJ, "
+          f"LUT {c['lut']:.0f}, DSP {c['dsp']:.0f}, FF {c['ff']:.0f}, latency "
+          f"{c['latency_ns']:.0f} ns")
     for r in reps:
         print("  " + r.line())
     return reps
