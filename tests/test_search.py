@@ -1545,6 +1545,18 @@ def test_grid_sampler_runs_and_a_grid_too_large_is_refused_before_training(tmp_p
     assert not (tmp_path / "big" / "float.pt").exists()
 
 
+def test_nsga2_generations_fit_the_trial_budget(tmp_path):
+    """NSGA-II kept Optuna's generation of 50: a 40-trial search was a random one (its
+    first generation), never a generation that evolves."""
+    from hetq.search.engine import nsga2_population
+
+    assert [nsga2_population(t) for t in (None, 3, 20, 40, 249, 1000)] == [50, 4, 4, 8, 49, 50]
+    study = run_search(cfg(sampler="nsga2", objective="pareto", trials=9,
+                           model_kwargs={"widths": [4]}), tmp_path / "n", progress=False)
+    gens = [t.system_attrs.get("NSGAIISampler:generation") for t in completed(study)]
+    assert gens == [0] * 4 + [1] * 4 + [2], gens
+
+
 def test_a_search_sizes_the_zoo_model_to_its_data(tmp_path):
     """`hetq train` built the jet MLP for the data's features and classes; a search always
     built the 16-input, 5-class one, and on other data failed inside torch ('mat1 and mat2

@@ -210,7 +210,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-loss", type=float, default=None,
                    help="hard constraint: relative metric loss <= X (0.05 = 5%%)")
     s.add_argument("--sampler", default="tpe", choices=["tpe", "random", "grid", "gp", "nsga2"],
-                   help="Optuna sampler (default %(default)s)")
+                   help="Optuna sampler; nsga2's generations are a fifth of --trials, 4 to "
+                        "50 (default %(default)s)")
     s.add_argument("--pruner", default="none", choices=["none", "median", "asha", "hyperband"],
                    help="stop unpromising trials early, on their per-epoch validation "
                         "metric (default %(default)s)")

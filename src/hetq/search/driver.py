@@ -461,14 +461,11 @@ def open_study(config: SearchConfig, out: Path, storage: str | None, create: boo
     st = make_storage(storage, out)
     directions = ["maximize", "minimize"] if config.objective == "pareto" else ["maximize"]
     active = Constraints(config.min_reduction, config.max_metric_loss).active
-    sampler_name = config.sampler
-    if config.objective == "pareto" and sampler_name == "tpe":
-        sampler_name = "tpe"  # TPE handles several objectives too; nsga2 is the classic choice
 
-    def sampler(seed):
-        return make_sampler(sampler_name, seed, config.objective == "pareto",
+    def sampler(seed):  # (TPE handles several objectives too; nsga2 is the classic choice)
+        return make_sampler(config.sampler, seed, config.objective == "pareto",
                             constraints_func=_constraints_func if active else None,
-                            search_space=search_space)
+                            search_space=search_space, trials=config.trials)
 
     pruner = make_pruner(config.pruner, config.epochs)
     if create:
