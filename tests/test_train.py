@@ -1984,3 +1984,24 @@ def test_train_cnn_digits_defaults_to_the_digits(tmp_path, capsys):
                  str(tmp_path / "c"), "--no-progress"]) == 0
     assert "cnn_digits on " in capsys.readouterr().out
     assert hetq.load(tmp_path / "c" / "model.pt")[0].in_channels == 1
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_line(tmp_path):
+    """A full disk while saving a checkpoint gave torch's traceback ('RuntimeError: [enforce
+    fail at inline_container.cc:672] . unexpected pos'), naming no file. A file-size limit
+    fails the write as a full disk does, without needing one."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "t"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+            "from hetq.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "train", "--data", "synthetic:n=300",
+                        "--epochs", "1", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"hetq train: error: File too large: {out / 'model.pt'}", r.stderr
+    assert not list(out.glob(".*.part")) if out.exists() else True

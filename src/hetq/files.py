@@ -41,6 +41,19 @@ def write_whole(path: str | Path, write: Callable[[Path], object],
     return path
 
 
+def torch_save_whole(obj, path: str | Path, replace: bool = True) -> Path:
+    """`torch.save(obj)` to `path` through `write_whole`, into a file object: a full disk
+    is then an OSError naming `path` (torch's own writer, given a file name, raised a
+    RuntimeError, 'unexpected pos 4032 vs 3926', with a traceback)."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return write_whole(path, write, replace)
+
+
 def _create(tmp: Path, path: Path) -> None:
     """`tmp` renamed to `path` unless `path` exists (FileExistsError, `tmp` left)."""
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..files import write_whole
+from ..files import torch_save_whole
 
 FORMAT = "hetq-checkpoint-1"
 
@@ -133,7 +133,7 @@ def in_folder(out: str | Path, name: str) -> Path:
 
 
 def _write(path: str | Path, ckpt: dict, overwrite: bool = True) -> Path:
-    """Atomic write (`write_whole`), its folder made first; overwrite=False: to the first
+    """Atomic write (`torch_save_whole`), its folder made first; overwrite=False: to the first
     free name of `path`, `path` with -2, -3, ... (see `save`)."""
     import warnings
 
@@ -142,7 +142,7 @@ def _write(path: str | Path, ckpt: dict, overwrite: bool = True) -> Path:
     for k in range(1, 1000):
         to = path if k == 1 else path.with_name(f"{path.stem}-{k}{path.suffix}")
         try:
-            write_whole(to, lambda tmp: torch.save(ckpt, tmp), replace=overwrite)
+            torch_save_whole(ckpt, to, replace=overwrite)
         except FileExistsError:
             continue
         if to != path:  # (two runs given one --out: the first one's model stays)

@@ -129,14 +129,14 @@ class FrontFile:
             return
         if not force and time.time() - self.last < self.every:
             return
-        from ...files import write_whole
+        from ...files import torch_save_whole
 
         payload = {"format": self.FORMAT, "structure": self.model.structure, "epochs": epochs,
                    "points": [{f.name: getattr(p, f.name) for f in fields(FrontPoint)}
                               for p in points]}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_whole(self.path, lambda tmp: torch.save(payload, tmp))
+            torch_save_whole(payload, self.path)
         except OSError as e:
             if not self.warned:
                 import warnings
