@@ -2333,3 +2333,21 @@ def test_search_cnn_digits_defaults_to_the_digits(tmp_path, capsys):
                  str(tmp_path / "runs" / "g"), "--no-progress"]) == 2
     assert "is not supported by the gradient strategy" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_journal_that_does_not_fit_on_the_disk_is_named(tmp_path):
+    """A full disk ended a search with 'error: No space left on device', naming no file
+    (the journal's write). A file-size limit fails the write as a full disk does."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000)); "
+            "from hetq.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "search", "--data", "synthetic:n=300",
+                        "--trials", "20", "--epochs", "1", "--float-epochs", "1", "--out",
+                        str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"hetq search: error: File too large: {out / 'study.journal'}", r.stderr

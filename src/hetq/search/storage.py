@@ -69,11 +69,9 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
         else:
             path = _journal_file(storage)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend
-
         lock = FlockJournalLock(str(path))
         repair_journal(path, lock)
-        backend = JournalFileBackend(str(path), lock_obj=lock)
+        backend = NamedJournalBackend(str(path), lock_obj=lock)
         try:
             return optuna.storages.JournalStorage(backend)
         except ValueError as e:  # (json.JSONDecodeError is one) a record damaged inside it
@@ -104,6 +102,19 @@ def make_storage(storage: str | None, out_dir: str | Path | None = None):
 
 
 RETRY_SECONDS = float(os.environ.get("HETQ_STORAGE_RETRY", "60"))  # a database outage
+
+
+class NamedJournalBackend(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, whose write errors name it (a full disk ended a search with
+    'error: No space left on device', naming no file)."""
+
+    def append_logs(self, logs: list[dict]) -> None:
+        try:
+            super().append_logs(logs)
+        except OSError as e:
+            if e.filename is not None or e.errno is None:
+                raise
+            raise type(e)(e.errno, e.strerror, str(self._file_path)) from None
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
