@@ -149,3 +149,28 @@ def test_a_command_started_without_stdout_or_stderr_runs_to_the_end(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "roc.png"]
         assert proc.stdout == "" if closed == 1 else "checkpoint:" in proc.stdout
         assert proc.stderr == "" if closed == 2 else "Traceback" not in proc.stderr
+
+
+def test_a_full_log_does_not_lose_the_work_and_a_full_output_is_named(tmp_path):
+    """`2> /dev/full` (a log on a full disk): the first progress line raised ENOSPC and the
+    training was lost, exit 1 without a word. A full stdout, where the command's output
+    goes, is an error naming it (`hetq --version > /dev/full` was a traceback)."""
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hetq.cli", "train", "--model-widths", "8", "--epochs", "2",
+             "--data", "synthetic:n=300,seed=1", "--out", "t"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=full, text=True, timeout=120)
+        assert proc.returncode == 0
+        assert sorted(p.name for p in (tmp_path / "t").iterdir()) == \
+            ["metrics.json", "model.pt", "roc.png"]
+        assert "checkpoint:" in proc.stdout
+        for args, prefix in ((["--version"], "hetq"),
+                             (["cost", "--model", "jet_mlp", "--preset", "q6"], "hetq cost")):
+            proc = subprocess.run([sys.executable, "-m", "hetq.cli", *args], cwd=tmp_path,
+                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+            assert proc.returncode == 1
+            assert proc.stderr == f"{prefix}: error: No space left on device: standard output\n"

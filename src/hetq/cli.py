@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # in the start-up (the parser, before _main's own handling):
         print("interrupted", file=sys.stderr)  # it was a traceback with exit status 1
         return 130
+    except OSError as e:  # the output's last flush (`hetq --version > /dev/full`): a traceback
+        print(f"hetq: error: {path_problem(e)}", file=sys.stderr)
+        return 1
     finally:
         files.COMMAND = None
 

@@ -96,11 +96,23 @@ def bar(*args, **kwargs):
 class _Survivor:
     """A text stream that turns into /dev/null once its reader has gone (EPIPE), or from the
     start where there is none (None: the command was started with that descriptor closed,
-    `hetq ... >&-`)."""
+    `hetq ... >&-`). log: a stream of messages only (stderr), which turns into /dev/null on
+    any write error too (a full disk under `2> log`: the training was lost, for its log);
+    other streams' errors are raised naming `name` ('No space left on device: standard
+    output')."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, name: str = "standard output", log: bool = False):
         self._stream = stream
         self.gone = stream is None
+        self.name, self.log = name, log
+
+    def _failed(self, e: OSError):
+        if isinstance(e, BrokenPipeError) or self.log:
+            self._drop()
+            return
+        if e.filename is None and e.errno is not None:
+            raise type(e)(e.errno, e.strerror, self.name) from None
+        raise e
 
     def _drop(self):
         self.gone = True
@@ -118,16 +130,16 @@ class _Survivor:
         if not self.gone:
             try:
                 return self._stream.write(s)
-            except BrokenPipeError:
-                self._drop()
+            except OSError as e:
+                self._failed(e)
         return len(s)
 
     def flush(self):
         if not self.gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._drop()
+            except OSError as e:
+                self._failed(e)
 
     def isatty(self) -> bool:
         return not self.gone and _is_terminal(self._stream)
@@ -139,13 +151,19 @@ class _Survivor:
 @contextlib.contextmanager
 def surviving_closed_output():
     """Within the block, `sys.stdout` and `sys.stderr` drop writes once their reader has
-    closed the pipe, instead of raising BrokenPipeError into the work."""
+    closed the pipe, instead of raising BrokenPipeError into the work; stderr also once it
+    cannot be written at all (a full disk). stdout's other write errors name it, also from
+    the flush at the end of the block."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _Survivor(sys.stdout), _Survivor(sys.stderr)
+    sys.stdout = _Survivor(sys.stdout)
+    sys.stderr = _Survivor(sys.stderr, "standard error", log=True)
     try:
         yield
     finally:
-        for survivor in (sys.stdout, sys.stderr):
-            if isinstance(survivor, _Survivor):
-                survivor.flush()
-        sys.stdout, sys.stderr = saved
+        out, err = sys.stdout, sys.stderr
+        try:
+            for survivor in (err, out):
+                if isinstance(survivor, _Survivor):
+                    survivor.flush()
+        finally:
+            sys.stdout, sys.stderr = saved
