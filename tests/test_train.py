@@ -2005,3 +2005,53 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_is_one_error_line(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == \
         f"hetq train: error: File too large: {out / 'model.pt'}", r.stderr
     assert not list(out.glob(".*.part")) if out.exists() else True
+
+
+def test_a_roc_plot_that_does_not_fit_is_a_warning_after_the_saved_model(tmp_path):
+    """When roc.png failed (a full disk) after model.pt and metrics.json were saved, the
+    command ended with a bare error and exit 1, as if the training were lost; the image
+    was written in place, so a cut-off one could stay."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "t"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (12000, 12000)); "
+            "from hetq.cli import main; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, "train", "--model-widths", "8", "--data",
+                        "synthetic:n=300,seed=1", "--epochs", "2", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == (f"hetq train: warning: the ROC plot was not written (File too large: "
+                        f"{out / 'roc.png'}); the model and its metrics are saved\n")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt"]
+
+
+def test_a_folder_lock_names_its_file_and_takes_a_non_ascii_path_in_an_ascii_locale(
+        tmp_path, monkeypatch):
+    """Writing the lock on a full disk said 'No space left on device' naming no file; under
+    an ASCII locale (no UTF-8 coercion) a non-ASCII --out failed to encode ('surrogates not
+    allowed') in train, search, demo and export."""
+    import errno
+    import os
+    import subprocess
+    import sys
+
+    from hetq import files
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "pwrite", full)
+    with pytest.raises(OSError) as e:
+        with files.folder_lock(tmp_path / "a"):
+            pass
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "a" / ".hetq.lock"))
+    monkeypatch.undo()
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    r = subprocess.run([sys.executable, "-m", "hetq.cli", "train", "--model-widths", "8",
+                        "--data", "synthetic:n=300,seed=1", "--epochs", "1", "--out",
+                        "\u00fcn\u00ef/r", "--no-progress"], cwd=tmp_path, env=env,
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "\u00fcn\u00ef" / "r" / "model.pt").is_file()

@@ -158,8 +158,11 @@ def folder_lock(folder: str | Path, option: str = "--out", wait: bool = False,
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _me().encode(), 0)
+        try:  # (surrogateescape: a non-ASCII --out under an ASCII locale failed to encode)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _me().encode(errors="surrogateescape"), 0)
+        except OSError as e:  # (a full disk: 'No space left on device', naming no file)
+            raise type(e)(e.errno, e.strerror, str(path)) from None
         yield
     finally:
         with contextlib.suppress(OSError):

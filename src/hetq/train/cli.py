@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import warnings
 from pathlib import Path
 
 from ..cli import (
@@ -212,7 +213,13 @@ def _train_locked(a) -> int:
               f"{res.best_epoch})")
         print(metrics_table(metrics, data.classes, task.name))
         if task.name == "classify":
-            _roc(model, data, task, out / "roc.png")
+            try:
+                _roc(model, data, task, out / "roc.png")
+            except OSError as e:  # (it ended the command with an error, as if nothing was saved)
+                from ..cli import path_problem
+
+                warnings.warn(f"the ROC plot was not written ({path_problem(e)}); the model "
+                              "and its metrics are saved", stacklevel=1)
         else:  # (--overwrite: an earlier classifier's curves would pass for this model's)
             (out / "roc.png").unlink(missing_ok=True)
     print(f"checkpoint: {out / 'model.pt'}")

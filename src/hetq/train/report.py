@@ -61,6 +61,11 @@ def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | 
     ax.legend(title=title or None)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from ..files import write_whole
+
+    try:  # (whole or not at all: a full disk left a cut-off image)
+        write_whole(path, lambda tmp: fig.savefig(tmp, dpi=110,
+                                                  format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path
