@@ -663,6 +663,10 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
         assert "energy pJ" not in out and "samples" not in out
     full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.pt"))
     assert path_problem(full) == f"No space left on device: {tmp_path / 'm.pt'}"
+    # a copy names its source first, and the destination second: the one that is full
+    copy = OSError(errno.ENOSPC, "No space left on device", "/site/template.h", None,
+                   str(tmp_path / "prj" / "template.h"))
+    assert path_problem(copy) == f"No space left on device: {tmp_path / 'prj' / 'template.h'}"
 
 
 def test_data_may_be_given_by_its_spec_string(jets):

@@ -192,9 +192,13 @@ def sh(path) -> str:
 def path_problem(e: OSError) -> str:
     """One line for an OSError from the file system: what went wrong and with which path
     ("runs/x is a file, where a folder is needed" for a folder that cannot be made)."""
+    import errno
     import os
 
     path = e.filename
+    if e.filename2 is not None and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                                               errno.EROFS):
+        path = e.filename2  # (shutil's copies name the source first: a template of hls4ml)
     if path is not None and isinstance(e, (FileExistsError, NotADirectoryError)):
         blocking = _file_on_path(os.fspath(path))
         if blocking:
