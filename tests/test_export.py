@@ -1039,6 +1039,25 @@ def test_hls4ml_project_folder_is_replaced_whole_or_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hls", "mine"]
 
 
+def test_an_hls4ml_folder_given_as_a_symlink_is_replaced_where_it_points(tmp_path):
+    """--hls4ml LINK to an earlier project failed ('Cannot call rmtree on a symbolic link'),
+    left LINK a real folder and the target marked as set aside, and every later export to
+    LINK failed the same way."""
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import export_hls4ml
+    eng = IntegerModel(jet("q6"), (16,), IN16)
+    real, link = tmp_path / "real", tmp_path / "link"
+    export_hls4ml(eng, real, compile=False)
+    (real / "notes.txt").write_text("of the earlier project")
+    link.symlink_to(real)
+    for _ in range(2):
+        export_hls4ml(eng, link, compile=False)
+        assert link.is_symlink() and link.resolve() == real
+        assert (real / "hls4ml_config.yml").is_file() and not (real / "notes.txt").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+        assert not list(real.glob("HETQ_*"))
+
+
 def test_an_export_killed_midway_leaves_a_marked_project_and_the_next_restores_the_earlier(
         tmp_path, monkeypatch):
     """kill -9 while an export replaced an earlier project left the new, unchecked project

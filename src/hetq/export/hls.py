@@ -241,6 +241,10 @@ def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None
 
     check_engine(eng, "export_hls4ml")
     out_dir = Path(out_dir)
+    # a link: the project where it points, the link kept (it was replaced by a folder, and
+    # its target marked as set aside)
+    if out_dir.is_symlink():
+        out_dir = Path(os.path.realpath(out_dir))
     # one export per project folder at a time (two built the C simulation in one folder:
     # one failed to link, blamed g++, and deleted the other's finished project)
     with folder_lock(out_dir.parent, "--hls4ml", lock_name=f".{out_dir.name}.hetq.lock",
