@@ -2059,3 +2059,49 @@ def test_a_folder_lock_names_its_file_and_takes_a_non_ascii_path_in_an_ascii_loc
                        capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "\u00fcn\u00ef" / "r" / "model.pt").is_file()
+
+
+def test_symbolic_links_as_outputs(tmp_path, capsys):
+    """A link given as an output file was replaced by a file (its target kept the old
+    contents); a link to a file not yet there was taken for another run's file ('saved as
+    p-2.pt'); a link to nowhere or in a loop as --out said 'File exists', the PTQ run first."""
+    import json
+    import os
+
+    from hetq.cli import main
+
+    m = tmp_path / "f"
+    assert main(["train", "--model-widths", "8", "--data", "synthetic:n=300,seed=1",
+                 "--epochs", "1", "--out", str(m), "--no-progress"]) == 0
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+    (real / "c.json").write_text("{}")
+    os.symlink(real / "c.json", links / "c.json")
+    os.symlink(real / "p.pt", links / "p.pt")  # (p.pt is not there yet)
+    os.symlink(real / "none", links / "dir")
+    os.symlink(links / "loop2", links / "loop1")
+    os.symlink(links / "loop1", links / "loop2")
+    capsys.readouterr()
+    assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--json",
+                 str(links / "c.json")]) == 0
+    assert (links / "c.json").is_symlink() and "totals" in json.loads((real / "c.json").read_text())
+    assert main(["ptq", str(m), "--data", "synthetic:n=300,seed=1", "--bits", "6", "--out",
+                 str(links / "p.pt")]) == 0
+    err = capsys.readouterr().err
+    assert "another run" not in err and (links / "p.pt").is_symlink()
+    assert (real / "p.pt").is_file() and not list(real.glob("p-*.pt")) and \
+        not list(links.glob("p-*.pt"))
+    for argv, problem in (
+            (["train", "--out", str(links / "dir")],
+             f"{links / 'dir'} is a symbolic link to {real / 'none'}, which is not there"),
+            (["train", "--out", str(links / "loop1")],
+             f"{links / 'loop1'} is a symbolic link loop"),
+            (["ptq", str(m), "--out", str(links / "loop1" / "p.pt")],
+             f"{links / 'loop1'} is a symbolic link loop"),
+            (["cost", "--model", "jet_mlp", "--json", str(links / "loop2")],
+             f"{links / 'loop2'} is a symbolic link loop")):
+        assert main([*argv, "--no-progress"] if argv[0] != "cost" else argv) == 2, argv
+        opt = "--json" if argv[0] == "cost" else "--out"
+        assert capsys.readouterr().err == \
+            f"hetq {argv[0]}: error: {opt} {argv[-1]}: {problem}\n", argv

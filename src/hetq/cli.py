@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -181,6 +182,28 @@ def _file_on_path(p: str) -> str | None:
     return p if p and not os.path.isdir(p) else None
 
 
+def _broken_link_on_path(p: str) -> str | None:
+    """What is wrong with the nearest part of path `p` that is there (`p` itself first) when
+    it is a symbolic link that leads nowhere or in a loop, else None."""
+    import os
+
+    while p and not os.path.lexists(p):
+        p = os.path.dirname(p)
+    if not p or not os.path.islink(p) or os.path.exists(p):
+        return None
+    if _link_loops(p):
+        return f"{p} is a symbolic link loop"
+    return f"{p} is a symbolic link to {os.readlink(p)}, which is not there"
+
+
+def _link_loops(p: str) -> bool:
+    try:
+        os.path.realpath(p, strict=True)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 def sh(path) -> str:
     """`path` as it must be typed in a shell command that hetq prints for copying (quoted
     when it holds spaces or other special characters)."""
@@ -214,6 +237,11 @@ def check_output(path, option: str, folder: bool = False) -> None:
     import os
 
     p = os.fspath(path)
+    broken = _broken_link_on_path(p if folder else os.path.dirname(p))
+    if not folder and os.path.islink(p) and _link_loops(p):  # (a file through a link to
+        broken = f"{p} is a symbolic link loop"  # nowhere is written where it points)
+    if broken:  # ('File exists: X', or the work first and then that)
+        raise ValueError(f"{option} {p}: {broken}")
     if os.path.isdir(p) and not folder:
         raise ValueError(f"{option} {p} is a folder; expected a file to write")
     if os.path.exists(p) and not os.path.isdir(p) and folder:

@@ -18,6 +18,8 @@ def write_whole(path: str | Path, write: Callable[[Path], object],
     at `path` is kept, and FileExistsError raised, also when another process made it in the
     meantime (a hard link, which cannot replace)."""
     path = Path(path)
+    if path.is_symlink():  # written where it points (the link was replaced by a file, and a
+        path = Path(os.path.realpath(path))  # dangling one taken for another run's file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         # made here first, so that a folder that cannot be written is an OSError (torch.save
