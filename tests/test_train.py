@@ -2100,8 +2100,12 @@ def test_symbolic_links_as_outputs(tmp_path, capsys):
             (["ptq", str(m), "--out", str(links / "loop1" / "p.pt")],
              f"{links / 'loop1'} is a symbolic link loop"),
             (["cost", "--model", "jet_mlp", "--json", str(links / "loop2")],
-             f"{links / 'loop2'} is a symbolic link loop")):
+             f"{links / 'loop2'} is a symbolic link loop"),
+            (["cost", "--model", "jet_mlp", "--json", f"{links}/new/"],
+             "names a folder (a trailing /); expected a file to write")):
         assert main([*argv, "--no-progress"] if argv[0] != "cost" else argv) == 2, argv
         opt = "--json" if argv[0] == "cost" else "--out"
+        sep = " " if problem.startswith("names") else ": "
         assert capsys.readouterr().err == \
-            f"hetq {argv[0]}: error: {opt} {argv[-1]}: {problem}\n", argv
+            f"hetq {argv[0]}: error: {opt} {argv[-1]}{sep}{problem}\n", argv
+    assert not (links / "new").exists()

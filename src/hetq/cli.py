@@ -244,6 +244,9 @@ def check_output(path, option: str, folder: bool = False) -> None:
         raise ValueError(f"{option} {p}: {broken}")
     if os.path.isdir(p) and not folder:
         raise ValueError(f"{option} {p} is a folder; expected a file to write")
+    if p.endswith(os.sep) and not folder:  # (the file was written as `newq`, the slash lost)
+        raise ValueError(f"{option} {p} names a folder (a trailing {os.sep}); expected a file "
+                         "to write")
     if os.path.exists(p) and not os.path.isdir(p) and folder:
         raise ValueError(f"{option} {p} is a file; expected a folder")
     blocking = _file_on_path(os.path.dirname(p))
