@@ -2109,3 +2109,20 @@ def test_symbolic_links_as_outputs(tmp_path, capsys):
         assert capsys.readouterr().err == \
             f"hetq {argv[0]}: error: {opt} {argv[-1]}{sep}{problem}\n", argv
     assert not (links / "new").exists()
+
+
+def test_a_tilde_in_an_option_value_is_the_home_folder(tmp_path, monkeypatch):
+    """`--out=~/runs` (the shell leaves ~ after =) made a folder named '~' in the current
+    one, and `--config '~/q.yaml'` was 'not found'."""
+    from hetq.cli import main
+
+    home, here = tmp_path / "home", tmp_path / "here"
+    home.mkdir()
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    (home / "q.yaml").write_text("fc1:\n  kernel: quantized_bits(4,0,1)\n")
+    assert main(["train", "--model-widths", "8", "--data", "synthetic:n=300,seed=1",
+                 "--epochs", "1", "--out=~/runs/t", "--config", "~/q.yaml",
+                 "--no-progress"]) == 0
+    assert (home / "runs" / "t" / "model.pt").is_file() and not (here / "~").exists()

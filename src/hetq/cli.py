@@ -373,9 +373,25 @@ def main(argv: list[str] | None = None) -> int:
         files.COMMAND = None
 
 
+def _expand_home(args) -> None:
+    """`~` at the start of an option's value, which the shell leaves as it is after `=`
+    (`--out=~/runs`) or in quotes, is the home folder, as `--data jets-sim:~/x` took it
+    (it made a folder named `~` in the current one)."""
+    def expand(v):
+        if isinstance(v, str) and v.startswith("~"):
+            return os.path.expanduser(v)
+        if isinstance(v, list):
+            return [expand(x) for x in v]
+        return v
+
+    for k, v in vars(args).items():
+        setattr(args, k, expand(v))
+
+
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _expand_home(args)
     if args.version:
         from hetq import __version__
 
