@@ -2351,3 +2351,32 @@ def test_a_journal_that_does_not_fit_on_the_disk_is_named(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().splitlines()[-1] == \
         f"hetq search: error: File too large: {out / 'study.journal'}", r.stderr
+
+
+def test_search_and_worker_check_their_folder_as_train_does(tmp_path, capsys, monkeypatch):
+    """A read-only --out was 'Read-only file system: ro/s2', exit 1, for search and worker;
+    train said which folder cannot be written, exit 2. A file on the path gave a worker
+    'holds no search'."""
+    import errno
+    import tempfile
+
+    from hetq.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    for cmd in ("search", "worker"):
+        out = tmp_path / "afile" / "s"
+        assert main([cmd, "--out", str(out), "--no-progress"]) == 2
+        assert capsys.readouterr().err == \
+            f"hetq {cmd}: error: --out {out}: {tmp_path / 'afile'} is a file, where a folder " \
+            "is needed\n"
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    for cmd in ("search", "worker"):
+        assert main([cmd, "--out", str(tmp_path / "ro" / "s"), "--no-progress"]) == 2
+        assert capsys.readouterr().err == (f"hetq {cmd}: error: --out {tmp_path / 'ro' / 's'}: "
+                                           f"{tmp_path} cannot be written (Read-only file "
+                                           "system)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

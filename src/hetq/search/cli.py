@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..cli import (
+    check_output,
     describe,
     interrupts_save,
     name_type,
@@ -412,6 +413,9 @@ def _search(a) -> int:
     from .space import DEPLOYABLE_QUANTIZATION_CONFIG
     from .storage import redact
 
+    # a folder that cannot be written, in train's words and exit status (it was 'Read-only
+    # file system: X', exit 1)
+    check_output(a.out, "--out", folder=True)
     if a.data is None:
         from ..models import default_data
 
@@ -488,6 +492,8 @@ def _search(a) -> int:
 def _worker(a) -> int:
     from .driver import default_study, run_worker_process
 
+    if a.out:
+        check_output(a.out, "--out", folder=True)
     study = a.study or default_study(a.out, a.storage)
     with option_names():
         run_worker_process(a.out, study, a.storage, progress=not a.no_progress)
