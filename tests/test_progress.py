@@ -170,7 +170,11 @@ def test_a_full_log_does_not_lose_the_work_and_a_full_output_is_named(tmp_path):
         assert "checkpoint:" in proc.stdout
         for args, prefix in ((["--version"], "hetq"),
                              (["cost", "--model", "jet_mlp", "--preset", "q6"], "hetq cost")):
-            proc = subprocess.run([sys.executable, "-m", "hetq.cli", *args], cwd=tmp_path,
-                                  stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
-            assert proc.returncode == 1
-            assert proc.stderr == f"{prefix}: error: No space left on device: standard output\n"
+            for unbuffered in ("1", ""):  # (the error comes at a write, or at the last flush)
+                proc = subprocess.run([sys.executable, "-m", "hetq.cli", *args], cwd=tmp_path,
+                                      stdout=full, stderr=subprocess.PIPE, text=True,
+                                      timeout=120,
+                                      env={**os.environ, "PYTHONUNBUFFERED": unbuffered})
+                assert proc.returncode == 1
+                assert proc.stderr == \
+                    f"{prefix}: error: No space left on device: standard output\n"

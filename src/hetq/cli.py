@@ -406,6 +406,7 @@ def _main(argv: list[str] | None) -> int:
     _INTERRUPTED["saved"] = False
     try:
         code = int(args.func(args) or 0)
+        sys.stdout.flush()  # (a full stdout is the command's error, buffered or not)
         return 130 if code == 0 and _INTERRUPTED["saved"] else code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

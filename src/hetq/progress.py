@@ -107,8 +107,8 @@ class _Survivor:
         self.name, self.log = name, log
 
     def _failed(self, e: OSError):
+        self._drop()  # (what it still holds would fail again at the exit's flush, status 120)
         if isinstance(e, BrokenPipeError) or self.log:
-            self._drop()
             return
         if e.filename is None and e.errno is not None:
             raise type(e)(e.errno, e.strerror, self.name) from None
