@@ -2380,3 +2380,10 @@ def test_search_and_worker_check_their_folder_as_train_does(tmp_path, capsys, mo
                                            f"{tmp_path} cannot be written (Read-only file "
                                            "system)\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_one_float_epoch_is_said_in_the_singular(tmp_path, capsys):
+    run_search(cfg(trials=1, float_epochs=1, model_kwargs={"widths": [4]}), tmp_path / "o",
+               progress=True)
+    out = capsys.readouterr().out
+    assert "(1 epoch)..." in out and "(1 epochs)" not in out, out

@@ -1865,7 +1865,7 @@ def test_sizes_and_values_that_failed_late_or_deep_are_named(tmp_path, capsys, m
         "tried to allocate 40000000000 bytes.); a model, width or input shape too large for "
         "this machine?\n")
     monkeypatch.undo()
-    assert main(["export", str(tmp_path), "--backend", "Vitis", "--no-compile"]) == 2
+    assert main(["export", str(tmp_path), "--backend", "vitis", "--no-compile"]) == 2
     assert capsys.readouterr().err == ("hetq export: error: --no-compile and --backend Vitis "
                                        "set up the hls4ml project: give --hls4ml DIR too\n")
     assert main(["train", "--task", "anomaly", "--background", "q,g,q",

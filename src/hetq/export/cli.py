@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--qonnx", default=None, help="write the QONNX graph here (.onnx)")
     e.add_argument("--hls4ml", default=None, help="write the hls4ml project into this folder")
     e.add_argument("--backend", default="Vivado", choices=["Vivado", "Vitis"],
+                   type=lambda v: {"vivado": "Vivado", "vitis": "Vitis"}.get(v.lower(), v),
                    help="hls4ml backend of the project (default %(default)s)")
     e.add_argument("--no-compile", action="store_true",
                    help="write the hls4ml project without building the C simulation")

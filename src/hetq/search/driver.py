@@ -138,7 +138,8 @@ def train_float_model(config: SearchConfig, data, path: Path, model_kwargs: dict
     torch.manual_seed(config.seed)
     model = build_model(config.model, **model_kwargs)
     if progress:
-        print(f"training {what} ({config.float_epochs} epochs)...", flush=True)
+        n = config.float_epochs
+        print(f"training {what} ({n} epoch{'s' * (n != 1)})...", flush=True)
     # (the gradient strategy trains on the CPU, its float models too: --device is not its)
     device = "cpu" if config.strategy == "gradient" else config.device
     fit(model, data, epochs=config.float_epochs, batch_size=config.batch_size, lr=config.lr,
