@@ -157,7 +157,7 @@ def main() -> None:
                          "(one run with 0.5: HV 0.5349, and 60 s of the budget unused once "
                          "every point was polished)")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                    help="gradient strategy: torch.compile the training step (about 2x the "
+                    help="gradient strategy: torch.compile the training step (about 1.5x the "
                          "steps per second after ~30 s of compiling)")
     ap.add_argument("--widths", type=int, nargs="+", default=[32, 16],
                     help="hidden widths of the float MLP that every strategy starts from "
