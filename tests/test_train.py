@@ -627,6 +627,30 @@ def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsy
         assert "samples     50  mismatches     0" in capsys.readouterr().out
 
 
+def test_an_export_refused_its_hls4ml_folder_writes_no_qonnx_either(tmp_path, capsys):
+    """The hls4ml folder was locked only when its project was written: an export refused
+    there (another export at work) had written its --qonnx already."""
+    pytest.importorskip("qonnx")
+    pytest.importorskip("hls4ml")
+    from hetq.export.hls import project_lock
+
+    data = get_dataset("synthetic:n=600,seed=1")
+    q = quantize_model(build("jet_mlp", widths=[4]), preset("q6"))
+    ckpt = tmp_path / "q.pt"
+    save(ckpt, q, model_name="jet_mlp", model_kwargs={"widths": [4]}, quant_config=preset("q6"),
+         data=data)
+    onnx, hls = tmp_path / "q.onnx", tmp_path / "hls"
+    argv = ["export", str(ckpt), "--samples", "50", "--input-type",
+            "ap_fixed<16,6,AP_RND_CONV,AP_SAT>", "--qonnx", str(onnx), "--hls4ml", str(hls),
+            "--no-compile"]
+    with project_lock(hls):  # (as another export would hold it)
+        assert main(argv) == 2
+    assert f"hetq export: error: {hls} is in use by another hetq command" in capsys.readouterr().err
+    assert not onnx.exists() and not hls.exists()
+    assert main(argv) == 0
+    assert onnx.is_file() and (hls / "hls4ml_config.yml").is_file()
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path, capsys):
     """A file where an output folder goes (or another file-system error) is a one-line
     error naming the path, not an OSError traceback."""

@@ -99,6 +99,17 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
 
     Returns {"engine": IntegerModel, "reports": [BitExactReport, ...], "cost": CostReport}.
     """
+    import contextlib
+
+    from .hls import project_lock
+
+    # the project folder's lock first: an export refused there wrote its --qonnx already,
+    # and with two models the two files could come from different runs
+    with project_lock(hls4ml) if hls4ml else contextlib.nullcontext():
+        return _export_model(model, x, input_type, qonnx, hls4ml, backend, compile, out)
+
+
+def _export_model(model, x, input_type, qonnx, hls4ml, backend, compile, out) -> dict:
     from ..cost import cost
     from .engine import IntegerModel
     from .steps import ExportError
@@ -128,7 +139,7 @@ def export_model(model, x, input_type=None, qonnx=None, hls4ml=None, backend="Vi
         replaced = earlier_project(hls4ml)
         try:
             _, rep = export_hls4ml(eng, hls4ml, x if compile else None, backend=backend,
-                                   compile=compile)
+                                   compile=compile, locked=True)
         except ExportError as e:
             failed.append(f"--hls4ml {hls4ml} not written: {e}")
         else:

@@ -232,24 +232,34 @@ def in_child(fn, what: str):
 
 
 def export_hls4ml(eng: IntegerModel, out_dir: str | Path, x: torch.Tensor | None = None,
-                  backend: str = "Vivado", compile: bool = True, **kw):
+                  backend: str = "Vivado", compile: bool = True, locked: bool = False, **kw):
     """Write the project; with `compile`, build the C simulation and, given inputs `x`,
     compare its outputs with the engine. Returns (hls_model, BitExactReport or None).
     `out_dir` must be new, empty, or an earlier project (`earlier_project`), which is
-    replaced once the new one is complete; if the export fails, it is left as it was."""
+    replaced once the new one is complete; if the export fails, it is left as it was.
+    locked: the caller holds `project_lock(out_dir)` already."""
+    check_engine(eng, "export_hls4ml")
+    out_dir = _project_path(out_dir)
+    with contextlib.nullcontext() if locked else project_lock(out_dir):
+        return _export_hls4ml(eng, out_dir, x, backend, compile, **kw)
+
+
+def _project_path(out_dir: str | Path) -> Path:
+    """A link: the project where it points, the link kept (it was replaced by a folder, and
+    its target marked as set aside)."""
+    out_dir = Path(out_dir)
+    return Path(os.path.realpath(out_dir)) if out_dir.is_symlink() else out_dir
+
+
+def project_lock(out_dir: str | Path):
+    """One export per project folder at a time (two built the C simulation in one folder:
+    one failed to link, blamed g++, and deleted the other's finished project); `hetq export`
+    holds it over all its outputs, so that a refused export writes no --qonnx either."""
     from ..files import folder_lock
 
-    check_engine(eng, "export_hls4ml")
-    out_dir = Path(out_dir)
-    # a link: the project where it points, the link kept (it was replaced by a folder, and
-    # its target marked as set aside)
-    if out_dir.is_symlink():
-        out_dir = Path(os.path.realpath(out_dir))
-    # one export per project folder at a time (two built the C simulation in one folder:
-    # one failed to link, blamed g++, and deleted the other's finished project)
-    with folder_lock(out_dir.parent, "--hls4ml", lock_name=f".{out_dir.name}.hetq.lock",
-                     label=out_dir):
-        return _export_hls4ml(eng, out_dir, x, backend, compile, **kw)
+    out_dir = _project_path(out_dir)
+    return folder_lock(out_dir.parent, "--hls4ml", lock_name=f".{out_dir.name}.hetq.lock",
+                       label=out_dir)
 
 
 # in the project folder while an export writes and checks it: if it stays, that export was
