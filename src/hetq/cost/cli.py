@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import check_output, name_type, positive_int, quantize_zoo_model
+from ..cli import check_output, describe, name_type, positive_int, quantize_zoo_model
 from .energy import MEMORIES
 
 
@@ -21,8 +21,9 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cost", help="energy / bits / EBOPs / FPGA estimate per layer",
-                       description="Print the per-layer cost table of a checkpoint, or of a "
-                                   "zoo model with a preset/config.")
+                       **describe("Print the per-layer cost table of a checkpoint, or of a "
+                                  "zoo model with a preset/config.",
+                                  "hetq cost runs/q6/model.pt --reference int8"))
     c.add_argument("checkpoint", nargs="?", help="a hetq checkpoint (model.pt, or its folder)")
     c.add_argument("--model", type=name_type, default=None,
                    help="zoo model instead of a checkpoint")

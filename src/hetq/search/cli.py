@@ -174,8 +174,10 @@ def _devices(text: str) -> list[str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="search per-layer quantizers (Optuna study)",
-                       description="Search per-layer quantizers and widths; prints the "
-                                   "Pareto table. Rerun the same command to resume.")
+                       **describe("Search per-layer quantizers and widths; prints the "
+                                  "Pareto table. Rerun the same command to resume.",
+                                  "hetq search --goal energy --trials 40 --epochs 10 "
+                                  "--out runs/s1"))
     s.add_argument("--model", type=name_type, default="jet_mlp",
                    help="zoo model to quantize, trained in float first (default %(default)s)")
     s.add_argument("--model-widths", type=positive_int, nargs="+", default=None, metavar="N",

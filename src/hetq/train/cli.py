@@ -36,9 +36,11 @@ def _common(p, checkpoint: bool = False):
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a float or quantized model (QAT)",
-                       description="Train a model from the zoo with a quantization preset or "
-                                   "config; writes OUT/model.pt, OUT/metrics.json and, for "
-                                   "classification, OUT/roc.png.")
+                       **describe("Train a model from the zoo with a quantization preset or "
+                                  "config; writes OUT/model.pt, OUT/metrics.json and, for "
+                                  "classification, OUT/roc.png.",
+                                  "hetq train --model jet_mlp --preset q6 --data jets-sim "
+                                  "--epochs 30 --out runs/q6"))
     t.add_argument("--model", type=name_type, default=None,
                    help="zoo model: jet_mlp | jet_autoencoder | cnn_digits (with --data digits) "
                         "(default jet_mlp; with --task anomaly jet_autoencoder)")
