@@ -265,7 +265,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--schedule-block", default="sequential", choices=["sequential", "cost"],
                    help="with --blocks: search the blocks in the given order, or the most "
                         "expensive first (default %(default)s)")
-    s.add_argument("--device", default="cpu", help="cpu | cuda | auto (default %(default)s)")
+    s.add_argument("--device", default="cpu",
+                   help="cpu | cuda | cuda:N | mps | auto (default %(default)s)")
     s.add_argument("--devices", default=None,
                    help="with --workers: comma-separated CUDA device ids, one worker per GPU "
                         "round-robin (e.g. 0,1,2,3)")

@@ -30,7 +30,8 @@ def _common(p, checkpoint: bool = False):
         p.add_argument("--data", default=None, help="jets-sim | jets-sim:PATH | jets | "
                        "jets:PATH | digits | synthetic (see hetq.data; default jets-sim, "
                        "digits for --model cnn_digits)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default %(default)s)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu | cuda | cuda:N | mps | auto (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
