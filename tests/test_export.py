@@ -688,6 +688,17 @@ def test_qonnx_pooling_exact(tmp_path):
     proto = to_qonnx(eng)
     assert proto.graph.input[0].type.tensor_type.elem_type == 11
     assert check_qonnx(eng, proto, x).exact
+    # ceil_mode where torch drops the last window (it would start in the padding), which
+    # ONNX's ceil_mode keeps: the graph had another shape
+    for pool, shape in ((nn.MaxPool2d(1, stride=2, ceil_mode=True), (1, 6, 6)),
+                        (nn.MaxPool1d(4, 3, padding=2, ceil_mode=True), (1, 10)),
+                        (nn.MaxPool2d(2, 2, padding=1, ceil_mode=True), (1, 7, 5))):
+        conv = (QConv2d if len(shape) == 3 else QConv1d)(
+            1, 2, 1, activation="quantized_bits(6,2)", **k)
+        n = nn.Sequential(conv, pool)(torch.zeros(1, *shape)).numel()
+        m = nn.Sequential(conv, pool, nn.Flatten(), QDense(n, 2, **k)).eval()
+        eng = IntegerModel(m, shape, "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")
+        assert check_qonnx(eng, to_qonnx(eng), torch.randn(100, *shape) * 2).exact, pool
     uneven = nn.Sequential(QConv2d(1, 2, 3, activation="quantized_relu(5,2)", **k),
                            nn.AdaptiveMaxPool2d(2), nn.Flatten(), QDense(8, 2, **k)).eval()
     eng = IntegerModel(uneven, (1, 7, 7), "ap_fixed<8,2,AP_RND_CONV,AP_SAT>")

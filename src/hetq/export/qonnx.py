@@ -308,10 +308,23 @@ def _max_pool(b: _Builder, x: str, step: KeepStep, shape: tuple[int, ...], nm: s
     def per_dim(v):
         return [v] * dims if isinstance(v, int) else list(v)
 
-    pad = per_dim(m.padding)
-    return b.node("MaxPool", [x], f"{nm}_maxpool", kernel_shape=per_dim(m.kernel_size),
-                  strides=per_dim(m.stride if m.stride is not None else m.kernel_size),
-                  dilations=per_dim(m.dilation), pads=pad + pad, ceil_mode=int(m.ceil_mode))
+    k, st, dil, pad = (per_dim(m.kernel_size), per_dim(m.stride or m.kernel_size),
+                       per_dim(m.dilation), per_dim(m.padding))
+    # torch's output size; ceil_mode as padding at the end (ONNX's ceil_mode also keeps a
+    # last window that starts in the padding, which torch drops: another shape)
+    end = []
+    for n, ki, si, di, pi in zip(shape[2:], k, st, dil, pad):
+        span = n + 2 * pi - di * (ki - 1) - 1
+        out = (-(-span // si) if m.ceil_mode else span // si) + 1
+        if m.ceil_mode and (out - 1) * si >= n + pi:
+            out -= 1
+        end.append(max(pi, (out - 1) * si + di * (ki - 1) + 1 - n - pi))
+        if end[-1] >= ki:
+            raise ExportError(f"{step.name}: {m} on inputs of size {list(shape[2:])} needs "
+                              f"{end[-1]} padding at the end, as much as its kernel, which "
+                              "ONNX's MaxPool refuses")
+    return b.node("MaxPool", [x], f"{nm}_maxpool", kernel_shape=k, strides=st, dilations=dil,
+                  pads=pad + end)
 
 
 def _avg_pool(b: _Builder, x: str, step: PoolStep, shape: tuple[int, ...], nm: str) -> str:
