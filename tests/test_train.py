@@ -2042,13 +2042,17 @@ def test_a_roc_plot_that_does_not_fit_is_a_warning_after_the_saved_model(tmp_pat
     import subprocess
     import sys
 
+    from hetq.cli import main
+
     out = tmp_path / "t"
+    argv = ["train", "--model-widths", "8", "--data", "synthetic:n=300,seed=1", "--epochs",
+            "2", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0 and (out / "roc.png").is_file()  # (an earlier run's curves)
     code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
             "resource.setrlimit(resource.RLIMIT_FSIZE, (12000, 12000)); "
             "from hetq.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "train", "--model-widths", "8", "--data",
-                        "synthetic:n=300,seed=1", "--epochs", "2", "--out", str(out),
-                        "--no-progress"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, *argv, "--overwrite", "--seed", "3"],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stderr == (f"hetq train: warning: the ROC plot was not written (File too large: "
                         f"{out / 'roc.png'}); the model and its metrics are saved\n")
@@ -2106,6 +2110,9 @@ def test_symbolic_links_as_outputs(tmp_path, capsys):
     os.symlink(real / "none", links / "dir")
     os.symlink(links / "loop2", links / "loop1")
     os.symlink(links / "loop1", links / "loop2")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(tmp_path / "gone" / "model.pt", run / "model.pt")  # (trained, then failed)
     capsys.readouterr()
     assert main(["cost", "--model", "jet_mlp", "--preset", "q6", "--json",
                  str(links / "c.json")]) == 0
@@ -2126,12 +2133,16 @@ def test_symbolic_links_as_outputs(tmp_path, capsys):
             (["cost", "--model", "jet_mlp", "--json", str(links / "loop2")],
              f"{links / 'loop2'} is a symbolic link loop"),
             (["cost", "--model", "jet_mlp", "--json", f"{links}/new/"],
-             "names a folder (a trailing /); expected a file to write")):
+             "names a folder (a trailing /); expected a file to write"),
+            (["train", "--overwrite", "--out", str(run)],
+             f"is a symbolic link to {tmp_path / 'gone' / 'model.pt'}, whose folder is not "
+             "there")):
         assert main([*argv, "--no-progress"] if argv[0] != "cost" else argv) == 2, argv
         opt = "--json" if argv[0] == "cost" else "--out"
-        sep = " " if problem.startswith("names") else ": "
+        sep = " " if problem.startswith(("names", "is a")) else ": "
+        named = argv[-1] if argv[-1] != str(run) else run / "model.pt"
         assert capsys.readouterr().err == \
-            f"hetq {argv[0]}: error: {opt} {argv[-1]}{sep}{problem}\n", argv
+            f"hetq {argv[0]}: error: {opt} {named}{sep}{problem}\n", argv
     assert not (links / "new").exists()
 
 

@@ -252,11 +252,17 @@ def check_output(path, option: str, folder: bool = False) -> None:
     blocking = _file_on_path(os.path.dirname(p))
     if blocking:
         raise ValueError(f"{option} {p}: {blocking} is a file, where a folder is needed")
+    target = p
+    if not folder and os.path.islink(p):  # written where it points: that folder must be
+        target = os.path.realpath(p)      # there (it failed after the work) and writable
+        if not os.path.isdir(os.path.dirname(target)):
+            raise ValueError(f"{option} {p} is a symbolic link to {target}, whose folder is "
+                             "not there")
     # and that the nearest folder there is can be written (a read-only or foreign folder
     # failed only at the saving, after the training)
     import tempfile
 
-    here = p if folder and os.path.isdir(p) else os.path.dirname(os.path.abspath(p))
+    here = p if folder and os.path.isdir(p) else os.path.dirname(os.path.abspath(target))
     while not os.path.isdir(here):
         here = os.path.dirname(here)
     try:

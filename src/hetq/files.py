@@ -17,7 +17,7 @@ def write_whole(path: str | Path, write: Callable[[Path], object],
     when anything fails (a folder at `path`, a full disk, Ctrl-C). replace=False: a file
     at `path` is kept, and FileExistsError raised, also when another process made it in the
     meantime (a hard link, which cannot replace)."""
-    path = Path(path)
+    given = path = Path(path)
     if path.is_symlink():  # written where it points (the link was replaced by a file, and a
         path = Path(os.path.realpath(path))  # dangling one taken for another run's file)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
@@ -40,7 +40,7 @@ def write_whole(path: str | Path, write: Callable[[Path], object],
         with contextlib.suppress(OSError):  # (EROFS even for a file that is not there)
             tmp.unlink(missing_ok=True)
         raise
-    return path
+    return given  # (the link, where one was given: what the user named)
 
 
 def torch_save_whole(obj, path: str | Path, replace: bool = True) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import warnings
@@ -221,6 +222,9 @@ def _train_locked(a) -> int:
             except OSError as e:  # (it ended the command with an error, as if nothing was saved)
                 from ..cli import path_problem
 
+                # (--overwrite: an earlier model's curves would pass for this one's)
+                with contextlib.suppress(OSError):
+                    (out / "roc.png").unlink(missing_ok=True)
                 warnings.warn(f"the ROC plot was not written ({path_problem(e)}); the model "
                               "and its metrics are saved", stacklevel=1)
         else:  # (--overwrite: an earlier classifier's curves would pass for this model's)
