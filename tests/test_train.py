@@ -2161,3 +2161,15 @@ def test_a_tilde_in_an_option_value_is_the_home_folder(tmp_path, monkeypatch):
                  "--epochs", "1", "--out=~/runs/t", "--config", "~/q.yaml",
                  "--no-progress"]) == 0
     assert (home / "runs" / "t" / "model.pt").is_file() and not (here / "~").exists()
+    # paths only: names and regexes stay as given; the journal and SQLite paths of --storage
+    from hetq.cli import _expand_home, build_parser
+    from hetq.search.storage import _journal_file, database_url
+
+    args = build_parser().parse_args(["search", "--study", "~", "--tune-filters-exceptions",
+                                      "~", "--warm-start", "~/a", "--out", "~/s"])
+    _expand_home(args)
+    assert (args.study, args.tune_filters_exceptions, args.warm_start, args.out) == \
+        ("~", "~", [f"{home}/a"], f"{home}/s")
+    assert _journal_file("journal:~/s.journal") == home / "s.journal"
+    assert database_url("sqlite:///~/x.db") == f"sqlite:///{home}/x.db"
+    assert database_url("sqlite:///x.db") == "sqlite:///x.db"

@@ -379,10 +379,17 @@ def main(argv: list[str] | None = None) -> int:
         files.COMMAND = None
 
 
+# the options that name files or folders (export's `source` is a checkpoint; search's and
+# cost's a quantizer string, which never starts with ~); --storage's journal and SQLite
+# paths are expanded where the storage is made, --data's where the data is
+PATH_OPTIONS = ("checkpoint", "config", "hls4ml", "init", "json", "limit", "out", "qonnx",
+                "quantization_config", "run", "source", "warm_start")
+
+
 def _expand_home(args) -> None:
-    """`~` at the start of an option's value, which the shell leaves as it is after `=`
+    """`~` at the start of a path option's value, which the shell leaves as it is after `=`
     (`--out=~/runs`) or in quotes, is the home folder, as `--data jets-sim:~/x` took it
-    (it made a folder named `~` in the current one)."""
+    (it made a folder named `~` in the current one). Names and regexes are left as given."""
     def expand(v):
         if isinstance(v, str) and v.startswith("~"):
             return os.path.expanduser(v)
@@ -390,8 +397,9 @@ def _expand_home(args) -> None:
             return [expand(x) for x in v]
         return v
 
-    for k, v in vars(args).items():
-        setattr(args, k, expand(v))
+    for k in PATH_OPTIONS:
+        if hasattr(args, k):
+            setattr(args, k, expand(getattr(args, k)))
 
 
 def _main(argv: list[str] | None) -> int:

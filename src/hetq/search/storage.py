@@ -55,7 +55,7 @@ def _journal_file(storage: str) -> Path | None:
     """The journal file a --storage names (a path ending in .journal, or journal:PATH), or
     None for a database URL."""
     if storage.endswith(".journal") or storage.startswith("journal:"):
-        return Path(storage.removeprefix("journal:"))
+        return Path(storage.removeprefix("journal:")).expanduser()  # (journal:~/s.journal)
     return None
 
 
@@ -314,6 +314,8 @@ def database_url(url: str) -> str:
     import importlib.util
 
     scheme, sep, rest = url.partition("://")
+    if scheme == "sqlite" and rest.startswith("/~"):  # sqlite:///~/x.db: the home folder's
+        return f"sqlite:///{os.path.expanduser(rest[1:])}"
     if scheme not in ("postgresql", "postgres"):
         return url
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
