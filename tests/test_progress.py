@@ -178,3 +178,51 @@ def test_a_full_log_does_not_lose_the_work_and_a_full_output_is_named(tmp_path):
                 assert proc.returncode == 1
                 assert proc.stderr == \
                     f"{prefix}: error: No space left on device: standard output\n"
+
+
+def test_a_full_stdout_stays_an_error_until_reported_and_eagain_keeps_stderr(monkeypatch):
+    """The stdout wrapper dropped the stream before raising: a caller that swallowed the
+    error (the ILP's flush) lost every later line without a word. stderr was dropped on
+    EAGAIN too (a non-blocking terminal), for good."""
+    import errno
+
+    import pytest
+
+    from hetq.progress import abandon_stdout, surviving_closed_output
+    from hetq.search.hessian.ilp import _solver_output_hidden
+
+    class Full(io.StringIO):
+        def flush(self):
+            if self.getvalue():
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def fileno(self):
+            raise io.UnsupportedOperation
+
+    class Busy(io.StringIO):
+        busy = True
+
+        def write(self, s):
+            if self.busy:
+                self.busy = False
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            return super().write(s)
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    err = Busy()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(OSError) as e:
+        with surviving_closed_output():
+            print("line 1")
+            with pytest.raises(OSError):
+                with _solver_output_hidden():
+                    pass
+            print("line 2")
+            print("lost", file=sys.stderr)
+            print("kept", file=sys.stderr)
+            sys.stdout.flush()  # still an error: nothing was reported yet
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, "standard output")
+    assert err.getvalue() == "\nkept\n"  # ("lost" itself: print writes its end apart)
+    with surviving_closed_output():
+        abandon_stdout()
+        print("after the report")  # (gone: no second error)

@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as e:  # the output's last flush (`hetq --version > /dev/full`): a traceback
         print(f"hetq: error: {path_problem(e)}", file=sys.stderr)
+        _abandon_stdout(e)
         return 1
     finally:
         files.COMMAND = None
@@ -384,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
 # paths are expanded where the storage is made, --data's where the data is
 PATH_OPTIONS = ("checkpoint", "config", "hls4ml", "init", "json", "limit", "out", "qonnx",
                 "quantization_config", "run", "source", "warm_start")
+
+
+def _abandon_stdout(e: OSError) -> None:
+    if e.filename == "standard output":  # (named so by progress._Survivor)
+        from hetq.progress import abandon_stdout
+
+        abandon_stdout()
 
 
 def _expand_home(args) -> None:
@@ -443,6 +451,7 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except OSError as e:  # a path it cannot write (a file where a folder goes, ...), disk full
         print(f"hetq {args.command}: error: {path_problem(e)}", file=sys.stderr)
+        _abandon_stdout(e)
         return 2 if isinstance(e, (FileExistsError, NotADirectoryError, IsADirectoryError,
                                    PermissionError)) else 1
     except Exception as e:  # a study's database gone for longer than its retries

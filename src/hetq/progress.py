@@ -107,9 +107,13 @@ class _Survivor:
         self.name, self.log = name, log
 
     def _failed(self, e: OSError):
-        self._drop()  # (what it still holds would fail again at the exit's flush, status 120)
-        if isinstance(e, BrokenPipeError) or self.log:
+        if isinstance(e, BlockingIOError) and self.log:  # (EAGAIN: this line lost, only)
             return
+        if isinstance(e, BrokenPipeError) or self.log:
+            self._drop()
+            return
+        # raised, and the stream kept until the error is reported (`abandon_stdout`): a
+        # caller that swallowed it lost every later line without a word
         if e.filename is None and e.errno is not None:
             raise type(e)(e.errno, e.strerror, self.name) from None
         raise e
@@ -146,6 +150,13 @@ class _Survivor:
 
     def __getattr__(self, name):
         return getattr(self._stream, name)
+
+
+def abandon_stdout() -> None:
+    """Once a write error on stdout has been reported: what stdout still holds goes to
+    /dev/null (it failed again at the exit's flush: a second error, exit status 120)."""
+    out = sys.stdout
+    (out if isinstance(out, _Survivor) else _Survivor(out))._drop()
 
 
 @contextlib.contextmanager

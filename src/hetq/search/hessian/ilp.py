@@ -20,10 +20,10 @@ def _solver_output_hidden():
     """File descriptor 1 points at /dev/null inside: HiGHS (C++) prints some diagnostics
     to the process's stdout (descriptor 1, whatever Python's sys.stdout is) whatever its
     options say, and they landed in the middle of the search's output. Python's own stdout
-    is flushed first."""
+    is flushed first (a full one is an error: swallowed here, it lost every later line)."""
     try:
         sys.stdout.flush()
-    except (AttributeError, OSError, ValueError):
+    except (AttributeError, ValueError):
         pass
     try:
         saved = os.dup(1)
