@@ -844,9 +844,11 @@ def test_auto_scale_of_small_channels_is_not_floored_at_eps():
     q16 = quantized_bits(16, 0, alpha="auto")
     y = q16(torch.tensor([[0.002, -0.0011, 0.0007]], dtype=torch.float64))
     assert (y / (0.004 / (2**16 - 2))).round().tolist() == [[32767.0, -18022.0, 11468.0]]
-    # an all-zero channel stays 0, without nan
-    z = quantized_bits(8, 0, alpha="auto")(torch.zeros(2, 3))
-    assert z.tolist() == [[0.0] * 3] * 2
+    # an all-zero channel stays 0, without nan, its scale eps-sized as before
+    qz = quantized_bits(8, 0, alpha="auto")
+    z = qz(torch.tensor([[0.0, 0.0, 0.0], [0.5, 0.0, -0.25]]))
+    assert z[0].tolist() == [0.0] * 3 and not z.isnan().any() and z[1, 0] == 0.5
+    assert qz.scale.flatten().tolist() == pytest.approx([1e-7 * 128, 2 * 0.5 / 254 * 128])
 
 
 def test_stochastic_binary_one_element_channels_keep_their_sign():

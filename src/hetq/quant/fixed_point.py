@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .base import (
+    EPS,
     MAX_BITS,
     Quantizer,
     check_bits,
@@ -214,7 +215,7 @@ class quantized_bits(Quantizer):
                 s = 2.0 * ax.amax(dim=axes, keepdim=True) / levels
             # an all-zero channel (codes 0 whatever s is) only; a floor at eps coarsened the
             # grid of small channels (16 bits below max |x| = 3.3e-3)
-            s = torch.where(s > 0, s, torch.ones_like(s))
+            s = torch.where(s > 0, s, torch.full_like(s, EPS))  # (scale as it was: ~eps)
             if self.alpha == "auto_po2":
                 s = self._po2(s)
                 for _ in range(5):
