@@ -424,7 +424,7 @@ def test_training_and_polish_save_the_front_they_reached(tmp_path, monkeypatch):
     writes = []
     real = hetq.files.write_whole
     monkeypatch.setattr(hetq.files, "write_whole",
-                        lambda path, write: writes.append(path) or real(path, write))
+                        lambda path, *a: writes.append(path) or real(path, *a))
     path = tmp_path / "fronts" / "run_0.pt"
     g, res = train_gradient(f, data, epochs=6, batch_size=256, beta0=1e-4, beta1=1e-2,
                             bits_lr=0.05, progress=False, front_file=path, save_every=1e9)
