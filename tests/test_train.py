@@ -2173,3 +2173,21 @@ def test_a_tilde_in_an_option_value_is_the_home_folder(tmp_path, monkeypatch):
     assert _journal_file("journal:~/s.journal") == home / "s.journal"
     assert database_url("sqlite:///~/x.db") == f"sqlite:///{home}/x.db"
     assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_ptq_checkpoint_keeps_the_data_it_was_made_on(tmp_path, capsys):
+    """ptq's checkpoint recorded no data spec (as_trained dropped it): its evaluate and
+    export took the built-in jets-sim, refused ('jets-sim has other features') or, with jet
+    features, silently compared on other data."""
+    from hetq.cli import main
+    from hetq.train.checkpoint import read
+
+    spec = "synthetic:n=300,features=3,classes=2,seed=1"
+    assert main(["train", "--data", spec, "--epochs", "2", "--out", str(tmp_path / "f"),
+                 "--no-progress"]) == 0
+    assert main(["ptq", str(tmp_path / "f" / "model.pt"), "--bits", "6"]) == 0
+    ptq = tmp_path / "f" / "ptq6.pt"
+    assert read(ptq)["normalization"]["spec"] == spec
+    capsys.readouterr()
+    assert main(["evaluate", str(ptq)]) == 0
+    assert "synthetic" in capsys.readouterr().out

@@ -64,6 +64,40 @@ def validate_arrays(X, y, n_classes: int | None = None, name: str = "data",
     return X32, y
 
 
+def _standardized(X: np.ndarray, mean: np.ndarray, std: np.ndarray, y):
+    """(X standardised in float64 with float32 `mean` and `std`, as float32; y)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ((X.astype(np.float64) - mean) / std).astype(np.float32), y
+
+
+def _check_classes(name: str, classes, arrays: dict):
+    """The class names, checked: at least 2 classes, no two named alike nor 'mean' (the
+    per-class metrics are keyed by name: one overwrote the other, or the mean); a warning
+    for a named class the train split has no sample of."""
+    n = len(classes) if classes else int(max(a[1].max() for a in arrays.values())) + 1
+    if n < 2:
+        raise ValueError(f"{name}: {n} class ({list(classes or [0])}); a classifier needs at "
+                         "least 2")
+    if classes:
+        names = [str(c) for c in classes]
+        twice = sorted({c for c in names if names.count(c) > 1})
+        if twice or "mean" in names:
+            raise ValueError(f"{name}: class names {names}: "
+                             + (f"{twice} given twice" if twice else "'mean' is taken by the "
+                                "metrics' average over the classes")
+                             + "; give each class its own name")
+        seen = set(np.unique(arrays["train"][1]).tolist())
+        absent = [names[k] for k in range(len(names)) if k not in seen]
+        if absent:
+            import warnings
+
+            warnings.warn(f"{name}: the train split has no sample of class"
+                          f"{'es' * (len(absent) > 1)} {absent[:10]}"
+                          f"{' ...' if len(absent) > 10 else ''}; the model cannot learn "
+                          f"{'them' if len(absent) > 1 else 'it'}", stacklevel=4)
+    return classes
+
+
 @dataclass
 class Dataset:
     """Train/val/test splits in memory, standardised with statistics of the train split."""
@@ -119,16 +153,19 @@ class Dataset:
             raise ValueError(f"{name}: the {' and '.join(empty)} split{'s' * (len(empty) > 1)} "
                              f"{'have' if len(empty) > 1 else 'has'} no samples ({sizes}); "
                              "training, validation and test each need some")
+        classes = _check_classes(name, classes, arrays)
         mean = std = None
         if standardize:
             Xtr = arrays["train"][0]
             axes = tuple(i for i in range(Xtr.ndim) if i != 1)
+            # in float64 (float32's sum of squares overflowed from ~1e18 and underflowed
+            # below ~1e-20: every value became 0, or stayed unscaled, without a word)
             with np.errstate(over="ignore", invalid="ignore"):  # (checked below)
-                mean = Xtr.mean(axis=axes, keepdims=True)[0]
-                std = Xtr.std(axis=axes, keepdims=True)[0]
+                mean = Xtr.astype(np.float64).mean(axis=axes, keepdims=True)[0]
+                std = Xtr.astype(np.float64).std(axis=axes, keepdims=True)[0]
+                mean = mean.astype(np.float32)
                 std = np.where(std > 0, std, 1.0).astype(np.float32)
-                arrays = {s: (((X - mean) / std).astype(np.float32), y)
-                          for s, (X, y) in arrays.items()}
+                arrays = {s: _standardized(X, mean, std, y) for s, (X, y) in arrays.items()}
             for s, (X, _) in arrays.items():
                 bad = ~np.isfinite(X)
                 if bad.any():  # finite values beyond float32's range once summed (1e37 ...)
@@ -204,11 +241,15 @@ class Dataset:
 
         def restandardize(X):  # on unstandardised data, the same arithmetic as from_splits
             raw = X if self.mean is None else X.astype(np.float64) * self.std + self.mean
-            return (raw if mean is None else (raw - mean) / std).astype(np.float32)
+            return raw.astype(np.float32) if mean is None else \
+                _standardized(raw, mean, std, None)[0]
 
         arrays = [a for s in SPLITS for a in (restandardize(self.split(s)[0]),
                                                self.split(s)[1])]
-        return Dataset(self.name, *arrays, list(self.features), list(self.classes), mean, std)
+        out = Dataset(self.name, *arrays, list(self.features), list(self.classes), mean, std)
+        if hasattr(self, "spec"):  # (a ptq checkpoint recorded none: its evaluate and export
+            out.spec = self.spec   # took the built-in jets-sim)
+        return out
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
