@@ -176,6 +176,19 @@ def test_unknown_metric_is_refused_and_the_corrected_rerun_runs(tmp_path):
     assert not (out / "search.yaml").exists() and not (out / "float.pt").exists()
     study = run_search(cfg(trials=1), out, progress=False)  # not "other settings"
     assert len(completed(study)) == 1
+    # a class the val split has no sample of: said so (it read as if there were no class c)
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    y[100:200] = np.arange(100) % 2  # val: classes a and b only
+    f = tmp_path / "v.npz"
+    np.savez(f, X=rng.normal(size=(300, 16)).astype(np.float32), y=y,
+             split=np.repeat([0, 1, 2], 100), classes=np.array(["a", "b", "c"]))
+    with pytest.raises(ValueError, match=r"^metric 'auc_c': class 'c' has no samples in the val "
+                                         r"split of jets-sim, where the search measures it$"):
+        run_search(cfg(data=f"jets-sim:{f}", metric="auc_c", trials=1), tmp_path / "v",
+                   progress=False)
 
 
 def test_worker_on_a_missing_device_fails_once_not_per_trial(tmp_path, monkeypatch):

@@ -160,6 +160,11 @@ def _check_metric(metric: str, data) -> None:
     n = data.n_classes
     names = Classify().metrics(np.full((len(y), n), 1.0 / n), np.asarray(y), list(data.classes))
     if metric not in names:
+        cls = next((c for c in map(str, data.classes) if metric.endswith(f"_{c}")), None)
+        if cls is not None and not (np.asarray(y) == list(map(str, data.classes)).index(cls)
+                                    ).any():  # (it read as if there were no class c)
+            raise ValueError(f"metric {metric!r}: class {cls!r} has no samples in the val "
+                             f"split of {data.name}, where the search measures it")
         raise ValueError(f"metric {metric!r} is not measured on {data.name}; expected "
                          f"one of {', '.join(sorted(names))}")
 
