@@ -818,3 +818,29 @@ def test_bytes_labels_and_a_file_too_small_to_split(tmp_path):
     (tmp_path / "tiny.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(ValueError, match=r"tiny.csv \(3 rows\): jets: the .* split"):
         load_jets(tmp_path / "tiny.csv")
+
+
+def test_data_without_features_complex_features_a_folder_and_default_classes(tmp_path):
+    """No features blamed the model ('n_in=0'); complex features were cast to real (numpy's
+    ComplexWarning); a folder was 'not a jets_sim file'; labels beyond the jet classes a
+    file without 'classes' falls back to said 'labels must be in 0..4' from nowhere."""
+    from hetq.data import Dataset
+
+    with pytest.raises(ValueError, match=r"^t \(train split\): samples of shape \(0,\) have no "
+                                         r"features$"):
+        Dataset.from_splits("t", {s: (np.zeros((4, 0)), np.arange(4) % 2)
+                                  for s in ("train", "val", "test")})
+    with pytest.raises(ValueError, match=r"features must be real numbers, got dtype complex128"):
+        Dataset.from_splits("t", {s: (np.ones((4, 2)) * 1j, np.arange(4) % 2)
+                                  for s in ("train", "val", "test")})
+    with pytest.raises(ValueError, match=rf"^{tmp_path} is a folder; expected a jets_sim .npz "
+                                         r"file$"):
+        get_dataset(f"jets-sim:{tmp_path}")
+    f = tmp_path / "seven.npz"
+    np.savez(f, X=np.random.default_rng(0).normal(size=(30, 16)).astype(np.float32),
+             y=np.arange(30) % 8, split=np.arange(30) % 3)
+    with pytest.raises(ValueError, match=r"labels must be in 0..4, found \[5, 6, 7\]; .*seven"
+                                         r"\.npz has no 'classes' array, so the jet classes "
+                                         r"\['g', 'q', 't', 'w', 'z'\] were taken: save the "
+                                         r"class names as 'classes'$"):
+        get_dataset(f"jets-sim:{f}")

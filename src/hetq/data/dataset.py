@@ -29,8 +29,10 @@ def validate_arrays(X, y, n_classes: int | None = None, name: str = "data",
         raise ValueError(f"{name}: labels must have shape (n_samples,), got shape {y.shape}")
     if len(X) != len(y):
         raise ValueError(f"{name}: {len(X)} samples but {len(y)} labels")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name}: features must be numeric, got dtype {X.dtype}")
+    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):  # (complex: cast to
+        raise ValueError(f"{name}: features must be real numbers, got dtype {X.dtype}")  # real)
+    if X.shape[1] == 0:  # (it blamed the model: 'n_in=0; every width must be ...')
+        raise ValueError(f"{name}: samples of shape {X.shape[1:]} have no features")
     bad = ~np.isfinite(X)
     if bad.any():
         pos = np.argwhere(bad)[:5].tolist()

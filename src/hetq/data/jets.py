@@ -324,6 +324,8 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
     p = Path(path).expanduser() if path else EMBEDDED
     if not p.exists():
         raise FileNotFoundError(f"simulated jets file not found: {str(p)!r}")
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder; expected a jets_sim .npz file")
     try:
         d = np.load(p, allow_pickle=False)
         files = set(d.files)
@@ -360,4 +362,10 @@ def load_jets_sim(path: str | Path | None = None, standardize: bool = True) -> D
                          f"{int((~np.isin(split, [0, 1, 2])).sum())} rows; expected 0 (train), 1 "
                          "(validation) or 2 (test)")
     splits = {s: (X[split == i], y[split == i]) for i, s in enumerate(("train", "val", "test"))}
-    return Dataset.from_splits("jets-sim", splits, features, classes, standardize)
+    try:
+        return Dataset.from_splits("jets-sim", splits, features, classes, standardize)
+    except ValueError as e:  # (labels 0..4 came from nowhere the file shows)
+        if "classes" in files or "labels must be in" not in str(e):
+            raise
+        raise ValueError(f"{e}; {p} has no 'classes' array, so the jet classes "
+                         f"{CLASSES} were taken: save the class names as 'classes'") from None

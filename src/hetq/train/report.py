@@ -58,8 +58,12 @@ def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | 
     ax.set_xlabel("background efficiency (FPR)")
     ax.set_ylabel("signal efficiency (TPR)")
     ax.axvline(1e-2, color="grey", lw=0.5, ls="--")
-    ax.legend(title=title or None)
-    fig.tight_layout()
+    import warnings
+
+    with warnings.catch_warnings():  # (matplotlib's: no curve to label, when the test split
+        warnings.simplefilter("ignore", UserWarning)  # has one class; a legend of 50 classes
+        ax.legend(title=title or None)                # that leaves no room to lay out)
+        fig.tight_layout()
     path = Path(path)
     from ..files import write_whole
 
