@@ -2400,3 +2400,24 @@ def test_one_float_epoch_is_said_in_the_singular(tmp_path, capsys):
                progress=True)
     out = capsys.readouterr().out
     assert "(1 epoch)..." in out and "(1 epochs)" not in out, out
+
+
+def test_an_autoencoder_and_a_dropped_deployable_are_said(tmp_path, capsys):
+    """--model jet_autoencoder failed on a logits shape; --deployable with a
+    --quantization-config was dropped without a word."""
+    from hetq.cli import main
+
+    assert main(["search", "--model", "jet_autoencoder", "--out", str(tmp_path / "a")]) == 2
+    assert capsys.readouterr().err == (
+        "hetq search: error: --model 'jet_autoencoder': an autoencoder (hetq train --task "
+        "anomaly) is not searched; a search scores classifiers (jet_mlp, cnn_digits)\n")
+    qc = tmp_path / "qc.yaml"
+    qc.write_text("kernel: {'quantized_bits(4,0,1)': 4, 'quantized_bits(6,0,1)': 6}\n"
+                  "bias: {'quantized_bits(4,0,1)': 4}\n"
+                  "activation: {'quantized_relu(4,0)': 4}\n")
+    assert main(["search", "--data", "synthetic:n=300", "--model-widths", "4", "--trials", "1",
+                 "--epochs", "1", "--float-epochs", "1", "--deployable",
+                 "--quantization-config", str(qc), "--out", str(tmp_path / "s"),
+                 "--no-progress"]) == 0
+    assert ("note: not used: --deployable (--quantization-config gives the candidates)"
+            in capsys.readouterr().err)

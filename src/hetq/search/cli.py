@@ -102,6 +102,8 @@ def unused_options(a: argparse.Namespace) -> list[str]:
              and "--objective forgiving")):
         if needs:
             out += [f"--{k.replace('_', '-')} (it needs {needs})" for k in names if k in given]
+    if a.deployable and a.quantization_config is not None:  # (dropped without a word)
+        out.append("--deployable (--quantization-config gives the candidates)")
     return out
 
 
@@ -356,7 +358,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
                         "(quantized_relu/quantized_bits), unless --quantization-config is given")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bars, and no per-trial or setup lines: the final table "
+                        "only")
     s.set_defaults(func=_search, strategy_defaults={
         k: s.get_default(k) for names in STRATEGY_ONLY.values() for k in names})
 
@@ -375,7 +379,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run folder: the journal (without --storage) and this machine's trial "
                         "checkpoints (default runs/STUDY)")
     w.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true",
-                   help="no progress bars")
+                   help="no progress bars, and no per-trial lines")
     w.set_defaults(func=_worker)
 
     r = sub.add_parser("report", help="re-print a search's Pareto table, write an HTML report",

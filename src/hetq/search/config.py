@@ -133,6 +133,10 @@ class SearchConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"search {name}={getattr(self, name)!r}; expected one of "
                                  f"{', '.join(allowed)}")
+        if str(self.model).strip().lower() == "jet_autoencoder":  # (a shape error, later)
+            raise ValueError("search model='jet_autoencoder': an autoencoder (hetq train --task "
+                             "anomaly) is not searched; a search scores classifiers (jet_mlp, "
+                             "cnn_digits)")
         name = self.study_name
         if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
             raise ValueError(f"search study_name={name!r}; expected a name such as 'jets1', "
