@@ -633,6 +633,25 @@ def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):
     assert np.array_equal(a.X_train, b.X_train) and np.array_equal(a.y_test, b.y_test)
 
 
+def test_a_csv_with_other_separators_or_no_header_says_so(tmp_path):
+    """A ';'- or tab-separated CSV, or one without a header row, gave only the long
+    'missing columns [17 names]' message."""
+    rows = [line for line in make_arff(10).decode().splitlines() if line and line[0] not in "%@"]
+    header = FEATURES + ["class"]
+    for name, text, hint in (
+            ("semi.csv", ";".join(header) + "\n" + "\n".join(r.replace(",", ";") for r in rows),
+             "the header is one column holding ';' or tabs: the file must be comma-separated"),
+            ("tabs.csv", "\t".join(header) + "\n", "the header is one column holding ';' or "
+                                                   "tabs"),
+            ("noheader.csv", "\n".join(r.replace("'", "").rsplit(",", 1)[0] + ",1"
+                                       for r in rows),
+             "the first row holds numbers: the file needs a header row of column names")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match="missing columns") as e:
+            get_dataset(f"jets:{tmp_path / name}")
+        assert str(e.value).endswith(hint) or hint in str(e.value), str(e.value)
+
+
 def test_dataset_from_splits_checks_its_arguments():
     """classes=None was a TypeError ('NoneType' object is not iterable) although the names
     are optional; a missing split a KeyError; 10 feature names for 16 columns passed."""

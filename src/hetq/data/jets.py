@@ -111,8 +111,20 @@ def _columns(header: list[str], path: Path) -> tuple[list[int], int]:
     if missing or "class" not in names:
         need = missing + ([] if 'class' in names else ['class'])
         raise ValueError(f"{path}: missing columns {need}"
-                         f"; found {names}")
+                         f"; found {names}{_header_hint(names)}")
     return [names.index(f) for f in FEATURES], names.index("class")
+
+
+def _header_hint(names: list[str]) -> str:
+    """Why a header row names none of the columns, where that shows."""
+    if len(names) == 1 and any(sep in names[0] for sep in (";", "\t")):
+        return ("; the header is one column holding ';' or tabs: the file must be "
+                "comma-separated")
+    try:
+        [float(n) for n in names]
+    except ValueError:
+        return ""
+    return "; the first row holds numbers: the file needs a header row of column names"
 
 
 def parse_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
