@@ -652,6 +652,17 @@ def test_a_csv_with_other_separators_or_no_header_says_so(tmp_path):
         assert str(e.value).endswith(hint) or hint in str(e.value), str(e.value)
 
 
+def test_a_dataset_of_many_classes_prints_on_one_line():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (classes without training samples)
+        d = get_dataset("synthetic:n=600,classes=30")
+    assert repr(d) == ("Dataset('synthetic', train=420, val=90, test=90, input=(16,), classes="
+                       "['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', ... 30 in all])")
+    assert repr(get_dataset("synthetic:n=300")).endswith("classes=['0', '1', '2', '3', '4'])")
+
+
 def test_dataset_from_splits_checks_its_arguments():
     """classes=None was a TypeError ('NoneType' object is not iterable) although the names
     are optional; a missing split a KeyError; 10 feature names for 16 columns passed."""

@@ -254,5 +254,7 @@ class Dataset:
         return out
 
     def __repr__(self) -> str:
+        classes = (repr(self.classes) if len(self.classes) <= 20 else  # (1,000 names: a page)
+                   f"[{', '.join(map(repr, self.classes[:10]))}, ... {len(self.classes)} in all]")
         return (f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, "
-                f"test={len(self.y_test)}, input={self.input_shape}, classes={self.classes})")
+                f"test={len(self.y_test)}, input={self.input_shape}, classes={classes})")
