@@ -2173,6 +2173,17 @@ def test_a_tilde_in_an_option_value_is_the_home_folder(tmp_path, monkeypatch):
     assert _journal_file("journal:~/s.journal") == home / "s.journal"
     assert database_url("sqlite:///~/x.db") == f"sqlite:///{home}/x.db"
     assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+    # every command reads a --storage with ~ alike: a worker looked for a literal ~/x.db, and
+    # a run's own journal given as ~/... was taken for another study's
+    from hetq.search.storage import _database, check_storage_exists
+
+    (home / "x.db").write_text("")
+    check_storage_exists("sqlite:///~/x.db")
+    for s in ("~/r/study.journal", "journal:~/r/study.journal"):
+        assert _database(s, home / "r") is None
+        args = build_parser().parse_args(["worker", "--storage", s])
+        _expand_home(args)
+        assert args.storage == s.replace("~", str(home))
 
 
 def test_a_ptq_checkpoint_keeps_the_data_it_was_made_on(tmp_path, capsys):

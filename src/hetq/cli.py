@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # the options that name files or folders (export's `source` is a checkpoint; search's and
 # cost's a quantizer string, which never starts with ~); --storage's journal and SQLite
-# paths are expanded where the storage is made, --data's where the data is
+# paths by `files.expand_storage`, --data's where the data is read
 PATH_OPTIONS = ("checkpoint", "config", "hls4ml", "init", "json", "limit", "out", "qonnx",
                 "quantization_config", "run", "source", "warm_start")
 
@@ -408,6 +408,10 @@ def _expand_home(args) -> None:
     for k in PATH_OPTIONS:
         if hasattr(args, k):
             setattr(args, k, expand(getattr(args, k)))
+    if isinstance(getattr(args, "storage", None), str):
+        from .files import expand_storage
+
+        args.storage = expand_storage(args.storage)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -43,6 +43,18 @@ def write_whole(path: str | Path, write: Callable[[Path], object],
     return given  # (the link, where one was given: what the user named)
 
 
+def expand_storage(storage: str | None) -> str | None:
+    """A `--storage` with `~` for the home folder in its journal path (`~/s.journal`,
+    `journal:~/s.journal`) or SQLite path (`sqlite:///~/x.db`) made absolute, so that every
+    command reads it alike; anything else as it is."""
+    if storage is None:
+        return None
+    for prefix in ("", "journal:", "sqlite:///"):
+        if storage.startswith(prefix + "~"):
+            return prefix + os.path.expanduser(storage[len(prefix):])
+    return storage
+
+
 def torch_save_whole(obj, path: str | Path, replace: bool = True) -> Path:
     """`torch.save(obj)` to `path` through `write_whole`, into a file object: a full disk
     is then an OSError naming `path` (torch's own writer, given a file name, raised a

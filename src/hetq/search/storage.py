@@ -25,6 +25,7 @@ import torch
 from optuna.trial import TrialState
 
 from ..cli import sh
+from ..files import expand_storage
 from .engine import db_reason, retry_later, retry_stale, transient
 
 # seconds between heartbeats of a running trial, and of silence after which a trial counts as
@@ -43,6 +44,7 @@ def check_storage_exists(storage: str | None) -> None:
     path created an empty database, then said there was no study in it)."""
     if storage is None:
         return
+    storage = expand_storage(storage)
     path = _journal_file(storage)
     if path is None and storage.startswith("sqlite:///"):
         path = Path(storage.removeprefix("sqlite:///"))
@@ -55,7 +57,7 @@ def _journal_file(storage: str) -> Path | None:
     """The journal file a --storage names (a path ending in .journal, or journal:PATH), or
     None for a database URL."""
     if storage.endswith(".journal") or storage.startswith("journal:"):
-        return Path(storage.removeprefix("journal:")).expanduser()  # (journal:~/s.journal)
+        return Path(expand_storage(storage).removeprefix("journal:"))  # (journal:~/s.journal)
     return None
 
 
@@ -273,6 +275,7 @@ def _database(storage: str | None, out: Path) -> str | None:
     """`storage` as recorded in a run folder: None for the folder's own journal file."""
     if storage is None:
         return None
+    storage = expand_storage(storage)  # (a ~ was recorded as typed)
     if "://" not in storage and (Path(storage.removeprefix("journal:")).resolve()
                                  == journal_path(out).resolve()):
         return None
@@ -313,9 +316,8 @@ def database_url(url: str) -> str:
     no longer reads the postgres:// of many hosting services at all."""
     import importlib.util
 
+    url = expand_storage(url)  # (sqlite:///~/x.db: the home folder's)
     scheme, sep, rest = url.partition("://")
-    if scheme == "sqlite" and rest.startswith("/~"):  # sqlite:///~/x.db: the home folder's
-        return f"sqlite:///{os.path.expanduser(rest[1:])}"
     if scheme not in ("postgresql", "postgres"):
         return url
     if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
