@@ -617,9 +617,19 @@ def test_class_names_that_clash_one_class_and_untrained_classes(tmp_path):
     y[200:210] = 2  # class c in the test split only
     np.savez(tmp_path / "t.npz", X=X, y=y, split=split, classes=np.array(["a", "b", "c"]),
              features=np.array(list("pqr")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (loading is not training: no warning)
+        d = get_dataset(f"jets-sim:{tmp_path / 't.npz'}")
+    from hetq.models import build
+    from hetq.train import Anomaly, fit
+
     with pytest.warns(UserWarning, match=r"the train split has no sample of class \['c'\]; "
-                                         "the model cannot learn it"):
-        get_dataset(f"jets-sim:{tmp_path / 't.npz'}")
+                                         "the classifier cannot learn it"):
+        fit(build("jet_mlp", n_in=3, n_out=3, widths=[4]), d, epochs=1, progress=False)
+    with warnings.catch_warnings():  # the anomaly task trains on its background only
+        warnings.simplefilter("error")
+        fit(build("jet_autoencoder", n_in=3, widths=[2]), d, epochs=1, progress=False,
+            task=Anomaly(background=["a"]))
 
 
 def test_a_csv_with_a_byte_order_mark_is_read(tmp_path):

@@ -74,8 +74,7 @@ def _standardized(X: np.ndarray, mean: np.ndarray, std: np.ndarray, y):
 
 def _check_classes(name: str, classes, arrays: dict):
     """The class names, checked: at least 2 classes, no two named alike nor 'mean' (the
-    per-class metrics are keyed by name: one overwrote the other, or the mean); a warning
-    for a named class the train split has no sample of."""
+    per-class metrics are keyed by name: one overwrote the other, or the mean)."""
     n = len(classes) if classes else int(max(a[1].max() for a in arrays.values())) + 1
     if n < 2:
         raise ValueError(f"{name}: {n} class ({list(classes or [0])}); a classifier needs at "
@@ -88,15 +87,6 @@ def _check_classes(name: str, classes, arrays: dict):
                              + (f"{twice} given twice" if twice else "'mean' is taken by the "
                                 "metrics' average over the classes")
                              + "; give each class its own name")
-        seen = set(np.unique(arrays["train"][1]).tolist())
-        absent = [names[k] for k in range(len(names)) if k not in seen]
-        if absent:
-            import warnings
-
-            warnings.warn(f"{name}: the train split has no sample of class"
-                          f"{'es' * (len(absent) > 1)} {absent[:10]}"
-                          f"{' ...' if len(absent) > 10 else ''}; the model cannot learn "
-                          f"{'them' if len(absent) > 1 else 'it'}", stacklevel=4)
     return classes
 
 

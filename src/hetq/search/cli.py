@@ -524,7 +524,8 @@ def _report(a) -> int:
             from .report import write_gradient_html_report
 
             with _no_html_hint():
-                print(f"HTML report: {write_gradient_html_report(a.run, rows)}")
+                path = write_gradient_html_report(a.run, rows)
+            print(f"HTML report: {path}")  # (a full stdout is not the report's files)
         return 0
     cfg, study = load_run(a.run, a.storage)  # (read once: a study of 10,000 trials takes s)
     rows = front_rows(cfg, study)

@@ -40,7 +40,17 @@ class Classify:
         self.fpr = check_fpr(fpr)
 
     def select(self, X, y, split, classes=None):
-        """The samples of a split this task sees (all of them)."""
+        """The samples of a split this task sees (all of them); a warning when the train
+        split has no sample of a named class (the anomaly task trains on some classes only:
+        it is not warned, nor is loading data)."""
+        if split == "train" and classes:
+            seen = set(np.unique(np.asarray(y)).tolist())
+            absent = [str(c) for k, c in enumerate(classes) if k not in seen]
+            if absent:
+                warnings.warn(f"the train split has no sample of class"
+                              f"{'es' * (len(absent) > 1)} {absent[:10]}"
+                              f"{' ...' if len(absent) > 10 else ''}; the classifier cannot "
+                              f"learn {'them' if len(absent) > 1 else 'it'}", stacklevel=2)
         return X, y
 
     def loss(self, out, x, y):
