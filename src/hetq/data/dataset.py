@@ -205,7 +205,9 @@ class Dataset:
         """This data standardised as the model's training data were (`norm`: a checkpoint's
         "normalization", from `normalization()`), so that a model is evaluated on the inputs it
         was trained for, whatever this data's own train split holds. Exact (the same values
-        as in training) for data loaded with standardize=False, as `get_dataset_for` does.
+        as in training) for data loaded with standardize=False, as `get_dataset_for` does
+        (for checkpoints of hetq before 3267035, which standardised in float32, within an
+        ulp).
         The features and classes must be the training data's (when both have names);
         `label` names the checkpoint in the messages."""
         if not norm:
