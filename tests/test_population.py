@@ -178,6 +178,18 @@ def test_a_stopped_member_leaves_the_stack(data, monkeypatch):
     assert "report returned True after epoch 0" in res[1].stop_reason
 
 
+def test_a_report_that_cannot_be_written_is_an_error_not_a_stop(data):
+    """Any error of report() stopped the member as pruned: a full disk under the study's
+    journal became a trial stopped 'by report'."""
+    import errno
+
+    def full(k, epoch, val):
+        raise OSError(errno.ENOSPC, "No space left on device", "study.journal")
+
+    with pytest.raises(OSError, match="No space left on device"):
+        fit_population(members()[:2], data, epochs=1, batch_size=512, report=full)
+
+
 def test_extract_is_exact():
     ms = members()
     pop = Population(ms)

@@ -325,6 +325,8 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                     try:
                         stop = bool(report(k, epoch, val))
                         why = f"report returned True after epoch {epoch}"
+                    except OSError:  # (a full disk under the study's journal: the
+                        raise  # search's error, not the trial's stop)
                     except Exception as e:  # noqa: BLE001 - fit's report raises to stop a trial
                         stop, why = True, f"report raised {e!r} after epoch {epoch}"
                     if stop:
