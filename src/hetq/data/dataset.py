@@ -66,10 +66,10 @@ def validate_arrays(X, y, n_classes: int | None = None, name: str = "data",
     return X32, y
 
 
-def _standardized(X: np.ndarray, mean: np.ndarray, std: np.ndarray, y):
-    """(X standardised in float64 with float32 `mean` and `std`, as float32; y)."""
+def _standardized(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """X standardised in float64 with float32 `mean` and `std`, as float32."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return ((X.astype(np.float64) - mean) / std).astype(np.float32), y
+        return ((X.astype(np.float64) - mean) / std).astype(np.float32)
 
 
 def _check_classes(name: str, classes, arrays: dict):
@@ -153,11 +153,12 @@ class Dataset:
             # in float64 (float32's sum of squares overflowed from ~1e18 and underflowed
             # below ~1e-20: every value became 0, or stayed unscaled, without a word)
             with np.errstate(over="ignore", invalid="ignore"):  # (checked below)
-                mean = Xtr.astype(np.float64).mean(axis=axes, keepdims=True)[0]
-                std = Xtr.astype(np.float64).std(axis=axes, keepdims=True)[0]
-                mean = mean.astype(np.float32)
+                X64 = Xtr.astype(np.float64)
+                mean = X64.mean(axis=axes, keepdims=True)[0].astype(np.float32)
+                std = X64.std(axis=axes, keepdims=True)[0]
                 std = np.where(std > 0, std, 1.0).astype(np.float32)
-                arrays = {s: _standardized(X, mean, std, y) for s, (X, y) in arrays.items()}
+                del X64
+                arrays = {s: (_standardized(X, mean, std), y) for s, (X, y) in arrays.items()}
             for s, (X, _) in arrays.items():
                 bad = ~np.isfinite(X)
                 if bad.any():  # finite values beyond float32's range once summed (1e37 ...)
@@ -235,8 +236,7 @@ class Dataset:
 
         def restandardize(X):  # on unstandardised data, the same arithmetic as from_splits
             raw = X if self.mean is None else X.astype(np.float64) * self.std + self.mean
-            return raw.astype(np.float32) if mean is None else \
-                _standardized(raw, mean, std, None)[0]
+            return raw.astype(np.float32) if mean is None else _standardized(raw, mean, std)
 
         arrays = [a for s in SPLITS for a in (restandardize(self.split(s)[0]),
                                                self.split(s)[1])]
