@@ -185,8 +185,6 @@ def _file_on_path(p: str) -> str | None:
 def _broken_link_on_path(p: str) -> str | None:
     """What is wrong with the nearest part of path `p` that is there (`p` itself first) when
     it is a symbolic link that leads nowhere or in a loop, else None."""
-    import os
-
     while p and not os.path.lexists(p):
         p = os.path.dirname(p)
     if not p or not os.path.islink(p) or os.path.exists(p):
@@ -215,9 +213,6 @@ def sh(path) -> str:
 def path_problem(e: OSError) -> str:
     """One line for an OSError from the file system: what went wrong and with which path
     ("runs/x is a file, where a folder is needed" for a folder that cannot be made)."""
-    import errno
-    import os
-
     path = e.filename
     if e.filename2 is not None and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
                                                errno.EROFS):
@@ -238,8 +233,6 @@ def check_output(path, option: str, folder: bool = False) -> None:
 
     p = os.fspath(path)
     broken = _broken_link_on_path(p if folder else os.path.dirname(p))
-    if not folder and os.path.islink(p) and _link_loops(p):  # (a file through a link to
-        broken = f"{p} is a symbolic link loop"  # nowhere is written where it points)
     if broken:  # ('File exists: X', or the work first and then that)
         raise ValueError(f"{option} {p}: {broken}")
     if os.path.isdir(p) and not folder:
@@ -252,9 +245,13 @@ def check_output(path, option: str, folder: bool = False) -> None:
     blocking = _file_on_path(os.path.dirname(p))
     if blocking:
         raise ValueError(f"{option} {p}: {blocking} is a file, where a folder is needed")
+    # a file given as a link is written where it points, even where nothing is yet: that
+    # folder must be there (it failed after the work) and writable
     target = p
-    if not folder and os.path.islink(p):  # written where it points: that folder must be
-        target = os.path.realpath(p)      # there (it failed after the work) and writable
+    if not folder and os.path.islink(p):
+        if _link_loops(p):
+            raise ValueError(f"{option} {p}: {p} is a symbolic link loop")
+        target = os.path.realpath(p)
         if not os.path.isdir(os.path.dirname(target)):
             raise ValueError(f"{option} {p} is a symbolic link to {target}, whose folder is "
                              "not there")
