@@ -71,6 +71,18 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, [out], name=out, **kw, **attrs))
         return out
 
+    def conv(self, x: str, others: list[str], nm: str, op: str, **attrs) -> str:
+        """A `Conv` of `x` with `others` (weights, bias: float32 initializers in a float64
+        graph); a float64 graph runs it in float32, between two `Cast`s, as onnxruntime has
+        no float64 Conv (the caller checks that its sums fit float32)."""
+        from onnx import TensorProto
+
+        f32 = self.np_dtype == np.float64
+        if f32:
+            x = self.node("Cast", [x], f"{nm}_float32", to=TensorProto.FLOAT)
+        x = self.node("Conv", [x, *others], f"{nm}_{op}", **attrs)
+        return self.node("Cast", [x], f"{nm}_float64", to=self.elem) if f32 else x
+
     @staticmethod
     def _rounding(mode: str, what: str) -> str:
         """The QONNX rounding mode of a FixedType rounding mode."""
@@ -173,7 +185,7 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
     check_engine(eng, "to_qonnx")
     _require()
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     if dtype is None:
         widest = max([eng.input_type.width] + [s.out_type.width for s in eng.steps])
@@ -203,15 +215,9 @@ def to_qonnx(eng: IntegerModel, path: str | Path | None = None, dtype=None):
                     x = b.node("Add", [x, b.weight(step.b_codes, step.b_type, f"{nm}_bias")],
                                f"{nm}_add")
             else:
-                attrs = _conv_attrs(step)
-                if f32:
-                    x = b.node("Cast", [x], f"{nm}_float32", to=TensorProto.FLOAT)
-                ins = [x, w]
-                if step.b_codes is not None:
-                    ins.append(b.weight(step.b_codes, step.b_type, f"{nm}_bias", f32))
-                x = b.node("Conv", ins, f"{nm}_conv", **attrs)
-                if f32:
-                    x = b.node("Cast", [x], f"{nm}_float64", to=b.elem)
+                bias = [] if step.b_codes is None else [
+                    b.weight(step.b_codes, step.b_type, f"{nm}_bias", f32)]
+                x = b.conv(x, [w, *bias], nm, "conv", **_conv_attrs(step))
         elif isinstance(step, CastStep):
             if not step.out_type.signed:
                 x = b.node("Relu", [x], f"{nm}_relu")
@@ -331,8 +337,6 @@ def _avg_pool(b: _Builder, x: str, step: PoolStep, shape: tuple[int, ...], nm: s
     """A quantized average pooling as the engine computes it: the window's sum (a depthwise
     `Conv` with a kernel of ones, zero padding counted, or a `ReduceSum` for the global
     pooling), times the quantized 1/area."""
-    from onnx import TensorProto
-
     d = step.detail
     if d.get("global"):
         x = b.node("ReduceSum", [x, b.int_const(f"{nm}_axes", [2, 3])], f"{nm}_sum",
@@ -343,14 +347,9 @@ def _avg_pool(b: _Builder, x: str, step: PoolStep, shape: tuple[int, ...], nm: s
                 f"{step.name}: the exact window sum {step.out_type} is {step.out_type.width} "
                 f"bits wide; a QONNX Conv sums exactly up to {FLOAT32_BITS} bits (float32), "
                 "and onnxruntime has no float64 Conv (narrow the input type)")
-        f32 = b.np_dtype == np.float64
-        if f32:
-            x = b.node("Cast", [x], f"{nm}_float32", to=TensorProto.FLOAT)
         ones = b.const(f"{nm}_ones", np.ones((shape[1], 1, *d["kernel"])))
-        x = b.node("Conv", [x, ones], f"{nm}_sum", kernel_shape=d["kernel"],
-                   strides=d["stride"], pads=d["padding"] + d["padding"], group=shape[1])
-        if f32:
-            x = b.node("Cast", [x], f"{nm}_float64", to=b.elem)
+        x = b.conv(x, [ones], nm, "sum", kernel_shape=d["kernel"], strides=d["stride"],
+                   pads=d["padding"] + d["padding"], group=shape[1])
     if step.avg_type is None:
         return x
     return b.node("Mul", [x, b.typed_const(f"{nm}_average",
