@@ -168,7 +168,8 @@ def test_a_full_log_does_not_lose_the_work_and_a_full_output_is_named(tmp_path):
         assert sorted(p.name for p in (tmp_path / "t").iterdir()) == \
             ["metrics.json", "model.pt", "roc.png"]
         assert "checkpoint:" in proc.stdout
-        for args, prefix in ((["--version"], "hetq"),
+        for args, prefix in ((["--version"], "hetq"), (["--help"], "hetq"),
+                             (["train", "--help"], "hetq"),  # (argparse exited 0)
                              (["cost", "--model", "jet_mlp", "--preset", "q6"], "hetq cost")):
             for unbuffered in ("1", ""):  # (the error comes at a write, or at the last flush)
                 proc = subprocess.run([sys.executable, "-m", "hetq.cli", *args], cwd=tmp_path,

@@ -293,8 +293,16 @@ def quantize_zoo_model(model, model_name: str, preset: str | None, config: str |
     return model, qc
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, except that help that cannot be written (`hetq --help > /dev/full`)
+    is an error: argparse ignores the write's error, so the command exited 0 without help."""
+
+    def print_help(self, file=None):
+        (file or sys.stdout).write(self.format_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hetq",
         description="Find, train and deploy heterogeneously quantized networks for FPGAs.",
     )
@@ -413,7 +421,12 @@ def _expand_home(args) -> None:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        if not e.code:  # `--help`: its text is the output, which must reach its file
+            sys.stdout.flush()
+        raise
     _expand_home(args)
     if args.version:
         from hetq import __version__
