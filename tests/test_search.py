@@ -1248,6 +1248,31 @@ def test_a_file_system_error_or_a_second_ctrl_c_in_a_trial_keeps_its_configurati
     assert study.trials[2].state.name == "WAITING"
 
 
+def _population_report_losing_the_database(tmp_path, monkeypatch):
+    """A population member's report to a database gone for good (after the storage's
+    retries) stopped the member as pruned, so a whole batch became PRUNED trials; it is the
+    search's error, as in a single trial, and the batch is queued again."""
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    import hetq.search.storage as st
+    from hetq.search.engine import storage_lost, transient
+
+    def down(self, *a, **k):
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, Exception("server closed"))
+
+    monkeypatch.setattr(RDBStorage, "set_trial_intermediate_value", down)
+    monkeypatch.setattr(st, "RETRY_SECONDS", 0.0)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    with pytest.raises(Exception) as e:
+        run_search(cfg(population=2, trials=2), tmp_path / "p", storage=url, progress=False)
+    assert transient(e.value) and storage_lost(e.value).startswith(
+        "lost the connection to the study's database")
+    study = optuna.load_study(study_name=cfg().study_name, storage=url)
+    assert [(t.state.name, t.user_attrs.get("retry_of")) for t in study.trials] == [
+        ("FAIL", None), ("FAIL", None), ("WAITING", 0), ("WAITING", 1)]
+
+
 def test_population_batches_fail_diverged_members_and_requeue_interrupted_ones(
         tmp_path, monkeypatch):
     """A member whose training diverged was recorded COMPLETE, with NaN weights, a score and
@@ -1281,6 +1306,9 @@ def test_population_batches_fail_diverged_members_and_requeue_interrupted_ones(
     study = run_search(cfg(population=2, trials=3), tmp_path / "i", progress=False)
     done = completed(study)
     assert len(done) == 3 and [t.params for t in done[:2]] == first
+
+    monkeypatch.undo()
+    _population_report_losing_the_database(tmp_path, monkeypatch)
 
     with pytest.raises(ValueError, match=r"--population 2: layer .* is not supported by "
                                          r"population training"):

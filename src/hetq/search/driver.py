@@ -53,6 +53,8 @@ from .engine import (
     retry_all_later,
     run_worker,
     seed_number,
+    storage_lost,
+    transient,
 )
 from .objectives import COST_KEYS, Constraints, ForgivingFactor
 from .results import is_gradient_run, pareto_rows
@@ -352,7 +354,7 @@ def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
     of the evaluation phase were left RUNNING: a rerun in the same process, a notebook's,
     then waited for them for ever)."""
     from ..train import evaluate
-    from ..train.population import fit_population
+    from ..train.population import ReportFailed, fit_population
 
     cfg = ctx.config
     cands, models, outcomes = [], [], []
@@ -360,8 +362,13 @@ def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
     def report(j, epoch, val):
         if cfg.objective == "pareto" or not math.isfinite(val.get(cfg.metric, math.nan)):
             return False  # Optuna prunes single objectives only
-        trials[j].report(float(val[cfg.metric]), epoch)
-        return trials[j].should_prune()
+        try:
+            trials[j].report(float(val[cfg.metric]), epoch)
+            return trials[j].should_prune()
+        except Exception as e:  # the database gone (after the storage's retries): the
+            if transient(e):  # search's error, as in a single trial; it stopped the member
+                raise ReportFailed(storage_lost(e)) from e  # as pruned, and so the batch
+            raise
 
     try:
         for t in trials:
@@ -377,7 +384,8 @@ def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
                              seed=cfg.seed, report=report,
                              sparsity=[c.sparsity or None for c in cands],
                              device=cfg.device)
-    except (KeyboardInterrupt, OSError):  # Ctrl-C, a full disk: the batch is queued again
+    except (KeyboardInterrupt, OSError, ReportFailed):  # Ctrl-C, a full disk, the database
+        # gone: the batch is queued again
         retry_all_later(study, trials)
         raise
     except BaseException:  # an error of the batch itself fails its trials (they were

@@ -44,7 +44,7 @@ Identity, Flatten (before the first dense layer), Dropout. Anything else raises 
 naming the layer.
 """
 
-from .fit import MemberResult, fit_population
+from .fit import MemberResult, ReportFailed, fit_population
 from .layers import Population, extract
 
-__all__ = ["MemberResult", "Population", "extract", "fit_population"]
+__all__ = ["MemberResult", "Population", "ReportFailed", "extract", "fit_population"]

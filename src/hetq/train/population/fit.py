@@ -101,6 +101,11 @@ def _per_member(name: str, value, K: int, kind=float) -> list:
     return [value if value is None else kind(value)] * K
 
 
+class ReportFailed(Exception):
+    """Raised by a `report` for an error that is the caller's, not a reason to stop the
+    member (a search whose database is gone): it ends the training, as an OSError does."""
+
+
 @dataclass
 class MemberResult(TrainResult):
     """`TrainResult` of one member, plus how it ended and its final state dict."""
@@ -190,8 +195,8 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
         every step; the final masks are applied to the restored best weights).
     report: called as report(k, epoch, val_metrics) after each of member k's epochs; a True
         return value or a raised exception (recorded in `stop_reason`) stops member k (an Optuna
-        pruner). A stopped member keeps its weights of that epoch, as `fit` does when its
-        report raises.
+        pruner), except an OSError or `ReportFailed`, which ends the training. A stopped
+        member keeps its weights of that epoch, as `fit` does when its report raises.
     val_metrics: "task" (every metric of the task, as `fit`) or "fast" (loss and accuracy).
     mixed: "group" or "select", how quantizers of different kinds in one layer run (module
         docstring). optimizer, schedule, task, device, restore_best: as in `fit`.
@@ -325,8 +330,8 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                     try:
                         stop = bool(report(k, epoch, val))
                         why = f"report returned True after epoch {epoch}"
-                    except OSError:  # (a full disk under the study's journal: the
-                        raise  # search's error, not the trial's stop)
+                    except (OSError, ReportFailed):  # (a full disk under the study's
+                        raise  # journal, its database gone: the search's error, not a stop)
                     except Exception as e:  # noqa: BLE001 - fit's report raises to stop a trial
                         stop, why = True, f"report raised {e!r} after epoch {epoch}"
                     if stop:
