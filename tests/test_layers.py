@@ -394,6 +394,19 @@ def test_qkeras_model_quantize_configs_port_unchanged():
     with pytest.raises(ValueError, match="key 'dense' is for a layer of units=12, but layer "
                                          "'dense' has 10"):
         quantize_model(_tutorial_cnn(), {"dense": {**saved["dense"], "units": "12"}})
+    # a Dense without a quantized activation: QKeras writes str() of Keras's function (it was
+    # refused, "not a name or name(args)"); relu is the float activation, linear none
+    lin = {"dense": {**saved["dense"], "activation": "<function linear at 0x7f1b2c3d4e50>"}}
+    d = quantize_model(_tutorial_cnn(), lin).dense
+    assert str(d.kernel_quantizer) == "quantized_bits(4,0,1)" and d.activation_quantizer is None
+    assert QuantConfig({"d": {"activation": "<function relu at 0x7F00AB>"}}).entries == {
+        "d": {"activation": "relu"}}
+    # a float activation is no quantizer of weights ('relu' zeroed the negative ones unsaid,
+    # 'softmax' on a bias was a traceback in training)
+    for fld, act in (("kernel_quantizer", "relu"), ("bias", "softmax"), ("gamma", "linear")):
+        with pytest.raises(ValueError, match=rf"key 'dense': {fld}: '{act}' is a float "
+                                             r"activation function, not a quantizer of values"):
+            QuantConfig({"dense": {fld: act}})
     with pytest.raises(ValueError, match="'kernel' is given twice"):
         QuantConfig({"dense": {"kernel": "ternary", "kernel_quantizer": "ternary"}})
     with pytest.raises(ValueError, match=r"activation names \(relu\) pick a quantizer per "

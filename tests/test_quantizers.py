@@ -590,6 +590,17 @@ def test_bad_specs_are_clear_errors():
         q("quantized_bits(4,")
     with pytest.raises(ValueError, match="cannot make a quantizer"):
         q(42)
+    # a dict's unknown keys (a typo gave the default quantized_bits(8,0) without a word) and
+    # an Activation's (a TypeError traceback)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'confg' in .*expected 'class_name' "
+                                         r"and 'config'"):
+        q({"class_name": "quantized_bits", "confg": {"bits": 4, "alpha": 1}})
+    with pytest.raises(ValueError, match=r"an Activation takes one argument, 'name'"):
+        q({"class_name": "Activation", "config": {"name": "relu", "x": 1}})
+    with pytest.raises(ValueError, match="must be a dict of arguments, got str"):
+        q({"class_name": "Activation", "config": "relu"})
+    assert str(q({"class_name": "quantized_bits", "config": {"bits": 4}, "module": "qkeras",
+                  "registered_name": None})) == "quantized_bits(4,0)"
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -633,11 +644,32 @@ def test_bad_specs_are_clear_errors():
     ("binary(alpha='auto',max_po2_exponent=2)", "need alpha='auto_po2'"),
     ("ternary('auto',0.5)", "threshold must be None"),
     ("stochastic_ternary('auto_p2')", "alpha='auto_p2'"),
+    # flags that are not flags (they took effect as true)
+    ("quantized_tanh(4,symmetric=2)", r"symmetric=2; expected True or False \(or 1 / 0\)"),
+    ("quantized_sigmoid(4,symmetric=3)", "symmetric=3; expected True or False"),
+    ("quantized_ulaw(4,0,2)", "quantized_ulaw: symmetric=2; expected True or False"),
+    ("quantized_bits(4,0,1,use_ste='no')", "use_ste='no'; expected True or False"),
+    ("quantized_po2(4,1,use_stochastic_rounding=yes)", "use_stochastic_rounding='yes'"),
 ])
 def test_bad_arguments_raise_value_error_quoting_the_spec(spec, match):
     with pytest.raises(ValueError, match=match) as err:
         q(spec)
     assert repr(spec) in str(err.value) or spec in str(err.value)
+
+
+def test_bare_true_and_false_are_flags_as_json_and_yaml_write_them():
+    """A bare `false` was the text 'false', which is true: real tanh, no STE, random
+    rounding, a constant sigmoid, all without a word."""
+    x = T([-0.9, -0.3, 0.4, 0.8])
+    assert q("quantized_tanh(4,use_real_tanh=false)").eval()(x).tolist() == \
+        [-0.875, -0.25, 0.375, 0.75]
+    assert q("quantized_tanh(4,use_real_tanh=TRUE)").eval()(x).tolist() == \
+        [-0.75, -0.25, 0.375, 0.625]
+    assert str(q("quantized_bits(4,0,1,use_ste=false)")) == "quantized_bits(4,0,1,use_ste=False)"
+    assert q("quantized_sigmoid(4,symmetric=false)").eval()(T([-5.0, 5.0])).tolist() == \
+        [0.0, 0.9375]
+    po2 = q("quantized_po2(4,1,use_stochastic_rounding=false)").train()
+    assert po2.use_stochastic_rounding is False and po2(x).tolist() == po2(x).tolist()
 
 
 @pytest.mark.parametrize("args", [

@@ -95,7 +95,12 @@ class Quantizer(nn.Module):
         return False
 
     def _set_arg(self, key: str, value: Any) -> None:
-        """Store a constructor argument; tensors become buffers so they move with the module."""
+        """Store a constructor argument; tensors become buffers so they move with the module.
+        A flag (an argument whose default is True/False, or QKeras' 0/1 `symmetric`) must be
+        one: `use_real_tanh='false'` or `symmetric=2` took effect as true."""
+        if key == "symmetric" or any(p.name == key and isinstance(p.default, bool)
+                                     for p in self._signature()):
+            check_flag(self.name, key, value)
         if isinstance(value, nn.Parameter):
             self.register_parameter(key, value)
         elif isinstance(value, torch.Tensor):
@@ -319,6 +324,8 @@ def _literal(node: ast.AST, spec: str) -> Any:
     except ValueError:
         pass
     if isinstance(node, ast.Name):  # a bare word, e.g. alpha=auto_po2
+        if node.id.lower() in ("true", "false"):  # (as JSON and YAML write them: `false`
+            return node.id.lower() == "true"  # was the text 'false', which is true)
         return node.id
     raise ValueError(f"cannot parse argument {ast.unparse(node)!r} in quantizer spec {spec!r}")
 
@@ -402,16 +409,25 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
     if isinstance(identifier, dict):
         name = identifier.get("class_name")
         cfg = identifier.get("config", {})
+        other = sorted(map(str, set(identifier) - {"class_name", "config", "module",
+                                                     "registered_name"}))
+        if other:  # ('confg' gave the default quantized_bits(8,0) without a word)
+            raise ValueError(f"unknown key(s) {', '.join(map(repr, other))} in {identifier!r}; "
+                             "expected 'class_name' and 'config' (Keras' 'module' and "
+                             "'registered_name' are ignored)")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"the config of {identifier!r} must be a dict of arguments, got "
+                             f"{type(cfg).__name__}")
         if name == "Activation":
+            if set(cfg) != {"name"}:
+                raise ValueError(f"bad config in {identifier!r}: an Activation takes one "
+                                 "argument, 'name' (e.g. {'name': 'relu'})")
             return Activation(**cfg)
         if name not in _REGISTRY:
             raise ValueError(
                 f"unknown quantizer class_name {name!r} in {identifier!r}; "
                 f"valid names: {', '.join(quantizer_names())}"
             )
-        if not isinstance(cfg, dict):
-            raise ValueError(f"the config of {identifier!r} must be a dict of arguments, got "
-                             f"{type(cfg).__name__}")
         cls = _REGISTRY[name]
         return cls.from_config(_arguments(cls, identifier, (), cfg))
     if not isinstance(identifier, str):

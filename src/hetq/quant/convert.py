@@ -30,6 +30,8 @@ QKeras configs (`model_quantize`'s, and `get_quantization_dictionary` /
 lists (names relu, relu6, leakyrelu, tanh, sigmoid, hard_swish, softmax, linear). As in
 `model_quantize`, a QKeras-spelt entry without a kernel quantizer leaves the Dense/Conv layers
 it matches float (with a warning); hetq's own spelling, {bias: ...}, quantizes the bias alone.
+A layer's float activation as `get_quantization_dictionary` writes it, "<function relu at
+0x...>", is that activation ("linear": none).
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ from .pooling import QAveragePooling2d, QGlobalAveragePooling2d
 
 FIELDS = ("kernel", "bias", "activation", "depthwise", "pointwise", "depthwise_activation",
           "gamma", "beta", "mean", "variance", "inverse", "average")
+# the fields that quantize weights and other values, not a layer's output
+VALUE_FIELDS = tuple(f for f in FIELDS if f not in ("activation", "depthwise_activation"))
 
 ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
                       nn.Identity, nn.Softmax)
@@ -121,6 +125,19 @@ def _is_depthwise(m: nn.Conv2d) -> bool:
     return m.groups > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0
 
 
+_KERAS_FUNCTION = re.compile(r"<function (\w+) at 0x[0-9a-fA-F]+>")
+
+
+def _keras_function(spec: str) -> str:
+    """QKeras's text for a layer's float activation (`str(self.activation)`, a Keras
+    function: "<function linear at 0x7f...>", in every `get_quantization_dictionary` file of
+    a Dense without a quantized activation) as the activation's name; "linear" as "None"."""
+    m = _KERAS_FUNCTION.fullmatch(spec.strip())
+    if m is None:
+        return spec
+    return "None" if m.group(1) == "linear" else m.group(1)
+
+
 class QuantConfig:
     """Per-layer quantizer specs; see the module docstring. Round-trips through YAML/JSON."""
 
@@ -179,9 +196,16 @@ class QuantConfig:
             if not (spec is None or isinstance(spec, (str, Mapping, Quantizer))):
                 raise ValueError(f"quantization config key {key!r}: {fld}={spec!r}; expected a "
                                  "quantizer string such as 'quantized_bits(4,0,1)', or None")
+            if isinstance(spec, str):
+                spec = _keras_function(spec)
             if isinstance(spec, (str, Mapping)) and spec != "None":
                 try:  # parsed here so that the message says where the spec is
-                    get_quantizer(spec)
+                    made = get_quantizer(spec)
+                    if isinstance(made, Activation) and name in VALUE_FIELDS:
+                        raise ValueError(  # ('relu' zeroed the negative weights unsaid)
+                            f"{spec!r} is a float activation function, not a quantizer of "
+                            f"values; expected a quantizer such as 'quantized_bits(4,0,1)', "
+                            "or None for float values")
                 except ValueError as e:
                     hint = ""
                     if isinstance(spec, str) and spec.count("(") > spec.count(")"):
