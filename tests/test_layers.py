@@ -247,6 +247,13 @@ def test_converting_a_batch_norm_without_running_statistics_is_refused():
         q = quantize_model(m, {"Dense": {"kernel": "quantized_bits(6,0)"}},
                            fold_batchnorm=True)
     assert q[0].momentum == 0.01
+    # an inverse quantizer with gamma's: the message named neither layer nor config key
+    with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm1d\): its inverse quantizer "
+                                         r"excludes gamma and variance \(the product"):
+        quantize_model(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),
+                       {"QBatchNormalization": {"inverse_quantizer": "quantized_bits(6,2,1)",
+                                                "gamma_quantizer": "quantized_bits(6,2,1)",
+                                                "variance_quantizer": "quantized_bits(6,2)"}})
 
 
 def test_pooling_layers():

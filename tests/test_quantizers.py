@@ -650,6 +650,8 @@ def test_bad_specs_are_clear_errors():
     ("quantized_ulaw(4,0,2)", "quantized_ulaw: symmetric=2; expected True or False"),
     ("quantized_bits(4,0,1,use_ste='no')", "use_ste='no'; expected True or False"),
     ("quantized_po2(4,1,use_stochastic_rounding=yes)", "use_stochastic_rounding='yes'"),
+    ("stochastic_binary(use_real_sigmoid=2)", "stochastic_binary: use_real_sigmoid=2"),
+    ("stochastic_ternary(use_real_sigmoid='no')", "use_real_sigmoid='no'; expected True"),
 ])
 def test_bad_arguments_raise_value_error_quoting_the_spec(spec, match):
     with pytest.raises(ValueError, match=match) as err:

@@ -170,7 +170,7 @@ class stochastic_binary(binary):
         super().__init__(False, alpha)
         check_positive(self.name, "temperature", temperature)
         self.temperature = temperature
-        self.use_real_sigmoid = use_real_sigmoid
+        self._set_arg("use_real_sigmoid", use_real_sigmoid)
 
     def forward(self, x):
         if not self.training:
@@ -277,7 +277,7 @@ class stochastic_ternary(ternary):
         super().__init__(alpha, threshold, False, number_of_unrolls)
         check_positive(self.name, "temperature", temperature)
         self.temperature = temperature
-        self.use_real_sigmoid = use_real_sigmoid
+        self._set_arg("use_real_sigmoid", use_real_sigmoid)
 
     def forward(self, x):
         if not self.training:

@@ -452,6 +452,12 @@ def _convert(name: str, m: nn.Module, f: dict, modules: dict | None = None
     elif isinstance(m, nn.modules.batchnorm._BatchNorm):
         allowed = ("gamma", "beta", "mean", "variance", "inverse")
         _check_fields(name, m, f, allowed)
+        both = [k for k in ("gamma", "variance") if f.get(k) is not None]
+        if f.get("inverse") is not None and both:  # (QBatchNorm's message named no layer)
+            raise ValueError(f"layer {name!r} ({type(m).__name__}): its inverse quantizer "
+                             f"excludes {' and '.join(both)} (the product gamma / "
+                             "sqrt(variance + eps) is quantized instead); give one or the "
+                             "other")
         new = QBatchNorm(m.num_features, m.eps, _bn_momentum(name, m), m.affine, g("gamma"),
                          g("beta"), g("mean"), g("variance"), g("inverse"))
     elif isinstance(m, nn.AvgPool2d):
