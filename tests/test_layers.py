@@ -714,6 +714,12 @@ def test_quant_config_round_trips_keep_its_meaning_and_config_files_are_strict(t
     (tmp_path / "f.yaml").write_text("Dense: {kernel: quantized_bits(4,0,1)}\n")
     with pytest.raises(ValueError, match=r"quote the quantizer, \{kernel: 'quantized_bits"):
         QuantConfig.load(tmp_path / "f.yaml")
+    # two such quantizers: their numbers became keys given twice, and the hint was lost
+    (tmp_path / "f.yaml").write_text("Dense: {kernel: quantized_bits(4,0,1), "
+                                     "bias: quantized_bits(4,0,1)}\n")
+    with pytest.raises(ValueError, match=r"key 0 is given twice in one map \(a YAML flow map.*"
+                                         r"quote the quantizer"):
+        QuantConfig.load(tmp_path / "f.yaml")
     m = _trained_bn_model()
     cfg = {"QDenseBatchnorm": {"kernel_quantizer": "quantized_bits(8,2,alpha=1)",
                                "folding_mode": "batch_stats_folding"},

@@ -350,8 +350,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
+                hint = ""
+                if node.flow_style:  # (the numbers of two unquoted quantizers)
+                    hint = (" (a YAML flow map, {kernel: quantized_bits(4,0,1)}, splits at "
+                            "the commas: quote the quantizer, {kernel: 'quantized_bits(4,0,1)'})")
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice in one map", key_node.start_mark)
+                    None, None, f"key {key!r} is given twice in one map{hint}",
+                    key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
 
