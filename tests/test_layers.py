@@ -401,6 +401,13 @@ def test_qkeras_model_quantize_configs_port_unchanged():
     with pytest.raises(ValueError, match="key 'dense' is for a layer of units=12, but layer "
                                          "'dense' has 10"):
         quantize_model(_tutorial_cnn(), {"dense": {**saved["dense"], "units": "12"}})
+    # QKeras's relu key also takes ReLU(max_value=6) layers; here relu6 is its own key, and
+    # a ReLU6 left float by a map naming relu alone is said
+    six = nn.Sequential(nn.Linear(4, 4), nn.ReLU6(), nn.Linear(4, 4), nn.ReLU())
+    with pytest.warns(UserWarning, match=r"layer '1' \(ReLU6\) stays float: the map by "
+                                         r"activation function names relu, not relu6"):
+        m6 = quantize_model(six, {"QActivation": {"relu": "quantized_relu(4,2)"}})
+    assert type(m6[1]) is nn.ReLU6 and str(m6[3].activation_quantizer) == "quantized_relu(4,2)"
     # a Dense without a quantized activation: QKeras writes str() of Keras's function (it was
     # refused, "not a name or name(args)"); relu is the float activation, linear none
     lin = {"dense": {**saved["dense"], "activation": "<function linear at 0x7f1b2c3d4e50>"}}

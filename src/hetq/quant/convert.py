@@ -445,6 +445,11 @@ def _convert(name: str, m: nn.Module, f: dict, modules: dict | None = None
                   g("activation"))
     elif isinstance(m, ACTIVATION_MODULES):
         if f and all(k in ACTIVATION_NAMES for k in f):  # QKeras: by activation function
+            if type(m) is nn.ReLU6 and f.get("relu") is not None and "relu6" not in f:
+                warnings.warn(f"layer {name!r} (ReLU6) stays float: the map by activation "
+                              "function names relu, not relu6 (QKeras's relu also takes "
+                              "ReLU(max_value=6) layers); add relu6: ... to quantize it",
+                              stacklevel=4)
             f = {"activation": next((spec for k, spec in f.items()
                                      if type(m) is ACTIVATION_NAMES[k]), None)}
             g = f.get
