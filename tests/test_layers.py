@@ -247,6 +247,13 @@ def test_converting_a_batch_norm_without_running_statistics_is_refused():
         q = quantize_model(m, {"Dense": {"kernel": "quantized_bits(6,0)"}},
                            fold_batchnorm=True)
     assert q[0].momentum == 0.01
+    # a type key that matches folded batch norms alone ('another key takes precedence')
+    with pytest.warns(UserWarning, match=r"key 'BatchNorm' matches only batch norms folded "
+                                         r"into their layers \(fold_batchnorm=True\): '1' into "
+                                         r"'0'; give the folded layer's quantizers"):
+        quantize_model(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)),
+                       {"Dense": {"kernel": "quantized_bits(6,0,1)"},
+                        "BatchNorm": {"gamma": "quantized_bits(6,2,1)"}}, fold_batchnorm=True)
     # an inverse quantizer with gamma's: the message named neither layer nor config key
     with pytest.raises(ValueError, match=r"layer '1' \(BatchNorm1d\): its inverse quantizer "
                                          r"excludes gamma and variance \(the product"):

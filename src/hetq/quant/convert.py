@@ -837,8 +837,8 @@ def quantize_model(float_model: nn.Module, config, *, fold_batchnorm: bool = Fal
         if key in left_as_is and key not in acted:
             continue
         if key not in used:
-            warnings.warn(f"quantization config key {key!r} {_unused(key, modules)}",
-                          stacklevel=2)
+            warnings.warn(f"quantization config key {key!r} "
+                          f"{_unused(key, modules, folded_bns)}", stacklevel=2)
         elif key in left_float and key not in acted:
             names = left_float[key]
             warnings.warn(f"quantization config key {key!r} matches only layers hetq cannot "
@@ -884,10 +884,11 @@ def _not_replaceable(name: str, m: nn.Module, modules: dict) -> bool:
     return why is not None
 
 
-def _unused(key: str, modules: dict[str, nn.Module]) -> str:
-    """Why a config key quantized nothing: no layer matches it, or the layers it matches
-    were taken by a key that comes first (exact name, then type in the config's order, then
-    regex); "matches no layer" said the former for both."""
+def _unused(key: str, modules: dict[str, nn.Module], folded=()) -> str:
+    """Why a config key quantized nothing: no layer matches it, the layers it matches are
+    batch norms `folded` into their layers, or they were taken by a key that comes first
+    (exact name, then type in the config's order, then regex); "matches no layer" said the
+    first for all."""
     if key in FOLDED_KEYS:
         return ("matches no folded layer (a QKeras folded type: it selects a Linear or "
                 "Conv2d followed by a BatchNorm, with fold_batchnorm=True)")
@@ -902,6 +903,11 @@ def _unused(key: str, modules: dict[str, nn.Module]) -> str:
             return f"is neither a layer name or type nor a valid regular expression ({e})"
     if not hits:
         return "matches no layer of the model"
+    if all(n in folded for n in hits):  # (said as 'another key takes precedence')
+        return (f"matches only batch norms folded into their layers (fold_batchnorm=True): "
+                f"{', '.join(f'{n!r} into {folded[n]!r}' for n in hits[:5])}"
+                f"{', ...' if len(hits) > 5 else ''}; give the folded layer's quantizers "
+                "under its key")
     return (f"matches {', '.join(hits[:5])}{', ...' if len(hits) > 5 else ''}, but another "
             "key takes precedence there (exact name, then type keys in the config's order, "
             "then regexes)")
