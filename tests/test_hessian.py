@@ -241,6 +241,26 @@ def test_cost_table_is_exact_on_the_jet_mlp():
         ("relu1/activation", "fc2/kernel", "fc2/bias") in [k for k, _ in table.joint]
 
 
+def test_cost_table_finds_a_dependency_hidden_at_the_first_choices():
+    """A first kernel choice that rounds every weight to zero made that layer's EBOPs 0
+    whatever its input's activation: the table took the activations as free (a configuration
+    budgeted at 102 EBOPs cost 272), and the ILP picked the widest ones."""
+    torch.manual_seed(0)
+    f = build("jet_mlp", widths=[8, 4])
+    qc = {"kernel": {"quantized_bits(2,1,1,alpha=1.0)": 2, "quantized_bits(4,0,1,alpha=1.0)": 4},
+          "bias": {"quantized_bits(8,3,1)": 8},
+          "activation": {"quantized_relu(3,1)": 3, "quantized_relu(8,2)": 8}}
+    space = SearchSpace(f, qc)
+    first = build_candidate(f, space.candidate({p.name: p.choices[0] for p in space.params}))
+    assert cost(first.eval(), (16,)).summary()["ebops"] == 0  # (the hiding place)
+    table = cost_table(space, f, "ebops", (16,), check=0)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        cfg = {p.name: p.choices[rng.integers(len(p.choices))] for p in space.params}
+        model = build_candidate(f, space.candidate(cfg)).eval()
+        assert table(cfg) == cost(model, (16,)).summary()["ebops"]
+
+
 def test_hessian_prior_gives_params_the_space_and_optuna_accept():
     from hetq.data import get_dataset
 

@@ -94,7 +94,9 @@ def cost_table(space: SearchSpace, float_model: nn.Module, goal: str = "energy",
     A row depending on several groups gets a joint table unless the table would be large
     (> SMALL_TABLE entries) and the row is additive over its groups on `probes` random
     configurations, or it would have more than `max_table` entries; those rows are sums of
-    one-group terms measured from the base configuration (first choices). `check` random
+    one-group terms measured from the base configuration (first choices). What a row depends
+    on is found by changing one group at a time from the first choices and from the last
+    ones. `check` random
     configurations built from scratch measure the table's error (`max_error`; a warning when
     above 1e-9). Keyword arguments go to `hetq.cost.cost` (e.g. source_quantizer).
     """
@@ -117,6 +119,19 @@ def cost_table(space: SearchSpace, float_model: nn.Module, goal: str = "energy",
             single[(g, c)] = r
             for i in np.flatnonzero(np.abs(r - r0) > 1e-9 * np.maximum(1.0, np.abs(r0))):
                 deps[i].add(g)
+    # the same from the last choices: a dependency can hide at the base (a first kernel
+    # choice that rounds every weight of a layer to zero made its input's activation free)
+    far = {g: ch[-1] for g, ch in groups.items()}
+    if far != base:
+        r1 = ev.rows(far)
+        seen.append((far, r1))
+        for g, choices in groups.items():
+            for c in choices[:-1]:
+                cfg = {**far, g: c}
+                r = ev.rows(cfg)
+                seen.append((cfg, r))
+                for i in np.flatnonzero(np.abs(r - r1) > 1e-9 * np.maximum(1.0, np.abs(r1))):
+                    deps[i].add(g)
     order = list(groups)
     rng = np.random.default_rng(seed)
 
