@@ -236,7 +236,10 @@ def test_batched_fixed_point_equals_each_member_and_tensor_bits():
     """One call with [K, 1] constants gives each member's own values and gradients, and the
     values of the core quantizer with tensor-valued bits/integer [K, 1, 1]."""
     bits, integer = [3, 4, 6, 8], [0, 1, 2, 0]
-    x = (torch.randn(4, 32, 16) * 3).requires_grad_()
+    x = torch.randn(4, 32, 16) * 3
+    for k, (b, i) in enumerate(zip(bits, integer)):  # grid points, the relu's top among them
+        x[k].view(-1)[:300] = torch.arange(300) * 2.0 ** (i - b)  # (its gradient there was 0)
+    x.requires_grad_()
     for cls in (quantized_bits, quantized_relu):
         qs = [cls(b, i) for b, i in zip(bits, integer)]
         y = _Plain(qs)(x)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,19 +67,20 @@ class _BitsSTE(torch.autograd.Function):
 
 
 class _ReluSTE(torch.autograd.Function):
-    """round(clip(x, 0, top) * inv) * step with the gradient 1 strictly inside (0, top): the
-    values and the (hardtanh) gradient of `quantized_relu`'s fast path, with [G, 1] constants.
+    """round(clip(x, 0, top) * inv) * step with the gradient 1 on (0, top]: the values and
+    the gradient of `quantized_relu`'s fast path (QKeras'), with [G, 1] constants.
 
     Computed on t = x * inv (exact: inv is a power of two) against hi = top * inv = m - 1.
-    The gradient mask is v = min(t, hi - t) > 0, which is exact (a float difference has the
-    sign of the exact one), applied with one fused `threshold_backward`. Measured slower here:
+    The gradient mask is v = min(t, up - t) > 0, up the next float above hi (t <= hi exactly
+    when t < up), which is exact (a float difference has the sign of the exact one), applied
+    with one fused `threshold_backward`. Measured slower here:
     boolean masks, a tensor-bounded `clamp`, and `hardtanh` per run of members with equal
     bounds."""
 
     @staticmethod
     def forward(ctx, x, inv, step, hi):
         t = x.reshape(inv.shape[0], -1) * inv
-        v = torch.sub(hi, t)
+        v = torch.sub(torch.nextafter(hi, torch.full_like(hi, math.inf)), t)
         torch.minimum(t, v, out=v)
         ctx.save_for_backward(v)
         y = t.clamp_min_(0.0)
