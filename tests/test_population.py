@@ -297,6 +297,51 @@ def test_unsupported_layers_and_mismatches_are_named():
         fit_population(members()[:2], None, patience=0)
     with pytest.raises(ValueError, match=r"weight_decay must be >= 0, got -1.0 \(member 0\)"):
         fit_population(members()[:2], None, weight_decay=[-1.0, 0.0])
+    # ... all of them, as given (epochs 2.5 was a TypeError, patience 1.5 and seed 1.7 became
+    # 1, seed -1 and lr '0.1' were taken, seed 2**64 failed inside torch)
+    for kwargs, msg in ((dict(epochs=2.5), r"epochs must be a whole number, got 2.5 \(float\)"),
+                        (dict(batch_size=True), "batch_size must be a whole number, got True"),
+                        (dict(patience=1.5), r"patience must be a whole number of epochs "
+                                             r"\(or None\), got 1.5"),
+                        (dict(seed=1.7), r"seed must be a whole number from 0 to 2\*\*63 - 1, "
+                                         "got 1.7$"),
+                        (dict(seed=[0, -1]), r"got -1 \(member 1\)$"),
+                        (dict(seed=2 ** 64), "got 18446744073709551616$"),
+                        (dict(lr="0.1"), r"lr must be a number, got '0.1' \(str\)")):
+        with pytest.raises(ValueError, match=msg):
+            fit_population(members()[:2], None, **kwargs)
+
+
+def test_members_that_do_not_fit_the_data_or_float32_are_named(data):
+    """Each member is zero-padded to the widest in the stack: one of another input width, or
+    with more outputs than classes, trained without a word (on the first features, or as a
+    7-way classifier); a float64 member trained in float32."""
+    small = build("jet_mlp", n_in=8, widths=[8, 8, 8])
+    with pytest.raises(ValueError, match=r"member 1: the model does not take the samples of "
+                                         r"jets-small \(shape \(16,\)\)"):
+        fit_population([members()[0], small], data, epochs=1)
+    seven = build("jet_mlp", n_out=7)
+    with pytest.raises(ValueError, match=r"member 1: classify task: the model gives outputs of "
+                                         r"shape \(7,\) per sample; the data has 5 classes"):
+        fit_population([members()[0], seven], data, epochs=1)
+    with pytest.raises(ValueError, match=r"member 0 has torch.float64 parameters; a population "
+                                         r"trains in float32: convert it \(.float\(\)\)"):
+        Population([members()[0].double()])
+
+
+def test_a_last_batch_of_one_sample_joins_the_one_before_as_in_fit(data):
+    """fit merges a one-sample last batch into the batch before (`batch_bounds`); the
+    population took an extra step on the one sample (weights 3e-3 apart after 2 epochs)."""
+    n = len(data.y_train)
+    batch = (n - 1) // 3
+    assert n % batch == 1
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 5))
+    b = copy.deepcopy(a)
+    fit(a, data, epochs=2, batch_size=batch, seed=3, progress=False)
+    res = fit_population([b], data, epochs=2, batch_size=batch, seed=3)
+    b.load_state_dict(res[0].state)
+    assert _max_diff(a, b) < 1e-6 and _max_diff(a, copy.deepcopy(b).requires_grad_()) < 1e-6
 
 
 def test_search_with_population_counts_exactly(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +16,11 @@ from ..loop import (
     TrainResult,
     _train_val_tensors,
     as_dataset,
+    batch_bounds,
+    check_counts,
     check_hyperparameters,
+    check_model_fits,
+    check_seed,
     class_names,
     resolve_device,
     seeded,
@@ -93,12 +98,12 @@ def _lr_table(lr: float, epochs: int, schedule: str) -> list[float]:
     return out + [lr] * (epochs - len(out))
 
 
-def _per_member(name: str, value, K: int, kind=float) -> list:
+def _per_member(name: str, value, K: int) -> list:
     if isinstance(value, (list, tuple)):
         if len(value) != K:
             raise ValueError(f"{name}: {len(value)} values for {K} members")
-        return [v if v is None else kind(v) for v in value]
-    return [value if value is None else kind(value)] * K
+        return list(value)
+    return [value] * K
 
 
 class ReportFailed(Exception):
@@ -202,10 +207,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
         docstring). optimizer, schedule, task, device, restore_best: as in `fit`.
     Returns one `MemberResult` per member, in the order given.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_counts(epochs=epochs, batch_size=batch_size)  # (2.5 was a TypeError from range)
     if optimizer not in ("adam", "adamw"):
         raise ValueError(f"optimizer {optimizer!r}; expected 'adam' or 'adamw'")
     if schedule not in ("cosine", "none"):
@@ -224,12 +226,23 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     if other:
         raise ValueError(f"population training trains dense weights and biases only; "
                          f"trainable quantizer/activation parameters found: {other}")
+    # as given, checked as `fit` checks them (patience 1.5 became 1, seed -1 was taken, lr
+    # '0.1' became 0.1)
     lrs = _per_member("lr", lr, K)
     wds = _per_member("weight_decay", weight_decay, K)
-    pats = _per_member("patience", patience, K, int)
-    seeds = _per_member("seed", seed, K, int)
-    listed = any(isinstance(v, (list, tuple)) for v in (lr, weight_decay, patience))
+    pats = _per_member("patience", patience, K)
+    seeds = _per_member("seed", seed, K)
+    listed = any(isinstance(v, (list, tuple)) for v in (lr, weight_decay, patience, seed))
     for k in range(K):  # (a member is named when the values were given per member)
+        of = f" (member {k})" if listed else ""
+        try:
+            check_seed(seeds[k])
+            if pats[k] is not None and (isinstance(pats[k], bool) or
+                                        not isinstance(pats[k], numbers.Integral)):
+                raise ValueError(f"patience must be a whole number of epochs (or None), got "
+                                 f"{pats[k]!r}")
+        except ValueError as e:
+            raise ValueError(f"{e}{of}") from None
         check_hyperparameters(lrs[k], wds[k], pats[k], k if listed else None)
     sparse = _Sparsity(pop, sparsity if sparsity is not None else [None] * K, epochs,
                        ramp_fraction)
@@ -238,6 +251,12 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     dev = resolve_device(device)
     pop.to(dev)
     Xtr, ytr, Xva, yva = _train_val_tensors(data, task, dev)
+    for k, m in enumerate([] if given_pop else models):  # (each is zero-padded in the stack:
+        # one of other input or output width trained without a word, on other data)
+        try:
+            check_model_fits(m, Xtr[:2].to(next(m.parameters()).device), task, data)
+        except ValueError as e:
+            raise ValueError(f"member {k}: {e}") from None
     classes = class_names(data)
     yva_np = yva.cpu().numpy()
     lr_tables = [_lr_table(v, epochs, schedule) for v in lrs]
@@ -273,8 +292,9 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
             ids = list(pop.ids)
             Ka = len(ids)
             pop.train()
+            bounds = batch_bounds(n, batch_size)  # (as `fit`'s: no last batch of one sample)
             neg_steps, decay = opt.plan([lr_tables[k][epoch] for k in ids], [wds[k] for k in ids],
-                                        (n + batch_size - 1) // batch_size)
+                                        len(bounds))
             # one permutation per distinct seed, from that seed's generator (members only leave,
             # so each generator has drawn one permutation per epoch, as in `fit`)
             perms = {s: torch.randperm(n, generator=gens[s])
@@ -284,12 +304,12 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                 torch.stack([perms[seeds[k]] for k in ids])
             perm = perm.to(dev)
             total = torch.zeros(Ka, device=dev)
-            for j, i in enumerate(range(0, n, batch_size)):
+            for j, (i, stop) in enumerate(bounds):
                 if shared:
-                    idx = perm[i:i + batch_size]
+                    idx = perm[i:stop]
                     xb, yb = Xtr[idx], ytr[idx]
                 else:
-                    idx = perm[:, i:i + batch_size]
+                    idx = perm[:, i:stop]
                     xb, yb = Xtr[idx], ytr[idx]  # [Ka, B, ...], [Ka, B]
                 B = idx.shape[-1]
                 out = pop(xb, per_member=not shared)

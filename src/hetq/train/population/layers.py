@@ -127,6 +127,12 @@ class Population(nn.Module):
                                 else "an empty list"))
         for k, m in enumerate(models):
             check_module(m, f"Population (member {k})")
+            odd = sorted({str(p.dtype) for p in m.parameters()
+                          if p.is_floating_point() and p.dtype != torch.float32})
+            if odd:  # (the stack is float32: a float64 member trained in float32 unsaid)
+                raise ValueError(f"member {k} has {', '.join(odd)} parameters; a population "
+                                 "trains in float32: convert it (.float()), or train it alone "
+                                 "with hetq.train.fit")
         self.mixed = mixed
         # by member index: what extraction copies (the stack holds the weights)
         self.templates = [copy.deepcopy(m).cpu().eval() for m in models]
