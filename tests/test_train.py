@@ -1477,6 +1477,19 @@ def test_metrics_table_finds_the_tpr_of_class_names_with_underscores():
     assert "tpr@fpr=0.01" in table.splitlines()[1].split()[-1]
     row = next(line for line in table.splitlines() if line.split()[0] == "b_jet")
     assert row.split()[-1] == f"{m['tpr@fpr=0.01_b_jet']:.4f}" != "0.0000"
+    # a class name that ends another ('b' of 'x_b'), the first without samples: the prefix
+    # was 'tpr@fpr=0.01_x' and every TPR printed as 0; a long name kept its columns in line
+    cl = ["b", "x_b", "a-much-longer-class-name"]
+    m = {k: v for k, v in classification_metrics(scores, y, cl).items()
+         if not k.endswith("_b") or k.endswith("x_b")}
+    lines = metrics_table(m, cl).splitlines()
+    assert lines[1].split() == ["class", "AUC", "tpr@fpr=0.01"]
+    assert [line.split()[0] for line in lines[2:]] == ["x_b", "a-much-longer-class-name", "mean"]
+    assert [line.split()[-1] for line in lines[2:]] == [
+        f"{m[f'tpr@fpr=0.01_{c}']:.4f}" for c in ("x_b", "a-much-longer-class-name", "mean")]
+    assert len({len(line) for line in lines[1:]}) == 1
+    assert metrics_table({"auc_b": 0.5, "tpr@fpr=0.01_mean": 0.1}, ["b"]).splitlines()[-1] \
+        .split() == ["b", "0.5000", "nan"]  # (a missing TPR printed as 0)
 
 
 def test_fit_gives_the_global_random_stream_back_and_presets_are_copies():

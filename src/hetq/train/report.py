@@ -12,16 +12,16 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
     if task == "classify":
         lines.append(f"accuracy {m.get('accuracy', float('nan')):.4f}   loss "
                      f"{m.get('loss', float('nan')):.4f}")
-        # (the key's prefix, by the class names: a class 'b_jet' made rsplit('_') give
-        # 'tpr@fpr=0.01_b', and every TPR printed as 0)
-        fpr_key = next((k[:-len(c) - 1] for k in m if k.startswith("tpr@fpr=")
-                        for c in [*classes, "mean"] if k.endswith(f"_{c}")), None)
-        lines.append(f"{'class':>6}  {'AUC':>7}  {fpr_key or 'tpr':>14}")
-        for c in classes:
-            if f"auc_{c}" in m:
-                lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m.get(f'{fpr_key}_{c}', 0):14.4f}")
-        if "auc_mean" in m:
-            lines.append(f"{'mean':>6}  {m['auc_mean']:7.4f}  {m.get(f'{fpr_key}_mean', 0):14.4f}")
+        # the key's prefix, up to its first '_' (the FPR is a number): guessed from the class
+        # names, a class 'b_jet' gave 'tpr@fpr=0.01_b', and 'b' as the end of 'x_b' gave
+        # 'tpr@fpr=0.01_x'; each missing TPR then printed as 0
+        fpr_key = next((k.split("_", 1)[0] for k in m if k.startswith("tpr@fpr=")), None)
+        rows = [c for c in classes if f"auc_{c}" in m] + (["mean"] if "auc_mean" in m else [])
+        w = max([6, *map(len, rows)])  # (a long class name pushed its numbers out of line)
+        lines.append(f"{'class':>{w}}  {'AUC':>7}  {fpr_key or 'tpr':>14}")
+        for c in rows:
+            tpr = m.get(f"{fpr_key}_{c}", float("nan"))
+            lines.append(f"{c:>{w}}  {m[f'auc_{c}']:7.4f}  {tpr:14.4f}")
     else:
         lines.append(f"background reconstruction loss {m.get('bg_loss', float('nan')):.5f}")
         signals = [c for c in classes if f"sig_eff_{c}" in m]
@@ -30,9 +30,10 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
                          "splits keep the background only; its signal efficiencies are on "
                          "the test split")
             return "\n".join(lines)
-        lines.append(f"{'signal':>6}  {'AUC':>7}  {'sig eff @ bkg eff 1e-2':>24}")
+        w = max([6, *map(len, signals)])
+        lines.append(f"{'signal':>{w}}  {'AUC':>7}  {'sig eff @ bkg eff 1e-2':>24}")
         for c in signals:
-            lines.append(f"{c:>6}  {m[f'auc_{c}']:7.4f}  {m[f'sig_eff_{c}']:24.4f}")
+            lines.append(f"{c:>{w}}  {m[f'auc_{c}']:7.4f}  {m[f'sig_eff_{c}']:24.4f}")
     return "\n".join(lines)
 
 
