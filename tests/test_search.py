@@ -5,6 +5,7 @@ and a worker killed mid-trial."""
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -1385,6 +1386,16 @@ def test_the_report_plot_leaves_out_trials_that_cost_nothing_and_says_so(tmp_pat
     assert "(1 trial(s) at 0 energy_pj, every weight rounded to zero, are left out" in page
     assert (out / "pareto.png").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
+    # the page is UTF-8, as its charset says, whatever the locale (an ASCII one failed on a
+    # run folder named 'ü-run')
+    u = tmp_path / "\u00fc-run"
+    shutil.copytree(out, u)
+    proc = subprocess.run([sys.executable, "-m", "hetq.cli", "report", str(u)],
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+                               "PYTHONCOERCECLOCALE": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert "\u00fc-run" in (u / "report.html").read_text(encoding="utf-8")
 
 
 def test_an_empty_limit_or_candidates_file_is_refused(tmp_path, capsys):

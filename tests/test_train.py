@@ -2234,3 +2234,31 @@ def test_log_odds_of_many_classes_in_chunks_equal_the_whole():
     whole = flat - torch.logsumexp(flat[:, others].sort(dim=-1, descending=True).values, -1)
     got = log_odds(big)
     assert got.shape == big.shape and torch.equal(got.reshape(40, 700), whole)
+
+
+def test_roc_plot_draws_class_names_as_given(tmp_path, monkeypatch):
+    """Class names went to matplotlib as markup: '$\\frac$' failed the plot (and `hetq train`,
+    after saving the model), '$\\alpha$' was drawn as a Greek letter, '_bkg' was left out of
+    the legend, and an 80-character name left the axes a strip."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from hetq.train.report import plot_roc
+
+    drawn = []
+    real = Axes.legend
+
+    def spy(self, *args, **kwargs):
+        leg = real(self, *args, **kwargs)
+        drawn.extend((t.get_text(), t.get_parse_math()) for t in leg.get_texts())
+        return leg
+    monkeypatch.setattr(Axes, "legend", spy)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    classes = ["$\\frac$", "_bkg", "$\\alpha$ & <b>", "x" * 80]
+    path = plot_roc(rng.normal(size=(400, 4)) + np.eye(4)[y], y, classes, tmp_path / "roc.png")
+    assert path.stat().st_size > 0
+    assert drawn == [(c, False) for c in classes[:3]] + [("x" * 31 + "\u2026", False)]
+    assert matplotlib.rcParams["text.parse_math"]  # (the caller's setting is left alone)

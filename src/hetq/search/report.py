@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 
 from ..files import write_whole
+from ..train.report import literal_text
 
 
 def _plt():
@@ -30,10 +31,14 @@ def _save(plt, fig, path: Path) -> None:
 
 def _write_page(path: Path, page: str) -> Path:
     """report.html, written whole or not at all: a browser (or a second `hetq report`)
-    reading it while the search runs saw an empty file."""
-    return write_whole(path, lambda tmp: tmp.write_text(page))
+    reading it while the search runs saw an empty file. In UTF-8, as its charset says (the
+    locale's: an ASCII one failed on a run folder named 'ü-run'); a path's bytes that the
+    locale could not decode are written back as they were."""
+    return write_whole(path, lambda tmp: tmp.write_text(page, encoding="utf-8",
+                                                        errors="surrogateescape"))
 
 
+@literal_text
 def write_html_report(run: str | Path, storage: str | None = None, *, loaded=None,
                       rows: list | None = None) -> Path:
     """The HTML report of search run `run`; `loaded`: its (config, study) from `load_run`
@@ -151,6 +156,7 @@ estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinishe
     return _write_page(run / "report.html", page)
 
 
+@literal_text
 def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     """`hetq report` of a gradient-strategy run: its front (validation and test accuracy
     against EBOPs), where each point spends its EBOPs (per dense layer), and the table.
@@ -184,14 +190,16 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     layers = list(dict.fromkeys(name for d in per_layer for name in d))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bottom = [0.0] * len(shown)
+    bars = []  # (handed to the legend as they are: a layer named '_x' was left out)
     for name in layers:
         share = [d.get(name, 0) / max(sum(d.values()), 1) for d in per_layer]
-        ax.bar(range(len(shown)), share, bottom=bottom, label=name)
+        bars.append(ax.bar(range(len(shown)), share, bottom=bottom))
         bottom = [b + v for b, v in zip(bottom, share)]
     ax.set_xticks(range(len(shown)), [f"{k}\n{r.ebops}" for k, r in shown], fontsize=6)
     ax.set_xlabel("front point, its EBOPs")
     ax.set_ylabel("share of the EBOPs")
-    ax.legend(fontsize=7, loc="lower right")
+    if bars:  # (a front of 0 EBOPs alone: matplotlib warned of a legend without entries)
+        ax.legend(bars, layers, fontsize=7, loc="lower right")
     _save(plt, fig, run / "layers.png")
     left = len(rows) - len(shown)
     from ..files import lock_holder

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
+
+
+def literal_text(fn):
+    """`fn` with matplotlib drawing its text as given: a class name or metric with '$' in it
+    was math ('$\\alpha$' drawn as a Greek letter, '$\\frac$' an error after the model was
+    saved)."""
+    @functools.wraps(fn)
+    def drawn_as_given(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+    return drawn_as_given
 
 
 def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify") -> str:
@@ -37,6 +51,13 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
     return "\n".join(lines)
 
 
+def _short(label: str, most: int = 32) -> str:
+    """A legend label of at most `most` characters (an 80-character class name left the
+    axes a strip beside the legend)."""
+    return label if len(label) <= most else label[:most - 1] + "…"
+
+
+@literal_text
 def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | Path,
              title: str = "") -> Path:
     """One-vs-rest ROC curves (signal efficiency vs background efficiency, log x) to PNG."""
@@ -48,12 +69,13 @@ def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | 
     from .metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(5, 4))
+    curves = []  # (given to the legend as they are: one named '_bkg' was left out of it)
     for k, c in enumerate(classes):
         lab = y == k
         if lab.all() or not lab.any():
             continue
         fpr, tpr = roc_curve(scores[:, k], lab)
-        ax.plot(np.maximum(fpr, 1e-4), tpr, label=c)
+        curves.append((ax.plot(np.maximum(fpr, 1e-4), tpr)[0], c))
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)
     ax.set_xlabel("background efficiency (FPR)")
@@ -63,7 +85,8 @@ def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | 
 
     with warnings.catch_warnings():  # (matplotlib's: no curve to label, when the test split
         warnings.simplefilter("ignore", UserWarning)  # has one class; a legend of 50 classes
-        ax.legend(title=title or None)                # that leaves no room to lay out)
+        ax.legend([h for h, _ in curves], [_short(c) for _, c in curves],  # that leaves
+                  title=title or None)                                     # no room)
         fig.tight_layout()
     path = Path(path)
     from ..files import write_whole
