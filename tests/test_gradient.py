@@ -1201,6 +1201,11 @@ def test_saved_front_points_are_read_back_in_number_order(tmp_path):
                                          r"the earlier run's points\. Run the same `hetq "
                                          r"search` command again to save that front"):
         assert len(saved_gradient_rows(tmp_path)) == 5
+    # another checkpoint copied among the points (`hetq report` was a KeyError traceback)
+    save_module(tmp_path / "gradient" / "point_006.pt", nn.Linear(1, 1), metrics={"loss": 1})
+    with pytest.raises(ValueError, match=r"point_006.pt is not a gradient-strategy front point "
+                                         r"\(its metrics have no 'epoch'\); move it out of "):
+        saved_gradient_rows(tmp_path)
 
 
 def test_models_and_values_the_strategy_cannot_take_are_named():

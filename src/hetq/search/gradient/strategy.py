@@ -48,11 +48,16 @@ def saved_gradient_rows(out) -> list[GradientRow]:
         return (0, int(n)) if n.isdigit() else (1, path.name)
 
     for path in sorted((Path(out) / "gradient").glob("point_*.pt"), key=number):
-        m = read(path)["metrics"]
-        p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
-                       polished=m["polished"])
-        rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"], m["costs"]["energy_pj"],
-                                m["costs"]["lut"], str(path)))
+        m = read(path).get("metrics") or {}
+        try:
+            p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
+                           polished=m["polished"])
+            rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"],
+                                    m["costs"]["energy_pj"], m["costs"]["lut"], str(path)))
+        except (KeyError, TypeError) as e:  # (another checkpoint copied there: a traceback)
+            what = f"have no {e}" if isinstance(e, KeyError) else "are of another form"
+            raise ValueError(f"{path} is not a gradient-strategy front point (its metrics "
+                             f"{what}); move it out of {path.parent}") from None
     if rows and busy:
         import warnings
 
