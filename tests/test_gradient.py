@@ -823,12 +823,35 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
     assert "ended without saving" not in page and "still training" not in page
     assert "points on the front; beta 1e-06 to 0.001, weight" in page
-    saved_cfg = (out / "search.yaml").read_text()  # (with --ebops-target the ramp is unused)
+    # the points are described by the settings saved with them: search.yaml is the last
+    # run's, which a rerun killed before its first point had rewritten
+    from hetq.search.gradient import saved_gradient_rows
+    from hetq.search.gradient.strategy import run_settings
+    from hetq.search.report import _trained_with
+
+    saved_cfg = (out / "search.yaml").read_text()
     cfg = SearchConfig.load(out / "search.yaml")
-    cfg.ebops_target = [2000.0, 300.0]
+    orig = run_settings(cfg)
+    cfg.ebops_target, cfg.granularity = [2000.0, 300.0], "layer"
     cfg.save(out / "search.yaml")
-    assert ("points on the front; beta set by a controller for EBOPs from 2000 to 300 "
-            "(starting at 1e-06), weight") in write_gradient_html_report(out).read_text()
+    assert "points on the front; beta 1e-06 to 0.001, weight bit-widths per weight" in \
+        write_gradient_html_report(out).read_text().replace("\n", " ")
+    rows = saved_gradient_rows(out)
+    assert {repr(r.settings) for r in rows} == {repr(orig)}
+    rows[0].settings = run_settings(cfg)  # (with --ebops-target the ramp is unused)
+    assert _trained_with(rows[:1], None, "") == (
+        "beta set by a controller for EBOPs from 2000 to 300 (starting at 1e-06), weight "
+        "bit-widths per layer, activations per neuron, 1 run(s)")
+    other = copy.copy(rows[0])
+    other.settings = orig
+    assert _trained_with([rows[0], other], None, "") == (
+        "its points come from 2 runs with other settings (a rerun that was interrupted keeps "
+        "the earlier points its own do not beat)")
+    for r in rows:
+        r.settings = None  # (point files of older versions: search.yaml, unless a later run)
+    assert _trained_with(rows, cfg, "").startswith("beta set by a controller")
+    assert _trained_with(rows, cfg, "A later run") == (
+        "the settings they were trained with are not recorded (older point files)")
     (out / "search.yaml").write_text(saved_cfg)
     # a later run killed before it saved its front: the page says whose points it shows
     from hetq.search.gradient.strategy import PROGRESS

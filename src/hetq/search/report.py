@@ -156,6 +156,30 @@ estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinishe
     return _write_page(run / "report.html", page)
 
 
+def _trained_with(rows, config, later: str) -> str:
+    """How the points were trained, from the settings saved with them: search.yaml's are
+    those of the last run started here, which may not have saved a point (`later`), and an
+    interrupted rerun's front merges points of two runs."""
+    from .gradient.strategy import run_settings
+
+    kinds = {repr(r.settings) for r in rows if r.settings is not None}
+    if len(kinds) > 1:
+        return (f"its points come from {len(kinds)} runs with other settings (a rerun that "
+                "was interrupted keeps the earlier points its own do not beat)")
+    if kinds:
+        s = next(r.settings for r in rows if r.settings is not None)
+    elif later or not rows:
+        return "the settings they were trained with are not recorded (older point files)"
+    else:
+        s = run_settings(config)
+    target = s["ebops_target"]
+    beta = (f"beta set by a controller for EBOPs from {target[0]:g} to {target[1]:g} "
+            f"(starting at {s['beta0']:g})" if target else
+            f"beta {s['beta0']:g} to {s['beta1']:g}")
+    return (f"{beta}, weight bit-widths per {s['granularity']}, activations per "
+            f"{s['activation_granularity']}, {s['gradient_runs']} run(s)")
+
+
 @literal_text
 def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     """`hetq report` of a gradient-strategy run: its front (validation and test accuracy
@@ -211,16 +235,11 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     elif any((run / PROGRESS).glob("*.pt")):
         state = (" A later run ended without saving its front (killed?); these are the "
                  "earlier run's points: rerun the same `hetq search` command to save it.")
-    beta = (f"beta set by a controller for EBOPs from {config.ebops_target[0]:g} to "
-            f"{config.ebops_target[1]:g} (starting at {config.beta0:g})"
-            if config.ebops_target else f"beta {config.beta0:g} to {config.beta1:g}")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(str(run))}</title></head><body>
 <h1>hetq search (gradient strategy): {html.escape(str(run))}</h1>
-<p>{len(rows)} points on the front; {beta}, weight
-bit-widths per {html.escape(config.granularity)}, activations per
-{html.escape(config.activation_granularity)}, {config.gradient_runs} run(s). Costs are estimates
-(QTools 45 nm energy model, hetq FPGA estimate).{html.escape(state)}</p>
+<p>{len(rows)} points on the front; {html.escape(_trained_with(rows, config, state))}. Costs
+are estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(state)}</p>
 <h2>Front</h2><img src="pareto.png">{
         f"<p>({left} point(s) at 0 EBOPs, a constant output, are left out of the plots.)</p>"
         if left else ""}

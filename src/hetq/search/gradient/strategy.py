@@ -32,6 +32,19 @@ class GradientRow:
     energy_pj: float
     lut: float
     path: str
+    settings: dict | None = None  # the run's (`run_settings`); None in older point files
+
+
+RUN_SETTINGS = ("beta0", "beta1", "ebops_target", "granularity", "activation_granularity",
+                "gradient_runs")
+
+
+def run_settings(config) -> dict:
+    """The settings of the run that trained a front point, saved with it: the report
+    described the points by search.yaml, which a later run (killed before it saved a point)
+    had rewritten."""
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in ((k, getattr(config, k)) for k in RUN_SETTINGS)}
 
 
 def saved_gradient_rows(out) -> list[GradientRow]:
@@ -53,7 +66,8 @@ def saved_gradient_rows(out) -> list[GradientRow]:
             p = FrontPoint(m["epoch"], m["beta"], m["val_accuracy"], m["ebops"],
                            polished=m["polished"])
             rows.append(GradientRow(p, m["test"]["accuracy"], m["ebops"],
-                                    m["costs"]["energy_pj"], m["costs"]["lut"], str(path)))
+                                    m["costs"]["energy_pj"], m["costs"]["lut"], str(path),
+                                    m.get("settings")))
         except (KeyError, TypeError) as e:  # (another checkpoint copied there: a traceback)
             what = f"have no {e}" if isinstance(e, KeyError) else "are of another form"
             raise ValueError(f"{path} is not a gradient-strategy front point (its metrics "
@@ -238,10 +252,13 @@ def _save_front(g, front, ctx, config, out, merge: bool = False
         acc = evaluate(m, ctx.data)["accuracy"]
         s = cost(m, ctx.data.input_shape, source_quantizer=config.source_quantizer).summary()
         name = f"new_{k:03d}.pt"
+        settings = run_settings(config)
         save_module(part / name, m, data=ctx.data, metrics={
             "test": {"accuracy": acc}, "ebops": p.ebops, "val_accuracy": p.val_accuracy,
-            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s})
-        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(part / name)))
+            "epoch": p.epoch, "beta": p.beta, "polished": p.polished, "costs": s,
+            "settings": settings})
+        rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(part / name),
+                                settings))
     part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
     earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
     if merge and earlier:
