@@ -610,6 +610,15 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
         "no best one (its search is still running (1 trial in progress); try again when some "
         "have finished)\n")
     study.tell(live, state=optuna.trial.TrialState.FAIL)
+    # every trial of the budget pruned: a rerun was the advice, and it found the budget spent
+    for _ in range(cfg().trials):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    assert main(["report", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"no trial of {out} has completed yet (1 failed, 4 pruned, 1 interrupted and queued "
+        "again, 0 running, 0 queued); the budget of 4 trial(s) is spent, by pruned ones "
+        "(--pruner none): a rerun adds none; search again in another --out with more "
+        "--trials or --pruner none. No HTML report was written.")
     with pytest.raises(ValueError) as e:
         run_search(cfg(trials=9, epochs=3), out, progress=False)
     assert str(e.value) == (f"{out} holds a search with other settings (epochs: 2, now 3); use "

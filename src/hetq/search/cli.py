@@ -536,11 +536,19 @@ def _report(a) -> int:
     retried = retried_numbers(trials)
     states = ["RETRIED" if t.number in retried else t.state.name for t in trials]
     if "COMPLETE" not in states:  # (its plots would be empty)
+        pruned = states.count("PRUNED")
+        advice = resume_advice(study)
+        if pruned >= cfg.trials and not {"RUNNING", "WAITING"} & set(states):
+            # (pruned trials count: the rerun advised found the budget spent, and ended)
+            advice = (f"the budget of {cfg.trials} trial(s) is spent, by pruned ones "
+                      f"(--pruner {cfg.pruner}): a rerun adds none; search again in another "
+                      "--out with more --trials or --pruner none")
         print(f"\nno trial of {a.run} has completed yet ({states.count('FAIL')} failed, "
+              + (f"{pruned} pruned, " if pruned else "")
               + (f"{states.count('RETRIED')} interrupted and queued again, "
                  if "RETRIED" in states else "")
               + f"{states.count('RUNNING')} running, {states.count('WAITING')} queued); "
-              f"{resume_advice(study)}. No HTML report was written.")
+              f"{advice}. No HTML report was written.")
         return 0
     if not a.no_html:
         from .report import write_html_report
