@@ -336,6 +336,11 @@ def test_hybrid_models_dropout_and_a_linear_over_several_positions():
     assert five.summary()["ebops"] == 5 * one.summary()["ebops"]
 
 
+def test_named_types_take_spaces_around_them():
+    # ('int8 ' was 'unknown quantizer int8', which lists int8 among the named types)
+    assert qtype_of(" int8 ") == NAMED["int8"] and qtype_of("fp16\n") == NAMED["fp16"]
+
+
 def test_ebops_count_the_input_width_of_an_fp16_source():
     """fp16 inputs counted 32 bits in EBOPs (as fp32), while the energy used 16."""
     m = nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(4,0,1)",

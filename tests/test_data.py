@@ -5,6 +5,7 @@ import http.server
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +16,16 @@ import pytest
 
 from hetq.data import get_dataset, load_jets, load_jets_sim, validate_arrays
 from hetq.data.jets import CLASSES, EMBEDDED, FEATURES, download_jets, tutorial_split
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch):
+    """The local servers are asked directly: with http_proxy set (many clusters' CI), urllib
+    sent these tests' requests to the proxy."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
 
 
 def make_arff(n=200, seed=0) -> bytes:
@@ -31,9 +42,9 @@ def make_arff(n=200, seed=0) -> bytes:
 class Server:
     """Serves a dict path -> bytes on 127.0.0.1; counts requests; can truncate bodies."""
 
-    def __init__(self, files, truncate=(), chunk_delay=0.0, no_length=False):
+    def __init__(self, files, truncate=(), chunk_delay=0.0, no_length=False, length=None):
         self.files, self.truncate, self.requests = files, set(truncate), []
-        self.chunk_delay, self.no_length = chunk_delay, no_length
+        self.chunk_delay, self.no_length, self.length = chunk_delay, no_length, length
         self.chunked_cut = set()  # paths sent chunked, the connection closed mid-body
         outer = self
 
@@ -52,7 +63,7 @@ class Server:
                     self.wfile.write(b"%x\r\n" % 100)  # a chunk announced, never sent
                     return
                 if not outer.no_length:  # else the body ends when the connection closes
-                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", outer.length or str(len(body)))
                 self.end_headers()
                 body = body[: len(body) // 2] if self.path in outer.truncate else body
                 step = len(body) // 8 + 1 if outer.chunk_delay else len(body) or 1
@@ -108,6 +119,55 @@ def test_split_is_sklearns_train_test_split():
     assert np.array_equal(tr, mtr) and np.array_equal(te, mte)
 
 
+def test_download_problems_of_the_cache_the_address_and_the_headers_are_named(
+        tmp_path, monkeypatch):
+    """A full disk under the cache was 'cannot download ... If this machine is offline';
+    HOME unset (no user entry) a RuntimeError traceback, HOME='' a folder /.cache/hetq; a
+    description's bad URL 'Invalid IPv6 URL', naming none; Content-Length: abc an int()
+    error; a stalled server 'timed out', saying not how long."""
+    from hetq.data.download import cache_dir
+
+    arff = make_arff(2000)
+    srv = Server({}, length="abc")
+    srv.files.update(openml_files(srv.url, arff))
+    with srv:
+        code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); "
+                "from hetq.data.jets import download_jets\n"
+                "try: download_jets(cache=sys.argv[1], api=sys.argv[2], progress=False)\n"
+                "except ValueError as e: print(e)")
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "full"),
+                            f"{srv.url}/api"], capture_output=True, text=True, timeout=120)
+        assert r.stdout.startswith(f"cannot write the download of {srv.url}/files/jets.arff to "
+                                   f"{tmp_path / 'full'} (File too large); nothing was cached: "
+                                   "set HETQ_CACHE"), r.stdout + r.stderr
+        assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["openml_42468-" + \
+            hashlib.sha256(f"{srv.url}/api".encode()).hexdigest()[:12] + ".json"]
+        # ... and with room, Content-Length: abc is no length (http.client's reading)
+        path = download_jets(cache=tmp_path / "ok", api=f"{srv.url}/api", progress=False)
+        assert path.read_bytes() == arff
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, arff))
+    srv.files["/api/data/42468"] = json.dumps({"data_set_description": {
+        "url": "http://[::1/f", "md5_checksum": "0" * 32}}).encode()
+    with srv, pytest.raises(ValueError, match=r"cannot download 'http://\[::1/f': not a valid "
+                                              r"address \(Invalid IPv6 URL\)"):
+        download_jets(cache=tmp_path / "u", api=f"{srv.url}/api", progress=False)
+    srv = Server({}, chunk_delay=0.6)
+    srv.files.update(openml_files(srv.url, arff))
+    with srv, pytest.raises(ConnectionError, match=r"cannot download .* \(no data for 0.2 s\)"):
+        download_jets(cache=tmp_path / "t", api=f"{srv.url}/api", progress=False, timeout=0.2)
+    monkeypatch.delenv("HETQ_CACHE", raising=False)
+    monkeypatch.setenv("HOME", "")
+    with pytest.raises(ValueError, match=r"no home folder for the download cache, the default "
+                                         r"~/.cache/hetq \(HOME is ''\); set HETQ_CACHE"):
+        cache_dir()
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # (and no user entry)
+    with pytest.raises(ValueError, match=r"\(HOME is None\); set HETQ_CACHE"):
+        cache_dir()
+
+
 def test_checksum_mismatch_deletes_file(tmp_path):
     arff = make_arff()
     srv = Server({})
@@ -118,8 +178,24 @@ def test_checksum_mismatch_deletes_file(tmp_path):
     assert not (tmp_path / "hls4ml_lhc_jets_hlf.arff").exists()
     srv2 = Server({})
     srv2.files.update(openml_files(srv2.url, arff))
-    with srv2, pytest.raises(ValueError, match="expected sha256 abc"):
-        download_jets(cache=tmp_path / "b", api=f"{srv2.url}/api", sha256="abc", progress=False)
+    with srv2, pytest.raises(ValueError, match="expected sha256 (ab){32}, got "):
+        download_jets(cache=tmp_path / "b", api=f"{srv2.url}/api", sha256="ab" * 32,
+                      progress=False)
+    # a mistyped sha256 is refused before it deletes a good cached file; case and spaces
+    # around it do not matter (upper case was a mismatch, and the file was deleted)
+    srv3 = Server({})
+    srv3.files.update(openml_files(srv3.url, arff))
+    with srv3:
+        path = download_jets(cache=tmp_path / "c", api=f"{srv3.url}/api", progress=False)
+        asked = len(srv3.requests)
+        for bad in ("abc", "g" * 64):
+            with pytest.raises(ValueError, match=r"sha256=.*; expected 64 hexadecimal digits"):
+                download_jets(cache=tmp_path / "c", api=f"{srv3.url}/api", sha256=bad,
+                              progress=False)
+        good = f" {hashlib.sha256(arff).hexdigest().upper()} "
+        assert download_jets(cache=tmp_path / "c", api=f"{srv3.url}/api", sha256=good,
+                             progress=False) == path and path.read_bytes() == arff
+        assert not [r for r in srv3.requests[asked:] if r.endswith(".arff")]
 
 
 def test_a_checksum_mismatch_drops_the_cached_description_too(tmp_path):
@@ -244,6 +320,15 @@ def test_a_download_that_is_not_the_data_is_not_kept(tmp_path):
                     "was not kept")):
                 download_jets(cache=tmp_path / "new", api=f"{srv.url}/api", progress=False)
             assert not list((tmp_path / "new").glob("openml_42468*.json"))
+    # with the checksum right, the same bytes come again: the file is kept and that is said
+    # (it was deleted and downloaded on every run, 'the next run downloads it anew')
+    srv = Server({})
+    srv.files.update(openml_files(srv.url, b"@relation x\n@data\n1,2\n"))
+    with srv:
+        with pytest.raises(ValueError, match=r"; the download matches its checksum, so "
+                                             r"downloading it again would not help"):
+            load_jets(cache=tmp_path / "c", api=f"{srv.url}/api", progress=False)
+        assert (tmp_path / "c" / "hls4ml_lhc_jets_hlf.arff").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="signals as on Linux")

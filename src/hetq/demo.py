@@ -133,7 +133,7 @@ def _run(a) -> int:
     from .train.report import metrics_table
 
     t0 = time.time()
-    data = get_dataset(a.data)
+    data = get_dataset(a.data, progress=not a.no_progress)
     if len(data.input_shape) != 1:
         raise ValueError(f"the demo trains the jet tagger (jet_mlp), which takes flat feature "
                          f"vectors; {data.name} has samples of shape {data.input_shape}. Use "

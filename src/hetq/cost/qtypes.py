@@ -95,8 +95,8 @@ def qtype_of(q) -> QType:
     if isinstance(q, QType):
         return q
     if isinstance(q, str):
-        if q in NAMED:
-            return NAMED[q]
+        if q.strip() in NAMED:  # ('int8 ' was 'unknown quantizer int8')
+            return NAMED[q.strip()]
         from ..quant import get_quantizer
 
         try:

@@ -16,8 +16,15 @@ from pathlib import Path
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """`override`, else $HETQ_CACHE, else ~/.cache/hetq."""
     env = os.environ.get("HETQ_CACHE")
+    if not override and not env:
+        home = os.path.expanduser("~")
+        if os.environ.get("HOME") == "" or not os.path.isabs(home):  # (HOME unset and no
+            # user entry: a RuntimeError traceback; HOME='': a folder /.cache/hetq)
+            raise ValueError(f"no home folder for the download cache, the default "
+                             f"~/.cache/hetq (HOME is {os.environ.get('HOME')!r}); "
+                             f"{_WRITABLE}")
     d, source = ((override, "the cache argument") if override else (env, "$HETQ_CACHE") if env
-                 else (Path.home() / ".cache" / "hetq", "the default, ~/.cache/hetq"))
+                 else (Path(home) / ".cache" / "hetq", "the default, ~/.cache/hetq"))
     d = Path(d).expanduser()  # (a quoted HETQ_CACHE='~/...' reaches us unexpanded)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -46,6 +53,48 @@ def file_digest(path: Path, algorithm: str) -> str:
 STALE_PART_SECONDS = 24 * 3600
 
 
+class _BadURL(Exception):
+    pass
+
+
+class _CacheFull(Exception):
+    pass
+
+
+class _writing:
+    """The part file, opened for writing; a write that fails (a full disk, a file-size limit)
+    is the cache's problem, not the network's ('If this machine is offline...')."""
+
+    def __init__(self, part: Path, dest: Path, url: str):
+        self.part, self.dest, self.url = part, dest, url
+
+    def _failed(self, e: OSError):
+        return _CacheFull(f"cannot write the download of {self.url} to {self.dest.parent} "
+                          f"({e.strerror or e}); nothing was cached: {_WRITABLE} with room "
+                          "for it")
+
+    def __enter__(self):
+        try:
+            self.f = open(self.part, "wb")
+        except OSError as e:
+            raise self._failed(e) from None
+        return self
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.f.write(chunk)
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def __exit__(self, *exc):
+        try:
+            self.f.close()
+        except OSError as e:  # (the last buffered bytes)
+            if exc[0] is None:
+                raise self._failed(e) from None
+        return False
+
+
 def _remove_stale_parts(dest: Path) -> None:
     """Delete the part files of `dest` that nobody has written to for a day (left by a
     process that was killed outright); younger ones may belong to a download in progress."""
@@ -68,6 +117,11 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
     deletes the file and raises ValueError naming both hashes.
     """
     dest = Path(dest)
+    if sha256 is not None:  # (a mistyped one deleted a good cached file, then blamed the
+        want = str(sha256).strip().lower()  # download; upper case was a mismatch)
+        if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+            raise ValueError(f"sha256={sha256!r}; expected 64 hexadecimal digits")
+        sha256 = want
     if dest.exists():
         if sha256 is None or sha256sum(dest) == sha256:
             return dest
@@ -83,8 +137,17 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
                          f"({e.strerror or e}); {_WRITABLE}") from None
     n = 0  # bytes received
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            total = int(r.headers.get("Content-Length") or 0)
+        try:
+            r = urllib.request.urlopen(url, timeout=timeout)
+        except ValueError as e:  # (not a URL: 'Invalid IPv6 URL', with no URL named)
+            raise _BadURL(f"cannot download {url!r}: not a valid address ({e})") from None
+        except UnicodeError:
+            raise _BadURL(f"cannot download {url!r}: not a valid address (it has characters "
+                          "outside ASCII)") from None
+        with r:
+            # (http.client's parse of Content-Length: None when chunked, or not a length;
+            # the raw header gave int('abc'), or 'truncated' for a whole chunked body)
+            total = r.length if isinstance(r.length, int) and r.length > 0 else 0
             bar = None
             if progress:
                 try:
@@ -95,7 +158,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
                 except ImportError:  # pragma: no cover
                     bar = None
             try:
-                with open(part, "wb") as f:
+                with _writing(part, dest, url) as f:
                     while True:
                         chunk = r.read(1 << 16)
                         if not chunk:
@@ -114,6 +177,9 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
         part.unlink(missing_ok=True)
         raise ValueError(f"download of {url} is truncated: the connection closed after "
                          f"{n + len(e.partial)} bytes; nothing was cached, try again") from None
+    except (_BadURL, _CacheFull) as e:
+        part.unlink(missing_ok=True)
+        raise ValueError(str(e)) from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError,
             http.client.HTTPException) as e:
         part.unlink(missing_ok=True)
@@ -121,6 +187,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
             reason, instead = f"the server answered HTTP {e.code} {e.reason}", "You can"
         else:
             reason, instead = getattr(e, "reason", e), "If this machine is offline,"
+            if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+                reason = f"no data for {timeout:g} s"  # ('timed out' said not how long)
         raise ConnectionError(
             f"cannot download {url} ({reason}). {instead} download the file elsewhere and "
             f"pass its path instead{manual_hint}") from None

@@ -254,6 +254,11 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
                   sha256: str | None = None, timeout: float = 30.0,
                   progress: bool = True) -> Path:
     """Download (once) the OpenML ARFF of the jet dataset; returns the cached path."""
+    return _download_jets(cache, api, sha256, timeout, progress)[0]
+
+
+def _download_jets(cache, api, sha256, timeout, progress) -> tuple[Path, bool]:
+    """`download_jets`'s path, and whether its bytes were checked against a checksum."""
     d = cache_dir(cache)
     # one cached description per API address, so another `api` is asked, not answered
     # from a description that came from elsewhere
@@ -271,7 +276,7 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
     path = fetch(url, dest, sha256=sha256, timeout=timeout, progress=progress,
                  manual_hint=MANUAL)
     got = file_digest(path, "md5") if md5 else None
-    if md5 and got != md5:
+    if md5 and got != md5.strip().lower():
         # the description goes too: if OpenML has replaced the file since it was cached, its
         # old md5 would refuse every new download
         gone = all([_discard(path), _discard(desc_path)])
@@ -285,8 +290,8 @@ def download_jets(cache: str | Path | None = None, api: str = OPENML_API,
         warnings.warn(f"{url}: OpenML's description gives no md5, so the download could not "
                       f"be checked (a transfer cut short at a line end parses as a smaller "
                       f"data set); pass sha256=..., or compare {path}'s size with OpenML's",
-                      stacklevel=2)
-    return path
+                      stacklevel=3)
+    return path, bool(md5) or sha256 is not None
 
 
 def _discard(path: Path) -> bool:
@@ -305,13 +310,17 @@ def load_jets(source: str | Path | None = None, standardize: bool = True, *,
     """The real hls4ml jet dataset as a `Dataset` (see the module docstring): read from the
     file `source`, else downloaded once into `cache` by `download_jets` (which the other
     keywords go to)."""
-    path = Path(source).expanduser() if source else download_jets(
-        cache, api, sha256=sha256, timeout=timeout, progress=progress)
+    path, checked = (Path(source).expanduser(), False) if source else _download_jets(
+        cache, api, sha256, timeout, progress)
     try:
         X, y = parse_file(path)
     except ValueError as e:
         if source:
             raise
+        if checked:  # (deleted, 'downloads it anew': the same bytes, failing the same way)
+            raise ValueError(f"{e}; the download matches its checksum, so downloading it "
+                             f"again would not help: the file itself is not the jet data "
+                             f"set this loader reads{MANUAL}") from None
         # a download that is not the data set (a proxy's HTML page, say, where OpenML gives
         # no checksum) would fail the same way on every run: it is not kept
         if not _discard(path):

@@ -31,7 +31,7 @@ def retrain(run, number: int | str, epochs: int = 100, lr: float | None = None, 
     path = check_new(in_folder(out, name) if out else Path(run) / name, overwrite=overwrite)
     t = study_trial(study, number)
     cand = Candidate.from_dict(t.user_attrs["candidate"])
-    data = get_dataset(config.data)
+    data = get_dataset(config.data, progress=progress)
     before = evaluate(model, data, device="cpu")
     start = {"val": evaluate(model, data, split="val", device="cpu"),
              "state": copy.deepcopy(model.state_dict())}
