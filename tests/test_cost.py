@@ -830,3 +830,20 @@ def test_memory_settings_are_checked():
         with pytest.raises(ValueError, match="^" + re.escape(msg)):
             cost(m, **kw)
     assert cost(m, min_sram_size=2 ** 20).summary()["energy_pj"] > cost(m).summary()["energy_pj"]
+
+
+def test_an_unquantized_average_pool_costs_as_the_weight_layers_with_float_as():
+    """With float_as (QTools' hybrid models) and in reference mode, an unquantized average
+    pool was an fp32 multiply, and every layer after it costed as fp32 multiplies; it now
+    takes those modes' types as an unquantized weight layer does."""
+    m = nn.Sequential(QConv2d(1, 2, 3, kernel_quantizer="quantized_bits(4,0,1)", bias=False),
+                      QActivation("quantized_relu(4,0)"), nn.AvgPool2d(2), nn.Flatten(),
+                      QDense(18, 3, kernel_quantizer="quantized_bits(4,0,1)", bias=False))
+    plain = cost(m, (1, 8, 8))
+    assert [(lc.multiplier, str(lc.output)) for lc in plain.layers[2:]] == [
+        ("fmul", "fp32"), (None, "fp32"), ("fmul", "fp32")]  # (unquantized: fp32, as documented)
+    for kw in ({"float_as": "int8"}, {"reference": "int8"}):
+        pool, _, dense = cost(m, (1, 8, 8), **kw).layers[2:]
+        # (the reference accumulator of int8: 32 bits)
+        assert (pool.multiplier, str(pool.output), dense.multiplier) == \
+            ("mul", "sfix32.10", "mul"), kw

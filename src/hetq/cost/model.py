@@ -22,7 +22,8 @@ Layer rules (hetq's choices where QTools has none are marked *):
       one with `float_as` as the weight layers (parameters of that type,
       reference-accumulator outputs);
   average pooling*: an accumulator over the window on the input type, then a multiplier by
-      the average quantizer's type (or fp32); global average pooling likewise over H*W,
+      the average quantizer's type (or fp32; an unquantized one with `float_as` as the weight
+      layers: that type, reference-accumulator outputs); global average pooling over H*W,
       adaptive average pooling over PyTorch's windows (H/Ho x W/Wo where they divide; else
       the accumulator of the largest window, each window's own additions);
   Flatten / Dropout / Identity / MaxPool: the input type passes through, no operations;
@@ -357,9 +358,12 @@ def _layer(node, x_t: QType, ctx: _Ctx) -> LayerCost:
             ops = n_out * area
         acc = accumulator(x_t if x_t.mode != FLOAT else FP32, area)
         q = m.quantizers if isinstance(m, QLayer) else {}
-        avg_t = _wtype(q.get("average"), s) if q.get("average") is not None else FP32
+        # (an unquantized one as the weight layers: float_as/reference types and outputs;
+        # it was an fp32 multiply, and every layer after it costed as fp32, with float_as too)
+        avg_t = _wtype(q.get("average"), s)
         mult = multiplier(avg_t, acc)
-        out = mult.output if s.reference is None else s.reference_accumulator
+        out = mult.output if s.reference is None and (
+            q.get("average") is not None or s.float_as is None) else s.reference_accumulator
         if q.get("activation") is not None:
             out = NAMED_OUT(q["activation"], s)
         lc = LayerCost(node.name, type(m).__name__, x_t, out, accumulator=acc,
