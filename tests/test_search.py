@@ -1589,6 +1589,12 @@ def test_hessian_strategy_trials_cost_what_the_ilp_budgeted(tmp_path, capsys):
     assert f"traces from {n} Hutchinson samples;" in text
     assert ("note: --trials 1 trains only the first 1 of them; the others stay queued in "
             "the study for a resumed search with more --trials") in text
+    # no configuration within the limit: the trials are the sampler's, which is said
+    assert main([*base, "--out", str(tmp_path / "h3"), "--trials", "1",
+                 "--min-reduction", "1000000"]) == 0
+    assert ("Hessian prior: 0 ILP configurations enqueued" in (text := capsys.readouterr().out)
+            and "note: no configuration of the space fits --min-reduction; every trial is "
+                "drawn by --sampler tpe" in text)
 
 
 def test_grid_sampler_runs_and_a_grid_too_large_is_refused_before_training(tmp_path):

@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--reference TYPE costs its trials (default: fp32)")
     c.add_argument("--memory", default="sram", choices=list(MEMORIES),
                    help="where weights and activations are read from, for the energy "
-                        "(QTools' modes; fixed: no memory cost; default %(default)s)")
+                        "(QTools' modes; fixed: weights and activations free, the model's input "
+                        "and output still read and written in SRAM; default %(default)s)")
     c.add_argument("--json", default=None,
                    help="write the full report as JSON to this file ('-': print it instead "
                         "of the table); with --reference it holds the reference's report too")

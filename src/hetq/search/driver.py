@@ -1034,6 +1034,10 @@ def _seed_hessian_prior(study, ctx, progress):
                  f"above {TRACE_TOL:.0%})")
               + (f"; within --min-reduction's cost limit {limit:.4g}" if limit else ""),
               flush=True)
+        if k == 0:  # (the trials were --sampler's, unsaid)
+            print(f"note: no configuration of the space fits "
+                  f"{'--min-reduction' if limit else 'the cost budgets'}; every trial is "
+                  f"drawn by --sampler {cfg.sampler}", flush=True)
         if k > cfg.trials:
             print(f"note: --trials {cfg.trials} trains only the first {cfg.trials} of them; "
                   "the others stay queued in the study for a resumed search with more "

@@ -4,6 +4,7 @@ top eigenvalue by power iteration (step 1 of `hetq.search.hessian`)."""
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
@@ -177,12 +178,15 @@ def hessian_traces(model: nn.Module, loss_fn: Callable, batches, *, tol: float =
         activations: True for every activation module, False for none, or module names.
     """
     t0 = time.perf_counter()
-    if not (isinstance(max_iter, int) and max_iter >= 1):
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"max_iter={max_iter!r}; expected a whole number >= 1 (0 gave every "
                          "trace 0.0)")
-    if not (isinstance(min_iter, int) and 0 <= min_iter):
+    if isinstance(min_iter, bool) or not (isinstance(min_iter, int) and 0 <= min_iter):
         raise ValueError(f"min_iter={min_iter!r}; expected a whole number >= 0")
-    if not 0.0 <= tol < math.inf:
+    if min_iter > max_iter:  # (ran max_iter and said 'not converged', with no word why)
+        raise ValueError(f"min_iter={min_iter} is above max_iter={max_iter}")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or \
+            not 0.0 <= tol < math.inf:  # ('0.1' was a TypeError from a comparison)
         raise ValueError(f"tol={tol!r}; expected a relative tolerance >= 0")
     _check_float(model)
     batches = _as_batches(batches)
