@@ -1589,6 +1589,10 @@ def test_hessian_strategy_trials_cost_what_the_ilp_budgeted(tmp_path, capsys):
     assert f"traces from {n} Hutchinson samples;" in text
     assert ("note: --trials 1 trains only the first 1 of them; the others stay queued in "
             "the study for a resumed search with more --trials") in text
+    from hetq.search.report import write_html_report  # (it said 'sampler tpe' alone)
+
+    assert ("the Hessian ILP&#x27;s configurations first (4 cost budgets), then sampler tpe"
+            in write_html_report(out2).read_text().replace("\n", " "))
     # no configuration within the limit: the trials are the sampler's, which is said
     assert main([*base, "--out", str(tmp_path / "h3"), "--trials", "1",
                  "--min-reduction", "1000000"]) == 0

@@ -87,7 +87,8 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     for v in vals:
         cur = max(cur, v)
         best.append(cur)
-    ax.plot([t.number for t in done], best, "-", label="best so far")
+    ax.plot([t.number for t in done], best, "-", drawstyle="steps-post",  # (a slope between
+            label="best so far")  # two trials looked like improvement between them)
     ax.set_xlabel("trial")
     ax.set_ylabel(config.metric)
     ax.legend()
@@ -143,7 +144,7 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
 <p>{len(done)} completed trials of {total}{html.escape(where)}{others}; goal {config.goal},
-objective {config.objective}, sampler {config.sampler}{html.escape(constraints)}. Costs are
+objective {config.objective}, {html.escape(_drawn_by(config))}{html.escape(constraints)}. Costs are
 estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinished)}</p>
 <h2>Pareto front</h2><img src="pareto.png">{
         f"<p>({len(done) - len(plotted)} trial(s) at 0 {goal}, every weight rounded to zero, "
@@ -154,6 +155,15 @@ estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinishe
 <h2>History</h2><img src="history.png">
 </body></html>"""
     return _write_page(run / "report.html", page)
+
+
+def _drawn_by(config) -> str:
+    """Where the trials' configurations come from ('sampler tpe' left out the Hessian ILP
+    that chose them)."""
+    if config.strategy == "hessian" or config.prior == "hessian":
+        return (f"the Hessian ILP's configurations first ({config.prior_configs} cost "
+                f"budgets), then sampler {config.sampler}")
+    return f"sampler {config.sampler}"
 
 
 def _trained_with(rows, config, later: str) -> str:
