@@ -1285,6 +1285,7 @@ def test_a_recovered_front_is_merged_with_the_earlier_saved_one(tmp_path):
     recovered one beats, and drops the recovered points an earlier one beats."""
     from types import SimpleNamespace
 
+    from hetq.search.config import SearchConfig
     from hetq.search.gradient.strategy import _save_front, saved_gradient_rows
 
     data = get_dataset("synthetic:n=600,seed=1")
@@ -1292,7 +1293,7 @@ def test_a_recovered_front_is_merged_with_the_earlier_saved_one(tmp_path):
     fm = build("jet_mlp", widths=[8])
     x = torch.as_tensor(data.tensors("train")[0])
     g = GradientBitsMLP(fm, x)
-    ctx, config = SimpleNamespace(data=data), SimpleNamespace(source_quantizer="int8")
+    ctx, config = SimpleNamespace(data=data), SearchConfig(source_quantizer="int8")
 
     def point(epoch, val, ebops):
         return FrontPoint(epoch, 1e-6, val, ebops, state=copy.deepcopy(g.state_dict()))

@@ -183,8 +183,6 @@ def hessian_traces(model: nn.Module, loss_fn: Callable, batches, *, tol: float =
                          "trace 0.0)")
     if isinstance(min_iter, bool) or not (isinstance(min_iter, int) and 0 <= min_iter):
         raise ValueError(f"min_iter={min_iter!r}; expected a whole number >= 0")
-    if min_iter > max_iter:  # (ran max_iter and said 'not converged', with no word why)
-        raise ValueError(f"min_iter={min_iter} is above max_iter={max_iter}")
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or \
             not 0.0 <= tol < math.inf:  # ('0.1' was a TypeError from a comparison)
         raise ValueError(f"tol={tol!r}; expected a relative tolerance >= 0")
