@@ -1722,7 +1722,7 @@ def test_evaluate_and_ptq_default_to_the_data_the_checkpoint_was_trained_on(
     monkeypatch.chdir(Path(hetq.__file__).parent)  # (the path is kept absolute)
     assert main(["evaluate", str(out)]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0] == f"{out} on jets-sim (test split)"
+    assert table.splitlines()[0] == f"{out} on jets-sim ({npz}) (test split)"  # (its file)
     assert table.split("\n", 1)[1] in trained  # the same rows as after training
     assert len(get_dataset(f"jets-sim:{npz}").y_test) != len(get_dataset("jets-sim").y_test)
     assert main(["ptq", str(out), "--bits", "8"]) == 0

@@ -276,7 +276,8 @@ def _evaluate(a) -> int:
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
     task = _task(a, ckpt)
     m = evaluate(model, data, a.split, task, a.device)
-    where = f" ({a.data.split(':', 1)[1]})" if a.data and ":" in a.data else ""
+    spec = a.data or getattr(data, "spec", None) or ""  # (the checkpoint's data file was
+    where = f" ({spec.split(':', 1)[1]})" if ":" in spec else ""  # not named)
     print(f"{a.checkpoint} on {data.name}{where} ({a.split} split)")
     print(metrics_table(m, data.classes, task.name))
     return 0
