@@ -329,6 +329,15 @@ def test_members_that_do_not_fit_the_data_or_float32_are_named(data):
         Population([members()[0].double()])
 
 
+def test_progress_shows_the_epochs_of_a_population(data, capsys):
+    """A search with --population printed nothing while a batch trained (minutes)."""
+    fit_population(members()[:2], data, epochs=2, batch_size=512, progress=True)
+    err = capsys.readouterr().err
+    assert "population of 2:   0% 0/2" in err and "population of 2: 100% 2/2" in err
+    fit_population(members()[:2], data, epochs=1, batch_size=512)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_last_batch_of_one_sample_joins_the_one_before_as_in_fit(data):
     """fit merges a one-sample last batch into the batch before (`batch_bounds`); the
     population took an extra step on the one sample (weights 3e-3 apart after 2 epochs)."""

@@ -302,7 +302,8 @@ def make_objective(ctx: SearchContext):
     return objective
 
 
-def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) -> int:
+def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None,
+                          progress: bool = False) -> int:
     """Trials in batches of `k`: ask k trials, train their candidates together as one
     population (`hetq.train.population`), tell k results. Members share one batch order
     (seed `config.seed`); a pruned member (per-epoch report to the study's pruner) leaves the
@@ -341,14 +342,14 @@ def run_population_worker(study, ctx, budget: int, k: int, on_trial_end=None) ->
             # resume on another host waited for its RUNNING trials for ever)
             for t in trials:
                 beats.enter_context(get_heartbeat_thread(t._trial_id, study._storage))
-            outcomes = _run_batch(study, ctx, trials, finish, on_trial_end)
+            outcomes = _run_batch(study, ctx, trials, finish, on_trial_end, progress)
         for failed in outcomes:
             ran += 1
             failures = failures + 1 if failed else 0
     return ran
 
 
-def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
+def _run_batch(study, ctx, trials, finish, on_trial_end, progress=False) -> list[bool]:
     """Train `trials` as one population and tell each its result; whether each failed.
     Ctrl-C or a file-system error at any point queues the trials not yet told again (those
     of the evaluation phase were left RUNNING: a rerun in the same process, a notebook's,
@@ -383,7 +384,7 @@ def _run_batch(study, ctx, trials, finish, on_trial_end) -> list[bool]:
                              batch_size=cfg.batch_size, lr=[c.lr or cfg.lr for c in cands],
                              seed=cfg.seed, report=report,
                              sparsity=[c.sparsity or None for c in cands],
-                             device=cfg.device)
+                             device=cfg.device, progress=progress)
     except (KeyboardInterrupt, OSError, ReportFailed):  # Ctrl-C, a full disk, the database
         # gone: the batch is queued again
         retry_all_later(study, trials)
@@ -728,7 +729,8 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         print(f"resuming: {done}/{config.trials} trials already done", flush=True)
     if workers <= 1 and config.population > 1:
         run_population_worker(study, ctx, config.trials, config.population,
-                              on_trial_end=Progress(ctx, config.trials, progress))
+                              on_trial_end=Progress(ctx, config.trials, progress),
+                              progress=progress)
     elif workers <= 1:
         run_worker(study, make_objective(ctx), config.trials,
                    on_trial_end=Progress(ctx, config.trials, progress),

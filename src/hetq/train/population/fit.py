@@ -187,7 +187,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                    seed: int | list[int] = 0, sparsity: list[dict | None] | None = None,
                    ramp_fraction: float = 0.7, task=None, report=None,
                    restore_best: bool = True, device="cpu", val_metrics: str = "task",
-                   mixed: str = "group") -> list[MemberResult]:
+                   mixed: str = "group", progress: bool = False) -> list[MemberResult]:
     """Train K members together; member k as `fit(models[k], data, ...)` with its own values.
 
     models: a list of K models (updated in place with their trained weights) or a
@@ -203,6 +203,8 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
         pruner), except an OSError or `ReportFailed`, which ends the training. A stopped
         member keeps its weights of that epoch, as `fit` does when its report raises.
     val_metrics: "task" (every metric of the task, as `fit`) or "fast" (loss and accuracy).
+    progress: a bar over the epochs (a search with --population printed nothing while a
+        batch trained).
     mixed: "group" or "select", how quantizers of different kinds in one layer run (module
         docstring). optimizer, schedule, task, device, restore_best: as in `fit`.
     Returns one `MemberResult` per member, in the order given.
@@ -286,8 +288,13 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
             w = {name: state[f"{name}.weight"] for name in masks}
             res.sparsity = {name: float((v == 0).float().mean()) for name, v in w.items()}
 
-        for epoch in range(epochs):
+        from ...progress import bar
+
+        epoch_bar = bar(range(epochs), desc=f"population of {K}", unit="epoch", leave=False,
+                        disable=not progress)
+        for epoch in epoch_bar:
             if pop.size == 0:
+                epoch_bar.close()
                 break
             ids = list(pop.ids)
             Ka = len(ids)
@@ -373,6 +380,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                     opt.keep(rows, pop.stacked_parameters())
                 else:
                     pop.ids = []  # nobody left; the stack is rebuilt or dropped below
+        epoch_bar.close()
         for r, k in enumerate(pop.ids):
             finish(r, k, True)
         if given_pop:  # every member back in the stack, with its final weights
