@@ -152,9 +152,13 @@ def test_an_anomaly_checkpoint_keeps_its_background(tmp_path, capsys):
     assert m["bg_loss"] == pytest.approx(float(predict_scores(model, X, task)[bg].mean()))
     assert f"background reconstruction loss {m['bg_loss']:.5f}" in table
     assert m["bg_loss"] != pytest.approx(m["loss"], rel=1e-3)
-    assert main(["ptq", str(out), "--bits", "8"]) == 0
-    assert "background" in capsys.readouterr().out
+    assert main(["ptq", str(out), "--bits", "8", "--calibration", "100000"]) == 0
+    printed = capsys.readouterr().out
+    assert "background" in printed
     assert torch.load(out / "ptq8.pt", weights_only=False)["background"] == ["t"]
+    # calibrated on the background it trained on (the signal jets were in it too)
+    n_bg = int((data.y_train == data.classes.index("t")).sum())
+    assert f"(calibrated on {n_bg} training samples, all the train split has)" in printed
     for extra, msg in ((["--model", "jet_autoencoder", "--task", "anomaly", "--background",
                          "g,q,t,w,z"],
                         "anomaly task: the background g,q,t,w,z takes every class of the data "
@@ -182,6 +186,45 @@ def test_ptq_integer_bits_from_ranges(jets):
     assert ptq_config(m, X[:10], 32).to_dict()["fc1"]["kernel"].startswith("quantized_bits(32,")
     with pytest.raises(ValueError, match="got 100 .a float32 model keeps 24 significant bits"):
         ptq_config(m, X[:10], 100)  # used to pass, and export failed later on its 100-bit types
+
+
+def test_ptq_and_conversion_keep_a_relu6_cap():
+    """A ReLU6 became a plain quantized_relu(8,3), whose outputs went to 7.97 (the outputs
+    1.1 off the float model's), without a word; quantize_model did not say so either."""
+    import warnings
+
+    from torch import nn
+
+    from hetq.export import IntegerModel
+    from hetq.train.ptq import ptq
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU6(), nn.Linear(8, 2))
+    with torch.no_grad():
+        m[0].weight.mul_(10)
+    calib, x = torch.randn(1000, 4), torch.randn(500, 4) * 3
+    assert ptq_config(m, calib, 8).to_dict()["1"] == {
+        "activation": "quantized_relu(8,3,relu_upper_bound=6,is_quantized_clip=False)"}
+    small = nn.Sequential(nn.Linear(4, 8), nn.ReLU6(), nn.Linear(8, 2))  # (below 4: no cap
+    assert ptq_config(small, calib, 4).to_dict()["1"]["activation"] in (  # to keep)
+        "quantized_relu(4,1)", "quantized_relu(4,2)")
+    q = ptq(m, calib, 8)
+    with torch.no_grad():
+        assert float(q[1](q[0](x)).max()) == 6.0
+        assert float((m(x) - q(x)).abs().max()) < 0.2  # (was 1.1)
+    im = IntegerModel(q, (4,), "ap_fixed<16,6>")  # (and it exports bit-exactly)
+    xg = im.on_grid(x)
+    with torch.no_grad():
+        assert torch.equal(im(xg).double(), q.double()(xg.double()))
+    with pytest.warns(UserWarning, match=r"layer '1' \(ReLU6\): the quantizer "
+                                         r"quantized_relu\(8,3\) lifts this ReLU6's cap at 6 "
+                                         r"to 7.96875"):
+        quantize_model(m, {"ReLU6": {"activation": "quantized_relu(8,3)"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (a grid below 6, or the cap kept: nothing to say)
+        quantize_model(m, {"ReLU6": {"activation": "quantized_relu(8,2)"}})
+        quantize_model(m, {"ReLU6": {"activation": "quantized_relu(8,3,relu_upper_bound=6,"
+                                                   "is_quantized_clip=False)"}})
 
 
 def test_ptq_cli(jets, tmp_path, capsys):
@@ -2262,3 +2305,26 @@ def test_roc_plot_draws_class_names_as_given(tmp_path, monkeypatch):
     assert path.stat().st_size > 0
     assert drawn == [(c, False) for c in classes[:3]] + [("x" * 31 + "\u2026", False)]
     assert matplotlib.rcParams["text.parse_math"]  # (the caller's setting is left alone)
+
+
+def test_an_anomaly_task_on_data_without_class_names_says_so():
+    """It said 'background classes ['0', '1'] not in []'."""
+    from hetq.data.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    split = {s: (rng.normal(size=(60, 16)).astype("float32"), rng.integers(0, 3, 60))
+             for s in ("train", "val", "test")}
+    d = Dataset.from_splits("toy", split)
+    with pytest.raises(ValueError, match=r"anomaly task: the data set names no classes, so the "
+                                         r"background \['0', '1'\] cannot be picked out"):
+        fit(build("jet_autoencoder"), d, epochs=1, task=Anomaly(background=("0", "1")),
+            progress=False)
+
+
+def test_ptq_of_a_file_that_is_no_checkpoint_names_it_first(tmp_path, capsys):
+    """`hetq ptq RUN/metrics.json` beside an earlier ptq8.pt said 'ptq8.pt already exists'."""
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "ptq8.pt").write_bytes(b"x")
+    assert main(["ptq", str(tmp_path / "metrics.json"), "--bits", "8"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"hetq ptq: error: {tmp_path / 'metrics.json'} is not a readable hetq checkpoint")

@@ -548,6 +548,10 @@ def _warn_function_change(name: str, m: nn.Module, q) -> None:
         why = "replaces the softmax (its output is the quantized input, no softmax)"
     elif have and gets and have != gets:
         why = f"makes this {have} a {gets}"
+    elif isinstance(m, nn.ReLU6) and isinstance(q, quantized_relu) and \
+            (top := _relu_top(q)) is not None and top > 6.0:
+        why = (f"lifts this ReLU6's cap at 6 to {top:g} (quantized_relu(..., "
+               "relu_upper_bound=6, is_quantized_clip=False) keeps it)")
     elif isinstance(m, nn.LeakyReLU) and gets == "relu" and \
             float(getattr(q, "negative_slope", 0) or 0) != m.negative_slope:
         why = (f"gives this LeakyReLU(negative_slope={m.negative_slope}) the slope "
@@ -555,6 +559,12 @@ def _warn_function_change(name: str, m: nn.Module, q) -> None:
     if why:
         warnings.warn(f"layer {name!r} ({type(m).__name__}): the quantizer {q} {why}; "
                       f"{FUNCTION_CHANGE}", stacklevel=4)
+
+
+def _relu_top(q) -> float | None:
+    """The largest output of a quantized_relu (None: not a fixed grid)."""
+    vals = q.values()
+    return None if vals is None else float(vals.max())
 
 
 def _finish(name: str, m: nn.Module, new: nn.Module) -> nn.Module:

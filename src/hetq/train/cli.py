@@ -288,15 +288,15 @@ def _ptq(a) -> int:
     from ..quant.convert import quantize_model
     from ..quant.layers import QLayer
     from .checkpoint import build_from, check_new, in_folder, read, save
-    from .loop import check_model_fits, evaluate, resolve_device
+    from .loop import _split_tensors, check_model_fits, evaluate, resolve_device
     from .ptq import ptq_config
     from .report import metrics_table
 
     resolve_device(a.device)  # (it evaluates there; calibration runs on the CPU)
     src, name = Path(a.checkpoint), f"ptq{a.bits}.pt"
     out = a.out or (src / name if src.is_dir() else src.with_name(name))
+    ckpt = read(a.checkpoint)  # (first: `ptq metrics.json` said 'ptq8.pt already exists')
     out = check_new(in_folder(out, name), overwrite=a.overwrite)
-    ckpt = read(a.checkpoint)
     model = build_from(ckpt, a.checkpoint)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
         raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
@@ -305,13 +305,17 @@ def _ptq(a) -> int:
                          "float checkpoint from `hetq train` (or hetq.train.save)")
     data = get_dataset_for(a.data, ckpt.get("normalization"), str(a.checkpoint))
     task = _task(a, ckpt)
-    X, _ = data.tensors("train")
+    # what the model trained on: an autoencoder's background (the signal jets were in the
+    # calibration, and the 'all the train split has' note was measured against them too)
+    X, _ = (data.tensors("train") if task.name == "classify" else
+            _split_tensors(data, "train", task, "cpu"))
     check_model_fits(model, X[:2], task, data)  # before calibrating on data it cannot take
     cfg = ptq_config(model, X[:a.calibration], a.bits)
     qmodel = quantize_model(model, cfg).eval()
     m = evaluate(qmodel, data, "test", task, a.device)
     used = min(a.calibration, len(X))
-    print(f"PTQ {a.bits} bits of {a.checkpoint} (calibrated on {used} training samples"
+    print(f"PTQ {a.bits} bits of {a.checkpoint} (calibrated on {used} training "
+          f"sample{'s' * (used != 1)}"
           + (", all the train split has" if used < a.calibration else "") + "):")
     print(metrics_table(m, data.classes, task.name))
     out = save(out, qmodel, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"],

@@ -50,9 +50,17 @@ def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
     finally:
         for h in hooks:
             h.remove()
+    mods = dict(model.named_modules())
     for name, obs in observers.items():
-        i = get_integer_bits(0.0, max(obs.max, 0.0), bits, True, keep_negative=False)
-        entries[name] = {"activation": f"quantized_relu({bits},{i})"}
+        top = max(obs.max, 0.0)
+        six = isinstance(mods[name], nn.ReLU6)
+        i = get_integer_bits(0.0, min(top, 6.0) if six else top, bits, True,
+                             keep_negative=False)
+        # a ReLU6 keeps its cap (a plain quantized_relu(8,3) went up to 7.97): QKeras' clip
+        # at relu_upper_bound, where the grid goes past 6
+        cap = ",relu_upper_bound=6,is_quantized_clip=False" if six and \
+            2.0 ** i - 2.0 ** (i - bits) > 6.0 else ""
+        entries[name] = {"activation": f"quantized_relu({bits},{i}{cap})"}
     return QuantConfig(entries)
 
 

@@ -104,6 +104,10 @@ class Anomaly:
         """The background must be classes of the data, and leave at least one as signal."""
         classes = list(classes)
         missing = [c for c in self.background if c not in classes]
+        if missing and not classes:  # ('not in []')
+            raise ValueError(f"anomaly task: the data set names no classes, so the background "
+                             f"{missing} cannot be picked out; give the data class names "
+                             "(Dataset.from_splits(..., classes=[...]))")
         if missing:
             raise ValueError(f"anomaly task: background classes {missing} not in {classes}")
         if classes and not set(classes) - set(self.background):
