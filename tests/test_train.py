@@ -655,6 +655,8 @@ def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsy
     """hetq export compared a model trained on other data on jets-sim (the default --data),
     standardised anew, where hetq evaluate refuses the mismatch: now the same check, and
     the checkpoint's own standardisation."""
+    import warnings
+
     data = get_dataset("synthetic:n=600,seed=1")
     m = build("jet_mlp", widths=[4])
     q = quantize_model(m, preset("q6"))
@@ -665,9 +667,20 @@ def test_export_checks_on_the_data_the_checkpoint_was_trained_on(tmp_path, capsy
     assert (f"jets-sim has other features than the data {ckpt} was trained on (synthetic): "
             "'zlogz' where it had 'x0', at position 0") in capsys.readouterr().err
     for data in (["--data", "synthetic:n=600,seed=1"], []):  # (default: the checkpoint's)
-        assert main(["export", str(ckpt), "--samples", "50", *data,
-                     "--input-type", "ap_fixed<16,6>"]) == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # (inputs within ap_fixed<16,6>: nothing to say)
+            assert main(["export", str(ckpt), "--samples", "50", *data,
+                         "--input-type", "ap_fixed<16,6>"]) == 0
         assert "samples     50  mismatches     0" in capsys.readouterr().out
+    # an input type that wraps most inputs was 'bit-exact' without a word
+    x = get_dataset("synthetic:n=600,seed=1").X_test[:50]
+    bad = int(((x < -2 ** -11) | (x > 64 - 2 ** -11)).sum())
+    with pytest.warns(UserWarning, match=re.escape(
+            f"{bad:,} of the {x.size:,} input values ({bad / x.size:.1%}) lie outside the "
+            "input type ap_ufixed<16,6>'s range [0, 63.999], so they saturate or wrap")):
+        assert main(["export", str(ckpt), "--samples", "50", "--input-type",
+                     "ap_ufixed<16,6>"]) == 0
+    assert "mismatches     0" in capsys.readouterr().out
 
 
 def test_an_export_refused_its_hls4ml_folder_writes_no_qonnx_either(tmp_path, capsys):

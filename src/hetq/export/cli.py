@@ -121,6 +121,16 @@ def _export_model(model, x, input_type, qonnx, hls4ml, backend, compile, out) ->
         f"{eng.output_type}:")
     out(eng.layer_table())
     reports = [eng.compare(x)]
+    bad, n = eng.outside_range(x)
+    if bad > 0.01 * n:  # (an --input-type that wraps or saturates them was 'bit-exact', and
+        # the firmware useless: ap_ufixed<16,6> wrapped every negative standardised input)
+        import warnings
+
+        warnings.warn(f"{bad:,} of the {n:,} input values ({bad / n:.1%}) lie outside the "
+                      f"input type {eng.input_type}'s range [{eng.input_type.min_value:g}, "
+                      f"{eng.input_type.max_value:g}], so they saturate or wrap: the firmware "
+                      "sees other inputs than the model was trained on; choose an input type "
+                      "that holds them (the checks below run on the cast inputs)", stacklevel=2)
     failed = []  # a layer one format cannot express: the other checks still run and print
     if qonnx:
         from .qonnx import check_qonnx, to_qonnx

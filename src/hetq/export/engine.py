@@ -513,6 +513,19 @@ class IntegerModel:
                 x = self._feature_cast(x)
         return self.input_type.to_codes(x).to(torch.int64)
 
+    def outside_range(self, x: torch.Tensor) -> tuple[int, int]:
+        """(values of `x` outside the input type's range, all values): those saturate or
+        wrap in the cast, so the firmware sees other inputs than the model was trained on
+        (after the model's own per-feature input quantizer, whose saturation is its own)."""
+        x = x.to(torch.float64).cpu()
+        if self._feature_cast is not None:
+            with torch.no_grad():
+                x = self._feature_cast(x)
+        t = self.input_type
+        # (half a step of rounding beyond either end still lands on the end code)
+        out = (x < t.min_value - t.step / 2) | (x > t.max_value + t.step / 2)
+        return int(out.sum()), x.numel()
+
     def on_grid(self, x: torch.Tensor) -> torch.Tensor:
         """`x` cast to the input type, as float64 values."""
         return self.input_codes(x).to(torch.float64) * self.input_type.step
