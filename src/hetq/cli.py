@@ -422,7 +422,13 @@ def _expand_home(args) -> None:
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # (said by the command's parser, with its usage: it was 'hetq: error:
+            # unrecognized arguments' under the top-level usage)
+            subs = next(a for a in parser._actions
+                        if isinstance(a, argparse._SubParsersAction))
+            (subs.choices.get(getattr(args, "command", None)) or parser).error(
+                f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         if not e.code:  # `--help`: its text is the output, which must reach its file
             sys.stdout.flush()
