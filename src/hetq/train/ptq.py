@@ -5,6 +5,9 @@ activations: the outputs seen on calibration data) with `get_integer_bits`, and 
 bits are whatever is left of the total width:
     weights/biases  quantized_bits(W, I, alpha=1)    (I excludes the sign bit)
     ReLU outputs    quantized_relu(W, I)             (unsigned)
+    ReLU6 outputs   quantized_relu(W, I, relu_upper_bound=6, is_quantized_clip=False) where
+                    the grid goes past 6 (QKeras' clip: it keeps the cap; the integer engine
+                    runs it exactly, QONNX and hls4ml have no such clip and refuse it)
 No retraining happens; compare with QAT to see how much training with the quantizers buys.
 """
 
