@@ -1393,6 +1393,7 @@ def test_the_report_plot_leaves_out_trials_that_cost_nothing_and_says_so(tmp_pat
         params=t.params, distributions=t.distributions, values=[0.2, 0.0], user_attrs=attrs))
     page = write_html_report(out).read_text()
     assert "(1 trial(s) at 0 energy_pj, every weight rounded to zero, are left out" in page
+    assert "3 completed trials (the last run asked for 2);" in page  # (it said '3 ... of 2')
     assert (out / "pareto.png").stat().st_size > 0
     assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]
     # the page is UTF-8, as its charset says, whatever the locale (an ASCII one failed on a

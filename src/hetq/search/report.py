@@ -143,7 +143,9 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>hetq search {
         html.escape(config.study_name)}</title></head><body>
 <h1>hetq search: {html.escape(str(run))}</h1>
-<p>{len(done)} completed trials of {total}{html.escape(where)}{others}; goal {config.goal},
+<p>{len(done)} completed trials {
+        f"of {total}" if len(done) <= total else f"(the last run asked for {total})"}{
+        html.escape(where)}{others}; goal {config.goal},
 objective {config.objective}, {html.escape(_drawn_by(config))}{html.escape(constraints)}. Costs are
 estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinished)}</p>
 <h2>Pareto front</h2><img src="pareto.png">{
