@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 
 from ..files import write_whole
-from ..train.report import literal_text
+from ..train.report import literal
 
 
 def _plt():
@@ -38,7 +38,6 @@ def _write_page(path: Path, page: str) -> Path:
                                                         errors="surrogateescape"))
 
 
-@literal_text
 def write_html_report(run: str | Path, storage: str | None = None, *, loaded=None,
                       rows: list | None = None) -> Path:
     """The HTML report of search run `run`; `loaded`: its (config, study) from `load_run`
@@ -75,8 +74,9 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
             [r["metrics"]["val"][config.metric] for r in front], "o-", c="C3",
             label="Pareto front")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # (labels at 2, 3, ... x 10**k overlap)
     ax.set_xlabel(f"{config.goal} ({goal}, estimate)")
-    ax.set_ylabel(f"validation {config.metric}")
+    literal(ax.set_ylabel(f"validation {config.metric}"))
     ax.legend()
     _save(plt, fig, run / "pareto.png")
     # history
@@ -90,7 +90,7 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
     ax.plot([t.number for t in done], best, "-", drawstyle="steps-post",  # (a slope between
             label="best so far")  # two trials looked like improvement between them)
     ax.set_xlabel("trial")
-    ax.set_ylabel(config.metric)
+    literal(ax.set_ylabel(config.metric))
     ax.legend()
     _save(plt, fig, run / "history.png")
     # per-layer precision of the front
@@ -110,6 +110,7 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
             bits.append(get_quantizer(spec).bits_value if spec else 32)
         ax.plot(range(len(layers)), bits, "o-", label=f"trial {r['trial']}")
     ax.set_xticks(range(len(layers)), layers, rotation=45)
+    literal(*ax.get_xticklabels())
     ax.set_ylabel("bits (kernel / activation)")
     ax.legend(fontsize=7)
     _save(plt, fig, run / "precision.png")
@@ -180,7 +181,7 @@ def _trained_with(rows, config, later: str) -> str:
                 "was interrupted keeps the earlier points its own do not beat)")
     if kinds:
         s = next(r.settings for r in rows if r.settings is not None)
-    elif later or not rows:
+    elif later and rows:
         return "the settings they were trained with are not recorded (older point files)"
     else:
         s = run_settings(config)
@@ -192,7 +193,6 @@ def _trained_with(rows, config, later: str) -> str:
             f"{s['activation_granularity']}, {s['gradient_runs']} run(s)")
 
 
-@literal_text
 def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     """`hetq report` of a gradient-strategy run: its front (validation and test accuracy
     against EBOPs), where each point spends its EBOPs (per dense layer), and the table.
@@ -235,7 +235,7 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     ax.set_xlabel("front point, its EBOPs")
     ax.set_ylabel("share of the EBOPs")
     if bars:  # (a front of 0 EBOPs alone: matplotlib warned of a legend without entries)
-        ax.legend(bars, layers, fontsize=7, loc="lower right")
+        literal(ax.legend(bars, layers, fontsize=7, loc="lower right"))
     _save(plt, fig, run / "layers.png")
     left = len(rows) - len(shown)
     from ..files import lock_holder

@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
-
-
-def literal_text(fn):
-    """`fn` with matplotlib drawing its text as given: a class name or metric with '$' in it
-    was math ('$\\alpha$' drawn as a Greek letter, '$\\frac$' an error after the model was
-    saved)."""
-    @functools.wraps(fn)
-    def drawn_as_given(*args, **kwargs):
-        import matplotlib
-
-        with matplotlib.rc_context({"text.parse_math": False}):
-            return fn(*args, **kwargs)
-    return drawn_as_given
 
 
 def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify") -> str:
@@ -51,13 +37,23 @@ def metrics_table(m: dict[str, float], classes: list[str], task: str = "classify
     return "\n".join(lines)
 
 
+def literal(*texts) -> None:
+    """Draw these matplotlib texts (a legend's, labels of class, metric or layer names) as
+    given: '$\\frac$' in a class name failed the plot (and `hetq train`, after saving), and
+    '$\\alpha$' was a Greek letter. The axes' own tick labels keep their math ('10^-4')."""
+    for t in texts:
+        if hasattr(t, "get_texts"):  # a legend: its entries and title
+            literal(*t.get_texts(), t.get_title())
+        elif t is not None:
+            t.set_parse_math(False)
+
+
 def _short(label: str, most: int = 32) -> str:
     """A legend label of at most `most` characters (an 80-character class name left the
     axes a strip beside the legend)."""
     return label if len(label) <= most else label[:most - 1] + "…"
 
 
-@literal_text
 def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | Path,
              title: str = "") -> Path:
     """One-vs-rest ROC curves (signal efficiency vs background efficiency, log x) to PNG."""
@@ -85,8 +81,8 @@ def plot_roc(scores: np.ndarray, y: np.ndarray, classes: list[str], path: str | 
 
     with warnings.catch_warnings():  # (matplotlib's: no curve to label, when the test split
         warnings.simplefilter("ignore", UserWarning)  # has one class; a legend of 50 classes
-        ax.legend([h for h, _ in curves], [_short(c) for _, c in curves],  # that leaves
-                  title=title or None)                                     # no room)
+        literal(ax.legend([h for h, _ in curves], [_short(c) for _, c in curves],  # that
+                          title=title or None))                      # leaves no room)
         fig.tight_layout()
     path = Path(path)
     from ..files import write_whole
