@@ -64,6 +64,14 @@ def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
         cap = ",relu_upper_bound=6,is_quantized_clip=False" if six and \
             2.0 ** i - 2.0 ** (i - bits) > 6.0 else ""
         entries[name] = {"activation": f"quantized_relu({bits},{i}{cap})"}
+        if cap:
+            import warnings
+
+            warnings.warn(f"layer {name!r} (ReLU6) keeps its cap at 6 as "
+                          f"{entries[name]['activation']}, which the integer engine runs "
+                          "exactly but the QONNX and hls4ml exports do not take (they have no "
+                          "such clip); for firmware, train with nn.ReLU in its place",
+                          stacklevel=2)
     return QuantConfig(entries)
 
 
