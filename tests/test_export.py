@@ -1505,3 +1505,22 @@ def test_cnn_layers_that_keep_the_grid_run_and_pools_that_do_not_fit_are_refused
         warnings.simplefilter("error")  # (a Flatten after it: the same model)
         quantize_model(nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                      nn.Linear(4, 2)), g)
+
+
+def test_inputs_the_models_own_input_quantizer_clips_are_not_warned():
+    """The input-range warning counted the values a model's own input quantizer saturates,
+    as it was trained to, as inputs the firmware would see otherwise (50.8% here)."""
+    import warnings
+
+    from hetq.export.cli import export_model
+
+    m = nn.Sequential(QActivation("quantized_relu(8,3)"),
+                      QDense(4, 2, kernel_quantizer="quantized_bits(4,0,1)",
+                             bias_quantizer="quantized_bits(4,0,1)")).eval()
+    x = torch.randn(800, 4) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = export_model(m, x, out=lambda line: None)
+    assert all(r.exact for r in res["reports"])
+    with pytest.warns(UserWarning, match=r"lie outside the input type ap_ufixed<8,3>'s range"):
+        export_model(m, x, "ap_ufixed<8,3>", out=lambda line: None)  # (given: it is said)

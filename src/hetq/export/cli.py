@@ -121,9 +121,11 @@ def _export_model(model, x, input_type, qonnx, hls4ml, backend, compile, out) ->
         f"{eng.output_type}:")
     out(eng.layer_table())
     reports = [eng.compare(x)]
-    bad, n = eng.outside_range(x)
-    if bad > 0.01 * n:  # (an --input-type that wraps or saturates them was 'bit-exact', and
-        # the firmware useless: ap_ufixed<16,6> wrapped every negative standardised input)
+    # (an --input-type that wraps or saturates them was 'bit-exact', and the firmware
+    # useless: ap_ufixed<16,6> wrapped every negative standardised input; a type the model's
+    # own input quantizer sets clips as the model was trained to)
+    bad, n = eng.outside_range(x) if input_type is not None else (0, 1)
+    if bad > 0.01 * n:
         import warnings
 
         warnings.warn(f"{bad:,} of the {n:,} input values ({bad / n:.1%}) lie outside the "
