@@ -157,6 +157,13 @@ def test_download_problems_of_the_cache_the_address_and_the_headers_are_named(
     srv.files.update(openml_files(srv.url, arff))
     with srv, pytest.raises(ConnectionError, match=r"cannot download .* \(no data for 0.2 s\)"):
         download_jets(cache=tmp_path / "t", api=f"{srv.url}/api", progress=False, timeout=0.2)
+    # a file: address (an offline mirror) has no Content-Length to read (an AttributeError)
+    from hetq.data.download import fetch
+
+    (tmp_path / "mirror.arff").write_bytes(arff)
+    got = fetch((tmp_path / "mirror.arff").as_uri(), tmp_path / "copy.arff",
+                sha256=hashlib.sha256(arff).hexdigest(), progress=False)
+    assert got.read_bytes() == arff
     monkeypatch.delenv("HETQ_CACHE", raising=False)
     monkeypatch.setenv("HOME", "")
     with pytest.raises(ValueError, match=r"no home folder for the download cache, the default "

@@ -147,7 +147,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
         with r:
             # (http.client's parse of Content-Length: None when chunked, or not a length;
             # the raw header gave int('abc'), or 'truncated' for a whole chunked body)
-            total = r.length if isinstance(r.length, int) and r.length > 0 else 0
+            length = getattr(r, "length", None)  # (a file: or data: answer has none)
+            total = length if isinstance(length, int) and length > 0 else 0
             bar = None
             if progress:
                 try:
@@ -188,7 +189,8 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = 30.0
         else:
             reason, instead = getattr(e, "reason", e), "If this machine is offline,"
             if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
-                reason = f"no data for {timeout:g} s"  # ('timed out' said not how long)
+                reason = (f"no data for {timeout:g} s" if timeout else  # ('timed out'
+                          "timed out")  # said not how long)
         raise ConnectionError(
             f"cannot download {url} ({reason}). {instead} download the file elsewhere and "
             f"pass its path instead{manual_hint}") from None
