@@ -310,6 +310,16 @@ def test_unsupported_layers_and_mismatches_are_named():
                         (dict(lr="0.1"), r"lr must be a number, got '0.1' \(str\)")):
         with pytest.raises(ValueError, match=msg):
             fit_population(members()[:2], None, **kwargs)
+    # numpy and 0-d tensor scalars are numbers (np.int64 seeds failed inside torch)
+    import numpy as np
+
+    from hetq.data import get_dataset
+
+    small = get_dataset("synthetic:n=300,seed=2")
+    res = fit_population(members()[3:5], small, epochs=1, batch_size=128,
+                         seed=list(np.arange(2)), lr=torch.tensor(1e-3, dtype=torch.float64))
+    ref = fit_population(members()[3:5], small, epochs=1, batch_size=128, seed=[0, 1], lr=1e-3)
+    assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(res, ref) for k in a.state)
 
 
 def test_members_that_do_not_fit_the_data_or_float32_are_named(data):

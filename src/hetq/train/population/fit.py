@@ -99,11 +99,18 @@ def _lr_table(lr: float, epochs: int, schedule: str) -> list[float]:
 
 
 def _per_member(name: str, value, K: int) -> list:
+    """One value per member, each as given but for numpy and 0-d tensor scalars, which become
+    Python numbers (np.int64(3) as a seed, torch.tensor(1e-3) as a learning rate)."""
+    def plain(v):
+        return v.item() if isinstance(v, np.generic) or (torch.is_tensor(v) and v.dim() == 0) \
+            else v
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = list(value)
     if isinstance(value, (list, tuple)):
         if len(value) != K:
             raise ValueError(f"{name}: {len(value)} values for {K} members")
-        return list(value)
-    return [value] * K
+        return [plain(v) for v in value]
+    return [plain(value)] * K
 
 
 class ReportFailed(Exception):
