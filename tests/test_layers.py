@@ -734,6 +734,10 @@ def test_quant_config_round_trips_keep_its_meaning_and_config_files_are_strict(t
     with pytest.raises(ValueError, match=r"key 0 is given twice in one map \(a YAML flow map.*"
                                          r"quote the quantizer"):
         QuantConfig.load(tmp_path / "f.yaml")
+    (tmp_path / "f.yaml").write_text("fc1: {kernel: 'quantized_bits(4,0,1)', "
+                                     "kernel: 'quantized_bits(8,0,1)'}\n")
+    with pytest.raises(ValueError, match=r"key 'kernel' is given twice in one map$"):
+        QuantConfig.load(tmp_path / "f.yaml")  # (quoted already: no hint to quote them)
     m = _trained_bn_model()
     cfg = {"QDenseBatchnorm": {"kernel_quantizer": "quantized_bits(8,2,alpha=1)",
                                "folding_mode": "batch_stats_folding"},

@@ -672,6 +672,16 @@ def test_bare_true_and_false_are_flags_as_json_and_yaml_write_them():
         [0.0, 0.9375]
     po2 = q("quantized_po2(4,1,use_stochastic_rounding=false)").train()
     assert po2.use_stochastic_rounding is False and po2(x).tolist() == po2(x).tolist()
+    # flags as other numbers: 1.0, numpy and tensor scalars (a Keras config's) are flags,
+    # kept as plain numbers so that the string reads back
+    import numpy as np
+
+    k = q({"class_name": "quantized_bits", "config": {"bits": 4, "symmetric": np.int64(1),
+                                                      "keep_negative": np.False_},
+           "shared_object_id": 7})
+    assert str(k) == "quantized_bits(4,0,1,keep_negative=False)" == str(q(str(k)))
+    assert str(q("quantized_bits(4,0,1.0)")) == "quantized_bits(4,0,1.0)"
+    assert hq.quantized_tanh(4, symmetric=torch.tensor(1)).symmetric == 1
 
 
 @pytest.mark.parametrize("args", [

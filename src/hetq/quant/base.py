@@ -18,9 +18,11 @@ import ast
 import contextlib
 import inspect
 import math
+import numbers
 import re
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +40,9 @@ def register(cls: type[Quantizer]) -> type[Quantizer]:
 def quantizer_names() -> list[str]:
     """The names `get_quantizer` parses (quantized_bits, quantized_relu, ...), sorted."""
     return sorted(_REGISTRY)
+
+
+_SIGNATURES: dict[type, list[inspect.Parameter]] = {}
 
 
 class Quantizer(nn.Module):
@@ -101,6 +106,8 @@ class Quantizer(nn.Module):
         if key == "symmetric" or any(p.name == key and isinstance(p.default, bool)
                                      for p in self._signature()):
             check_flag(self.name, key, value)
+            if isinstance(value, (np.generic, torch.Tensor)):  # (np.int64(1) printed as
+                value = value.item()  # such, and the string did not parse back)
         if isinstance(value, nn.Parameter):
             self.register_parameter(key, value)
         elif isinstance(value, torch.Tensor):
@@ -110,8 +117,12 @@ class Quantizer(nn.Module):
 
     @classmethod
     def _signature(cls) -> list[inspect.Parameter]:
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        got = _SIGNATURES.get(cls)  # (per class, once: every argument's check asks for it)
+        if got is None:
+            params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+            got = _SIGNATURES[cls] = [p for p in params
+                                      if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return got
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments (tensors as nested lists), enough to rebuild an equal quantizer."""
@@ -410,11 +421,11 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
         name = identifier.get("class_name")
         cfg = identifier.get("config", {})
         other = sorted(map(str, set(identifier) - {"class_name", "config", "module",
-                                                     "registered_name"}))
+                                                     "registered_name", "shared_object_id"}))
         if other:  # ('confg' gave the default quantized_bits(8,0) without a word)
             raise ValueError(f"unknown key(s) {', '.join(map(repr, other))} in {identifier!r}; "
-                             "expected 'class_name' and 'config' (Keras' 'module' and "
-                             "'registered_name' are ignored)")
+                             "expected 'class_name' and 'config' (Keras' 'module', "
+                             "'registered_name' and 'shared_object_id' are ignored)")
         if not isinstance(cfg, dict):
             raise ValueError(f"the config of {identifier!r} must be a dict of arguments, got "
                              f"{type(cfg).__name__}")
@@ -537,8 +548,14 @@ def check_scale(name: str, alpha: Any) -> None:
 
 
 def check_flag(name: str, what: str, value: Any) -> None:
-    """Raise ValueError unless `value` is True/False or 0/1 (keep_negative=2 was taken)."""
-    if not (isinstance(value, (bool, int)) and value in (0, 1)):
+    """Raise ValueError unless `value` is True/False or 0/1 (keep_negative=2 was taken): a
+    bool, a number, or a numpy or one-element tensor scalar."""
+    v = value
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        v = v.item()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if not (isinstance(v, (bool, numbers.Real)) and v in (0, 1)):
         raise ValueError(f"{name}: {what}={value!r}; expected True or False (or 1 / 0)")
 
 

@@ -350,8 +350,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, (str, int, float, bool)) and key in seen:
-                hint = ""
-                if node.flow_style:  # (the numbers of two unquoted quantizers)
+                hint = ""  # (the numbers of two unquoted quantizers, split at the commas)
+                if node.flow_style and not (isinstance(key, str) and key.isidentifier()):
                     hint = (" (a YAML flow map, {kernel: quantized_bits(4,0,1)}, splits at "
                             "the commas: quote the quantizer, {kernel: 'quantized_bits(4,0,1)'})")
                 raise yaml.constructor.ConstructorError(
