@@ -424,10 +424,14 @@ def _main(argv: list[str] | None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # (said by the command's parser, with its usage: it was 'hetq: error:
-            # unrecognized arguments' under the top-level usage)
+            # unrecognized arguments' under the top-level usage), unless given before it
+            words = sys.argv[1:] if argv is None else list(argv)
+            command = getattr(args, "command", None)
+            before = words[:words.index(command)] if command in words else words
             subs = next(a for a in parser._actions
                         if isinstance(a, argparse._SubParsersAction))
-            (subs.choices.get(getattr(args, "command", None)) or parser).error(
+            (parser if set(extra) & set(before) else
+             subs.choices.get(command) or parser).error(
                 f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         if not e.code:  # `--help`: its text is the output, which must reach its file
