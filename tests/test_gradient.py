@@ -852,6 +852,7 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert _trained_with(rows, cfg, "").startswith("beta set by a controller")
     assert _trained_with(rows, cfg, "A later run") == (
         "the settings they were trained with are not recorded (older point files)")
+    assert _trained_with([], cfg, "").startswith("beta set by a controller")  # (no points)
     (out / "search.yaml").write_text(saved_cfg)
     # a later run killed before it saved its front: the page says whose points it shows
     from hetq.search.gradient.strategy import PROGRESS
