@@ -590,6 +590,19 @@ def test_bad_specs_are_clear_errors():
         q("quantized_bits(4,")
     with pytest.raises(ValueError, match="cannot make a quantizer"):
         q(42)
+    # the QKeras quantizers and argument the README lists as not provided say so by name
+    import re
+
+    for spec, why in (("bernoulli", "it samples at inference too"),
+                      ("quantized_linear(4,0)", "QKeras's 2023 rewrite"),
+                      ({"class_name": "bernoulli", "config": {}}, "it samples at inference")):
+        with pytest.raises(ValueError, match=r"is a QKeras quantizer hetq does not provide: "
+                                             + re.escape(why)):
+            q(spec)
+    with pytest.raises(ValueError, match=r"elements_per_scale in 'binary\(elements_per_scale="
+                                         r"2\)': grouped scales are a QKeras argument hetq does "
+                                         r"not provide"):
+        q("binary(elements_per_scale=2)")
     # a dict's unknown keys (a typo gave the default quantized_bits(8,0) without a word) and
     # an Activation's (a TypeError traceback)
     with pytest.raises(ValueError, match=r"unknown key\(s\) 'confg' in .*expected 'class_name' "
@@ -680,8 +693,12 @@ def test_bare_true_and_false_are_flags_as_json_and_yaml_write_them():
                                                       "keep_negative": np.False_},
            "shared_object_id": 7})
     assert str(k) == "quantized_bits(4,0,1,keep_negative=False)" == str(q(str(k)))
-    assert str(q("quantized_bits(4,0,1.0)")) == "quantized_bits(4,0,1.0)"
+    assert str(q("quantized_bits(4,0,1.0)")) == "quantized_bits(4,0,1)"
     assert hq.quantized_tanh(4, symmetric=torch.tensor(1)).symmetric == 1
+    r = hq.quantized_relu(8, 0, np.int64(1))  # (use_sigmoid: np.int64(1) in its string, and
+    assert str(r) == "quantized_relu(8,0,1)" == str(q(str(r)))  # a tensor made a buffer)
+    r = hq.quantized_relu(8, 0, torch.tensor(1))
+    assert r.is_scalar and not list(r.state_dict()) and r.fixed_type() is not None
 
 
 @pytest.mark.parametrize("args", [

@@ -103,11 +103,13 @@ class Quantizer(nn.Module):
         """Store a constructor argument; tensors become buffers so they move with the module.
         A flag (an argument whose default is True/False, or QKeras' 0/1 `symmetric`) must be
         one: `use_real_tanh='false'` or `symmetric=2` took effect as true."""
-        if key == "symmetric" or any(p.name == key and isinstance(p.default, bool)
-                                     for p in self._signature()):
+        if key in ("symmetric", "use_sigmoid") or any(
+                p.name == key and isinstance(p.default, bool) for p in self._signature()):
             check_flag(self.name, key, value)
-            if isinstance(value, (np.generic, torch.Tensor)):  # (np.int64(1) printed as
-                value = value.item()  # such, and the string did not parse back)
+            # (np.int64(1) printed as such, and the string did not parse back; a tensor
+            # became a buffer)
+            value = value.item() if hasattr(value, "item") else value
+            value = value if isinstance(value, bool) else int(value)
         if isinstance(value, nn.Parameter):
             self.register_parameter(key, value)
         elif isinstance(value, torch.Tensor):
@@ -390,9 +392,26 @@ def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
 QKERAS_ONLY_ARGS = ("var_name", "use_variables", "enable_fast_inference")
 
 
+# QKeras quantizers and arguments hetq does not provide (README, Differences from QKeras)
+NOT_PROVIDED = {
+    "bernoulli": "it samples at inference too, so it has no firmware form",
+    "quantized_linear": "QKeras's 2023 rewrite, which QTools and AutoQKeras do not use; "
+                        "quantized_bits computes the same grid",
+}
+
+
+def _not_provided(name: str, identifier) -> None:
+    if name in NOT_PROVIDED:
+        raise ValueError(f"{name!r} in {identifier!r} is a QKeras quantizer hetq does not "
+                         f"provide: {NOT_PROVIDED[name]}")
+
+
 def _arguments(cls, identifier, args, kwargs: dict) -> dict:
     """`kwargs` without QKeras' TensorFlow arguments, once `cls` is known to take them with
     `args`; else a ValueError quoting `identifier` and listing what `cls` takes."""
+    if "elements_per_scale" in kwargs:
+        raise ValueError(f"elements_per_scale in {identifier!r}: grouped scales are a QKeras "
+                         "argument hetq does not provide (one scale per channel: scale_axis)")
     kwargs = {k: v for k, v in kwargs.items() if k not in QKERAS_ONLY_ARGS}
     try:
         inspect.signature(cls.__init__).bind(None, *args, **kwargs)
@@ -435,6 +454,7 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
                                  "argument, 'name' (e.g. {'name': 'relu'})")
             return Activation(**cfg)
         if name not in _REGISTRY:
+            _not_provided(name, identifier)
             raise ValueError(
                 f"unknown quantizer class_name {name!r} in {identifier!r}; "
                 f"valid names: {', '.join(quantizer_names())}"
@@ -450,6 +470,7 @@ def get_quantizer(identifier: Any) -> nn.Module | None:
     if name not in _REGISTRY:
         if name in Activation.FUNCTIONS and not args and not kwargs:
             return Activation(name)
+        _not_provided(name, identifier)
         raise ValueError(
             f"unknown quantizer {name!r} in {identifier!r}; valid names: "
             f"{', '.join(quantizer_names())} (float activations: "
