@@ -74,8 +74,7 @@ def write_html_report(run: str | Path, storage: str | None = None, *, loaded=Non
             [r["metrics"]["val"][config.metric] for r in front], "o-", c="C3",
             label="Pareto front")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # (labels at 2, 3, ... x 10**k overlap)
-    ax.set_xlabel(f"{config.goal} ({goal}, estimate)")
+    ax.set_xlabel(f"{config.goal} ({goal}; {_MODEL_OF.get(goal, 'estimate')})")
     literal(ax.set_ylabel(f"validation {config.metric}"))
     ax.legend()
     _save(plt, fig, run / "pareto.png")
@@ -160,6 +159,11 @@ estimates (QTools 45 nm energy model, hetq FPGA estimate).{html.escape(unfinishe
     return _write_page(run / "report.html", page)
 
 
+# the cost model behind each goal's axis (the plot named none)
+_MODEL_OF = {"energy_pj": "QTools 45 nm Horowitz estimate", "lut": "hetq FPGA estimate",
+             "dsp": "hetq FPGA estimate"}
+
+
 def _drawn_by(config) -> str:
     """Where the trials' configurations come from ('sampler tpe' left out the Hessian ILP
     that chose them)."""
@@ -213,7 +217,6 @@ def write_gradient_html_report(run: str | Path, rows=None) -> Path:
     ax.plot(x, [r.point.val_accuracy for _, r in shown], "o-", c="C3", label="validation")
     ax.plot(x, [r.test_accuracy for _, r in shown], "s--", c="C0", ms=4, label="test")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # (labels at 2, 3, ... x 10**k overlap)
     ax.set_xlabel("EBOPs")
     ax.set_ylabel("accuracy")
     ax.legend()

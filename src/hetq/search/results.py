@@ -269,6 +269,9 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         lines.append(f"constraints {limits}: the front of the trials that meet them")
     if best is not None:
         lines.append("* the best forgiving-factor score: the trial `--trial best` picks")
-    lines.append("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
-                 "estimate (estimates, not synthesis results)")
+    lines.append(COST_MODELS)
     return "\n".join(lines)
+
+
+COST_MODELS = ("energy: QTools-equivalent 45 nm Horowitz model; LUT/DSP: hetq latency-strategy "
+               "estimate (estimates, not synthesis results)")

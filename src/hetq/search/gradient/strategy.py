@@ -302,4 +302,7 @@ def format_gradient_table(rows: list[GradientRow]) -> str:
         lines.append(f"{k:>5} {ep:>6} {r.point.val_accuracy:>8.4f} "
                      f"{r.test_accuracy:>8.4f} {r.ebops:>8} {r.energy_pj:>9.0f} "
                      f"{r.lut:>7.0f}  {r.path}")
+    from ..results import COST_MODELS
+
+    lines.append(COST_MODELS)  # (the table named no model for its energy and LUT)
     return "\n".join(lines)
