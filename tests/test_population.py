@@ -320,6 +320,10 @@ def test_unsupported_layers_and_mismatches_are_named():
                          seed=list(np.arange(2)), lr=torch.tensor(1e-3, dtype=torch.float64))
     ref = fit_population(members()[3:5], small, epochs=1, batch_size=128, seed=[0, 1], lr=1e-3)
     assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(res, ref) for k in a.state)
+    with pytest.raises(ValueError, match=r"got -1 \(member 1\)$"):  # (an array is per member)
+        fit_population(members()[:2], None, seed=np.array([0, -1]))
+    one = members()[3]  # (fit took np.int64 past its check, then failed inside torch)
+    fit(one, small, epochs=1, batch_size=128, seed=np.int64(1), progress=False)
 
 
 def test_members_that_do_not_fit_the_data_or_float32_are_named(data):

@@ -260,6 +260,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
     check_module(model, "fit", values=True)
     check_counts(epochs=epochs, batch_size=batch_size)
     check_seed(seed)
+    seed = int(seed)  # (np.int64(1) passed the check and failed inside torch)
     check_hyperparameters(lr, weight_decay, patience)
     data = as_dataset(data)
     task = task or Classify()

@@ -71,7 +71,7 @@ def ptq_config(model: nn.Module, calibration: torch.Tensor, bits: int,
                           f"{entries[name]['activation']}, which the integer engine runs "
                           "exactly but the QONNX and hls4ml exports do not take (they have no "
                           "such clip); for firmware, train with nn.ReLU in its place",
-                          stacklevel=2)
+                          stacklevel=3)  # (past torch.no_grad's wrapper)
     return QuantConfig(entries)
 
 

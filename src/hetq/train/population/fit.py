@@ -241,7 +241,8 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     wds = _per_member("weight_decay", weight_decay, K)
     pats = _per_member("patience", patience, K)
     seeds = _per_member("seed", seed, K)
-    listed = any(isinstance(v, (list, tuple)) for v in (lr, weight_decay, patience, seed))
+    listed = any(isinstance(v, (list, tuple, np.ndarray))
+                 for v in (lr, weight_decay, patience, seed))
     for k in range(K):  # (a member is named when the values were given per member)
         of = f" (member {k})" if listed else ""
         try:
