@@ -1267,10 +1267,8 @@ def test_a_killed_gradient_search_keeps_the_front_its_runs_reached(tmp_path, cap
     data = get_dataset("synthetic:n=600,seed=1")
     _, front = read_front_dir(saved, float_model, data.tensors("train")[0])
     assert front and {p.run for p in front} <= {0, 1}
-    t0 = time.time()
-    assert main(cmd) == 130  # saved, not trained again (the budget is 120 s)
+    assert main(cmd) == 130  # saved, not trained again (said just below)
     out = capsys.readouterr().out
-    assert time.time() - t0 < 60
     assert (f"the last run here ended without saving its front (killed?); saved the "
             f"{len(front)} point{'s' * (len(front) != 1)} its training had reached to "
             f"{tmp_path / 'g' / 'gradient'}. "
