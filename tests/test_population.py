@@ -322,8 +322,11 @@ def test_unsupported_layers_and_mismatches_are_named():
     assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(res, ref) for k in a.state)
     with pytest.raises(ValueError, match=r"got -1 \(member 1\)$"):  # (an array is per member)
         fit_population(members()[:2], None, seed=np.array([0, -1]))
-    one = members()[3]  # (fit took np.int64 past its check, then failed inside torch)
-    fit(one, small, epochs=1, batch_size=128, seed=np.int64(1), progress=False)
+    one, two = members()[3], members()[3]  # (fit took np.int64 past its check, then failed
+    fit(one, small, epochs=np.int64(1), batch_size=128, seed=np.int64(1),  # inside torch,
+        lr=torch.tensor(1e-3, dtype=torch.float64), progress=False)  # and refused a tensor lr)
+    fit(two, small, epochs=1, batch_size=128, seed=1, lr=1e-3, progress=False)
+    assert _max_diff(one, two) == 0.0
 
 
 def test_members_that_do_not_fit_the_data_or_float32_are_named(data):

@@ -126,6 +126,14 @@ def check_hyperparameters(lr: float, weight_decay: float, patience: int | None,
                          f"{patience!r}{of}")
 
 
+def plain_number(v):
+    """A numpy scalar or a one-element tensor as the Python number it holds; anything else
+    as it is (for the checks, which take Python numbers)."""
+    if isinstance(v, np.generic) or (isinstance(v, torch.Tensor) and v.dim() == 0):
+        return v.item()
+    return v
+
+
 def check_seed(seed) -> None:
     """ValueError unless `seed` is a whole number from 0 to 2**63 - 1 (torch's generators
     take that; a larger one failed inside torch with 'Overflow when unpacking long long')."""
@@ -258,9 +266,12 @@ def fit(model: torch.nn.Module, data, *, epochs: int = 30, batch_size: int = 102
             trial must not complete half-trained).
     """
     check_module(model, "fit", values=True)
+    # numpy and 0-d tensor scalars as numbers (np.int64(1) passed the seed's check and failed
+    # inside torch; torch.tensor(1e-3) was 'lr must be a number', as fit_population takes it)
+    epochs, batch_size, lr, weight_decay, patience, seed = map(
+        plain_number, (epochs, batch_size, lr, weight_decay, patience, seed))
     check_counts(epochs=epochs, batch_size=batch_size)
     check_seed(seed)
-    seed = int(seed)  # (np.int64(1) passed the check and failed inside torch)
     check_hyperparameters(lr, weight_decay, patience)
     data = as_dataset(data)
     task = task or Classify()

@@ -22,6 +22,7 @@ from ..loop import (
     check_model_fits,
     check_seed,
     class_names,
+    plain_number,
     resolve_device,
     seeded,
 )
@@ -101,9 +102,7 @@ def _lr_table(lr: float, epochs: int, schedule: str) -> list[float]:
 def _per_member(name: str, value, K: int) -> list:
     """One value per member, each as given but for numpy and 0-d tensor scalars, which become
     Python numbers (np.int64(3) as a seed, torch.tensor(1e-3) as a learning rate)."""
-    def plain(v):
-        return v.item() if isinstance(v, np.generic) or (torch.is_tensor(v) and v.dim() == 0) \
-            else v
+    plain = plain_number
     if isinstance(value, np.ndarray) and value.ndim == 1:
         value = list(value)
     if isinstance(value, (list, tuple)):
@@ -216,6 +215,7 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
         docstring). optimizer, schedule, task, device, restore_best: as in `fit`.
     Returns one `MemberResult` per member, in the order given.
     """
+    epochs, batch_size = plain_number(epochs), plain_number(batch_size)
     check_counts(epochs=epochs, batch_size=batch_size)  # (2.5 was a TypeError from range)
     if optimizer not in ("adam", "adamw"):
         raise ValueError(f"optimizer {optimizer!r}; expected 'adam' or 'adamw'")
