@@ -2345,6 +2345,24 @@ def test_an_anomaly_task_on_data_without_class_names_says_so():
             progress=False)
 
 
+def test_ptq_does_not_write_over_its_own_float_checkpoint(tmp_path, capsys):
+    """`hetq ptq RUN --out RUN/model.pt --overwrite` replaced the float model; RUN's
+    metrics.json then described a model that was gone."""
+    out = tmp_path / "f"
+    assert main(["train", "--model-widths", "4", "--epochs", "1", "--data",
+                 "synthetic:n=300,seed=1", "--out", str(out), "--no-progress"]) == 0
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(["ptq", str(out), "--bits", "6", "--out", str(out / "model.pt"),
+                 "--overwrite"]) == 2
+    assert capsys.readouterr().err == (
+        f"hetq ptq: error: --out {out / 'model.pt'} is the float checkpoint being "
+        "quantized; give another file\n")
+    assert (out / "model.pt").read_bytes() == before
+    assert main(["ptq", str(out), "--bits", "6", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "ptq6.pt").is_file() and (out / "model.pt").read_bytes() == before
+
+
 def test_ptq_of_a_file_that_is_no_checkpoint_names_it_first(tmp_path, capsys):
     """`hetq ptq RUN/metrics.json` beside an earlier ptq8.pt said 'ptq8.pt already exists'."""
     (tmp_path / "metrics.json").write_text("{}")

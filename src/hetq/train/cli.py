@@ -297,6 +297,11 @@ def _ptq(a) -> int:
     out = a.out or (src / name if src.is_dir() else src.with_name(name))
     ckpt = read(a.checkpoint)  # (first: `ptq metrics.json` said 'ptq8.pt already exists')
     out = check_new(in_folder(out, name), overwrite=a.overwrite)
+    source = src / "model.pt" if src.is_dir() else src
+    if Path(out).resolve() == source.resolve():  # (--overwrite replaced the float model,
+        # and its folder's metrics.json then described the quantized one)
+        raise ValueError(f"--out {out} is the float checkpoint being quantized; give another "
+                         "file")
     model = build_from(ckpt, a.checkpoint)
     if ckpt.get("quant_config") or any(isinstance(m, QLayer) for m in model.modules()):
         raise ValueError(f"{a.checkpoint} is already quantized; PTQ starts from a float model")
