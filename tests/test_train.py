@@ -2370,3 +2370,16 @@ def test_ptq_of_a_file_that_is_no_checkpoint_names_it_first(tmp_path, capsys):
     assert main(["ptq", str(tmp_path / "metrics.json"), "--bits", "8"]) == 2
     assert capsys.readouterr().err.startswith(
         f"hetq ptq: error: {tmp_path / 'metrics.json'} is not a readable hetq checkpoint")
+
+
+def test_a_float64_checkpoint_loads_as_float64(tmp_path):
+    """The model was rebuilt in float32 and its weights cast (3.7e-8 apart)."""
+    torch.manual_seed(0)
+    for m in (build("jet_mlp", widths=[8]).double(),
+              quantize_model(build("jet_mlp", widths=[8]), preset("q6")).double()):
+        save(tmp_path / "m.pt", m, model_name="jet_mlp", model_kwargs={"widths": [8]})
+        back = hetq.load(tmp_path / "m.pt")
+        x = torch.randn(50, 16, dtype=torch.float64)
+        assert next(back.parameters()).dtype == torch.float64
+        with torch.no_grad():
+            assert torch.equal(back(x), m.eval()(x))

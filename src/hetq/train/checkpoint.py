@@ -242,6 +242,12 @@ def _build(ckpt: dict) -> nn.Module:
             warnings.filterwarnings("ignore", message="quantization config key ")
             model = quantize_model(model, ckpt["quant_config"],
                                    fold_batchnorm=ckpt.get("fold_batchnorm", False))
+    # the parameters' own float type (a float64 model came back float32, 3.7e-8 apart)
+    params = dict(model.named_parameters())
+    kinds = {v.dtype for k, v in ckpt["state_dict"].items()
+             if k in params and v.is_floating_point()}
+    if len(kinds) == 1 and (kind := kinds.pop()) != next(iter(params.values())).dtype:
+        model = model.to(kind)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
