@@ -232,6 +232,12 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
         float_model, ref = train_float_model(config, data, float_path, model_kwargs(config, data),
                                              "the float reference", progress)
     space = _space(config, float_model, data.input_shape)
+    if config.max_metric_loss is not None and not ref.get(config.metric, 0.0) > 0.0:
+        # (every trial then failed with a ZeroDivisionError traceback, and so did a rerun)
+        raise ValueError(f"--max-loss is a loss relative to the float model's validation "
+                         f"{config.metric}, which is {ref.get(config.metric)}: a relative "
+                         "loss of it is undefined; choose another --metric, or leave out "
+                         "--max-loss")
     reference = {"metrics": ref, "test": evaluate(float_model, data, split="test", device="cpu"),
                  "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)
@@ -624,11 +630,16 @@ def _best_line(study, ctx) -> str:
                                         states=(optuna.trial.TrialState.COMPLETE,))]
     if not done:
         return "-"
+    # of the trials that meet --min-reduction / --max-loss, as the table and --trial best
+    # (the line named a best that no constraint allowed)
+    ok = [t for t in done if t.user_attrs.get("feasible") is not False]
+    if not ok:
+        return "none meets the constraints yet"
     if ctx.config.objective == "pareto":  # (study.best_trials deep-copies every trial: a
         # progress line per trial then grew with the square of the trials, 1 s at 5,000)
         from .objectives import pareto_front
-        return f"{len(pareto_front([tuple(t.values) for t in done]))} on the front"
-    t = max(done, key=lambda t: t.value)
+        return f"{len(pareto_front([tuple(t.values) for t in ok]))} on the front"
+    t = block_best(ok, ctx.config.objective)
     return f"#{t.number} score={t.value:.4f}"
 
 

@@ -149,7 +149,11 @@ def trial_number(study: optuna.Study, trial: str | int, out: str | Path) -> int:
                          f"--trial N (`hetq report {sh(out)}` lists the front of the others)")
     if len(study.directions) > 1:  # a Pareto search: a front, not one best
         from .objectives import pareto_front
-        front = sorted(done[i].number for i in pareto_front([tuple(t.values) for t in done]))
+
+        # (of the trials that meet the constraints, as the table's: it listed one that
+        # misses them)
+        ok = [t for t in done if t.user_attrs.get("feasible") is not False]
+        front = sorted(ok[i].number for i in pareto_front([tuple(t.values) for t in ok]))
         raise ValueError(f"{out} is a Pareto search: no single best trial; give a trial "
                          f"number (--trial N), one of its front's trials {front} (`hetq "
                          f"report {sh(out)}` shows their metrics and costs)")
