@@ -358,6 +358,19 @@ def test_block_wise_search_freezes_earlier_blocks(tmp_path):
     plan = schedule(ctx.space, config.blocks, "sequential", {}, 4)
     assert "width/block" in plan[0]["params"] and "width/block" not in plan[1]["params"]
     assert all(p.startswith(("fc1/", "relu1/", "width/")) for p in plan[0]["params"])
+    # the layers no block matches are not searched by the first block (they stay float:
+    # they were narrowed and pruned), and a layer without a value keeps width 1, unpruned
+    config = cfg(trials=4, tune_filters="layer", width_multipliers=[0.5, 0.75],
+                 sparsity=[0.5, 0.75], learning_rates=[1e-3, 3e-2],
+                 blocks=["^(fc1|relu1)$", "^(fc2|relu2)$"])
+    ctx = build_context(config, tmp_path / "u", progress=False)
+    plan = schedule(ctx.space, config.blocks, "sequential", {}, 4)
+    assert all(p.startswith(("fc1/", "relu1/", "width/fc1", "sparsity/fc1")) or p == "lr"
+               for p in plan[0]["params"]) and "lr" in plan[0]["params"]
+    c = ctx.space.candidate({p: ctx.space.distributions()[p].choices[0]
+                             for p in plan[0]["params"]})
+    assert c.widths["fc2"] == c.widths["fc3"] == 1.0 and c.widths["fc1"] == 0.5
+    assert c.sparsity["fc2"] == c.sparsity["output"] == 0.0 and c.sparsity["fc1"] == 0.5
     # --learning-rates: no block searched lr (it belongs to no layer), and every trial
     # trained at --lr without a word; the first block searches it, the later ones keep it
     config = cfg(trials=3, learning_rates=[1e-3, 3e-2],
@@ -382,6 +395,55 @@ def test_a_block_freezes_its_best_trial_among_those_that_meet_the_constraints():
     for objective in ("forgiving", "pareto"):
         assert block_best(done, objective).number == 1
         assert block_best([done[0]], objective).number == 0  # none meets them: the best
+
+
+def test_max_loss_of_a_metric_the_float_model_scores_zero_is_refused(tmp_path, monkeypatch):
+    """Every trial failed with a ZeroDivisionError traceback (a relative loss of 0), and so
+    did a rerun."""
+    import hetq.search.driver as driver
+
+    real = driver.train_float_model
+
+    def zero(*a, **k):
+        model, ref = real(*a, **k)
+        return model, {**ref, "accuracy": 0.0}
+    monkeypatch.setattr(driver, "train_float_model", zero)
+    with pytest.raises(ValueError, match=r"--max-loss is a loss relative to the float model's "
+                                         r"validation accuracy, which is 0.0: a relative loss "
+                                         r"of it is undefined; choose another --metric"):
+        run_search(cfg(trials=2, max_metric_loss=0.05), tmp_path / "z", progress=False)
+
+
+def test_the_progress_line_and_the_front_list_keep_to_the_constraints(tmp_path, capsys):
+    """The progress line's best, and the front that `--trial best` lists for a Pareto
+    search, took trials that miss --min-reduction / --max-loss."""
+    from types import SimpleNamespace
+
+    from hetq.search.driver import _best_line
+    from hetq.search.results import trial_number
+
+    def t(n, value, feasible):
+        return SimpleNamespace(number=n, value=value, values=[value, 10.0 - n],
+                               user_attrs={"feasible": feasible})
+
+    class Study:
+        directions = [0]
+
+        def __init__(self, trials):
+            self.trials = trials
+
+        def get_trials(self, deepcopy=False, states=None):
+            return self.trials
+    forgiving = SimpleNamespace(config=SimpleNamespace(objective="forgiving"))
+    done = [t(0, 0.9, False), t(1, 0.5, True), t(2, 0.4, True)]
+    assert _best_line(Study(done), forgiving) == "#1 score=0.5000"
+    assert _best_line(Study(done[:1]), forgiving) == "none meets the constraints yet"
+    pareto = Study([t(0, 0.9, False), t(1, 0.5, True), t(2, 0.6, True)])
+    pareto.directions = [0, 1]
+    assert _best_line(pareto, SimpleNamespace(config=SimpleNamespace(objective="pareto"))) == \
+        "1 on the front"
+    with pytest.raises(ValueError, match=r"one of its front's trials \[2\]"):
+        trial_number(pareto, "best", tmp_path)
 
 
 def test_constraints_that_no_trial_meets_are_reported(tmp_path):
@@ -1715,10 +1777,16 @@ def test_warm_start_leaves_out_values_the_new_search_does_not_offer(tmp_path):
             assert t.params["lr"] == 1e-3 and set(t.params) >= {"lr"}
             assert all(v in (0.0, 0.25) for k, v in t.params.items()
                        if k.startswith("sparsity/"))
-    space = SearchSpace(build_context(cfg(), tmp_path / "c", progress=False).float_model,
-                        sparsity=[0.0, 0.25])
+    fm = build_context(cfg(), tmp_path / "c", progress=False).float_model
+    space = SearchSpace(fm, sparsity=[0.0, 0.25])
     c = Candidate({}, widths={}, sparsity={"fc1": 0.5})
-    assert not any(k.startswith("sparsity/") for k in space.params_of(c))
+    got = {k: v for k, v in space.params_of(c).items() if k.startswith("sparsity/")}
+    # 0.5 is not offered; the layers it did not prune were unpruned, 0 (drawn at random)
+    assert "sparsity/fc1" not in got and got and set(got.values()) == {0.0}
+    space = SearchSpace(fm, tune_filters="layer", width_multipliers=[0.5, 1.0, 2.0])
+    widths = {k: v for k, v in space.params_of(Candidate({}, widths={})).items()
+              if k.startswith("width/")}
+    assert widths and set(widths.values()) == {1.0}  # (a run without width search: 1)
 
 
 def test_options_noted_as_unused_are_not_the_runs_settings(tmp_path, capsys):

@@ -101,8 +101,12 @@ def schedule(space: SearchSpace, blocks: list[str], order: str, layer_cost: dict
         taken.update(b["params"])
     # parameters of no layer (--learning-rates' lr) are searched by the first block, then
     # frozen like the others (no block had them: every trial trained at --lr, unsaid)
+    # (only those: the parameters of layers no block matches were searched by the first
+    # block, and those layers, to stay float, were narrowed and pruned)
+    of_layers = _params_of_layers(space, {s.name for s in space.slots})
     if plan:
-        plan[0]["params"] += sorted(n for n in space.distributions() if n not in taken)
+        plan[0]["params"] += sorted(n for n in space.distributions()
+                                    if n not in taken and n not in of_layers)
     return plan
 
 

@@ -405,12 +405,15 @@ class SearchSpace:
                 raise ValueError(f"value {v!r} for {p.name!r} is not one of {list(p.choices)}")
             for layer, fld in p.targets:
                 qc.setdefault(layer, {})[fld] = v
+        # a layer without a value (a block-wise search's later or unmatched blocks, which stay
+        # float) keeps the float model's width and is not pruned; they were built at the
+        # first offered multiplier and sparsity
         widths = {}
-        for n, (layers, mults) in self.width_params.items():
+        for n, (layers, _) in self.width_params.items():
             for layer in layers:
-                widths[layer] = float(params.get(n, 1.0 if 1.0 in mults else mults[0]))
-        sparsity = {layer: float(params.get(n, choices[0]))
-                    for n, (layer, choices) in self.sparsity_params.items()}
+                widths[layer] = float(params.get(n, 1.0))
+        sparsity = {layer: float(params.get(n, 0.0))
+                    for n, (layer, _) in self.sparsity_params.items()}
         lr = params.get("lr") if self.learning_rates else None
         return Candidate(qc, widths, sparsity, lr)
 
@@ -426,12 +429,16 @@ class SearchSpace:
                 spec = _canonical(spec)
                 if spec in p.choices:
                     out[p.name] = spec
+        # (a run without width or sparsity search trained every layer at width 1 and
+        # unpruned: those, where offered; they were drawn at random)
         for n, (layers, mults) in self.width_params.items():
-            if candidate.widths.get(layers[0]) in mults:
-                out[n] = candidate.widths[layers[0]]
+            w = candidate.widths.get(layers[0], 1.0)
+            if w in mults:
+                out[n] = w
         for n, (layer, choices) in self.sparsity_params.items():
-            if candidate.sparsity.get(layer) in choices:
-                out[n] = candidate.sparsity[layer]
+            sp = candidate.sparsity.get(layer, 0.0)
+            if sp in choices:
+                out[n] = sp
         if self.learning_rates and candidate.lr in self.learning_rates:
             out["lr"] = candidate.lr
         return out
