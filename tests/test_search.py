@@ -734,6 +734,14 @@ def test_population_search_prunes_to_the_sampled_sparsity(tmp_path):
             assert float((w == 0).float().mean()) == pytest.approx(s, abs=0.02)
         assert evaluate(model, data, split="val")["auc_mean"] == pytest.approx(
             t.user_attrs["metrics"]["val"]["auc_mean"], abs=1e-12)
+    # the table shows each row's sparsity (rows that differed in it alone looked the same)
+    from hetq.search.results import format_table, front_rows
+
+    _, study = load_run(tmp_path / "p")
+    rows = front_rows(config, study)
+    table = format_table(rows, config)
+    for r in rows:
+        assert f"| sparsity {r['candidate']['sparsity']}" in table
 
 
 def test_search_costs_image_models_at_their_input_shape(tmp_path):

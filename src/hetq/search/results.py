@@ -264,6 +264,13 @@ def format_table(rows: list[dict[str, Any]], config: SearchConfig,
         widths = {k: v for k, v in r["candidate"].get("widths", {}).items() if v != 1.0}
         if widths:
             quant += f" | widths {widths}"
+        # (searched sparsity and learning rate: trials that differ in them alone printed
+        # the same row)
+        pruned = {k: v for k, v in (r["candidate"].get("sparsity") or {}).items() if v}
+        if pruned:
+            quant += f" | sparsity {pruned}"
+        if r["candidate"].get("lr") is not None:
+            quant += f" | lr {r['candidate']['lr']:g}"
         lines.append(fmt(r["trial"], r["metrics"], r["costs"], quant, r.get("score")))
     limits = constraint_options(config)
     if any(r.get("feasible") is False for r in rows):
