@@ -277,6 +277,51 @@ def test_two_workers_share_one_study(tmp_path, backend, capfd):
                                            "its 6 (it was complete already)\n")
 
 
+def test_sigterm_to_a_search_with_workers_is_an_interruption_not_a_death(tmp_path):
+    """SIGTERM to `hetq search --workers N` (kill, a batch system's limit) counted as its
+    workers dying: after three stops a configuration was dropped as 'out of memory?', and
+    the report said its trials were running."""
+    out = tmp_path / "w"
+    cmd = [sys.executable, "-m", "hetq.cli", "search", "--data", DATA, "--workers", "2",
+           "--trials", "4", "--epochs", "200", "--float-epochs", "1", "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, study = time.time() + 180, None
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "study.journal").exists():
+            study = optuna.load_study(study_name="hetq", storage=make_storage(None, out))
+            if sum(t.state.name == "RUNNING" and "pid" in t.user_attrs
+                   for t in study.get_trials(deepcopy=False)) == 2:
+                break
+        time.sleep(0.2)
+    assert study is not None and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    proc.stderr.close()
+    study = optuna.load_study(study_name="hetq", storage=make_storage(None, out))
+    trials = study.get_trials(deepcopy=False)
+    stopped = [t for t in trials if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and not [t for t in trials if t.state.name == "RUNNING"]
+    queued = [t for t in trials if t.state.name == "WAITING"]
+    assert sorted(t.user_attrs["retry_of"] for t in queued) == sorted(t.number for t in stopped)
+    assert not [t for t in trials if t.user_attrs.get("deaths")]
+
+
+def test_a_trial_that_names_this_process_is_dead_when_it_runs_none():
+    """A restarted container's search got the dead search's pid: its RUNNING trial looked
+    alive, and the resumed search waited for it for ever, without a word."""
+    import socket
+
+    from hetq.search.storage import recover_dead_trials
+
+    study = optuna.create_study()
+    t = study.ask()
+    t.set_user_attr("host", socket.gethostname())
+    t.set_user_attr("pid", os.getpid())
+    assert recover_dead_trials(study) == [0]
+    assert [x.state.name for x in study.trials] == ["FAIL", "WAITING"]
+
+
 @pytest.mark.parametrize("backend", ["journal", "postgresql"])
 def test_killed_worker_loses_no_completed_trial(tmp_path, backend, monkeypatch):
     import hetq.search.storage as storage_mod

@@ -752,7 +752,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
             print(f"note: --workers {workers} for {left} trials left: starting "
                   f"{max(left, 1)}", file=sys.stderr, flush=True)
             workers = max(left, 1)
-        codes = _spawn_workers(config, out, storage, workers, progress, devices)
+        codes = _spawn_workers(config, out, storage, workers, progress, devices, study)
         if any(codes):
             done = n_counted(study)
             if done < config.trials:
@@ -852,7 +852,7 @@ def block_best(done: list, objective: str):
     return max(pool, key=lambda t: t.value if objective != "pareto" else t.values[0])
 
 
-def _spawn_workers(config, out, storage, workers, progress, devices=None):
+def _spawn_workers(config, out, storage, workers, progress, devices=None, study=None):
     cmd = [sys.executable, "-m", "hetq.search.worker", "--out", str(out), "--study",
            config.study_name]
     if storage:
@@ -871,6 +871,21 @@ def _spawn_workers(config, out, storage, workers, progress, devices=None):
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
+        # the workers' trials were interrupted, as a single process's are, not killed: they
+        # are queued again without a death (a resume took them for dead workers', and after
+        # three stops a configuration was dropped as 'out of memory?')
+        with deferred_signals(signal.SIGINT, signal.SIGTERM):
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=30)
+            if study is not None:
+                ours, here = {p.pid for p in procs}, worker_identity()["host"]
+                with contextlib.suppress(Exception):  # (a database gone: the resume's)
+                    retry_all_later(study, [
+                        t for t in study.get_trials(
+                            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+                        if t.user_attrs.get("pid") in ours
+                        and t.user_attrs.get("host") == here])
         raise
 
 

@@ -357,13 +357,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _dead(t, host: str) -> bool:
+def _dead(t, host: str, mine_too: bool = False) -> bool:
+    """Whether RUNNING trial `t`'s process is gone. mine_too: a trial that names this
+    process is dead too (asked by a process that runs no trial now: a restarted
+    container's search got the dead one's pid, and waited for its trial for ever)."""
     if "pid" not in t.user_attrs:
         # a live worker names itself within milliseconds of starting a trial; one killed before
         # that (and before its first heartbeat) leaves an anonymous RUNNING trial
         start = t.datetime_start
         return start is not None and (datetime.now() - start).total_seconds() > GRACE_PERIOD
-    return t.user_attrs.get("host") == host and not _pid_alive(int(t.user_attrs["pid"]))
+    pid = int(t.user_attrs["pid"])
+    return t.user_attrs.get("host") == host and (
+        (mine_too and pid == os.getpid()) or not _pid_alive(pid))
 
 
 def still_running(study: optuna.Study) -> int:
@@ -405,7 +410,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     their parameters again. Returns the numbers of the trials recovered."""
     host = socket.gethostname()
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if _dead(t, host) and retry_later(study, t, dead=True)]
+            if _dead(t, host, mine_too=True) and retry_later(study, t, dead=True)]
 
 
 def quiet_optuna():
