@@ -307,10 +307,16 @@ def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
     earlier = earlier_project(out_dir)
     existed = out_dir.is_dir()
     aside = aside if earlier else None
-    if aside is not None:  # kept until the new project is complete, restored if it fails
-        out_dir.rename(aside)
-        (aside / SET_ASIDE).write_text(f"the earlier hls4ml project of {out_dir}, kept by "
-                                       "hetq export until the new one is complete\n")
+    if aside is not None:  # kept until the new project is complete, restored if it fails;
+        # marked before the move, which takes the mark with it, and neither cut short by a
+        # signal (a stop between them left an unmarked copy that the next export refused
+        # as 'not such a project')
+        from ..cli import deferred_signals
+
+        with deferred_signals(signal.SIGINT, signal.SIGTERM):
+            (out_dir / SET_ASIDE).write_text(f"the earlier hls4ml project of {out_dir}, kept "
+                                             "by hetq export until the new one is complete\n")
+            out_dir.rename(aside)
     try:
         os.makedirs(out_dir, exist_ok=True)
         (out_dir / UNFINISHED).write_text(
@@ -342,8 +348,11 @@ def _export_hls4ml(eng, out_dir: Path, x, backend, compile, **kw):
         elif existed:
             out_dir.mkdir()
         raise
-    if aside is not None:
-        shutil.rmtree(aside)
+    if aside is not None:  # (a stop mid-way left a copy without its mark, refused next)
+        from ..cli import deferred_signals
+
+        with deferred_signals(signal.SIGINT, signal.SIGTERM):
+            shutil.rmtree(aside)
     return hls_model, report
 
 
