@@ -1278,7 +1278,7 @@ def test_a_killed_worker_whose_trial_another_finished_is_not_a_failed_search(
 
     codes = [-9, 0]
 
-    def workers_that_finish(config, out, storage, workers, progress, devices=None):
+    def workers_that_finish(config, out, storage, workers, progress, devices=None, study=None):
         driver.run_worker_process(out, config.study_name, storage, progress=False)
         return codes
 

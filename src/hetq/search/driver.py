@@ -752,7 +752,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
             print(f"note: --workers {workers} for {left} trials left: starting "
                   f"{max(left, 1)}", file=sys.stderr, flush=True)
             workers = max(left, 1)
-        codes = _spawn_workers(config, out, storage, workers, progress, devices, study)
+        codes = _spawn_workers(config, out, storage, workers, progress, devices, study=study)
         if any(codes):
             done = n_counted(study)
             if done < config.trials:
