@@ -2601,3 +2601,20 @@ def test_an_autoencoder_and_a_dropped_deployable_are_said(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert ("note: not used: --deployable (--quantization-config gives the candidates)"
             in capsys.readouterr().err)
+
+
+def test_waiting_for_other_processes_trials_is_said(tmp_path, capsys, monkeypatch):
+    """A search whose budget's last trial ran in another process waited without a word,
+    for ever when that process was gone on another host (a journal has no heartbeat)."""
+    from hetq.search import engine
+
+    monkeypatch.setattr(engine, "WAIT_NOTE_AFTER", 0.5)
+    study = optuna.create_study()
+    t = study.ask()
+    t.set_user_attr("host", "elsewhere")
+    t.set_user_attr("pid", 4242)
+    assert engine.run_worker(study, lambda trial: 0.0, budget=1, timeout=2.5) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: waiting for the budget's last trial, which other processes run: "
+                     "#0 (host elsewhere, pid 4242); a process that is gone on another host "
+                     "is failed by the database's heartbeat") == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -276,6 +277,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
     if on_trial_end:
         callbacks.append(on_trial_end)
     failures = 0
+    waiting_since = None
     while n_counted(study) < budget:
         if timeout is not None and time.monotonic() - t0 > timeout:
             break
@@ -283,6 +285,11 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             recover(study)
         if _only_others_running(study, budget):
             _fail_stale(study)
+            if waiting_since is None:
+                waiting_since = time.monotonic()
+            elif waiting_since and time.monotonic() - waiting_since >= WAIT_NOTE_AFTER:
+                waiting_since = 0.0  # (once: it said nothing while it waited, for ever when
+                _say_waiting(study)  # the trial was lost)
             time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
             continue
         mine.clear()
@@ -339,6 +346,19 @@ def _fail_stale(study: optuna.Study) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+
+
+WAIT_NOTE_AFTER = 60.0  # seconds of waiting for other processes' trials before it is said
+
+
+def _say_waiting(study: optuna.Study) -> None:
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    who = ", ".join(f"#{t.number} (host {t.user_attrs.get('host', '?')}, pid "
+                    f"{t.user_attrs.get('pid', '?')})" for t in running[:5])
+    print(f"note: waiting for the budget's last trial{'s' * (len(running) != 1)}, which other "
+          f"processes run: {who}{', ...' if len(running) > 5 else ''}; a process that is gone "
+          "on another host is failed by the database's heartbeat (a journal file has none: "
+          "stop this and rerun on that host)", file=sys.stderr, flush=True)
 
 
 def _only_others_running(study: optuna.Study, budget: int) -> bool:
