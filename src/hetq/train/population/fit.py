@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -102,14 +101,13 @@ def _lr_table(lr: float, epochs: int, schedule: str) -> list[float]:
 def _per_member(name: str, value, K: int) -> list:
     """One value per member, each as given but for numpy and 0-d tensor scalars, which become
     Python numbers (np.int64(3) as a seed, torch.tensor(1e-3) as a learning rate)."""
-    plain = plain_number
     if isinstance(value, np.ndarray) and value.ndim == 1:
         value = list(value)
     if isinstance(value, (list, tuple)):
         if len(value) != K:
             raise ValueError(f"{name}: {len(value)} values for {K} members")
-        return [plain(v) for v in value]
-    return [plain(value)] * K
+        return [plain_number(v) for v in value]
+    return [plain_number(value)] * K
 
 
 class ReportFailed(Exception):
@@ -244,15 +242,10 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
     listed = any(isinstance(v, (list, tuple, np.ndarray))
                  for v in (lr, weight_decay, patience, seed))
     for k in range(K):  # (a member is named when the values were given per member)
-        of = f" (member {k})" if listed else ""
         try:
             check_seed(seeds[k])
-            if pats[k] is not None and (isinstance(pats[k], bool) or
-                                        not isinstance(pats[k], numbers.Integral)):
-                raise ValueError(f"patience must be a whole number of epochs (or None), got "
-                                 f"{pats[k]!r}")
         except ValueError as e:
-            raise ValueError(f"{e}{of}") from None
+            raise ValueError(f"{e}{f' (member {k})' if listed else ''}") from None
         check_hyperparameters(lrs[k], wds[k], pats[k], k if listed else None)
     sparse = _Sparsity(pop, sparsity if sparsity is not None else [None] * K, epochs,
                        ramp_fraction)
@@ -302,7 +295,6 @@ def fit_population(models, data, *, epochs: int = 30, batch_size: int = 1024,
                         disable=not progress)
         for epoch in epoch_bar:
             if pop.size == 0:
-                epoch_bar.close()
                 break
             ids = list(pop.ids)
             Ka = len(ids)
