@@ -105,11 +105,9 @@ class Quantizer(nn.Module):
         one: `use_real_tanh='false'` or `symmetric=2` took effect as true."""
         if key in ("symmetric", "use_sigmoid") or any(
                 p.name == key and isinstance(p.default, bool) for p in self._signature()):
-            check_flag(self.name, key, value)
-            # (np.int64(1) printed as such, and the string did not parse back; a tensor
-            # became a buffer)
-            value = value.item() if hasattr(value, "item") else value
-            value = value if isinstance(value, bool) else int(value)
+            # as a plain bool or int (np.int64(1) printed as such, and the string did not
+            # parse back; a tensor became a buffer)
+            value = check_flag(self.name, key, value)
         if isinstance(value, nn.Parameter):
             self.register_parameter(key, value)
         elif isinstance(value, torch.Tensor):
@@ -568,9 +566,10 @@ def check_scale(name: str, alpha: Any) -> None:
                          "channel), None, 'auto' or 'auto_po2'") from None
 
 
-def check_flag(name: str, what: str, value: Any) -> None:
-    """Raise ValueError unless `value` is True/False or 0/1 (keep_negative=2 was taken): a
-    bool, a number, or a numpy or one-element tensor scalar."""
+def check_flag(name: str, what: str, value: Any) -> bool | int:
+    """`value` as a plain bool, or 0 / 1; ValueError unless it is True/False or 0/1
+    (keep_negative=2 was taken): a bool, a number, or a numpy or one-element tensor
+    scalar."""
     v = value
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         v = v.item()
@@ -578,6 +577,7 @@ def check_flag(name: str, what: str, value: Any) -> None:
         v = v.item()
     if not (isinstance(v, (bool, numbers.Real)) and v in (0, 1)):
         raise ValueError(f"{name}: {what}={value!r}; expected True or False (or 1 / 0)")
+    return v if isinstance(v, bool) else int(v)
 
 
 def check_whole(name: str, what: str, value: Any) -> None:

@@ -16,7 +16,6 @@ from .base import (
     MAX_BITS,
     Quantizer,
     check_bits,
-    check_flag,
     check_positive,
     check_qnoise,
     check_scale,
@@ -152,7 +151,6 @@ class quantized_bits(Quantizer):
             raise ValueError(f"{self.name}: min_po2_exponent={min_po2_exponent} is above "
                              f"max_po2_exponent={max_po2_exponent}")
         check_scale(self.name, alpha)
-        check_flag(self.name, "keep_negative", keep_negative)
         if scale_axis is not None and (isinstance(scale_axis, bool)
                                        or not isinstance(scale_axis, int)):
             raise ValueError(f"{self.name}: scale_axis={scale_axis!r}; expected an axis "
@@ -358,7 +356,6 @@ class quantized_relu(Quantizer):
         if sigmoid not in SIGMOIDS:
             raise ValueError(f"{self.name}: sigmoid={sigmoid!r} not one of {sorted(SIGMOIDS)}")
         check_qnoise(self.name, qnoise_factor)
-        check_flag(self.name, "use_sigmoid", use_sigmoid)
         if relu_upper_bound is not None:
             check_positive(self.name, "relu_upper_bound", relu_upper_bound)
         if negative_slope and float(torch.as_tensor(bits).min()) < 2:
