@@ -106,32 +106,34 @@ def cost_table(space: SearchSpace, float_model: nn.Module, goal: str = "energy",
     groups = {p.name: p.choices for p in space.params}
     base = {g: ch[0] for g, ch in groups.items()}
     seen: list[tuple[dict, np.ndarray]] = []
-    r0 = ev.rows(base)
-    seen.append((base, r0))
-    deps: list[set[str]] = [set() for _ in r0]
-    single: dict[tuple[str, str], np.ndarray] = {}
-    for g, choices in groups.items():
-        single[(g, choices[0])] = r0
-        for c in choices[1:]:
-            cfg = {**base, g: c}
-            r = ev.rows(cfg)
-            seen.append((cfg, r))
-            single[(g, c)] = r
-            for i in np.flatnonzero(np.abs(r - r0) > 1e-9 * np.maximum(1.0, np.abs(r0))):
-                deps[i].add(g)
+    deps: list[set[str]] = []
+
+    def sweep(start: dict[str, str]):
+        """(the rows of `start`, those of `start` with one group changed at a time by
+        (group, choice)); the groups that change a row go to its `deps`."""
+        r_start = ev.rows(start)
+        seen.append((start, r_start))
+        deps.extend(set() for _ in range(len(r_start) - len(deps)))
+        out = {}
+        for g, choices in groups.items():
+            for c in choices:
+                if c == start[g]:
+                    out[(g, c)] = r_start
+                    continue
+                cfg = {**start, g: c}
+                out[(g, c)] = r = ev.rows(cfg)
+                seen.append((cfg, r))
+                changed = np.abs(r - r_start) > 1e-9 * np.maximum(1.0, np.abs(r_start))
+                for i in np.flatnonzero(changed):
+                    deps[i].add(g)
+        return r_start, out
+
+    r0, single = sweep(base)
     # the same from the last choices: a dependency can hide at the base (a first kernel
     # choice that rounds every weight of a layer to zero made its input's activation free)
     far = {g: ch[-1] for g, ch in groups.items()}
     if far != base:
-        r1 = ev.rows(far)
-        seen.append((far, r1))
-        for g, choices in groups.items():
-            for c in choices[:-1]:
-                cfg = {**far, g: c}
-                r = ev.rows(cfg)
-                seen.append((cfg, r))
-                for i in np.flatnonzero(np.abs(r - r1) > 1e-9 * np.maximum(1.0, np.abs(r1))):
-                    deps[i].add(g)
+        sweep(far)
     order = list(groups)
     rng = np.random.default_rng(seed)
 
