@@ -16,15 +16,18 @@ from pathlib import Path
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """`override`, else $HETQ_CACHE, else ~/.cache/hetq."""
     env = os.environ.get("HETQ_CACHE")
-    if not override and not env:
+    if override:
+        d, source = override, "the cache argument"
+    elif env:
+        d, source = env, "$HETQ_CACHE"
+    else:
         home = os.path.expanduser("~")
         if os.environ.get("HOME") == "" or not os.path.isabs(home):  # (HOME unset and no
             # user entry: a RuntimeError traceback; HOME='': a folder /.cache/hetq)
             raise ValueError(f"no home folder for the download cache, the default "
                              f"~/.cache/hetq (HOME is {os.environ.get('HOME')!r}); "
                              f"{_WRITABLE}")
-    d, source = ((override, "the cache argument") if override else (env, "$HETQ_CACHE") if env
-                 else (Path(home) / ".cache" / "hetq", "the default, ~/.cache/hetq"))
+        d, source = Path(home) / ".cache" / "hetq", "the default, ~/.cache/hetq"
     d = Path(d).expanduser()  # (a quoted HETQ_CACHE='~/...' reaches us unexpanded)
     try:
         d.mkdir(parents=True, exist_ok=True)

@@ -277,7 +277,7 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
     if on_trial_end:
         callbacks.append(on_trial_end)
     failures = 0
-    waiting_since = None
+    say_waiting_at = None  # (when a wait for other processes' trials is said, once)
     while n_counted(study) < budget:
         if timeout is not None and time.monotonic() - t0 > timeout:
             break
@@ -285,11 +285,11 @@ def run_worker(study: optuna.Study, objective: Callable, budget: int,
             recover(study)
         if _only_others_running(study, budget):
             _fail_stale(study)
-            if waiting_since is None:
-                waiting_since = time.monotonic()
-            elif waiting_since and time.monotonic() - waiting_since >= WAIT_NOTE_AFTER:
-                waiting_since = 0.0  # (once: it said nothing while it waited, for ever when
-                _say_waiting(study)  # the trial was lost)
+            if say_waiting_at is None:
+                say_waiting_at = time.monotonic() + WAIT_NOTE_AFTER
+            elif time.monotonic() >= say_waiting_at:  # (it said nothing while it waited,
+                say_waiting_at = math.inf  # for ever when the trial was lost)
+                _say_waiting(study)
             time.sleep(1.0)  # the last trials run elsewhere; wait for them (or their failure)
             continue
         mine.clear()
