@@ -1810,6 +1810,32 @@ def test_population_keeps_the_budget_exact_when_other_workers_run_trials(tmp_pat
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
 
 
+def test_warm_start_says_what_each_folder_adds(tmp_path, capsys):
+    """A --warm-start folder that added no trial (no completed trial, nothing this search
+    offers, or a front queued already from a folder before it) was silent: the search ran
+    as if from scratch. Each folder now says how many configurations it queued, or why
+    none."""
+    from hetq.search.driver import _seed_warm_start
+
+    run_search(cfg(objective="pareto", trials=3), tmp_path / "a", progress=False)
+    rows = pareto_rows(tmp_path / "a")
+    ctx = build_context(cfg(), tmp_path / "b", progress=False)
+    study = optuna.create_study()
+    capsys.readouterr()
+    # a row whose configuration this space does not hold (another layer's quantizer)
+    foreign = [{"candidate": {"quant_config": {"nosuch": {"kernel": "quantized_bits(4,0)"}}}}]
+    _seed_warm_start(study, ctx, [("x", []), ("a", rows), ("a2", rows), ("f", foreign)])
+    out = capsys.readouterr().out.splitlines()
+    k = len(rows[:5])
+    assert out == ["note: --warm-start x: it has no completed trial; it adds no trial",
+                   f"warm start: {k} configuration{'s' * (k != 1)} of a's front queued first",
+                   "note: --warm-start a2: its front's configurations are queued already "
+                   "(a folder given twice?); it adds no trial",
+                   "note: --warm-start f: its front's configurations hold nothing this search "
+                   "offers; it adds no trial"]
+    assert study.user_attrs["warm_started"] == k and len(study.trials) == k
+
+
 def test_warm_start_leaves_out_values_the_new_search_does_not_offer(tmp_path):
     """Warm rows from a search over other sparsities, learning rates or width multipliers
     failed every trial ("'0.5' not in (0.0, 0.25)"), then the search ('5 trials in a row

@@ -730,7 +730,7 @@ def run_search(config: SearchConfig, out: str | Path, storage: str | None = None
         study = open_study(config, out, storage, search_space=ctx.space.distributions())
         check_data(study, ctx)
         study.set_user_attr("reference", ctx.reference)
-        _seed_warm_start(study, ctx, warm)
+        _seed_warm_start(study, ctx, warm, progress)
         _seed_hessian_prior(study, ctx, progress)
     done = n_counted(study)
     if progress and done >= config.trials:  # (a rerun with fewer --trials)
@@ -1007,22 +1007,34 @@ def _warm_rows(folder, storage: str | None) -> list[dict]:
         return pareto_rows(Path(folder), storage)
 
 
-def _seed_warm_start(study, ctx, warm: list[tuple[str, list[dict]]]):
+def _seed_warm_start(study, ctx, warm: list[tuple[str, list[dict]]], progress=True):
     """Enqueue the best configurations of earlier studies once: `warm` holds each
     --warm-start run folder with its Pareto rows (`_warm_rows`)."""
     if not warm or study.user_attrs.get("warm_started"):
         return
     n, seen = 0, set()
     for folder, rows in warm:
+        k = offered = 0
         for row in rows[:5]:
             params = ctx.space.params_of(Candidate.from_dict(row["candidate"]))
             key = json.dumps(params, sort_keys=True)
             # the same configuration from two folders (one search given twice, a copy) was
             # trained twice; nothing this space offers is no warm start
+            offered += bool(params)
             if params and key not in seen:
                 seen.add(key)
                 study.enqueue_trial(params, user_attrs={"warm_start": folder})
-                n += 1
+                k += 1
+        n += k
+        if progress:
+            why = ("it has no completed trial" if not rows else
+                   "its front's configurations hold nothing this search offers"
+                   if not offered else
+                   "its front's configurations are queued already (a folder given twice?)"
+                   if not k else "")
+            print(f"note: --warm-start {folder}: {why}; it adds no trial" if why else
+                  f"warm start: {k} configuration{'s' * (k != 1)} of {folder}'s front "
+                  "queued first", flush=True)
     study.set_user_attr("warm_started", n)
 
 
