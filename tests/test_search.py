@@ -444,7 +444,8 @@ def test_a_block_freezes_its_best_trial_among_those_that_meet_the_constraints():
 
 def test_max_loss_of_a_metric_the_float_model_scores_zero_is_refused(tmp_path, monkeypatch):
     """Every trial failed with a ZeroDivisionError traceback (a relative loss of 0), and so
-    did a rerun."""
+    did a rerun. The refusal leaves the folder as it was, so that the corrected command can
+    run there."""
     import hetq.search.driver as driver
 
     real = driver.train_float_model
@@ -457,6 +458,12 @@ def test_max_loss_of_a_metric_the_float_model_scores_zero_is_refused(tmp_path, m
                                          r"validation accuracy, which is 0.0: a relative loss "
                                          r"of it is undefined; choose another --metric"):
         run_search(cfg(trials=2, max_metric_loss=0.05), tmp_path / "z", progress=False)
+    # the corrected command in the same folder runs (it was "other settings")
+    monkeypatch.setattr(driver, "train_float_model", real)
+    assert not (tmp_path / "z" / "search.yaml").exists()
+    assert not (tmp_path / "z" / "float.pt").exists()
+    study = run_search(cfg(trials=1), tmp_path / "z", progress=False)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]
 
 
 def test_the_progress_line_and_the_front_list_keep_to_the_constraints(tmp_path, capsys):

@@ -184,6 +184,10 @@ def _space(config: SearchConfig, model: torch.nn.Module, input_shape) -> SearchS
     return space
 
 
+class RefusedAfterFloat(ValueError):
+    """A setting that can be checked only on the trained float model (`build_context`)."""
+
+
 def build_context(config: SearchConfig, out: Path, progress: bool = True) -> SearchContext:
     from ..data import get_dataset
     from ..train.checkpoint import load
@@ -234,10 +238,10 @@ def build_context(config: SearchConfig, out: Path, progress: bool = True) -> Sea
     space = _space(config, float_model, data.input_shape)
     if config.max_metric_loss is not None and not ref.get(config.metric, 0.0) > 0.0:
         # (every trial then failed with a ZeroDivisionError traceback, and so did a rerun)
-        raise ValueError(f"--max-loss is a loss relative to the float model's validation "
-                         f"{config.metric}, which is {ref.get(config.metric)}: a relative "
-                         "loss of it is undefined; choose another --metric, or leave out "
-                         "--max-loss")
+        raise RefusedAfterFloat(
+            f"--max-loss is a loss relative to the float model's validation {config.metric}, "
+            f"which is {ref.get(config.metric)}: a relative loss of it is undefined; choose "
+            "another --metric, or leave out --max-loss")
     reference = {"metrics": ref, "test": evaluate(float_model, data, split="test", device="cpu"),
                  "costs": reference_costs(float_model, config, data)}
     return SearchContext(config, out, data, float_model, space, reference)
@@ -666,11 +670,16 @@ def start_run(config: SearchConfig, out: Path, progress: bool = True,
     wrote is removed again, so that the corrected command is not refused as "other
     settings"."""
     fresh = not (out / "search.yaml").exists()
+    had_float = (out / "float.pt").exists()
     config.save(out / "search.yaml")
     record_run_storage(out, storage)
     try:
         return build_context(config, out, progress)
-    except BaseException:
+    except BaseException as e:
+        # (a setting refused once the float model is trained: the corrected command was
+        # "other settings"; the float model it trained goes too, as its settings were these)
+        if fresh and isinstance(e, RefusedAfterFloat) and not had_float:
+            (out / "float.pt").unlink(missing_ok=True)
         if fresh and not (out / "float.pt").exists():
             (out / "search.yaml").unlink(missing_ok=True)
             (out / STORAGE_FILE).unlink(missing_ok=True)
