@@ -723,13 +723,23 @@ def test_a_search_without_a_completed_trial_says_so(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().err.endswith(
         "no best one (its search is still running (1 trial in progress); try again when some "
         "have finished)\n")
+    # a trial whose process was killed (SIGKILL) stays RUNNING: it was counted as running
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    dead = study.ask()
+    for k, v in {**worker_identity(), "pid": gone.pid}.items():
+        dead.set_user_attr(k, v)
+    assert main(["report", str(out)]) == 0
+    assert "1 running, 1 left running by a process that has stopped, 0 queued); its search " \
+        "is still running (1 trial in progress)" in capsys.readouterr().out
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
     study.tell(live, state=optuna.trial.TrialState.FAIL)
     # every trial of the budget pruned: a rerun was the advice, and it found the budget spent
     for _ in range(cfg().trials):
         study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
     assert main(["report", str(out)]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        f"no trial of {out} has completed yet (1 failed, 4 pruned, 1 interrupted and queued "
+        f"no trial of {out} has completed yet (2 failed, 4 pruned, 1 interrupted and queued "
         "again, 0 running, 0 queued); the budget of 4 trial(s) is spent, by pruned ones "
         "(--pruner none): a rerun adds none; search again in another --out with more "
         "--trials or --pruner none. No HTML report was written.")

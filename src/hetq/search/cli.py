@@ -530,7 +530,7 @@ def _report(a) -> int:
     cfg, study = load_run(a.run, a.storage)  # (read once: a study of 10,000 trials takes s)
     rows = front_rows(cfg, study)
     print(format_table(rows, cfg, study.user_attrs.get("reference")))
-    from .storage import resume_advice, retried_numbers
+    from .storage import resume_advice, retried_numbers, still_running
 
     trials = study.get_trials(deepcopy=False)
     retried = retried_numbers(trials)
@@ -538,6 +538,9 @@ def _report(a) -> int:
     if "COMPLETE" not in states:  # (its plots would be empty)
         pruned = states.count("PRUNED")
         advice = resume_advice(study)
+        # (a killed search's trial stays RUNNING: it was counted as running)
+        live = still_running(study)
+        gone = states.count("RUNNING") - live
         if pruned >= cfg.trials and not {"RUNNING", "WAITING"} & set(states):
             # (pruned trials count: the rerun advised found the budget spent, and ended)
             advice = (f"the budget of {cfg.trials} trial(s) is spent, by pruned ones "
@@ -547,8 +550,9 @@ def _report(a) -> int:
               + (f"{pruned} pruned, " if pruned else "")
               + (f"{states.count('RETRIED')} interrupted and queued again, "
                  if "RETRIED" in states else "")
-              + f"{states.count('RUNNING')} running, {states.count('WAITING')} queued); "
-              f"{advice}. No HTML report was written.")
+              + f"{live} running, "
+              + (f"{gone} left running by a process that has stopped, " if gone else "")
+              + f"{states.count('WAITING')} queued); {advice}. No HTML report was written.")
         return 0
     if not a.no_html:
         from .report import write_html_report
