@@ -1403,6 +1403,58 @@ def test_folded_weights_too_fine_for_float32_are_refused_with_what_helps():
         IntegerModel(q, (16,), "ap_fixed<16,6>")
 
 
+def test_refusals_name_their_cause():
+    """Found by a fuzz of the export: a 2-bit alpha='auto' kernel (its weights +-max|w|,
+    float32 values) and a kernel with qnoise_factor < 1 were exported as 24- to 32-bit
+    weights, costed at their quantizer's bits; a 28-bit kernel that saturates (float32's
+    clamp bound rounds up) and a folded batch norm's bias were refused as 'a scale tie' or
+    as its kernel; a qnoise_factor activation was told to use quantized_bits, which it was;
+    a model of float layers had 'no layers to export'."""
+    def refused(m, shape, text):
+        with pytest.raises(ExportError) as e:
+            IntegerModel(m.eval(), shape, IN16)
+        assert str(e.value) == text
+
+    k = "quantized_bits(4,0,alpha=1)"
+    torch.manual_seed(0)
+    refused(nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(2,0,alpha='auto')",
+                                 bias_quantizer=k)), (4,),
+            "0.kernel: quantizer quantized_bits(2,0,1,alpha='auto') scales its weights by "
+            "alpha='auto', a scale that is not a power of two, so the weights lie on no 2-bit "
+            "fixed-point grid; use alpha='auto_po2' or alpha=1")
+    noise = "quantized_bits(4,0,alpha=1,qnoise_factor=0.5)"
+    why = ("its qnoise_factor=0.5 mixes the float values into the quantized ones (x + "
+           "qnoise_factor * (q(x) - x)); set qnoise_factor=1 for deployment")
+    refused(nn.Sequential(QDense(2, 1, kernel_quantizer=noise, bias_quantizer=k)), (2,),
+            f"0.kernel: quantizer {noise} gives weights on no fixed-point grid: {why}")
+    refused(nn.Sequential(QActivation("quantized_bits(4,0,qnoise_factor=0.5)")), (2,),
+            "0: quantizer quantized_bits(4,0,qnoise_factor=0.5) gives values on no fixed-point "
+            f"grid that holds them all (its outputs on the {FixedType.parse(IN16)} inputs); "
+            f"{why}")
+    wide = nn.Sequential(QDense(2, 1, bias=False, kernel_quantizer="quantized_bits(28,0,alpha=1)"))
+    with torch.no_grad():
+        wide[0].weight.copy_(torch.tensor([[3.0, -0.25]]))
+    refused(wide, (2,), "0.kernel: quantized weights differ between float32 and float64 "
+                        "evaluation (ap_fixed<28,1,AP_RND_CONV,AP_SAT> is 28 bits wide, more "
+                        "than float32's 24 significant bits, so float32 rounds or clips some "
+                        "weights differently; use at most 24 bits, or a float64 model "
+                        "(model.double()))")
+    assert IntegerModel(wide.double().eval(), (2,), IN16).compare(torch.randn(20, 2)).exact
+    refused(nn.Sequential(nn.LSTM(4, 3)), (4,),
+            "the model has no layers to export (it holds LSTM, which the integer engine does "
+            "not run)")
+    m = build("jet_mlp", batchnorm=True).train()
+    for _ in range(5):
+        m(torch.randn(256, 16))
+    kb = "quantized_bits(26,3,alpha=1)"
+    q = quantize_model(m, {"Dense": {"kernel": k, "bias": kb}}, fold_batchnorm=True)
+    with pytest.raises(ExportError, match=r"^fc1.bias: quantized weights differ between float32 "
+                                          r"and float64 evaluation \(\d+ of 64 folded biases "
+                                          r"beta \+ gamma / sigma \* \(b - mean\) round "
+                                          r"differently: .* use fewer bias bits, or a float64 "):
+        IntegerModel(q.eval(), (16,), IN16)
+
+
 def test_quantizers_whose_values_need_too_many_bits_are_named():
     """po2 quantizers of QKeras's default 8 bits (values down to 2**-64) and a relu bound
     that is no short binary fraction raised a bare 'values are not on a binary fixed-point

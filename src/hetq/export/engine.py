@@ -106,10 +106,19 @@ def _weight_type(q, values: torch.Tensor, what: str) -> FixedType:
     if q is None:
         raise ExportError(f"{what} is float (no quantizer): quantize it (e.g. "
                           f"quantized_bits(8,0,alpha=1)) for a bit-exact export")
+    _refuse_noisy(q, what)
     ft = q.fixed_type() if hasattr(q, "fixed_type") else None
     if ft is not None:
         _exact(ft, what)
     if ft is None or not ft.contains(values):
+        if getattr(q, "name", None) == "quantized_bits" and isinstance(q.alpha, str) and \
+                q.alpha == "auto":
+            # (with 2 bits its weights are +-max|w| itself, float32 values that a 24-bit
+            # type holds: exported as 24-bit weights, costed as 2-bit ones)
+            raise ExportError(f"{what}: quantizer {q} scales its weights by alpha='auto', a "
+                              "scale that is not a power of two, so the weights lie on no "
+                              f"{q.bits}-bit fixed-point grid; use alpha='auto_po2' or "
+                              "alpha=1")
         ft = _values_type(q, values, what, "a scale that is not a power of two?; use "
                                            "alpha='auto_po2' or alpha=1")
     return ft
@@ -127,7 +136,9 @@ def _values_type(q, values: torch.Tensor, what: str, why: str) -> FixedType:
     if ft is not None and ft.width <= 32:
         return ft
     need = f"{ft.width}-bit fixed point" if ft is not None else "more than 52 fraction bits"
-    if getattr(q, "name", None) == "quantized_ulaw":
+    if _noisy(q):
+        why = _noisy(q)
+    elif getattr(q, "name", None) == "quantized_ulaw":
         why = "mu-law companded values are logarithms, on no short binary grid"
     elif getattr(q, "kind", None) == "po2":
         e = torch.log2(values.detach().double().abs()[values != 0])
@@ -135,6 +146,23 @@ def _values_type(q, values: torch.Tensor, what: str, why: str) -> FixedType:
         why = (f"a power-of-two quantizer's values{span} values near 0 take its smallest "
                "power; give it fewer bits")
     raise ExportError(f"{what}: quantizer {q} gives values that need {need} ({why})")
+
+
+def _noisy(q) -> str:
+    """Why quantizer `q`'s values lie on no grid, if it is its qnoise_factor ('' if not)."""
+    f = getattr(q, "qnoise_factor", 1.0)
+    if f == 1.0:
+        return ""
+    return (f"its qnoise_factor={f:g} mixes the float values into the quantized ones "
+            "(x + qnoise_factor * (q(x) - x)); set qnoise_factor=1 for deployment")
+
+
+def _refuse_noisy(q, what: str):
+    """An ExportError for weights of a quantizer with qnoise_factor < 1: they were exported
+    at whatever width their floats need, or refused as 'a scale tie'."""
+    if _noisy(q):
+        raise ExportError(f"{what}: quantizer {q} gives weights on no fixed-point grid: "
+                          f"{_noisy(q)}")
 
 
 def _element_type(q, what: str) -> FixedType:
@@ -206,10 +234,11 @@ def _act_step(name: str, q, in_type: FixedType) -> Step:
     try:
         step.run(codes, in_type)
     except ExportError:
+        fix = _noisy(q) or ("it cannot run bit-exactly: use a quantized_bits or "
+                            "quantized_relu activation")
         raise ExportError(f"{name}: quantizer {q} gives values on no fixed-point grid "
-                          f"that holds them all (its outputs on the {in_type} inputs); it "
-                          "cannot run bit-exactly: use a quantized_bits or quantized_relu "
-                          "activation") from None
+                          f"that holds them all (its outputs on the {in_type} inputs); "
+                          f"{fix}") from None
     return step
 
 
@@ -397,7 +426,11 @@ class IntegerModel:
         # traced afresh: the chain check is on this model's own weights
         nodes, chain = traced(self.model, self.input_shape, fresh=True)
         if not nodes:
-            raise ExportError("the model has no layers to export")
+            held = sorted({type(m).__name__ for m in self.model.modules()
+                           if not any(True for _ in m.children())})
+            raise ExportError("the model has no layers to export" + (
+                f" (it holds {', '.join(held)}, which the integer engine does not run)"
+                if held else ""))
         if chain.broken() is not None:
             raise ExportError(
                 f"{type(model).__name__}: its forward does more than call its layers one after "
@@ -459,6 +492,7 @@ class IntegerModel:
                 with torch.no_grad():
                     a, b = m.quantized_weights(), ref[name].quantized_weights()
                 for f in a:
+                    _refuse_noisy(m.quantizers.get(f), f"{name}.{f}")
                     if not torch.equal(a[f].detach().double(), b[f].detach()):
                         try:  # weights on no binary grid: a scale that is no power of two
                             on_grid = smallest_fixed_type(b[f].detach()).width <= 32
@@ -470,10 +504,19 @@ class IntegerModel:
                                 "no fixed-point grid (a scale that is not a power of two); use "
                                 "alpha=1, a power-of-two alpha or alpha='auto_po2'")
                         n = int((a[f].detach().double() != b[f].detach()).sum())
+                        q = m.quantizers.get(f)
+                        ft = q.fixed_type() if hasattr(q, "fixed_type") else None
                         if isinstance(m, _FoldedBatchnorm):  # (its fixed scales are no help)
-                            why = (f"{n} of {a[f].numel()} folded weights gamma / sigma * W "
-                                   "round differently: their float32 product is too coarse "
-                                   "for this grid; use fewer kernel bits, or a float64 model "
+                            what = ("weights gamma / sigma * W" if f == "kernel" else
+                                    "biases beta + gamma / sigma * (b - mean)")
+                            why = (f"{n} of {a[f].numel()} folded {what} round differently: "
+                                   "their float32 value is too coarse for this grid; use "
+                                   f"fewer {f} bits, or a float64 model (model.double())")
+                        elif ft is not None and ft.width > 24:
+                            # (saturating at 2**integer in float32: its clamp bound rounds)
+                            why = (f"{ft} is {ft.width} bits wide, more than float32's 24 "
+                                   "significant bits, so float32 rounds or clips some weights "
+                                   "differently; use at most 24 bits, or a float64 model "
                                    "(model.double())")
                         else:
                             why = "a scale tie; retrain briefly or use fixed scales"
