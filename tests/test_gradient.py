@@ -1,6 +1,7 @@
 """Gradient-based bit-widths: beta ramp, Pareto checkpoints, surrogate gradient, export."""
 
 import copy
+import dataclasses
 import html
 import importlib.util
 import math
@@ -307,6 +308,30 @@ def test_controller_steers_ebops_to_the_target():
     assert any(p.ebops < 1000 for p in res.front)
     with pytest.raises(ValueError, match="end <= knee"):
         train_gradient(f, data, epochs=1, target=(100, 600), progress=False)
+
+
+def test_controller_steers_the_exact_ebops(monkeypatch):
+    """The controller was given the soft EBOPs, which also count weights into neurons that
+    cannot change the output: steered to END, the EBOPs reported and exported fell far below
+    it (a jet MLP steered to 800 ended at 0). It now gets the soft count scaled by the exact
+    / soft ratio of the last epoch's end, so at each epoch's first step it sees about the
+    exact EBOPs that epoch ended with."""
+    from hetq.search.gradient import training
+
+    seen = []
+    real = training.BetaController.update
+
+    def update(self, ebops, target):
+        seen.append(ebops)
+        return real(self, ebops, target)
+    monkeypatch.setattr(training.BetaController, "update", update)
+    data, f = _small_setup()
+    _, res = train_gradient(f, data, epochs=12, batch_size=256, beta0=1e-5, lr=1e-2,
+                            bits_lr=0.05, target=(1500, 300), gain=0.05, progress=False)
+    steps = len(seen) // len(res.history)
+    pairs = [(seen[(k + 1) * steps], h["ebops"]) for k, h in enumerate(res.history[:-1])
+             if h["ebops"] > 0]
+    assert pairs and all(abs(s / e - 1) < 0.01 for s, e in pairs), pairs
 
 
 def test_parallel_runs_merge_their_fronts():
@@ -718,6 +743,92 @@ def test_strategy_writes_loadable_front_checkpoints(tmp_path):
     assert evaluate(m, data)["accuracy"] == pytest.approx(rows[-1].test_accuracy)
 
 
+def test_reruns_say_what_they_replace_and_keep_to_the_float_model_settings(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Found by a probe of the gradient strategy as a user: a rerun with another --seed,
+    --lr or --batch-size reused the float model trained with the earlier ones (search.yaml
+    then said otherwise); a finished rerun replaced the earlier front without a word before
+    it began; an interrupted run's summary said 'then the polish' though none ran; Ctrl-C
+    in the float training printed only 'interrupted'."""
+    import hetq.search.driver as driver
+    import hetq.search.gradient.strategy as G
+    from hetq.cli import main
+    from hetq.search.config import SearchConfig
+    from hetq.search.driver import OtherSettings
+    from hetq.search.gradient import GradientResult, run_gradient_strategy
+
+    cfg = SearchConfig(data="synthetic:n=600,seed=1", strategy="gradient", epochs=2,
+                       float_epochs=1, batch_size=256, model_kwargs={"widths": [8]})
+    rows = run_gradient_strategy(cfg, tmp_path, progress=False)
+    for change in ({"seed": 1}, {"lr": 1e-2}, {"batch_size": 128}):
+        with pytest.raises(OtherSettings, match=f"holds a float model for other settings "
+                                                f"\\({next(iter(change))}: "):
+            run_gradient_strategy(dataclasses.replace(cfg, **change), tmp_path, progress=False)
+    capsys.readouterr()
+    real = G.train_gradient_runs
+    front = []
+
+    def interrupted(*a, **k):
+        g, res = real(*a, **{**k, "polish_epochs": 0})
+        front.extend(res.front)
+        return g, GradientResult(res.front, res.history, res.seconds, interrupted=True)
+    monkeypatch.setattr(G, "train_gradient_runs", interrupted)
+    run_gradient_strategy(dataclasses.replace(cfg, polish_epochs=3), tmp_path)
+    out = capsys.readouterr().out
+    assert (f"note: {tmp_path / 'gradient'} holds a front of {len(rows)} point"
+            f"{'s' * (len(rows) != 1)}; this run replaces it when it finishes (if it is "
+            "interrupted, the points of both that no other beats are kept)") in out
+    assert front and "gradient strategy: 2 epochs in " in out and "polish" not in \
+        out.split("gradient strategy: 2 epochs")[1].splitlines()[0]
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(driver, "train_float_model", stopped)
+    argv = ["search", "--strategy", "gradient", "--data", "synthetic:n=600,seed=1",
+            "--float-epochs", "1", "--out", str(tmp_path / "new")]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == (
+        "search stopped while it trained its float model: nothing is kept yet; rerun the "
+        "same command to start it\ninterrupted\n")
+
+
+def test_time_budget_alone_and_ebops_target_with_betas(tmp_path, capsys):
+    """`--time-budget 600` alone trained 10 epochs (the default --epochs cap) in seconds;
+    with --ebops-target, beta0 above beta1 was refused by the ramp's check (there is no
+    ramp) and a --beta1 given was dropped without a word."""
+    from hetq.cli import main
+    from hetq.search.cli import GRADIENT_EPOCH_CAP
+    from hetq.search.config import SearchConfig
+
+    out = tmp_path / "g"
+    assert main(["search", "--strategy", "gradient", "--data", "synthetic:n=600,seed=1",
+                 "--model-widths", "8", "--float-epochs", "1", "--time-budget", "1",
+                 "--polish-epochs", "0", "--ebops-target", "1000", "100", "--beta0", "1e-2",
+                 "--beta1", "5e-3", "--out", str(out), "--no-progress"]) == 0
+    saved = SearchConfig.load(out / "search.yaml")
+    assert (saved.epochs, saved.time_budget, saved.beta0) == (GRADIENT_EPOCH_CAP, 1.0, 1e-2)
+    assert saved.beta1 == SearchConfig.beta1  # (not used: not recorded)
+    assert ("note: not used: --beta1 (--ebops-target steers beta instead of the ramp)"
+            in capsys.readouterr().err)
+    with pytest.raises(ValueError, match=r"beta0=0.01, beta1=0.001; expected 0 < beta0 <= "):
+        SearchConfig(beta0=1e-2)  # (the ramp's check, without a target)
+    with pytest.raises(ValueError, match=r"beta0=2; with ebops_target it is the controller"):
+        SearchConfig(beta0=2, ebops_target=[1000, 100])
+
+
+def test_the_ramp_ends_with_the_epoch_cap_or_the_budget_whichever_comes_first():
+    """With a time budget, the ramp followed the clock alone: an epoch cap reached first
+    ended training with beta near beta0 (1.03e-6 of a ramp to 1e-3), and the front near
+    the float model's EBOPs."""
+    data, f = _small_setup()
+    _, res = train_gradient(f, data, epochs=4, batch_size=256, beta0=1e-6, beta1=1e-3,
+                            time_budget=1e6, progress=False)
+    assert res.history[-1]["beta"] == pytest.approx(1e-3)
+    _, res = train_gradient(f, data, epochs=4, batch_size=256, beta0=1e-6, beta1=1e-3,
+                            progress=False)  # (without a budget, as before)
+    assert res.history[-1]["beta"] == pytest.approx(1e-3)
+
+
 def test_an_interruption_before_the_first_point_keeps_the_earlier_front(tmp_path, capsys,
                                                                         monkeypatch):
     """Ctrl-C or SIGTERM before a rerun's first epoch ended replaced the earlier front with
@@ -909,11 +1020,12 @@ def test_search_cli_model_widths_start_the_gradient_strategy_from_a_smaller_mlp(
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "8", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--float-epochs", "1", "--out",
                  str(out), "--no-progress"]) == 2
-    assert ("holds a float model for other settings (--model-widths: 8 4, now 8 8); use "
-            "another --out") in capsys.readouterr().err
+    assert ("holds a float model for other settings (--batch-size: 256, now 1024, "
+            "--model-widths: 8 4, now 8 8); use another --out") in capsys.readouterr().err
+    # (a float model trained at another batch size, too)
     assert main(["search", "--strategy", "gradient", "--model-widths", "8", "4", "--data",
                  "synthetic:n=1500,features=16,classes=5", "--float-epochs", "5", "--out",
-                 str(out), "--no-progress"]) == 2
+                 str(out), "--batch-size", "256", "--no-progress"]) == 2
     assert "holds a float model for other settings (--float-epochs: 1, now 5)" in \
         capsys.readouterr().err
     with pytest.raises(SystemExit):

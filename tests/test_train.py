@@ -1088,10 +1088,16 @@ def test_sigterm_inside_interrupts_save_is_ctrl_c_once():
         deliver()  # a second one does nothing: the saving is not cut short
     assert seen == [Terminated] and issubclass(Terminated, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGTERM) is before
+    from hetq.cli import _INTERRUPTED
+
+    _INTERRUPTED["saved"] = False
     with interrupts_save() as guard:
         guard.hold()
-        deliver()  # held: nothing
+        deliver()  # held: it does not cut the saving short...
     assert signal.getsignal(signal.SIGTERM) is before
+    # ...and the command exits as interrupted, 130 (it exited 0, as if none had come)
+    assert _INTERRUPTED["saved"]
+    _INTERRUPTED["saved"] = False
 
 
 def _sigterm_when(cmd, cwd, ready, timeout=120):

@@ -39,9 +39,9 @@ class Terminated(KeyboardInterrupt):
 def interrupts_save(signals=(signal.SIGTERM,)):
     """While inside (in the main thread), the first of `signals` raises KeyboardInterrupt
     (`Terminated` for SIGTERM), as Ctrl-C does, so that training stops and keeps what it
-    reached; further ones do nothing. `hold()` on the yielded object makes them do nothing
-    from then on (the saving: a signal cannot cut it short; SIGKILL still can). On leaving,
-    the previous handlers come back."""
+    reached; further ones do nothing but make `main` exit 130. `hold()` on the yielded object
+    makes them do only that from then on (the saving: a signal cannot cut it short; SIGKILL
+    still can). On leaving, the previous handlers come back."""
     main = threading.current_thread() is threading.main_thread()
     state = {"armed": True}
 
@@ -54,6 +54,9 @@ def interrupts_save(signals=(signal.SIGTERM,)):
         if state["armed"]:       # while another signal waits makes Python print an error)
             state["armed"] = False
             raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        # one that comes while the work is saved does not cut the saving short, and the
+        # command still exits as interrupted (it exited 0, as if no signal had come)
+        _INTERRUPTED["saved"] = True
 
     # (a signal the process inherited as ignored stays ignored: `nohup`, `cmd &` in a script)
     previous = {s: signal.signal(s, handler) for s in signals

@@ -76,6 +76,10 @@ STRATEGY_ONLY = {
 }
 
 
+# the gradient strategy's epochs with --time-budget and no --epochs: the clock ends training
+GRADIENT_EPOCH_CAP = 1_000_000
+
+
 def ignored_options(a: argparse.Namespace) -> list[str]:
     """The options given (not at their defaults) that `a.strategy` does not read."""
     other = "optuna/hessian" if a.strategy == "gradient" else "gradient"
@@ -87,8 +91,11 @@ def unused_options(a: argparse.Namespace) -> list[str]:
     """Options given that this search's other settings make unused (each with why)."""
     d = a.strategy_defaults
     if a.strategy == "gradient":  # (the other strategies' options: ignored_options)
-        return (["--distill (it needs --teacher-widths)"]
-                if a.distill != d["distill"] and not a.teacher_widths else [])
+        return [why for why, on in (
+            ("--distill (it needs --teacher-widths)",
+             a.distill != d["distill"] and not a.teacher_widths),
+            ("--beta1 (--ebops-target steers beta instead of the ramp)",
+             a.beta1 != d["beta1"] and a.ebops_target)) if on]
     given = {k for k in d if getattr(a, k) != d[k]}
     out = []
     for names, needs in (
@@ -222,9 +229,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "metric (default %(default)s)")
     s.add_argument("--trials", type=positive_int, default=None,
                    help="trial budget (default 40; with --strategy hessian: --prior-configs)")
-    s.add_argument("--epochs", type=positive_int, default=10,
-                   help="QAT epochs per trial; gradient strategy: the cap on training "
-                        "epochs per run (default %(default)s)")
+    s.add_argument("--epochs", type=positive_int, default=None,
+                   help="QAT epochs per trial (default 10); gradient strategy: the cap on "
+                        "training epochs per run (default 10, and none with --time-budget)")
     s.add_argument("--float-epochs", type=positive_int, default=30,
                    help="epochs of the float model every trial starts from (default "
                         "%(default)s)")
@@ -297,7 +304,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="gradient strategy: independent runs (seeds seed, seed+1, ...) in "
                         "parallel processes, their fronts merged")
     s.add_argument("--time-budget", type=float, default=None,
-                   help="gradient strategy: seconds of training per run (with --epochs as a cap)")
+                   help="gradient strategy: seconds of training per run (--epochs, if given, "
+                        "caps it)")
     s.add_argument("--compile", action="store_true",
                    help="gradient strategy: torch.compile the training step (1.2x the steps "
                         "per second of the jet MLP, 1.5x of a 16-32-16-5 one, after ~30 s of "
@@ -440,7 +448,10 @@ def _search(a) -> int:
             min_reduction=a.min_reduction, max_metric_loss=a.max_loss, sampler=a.sampler,
             pruner=a.pruner,
             trials=a.trials or (a.prior_configs if a.strategy == "hessian" else 40),
-            epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+            # (--time-budget 600 alone trained 10 epochs, the default cap, in seconds)
+            epochs=a.epochs if a.epochs is not None else
+            GRADIENT_EPOCH_CAP if a.strategy == "gradient" and a.time_budget else 10,
+            batch_size=a.batch_size, lr=a.lr,
             float_epochs=a.float_epochs, seed=a.seed, limit=_load_yaml(a.limit),
             quantization_config=qc, tune_filters=a.tune_filters,
             **({"width_multipliers": a.width_multipliers} if a.width_multipliers else {}),
@@ -470,8 +481,17 @@ def _search(a) -> int:
     if a.strategy == "gradient":
         from .gradient import format_gradient_table, run_gradient_strategy
 
-        with option_names():
-            rows = run_gradient_strategy(cfg, a.out, progress=not a.no_progress)
+        try:
+            with option_names():
+                rows = run_gradient_strategy(cfg, a.out, progress=not a.no_progress)
+        except KeyboardInterrupt:  # (training itself saves its front and returns)
+            out = Path(a.out)
+            print("search stopped while it trained its float model: nothing is kept yet; "
+                  "rerun the same command to start it" if not (out / "float.pt").exists() else
+                  f"search stopped while it trained its float teacher: the float model is kept "
+                  f"in {out / 'float.pt'}; rerun the same command to go on",
+                  file=sys.stderr, flush=True)
+            raise
         if a.no_progress:  # with progress on, the strategy prints the table itself
             print(format_gradient_table(rows))
         return 0

@@ -150,7 +150,9 @@ class SearchConfig:
             if not 1e-9 <= float(self.beta0) <= 1.0:  # BetaController's range
                 raise ValueError(f"search beta0={self.beta0!r}; with ebops_target it is the "
                                  "controller's first beta, expected in [1e-9, 1]")
-        if not 0 < float(self.beta0) <= float(self.beta1) < math.inf:
+        # (with ebops_target the controller steers beta, and beta1 is not used)
+        if not 0 < float(self.beta0) <= (float(self.beta1) if self.ebops_target is None
+                                         else 1.0) or not float(self.beta1) < math.inf:
             raise ValueError(f"search beta0={self.beta0!r}, beta1={self.beta1!r}; expected "
                              "0 < beta0 <= beta1 (the EBOPs penalty's ramp, e.g. 1e-6 to 1e-3)")
         if self.time_budget is not None and not float(self.time_budget) > 0:

@@ -153,8 +153,10 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
     out.mkdir(parents=True, exist_ok=True)  # (after the checks: a refusal left it empty)
     # the float model saved there is reused: it must be the same model on the same data,
     # trained as long (a changed --float-epochs was ignored, and search.yaml then said it)
+    # (its seed, learning rate and batch size, too: `train_float_model`)
     changed = {k: v for k, v in changed.items()
-               if k in ("model", "model_kwargs", "data", "float_epochs")}
+               if k in ("model", "model_kwargs", "data", "float_epochs", "seed", "lr",
+                        "batch_size")}
     if changed and (out / "float.pt").exists():
         raise OtherSettings(f"{out} holds a float model for other settings ({{settings}}); "
                             "use another --out", changed)
@@ -178,6 +180,11 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
             print(format_gradient_table(rows))
         return rows
     teacher = _teacher(config, out, ctx.data, progress) if config.teacher_widths else None
+    earlier = len(list((out / "gradient").glob("point_*.pt")))
+    if earlier and progress:  # (a finished rerun replaced it without a word)
+        print(f"note: {out / 'gradient'} holds a front of {_points(earlier)}; this run "
+              "replaces it when it finishes (if it is interrupted, the points of both that "
+              "no other beats are kept)", flush=True)
     t0 = time.time()
     budget = time_budget if time_budget is not None else config.time_budget
     target = tuple(config.ebops_target) if config.ebops_target else None
@@ -218,7 +225,7 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
         ref = ctx.reference.get("test", {}).get("accuracy")
         print(f"\ngradient strategy: {len(res.history)} epochs"
               + (" (--stop-below ended training early)" if res.stopped_early else "")
-              + (", then the polish," if config.polish_epochs else "")
+              + (", then the polish," if any(p.polished for p in res.front) else "")
               + f" in {res.seconds:.1f} s; front of {len(rows)} "
               f"point{'s' if len(rows) != 1 else ''} "
               f"(total {time.time() - t0:.1f} s); float test accuracy "

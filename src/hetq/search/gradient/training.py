@@ -308,7 +308,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     _check_training(epochs, batch_size, lr, seed, bits_lr=bits_lr)
     if time_budget is not None and not float(time_budget) > 0:
         raise ValueError(f"time_budget={time_budget!r}; expected seconds > 0 (None: no limit)")
-    if not (0 < beta0 <= beta1):
+    if not (0 < beta0 <= (beta1 if target is None else 1.0)):  # (target: no ramp to beta1)
         raise ValueError(f"need 0 < beta0 <= beta1, got beta0={beta0}, beta1={beta1}")
     if target is not None:
         knee, end = (float(v) for v in target)
@@ -355,6 +355,10 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     step = 0
     ctl = BetaController(beta0, gain) if target is not None else None
     start = float(model.ebops()) if target is not None else 0.0
+    # the controller steers the EBOPs reported and exported (`ebops`), from the soft count of
+    # each step times their ratio at the last epoch's end: the soft count also has weights
+    # into neurons that cannot change the output, and steered alone it ended far below END
+    exact_per_soft = 1.0
     interrupted = stopped_early = diverged = False
     try:
         for ep in range(epochs):
@@ -363,9 +367,12 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
             beta = beta0
             for s in range(steps_per_epoch):
                 idx = perm[s * batch_size:(s + 1) * batch_size]
-                # progress through training: by the clock (the ramp ends with the budget) or steps
-                frac = (min(max(time.time() - ramp_t0, 0.0) / ramp_len, 1.0)
-                        if time_budget is not None else step / max(total - 1, 1))
+                # progress through training: by the clock (the ramp ends with the budget) or
+                # steps, whichever ends training first (an epoch cap reached before the
+                # budget ended the ramp near its start)
+                frac = step / max(total - 1, 1)
+                if time_budget is not None:
+                    frac = max(frac, min(max(time.time() - ramp_t0, 0.0) / ramp_len, 1.0))
                 if ctl is not None:
                     beta = ctl.beta
                 elif time_budget is not None:
@@ -391,7 +398,7 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                 opt.step()
                 if ctl is not None:
                     goal = ebops_target_at(frac, start, knee, end, knee_time)
-                    ctl.update(float(soft), goal)
+                    ctl.update(float(soft) * exact_per_soft, goal)
                 step += 1
             if not all(bool(torch.isfinite(t).all()) for t in model.parameters()):
                 warnings.warn(f"gradient training diverged in epoch {ep} (weights or bit-widths "
@@ -407,6 +414,10 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
                         m.reset_range()
             acc = _val_accuracy(model, Xva, yva)
             eb = model.ebops()
+            if ctl is not None:
+                with torch.no_grad():
+                    s = float(model.soft_ebops())
+                exact_per_soft = eb / s if s > 0 else 1.0
             history.append({"epoch": ep, "beta": beta, "val_accuracy": acc, "ebops": eb})
             keeper.offer(FrontPoint(ep, beta, acc, eb), model)
             saver.update(keeper.points, len(history))
