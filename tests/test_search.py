@@ -2627,7 +2627,8 @@ def test_one_float_epoch_is_said_in_the_singular(tmp_path, capsys):
 
 def test_an_autoencoder_and_a_dropped_deployable_are_said(tmp_path, capsys):
     """--model jet_autoencoder failed on a logits shape; --deployable with a
-    --quantization-config was dropped without a word."""
+    --quantization-config was dropped without a word, and then, with a note, also for a file
+    without activation candidates (the default ones were searched: binary, po2)."""
     from hetq.cli import main
 
     assert main(["search", "--model", "jet_autoencoder", "--out", str(tmp_path / "a")]) == 2
@@ -2642,8 +2643,21 @@ def test_an_autoencoder_and_a_dropped_deployable_are_said(tmp_path, capsys):
                  "--epochs", "1", "--float-epochs", "1", "--deployable",
                  "--quantization-config", str(qc), "--out", str(tmp_path / "s"),
                  "--no-progress"]) == 0
-    assert ("note: not used: --deployable (--quantization-config gives the candidates)"
-            in capsys.readouterr().err)
+    assert "not used: --deployable" not in capsys.readouterr().err
+    # the file's activation candidates are searched; those it leaves out are the deployable
+    # ones (the default binary and po2 activations were searched)
+    from hetq.search.space import DEPLOYABLE_QUANTIZATION_CONFIG
+
+    saved = SearchConfig.load(tmp_path / "s" / "search.yaml").quantization_config
+    assert saved["activation"] == {"quantized_relu(4,0)": 4}
+    assert saved["linear"] == DEPLOYABLE_QUANTIZATION_CONFIG["linear"]
+    qc.write_text(qc.read_text() + "linear: {'quantized_bits(4,0,1)': 4}\n")
+    assert main(["search", "--data", "synthetic:n=300", "--model-widths", "4", "--trials", "1",
+                 "--epochs", "1", "--float-epochs", "1", "--deployable",
+                 "--quantization-config", str(qc), "--out", str(tmp_path / "s2"),
+                 "--no-progress"]) == 0
+    assert ("note: not used: --deployable (--quantization-config gives the activation "
+            "candidates)" in capsys.readouterr().err)
 
 
 def test_waiting_for_other_processes_trials_is_said(tmp_path, capsys, monkeypatch):

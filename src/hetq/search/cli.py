@@ -87,8 +87,9 @@ def ignored_options(a: argparse.Namespace) -> list[str]:
             if getattr(a, k) != a.strategy_defaults[k]]
 
 
-def unused_options(a: argparse.Namespace) -> list[str]:
-    """Options given that this search's other settings make unused (each with why)."""
+def unused_options(a: argparse.Namespace, qc_file: dict | None = None) -> list[str]:
+    """Options given that this search's other settings make unused (each with why);
+    `qc_file`: the --quantization-config file's maps, if read."""
     d = a.strategy_defaults
     if a.strategy == "gradient":  # (the other strategies' options: ignored_options)
         return [why for why, on in (
@@ -109,8 +110,9 @@ def unused_options(a: argparse.Namespace) -> list[str]:
              and "--objective forgiving")):
         if needs:
             out += [f"--{k.replace('_', '-')} (it needs {needs})" for k in names if k in given]
-    if a.deployable and a.quantization_config is not None:  # (dropped without a word)
-        out.append("--deployable (--quantization-config gives the candidates)")
+    if a.deployable and a.quantization_config is not None and \
+            {"activation", "linear"} <= set(qc_file or {}):  # (dropped without a word)
+        out.append("--deployable (--quantization-config gives the activation candidates)")
     return out
 
 
@@ -244,7 +246,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--limit", help="YAML file mapping layer names, name regexes or layer "
                         "types to the most bits searched, [kernel, bias, activation] for weight "
                         "layers and [activation] for activations, e.g. 'fc.*: [8, 8, 8]' and "
-                        "'ReLU: [4]' (AutoQKeras' limit; see hetq.search.space)")
+                        "'ReLU: [4]' (AutoQKeras' limit: layers no key matches stay float, "
+                        "and the layers of one regex share one choice; see hetq.search.space)")
     s.add_argument("--quantization-config", help="YAML file with candidate quantizer maps")
     s.add_argument("--tune-filters", default="none", choices=["none", "layer", "block"],
                    help="also search widths: one multiplier per layer, or one shared by all "
@@ -365,7 +368,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every weight of this type, e.g. int8 or int16 (default %(default)s)")
     s.add_argument("--deployable", action="store_true",
                    help="search only activations the hls4ml export runs bit-exactly "
-                        "(quantized_relu/quantized_bits), unless --quantization-config is given")
+                        "(quantized_relu/quantized_bits), except where a "
+                        "--quantization-config file gives activation candidates")
     s.add_argument("--no-progress", action="store_true",
                    help="no progress bars, and no per-trial or setup lines: the final table "
                         "only")
@@ -436,9 +440,14 @@ def _search(a) -> int:
         from ..models import default_data
 
         a.data = default_data(a.model)
-    qc = _load_yaml(a.quantization_config)
-    if qc is None and a.deployable:
-        qc = DEPLOYABLE_QUANTIZATION_CONFIG
+    qc = qc_file = _load_yaml(a.quantization_config)
+    if a.deployable:  # (a file without activation maps: the default ones were searched,
+        # binary and po2 activations among them)
+        if qc is None:
+            qc = DEPLOYABLE_QUANTIZATION_CONFIG
+        elif isinstance(qc, dict):  # (anything else: refused by SearchConfig)
+            qc = {**{k: v for k, v in DEPLOYABLE_QUANTIZATION_CONFIG.items()
+                     if k in ("activation", "linear")}, **qc}
     with option_names():  # its errors name the options typed, not SearchConfig's fields
         cfg = SearchConfig(
             model=a.model, data=a.data,
@@ -472,7 +481,7 @@ def _search(a) -> int:
         print(f"note: --strategy {a.strategy} does not use {', '.join(ignored)}"
               + (" (--runs gives parallel runs)" if "--workers" in ignored else ""),
               file=sys.stderr)
-    unused = unused_options(a)
+    unused = unused_options(a, qc_file if isinstance(qc_file, dict) else None)
     if unused:
         print(f"note: not used: {'; '.join(unused)}", file=sys.stderr)
     # and not recorded as the run's settings either: a rerun without them (the same search)

@@ -338,10 +338,12 @@ class SearchSpace:
 
     def _build_quantizer_params(self):
         matched_keys = set()
+        unmatched = []
         groups: dict[tuple[str, str], Param] = {}
         for slot in self.slots:
             key, is_group = self._match(slot)
             if self.limit is not None and key is None:
+                unmatched.append(slot.name)
                 continue  # unmatched layers stay float
             matched_keys.add(key)
             for fld in slot.fields:
@@ -374,6 +376,11 @@ class SearchSpace:
             for k in self.limit:
                 if k != "default" and k not in matched_keys:
                     warnings.warn(f"search space: limit key {k!r} matches no layer", stacklevel=3)
+            if unmatched:  # (as in AutoQKeras; said nowhere, and such a model cannot be exported)
+                warnings.warn(f"search space: layers {', '.join(map(repr, unmatched))} match no "
+                              "limit key, so they stay float (as in AutoQKeras); add a key for "
+                              "them (a name, regex or layer type) to search them",
+                              stacklevel=3)
 
     # -- Optuna ----------------------------------------------------------------------------
     def distributions(self) -> dict[str, Any]:
