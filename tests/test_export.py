@@ -1420,8 +1420,14 @@ def test_refusals_name_their_cause():
     refused(nn.Sequential(QDense(4, 3, kernel_quantizer="quantized_bits(2,0,alpha='auto')",
                                  bias_quantizer=k)), (4,),
             "0.kernel: quantizer quantized_bits(2,0,1,alpha='auto') scales its weights by "
-            "alpha='auto', a scale that is not a power of two, so the weights lie on no 2-bit "
-            "fixed-point grid; use alpha='auto_po2' or alpha=1")
+            "alpha='auto', a scale that is not a power of two here: the weights need "
+            "ap_fixed<24,0>, not 2 bits; use alpha='auto_po2' or alpha=1")
+    # scales that are powers of two are exact at the quantizer's bits (and were exported)
+    for spec in ("quantized_bits(4,0,alpha='auto',post_training_scale=1.0)",
+                 "quantized_bits(4,0,alpha='auto',post_training_scale=0.5)"):
+        m = nn.Sequential(QDense(4, 3, kernel_quantizer=spec, bias_quantizer=k)).eval()
+        eng = IntegerModel(m, (4,), IN16)
+        assert eng.compare(torch.randn(30, 4)).exact and "<4," in eng.layer_table()
     noise = "quantized_bits(4,0,alpha=1,qnoise_factor=0.5)"
     why = ("its qnoise_factor=0.5 mixes the float values into the quantized ones (x + "
            "qnoise_factor * (q(x) - x)); set qnoise_factor=1 for deployment")
@@ -1443,6 +1449,7 @@ def test_refusals_name_their_cause():
     refused(nn.Sequential(nn.LSTM(4, 3)), (4,),
             "the model has no layers to export (it holds LSTM, which the integer engine does "
             "not run)")
+    torch.manual_seed(0)
     m = build("jet_mlp", batchnorm=True).train()
     for _ in range(5):
         m(torch.randn(256, 16))

@@ -790,6 +790,13 @@ def test_reruns_say_what_they_replace_and_keep_to_the_float_model_settings(tmp_p
     assert capsys.readouterr().err == (
         "search stopped while it trained its float model: nothing is kept yet; rerun the "
         "same command to start it\ninterrupted\n")
+    # with a float model there and no teacher to train, it was "its float teacher"
+    (tmp_path / "new").mkdir()
+    shutil.copy(tmp_path / "float.pt", tmp_path / "new" / "float.pt")
+    monkeypatch.setattr(G, "train_gradient_runs", stopped)
+    assert main(argv) == 130
+    assert capsys.readouterr().err.startswith(
+        "search stopped before its training began: the float model is kept in ")
 
 
 def test_time_budget_alone_and_ebops_target_with_betas(tmp_path, capsys):

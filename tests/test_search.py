@@ -2658,7 +2658,25 @@ def test_an_autoencoder_and_a_dropped_deployable_are_said(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert ("note: not used: --deployable (--quantization-config gives the activation "
             "candidates)" in capsys.readouterr().err)
-
+    # a run that began with the file alone (before the maps were filled in) resumes as it
+    # began (it was refused as other settings)
+    qc.write_text("kernel: {'quantized_bits(4,0,1)': 4, 'quantized_bits(6,0,1)': 6}\n")
+    old = tmp_path / "old"
+    argv = ["search", "--data", "synthetic:n=300", "--model-widths", "4", "--epochs", "1",
+            "--float-epochs", "1", "--deployable", "--quantization-config", str(qc), "--out",
+            str(old), "--no-progress"]
+    # (as such a run recorded its settings: the file alone)
+    assert main([a for a in argv if a != "--deployable"] + ["--trials", "1"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--trials", "2"]) == 0
+    assert "note: not used: --deployable" in capsys.readouterr().err
+    assert SearchConfig.load(old / "search.yaml").quantization_config == {
+        "kernel": {"quantized_bits(4,0,1)": 4, "quantized_bits(6,0,1)": 6}}
+    new = SearchConfig.load(tmp_path / "s2" / "search.yaml").quantization_config
+    assert main([*argv[:-3], "--out", str(tmp_path / "new"), "--no-progress", "--trials",
+                 "1"]) == 0
+    assert set(SearchConfig.load(tmp_path / "new" / "search.yaml").quantization_config) == \
+        {"kernel", "activation", "linear"} and new
 
 def test_waiting_for_other_processes_trials_is_said(tmp_path, capsys, monkeypatch):
     """A search whose budget's last trial ran in another process waited without a word,

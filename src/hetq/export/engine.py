@@ -111,16 +111,16 @@ def _weight_type(q, values: torch.Tensor, what: str) -> FixedType:
     if ft is not None:
         _exact(ft, what)
     if ft is None or not ft.contains(values):
-        if getattr(q, "name", None) == "quantized_bits" and isinstance(q.alpha, str) and \
-                q.alpha == "auto":
-            # (with 2 bits its weights are +-max|w| itself, float32 values that a 24-bit
-            # type holds: exported as 24-bit weights, costed as 2-bit ones)
-            raise ExportError(f"{what}: quantizer {q} scales its weights by alpha='auto', a "
-                              "scale that is not a power of two, so the weights lie on no "
-                              f"{q.bits}-bit fixed-point grid; use alpha='auto_po2' or "
-                              "alpha=1")
         ft = _values_type(q, values, what, "a scale that is not a power of two?; use "
                                            "alpha='auto_po2' or alpha=1")
+        if getattr(q, "name", None) == "quantized_bits" and isinstance(q.alpha, str) and \
+                q.alpha == "auto" and ft.width > q.bits:
+            # (with 2 bits its weights are +-max|w| itself, float32 values that a 24-bit
+            # type holds: exported as 24-bit weights, costed as 2-bit ones; scales that
+            # happen to be powers of two are exact at the quantizer's bits)
+            raise ExportError(f"{what}: quantizer {q} scales its weights by alpha='auto', a "
+                              f"scale that is not a power of two here: the weights need {ft}, "
+                              f"not {q.bits} bits; use alpha='auto_po2' or alpha=1")
     return ft
 
 

@@ -87,6 +87,16 @@ def ignored_options(a: argparse.Namespace) -> list[str]:
             if getattr(a, k) != a.strategy_defaults[k]]
 
 
+def _began_with(out: str, qc: dict) -> bool:
+    """Whether the search in `out` began with the candidates `qc` as they are (a run from
+    before --deployable filled in a file's missing activation maps resumes as it began)."""
+    path = Path(out) / "search.yaml"
+    try:
+        return path.exists() and SearchConfig.load(path).quantization_config == qc
+    except (ValueError, OSError):  # (a damaged file: the search's own check says so)
+        return False
+
+
 def unused_options(a: argparse.Namespace, qc_file: dict | None = None) -> list[str]:
     """Options given that this search's other settings make unused (each with why);
     `qc_file`: the --quantization-config file's maps, if read."""
@@ -110,8 +120,9 @@ def unused_options(a: argparse.Namespace, qc_file: dict | None = None) -> list[s
              and "--objective forgiving")):
         if needs:
             out += [f"--{k.replace('_', '-')} (it needs {needs})" for k in names if k in given]
-    if a.deployable and a.quantization_config is not None and \
-            {"activation", "linear"} <= set(qc_file or {}):  # (dropped without a word)
+    if a.deployable and a.quantization_config is not None and (
+            {"activation", "linear"} <= set(qc_file or {}) or
+            _began_with(a.out, qc_file)):  # (dropped without a word)
         out.append("--deployable (--quantization-config gives the activation candidates)")
     return out
 
@@ -445,8 +456,8 @@ def _search(a) -> int:
         # binary and po2 activations among them)
         if qc is None:
             qc = DEPLOYABLE_QUANTIZATION_CONFIG
-        elif isinstance(qc, dict):  # (anything else: refused by SearchConfig)
-            qc = {**{k: v for k, v in DEPLOYABLE_QUANTIZATION_CONFIG.items()
+        elif isinstance(qc, dict) and not _began_with(a.out, qc):  # (else: refused by
+            qc = {**{k: v for k, v in DEPLOYABLE_QUANTIZATION_CONFIG.items()  # SearchConfig)
                      if k in ("activation", "linear")}, **qc}
     with option_names():  # its errors name the options typed, not SearchConfig's fields
         cfg = SearchConfig(
@@ -498,7 +509,10 @@ def _search(a) -> int:
             print("search stopped while it trained its float model: nothing is kept yet; "
                   "rerun the same command to start it" if not (out / "float.pt").exists() else
                   f"search stopped while it trained its float teacher: the float model is kept "
-                  f"in {out / 'float.pt'}; rerun the same command to go on",
+                  f"in {out / 'float.pt'}; rerun the same command to go on"
+                  if cfg.teacher_widths and not (out / "teacher.pt").exists() else
+                  f"search stopped before its training began: the float model is kept in "
+                  f"{out / 'float.pt'}; rerun the same command to go on",
                   file=sys.stderr, flush=True)
             raise
         if a.no_progress:  # with progress on, the strategy prints the table itself

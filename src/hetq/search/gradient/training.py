@@ -349,7 +349,9 @@ def train_gradient(float_model: nn.Module, data, *, epochs: int = 200, batch_siz
     step_fn = torch.compile(fwd_bwd) if compile else fwd_bwd
     t0 = time.time()
     ramp_t0, ramp_len = t0, time_budget  # the clock ramp starts after compiling
-    bar = progress_bar(total=epochs, disable=not progress, unit="epoch",
+    # (a budget with the epochs uncapped, 1,000,000: no total, whose ETA read 715 hours)
+    bar = progress_bar(total=epochs if time_budget is None or epochs < 100_000 else None,
+                       disable=not progress, unit="epoch",
                        desc="gradient bits" + (f" ({time_budget:.0f} s budget)"
                                                if time_budget is not None else ""))
     step = 0
