@@ -136,8 +136,8 @@ def _values_type(q, values: torch.Tensor, what: str, why: str) -> FixedType:
     if ft is not None and ft.width <= 32:
         return ft
     need = f"{ft.width}-bit fixed point" if ft is not None else "more than 52 fraction bits"
-    if _noisy(q):
-        why = _noisy(q)
+    if noise := _noisy(q):
+        why = noise
     elif getattr(q, "name", None) == "quantized_ulaw":
         why = "mu-law companded values are logarithms, on no short binary grid"
     elif getattr(q, "kind", None) == "po2":
@@ -160,9 +160,9 @@ def _noisy(q) -> str:
 def _refuse_noisy(q, what: str):
     """An ExportError for weights of a quantizer with qnoise_factor < 1: they were exported
     at whatever width their floats need, or refused as 'a scale tie'."""
-    if _noisy(q):
+    if noise := _noisy(q):
         raise ExportError(f"{what}: quantizer {q} gives weights on no fixed-point grid: "
-                          f"{_noisy(q)}")
+                          f"{noise}")
 
 
 def _element_type(q, what: str) -> FixedType:
@@ -492,7 +492,8 @@ class IntegerModel:
                 with torch.no_grad():
                     a, b = m.quantized_weights(), ref[name].quantized_weights()
                 for f in a:
-                    _refuse_noisy(m.quantizers.get(f), f"{name}.{f}")
+                    q = m.quantizers.get(f)
+                    _refuse_noisy(q, f"{name}.{f}")
                     if not torch.equal(a[f].detach().double(), b[f].detach()):
                         try:  # weights on no binary grid: a scale that is no power of two
                             on_grid = smallest_fixed_type(b[f].detach()).width <= 32
@@ -500,11 +501,10 @@ class IntegerModel:
                             on_grid = False
                         if not on_grid:
                             raise ExportError(
-                                f"{name}.{f}: quantizer {m.quantizers.get(f)} gives weights on "
+                                f"{name}.{f}: quantizer {q} gives weights on "
                                 "no fixed-point grid (a scale that is not a power of two); use "
                                 "alpha=1, a power-of-two alpha or alpha='auto_po2'")
                         n = int((a[f].detach().double() != b[f].detach()).sum())
-                        q = m.quantizers.get(f)
                         ft = q.fixed_type() if hasattr(q, "fixed_type") else None
                         if isinstance(m, _FoldedBatchnorm):  # (its fixed scales are no help)
                             what = ("weights gamma / sigma * W" if f == "kernel" else

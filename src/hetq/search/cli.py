@@ -97,9 +97,9 @@ def _began_with(out: str, qc: dict) -> bool:
         return False
 
 
-def unused_options(a: argparse.Namespace, qc_file: dict | None = None) -> list[str]:
+def unused_options(a: argparse.Namespace, deployable_filled: bool = False) -> list[str]:
     """Options given that this search's other settings make unused (each with why);
-    `qc_file`: the --quantization-config file's maps, if read."""
+    `deployable_filled`: --deployable set candidates that --quantization-config did not."""
     d = a.strategy_defaults
     if a.strategy == "gradient":  # (the other strategies' options: ignored_options)
         return [why for why, on in (
@@ -120,9 +120,8 @@ def unused_options(a: argparse.Namespace, qc_file: dict | None = None) -> list[s
              and "--objective forgiving")):
         if needs:
             out += [f"--{k.replace('_', '-')} (it needs {needs})" for k in names if k in given]
-    if a.deployable and a.quantization_config is not None and (
-            {"activation", "linear"} <= set(qc_file or {}) or
-            _began_with(a.out, qc_file)):  # (dropped without a word)
+    if a.deployable and a.quantization_config is not None and \
+            not deployable_filled:  # (dropped without a word)
         out.append("--deployable (--quantization-config gives the activation candidates)")
     return out
 
@@ -456,8 +455,9 @@ def _search(a) -> int:
         # binary and po2 activations among them)
         if qc is None:
             qc = DEPLOYABLE_QUANTIZATION_CONFIG
-        elif isinstance(qc, dict) and not _began_with(a.out, qc):  # (else: refused by
-            qc = {**{k: v for k, v in DEPLOYABLE_QUANTIZATION_CONFIG.items()  # SearchConfig)
+        elif isinstance(qc, dict) and not {"activation", "linear"} <= set(qc) and \
+                not _began_with(a.out, qc):  # (not a dict: refused by SearchConfig)
+            qc = {**{k: v for k, v in DEPLOYABLE_QUANTIZATION_CONFIG.items()
                      if k in ("activation", "linear")}, **qc}
     with option_names():  # its errors name the options typed, not SearchConfig's fields
         cfg = SearchConfig(
@@ -492,7 +492,7 @@ def _search(a) -> int:
         print(f"note: --strategy {a.strategy} does not use {', '.join(ignored)}"
               + (" (--runs gives parallel runs)" if "--workers" in ignored else ""),
               file=sys.stderr)
-    unused = unused_options(a, qc_file if isinstance(qc_file, dict) else None)
+    unused = unused_options(a, deployable_filled=qc is not qc_file)
     if unused:
         print(f"note: not used: {'; '.join(unused)}", file=sys.stderr)
     # and not recorded as the run's settings either: a rerun without them (the same search)

@@ -180,7 +180,7 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
             print(format_gradient_table(rows))
         return rows
     teacher = _teacher(config, out, ctx.data, progress) if config.teacher_widths else None
-    earlier = len(list((out / "gradient").glob("point_*.pt")))
+    earlier = _front_size(out / "gradient")
     if earlier and progress:  # (a finished rerun replaced it without a word)
         print(f"note: {out / 'gradient'} holds a front of {_points(earlier)}; this run "
               "replaces it when it finishes (if it is interrupted, the points of both that "
@@ -234,6 +234,11 @@ def _run_gradient_strategy(config, out, progress, time_budget) -> list[GradientR
     return rows
 
 
+def _front_size(folder: Path) -> int:
+    """How many front points a <out>/gradient folder holds (0: none, or no folder)."""
+    return len(list(folder.glob("point_*.pt")))
+
+
 def _points(n: int) -> str:
     return f"{n} point{'s' * (n != 1)}"
 
@@ -267,7 +272,7 @@ def _save_front(g, front, ctx, config, out, merge: bool = False
         rows.append(GradientRow(p, acc, p.ebops, s["energy_pj"], s["lut"], str(part / name),
                                 settings))
     part.mkdir(exist_ok=True)  # (an empty front: an empty folder)
-    earlier = len(list(dest.glob("point_*.pt"))) if dest.is_dir() else 0
+    earlier = _front_size(dest)
     if merge and earlier:
         import warnings
 
