@@ -551,19 +551,21 @@ class IntegerModel:
             raise ValueError(f"inputs with NaN or infinite values in {int(bad.sum())} of "
                              f"{len(x)} samples (the first: row {int(bad.nonzero()[0])}); a "
                              "fixed-point input has neither: clean or clip them first")
-        if self._feature_cast is not None:  # (its values lie on the input type's grid)
-            with torch.no_grad():
-                x = self._feature_cast(x)
-        return self.input_type.to_codes(x).to(torch.int64)
+        return self.input_type.to_codes(self._features(x)).to(torch.int64)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """Float64 inputs through the model's own per-feature input quantizer, if any (its
+        values lie on the input type's grid)."""
+        if self._feature_cast is None:
+            return x
+        with torch.no_grad():
+            return self._feature_cast(x)
 
     def outside_range(self, x: torch.Tensor) -> tuple[int, int]:
         """(values of `x` outside the input type's range, all values): those saturate or
         wrap in the cast, so the firmware sees other inputs than the model was trained on
         (after the model's own per-feature input quantizer, whose saturation is its own)."""
-        x = x.to(torch.float64).cpu()
-        if self._feature_cast is not None:
-            with torch.no_grad():
-                x = self._feature_cast(x)
+        x = self._features(x.to(torch.float64).cpu())
         t = self.input_type
         # (half a step of rounding beyond either end still lands on the end code)
         out = (x < t.min_value - t.step / 2) | (x > t.max_value + t.step / 2)
